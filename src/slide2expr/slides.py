@@ -1,0 +1,530 @@
+"""One reader interface over OpenSlide, tifffile and PIL, addressed in micrometres per pixel.
+
+Coordinates are level-0 pixels ``(x, y)`` with the origin top-left, as OpenSlide and QuPath
+use them. Resolution is given in micrometres per pixel (mpp), never as a pyramid level: the
+reader picks the best level for a requested mpp and resizes from there, so a thumbnail never
+decodes level 0 when a smaller level exists.
+
+The mpp policy (DESIGN.md): the slide's metadata, else the sample sheet's ``mpp`` column,
+else the config's ``default_slide_mpp`` (with a warning); with none of these,
+:class:`~slide2expr.errors.InputError`. The source used is kept in :attr:`Slide.mpp_source`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from slide2expr.errors import InputError
+
+log = logging.getLogger(__name__)
+
+Image.MAX_IMAGE_PIXELS = None  # whole-slide images are large by design
+
+PLAIN_IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp"}
+TIFF_SUFFIXES = {".tif", ".tiff", ".btf", ".ome.tif", ".ome.tiff"}
+#: A resolution tag outside this range (um/px) is a placeholder such as 72 dpi, not a scan.
+PLAUSIBLE_MPP = (0.05, 20.0)
+
+
+@dataclass(frozen=True)
+class MppChoice:
+    """The slide's resolution and where it came from."""
+
+    mpp: float
+    source: str  # "metadata", "sample_sheet" or "config_default"
+
+
+def resolve_mpp(
+    path: Path,
+    metadata_mpp: float | None,
+    *,
+    sheet_mpp: float | None = None,
+    default_mpp: float | None = None,
+) -> MppChoice:
+    """Apply the mpp policy of DESIGN.md.
+
+    Parameters
+    ----------
+    path
+        The slide, named in warnings and errors.
+    metadata_mpp
+        The mpp found in the slide's own metadata, if any.
+    sheet_mpp
+        The sample sheet's ``mpp`` value for this slide, if any.
+    default_mpp
+        The config's ``default_slide_mpp``, if set.
+
+    Returns
+    -------
+    MppChoice
+        The mpp and its source.
+
+    Raises
+    ------
+    InputError
+        When no source gives an mpp.
+    """
+    sheet_mpp = _finite_or_none(sheet_mpp)
+    default_mpp = _finite_or_none(default_mpp)
+    if metadata_mpp is not None:
+        if sheet_mpp is not None and abs(sheet_mpp - metadata_mpp) > 0.05 * metadata_mpp:
+            log.warning(
+                "%s: the sample sheet says mpp %.4g but the slide metadata says %.4g; "
+                "using the metadata (remove the sheet value to silence this)",
+                path, sheet_mpp, metadata_mpp,
+            )
+        return MppChoice(float(metadata_mpp), "metadata")
+    if sheet_mpp is not None:
+        if sheet_mpp <= 0:
+            raise InputError(path, f"the sample sheet gives mpp {sheet_mpp}, which is not positive",
+                             "give the slide's micrometres per pixel, e.g. 0.5 for 20x")
+        return MppChoice(float(sheet_mpp), "sample_sheet")
+    if default_mpp is not None:
+        log.warning("%s: no mpp in the slide or the sample sheet; using default_slide_mpp=%g",
+                    path, default_mpp)
+        return MppChoice(float(default_mpp), "config_default")
+    raise InputError(
+        path,
+        "the slide has no resolution (mpp) in its metadata and none was given",
+        "add an 'mpp' column to the sample sheet for this slide (e.g. 0.5 for 20x, 0.25 for "
+        "40x) or set default_slide_mpp in the config",
+    )
+
+
+def _finite_or_none(value: float | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
+
+
+def _plausible(mpp: float | None) -> float | None:
+    if mpp is None or not math.isfinite(mpp):
+        return None
+    return mpp if PLAUSIBLE_MPP[0] <= mpp <= PLAUSIBLE_MPP[1] else None
+
+
+def mpp_from_resolution(resolution: float, unit: str | int | None) -> float | None:
+    """Convert a TIFF resolution (pixels per unit) to um/px; ``None`` if meaningless."""
+    if not resolution or resolution <= 0:
+        return None
+    unit_name = str(unit).lower() if unit is not None else ""
+    if unit_name in {"3", "centimeter", "resunit.centimeter"}:
+        return _plausible(1e4 / resolution)
+    if unit_name in {"2", "inch", "resunit.inch"}:
+        return _plausible(25400.0 / resolution)
+    return None
+
+
+class Slide(ABC):
+    """A whole-slide image with a pyramid of levels and a resolution in um/px.
+
+    Subclasses implement :meth:`_read_level`; everything else is shared.
+    """
+
+    backend: str = "abstract"
+
+    def __init__(self, path: Path, metadata_mpp: float | None) -> None:
+        self.path = Path(path)
+        self.metadata_mpp = metadata_mpp
+        self.mpp: float | None = metadata_mpp
+        self.mpp_source: str | None = "metadata" if metadata_mpp is not None else None
+
+    # -- pyramid description -------------------------------------------------------------
+    @property
+    @abstractmethod
+    def level_dimensions(self) -> list[tuple[int, int]]:
+        """``(width, height)`` of each level, level 0 first."""
+
+    @property
+    def dimensions(self) -> tuple[int, int]:
+        """Level-0 ``(width, height)``."""
+        return self.level_dimensions[0]
+
+    @property
+    def level_downsamples(self) -> list[float]:
+        """Downsample factor of each level relative to level 0."""
+        w0 = self.level_dimensions[0][0]
+        return [w0 / max(w, 1) for w, _ in self.level_dimensions]
+
+    @property
+    def level_count(self) -> int:
+        return len(self.level_dimensions)
+
+    def apply_mpp_policy(
+        self, *, sheet_mpp: float | None = None, default_mpp: float | None = None
+    ) -> MppChoice:
+        """Resolve and store this slide's mpp (see :func:`resolve_mpp`)."""
+        choice = resolve_mpp(self.path, self.metadata_mpp, sheet_mpp=sheet_mpp,
+                             default_mpp=default_mpp)
+        self.mpp, self.mpp_source = choice.mpp, choice.source
+        return choice
+
+    def best_level_for_downsample(self, downsample: float) -> int:
+        """The smallest level whose downsample does not exceed ``downsample``.
+
+        A 1% tolerance absorbs rounding in pyramid sizes (e.g. 4.0003 for a nominal 4x).
+        """
+        best = 0
+        for level, ds in enumerate(self.level_downsamples):
+            if ds <= downsample * 1.01:
+                best = level
+        return best
+
+    # -- reading -------------------------------------------------------------------------
+    @abstractmethod
+    def _read_level(self, level: int, x: int, y: int, width: int, height: int) -> np.ndarray:
+        """Read ``(height, width, 3)`` uint8 RGB at ``level``; ``x, y`` in that level's px.
+
+        Areas outside the image are white.
+        """
+
+    def read_region(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
+        """OpenSlide-style read: ``location`` in level-0 px, ``size`` in level px."""
+        ds = self.level_downsamples[level]
+        x = int(math.floor(location[0] / ds))
+        y = int(math.floor(location[1] / ds))
+        return self._read_level(level, x, y, int(size[0]), int(size[1]))
+
+    def read_region_mpp(
+        self, x0: float, y0: float, width0: float, height0: float, out_size: tuple[int, int]
+    ) -> np.ndarray:
+        """Read the level-0 box ``(x0, y0, width0, height0)`` resized to ``out_size``.
+
+        The pyramid level is the smallest one that is still at least as fine as the output,
+        so the result has the requested resolution without decoding more than needed.
+
+        Returns
+        -------
+        numpy.ndarray
+            ``(out_h, out_w, 3)`` uint8 RGB.
+        """
+        out_w, out_h = int(out_size[0]), int(out_size[1])
+        downsample = min(width0 / out_w, height0 / out_h)
+        level = self.best_level_for_downsample(downsample)
+        ds = self.level_downsamples[level]
+        lx, ly = int(math.floor(x0 / ds)), int(math.floor(y0 / ds))
+        lw = max(1, int(math.ceil((x0 + width0) / ds)) - lx)
+        lh = max(1, int(math.ceil((y0 + height0) / ds)) - ly)
+        region = self._read_level(level, lx, ly, lw, lh)
+        if (lw, lh) == (out_w, out_h):
+            return region
+        return np.asarray(Image.fromarray(region).resize((out_w, out_h), Image.BILINEAR))
+
+    def read_at_mpp(self, mpp: float) -> tuple[np.ndarray, float]:
+        """The whole slide at (about) ``mpp`` um/px; returns the image and its downsample."""
+        if self.mpp is None:
+            raise InputError(self.path, "the slide's mpp is not known yet", "call apply_mpp_policy")
+        downsample = max(mpp / self.mpp, 1.0)
+        return self.thumbnail_by_downsample(downsample)
+
+    def thumbnail(self, max_size: int = 2048) -> tuple[np.ndarray, float]:
+        """The whole slide with its longer side at most ``max_size`` px.
+
+        Returns
+        -------
+        tuple of (numpy.ndarray, float)
+            RGB image and its downsample relative to level 0.
+        """
+        w0, h0 = self.dimensions
+        downsample = max(w0, h0) / max_size
+        return self.thumbnail_by_downsample(max(downsample, 1.0))
+
+    def thumbnail_by_downsample(self, downsample: float) -> tuple[np.ndarray, float]:
+        """The whole slide downsampled by ``downsample`` from the best pyramid level."""
+        w0, h0 = self.dimensions
+        out_w = max(1, int(round(w0 / downsample)))
+        out_h = max(1, int(round(h0 / downsample)))
+        level = self.best_level_for_downsample(downsample)
+        lw, lh = self.level_dimensions[level]
+        img = self._whole_level(level, (out_w, out_h))
+        if img.shape[1] != out_w or img.shape[0] != out_h:
+            img = np.asarray(Image.fromarray(img).resize((out_w, out_h), Image.BILINEAR))
+        return img, w0 / out_w
+
+    def _whole_level(self, level: int, target: tuple[int, int]) -> np.ndarray:
+        lw, lh = self.level_dimensions[level]
+        return self._read_level(level, 0, 0, lw, lh)
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release file handles."""
+
+    def __enter__(self) -> Slide:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def describe(self) -> dict[str, object]:
+        """A JSON-able summary: backend, levels, mpp and its source."""
+        return {
+            "path": str(self.path),
+            "backend": self.backend,
+            "level_dimensions": [list(d) for d in self.level_dimensions],
+            "level_downsamples": [round(d, 4) for d in self.level_downsamples],
+            "mpp": self.mpp,
+            "mpp_source": self.mpp_source,
+        }
+
+
+class OpenSlideSlide(Slide):
+    """SVS, NDPI, MRXS, SCN, generic tiled TIFF, DICOM... through openslide-bin."""
+
+    backend = "openslide"
+
+    def __init__(self, path: Path) -> None:
+        import openslide
+
+        self._osr = openslide.OpenSlide(str(path))
+        props = self._osr.properties
+        mpp = _plausible(_float_or_none(props.get(openslide.PROPERTY_NAME_MPP_X)))
+        if mpp is None:
+            res = _float_or_none(props.get("tiff.XResolution"))
+            mpp = mpp_from_resolution(res or 0.0, props.get("tiff.ResolutionUnit"))
+        super().__init__(path, mpp)
+        self.vendor = props.get(openslide.PROPERTY_NAME_VENDOR)
+
+    @property
+    def level_dimensions(self) -> list[tuple[int, int]]:
+        return [tuple(d) for d in self._osr.level_dimensions]
+
+    @property
+    def level_downsamples(self) -> list[float]:
+        return [float(d) for d in self._osr.level_downsamples]
+
+    def _read_level(self, level: int, x: int, y: int, width: int, height: int) -> np.ndarray:
+        ds = self.level_downsamples[level]
+        rgba = self._osr.read_region((int(round(x * ds)), int(round(y * ds))), level, (width, height))
+        return _rgba_on_white(np.asarray(rgba))
+
+    def close(self) -> None:
+        self._osr.close()
+
+
+class TiffFileSlide(Slide):
+    """TIFF / OME-TIFF pyramids that OpenSlide refuses, read tile by tile with tifffile."""
+
+    backend = "tifffile"
+
+    def __init__(self, path: Path) -> None:
+        import tifffile
+
+        self._tif = tifffile.TiffFile(str(path))
+        series = self._tif.series[0]
+        self._levels = [lvl.keyframe for lvl in series.levels]
+        for page in self._levels:
+            if page.shape[-1] not in (3, 4) and page.samplesperpixel not in (3, 4):
+                raise InputError(path, f"TIFF level has shape {page.shape}, not an RGB image",
+                                 "convert the slide to an RGB pyramidal TIFF")
+        page0 = self._levels[0]
+        mpp = None
+        tags = page0.tags
+        if "XResolution" in tags:
+            num, den = tags["XResolution"].value
+            unit = tags["ResolutionUnit"].value if "ResolutionUnit" in tags else None
+            mpp = mpp_from_resolution(num / den if den else 0.0, getattr(unit, "name", unit))
+        super().__init__(path, mpp)
+        self._dims = [(int(p.imagewidth), int(p.imagelength)) for p in self._levels]
+
+    @property
+    def level_dimensions(self) -> list[tuple[int, int]]:
+        return self._dims
+
+    def _read_level(self, level: int, x: int, y: int, width: int, height: int) -> np.ndarray:
+        page = self._levels[level]
+        out = np.full((height, width, 3), 255, dtype=np.uint8)
+        lw, lh = self._dims[level]
+        x_lo, y_lo = max(x, 0), max(y, 0)
+        x_hi, y_hi = min(x + width, lw), min(y + height, lh)
+        if x_hi <= x_lo or y_hi <= y_lo:
+            return out
+        if page.is_tiled:
+            self._read_tiles(page, out, x, y, (x_lo, y_lo, x_hi, y_hi))
+        else:
+            arr = self._whole_page(level)
+            out[y_lo - y:y_hi - y, x_lo - x:x_hi - x] = arr[y_lo:y_hi, x_lo:x_hi, :3]
+        return out
+
+    def _read_tiles(self, page, out: np.ndarray, x: int, y: int, box: tuple[int, int, int, int]) -> None:
+        x_lo, y_lo, x_hi, y_hi = box
+        tw, th = page.tilewidth, page.tilelength
+        tiles_across = math.ceil(page.imagewidth / tw)
+        fh = self._tif.filehandle
+        for ty in range(y_lo // th, (y_hi - 1) // th + 1):
+            for tx in range(x_lo // tw, (x_hi - 1) // tw + 1):
+                index = ty * tiles_across + tx
+                offset, count = page.dataoffsets[index], page.databytecounts[index]
+                if count == 0:
+                    continue
+                fh.seek(offset)
+                data = fh.read(count)
+                tile, _, _ = page.decode(data, index, jpegtables=page.jpegtables)
+                tile = np.asarray(tile).reshape(th, tw, -1)[..., :3]
+                # Intersect tile with the requested box, in level coordinates.
+                gx0, gy0 = tx * tw, ty * th
+                ix0, iy0 = max(gx0, x_lo), max(gy0, y_lo)
+                ix1, iy1 = min(gx0 + tw, x_hi), min(gy0 + th, y_hi)
+                out[iy0 - y:iy1 - y, ix0 - x:ix1 - x] = tile[iy0 - gy0:iy1 - gy0, ix0 - gx0:ix1 - gx0]
+
+    @lru_cache(maxsize=2)  # noqa: B019 - one slide object per file, cache lives with it
+    def _whole_page(self, level: int) -> np.ndarray:
+        arr = self._levels[level].asarray()
+        if arr.ndim == 2:
+            arr = np.repeat(arr[..., None], 3, axis=2)
+        return arr.astype(np.uint8, copy=False)
+
+    def close(self) -> None:
+        self._tif.close()
+
+
+class PlainImageSlide(Slide):
+    """A large JPEG/PNG (e.g. the her2st H&E images): one level, no mpp metadata.
+
+    Thumbnails use JPEG DCT scaling (``Image.draft``) so they never decode the full image;
+    region reads decode it once and keep it.
+    """
+
+    backend = "pil"
+
+    def __init__(self, path: Path) -> None:
+        with Image.open(path) as im:
+            im.verify()
+        with Image.open(path) as im:
+            self._size = im.size
+        super().__init__(path, None)  # JFIF density is almost always a 72-dpi placeholder
+        self._full: np.ndarray | None = None
+
+    @property
+    def level_dimensions(self) -> list[tuple[int, int]]:
+        return [self._size]
+
+    def _decoded(self) -> np.ndarray:
+        if self._full is None:
+            with Image.open(self.path) as im:
+                self._full = np.asarray(im.convert("RGB"))
+        return self._full
+
+    def _read_level(self, level: int, x: int, y: int, width: int, height: int) -> np.ndarray:
+        full = self._decoded()
+        h0, w0 = full.shape[:2]
+        out = np.full((height, width, 3), 255, dtype=np.uint8)
+        x_lo, y_lo, x_hi, y_hi = max(x, 0), max(y, 0), min(x + width, w0), min(y + height, h0)
+        if x_hi > x_lo and y_hi > y_lo:
+            out[y_lo - y:y_hi - y, x_lo - x:x_hi - x] = full[y_lo:y_hi, x_lo:x_hi]
+        return out
+
+    def thumbnail_by_downsample(self, downsample: float) -> tuple[np.ndarray, float]:
+        w0, h0 = self._size
+        out_w = max(1, int(round(w0 / downsample)))
+        out_h = max(1, int(round(h0 / downsample)))
+        if self._full is not None:
+            img = Image.fromarray(self._full)
+        else:
+            img = Image.open(self.path)
+            img.draft("RGB", (out_w, out_h))  # DCT-domain downscale, up to 8x, for JPEG
+            img = img.convert("RGB")
+        img = img.resize((out_w, out_h), Image.BILINEAR)
+        return np.asarray(img), w0 / out_w
+
+
+def _float_or_none(value: object) -> float | None:
+    try:
+        return float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+
+
+def _rgba_on_white(rgba: np.ndarray) -> np.ndarray:
+    """Composite premultiplied RGBA from OpenSlide onto white."""
+    rgb = rgba[..., :3].astype(np.uint16)
+    alpha = rgba[..., 3:4].astype(np.uint16)
+    out = rgb + (255 - alpha)
+    return np.clip(out, 0, 255).astype(np.uint8)
+
+
+def open_slide(
+    path: str | Path,
+    *,
+    sheet_mpp: float | None = None,
+    default_mpp: float | None = None,
+    require_mpp: bool = True,
+) -> Slide:
+    """Open a whole-slide image with the first backend that can read it.
+
+    Parameters
+    ----------
+    path
+        Slide file: SVS, NDPI, MRXS, SCN, TIFF/OME-TIFF, DICOM (one file of the series),
+        JPEG or PNG.
+    sheet_mpp, default_mpp
+        Fallback resolutions, applied by the mpp policy (see :func:`resolve_mpp`).
+    require_mpp
+        When true, raise if no mpp can be found; when false, leave ``mpp`` as ``None``.
+
+    Returns
+    -------
+    Slide
+        The opened slide with ``mpp`` and ``mpp_source`` set.
+
+    Raises
+    ------
+    InputError
+        When the file is missing, is not a slide any backend can read, or has no mpp.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputError(path, "the slide file does not exist",
+                         "check the 'slide' column of the sample sheet (paths are relative to "
+                         "the directory snakemake runs in)")
+    if path.is_dir():
+        raise InputError(path, "is a directory, not a slide file",
+                         "point to one file of the slide (for DICOM, any .dcm of the series)")
+    suffix = "".join(path.suffixes[-2:]).lower() if path.name.lower().endswith(
+        (".ome.tif", ".ome.tiff")) else path.suffix.lower()
+    errors: list[str] = []
+    slide: Slide | None = None
+    if suffix in PLAIN_IMAGE_SUFFIXES:
+        try:
+            slide = PlainImageSlide(path)
+        except Exception as exc:  # PIL raises many types for broken files
+            errors.append(f"PIL: {exc}")
+    else:
+        try:
+            slide = OpenSlideSlide(path)
+        except Exception as exc:  # OpenSlideUnsupportedFormatError, OpenSlideError, OSError
+            errors.append(f"OpenSlide: {exc}")
+        if slide is None and suffix in TIFF_SUFFIXES:
+            try:
+                slide = TiffFileSlide(path)
+                slide._read_level(slide.level_count - 1, 0, 0, 1, 1)  # proves decodability
+            except InputError:
+                raise
+            except Exception as exc:
+                slide = None
+                errors.append(f"tifffile: {exc}")
+    if slide is None:
+        detail = "; ".join(e.splitlines()[0] for e in errors) or "unknown format"
+        raise InputError(
+            path,
+            f"cannot be read as a slide ({detail})",
+            "check that the file is complete (re-copy it) and in a supported format: SVS, "
+            "NDPI, MRXS, SCN, DICOM, tiled TIFF/OME-TIFF, JPEG or PNG",
+        )
+    try:
+        slide.apply_mpp_policy(sheet_mpp=sheet_mpp, default_mpp=default_mpp)
+    except InputError:
+        if require_mpp:
+            slide.close()
+            raise
+    return slide

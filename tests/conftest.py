@@ -1,0 +1,46 @@
+"""Shared fixtures: the real data beside the project, and the synthetic demo cohort."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _test_data_root() -> Path:
+    return Path(os.environ.get("SLIDE2EXPR_TEST_DATA", REPO.parent / "shared" / "data")).resolve()
+
+
+@pytest.fixture(scope="session")
+def test_data() -> Path:
+    """``$SLIDE2EXPR_TEST_DATA`` (default ``../shared/data``); fails under CI if missing."""
+    root = _test_data_root()
+    if not (root / "her2st").is_dir() or not (root / "slides").is_dir():
+        message = f"real test data not found at {root} (set SLIDE2EXPR_TEST_DATA)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return root
+
+
+@pytest.fixture(scope="session")
+def her2st(test_data: Path) -> Path:
+    return test_data / "her2st"
+
+
+@pytest.fixture(scope="session")
+def slides_dir(test_data: Path) -> Path:
+    return test_data / "slides"
+
+
+@pytest.fixture(scope="session")
+def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The default demo cohort, generated once per test session."""
+    from slide2expr.demo import make_demo_cohort
+
+    out = tmp_path_factory.mktemp("demo")
+    make_demo_cohort(out)
+    return out
