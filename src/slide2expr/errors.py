@@ -32,5 +32,5 @@ class InputError(Exception):
         """Return the message as a single line: ``file: problem. Fix: fix``."""
         where = f"{self.path}: " if self.path else ""
         fix = f" Fix: {self.fix}" if self.fix else ""
-        text = f"{where}{self.problem}.{fix}".replace("..", ".")
-        return " ".join(text.split())
+        problem = self.problem.rstrip(". ")
+        return " ".join(f"{where}{problem}.{fix}".split())

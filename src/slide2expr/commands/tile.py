@@ -1,0 +1,81 @@
+"""``slide2expr tile``: tissue grid and spot patches for one slide."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import typer
+
+from slide2expr.errors import InputError
+from slide2expr.samples import check_sample_id
+
+log = logging.getLogger(__name__)
+
+
+def tile(
+    slide: Path = typer.Argument(..., help="Slide file (SVS, NDPI, MRXS, TIFF, DICOM, JPEG...)."),
+    sample_id: str = typer.Option(..., "--sample-id", help="Sample ID (letters, digits, ._-)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Grid tiles .h5 to write."),
+    qc: Path | None = typer.Option(None, "--qc", help="QC PNG to write."),
+    spots: Path | None = typer.Option(None, "--spots", help="Spot table (spot mode)."),
+    counts: Path | None = typer.Option(None, "--counts",
+                                       help="Spot counts; only spots with counts get patches."),
+    spots_out: Path | None = typer.Option(None, "--spots-out", help="Spot patches .h5 to write."),
+    mpp: float | None = typer.Option(None, "--mpp", help="Sample sheet mpp (used if the slide has none)."),
+    default_mpp: float | None = typer.Option(None, "--default-mpp", help="Config default_slide_mpp."),
+    target_mpp: float = typer.Option(0.5, help="Grid tile resolution, um/px."),
+    tile_px: int = typer.Option(224, help="Tile edge in pixels at the read-out resolution."),
+    min_tissue: float = typer.Option(0.5, help="Minimum tissue fraction of a grid tile."),
+    spot_diameter_um: float = typer.Option(112.0, help="Spot patch edge, um."),
+    mask_mpp: float = typer.Option(4.0, help="Resolution of the tissue mask, um/px."),
+    min_saturation: float = typer.Option(0.07, help="Saturation floor for tissue."),
+    closing_um: float = typer.Option(40.0, help="Morphological closing radius, um."),
+    min_object_um2: float = typer.Option(20000.0, help="Smallest tissue fragment kept, um^2."),
+    max_hole_um2: float = typer.Option(20000.0, help="Largest hole filled, um^2."),
+    qc_max_px: int = typer.Option(2048, help="Longest side of the QC image."),
+) -> None:
+    """Detect tissue, tile it on a grid, and (spot mode) place a patch on every spot."""
+    from slide2expr.atomic import atomic_outputs
+    from slide2expr.qc import draw_qc
+    from slide2expr.slides import open_slide
+    from slide2expr.tiles_io import write_tiles
+    from slide2expr.tiling import TilingParams, compute_tissue, grid_tiles, spot_tiles
+    from slide2expr.tissue import TissueParams
+
+    check_sample_id(sample_id, source=None)
+    if (spots is None) != (spots_out is None):
+        raise InputError(None, "--spots and --spots-out go together",
+                         "give both (spot mode) or neither (grid only)")
+    params = TilingParams(
+        target_mpp=target_mpp, tile_px=tile_px, min_tissue=min_tissue,
+        spot_diameter_um=spot_diameter_um,
+        tissue=TissueParams(mask_mpp=mask_mpp, min_saturation=min_saturation,
+                            closing_um=closing_um, min_object_um2=min_object_um2,
+                            max_hole_um2=max_hole_um2),
+    )
+    with open_slide(slide, sheet_mpp=mpp, default_mpp=default_mpp) as s:
+        log.info("opened %s", json.dumps(s.describe()))
+        tissue = compute_tissue(s, params.tissue)
+        grid = grid_tiles(s, tissue, sample_id, params)
+        spot_set = None
+        if spots is not None:
+            from slide2expr.spots import read_spot_positions
+
+            table = read_spot_positions(spots, counts_path=counts)
+            spot_set = spot_tiles(s, table, sample_id, params, source=str(spots))
+        grid.attrs["mask_downsample"] = float(tissue.downsample)
+        outputs = [out] + ([spots_out] if spots_out is not None else [])
+        with atomic_outputs(*outputs) as tmps:
+            write_tiles(tmps[0], grid)
+            if spot_set is not None:
+                write_tiles(tmps[1], spot_set)
+            if qc is not None:
+                draw_qc(tissue.image, tissue.downsample, tissue.mask, qc, grid=grid,
+                        spots=spot_set, max_px=qc_max_px)
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``tile`` to the CLI."""
+    app.command("tile")(tile)

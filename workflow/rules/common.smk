@@ -1,0 +1,54 @@
+# Shared by every stage: config validation, the sample sheet, and the list of final targets.
+
+import os
+from pathlib import Path
+
+from snakemake.utils import validate
+
+from slide2expr.samples import read_sample_sheet
+
+SCHEMAS = Path(workflow.basedir) / "workflow" / "schemas"
+if not SCHEMAS.is_dir():  # Snakefile included from elsewhere
+    SCHEMAS = Path(workflow.source_path("../schemas/config.schema.yaml")).parent
+
+
+validate(config, str(SCHEMAS / "config.schema.yaml"))
+# Each stage has its own section and schema; validation fills in the documented defaults.
+for _section in ("tiling", "extract", "join", "train", "report", "heatmap"):
+    config.setdefault(_section, {})
+    _schema = SCHEMAS / f"{_section}.schema.yaml"
+    if _schema.exists():
+        validate(config[_section], str(_schema))
+
+MODE = config["mode"]  # "spot" or "bulk"
+RESULTS = "results"
+# Files the demo_data rule creates do not exist before the first run: check them later.
+SAMPLES = read_sample_sheet(
+    config["samples"], mode=MODE, check_files=not config.get("demo_data", False)
+)
+SAMPLE_IDS = list(SAMPLES.index)
+# The tiling that holds the training units: spots in spot mode, the tissue grid in bulk mode.
+UNIT_TILING = "spots" if MODE == "spot" else "grid"
+
+# Every stage appends its final outputs here; `rule all` in the Snakefile requests them.
+ALL_TARGETS = []
+
+
+wildcard_constraints:
+    sample=r"[A-Za-z0-9_-][A-Za-z0-9._-]*",
+    tiling=r"grid|spots",
+
+
+def sample_value(sample, column, default=None):
+    """A sample sheet cell, or ``default`` when the column is absent or the cell empty."""
+    if column not in SAMPLES.columns:
+        return default
+    value = SAMPLES.loc[sample, column]
+    if value is None or (isinstance(value, float) and value != value) or value == "":
+        return default
+    return value
+
+
+def cli_option(flag, value):
+    """``--flag value`` for the shell command, or nothing when value is None."""
+    return "" if value is None else f"{flag} {value}"

@@ -1,0 +1,54 @@
+# Tile stage: tissue mask, grid tiles (all modes) and spot patches (spot mode), QC image.
+
+TILING = config["tiling"]
+
+
+def tile_inputs(wildcards):
+    inputs = {"slide": sample_value(wildcards.sample, "slide")}
+    if MODE == "spot":
+        inputs["spots"] = sample_value(wildcards.sample, "spots")
+        inputs["counts"] = sample_value(wildcards.sample, "counts")
+    return inputs
+
+
+def tile_spot_args(wildcards, input, output):
+    if MODE != "spot":
+        return ""
+    return f"--spots {input.spots} --counts {input.counts} --spots-out {output.spots}"
+
+
+rule tile:
+    input:
+        unpack(tile_inputs),
+    output:
+        grid=f"{RESULTS}/tiles/grid/{{sample}}.h5",
+        qc=f"{RESULTS}/qc/{{sample}}.png",
+        **({"spots": f"{RESULTS}/tiles/spots/{{sample}}.h5"} if MODE == "spot" else {}),
+    params:
+        spot_args=tile_spot_args,
+        mpp=lambda w: cli_option("--mpp", sample_value(w.sample, "mpp")),
+        default_mpp=cli_option("--default-mpp", config.get("default_slide_mpp")),
+        tissue=TILING["tissue"],
+    log:
+        f"{RESULTS}/logs/tile/{{sample}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/tile/{{sample}}.tsv"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    group:
+        "tile"
+    shell:
+        "slide2expr tile {input.slide} --sample-id {wildcards.sample} -o {output.grid} "
+        "--qc {output.qc} {params.spot_args} {params.mpp} {params.default_mpp} "
+        "--target-mpp {TILING[target_mpp]} --tile-px {TILING[tile_px]} "
+        "--min-tissue {TILING[min_tissue]} --spot-diameter-um {TILING[spot_diameter_um]} "
+        "--mask-mpp {params.tissue[mask_mpp]} --min-saturation {params.tissue[min_saturation]} "
+        "--closing-um {params.tissue[closing_um]} "
+        "--min-object-um2 {params.tissue[min_object_um2]} "
+        "--max-hole-um2 {params.tissue[max_hole_um2]} --qc-max-px {TILING[qc_max_px]} "
+        "> {log} 2>&1"
+
+
+ALL_TARGETS.extend(expand(f"{RESULTS}/qc/{{sample}}.png", sample=SAMPLE_IDS))
