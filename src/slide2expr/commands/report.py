@@ -1,0 +1,38 @@
+"""``slide2expr report``: per-gene statistics, summary and HTML page of out-of-fold predictions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+
+def report(
+    predictions: Path = typer.Argument(..., help="Out-of-fold predictions: results/predictions/{head}.h5ad."),
+    out: Path = typer.Option(..., "--out", "-o",
+                             help="Output directory: genes.tsv, summary.json, index.html."),
+    top_n: int = typer.Option(50, "--top-n", min=1, help="Size of the top-genes-by-training-mean set."),
+    n_hvg: int = typer.Option(50, "--n-hvg", min=1, help="Number of highly variable genes."),
+    bootstrap: int = typer.Option(1000, "--bootstrap", min=0,
+                                  help="Bootstrap replicates for the 95% CIs (0: none)."),
+    alpha: float = typer.Option(0.05, "--alpha", min=0.0, max=1.0, help="FDR level for q-values."),
+    seed: int = typer.Option(0, "--seed", help="Bootstrap seed."),
+    baseline: str = typer.Option("ridge", "--baseline",
+                                 help="Baseline layer the model is tested against (baseline_{name})."),
+    n_scatter: int = typer.Option(8, "--n-scatter", min=0,
+                                  help="Best and worst genes drawn as scatter plots."),
+) -> None:
+    """Evaluate out-of-fold predictions: genes.tsv, summary.json and a self-contained index.html."""
+    from slide2expr.report import write_report
+
+    data = write_report(predictions, out, top_n=top_n, n_hvg=n_hvg, n_boot=bootstrap,
+                        alpha=alpha, seed=seed, baseline=baseline, n_scatter=n_scatter)
+    m = data.summary["model"]["all"]
+    mean = "n/a" if m["mean_r"] is None else f"{m['mean_r']:.3f}"
+    typer.echo(f"wrote {out}/index.html: mean r {mean} over {m['n_defined']} genes, "
+               f"{data.summary['counts']['n_significant']} significantly well predicted")
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``report`` to the CLI."""
+    app.command("report")(report)

@@ -1,0 +1,60 @@
+"""The report stage: per-gene statistics of out-of-fold predictions, a summary and a page.
+
+:func:`write_report` turns ``results/predictions/{head}.h5ad`` into ``genes.tsv``,
+``summary.json`` and a self-contained ``index.html`` in one directory, all three written
+atomically together.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from slide2expr.atomic import atomic_outputs
+from slide2expr.report.evaluate import ReportData, build_report, by_r, load_predictions
+from slide2expr.report.html import render_html
+
+log = logging.getLogger(__name__)
+
+__all__ = ["ReportData", "build_report", "load_predictions", "render_html", "write_report"]
+
+OUTPUT_NAMES = ("genes.tsv", "summary.json", "index.html")
+
+
+def write_report(predictions: str | Path, out_dir: str | Path, *, top_n: int = 50,
+                 n_hvg: int = 50, n_boot: int = 1000, alpha: float = 0.05, seed: int = 0,
+                 baseline: str = "ridge", n_scatter: int = 8) -> ReportData:
+    """Evaluate a predictions file and write ``genes.tsv``, ``summary.json``, ``index.html``.
+
+    Parameters
+    ----------
+    predictions
+        The train stage's out-of-fold predictions (``.h5ad``).
+    out_dir
+        Directory of the three outputs (created).
+    top_n, n_hvg, n_boot, alpha, seed, baseline
+        See :func:`~slide2expr.report.evaluate.build_report`.
+    n_scatter
+        Best and worst genes drawn as predicted-vs-observed scatter plots.
+
+    Returns
+    -------
+    ReportData
+        The tables and summary that were written.
+    """
+    adata = load_predictions(predictions)
+    data = build_report(adata, top_n=top_n, n_hvg=n_hvg, n_boot=n_boot, alpha=alpha,
+                        seed=seed, baseline=baseline, source=predictions)
+    log.info("rendering the page")
+    page = render_html(data, n_scatter=n_scatter, seed=seed)
+    out = Path(out_dir)
+    with atomic_outputs(*(out / name for name in OUTPUT_NAMES)) as (tsv, js, page_path):
+        by_r(data.genes).to_csv(tsv, sep="\t", index=False, na_rep="NaN", float_format="%.8g")
+        js.write_text(json.dumps(data.summary, indent=2, allow_nan=False) + "\n",
+                      encoding="utf-8")
+        page_path.write_text(page, encoding="utf-8")
+    m = data.summary["model"]["all"]
+    log.info("wrote %s: mean r %s over %d genes, %d significantly well predicted", out,
+             m["mean_r"], m["n_defined"], data.summary["counts"]["n_significant"])
+    return data

@@ -1,0 +1,329 @@
+"""Render a report as one self-contained HTML page (no external resources).
+
+Every piece of text that comes from data (gene names, sample ids, provenance) passes
+through :func:`html.escape`; figures are inline ``data:image/png;base64`` images; a small
+inline script makes the tables sortable (click a header). Opening ``index.html#sort=COL:asc``
+sorts the gene table by column ``COL`` on load.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from slide2expr.report import plots
+from slide2expr.report.evaluate import ReportData, by_r
+
+#: Gene table columns shown on the page: (genes.tsv column, header, format).
+GENE_TABLE = (
+    ("gene", "gene", "text"),
+    ("pearson_r", "r", "r"),
+    ("pearson_p", "p", "p"),
+    ("pearson_q", "q (BH)", "p"),
+    ("pearson_q_holm", "Holm", "p"),
+    ("spearman_r", "Spearman", "r"),
+    ("rmse", "RMSE", "f"),
+    ("rmse_iqr", "RMSE/IQR", "f"),
+    ("baseline_r", "baseline r", "r"),
+    ("beats_baseline_q", "beats baseline q", "p"),
+    ("significant", "significant", "bool"),
+    ("r_fold_mean", "r fold mean", "r"),
+    ("r_fold_sd", "r fold sd", "r"),
+    ("n", "n", "int"),
+    ("train_mean", "training mean", "f"),
+    ("reason", "reason", "text"),
+)
+
+CSS = """
+body{font-family:'DejaVu Sans','Liberation Sans',Arial,sans-serif;margin:24px 32px;
+ color:#222;max-width:1400px}
+h1{font-size:24px;margin:0 0 4px}h2{font-size:19px;margin:28px 0 8px;
+ border-bottom:2px solid #1f3a5f;padding-bottom:3px}
+.sub{color:#555;margin:0 0 16px}
+table{border-collapse:collapse;font-size:13px;margin:6px 0}
+th,td{border:1px solid #c8ccd2;padding:3px 8px;text-align:right;white-space:nowrap}
+th{white-space:normal}
+td.t,th.t,#headline td:first-child,#counts td:first-child,#headline th:first-child,
+#counts th:first-child{text-align:left}
+thead th{background:#1f3a5f;color:#fff;position:sticky;top:0}
+table.sortable thead th{cursor:pointer;user-select:none}
+th[aria-sort=ascending]::after{content:' \\25B2'}th[aria-sort=descending]::after{content:' \\25BC'}
+#headline td.big{font-size:16px;font-weight:bold}
+tr:nth-child(even) td{background:#f4f6f9}
+td.sig{color:#0a6b2f;font-weight:bold}
+.note{background:#fff6da;border:1px solid #e6cf7a;padding:6px 10px;margin:8px 0}
+img.fig{max-width:100%;display:block;margin:8px 0}
+dl.defs dt{font-weight:bold;margin-top:6px}dl.defs dd{margin-left:18px}
+.scroll{max-height:720px;max-width:100%;overflow:auto;border:1px solid #c8ccd2;
+ display:inline-block}
+pre{background:#f4f6f9;padding:8px;font-size:12px;overflow:auto;max-height:360px}
+"""
+
+JS = r"""
+(function(){
+  function val(cell, numeric){
+    var v = cell.getAttribute('data-v');
+    if (v === null) v = cell.textContent;
+    if (!numeric) return v.toLowerCase();
+    var x = parseFloat(v);
+    return isNaN(x) ? null : x;
+  }
+  function sortBy(table, col, dir){
+    var th = table.tHead.rows[0].cells[col];
+    var numeric = th.getAttribute('data-type') === 'num';
+    var body = table.tBodies[0];
+    var rows = Array.prototype.slice.call(body.rows);
+    var sign = dir === 'asc' ? 1 : -1;
+    rows.sort(function(a, b){
+      var x = val(a.cells[col], numeric), y = val(b.cells[col], numeric);
+      if (x === y) return 0;
+      if (x === null || x === '') return 1;
+      if (y === null || y === '') return -1;
+      return x < y ? -sign : sign;
+    });
+    rows.forEach(function(r){ body.appendChild(r); });
+    Array.prototype.forEach.call(table.tHead.rows[0].cells, function(c){
+      c.removeAttribute('aria-sort');
+    });
+    th.setAttribute('aria-sort', dir === 'asc' ? 'ascending' : 'descending');
+    table.setAttribute('data-sorted-by', th.getAttribute('data-col'));
+    table.setAttribute('data-sort-dir', dir);
+  }
+  var tables = document.querySelectorAll('table.sortable');
+  Array.prototype.forEach.call(tables, function(table){
+    Array.prototype.forEach.call(table.tHead.rows[0].cells, function(th, i){
+      th.addEventListener('click', function(){
+        var dir = th.getAttribute('aria-sort') === 'descending' ? 'asc' : 'desc';
+        sortBy(table, i, dir);
+      });
+    });
+  });
+  var genes = document.getElementById('genes');
+  var m = /[#&]sort=([A-Za-z0-9_]+):(asc|desc)/.exec(window.location.hash);
+  if (genes && m){
+    var cells = genes.tHead.rows[0].cells;
+    for (var i = 0; i < cells.length; i++){
+      if (cells[i].getAttribute('data-col') === m[1]) sortBy(genes, i, m[2]);
+    }
+  }
+  document.body.setAttribute('data-ready', '1');
+})();
+"""
+
+
+def esc(x: Any) -> str:
+    """HTML-escape any value's text (quotes included)."""
+    return html.escape(str(x), quote=True)
+
+
+def _finite(x: Any) -> bool:
+    try:
+        return x is not None and math.isfinite(float(x))
+    except (TypeError, ValueError):
+        return False
+
+
+def fmt(x: Any, kind: str) -> str:
+    """Format a value for display (empty for missing/NaN)."""
+    if kind == "text":
+        return "" if x is None or (isinstance(x, float) and math.isnan(x)) else str(x)
+    if kind == "bool":
+        return "yes" if bool(x) else ""
+    if not _finite(x):
+        return ""
+    x = float(x)
+    if kind == "int":
+        return f"{int(x)}"
+    if kind == "r":
+        return f"{x:.3f}"
+    if kind == "p":
+        return f"{x:.2e}" if x < 1e-3 else f"{x:.4f}"
+    return f"{x:.3g}"
+
+
+def _ci(block: dict[str, Any]) -> str:
+    mean = fmt(block.get("mean_r"), "r") or "n/a"
+    lo, hi = block.get("mean_r_ci95") or [None, None]
+    if _finite(lo) and _finite(hi):
+        return f"{mean} <span class='ci'>[{fmt(lo, 'r')}, {fmt(hi, 'r')}]</span>"
+    return mean
+
+
+def _table(header: Sequence[str], rows: Iterable[Sequence[str]], *, attrs: str = "") -> str:
+    head = "".join(f"<th>{h}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table {attrs}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def headline_table(summary: dict[str, Any]) -> str:
+    """Mean r [95% CI] and median r per gene set, for the model and each baseline."""
+    baselines = list(summary["baselines"])
+    header = ["gene set", "genes (defined)", "model mean r [95% CI]", "model median r"]
+    header += [f"baseline {b}: mean r [95% CI]" for b in baselines]
+    rows = []
+    for key, meta in summary["gene_sets"].items():
+        m = summary["model"][key]
+        row = [esc(meta["label"]),
+               f"{m['n_genes']} ({m['n_defined']})",
+               f"<span class='big'>{_ci(m)}</span>", fmt(m["median_r"], "r") or "n/a"]
+        row += [_ci(summary["baselines"][b][key]) for b in baselines]
+        rows.append(row)
+    return _table([esc(h) for h in header], rows, attrs="id='headline'")
+
+
+def counts_table(summary: dict[str, Any]) -> str:
+    """The counts of genes passing each criterion."""
+    c = summary["counts"]
+    alpha = summary["settings"]["alpha"]
+    ref = summary.get("reference_baseline")
+    rows = [
+        ("genes with a defined r", c["n_defined"]),
+        ("genes with r undefined (constant or too few units)", c["n_undefined"]),
+        (f"q (BH) < {alpha:g} and r > 0", c["n_q_below_alpha_positive"]),
+        (f"Holm < {alpha:g} and r > 0", c["n_holm_below_alpha_positive"]),
+        (f"beats the {ref} baseline (q < {alpha:g})" if ref else "beats a baseline",
+         c["n_beats_baseline"] if c["n_beats_baseline"] is not None else "n/a"),
+        ("significantly well predicted", c["n_significant"]),
+    ]
+    return _table(["criterion", "genes"], ((esc(a), esc(b)) for a, b in rows),
+                  attrs="id='counts'")
+
+
+def fold_table(summary: dict[str, Any]) -> str:
+    """One row a fold: units, patients, mean r of the model and baselines."""
+    baselines = list(summary["baselines"])
+    header = ["fold", "units", "patients", "samples", "model mean r", "model median r",
+              "genes defined"] + [f"baseline {b}: mean r" for b in baselines]
+    rows = []
+    for f in summary["per_fold"]:
+        row = [esc(f["fold"]), esc(f["n_units"]), esc(f["n_patients"]), esc(f["n_samples"]),
+               fmt(f["model_mean_r"], "r"), fmt(f["model_median_r"], "r"),
+               esc(f["model_n_defined"])]
+        row += [fmt(f.get(f"{b}_mean_r"), "r") for b in baselines]
+        rows.append(row)
+    return _table([esc(h) for h in header], rows, attrs="id='folds' class='sortable'")
+
+
+def gene_table(genes: pd.DataFrame) -> str:
+    """The sortable table of every gene (all genes.tsv rows)."""
+    cols = [c for c in GENE_TABLE if c[0] in genes.columns]
+    head = "".join(
+        f"<th data-col='{c}' data-type='{'text' if k in ('text', 'bool') else 'num'}'"
+        f"{' class=t' if k == 'text' else ''}>{esc(h)}</th>" for c, h, k in cols)
+    parts = []
+    values = {c: genes[c].to_numpy() for c, _, _ in cols}
+    for i in range(len(genes)):
+        cells = []
+        for c, _, k in cols:
+            v = values[c][i]
+            text = esc(fmt(v, k))
+            if k in ("text", "bool"):
+                cls = " class='t'" if k == "text" else (" class='sig'" if v else "")
+                cells.append(f"<td{cls}>{text}</td>")
+            else:
+                dv = repr(float(v)) if _finite(v) else ""
+                cells.append(f"<td data-v='{dv}'>{text}</td>")
+        parts.append("<tr>" + "".join(cells) + "</tr>")
+    return (f"<div class='scroll'><table id='genes' class='sortable'><thead><tr>{head}</tr>"
+            f"</thead><tbody>{''.join(parts)}</tbody></table></div>")
+
+
+def _img(b64: str, alt: str) -> str:
+    return f"<img class='fig' alt='{esc(alt)}' src='data:image/png;base64,{b64}'>"
+
+
+def _top_bottom(genes: pd.DataFrame, n: int) -> tuple[list[int], list[int]]:
+    r = genes["pearson_r"].to_numpy(dtype=np.float64)
+    ok = np.flatnonzero(np.isfinite(r))
+    order = ok[np.argsort(-r[ok], kind="stable")]
+    top = order[:n].tolist()
+    bottom = [i for i in order[::-1][:n].tolist() if i not in top]
+    return top, bottom
+
+
+def render_html(data: ReportData, *, title: str | None = None, n_scatter: int = 8,
+                seed: int = 0) -> str:
+    """Build the report page.
+
+    Parameters
+    ----------
+    data
+        The evaluated predictions (:func:`~slide2expr.report.evaluate.build_report`).
+    title
+        Page title; defaults to the head and encoder from the provenance.
+    n_scatter
+        Genes shown as scatter plots among the best and among the worst.
+    seed
+        Seed for subsampling points of large scatter plots.
+
+    Returns
+    -------
+    The page, as a string.
+    """
+    s = data.summary
+    genes = data.genes
+    head, encoder, mode = s.get("head"), s.get("encoder"), s.get("mode")
+    title = title or "slide2expr report" + (f": {head}" if head else "")
+    facts = [f"{s['n_units']} units", f"{s['n_genes']} genes", f"{s['n_patients']} patients",
+             f"{s['n_samples']} samples", f"{s['n_folds']} folds"]
+    if encoder:
+        facts.insert(0, f"encoder {encoder}")
+    if mode:
+        facts.insert(0, f"{mode} mode")
+    names = genes["gene"].astype(str).tolist()
+    r_model = genes["pearson_r"].to_numpy(dtype=np.float64)
+    r_all = {"model": r_model}
+    for b in s["baselines"]:
+        r_all[b] = genes[f"baseline_{b}_r"].to_numpy(dtype=np.float64)
+    ref = s.get("reference_baseline")
+    dist = plots.r_distribution(r_all, reference=ref,
+                                significant=genes["significant"].to_numpy(dtype=bool))
+    top, bottom = _top_bottom(genes, n_scatter)
+    figs = []
+    for idx, label in ((top, "Best predicted genes"), (bottom, "Worst predicted genes")):
+        if idx:
+            png = plots.scatter_grid(data.truth, data.preds["model"], idx, names=names,
+                                     r=r_model, folds=data.folds, seed=seed)
+            figs.append(f"<h3>{esc(label)}</h3>" + _img(png, label))
+    if not figs:
+        figs.append("<p class='note'>No gene has a defined r: nothing to plot.</p>")
+    defs = "".join(f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in s["definitions"].items())
+    note = s["bootstrap"].get("note")
+    notes = f"<p class='note'>{esc(note)}</p>" if note else ""
+    if not ref:
+        notes += ("<p class='note'>No reference baseline in the predictions: genes are not "
+                  "tested against a baseline.</p>")
+    prov = json.dumps(s.get("provenance", {}), indent=2, sort_keys=True, default=str)
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{esc(title)}</title><style>{CSS}</style></head>
+<body>
+<h1>{esc(title)}</h1>
+<p class="sub">{esc(' · '.join(facts))}</p>
+<h2>Headline</h2>
+{headline_table(s)}
+{counts_table(s)}
+{notes}
+<h2>Per-gene correlation, model vs baselines</h2>
+{_img(dist, 'distribution of per-gene r')}
+<h2>Predicted vs observed</h2>
+{''.join(figs)}
+<h2>Per fold</h2>
+{fold_table(s)}
+<h2>Genes</h2>
+<p class="sub">Click a column header to sort. Also in genes.tsv beside this page.</p>
+{gene_table(by_r(genes))}
+<h2>Definitions</h2>
+<dl class="defs">{defs}</dl>
+<h2>Provenance</h2>
+<pre>{esc(prov)}</pre>
+<script>{JS}</script>
+</body></html>
+"""
