@@ -47,12 +47,12 @@ def test_thumbnail_uses_smallest_sufficient_level(slides_dir: Path) -> None:
 
 
 def test_unopenable_and_truncated(slides_dir: Path, tmp_path: Path) -> None:
-    with pytest.raises(InputError, match="unopenable.tiff.*cannot be read as a slide"):
+    with pytest.raises(InputError, match=r"unopenable\.tiff.*cannot be read as a slide"):
         open_slide(slides_dir / "unopenable.tiff")
     truncated = tmp_path / "truncated.svs"
     data = (slides_dir / "cmu-1-small-region.svs").read_bytes()
     truncated.write_bytes(data[: len(data) // 50])
-    with pytest.raises(InputError, match="truncated.svs"):
+    with pytest.raises(InputError, match=r"truncated\.svs"):
         with open_slide(truncated) as slide:
             slide.thumbnail(256)
     with pytest.raises(InputError, match="does not exist"):
@@ -65,7 +65,7 @@ def test_mpp_policy() -> None:
     assert resolve_mpp(p, None, sheet_mpp=0.5, default_mpp=1.0).mpp == 0.5
     choice = resolve_mpp(p, None, sheet_mpp=None, default_mpp=1.0)
     assert (choice.mpp, choice.source) == (1.0, "config_default")
-    with pytest.raises(InputError, match="x.tiff.*no resolution.*mpp"):
+    with pytest.raises(InputError, match=r"x\.tiff.*no resolution.*mpp"):
         resolve_mpp(p, None)
 
 

@@ -247,7 +247,6 @@ class Slide(ABC):
         out_w = max(1, int(round(w0 / downsample)))
         out_h = max(1, int(round(h0 / downsample)))
         level = self.best_level_for_downsample(downsample)
-        lw, lh = self.level_dimensions[level]
         img = self._whole_level(level, (out_w, out_h))
         if img.shape[1] != out_w or img.shape[0] != out_h:
             img = np.asarray(Image.fromarray(img).resize((out_w, out_h), Image.BILINEAR))
