@@ -72,7 +72,10 @@ for _name in COMMAND_MODULES:
 def main() -> None:
     """Entry point: run the app, turning :class:`InputError` into a one-line error."""
     try:
-        app(standalone_mode=False)
+        # Without standalone mode click returns a command's exit code instead of exiting.
+        code = app(standalone_mode=False)
+        if isinstance(code, int) and code != 0:
+            sys.exit(code)
     except InputError as exc:
         typer.echo(f"error: {exc.one_line()}", err=True)
         sys.exit(2)

@@ -3,7 +3,7 @@
 Columns: ``sample_id`` (letters, digits, ``._-``; it becomes a file name), ``slide``,
 optional ``patient`` (defaults to ``sample_id``), ``mpp``, ``split`` (``train``/``test``),
 and in spot mode ``counts`` and ``spots``. Relative paths are taken relative to the
-directory the workflow runs in.
+directory the workflow runs in, or to ``root`` (the config's ``data_root``) when given.
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ from slide2expr.errors import InputError
 
 SAMPLE_ID_PATTERN = re.compile(r"^[A-Za-z0-9._-]+$")
 SPLITS = {"train", "test"}
+#: Columns that hold file paths (resolved against ``root`` when relative).
+FILE_COLUMNS = ("slide", "counts", "spots")
 
 
 def check_sample_id(sample_id: str, *, source: str | Path | None) -> None:
@@ -32,7 +34,8 @@ def check_sample_id(sample_id: str, *, source: str | Path | None) -> None:
                          "and without '..'")
 
 
-def read_sample_sheet(path: str | Path, *, mode: str = "spot", check_files: bool = True) -> pd.DataFrame:
+def read_sample_sheet(path: str | Path, *, mode: str = "spot", check_files: bool = True,
+                      root: str | Path | None = None) -> pd.DataFrame:
     """Read and validate a sample sheet.
 
     Parameters
@@ -43,6 +46,9 @@ def read_sample_sheet(path: str | Path, *, mode: str = "spot", check_files: bool
         ``"spot"`` requires ``counts`` and ``spots`` columns; ``"bulk"`` does not.
     check_files
         Check that every referenced file exists.
+    root
+        Directory that relative ``slide``, ``counts`` and ``spots`` paths are taken relative
+        to (the config's ``data_root``); ``None``: the working directory.
 
     Returns
     -------
@@ -89,13 +95,17 @@ def read_sample_sheet(path: str | Path, *, mode: str = "spot", check_files: bool
         if bad.any():
             raise InputError(path, f"split must be 'train' or 'test', not "
                              f"{sorted(set(sheet['split'][bad]))}", "fix the split column")
+    if root is not None:
+        for col in [c for c in FILE_COLUMNS if c in sheet.columns]:
+            sheet[col] = [str(Path(root) / p) if p and not Path(p).is_absolute() else p
+                          for p in sheet[col]]
     if check_files:
-        file_cols = [c for c in ("slide", "counts", "spots") if c in sheet.columns]
+        file_cols = [c for c in FILE_COLUMNS if c in sheet.columns]
         absent = [f"{row.sample_id}: {getattr(row, c)}" for row in sheet.itertuples()
                   for c in file_cols if getattr(row, c) and not Path(getattr(row, c)).exists()]
         if absent:
             shown = "; ".join(absent[:5]) + (f" (and {len(absent) - 5} more)" if len(absent) > 5 else "")
             raise InputError(path, f"{len(absent)} file(s) not found: {shown}",
-                             "fix the paths (relative paths are relative to the directory "
-                             "snakemake runs in)")
+                             "fix the paths (relative paths are relative to the config's "
+                             "data_root, else to the directory snakemake runs in)")
     return sheet.set_index("sample_id", drop=False)

@@ -23,8 +23,10 @@ for _section in ("tiling", "extract", "join", "train", "report", "heatmap"):
 MODE = config["mode"]  # "spot" or "bulk"
 RESULTS = "results"
 # Files the demo_data rule creates do not exist before the first run: check them later.
+# Relative paths in the sheet are taken relative to `data_root` when set (else the workdir).
+DATA_ROOT = config.get("data_root")
 SAMPLES = read_sample_sheet(
-    config["samples"], mode=MODE, check_files=not config.get("demo_data", False)
+    config["samples"], mode=MODE, check_files=not config.get("demo_data", False), root=DATA_ROOT
 )
 SAMPLE_IDS = list(SAMPLES.index)
 # The tiling that holds the training units: spots in spot mode, the tissue grid in bulk mode.
@@ -32,6 +34,22 @@ UNIT_TILING = "spots" if MODE == "spot" else "grid"
 
 # Every stage appends its final outputs here; `rule all` in the Snakefile requests them.
 ALL_TARGETS = []
+
+# Encoder sweep (extract.encoders). With one encoder (the default) the join, train, report
+# and heatmap outputs sit directly under results/ (dataset.h5ad, report/{head}/...). With
+# several, each encoder's go under results/{encoder}/ (results/{encoder}/dataset.h5ad,
+# results/{encoder}/report/{head}/...), and their logs and benchmarks under .../{encoder}/.
+# Tiles are shared; features are per encoder anyway. Rules write paths as
+# f"{ENC_RESULTS}/dataset.h5ad" and f"{RESULTS}/logs/join/{ENC_TAG}join.log".
+SWEEP_ENCODERS = list(config["extract"].get("encoders") or ["efficientnet_lite0"])
+SWEEP = len(SWEEP_ENCODERS) > 1
+ENC_RESULTS = f"{RESULTS}/{{encoder}}" if SWEEP else RESULTS
+ENC_TAG = "{encoder}/" if SWEEP else ""
+
+
+def expand_encoders(pattern, **wildcards):
+    """``expand`` over the sweep's encoders too (duplicates removed, order kept)."""
+    return list(dict.fromkeys(expand(pattern, encoder=SWEEP_ENCODERS, **wildcards)))
 
 
 wildcard_constraints:

@@ -1,0 +1,42 @@
+"""train.genes.list: a fixed published gene set restricts what every fold models."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from slide2expr.errors import InputError
+from slide2expr.training.config import GeneSelection, TrainConfig
+from slide2expr.training.genes import select_genes
+
+
+def test_the_list_restricts_the_candidates(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    x = rng.gamma(2.0, size=(40, 6))
+    x[:, 4] = 1.0  # constant in training: never modelled, listed or not
+    names = np.array(["A", "B", "C", "D", "E", "F"])
+    listed = tmp_path / "genes.txt"
+    listed.write_text("# a published set\nB\nE\n\nF  # trailing comment\nNOT_IN_DATA\n")
+    chosen = select_genes(x, names, settings=GeneSelection(list=str(listed), min_fraction=0.0))
+    assert list(names[chosen]) == ["B", "F"]
+    everything = select_genes(x, names, settings=GeneSelection(min_fraction=0.0))
+    assert list(names[everything]) == ["A", "B", "C", "D", "F"]
+
+
+def test_a_missing_or_empty_list_is_an_input_error(tmp_path: Path) -> None:
+    x = np.arange(12, dtype=float).reshape(4, 3)
+    with pytest.raises(InputError, match="does not exist"):
+        select_genes(x, np.array(["A", "B", "C"]),
+                     settings=GeneSelection(list=str(tmp_path / "none.txt")))
+    (tmp_path / "empty.txt").write_text("# nothing\n")
+    with pytest.raises(InputError, match="empty"):
+        select_genes(x, np.array(["A", "B", "C"]),
+                     settings=GeneSelection(list=str(tmp_path / "empty.txt")))
+
+
+def test_the_config_key(her2st: Path) -> None:
+    config = TrainConfig.from_dict({"genes": {"list": str(her2st / "genes_785.txt")}})
+    assert config.genes.list.endswith("genes_785.txt")
+    assert config.to_dict()["genes"]["list"] == config.genes.list

@@ -1,0 +1,48 @@
+# Compare stage: every (encoder, head) combination of the run side by side.
+# Output: results/report/compare.tsv (mean r over all genes / top / HVG, genes significant,
+# wall time per stage per encoder x head, baselines included) and results/report/compare.html.
+# Tiles are made once and features once per encoder; every head of an encoder reads the same
+# features and dataset (see the sweep paths in common.smk).
+
+import itertools
+
+COMPARE_HEADS = list(config["train"].get("heads", ["mlp"]))
+
+
+def compare_summaries():
+    """(encoder, head, summary.json) for every combination, encoders first."""
+    return [
+        (enc, head, f"{ENC_RESULTS}/report/{head}/summary.json".format(encoder=enc))
+        for enc, head in itertools.product(SWEEP_ENCODERS, COMPARE_HEADS)
+    ]
+
+
+rule compare:
+    input:
+        [path for _, _, path in compare_summaries()],
+    output:
+        tsv=f"{RESULTS}/report/compare.tsv",
+        html=report(
+            f"{RESULTS}/report/compare.html",
+            category="Comparison",
+            labels={"file": "compare.html"},
+        ),
+    params:
+        runs=" ".join(f"--run {e}:{h}:{p}" for e, h, p in compare_summaries()),
+        benchmarks=f"{RESULTS}/benchmarks",
+    log:
+        f"{RESULTS}/logs/compare/compare.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/compare/compare.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    shell:
+        "slide2expr compare {params.runs} --benchmarks {params.benchmarks} -o {output.tsv} "
+        "--html {output.html} --top-n {REPORT[top_n]} --n-hvg {REPORT[n_hvg]} > {log} 2>&1"
+
+
+# A default target once the train stage exists (as the per-head reports, see report.smk).
+if _predictions_have_a_rule():
+    ALL_TARGETS.append(f"{RESULTS}/report/compare.tsv")
