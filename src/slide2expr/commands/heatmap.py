@@ -1,0 +1,147 @@
+"""``slide2expr heatmap`` (tile predictions -> overlays and QuPath GeoJSON) and
+``slide2expr heatmap-scale`` (one colour scale for a cohort)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import typer
+
+log = logging.getLogger(__name__)
+
+
+def heatmap(
+    source: Path = typer.Argument(
+        ..., help="Features file (.h5, grid tiling, from `slide2expr extract`) or a tile map "
+                  "(.h5ad) written by an earlier `slide2expr heatmap`."),
+    slide: Path | None = typer.Option(None, "--slide",
+                                      help="The slide (default: the one the features name)."),
+    model_dir: Path | None = typer.Option(
+        None, "--model-dir", help="results/models/{head} (or one fold directory); needed for a "
+                                  "features file."),
+    out_dir: Path = typer.Option(..., "--out-dir", "-o",
+                                 help="Output directory, e.g. results/heatmaps/{head}."),
+    genes: list[str] | None = typer.Option(
+        None, "--genes", "-g", help="Genes to draw (repeat or comma-separate). Default: the "
+                                    "report's top --n-genes."),
+    n_genes: int = typer.Option(4, "--n-genes", min=1, help="How many top genes to draw."),
+    report: Path | None = typer.Option(None, "--report",
+                                       help="The report's genes.tsv: draw its top genes by r."),
+    scale: Path | None = typer.Option(None, "--scale",
+                                      help="Cohort colour scale from `slide2expr heatmap-scale`."),
+    predictions: Path | None = typer.Option(
+        None, "--predictions", help="predictions/{head}.h5ad (spot mode): also draw measured vs "
+                                    "predicted at this slide's spots."),
+    sample_id: str | None = typer.Option(None, "--sample-id",
+                                         help="Sample ID (default: from the features file)."),
+    fold: int | None = typer.Option(None, "--fold", help="Use this fold's model only (default: "
+                                                         "the fold that held the slide out, "
+                                                         "else the average of all folds)."),
+    clip_percentiles: tuple[float, float] = typer.Option(
+        (1.0, 99.0), "--clip-percentiles", help="Colour limits: these percentiles of the map."),
+    cmap: str = typer.Option("inferno", "--cmap", help="Matplotlib colour map."),
+    alpha: float = typer.Option(0.6, "--alpha", min=0.0, max=1.0,
+                                help="Opacity of the colour over tissue."),
+    thumbnail_px: int = typer.Option(2048, "--thumbnail-px", min=64,
+                                     help="Longest side of the drawn image."),
+    geojson_all_genes: bool = typer.Option(
+        False, "--geojson-all-genes", help="All predicted genes as GeoJSON measurements "
+                                           "(default: the drawn genes)."),
+    map_only: bool = typer.Option(False, "--map-only",
+                                  help="Only write the tile map {sample}.h5ad, draw nothing."),
+    default_mpp: float | None = typer.Option(None, "--default-mpp",
+                                             help="um/px if neither slide nor features have one."),
+    mask_mpp: float = typer.Option(4.0, help="Tissue: mask resolution, um/px."),
+    min_saturation: float = typer.Option(0.07, help="Tissue: saturation floor."),
+    closing_um: float = typer.Option(40.0, help="Tissue: closing radius, um."),
+    min_object_um2: float = typer.Option(20000.0, help="Tissue: smallest fragment kept, um^2."),
+    max_hole_um2: float = typer.Option(20000.0, help="Tissue: largest hole filled, um^2."),
+    threads: int = typer.Option(1, "--threads", min=1, help="CPU threads for torch."),
+) -> None:
+    """Predicted-expression heatmaps of one slide: overlays, QuPath GeoJSON, tile map."""
+    from slide2expr.errors import InputError
+    from slide2expr.heatmap import (
+        HeatmapOptions,
+        OverlayStyle,
+        load_or_predict,
+        make_heatmaps,
+        open_matching_slide,
+        read_scale,
+        write_tile_map,
+    )
+    from slide2expr.heatmap.genes import split_gene_args
+    from slide2expr.heatmap.overlay import colormap
+    from slide2expr.heatmap.scale import check_percentiles
+    from slide2expr.tissue import TissueParams
+
+    if not source.is_file():
+        raise InputError(source, "does not exist", "pass a features .h5 or a tile map .h5ad")
+    check_percentiles(clip_percentiles)
+    colormap(cmap)  # fail early on a bad name
+    if not source.suffix.lower() == ".h5ad":
+        import torch
+
+        torch.set_num_threads(threads)
+    tmap, predicted = load_or_predict(source, model_dir=model_dir, sample_id=sample_id, fold=fold)
+    if map_only:
+        if not predicted:
+            raise InputError(source, "is already a tile map", "drop --map-only")
+        out = out_dir / f"{tmap.sample_id}.h5ad"
+        write_tile_map(out, tmap)
+        typer.echo(f"wrote {out}", err=True)
+        return
+    slide_path = slide or (Path(str(tmap.attrs["slide"])) if tmap.attrs.get("slide") else None)
+    if slide_path is None:
+        raise InputError(source, "names no slide", "pass --slide")
+    options = HeatmapOptions(
+        genes=split_gene_args(genes), n_genes=n_genes, clip_percentiles=clip_percentiles,
+        style=OverlayStyle(cmap=cmap, alpha=alpha), thumbnail_px=thumbnail_px,
+        tissue=TissueParams(mask_mpp=mask_mpp, min_saturation=min_saturation, closing_um=closing_um,
+                            min_object_um2=min_object_um2, max_hole_um2=max_hole_um2),
+        geojson_all_genes=geojson_all_genes,
+    )
+    with open_matching_slide(slide_path, tmap, default_mpp=default_mpp) as s:
+        result = make_heatmaps(
+            tmap, s, out_dir, options=options, report=report,
+            scale=read_scale(scale) if scale is not None else None, predictions=predictions,
+            write_map=predicted, source=model_dir or source)
+    typer.echo(f"{result.sample_id}: {len(result.pngs)} overlays ({', '.join(result.genes)}), "
+               f"{result.geojson.name}"
+               + (f", {result.comparison.name}" if result.comparison else "")
+               + f" in {out_dir} ({result.seconds:.1f} s)", err=True)
+
+
+def heatmap_scale(
+    maps: list[Path] = typer.Argument(..., help="Tile maps ({sample}.h5ad) of the cohort."),
+    out: Path = typer.Option(..., "--out", "-o", help="Scale table (.tsv) to write."),
+    genes: list[str] | None = typer.Option(None, "--genes", "-g",
+                                           help="Genes (repeat or comma-separate)."),
+    n_genes: int = typer.Option(4, "--n-genes", min=1, help="How many top genes of the report."),
+    report: Path | None = typer.Option(None, "--report", help="The report's genes.tsv."),
+    clip_percentiles: tuple[float, float] = typer.Option(
+        (1.0, 99.0), "--clip-percentiles", help="Percentiles over the pooled tiles."),
+) -> None:
+    """One colour scale a gene over all slides, for heatmaps that compare across a cohort."""
+    from slide2expr.heatmap import cohort_scale, read_tile_map, select_genes, write_scale
+    from slide2expr.heatmap.genes import split_gene_args
+
+    first = read_tile_map(maps[0])
+    chosen = select_genes(first.genes, genes=split_gene_args(genes), report=report,
+                          n_genes=n_genes, source=maps[0])
+
+    def load():
+        yield str(maps[0]), first.genes, first.values
+        for path in maps[1:]:
+            m = read_tile_map(path)
+            yield str(path), m.genes, m.values
+
+    table = cohort_scale(load(), chosen, percentiles=clip_percentiles)
+    write_scale(out, table)
+    typer.echo(f"wrote {out}: {len(chosen)} genes over {len(maps)} slides", err=True)
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``heatmap`` and ``heatmap-scale`` to the CLI."""
+    app.command("heatmap")(heatmap)
+    app.command("heatmap-scale")(heatmap_scale)

@@ -1,0 +1,203 @@
+"""Overlay PNGs: the slide thumbnail with a colour map blended over tissue, a colour bar
+with units, the gene and the sample in the title.
+
+The thumbnail is placed unscaled in the PNG (a scale bar sits under it), at an offset written into the PNG's text
+chunks (``slide2expr:image_box`` = ``left,top,width,height`` in PNG px and
+``slide2expr:downsample`` = level-0 px per image px), so a PNG pixel maps back to level-0
+coordinates exactly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from slide2expr.atomic import atomic_output
+
+#: Margins around the thumbnail in the PNG, px (times max(1, longest side / 1000)).
+MARGIN = 12
+TITLE_PX = 46
+BOTTOM_PX = 26
+COLORBAR_PX = 110
+DPI = 100
+
+
+@dataclass(frozen=True)
+class OverlayStyle:
+    """How overlays look.
+
+    Attributes
+    ----------
+    cmap
+        A Matplotlib colour map name.
+    alpha
+        Opacity of the colour map over tissue (0 transparent, 1 opaque).
+    background_fade
+        How much non-tissue areas are faded towards white (0 none, 1 white).
+    """
+
+    cmap: str = "inferno"
+    alpha: float = 0.6
+    background_fade: float = 0.4
+
+
+def colormap(name: str):
+    """A Matplotlib colour map by name (InputError for an unknown name)."""
+    import matplotlib
+
+    from slide2expr.errors import InputError
+
+    try:
+        return matplotlib.colormaps[name]
+    except KeyError:
+        raise InputError(None, f"unknown colour map {name!r}",
+                         "use a Matplotlib name such as inferno, viridis, magma, RdBu_r") from None
+
+
+def blend_overlay(thumbnail: np.ndarray, value_image: np.ndarray, *, vmin: float, vmax: float,
+                  tissue: np.ndarray | None = None, style: OverlayStyle | None = None) -> np.ndarray:
+    """The thumbnail with ``value_image`` colour-mapped and blended where there is tissue.
+
+    Parameters
+    ----------
+    thumbnail
+        ``(H, W, 3)`` uint8 RGB.
+    value_image
+        ``(H, W)`` values (NaN where no tile).
+    vmin, vmax
+        Colour limits; values outside are clipped.
+    tissue
+        ``(H, W)`` bool tissue mask; None means everywhere. Colour is blended only where a
+        tile has a value *and* there is tissue; background is faded.
+    style
+        Colour map, opacity, background fade.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(H, W, 3)`` uint8 RGB.
+    """
+    style = style or OverlayStyle()
+    rgb = thumbnail.astype(np.float32)
+    paint = np.isfinite(value_image)
+    if tissue is not None:
+        paint &= tissue
+        fade = ~tissue
+        rgb[fade] = (1 - style.background_fade) * rgb[fade] + style.background_fade * 255.0
+    norm = np.clip((np.nan_to_num(value_image[paint]) - vmin) / (vmax - vmin), 0.0, 1.0)
+    colours = colormap(style.cmap)(norm)[:, :3].astype(np.float32) * 255.0
+    rgb[paint] = (1 - style.alpha) * rgb[paint] + style.alpha * colours
+    return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
+
+
+def save_overlay_png(path: str | Path, image: np.ndarray, *, downsample: float, vmin: float,
+                     vmax: float, title: str, subtitle: str = "",
+                     colorbar_label: str = "log1p CP10k", style: OverlayStyle | None = None,
+                     clipped: tuple[bool, bool] = (True, True),
+                     mpp: float | None = None) -> None:
+    """Write ``image`` (the blended thumbnail) with a title and a colour bar as a PNG.
+
+    Matplotlib draws only the frame (title, colour bar, scale bar); the thumbnail is pasted
+    into the frame's pixel buffer unscaled, so memory stays a few times the thumbnail's.
+
+    Parameters
+    ----------
+    path
+        Destination, written atomically.
+    image
+        ``(H, W, 3)`` uint8, placed unscaled.
+    downsample
+        Level-0 px per image px (stored in the PNG metadata).
+    vmin, vmax
+        Colour bar limits.
+    title, subtitle
+        Text above the image.
+    colorbar_label
+        Units of the colour bar.
+    style
+        Colour map of the bar.
+    clipped
+        Whether values were clipped below ``vmin`` / above ``vmax`` (arrow ends on the bar).
+    mpp
+        Slide um/px; when given a scale bar is drawn under the image.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.colorbar import ColorbarBase
+    from matplotlib.colors import Normalize
+    from matplotlib.figure import Figure
+    from PIL import Image
+    from PIL.PngImagePlugin import PngInfo
+
+    style = style or OverlayStyle()
+    h, w = image.shape[:2]
+    k = max(1.0, max(h, w) / 1000)  # text and margins grow with large thumbnails
+    margin, title_px, bottom_px, bar_px = (round(v * k) for v in (MARGIN, TITLE_PX, BOTTOM_PX,
+                                                                   COLORBAR_PX))
+    width = margin + w + bar_px
+    height = title_px + h + bottom_px
+    fig = Figure(figsize=(width / DPI, height / DPI), dpi=DPI, facecolor="white")
+    canvas = FigureCanvasAgg(fig)
+    fig.text(margin / width, 1 - 6 * k / height, title, ha="left", va="top", fontsize=12 * k,
+             fontweight="bold")
+    if subtitle:
+        fig.text(margin / width, 1 - 26 * k / height, subtitle, ha="left", va="top",
+                 fontsize=8.5 * k, color="0.3")
+    bar_h = max(h * 0.8, 40)
+    cax = fig.add_axes((
+        (margin + w + 14 * k) / width, (bottom_px + (h - bar_h) / 2) / height,
+        16 * k / width, bar_h / height,
+    ))
+    extend = {(True, True): "both", (True, False): "min", (False, True): "max"}.get(clipped, "neither")
+    bar = ColorbarBase(cax, cmap=colormap(style.cmap), norm=Normalize(vmin, vmax), extend=extend)
+    bar.set_label(colorbar_label, fontsize=9 * k)
+    bar.ax.tick_params(labelsize=8 * k)
+    if mpp:
+        _scale_bar(fig, w=w, width=width, height=height, um_per_px=mpp * downsample,
+                   x0=margin, y0=bottom_px - 10 * k, k=k)
+    canvas.draw()
+    frame = np.array(canvas.buffer_rgba())[..., :3]
+    frame[title_px:title_px + h, margin:margin + w] = image
+    info = PngInfo()
+    for key, value in {
+        "slide2expr:image_box": f"{margin},{title_px},{w},{h}",
+        "slide2expr:downsample": repr(float(downsample)),
+        "slide2expr:vmin": repr(float(vmin)),
+        "slide2expr:vmax": repr(float(vmax)),
+        "Title": title,
+        "Software": "slide2expr",
+    }.items():
+        info.add_text(key, value)
+    with atomic_output(path) as tmp:
+        Image.fromarray(frame).save(tmp, format="PNG", pnginfo=info, compress_level=6)
+
+
+def _scale_bar(fig, *, w: int, width: int, height: int, um_per_px: float, x0: float,
+               y0: float, k: float) -> None:
+    """A scale bar of a round length (at most a fifth of the image) under its left corner."""
+    target_um = w * um_per_px / 5
+    if target_um <= 0:
+        return
+    exponent = 10 ** np.floor(np.log10(target_um))
+    length_um = max(m * exponent for m in (1, 2, 5) if m * exponent <= target_um)
+    length_px = length_um / um_per_px
+    if length_px < 8:
+        return
+    from matplotlib.lines import Line2D
+
+    label = f"{length_um / 1000:g} mm" if length_um >= 1000 else f"{length_um:g} µm"
+    fig.lines.append(Line2D([x0 / width, (x0 + length_px) / width], [y0 / height] * 2,
+                            transform=fig.transFigure, color="black", linewidth=2.5 * k))
+    fig.text((x0 + length_px + 6 * k) / width, y0 / height, label, ha="left", va="center",
+             fontsize=8 * k)
+
+
+def read_image_box(path: str | Path) -> tuple[tuple[int, int, int, int], float]:
+    """``((left, top, width, height), downsample)`` of the thumbnail inside an overlay PNG."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        text = dict(getattr(im, "text", {}) or {})
+    left, top, w, h = (int(v) for v in text["slide2expr:image_box"].split(","))
+    return (left, top, w, h), float(text["slide2expr:downsample"])

@@ -1,0 +1,362 @@
+"""The heatmap stage for one slide: tile predictions -> overlays, QuPath GeoJSON, spot
+comparison.
+
+Outputs in ``out_dir`` (the workflow uses ``results/heatmaps/{head}``):
+
+- ``{sample}.h5ad``: tile predictions (see :mod:`slide2expr.heatmap.tilemap`), when the
+  input was a features file;
+- ``{sample}.geojson``: QuPath objects (see :mod:`slide2expr.heatmap.geojson`);
+- ``{sample}/{gene}.png``: overlays (see :mod:`slide2expr.heatmap.overlay`);
+- ``{sample}/limits.tsv``: the colour limits and value range of each drawn gene;
+- ``{sample}/measured_vs_predicted.png``: spot-mode training slides only.
+
+All of them appear together or not at all.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from slide2expr.atomic import atomic_outputs
+from slide2expr.errors import InputError
+from slide2expr.heatmap.genes import gene_filename, select_genes
+from slide2expr.heatmap.geojson import mask_polygons, write_qupath_geojson
+from slide2expr.heatmap.overlay import OverlayStyle, blend_overlay, save_overlay_png
+from slide2expr.heatmap.raster import rasterize_tiles
+from slide2expr.heatmap.scale import check_percentiles, robust_limits
+from slide2expr.heatmap.tilemap import (
+    UNITS,
+    TileMap,
+    predict_tile_map,
+    read_tile_map,
+    write_tile_map,
+)
+from slide2expr.samples import check_sample_id
+from slide2expr.slides import Slide
+from slide2expr.tissue import TissueParams, detect_tissue
+
+log = logging.getLogger(__name__)
+
+COMPARISON_PNG = "measured_vs_predicted.png"
+LIMITS_TSV = "limits.tsv"
+
+
+@dataclass(frozen=True)
+class HeatmapOptions:
+    """Choices of the heatmap stage.
+
+    Attributes
+    ----------
+    genes
+        Genes to draw; None for the report's top ``n_genes``.
+    n_genes
+        How many genes when ``genes`` is None.
+    clip_percentiles
+        Robust colour limits of each slide's map (ignored for genes in ``scale``).
+    style
+        Colour map, opacity, background fade.
+    thumbnail_px
+        Longest side of the image the maps are drawn on.
+    tissue
+        Tissue detection on the thumbnail (colour goes over tissue only; the outline goes
+        into the GeoJSON).
+    geojson_all_genes
+        Put every predicted gene into the GeoJSON measurements, not just the drawn ones.
+    """
+
+    genes: Sequence[str] | None = None
+    n_genes: int = 4
+    clip_percentiles: tuple[float, float] = (1.0, 99.0)
+    style: OverlayStyle = field(default_factory=OverlayStyle)
+    thumbnail_px: int = 2048
+    tissue: TissueParams = field(default_factory=TissueParams)
+    geojson_all_genes: bool = False
+
+
+@dataclass
+class HeatmapResult:
+    """What was written for one slide."""
+
+    sample_id: str
+    genes: list[str]
+    tile_map: Path | None
+    geojson: Path
+    pngs: dict[str, Path]
+    limits: pd.DataFrame
+    comparison: Path | None = None
+    comparison_r: dict[str, float] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def is_tile_map(path: str | Path) -> bool:
+    """True when ``path`` is a tile-prediction ``.h5ad`` rather than a features ``.h5``."""
+    return Path(path).suffix.lower() == ".h5ad"
+
+
+def load_or_predict(input_path: str | Path, *, model_dir: str | Path | None,
+                    sample_id: str | None = None, fold: int | None = None) -> tuple[TileMap, bool]:
+    """The tile map of one slide: read it (``.h5ad``) or predict it from features (``.h5``).
+
+    For a features file the model comes from ``model_dir`` (``load_trained_head``): on a
+    training slide the fold model that held it out (an out-of-fold map, see
+    ``splits.tsv``), on a new slide (or one every fold trained on) the average of the fold
+    models; ``fold`` forces one fold. How the model was used is recorded in the map's
+    ``attrs['model_use']`` and the overlay subtitles.
+
+    Returns
+    -------
+    tuple of (TileMap, bool)
+        The map and whether it was predicted now (and so should be written).
+    """
+    input_path = Path(input_path)
+    if is_tile_map(input_path):
+        return read_tile_map(input_path), False
+    if model_dir is None:
+        raise InputError(input_path, "is a features file but no model was given",
+                         "pass --model-dir results/models/{head}")
+    from slide2expr.features_io import read_features
+    from slide2expr.heads import load_trained_head
+
+    features = read_features(input_path)
+    sample = sample_id or str(features.attrs.get("sample_id") or "")
+    if not sample:
+        raise InputError(input_path, "names no sample_id", "pass --sample-id")
+    check_sample_id(sample, source=None)
+    features.attrs["sample_id"] = sample
+    if (Path(model_dir) / "head.json").is_file():  # one fold's directory
+        fold, use = None, f"the model in {Path(model_dir).name}"
+    elif fold is None:
+        fold, use = _fold_for(model_dir, sample)
+    else:
+        use = f"fold {fold}"
+    head = load_trained_head(model_dir, fold=fold)
+    n_members = len(getattr(head, "members", [])) or 1
+    if n_members > 1:
+        use = f"{use}: average of {n_members} fold models"
+    provenance = {
+        "model_dir": str(Path(model_dir)), "head": getattr(head, "head", "model"),
+        "kind": getattr(head, "kind", ""), "model_use": use,
+        "features": str(input_path),
+    }
+    if getattr(head, "meta", {}).get("encoder") and features.attrs.get("encoder") and \
+            head.meta["encoder"] != features.attrs["encoder"]:
+        raise InputError(input_path, f"has {features.attrs['encoder']} features but the model "
+                         f"was trained on {head.meta['encoder']}",
+                         f"use features from the {head.meta['encoder']} encoder")
+    log.info("%s: predicting %d genes on %d tiles with %s (%s)", sample, len(head.genes),
+             len(features), provenance["head"], use)
+    return predict_tile_map(features, head, provenance=provenance, source=input_path), True
+
+
+def _fold_for(model_dir: str | Path, sample_id: str) -> tuple[int | None, str]:
+    """The fold whose model did not see ``sample_id``, and how the model is used.
+
+    From ``splits.tsv`` of the model directory: a slide held out in fold k gets fold k's
+    model (its map is out-of-fold); a slide that only trained (fold -1, a ``split`` column)
+    or a slide not in the table (a new slide) gets the average of all fold models.
+    """
+    splits = Path(model_dir) / "splits.tsv"
+    table = None
+    if splits.is_file():
+        try:
+            table = pd.read_csv(splits, sep="\t", dtype={"sample_id": str})
+        except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError):
+            table = None
+    if table is None or not {"sample_id", "fold"} <= set(table.columns):
+        return None, "all folds"
+    folds = sorted(set(table.loc[table["sample_id"] == sample_id, "fold"].astype(int)))
+    if not folds:
+        return None, f"a slide new to the model ({sample_id} not in splits.tsv)"
+    held = [k for k in folds if k >= 0]
+    if len(held) == 1:
+        return held[0], f"fold {held[0]}, which held {sample_id} out"
+    if held:
+        log.warning("%s: units of %s are held out in several folds (%s); using all folds",
+                    splits, sample_id, held)
+        return None, f"{sample_id} held out in folds {held}"
+    return None, f"{sample_id} was a training slide of every fold: NOT out-of-fold"
+
+
+def tissue_mask(thumbnail: np.ndarray, downsample: float, *, mpp: float,
+                params: TissueParams) -> tuple[np.ndarray, float]:
+    """Tissue mask of a thumbnail, computed at (no finer than) ``params.mask_mpp``.
+
+    Morphology sizes are physical, so on a fine thumbnail they become large structuring
+    elements; the mask is therefore computed on the thumbnail shrunk to ``mask_mpp``.
+
+    Returns
+    -------
+    tuple of (numpy.ndarray, float)
+        The mask and its downsample (level-0 px per mask px).
+    """
+    image_mpp = mpp * downsample
+    factor = params.mask_mpp / image_mpp
+    image = thumbnail
+    if factor > 1.0:
+        from PIL import Image
+
+        h, w = thumbnail.shape[:2]
+        size = (max(1, round(w / factor)), max(1, round(h / factor)))
+        image = np.asarray(Image.fromarray(thumbnail).resize(size, Image.BILINEAR))
+    mask_ds = downsample * thumbnail.shape[1] / image.shape[1]
+    return detect_tissue(image, image_mpp=mpp * mask_ds, params=params), mask_ds
+
+
+def _resize_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour resize of a boolean mask to ``shape`` (rows, cols)."""
+    if mask.shape == tuple(shape):
+        return mask
+    rows = np.minimum((np.arange(shape[0]) + 0.5) * mask.shape[0] / shape[0], mask.shape[0] - 1)
+    cols = np.minimum((np.arange(shape[1]) + 0.5) * mask.shape[1] / shape[1], mask.shape[1] - 1)
+    return mask[rows.astype(int)[:, None], cols.astype(int)[None, :]]
+
+
+def open_matching_slide(slide_path: str | Path, tmap: TileMap, *,
+                        default_mpp: float | None = None) -> Slide:
+    """Open the slide and check it is the one the tiles came from (same level-0 size)."""
+    from slide2expr.slides import open_slide
+
+    mpp = tmap.attrs.get("slide_mpp")
+    slide = open_slide(slide_path, sheet_mpp=float(mpp) if mpp else None, default_mpp=default_mpp)
+    want = (tmap.attrs.get("level0_width"), tmap.attrs.get("level0_height"))
+    if None not in want and tuple(int(v) for v in want) != tuple(slide.dimensions):
+        slide.close()
+        raise InputError(slide_path, f"is {slide.dimensions[0]} x {slide.dimensions[1]} px but the "
+                         f"tiles were made on a {want[0]} x {want[1]} px slide",
+                         "pass the slide the features file was extracted from")
+    return slide
+
+
+def make_heatmaps(tmap: TileMap, slide: Slide, out_dir: str | Path, *,
+                  options: HeatmapOptions | None = None, report: str | Path | None = None,
+                  scale: dict[str, tuple[float, float]] | None = None,
+                  predictions: str | Path | None = None, write_map: bool = True,
+                  source: str | Path | None = None) -> HeatmapResult:
+    """Draw the overlays, write the GeoJSON (and the tile map) of one slide.
+
+    Parameters
+    ----------
+    tmap
+        Tile predictions of the slide.
+    slide
+        The open slide (only a thumbnail is read).
+    out_dir
+        Destination directory (``results/heatmaps/{head}``).
+    options
+        Genes, clipping, style, thumbnail size, tissue detection.
+    report
+        The report's ``genes.tsv`` to pick the top genes from.
+    scale
+        ``{gene: (vmin, vmax)}`` shared by a cohort; genes not in it use robust limits.
+    predictions
+        ``predictions/{head}.h5ad`` of a spot-mode training run: adds the measured vs
+        predicted comparison when the slide has spots in it.
+    write_map
+        Write ``{sample}.h5ad`` (false when the map was read from that file).
+    source
+        Named in errors (the model directory or the tile map).
+    """
+    start = time.perf_counter()
+    options = options or HeatmapOptions()
+    percentiles = check_percentiles(options.clip_percentiles)
+    sample = tmap.sample_id
+    check_sample_id(sample, source=None)
+    genes = select_genes(tmap.genes, genes=options.genes, report=report,
+                         n_genes=options.n_genes, values=tmap.values, source=source)
+    out_dir = Path(out_dir)
+    sample_dir = out_dir / sample
+
+    thumb, downsample = slide.thumbnail(options.thumbnail_px)
+    mpp = slide.mpp or (float(tmap.attrs["slide_mpp"]) if tmap.attrs.get("slide_mpp") else None)
+    shape = thumb.shape[:2]
+    coarse, coarse_ds = (tissue_mask(thumb, downsample, mpp=mpp, params=options.tissue)
+                         if mpp else (None, downsample))
+    tissue = None if coarse is None else _resize_mask(coarse, shape)
+    log.info("%s: drawing %d genes on a %d x %d thumbnail (downsample %.1f)", sample,
+             len(genes), shape[1], shape[0], downsample)
+
+    files = [out_dir / f"{sample}.geojson", sample_dir]
+    if write_map:
+        files.append(out_dir / f"{sample}.h5ad")
+    rows, pngs = [], {}
+    comparison, comparison_r = None, {}
+    with atomic_outputs(*files) as tmps:
+        geojson_tmp, dir_tmp = tmps[0], tmps[1]
+        dir_tmp.mkdir(parents=True)
+        for gene in genes:
+            values = tmap.column(gene)
+            if scale is not None and gene in scale:
+                vmin, vmax = scale[gene]
+                how = "cohort scale"
+            else:
+                vmin, vmax = robust_limits(values, percentiles)
+                how = f"clipped at percentiles {percentiles[0]:g}-{percentiles[1]:g}"
+            image = rasterize_tiles(tmap.coords, tmap.tile_size0, values, downsample=downsample,
+                                    shape=shape)
+            blended = blend_overlay(thumb, image, vmin=vmin, vmax=vmax, tissue=tissue,
+                                    style=options.style)
+            name = f"{gene_filename(gene)}.png"
+            model = tmap.attrs.get("head", "model")
+            use = tmap.attrs.get("model_use", "")
+            save_overlay_png(
+                dir_tmp / name, blended, downsample=downsample, vmin=vmin, vmax=vmax,
+                title=f"{gene} \u2014 {sample}",
+                subtitle=f"predicted by {model}{f' ({use})' if use else ''}; {len(values)} tiles; "
+                         f"{how}",
+                colorbar_label=f"predicted {gene}, {UNITS}", style=options.style,
+                clipped=(bool(values.min() < vmin), bool(values.max() > vmax)), mpp=mpp)
+            pngs[gene] = sample_dir / name
+            rows.append({"gene": gene, "vmin": vmin, "vmax": vmax, "scale": how,
+                         "min": float(values.min()), "max": float(values.max()),
+                         "mean": float(values.mean()), "n_tiles": len(values)})
+        limits = pd.DataFrame(rows)
+        limits.to_csv(dir_tmp / LIMITS_TSV, sep="\t", index=False, float_format="%.6g")
+
+        if predictions is not None:
+            from slide2expr.heatmap.spots import draw_spot_comparison, read_spot_values
+
+            spots = read_spot_values(predictions, sample, genes)
+            if spots is not None:
+                comparison_r = draw_spot_comparison(
+                    dir_tmp / COMPARISON_PNG, spots, thumbnail=thumb, downsample=downsample,
+                    sample_id=sample, percentiles=percentiles, style=options.style,
+                    model=str(tmap.attrs.get("head", "")))
+                comparison = sample_dir / COMPARISON_PNG
+                log.info("%s: measured vs predicted at %d spots, r = %s", sample,
+                         len(spots.centres),
+                         ", ".join(f"{g} {r:.2f}" for g, r in comparison_r.items()))
+            else:
+                log.info("%s: no spots of this slide in %s; no comparison drawn", sample,
+                         predictions)
+
+        width, height = tmap.attrs.get("level0_width"), tmap.attrs.get("level0_height")
+        bounds = (float(width), float(height)) if width and height else None
+        outline = mask_polygons(coarse, coarse_ds, bounds=bounds) if coarse is not None else []
+        geo_genes = list(tmap.genes) if options.geojson_all_genes else genes
+        geo_values = tmap.values[:, [tmap.genes.index(g) for g in geo_genes]]
+        write_qupath_geojson(
+            geojson_tmp, coords=tmap.coords, size0=tmap.tile_size0, values=geo_values,
+            genes=geo_genes, tissue=outline,
+            names=list(tmap.spot_ids) if tmap.spot_ids is not None else None,
+            metadata={"sample_id": sample, "units": UNITS, "coordinates": "level-0 pixels",
+                      "model": str(tmap.attrs.get("head", "")),
+                      "level0_width": width, "level0_height": height})
+        if write_map:
+            write_tile_map(tmps[2], tmap)
+        if sample_dir.exists():  # replaced as a whole on exit
+            shutil.rmtree(sample_dir)
+    seconds = time.perf_counter() - start
+    log.info("%s: heatmaps of %s written to %s in %.1f s", sample, ", ".join(genes), out_dir,
+             seconds)
+    return HeatmapResult(sample_id=sample, genes=genes,
+                         tile_map=out_dir / f"{sample}.h5ad" if write_map else None,
+                         geojson=out_dir / f"{sample}.geojson", pngs=pngs, limits=limits,
+                         comparison=comparison, comparison_r=comparison_r, seconds=seconds)

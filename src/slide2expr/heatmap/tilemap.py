@@ -1,0 +1,208 @@
+"""Tile-level predicted expression of one slide: ``heatmaps/{head}/{sample}.h5ad``.
+
+Contract: one row per tile of the features file (grid tiling for heatmaps), in its order;
+``X`` float32 ``(N, G)`` predicted expression in the model's units (log1p CP10k), one column
+per gene the model predicts; ``obsm['spatial']`` float64 tile centres in level-0 px (x, y);
+``obsm['coords']`` int64 top-left corners (as in the tiles file); ``obs`` ``x``, ``y``
+(centres) and ``spot_id`` when the features carry spot IDs; ``uns['slide2expr']['heatmap']``:
+sample, model directory, head, kind, folds used, encoder, units, tiling attrs.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from slide2expr.atomic import atomic_output
+from slide2expr.errors import InputError
+from slide2expr.features_io import FeatureSet
+
+log = logging.getLogger(__name__)
+
+#: Units of every predicted value (the dataset's X).
+UNITS = "log1p CP10k"
+
+
+class TileModel(Protocol):
+    """What the heatmap stage needs from a model (``slide2expr.heads.TrainedHead`` fits)."""
+
+    genes: list[str]
+
+    def predict_tiles(self, features: np.ndarray) -> np.ndarray:
+        """``(N, D)`` features -> ``(N, G)`` expression, columns in :attr:`genes`."""
+
+
+@dataclass
+class TileMap:
+    """Predictions of every tile of one slide.
+
+    Attributes
+    ----------
+    values
+        ``(N, G)`` float32 predicted expression.
+    genes
+        Column names.
+    coords
+        ``(N, 2)`` int64 level-0 top-left corners.
+    tile_size0
+        Tile edge in level-0 px.
+    attrs
+        Tiling and provenance attributes (sample_id, slide_mpp, level0_width, ...).
+    spot_ids
+        Spot IDs when the features are spot patches.
+    """
+
+    values: np.ndarray
+    genes: list[str]
+    coords: np.ndarray
+    tile_size0: float
+    attrs: dict[str, Any]
+    spot_ids: np.ndarray | None = None
+
+    @property
+    def centres(self) -> np.ndarray:
+        """``(N, 2)`` float64 tile centres in level-0 px."""
+        return self.coords.astype(np.float64) + self.tile_size0 / 2.0
+
+    @property
+    def sample_id(self) -> str:
+        return str(self.attrs.get("sample_id", ""))
+
+    def column(self, gene: str) -> np.ndarray:
+        """The values of one gene, ``(N,)``."""
+        try:
+            return self.values[:, self.genes.index(gene)]
+        except ValueError:
+            raise InputError(None, f"gene {gene!r} is not in the tile predictions",
+                             f"pick one of {', '.join(self.genes[:5])} ...") from None
+
+
+def predict_tile_map(features: FeatureSet, model: TileModel, *,
+                     provenance: dict[str, Any] | None = None,
+                     source: str | Path | None = None) -> TileMap:
+    """Apply ``model`` to every tile of ``features``.
+
+    Parameters
+    ----------
+    features
+        One slide's features (any tiling; grid for dense maps).
+    model
+        A trained head (``load_trained_head``) or anything with ``genes`` and
+        ``predict_tiles``.
+    provenance
+        Extra entries for ``attrs`` (model directory, folds, ...).
+    source
+        The features file, named in errors.
+
+    Raises
+    ------
+    InputError
+        If the features file has no tiles, lacks ``tile_px_level0``, or the model returns the
+        wrong shape or non-finite values.
+    """
+    attrs = dict(features.attrs)
+    if len(features) == 0:
+        raise InputError(source, "has no tiles", "re-run the tile stage: no tissue was found")
+    if "tile_px_level0" not in attrs:
+        raise InputError(source, "has no tile_px_level0 attribute",
+                         "use a features file written by `slide2expr extract`")
+    values = np.asarray(model.predict_tiles(features.features), dtype=np.float32)
+    genes = [str(g) for g in model.genes]
+    if values.shape != (len(features), len(genes)):
+        raise InputError(source, f"the model returned shape {values.shape}, expected "
+                         f"({len(features)}, {len(genes)})", "check the model directory")
+    bad = ~np.isfinite(values)
+    if bad.any():
+        raise InputError(source, f"{int(bad.any(axis=1).sum())} tiles got non-finite predictions",
+                         "check the features (NaN rows) and the model")
+    attrs.update(provenance or {})
+    attrs["units"] = UNITS
+    return TileMap(values=values, genes=genes,
+                   coords=np.asarray(features.coords, dtype=np.int64).reshape(-1, 2),
+                   tile_size0=float(attrs["tile_px_level0"]), attrs=attrs,
+                   spot_ids=features.spot_ids)
+
+
+def tile_map_to_anndata(tmap: TileMap) -> Any:
+    """The AnnData of the module contract."""
+    import anndata as ad
+    import pandas as pd
+
+    centres = tmap.centres
+    obs = pd.DataFrame({"x": centres[:, 0], "y": centres[:, 1]},
+                       index=pd.Index([f"tile{i}" for i in range(len(centres))], name="tile"))
+    if tmap.spot_ids is not None:
+        obs["spot_id"] = np.asarray(tmap.spot_ids, dtype=str)
+    var = pd.DataFrame(index=pd.Index(tmap.genes, name="gene"))
+    adata = ad.AnnData(X=np.ascontiguousarray(tmap.values, dtype=np.float32), obs=obs, var=var)
+    adata.obsm["spatial"] = centres
+    adata.obsm["coords"] = tmap.coords
+    adata.uns["slide2expr"] = {"heatmap": _storable(tmap.attrs | {"tile_size0": tmap.tile_size0})}
+    return adata
+
+
+def write_tile_map(path: str | Path, tmap: TileMap) -> None:
+    """Write ``tmap`` to ``path`` (``.h5ad``) atomically."""
+    adata = tile_map_to_anndata(tmap)
+    with atomic_output(path) as tmp:
+        adata.write_h5ad(tmp)
+
+
+def read_tile_map(path: str | Path) -> TileMap:
+    """Read a tile map written by :func:`write_tile_map`.
+
+    Raises
+    ------
+    InputError
+        If the file is not such a tile map.
+    """
+    import anndata as ad
+
+    path = Path(path)
+    try:
+        adata = ad.read_h5ad(path)
+        attrs = dict(adata.uns["slide2expr"]["heatmap"])
+        coords = np.asarray(adata.obsm["coords"], dtype=np.int64)
+    except Exception as exc:  # anndata/h5py raise many types
+        raise InputError(path, f"is not a tile-prediction file ({exc})",
+                         "pass heatmaps/{head}/{sample}.h5ad written by `slide2expr heatmap`") from exc
+    attrs = {k: _plain(v) for k, v in attrs.items()}
+    spot_ids = adata.obs["spot_id"].to_numpy(str) if "spot_id" in adata.obs else None
+    return TileMap(values=np.asarray(adata.X, dtype=np.float32), genes=list(map(str, adata.var_names)),
+                   coords=coords, tile_size0=float(attrs["tile_size0"]), attrs=attrs,
+                   spot_ids=spot_ids)
+
+
+def subset_genes(tmap: TileMap, genes: Sequence[str]) -> TileMap:
+    """A copy of ``tmap`` with only ``genes`` (in that order)."""
+    idx = [tmap.genes.index(g) for g in genes]
+    return TileMap(values=tmap.values[:, idx], genes=list(genes), coords=tmap.coords,
+                   tile_size0=tmap.tile_size0, attrs=tmap.attrs, spot_ids=tmap.spot_ids)
+
+
+def _storable(attrs: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in attrs.items():
+        if value is None:
+            continue
+        if isinstance(value, Path):
+            value = str(value)
+        if isinstance(value, list | tuple):
+            value = np.asarray([str(v) for v in value]) if value else np.asarray([], dtype=str)
+        out[str(key)] = value
+    return out
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return [_plain(v) for v in value.tolist()]
+    if isinstance(value, bytes):
+        return value.decode()
+    return value
