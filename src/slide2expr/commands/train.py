@@ -1,0 +1,90 @@
+"""``slide2expr train`` and ``slide2expr predict``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+
+def _load_settings(config: Path | None, config_json: str | None, overrides: dict) -> object:
+    import yaml
+
+    from slide2expr.errors import InputError
+    from slide2expr.training.config import TrainConfig
+
+    values: dict = {}
+    source = None
+    if config is not None:
+        if not config.is_file():
+            raise InputError(config, "does not exist", "pass a YAML config file")
+        data = yaml.safe_load(config.read_text()) or {}
+        values = dict(data.get("train", data))
+        source = str(config)
+    if config_json:
+        try:
+            values.update(json.loads(config_json))
+        except json.JSONDecodeError as exc:
+            raise InputError(None, f"--config-json is not valid JSON ({exc})",
+                             "pass the train section as a JSON object") from exc
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return TrainConfig.from_dict(values, source=source)
+
+
+def train(
+    dataset: Path = typer.Argument(..., help="dataset.h5ad written by the join stage."),
+    head: str = typer.Option("mlp", "--head", help="Head: mlp (spot), he2rna or abmil (bulk)."),
+    models_dir: Path = typer.Option(..., "--models-dir", help="Output: results/models/{head}."),
+    predictions: Path = typer.Option(..., "--predictions",
+                                     help="Output: results/predictions/{head}.h5ad."),
+    config: Path | None = typer.Option(None, "--config",
+                                       help="YAML file with a train: section (or the section)."),
+    config_json: str | None = typer.Option(None, "--config-json",
+                                           help="The train section as JSON (the workflow uses this)."),
+    folds: str | None = typer.Option(None, "--folds", help="Override train.folds (int or loo)."),
+    seed: int | None = typer.Option(None, "--seed", help="Override train.seed."),
+    max_epochs: int | None = typer.Option(None, "--max-epochs", help="Override train.max_epochs."),
+    accelerator: str | None = typer.Option(None, "--accelerator", help="auto, cpu or gpu."),
+    threads: int = typer.Option(1, "--threads", help="CPU threads for torch."),
+) -> None:
+    """Cross-validate a head and the baselines; write fold models and out-of-fold predictions."""
+    import torch
+
+    from slide2expr.training.run import read_dataset, run_training
+
+    torch.set_num_threads(max(1, threads))
+    fold_value = None if folds is None else (folds if folds == "loo" else int(folds))
+    settings = _load_settings(config, config_json, {"folds": fold_value, "seed": seed,
+                                                    "max_epochs": max_epochs,
+                                                    "accelerator": accelerator})
+    adata = read_dataset(dataset)
+    run_training(adata, head=head, config=settings, models_dir=models_dir,
+                 predictions_path=predictions, dataset_path=dataset)
+    typer.echo(f"wrote {predictions} and {models_dir}")
+
+
+def predict(
+    features: list[Path] = typer.Argument(..., help="Feature files (one per slide) from extract."),
+    model: Path = typer.Option(..., "--model", help="results/models/{head} or one fold directory."),
+    output: Path = typer.Option(..., "-o", "--output", help="Output .h5ad of predicted expression."),
+    level: str = typer.Option("auto", "--level",
+                              help="slide (one row a file), tile (one row a tile/spot), or auto: "
+                                   "slide for bulk heads, tile for spot heads."),
+    fold: int | None = typer.Option(None, "--fold", help="Use one fold's model (default: average)."),
+    threads: int = typer.Option(1, "--threads", help="CPU threads for torch."),
+) -> None:
+    """Predict expression for slides without RNA-seq from their feature files."""
+    import torch
+
+    from slide2expr.predict import predict_files
+
+    torch.set_num_threads(max(1, threads))
+    predict_files(features, model_dir=model, output=output, level=level, fold=fold)
+    typer.echo(f"wrote {output}")
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``train`` and ``predict`` to the CLI."""
+    app.command("train")(train)
+    app.command("predict")(predict)

@@ -1,0 +1,51 @@
+# Train stage: cross-validated regression heads and baselines -> out-of-fold predictions.
+#   results/dataset.h5ad -> results/models/{head}/ (fold{k}/best.ckpt, head.safetensors,
+#                           head.json, metrics.csv; splits.tsv)
+#                         + results/predictions/{head}.h5ad
+# One job per head in train.heads (a sweep of heads shares the dataset and the folds).
+# Threads, memory, GPUs and runtime are resources: override them in a profile, e.g.
+#   set-resources: {train: {gpu: 1, mem_mb: 64000, runtime: 480}}
+# train.accelerator "auto" uses a GPU when the job has one.
+
+import json
+
+TRAIN = config["train"]
+TRAIN_HEADS = list(TRAIN["heads"])
+TRAIN_HEAD_KIND = {"mlp": "spot", "he2rna": "bulk", "abmil": "bulk"}
+
+_wrong = [h for h in TRAIN_HEADS if TRAIN_HEAD_KIND.get(h) != MODE]
+if _wrong:
+    raise ValueError(
+        f"config: train.heads {_wrong} do not fit mode '{MODE}' "
+        "(mlp is for spot mode, he2rna and abmil for bulk mode)"
+    )
+
+
+rule train:
+    input:
+        dataset=f"{ENC_RESULTS}/dataset.h5ad",
+        # a fixed gene list (train.genes.list) is an input: editing it retrains
+        **({"genes": TRAIN["genes"]["list"]} if TRAIN.get("genes", {}).get("list") else {}),
+    output:
+        models=directory(f"{ENC_RESULTS}/models/{{head}}"),
+        predictions=f"{ENC_RESULTS}/predictions/{{head}}.h5ad",
+    wildcard_constraints:
+        head="|".join(TRAIN_HEADS),
+    params:
+        settings=json.dumps(TRAIN),
+    log:
+        f"{RESULTS}/logs/train/{ENC_TAG}{{head}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/train/{ENC_TAG}{{head}}.tsv"
+    threads: 2
+    resources:
+        gpu=0,
+        mem_mb=8000,
+        runtime=240,
+    shell:
+        "slide2expr train {input.dataset} --head {wildcards.head} "
+        "--models-dir {output.models} --predictions {output.predictions} "
+        "--config-json {params.settings:q} --threads {threads} > {log} 2>&1"
+
+
+ALL_TARGETS.extend(expand_encoders(f"{ENC_RESULTS}/predictions/{{head}}.h5ad", head=TRAIN_HEADS))
