@@ -11,8 +11,10 @@ from rates that depend on the tumour/stroma fraction under the spot for the *pla
 genes, and not at all for the *noise* genes, so a model must find the first and not the
 second. The truth is written beside the data:
 
-- ``truth/genes.tsv``: gene, kind (``tumour``, ``stroma``, ``noise``, ``housekeeping``),
-  effect (log fold change per unit fraction);
+- ``truth/genes.tsv``: gene, kind (``tumour``, ``stroma``, ``noise``, ``housekeeping``,
+  ``compensator``), effect (log fold change per unit fraction); the one compensator gene
+  keeps each spot's total fixed so that normalisation does not leak the planted signal
+  into the noise genes (it is region-driven itself, inversely);
 - ``truth/{sample}_regions.png``: region labels (0 background, 1 stroma, 2 tumour) at
   ``truth/regions.json``'s ``downsample``;
 - ``truth/spots.tsv``: per spot, its tumour and stroma fractions.
@@ -137,7 +139,8 @@ def _write_tsv(frame: pd.DataFrame, path: Path, *, index: bool) -> None:
 
 def _gene_table(spec: DemoSpec, rng: np.random.Generator) -> pd.DataFrame:
     kinds = (["tumour"] * spec.n_tumour_genes + ["stroma"] * spec.n_stroma_genes
-             + ["noise"] * spec.n_noise_genes + ["housekeeping"] * spec.n_housekeeping_genes)
+             + ["noise"] * spec.n_noise_genes + ["housekeeping"] * spec.n_housekeeping_genes
+             + ["compensator"])
     names = []
     counters: dict[str, int] = {}
     for kind in kinds:
@@ -249,7 +252,15 @@ def _rates(genes: pd.DataFrame, tumour: np.ndarray, stroma: np.ndarray,
     driver = np.where(kind == "tumour", 1.0, 0.0)[None, :] * tumour[:, None] + \
         np.where(kind == "stroma", 1.0, 0.0)[None, :] * stroma[:, None]
     noise = np.where(kind == "noise", 1.0, 0.0)[None, :] * rng.normal(0, 0.6, size=(len(tumour), len(kind)))
-    return base * np.exp(effect * driver + noise)
+    rates = base * np.exp(effect * driver + noise)
+    # The compensator takes up whatever the planted genes leave of a fixed total, so a
+    # spot's library composition outside the planted genes does not depend on the tissue:
+    # after CP10k the noise and housekeeping genes stay independent of region (without it
+    # they pick up r ~ 0.2 from the planted genes' share of the library).
+    planted = np.isin(kind, ["tumour", "stroma"])
+    ceiling = 1.2 * float((base[0, planted] * np.exp(effect[0, planted])).sum())
+    rates[:, kind == "compensator"] = (ceiling - rates[:, planted].sum(axis=1))[:, None]
+    return rates
 
 
 def _spot_counts(spots: pd.DataFrame, genes: pd.DataFrame, rng: np.random.Generator) -> pd.DataFrame:
