@@ -13,6 +13,7 @@ its GPU request, and every entry of the SLURM profile is commented.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -38,20 +39,25 @@ CI = bool(os.environ.get("CI"))
 GPU_KEYS = ("gpu", "gres", "gpu_model", "cpus_per_gpu", "tasks_per_gpu", "constraint")
 #: SLURM submissions must never wait forever on an unsatisfiable request.
 RUN_TIMEOUT_S = 3600
-#: CPUs of a job in both runs: the same threads give the same floating-point sums, so the
-#: SLURM run's features can be compared exactly with the local run's.
-CPUS = 2
+#: CPUs (threads) of a job in both runs: the same threads give the same floating-point sums,
+#: so the SLURM run's features can be compared exactly with the local run's. One CPU a job
+#: lets a 2-CPU CI node run two jobs at a time, as the local run does.
+CPUS = 1
+#: Jobs a bundle in CI: 6 demo slides make 2 bundles, which run side by side on the CI node.
+CI_BUNDLE = 3
 
 
 def ci_profile(
-    out_dir: Path, *, cpus: int, mem_mb: int, source: Path = SLURM_PROFILE
+    out_dir: Path, *, cpus: int, mem_mb: int, bundle: int | None = None,
+    source: Path = SLURM_PROFILE,
 ) -> Path:
     """Write the SLURM profile adjusted for a CPU-only one-node CI cluster; return its folder.
 
     Only what a CPU-only node with ``cpus`` CPUs needs changes: GPU requests are dropped, every
     partition becomes ``debug``, the account is unset, CPUs and memory are capped to the node,
-    status checks start after 5 s, failed jobs are not retried. Everything else (rules'
-    memory and runtime, tile bundling, squeue status checks) is the real profile's.
+    status checks start after 5 s, failed jobs are not retried, and bundles may be made
+    smaller. Everything else (rules' memory and runtime, the bundling mechanism, squeue status
+    checks) is the real profile's.
 
     Parameters
     ----------
@@ -62,6 +68,8 @@ def ci_profile(
     mem_mb
         Memory per job in MB: the cap on every job's ``mem_mb`` (no cgroups in CI: scheduling
         only).
+    bundle
+        At most this many jobs a bundle (``group-components``); None keeps the profile's.
     source
         The profile to adjust.
 
@@ -86,6 +94,10 @@ def ci_profile(
     profile["set-threads"] = {
         rule: min(int(n), cpus) for rule, n in (profile.get("set-threads") or {}).items()
     }
+    if bundle is not None:
+        profile["group-components"] = {
+            group: min(int(n), bundle) for group, n in profile["group-components"].items()
+        }
     profile["slurm-init-seconds-before-status-checks"] = 5
     profile["latency-wait"] = 5
     profile["retries"] = 0
@@ -132,13 +144,20 @@ def test_slurm_profile_dry_run_plans_one_gpu_extract_job_per_slide(tmp_path: Pat
     samples = pd.read_csv(tmp_path / "config" / "samples.tsv", sep="\t")["sample_id"]
     blocks = out.split("\nrule ")
     extract = [b for b in blocks if b.startswith("extract:")]
-    assert len(extract) == len(samples)
+    assert extract
     for block in extract:
         resources = next(line for line in block.splitlines() if "resources:" in line)
         assert "gpu=1" in resources and "slurm_partition=gpu" in resources
-        assert "mem_mb=32000" in resources
-    planned = {b.split(" sample=")[1].split()[0].rstrip(",") for b in extract}
-    assert planned == set(samples)
+        assert "mem_mb=32000" in resources and "cpus_per_task=8" in resources
+    # One job per slide (for each tiling that is extracted: spot patches, tissue grid).
+    planned = [
+        (b.split(" tiling=")[1].split(",")[0], b.split(" sample=")[1].split()[0].rstrip(","))
+        for b in extract
+    ]
+    assert len(planned) == len(set(planned))
+    for tiling in {t for t, _ in planned}:
+        assert sorted(s for t, s in planned if t == tiling) == sorted(samples)
+    assert "spots" in {t for t, _ in planned}
     # Tile jobs are bundled: one group job, not one SLURM job a slide.
     assert out.count("Group job tile") == 1
 
@@ -154,7 +173,7 @@ def test_every_profile_entry_is_commented() -> None:
 
 
 def test_ci_profile_drops_gpus_and_caps_to_the_node(tmp_path: Path) -> None:
-    folder = ci_profile(tmp_path / "ci", cpus=2, mem_mb=1000)
+    folder = ci_profile(tmp_path / "ci", cpus=2, mem_mb=1000, bundle=3)
     real = yaml.safe_load(SLURM_PROFILE.read_text())
     ci = yaml.safe_load((folder / "config.yaml").read_text())
     assert real["set-resources"]["extract"]["gpu"] == 1
@@ -164,8 +183,9 @@ def test_ci_profile_drops_gpus_and_caps_to_the_node(tmp_path: Path) -> None:
     assert ci["set-threads"]["extract"] == 2 and ci["cores"] == 2
     assert ci["resources"]["mem_mb"] == 1000
     # What the CI run keeps from the real profile.
-    for key in ("executor", "slurm-status-command", "group-components", "keep-going"):
-        assert ci[key] == real[key]
+    assert ci["group-components"] == {group: 3 for group in real["group-components"]}
+    for key in ("executor", "slurm-status-command", "groups", "keep-going", "resources"):
+        assert ci[key] == (real[key] if key != "resources" else {**real[key], "mem_mb": 1000})
     assert ci["set-resources"]["tile"] == real["set-resources"]["tile"]
 
 
@@ -187,6 +207,19 @@ def cluster() -> dict[str, str]:
             or Path("/usr/sbin/slurmctld").exists()):
         _skip_or_fail("needs apt-get to install SLURM, or SLURM installed")
     env = {**os.environ, "SLURM_LOCAL_DIR": str(CLUSTER_DIR)}
+    # One cluster a machine (fixed ports, /etc/slurm/slurm.conf): test sessions take turns.
+    # The lock dies with its process, so whoever holds it may stop what a killed session left.
+    lock = open(f"{CLUSTER_DIR}.lock", "w")  # held until the cluster is stopped
+    deadline = time.monotonic() + 2 * RUN_TIMEOUT_S
+    while True:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                pytest.fail(f"another test session holds {lock.name}")
+            print(f"waiting for another session's local SLURM ({lock.name})", flush=True)
+            time.sleep(30)
     # A cluster left running by a killed session: stop what that session started (by PID).
     subprocess.run(["bash", str(SCRIPT), "stop"], env=env, timeout=120, check=False)
     started = subprocess.run(["bash", str(SCRIPT), "start"], env=env, capture_output=True,
@@ -199,6 +232,7 @@ def cluster() -> dict[str, str]:
     stopped = subprocess.run(["bash", str(SCRIPT), "stop"], env=env, capture_output=True,
                              text=True, timeout=120)
     print(stopped.stderr)
+    lock.close()
 
 
 def _job_cpus_and_mem(env: dict[str, str]) -> tuple[int, int]:
@@ -234,7 +268,7 @@ def local_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, float]:
     workdir = tmp_path_factory.mktemp("local")
     shutil.copytree(REPO / "config", workdir / "config")
     t0 = time.monotonic()
-    result = snakemake(workdir, "--cores", str(CPUS))
+    result = snakemake(workdir, "--cores", "2", "--max-threads", str(CPUS))
     wall = time.monotonic() - t0
     assert result.returncode == 0, result.stderr[-5000:]
     return workdir, wall
@@ -253,7 +287,8 @@ def slurm_run(
     # read the very same slides, and the demo generator is not what this test is about.
     shutil.copytree(local / "resources", workdir / "resources")
     cpus, mem_mb = _job_cpus_and_mem(cluster)
-    profile = ci_profile(workdir / "profile-slurm-ci", cpus=cpus, mem_mb=mem_mb)
+    profile = ci_profile(workdir / "profile-slurm-ci", cpus=cpus, mem_mb=mem_mb,
+                         bundle=CI_BUNDLE)
     print((profile / "config.yaml").read_text())
     t0 = time.monotonic()
     result = snakemake(workdir, "--profile", str(profile), env=cluster)
