@@ -61,3 +61,32 @@ def test_rerun_does_nothing(demo_run: Path) -> None:
     result = snakemake(demo_run, "-n")
     assert result.returncode == 0
     assert "Nothing to be done" in result.stdout + result.stderr
+
+
+@pytest.mark.slow
+def test_demo_report_finds_planted_genes_not_noise(demo_run: Path) -> None:
+    """The end of the pipeline: planted genes lead the report, noise genes do not."""
+    genes = pd.read_csv(demo_run / "results" / "report" / "mlp" / "genes.tsv", sep="\t")
+    truth = pd.read_csv(demo_run / "resources" / "demo" / "truth" / "genes.tsv", sep="\t")
+    kind = truth.set_index("gene")["kind"]
+    genes["kind"] = genes["gene"].map(kind)
+    planted = genes[genes["kind"].isin(["tumour", "stroma"])]
+    noise = genes[genes["kind"] == "noise"]
+    assert planted["pearson_r"].median() > 0.5, planted[["gene", "pearson_r"]]
+    assert noise["pearson_r"].abs().mean() < 0.15, noise[["gene", "pearson_r"]]
+    top = genes.sort_values("pearson_r", ascending=False).head(5)
+    assert top["kind"].isin(["tumour", "stroma", "compensator"]).all(), top[["gene", "kind"]]
+
+
+@pytest.mark.slow
+def test_demo_heatmaps_and_manifest(demo_run: Path) -> None:
+    samples = pd.read_csv(demo_run / "config" / "samples.tsv", sep="\t")["sample_id"]
+    for sample in samples:
+        pngs = list((demo_run / "results" / "heatmaps" / "mlp" / sample).glob("*.png"))
+        assert len(pngs) >= 4
+        geojson = demo_run / "results" / "heatmaps" / "mlp" / f"{sample}.geojson"
+        assert geojson.stat().st_size > 1000
+    import json
+
+    manifest = json.loads((demo_run / "results" / "manifest.json").read_text())
+    assert manifest["config"]["mode"] == "spot"
