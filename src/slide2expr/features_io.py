@@ -25,7 +25,7 @@ import h5py
 import numpy as np
 
 from slide2expr.errors import InputError
-from slide2expr.tiles_io import TileSet
+from slide2expr.tiles_io import TileSet, plain_attr
 
 log = logging.getLogger(__name__)
 
@@ -178,7 +178,7 @@ class FeatureWriter:
             log.warning("%s: unreadable partial file (%s); starting over", self.partial, exc)
             return None
         try:
-            same = all(_plain(f.attrs.get(k)) == self.attrs[k] for k in _SIGNATURE
+            same = all(plain_attr(f.attrs.get(k)) == self.attrs[k] for k in _SIGNATURE
                        if k in self.attrs)
             n_done = int(f.attrs.get("n_done", 0))
             if same and 0 <= n_done <= self.n_tiles and f["features"].shape[0] == self.n_tiles:
@@ -206,7 +206,7 @@ def read_features(path: str | Path) -> FeatureSet:
             features = f["features"][:]
             coords = f["coords"][:]
             spot_ids = f["spot_ids"].asstr()[:] if "spot_ids" in f else None
-            attrs = {k: _plain(v) for k, v in f.attrs.items()}
+            attrs = {k: plain_attr(v) for k, v in f.attrs.items()}
     except (OSError, KeyError) as exc:
         raise InputError(path, f"is not a readable features file ({exc})",
                          "re-run the extract stage for this sample") from exc
@@ -219,12 +219,5 @@ def read_features(path: str | Path) -> FeatureSet:
 def features_attrs(path: str | Path) -> dict[str, object]:
     """Only the attrs of a features file (cheap: no feature rows are read)."""
     with h5py.File(path, "r") as f:
-        return {k: _plain(v) for k, v in f.attrs.items()}
+        return {k: plain_attr(v) for k, v in f.attrs.items()}
 
-
-def _plain(value: object) -> object:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, bytes):
-        return value.decode()
-    return value

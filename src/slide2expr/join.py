@@ -41,6 +41,7 @@ from slide2expr.expression import (
     read_spot_counts,
 )
 from slide2expr.spots import match_spots_to_counts, read_scalefactors, read_spot_positions
+from slide2expr.tiles_io import plain_attr
 
 log = logging.getLogger(__name__)
 
@@ -255,7 +256,7 @@ def _read_spot_features(path: Path, params: JoinParams):
         raise InputError(path, "features file not found", "run the extract stage for this sample")
     try:
         with h5py.File(path, "r") as f:
-            attrs = {k: _plain(v) for k, v in f.attrs.items()}
+            attrs = {k: plain_attr(v) for k, v in f.attrs.items()}
             if "spot_ids" not in f:
                 raise InputError(path, "has no spot_ids: it is not a spot-mode features file",
                                  "use features/{encoder}/spots/ (spot patches), not the grid")
@@ -370,7 +371,7 @@ def _bulk_feature_meta(path: Path, params: JoinParams) -> dict[str, Any]:
     try:
         with h5py.File(path, "r") as f:
             shape = tuple(f["features"].shape)
-            attrs = {k: _plain(v) for k, v in f.attrs.items()}
+            attrs = {k: plain_attr(v) for k, v in f.attrs.items()}
     except (OSError, KeyError) as exc:
         raise InputError(path, f"is not a readable features file ({exc})",
                          "re-run the extract stage for this sample") from exc
@@ -544,13 +545,6 @@ def _provenance(params, report, feature_attrs, adata, *, expression, run_config,
     }
     return _storable(prov)
 
-
-def _plain(value: object) -> object:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, bytes):
-        return value.decode()
-    return value
 
 
 def _storable(value):

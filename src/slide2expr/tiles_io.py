@@ -79,14 +79,15 @@ def read_tiles(path: str | Path) -> TileSet:
         with h5py.File(path, "r") as f:
             coords = f["coords"][:]
             spot_ids = f["spot_ids"].asstr()[:] if "spot_ids" in f else None
-            attrs = {k: _plain(v) for k, v in f.attrs.items()}
+            attrs = {k: plain_attr(v) for k, v in f.attrs.items()}
     except (OSError, KeyError) as exc:
         raise InputError(path, f"is not a readable tiles file ({exc})",
                          "re-run the tile stage for this sample") from exc
     return TileSet(coords=coords, attrs=attrs, spot_ids=spot_ids)
 
 
-def _plain(value: object) -> object:
+def plain_attr(value: object) -> object:
+    """An h5py attribute as a plain Python value (numpy scalars unwrapped, bytes decoded)."""
     if isinstance(value, np.generic):
         return value.item()
     if isinstance(value, bytes):
