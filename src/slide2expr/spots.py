@@ -21,7 +21,6 @@ Spot IDs of a counts file (the spots that have expression) are read cheaply by
 
 from __future__ import annotations
 
-import gzip
 import logging
 from pathlib import Path
 
@@ -29,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from slide2expr.errors import InputError
+from slide2expr.textio import file_suffix, open_text, sniff_separator
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ def read_spot_positions(
         raise InputError(path, "spot table not found", "check the `spots` column of the sample sheet")
     if path.is_dir() or path.name.startswith("tissue_positions"):
         table = _read_spaceranger_positions(path, keep_off_tissue=counts_path is not None)
-    elif _suffix(path) == ".h5ad":
+    elif file_suffix(path) == ".h5ad":
         table = _read_h5ad_positions(path)
     else:
         table = _read_table_positions(path, keep_off_tissue=counts_path is not None)
@@ -107,7 +107,7 @@ def read_count_spot_ids(counts_path: str | Path) -> pd.Index:
     try:
         if path.is_dir():
             path = find_spaceranger_matrix(path)
-        suffix = _suffix(path)
+        suffix = file_suffix(path)
         if suffix == ".h5":
             import h5py
 
@@ -120,7 +120,7 @@ def read_count_spot_ids(counts_path: str | Path) -> pd.Index:
             ids = np.asarray(adata.obs_names)
             adata.file.close()
         else:
-            ids = pd.read_csv(path, sep=_sep(path), usecols=[0], dtype=str).iloc[:, 0].to_numpy()
+            ids = pd.read_csv(path, sep=sniff_separator(path), usecols=[0], dtype=str).iloc[:, 0].to_numpy()
     except InputError:
         raise
     except (OSError, KeyError, ValueError, pd.errors.ParserError) as exc:
@@ -173,7 +173,7 @@ def read_scalefactors(spots_path: str | Path) -> dict[str, float] | None:
 
 def _read_spaceranger_positions(path: Path, *, keep_off_tissue: bool) -> pd.DataFrame:
     csv = _find_positions_csv(path)
-    with _open_text(csv) as fh:
+    with open_text(csv) as fh:
         first = fh.readline().strip().split(",")
     has_header = "barcode" in [c.strip().lower() for c in first]
     try:
@@ -234,7 +234,7 @@ def _read_h5ad_positions(path: Path) -> pd.DataFrame:
 
 def _read_table_positions(path: Path, *, keep_off_tissue: bool) -> pd.DataFrame:
     try:
-        frame = pd.read_csv(path, sep=_sep(path), dtype=str)
+        frame = pd.read_csv(path, sep=sniff_separator(path), dtype=str)
     except (OSError, ValueError, pd.errors.ParserError, UnicodeDecodeError) as exc:
         raise InputError(path, f"cannot read spot table ({exc})", "") from exc
     columns = {c.strip().lower(): c for c in frame.columns}
@@ -332,31 +332,6 @@ def match_spots_to_counts(
 
 
 # -- helpers ----------------------------------------------------------------------------------
-
-def _suffix(path: Path) -> str:
-    suffixes = [s.lower() for s in path.suffixes]
-    if suffixes and suffixes[-1] in (".gz", ".bz2", ".xz", ".zip"):
-        suffixes = suffixes[:-1]
-    return suffixes[-1] if suffixes else ""
-
-
-def _sep(path: Path) -> str | None:
-    """Separator from the extension: ``,`` for .csv, tab for .tsv/.txt, sniffed otherwise."""
-    suffix = _suffix(path)
-    if suffix == ".csv":
-        return ","
-    if suffix in (".tsv", ".txt", ".tab"):
-        return "\t"
-    with _open_text(path) as fh:
-        first = fh.readline()
-    return "\t" if first.count("\t") >= first.count(",") else ","
-
-
-def _open_text(path: Path):
-    if path.suffix.lower() == ".gz":
-        return gzip.open(path, "rt")
-    return open(path)
-
 
 def _int_text(column: pd.Series, path: Path) -> pd.Series:
     numbers = pd.to_numeric(column.str.strip(), errors="coerce")

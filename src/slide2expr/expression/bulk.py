@@ -24,7 +24,8 @@ from scipy import sparse
 
 from slide2expr.errors import InputError
 from slide2expr.expression.genes import map_column, read_gene_map, rename_genes
-from slide2expr.expression.table import ExpressionTable, check_values, file_suffix, read_delimited
+from slide2expr.expression.table import ExpressionTable, check_values, read_delimited
+from slide2expr.textio import file_suffix
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,6 @@ the file, what is wrong, how many cells, and an example.
 
 from __future__ import annotations
 
-import gzip
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ import pandas as pd
 from scipy import sparse
 
 from slide2expr.errors import InputError
+from slide2expr.textio import open_text, sniff_separator
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +102,7 @@ def read_delimited(
         infinite or (see :func:`check_values`) negative values.
     """
     path = Path(path)
-    sep = _sep(path)
+    sep = sniff_separator(path)
     header = _header(path, sep)
     if len(header) < 2:
         raise InputError(path, "has fewer than two columns",
@@ -215,34 +215,10 @@ def _example(matrix: np.ndarray | sparse.spmatrix, test, ids: pd.Index | None) -
 
 def _header(path: Path, sep: str) -> list[str]:
     try:
-        with _open_text(path) as fh:
+        with open_text(path) as fh:
             line = fh.readline().rstrip("\r\n")
     except (OSError, UnicodeDecodeError) as exc:
         raise InputError(path, f"cannot be read ({exc})", "") from exc
     if not line:
         raise InputError(path, "is empty", "give a table with a header row")
     return [c.strip().strip('"') for c in line.split(sep)]
-
-
-def _sep(path: Path) -> str:
-    suffix = file_suffix(path)
-    if suffix == ".csv":
-        return ","
-    if suffix in (".tsv", ".txt", ".tab"):
-        return "\t"
-    with _open_text(path) as fh:
-        first = fh.readline()
-    return "\t" if first.count("\t") >= first.count(",") else ","
-
-
-def file_suffix(path: Path) -> str:
-    suffixes = [s.lower() for s in path.suffixes]
-    if suffixes and suffixes[-1] in (".gz", ".bz2", ".xz", ".zip"):
-        suffixes = suffixes[:-1]
-    return suffixes[-1] if suffixes else ""
-
-
-def _open_text(path: Path):
-    if path.suffix.lower() == ".gz":
-        return gzip.open(path, "rt")
-    return open(path)
