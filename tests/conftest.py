@@ -20,6 +20,20 @@ def _test_data_root() -> Path:
     return Path(os.environ.get("SLIDE2EXPR_TEST_DATA", REPO.parent / "shared" / "data")).resolve()
 
 
+@pytest.fixture(autouse=True)
+def _restore_torch_threads():
+    """Put torch's intra-op thread count back after every test.
+
+    A test that pins threads (for speed or bit-identical sums) must not change the float
+    results of tests in other modules: oneDNN's reductions depend on the thread count.
+    """
+    import torch
+
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def test_data() -> Path:
     """``$SLIDE2EXPR_TEST_DATA`` (default ``../shared/data``); fails under CI if missing."""

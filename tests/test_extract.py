@@ -221,8 +221,10 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
 
 def test_extract_command(cmu_tiles, cmu_reference, tmp_path):
     out = tmp_path / "features" / "efficientnet_lite0" / "grid" / "cmu.h5"
+    # Same thread count as the reference: oneDNN's float sums depend on it.
     proc = _cli("extract", cmu_tiles, "-o", out, "--encoder", "efficientnet_lite0",
-                "--num-workers", "0", "--batch-size", "8", "--device", "cpu", "--no-progress")
+                "--num-workers", "0", "--batch-size", "8", "--device", "cpu", "--no-progress",
+                "--threads", str(torch.get_num_threads()))
     assert proc.returncode == 0, proc.stderr
     np.testing.assert_array_equal(read_features(out).features, cmu_reference.features)
 

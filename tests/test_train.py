@@ -25,7 +25,12 @@ from slide2expr.training.genes import select_genes
 from slide2expr.training.run import run_training
 
 REPO = Path(__file__).resolve().parents[1]
-torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Small models train fastest on one thread; conftest restores the count afterwards."""
+    torch.set_num_threads(1)
 
 FAST = {"folds": 3, "max_epochs": 25, "min_epochs": 5, "hidden": 32, "patience": 8,
         "batch_size": 32}
