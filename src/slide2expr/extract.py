@@ -94,12 +94,16 @@ def default_num_workers(device: torch.device | str = "cpu", cores: int | None = 
 
     On a GPU the encoder is fast and reading is the bottleneck: every core but the main
     one reads (at most 8). On the CPU the encoder needs the cores: reading a tile costs
-    about 1/20 of embedding it, so one reader per 8 cores keeps up.
+    about 3 ms of CPU against ~75 ms to embed it on 2 cores, so below 8 cores the main
+    process reads between batches (0 workers); a reader process there only competes with
+    the encoder's threads for the same cores (benchmarks/extract_throughput.py on 2 cores:
+    ratio to the bare forward 0.90 with 0 workers, 0.79-0.84 with 1). From 8 cores on,
+    one reader per 8 cores keeps up with the faster forward pass.
     """
     cores = cores or available_cores()
     if torch.device(device).type == "cuda":
         return max(1, min(8, cores - 1))
-    return max(1, min(8, cores // 8))
+    return min(8, cores // 8)
 
 
 class TileRegionDataset(Dataset):

@@ -19,7 +19,7 @@ def extract(
     batch_size: int = typer.Option(64, "--batch-size", min=1, help="Tiles per forward pass."),
     num_workers: int | None = typer.Option(
         None, "--num-workers", min=0,
-        help="Reader processes (default: on GPU threads - 1, on CPU threads / 8; 1 to 8)."),
+        help="Reader processes (default: on GPU threads - 1, 1 to 8; on CPU threads // 8, 0 below 8 cores: the main process reads)."),
     threads: int | None = typer.Option(
         None, "--threads", min=1, help="CPU cores for this job (default: all available)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
