@@ -189,6 +189,61 @@ def test_ci_profile_drops_gpus_and_caps_to_the_node(tmp_path: Path) -> None:
     assert ci["set-resources"]["tile"] == real["set-resources"]["tile"]
 
 
+#: A stand-in for conda that answers Snakemake's checks and records each environment it is
+#: asked to create (the real one would download from conda-forge, which tests cannot reach).
+CONDA_STANDIN = r"""#!/usr/bin/env bash
+echo "conda $*" >> "$CONDA_STANDIN_LOG"
+case "$1" in
+  --version) echo "conda 24.11.0" ;;
+  info) echo '{"conda_prefix": "/nonexistent", "platform": "linux-64"}' ;;
+  config) echo '{"get": {"channel_priority": "strict"}}' ;;
+  env)
+    args=("$@")
+    for i in "${!args[@]}"; do
+      [ "${args[$i]}" = "--file" ] && echo "file ${args[$((i+1))]//\"/}" >> "$CONDA_STANDIN_LOG"
+      [ "${args[$i]}" = "--prefix" ] && mkdir -p "${args[$((i+1))]//\"/}/bin"
+    done
+    echo "SLIDE2EXPR_SRC ${SLIDE2EXPR_SRC:-}" >> "$CONDA_STANDIN_LOG" ;;
+esac
+"""
+
+
+def test_sdm_conda_builds_one_environment_that_installs_this_checkout(tmp_path: Path) -> None:
+    """``--sdm conda`` gives every rule envs/slide2expr.yaml, and the environment's pip line
+    (``${SLIDE2EXPR_SRC}[slurm]``) resolves to this checkout."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "conda").write_text(CONDA_STANDIN)
+    (bin_dir / "conda").chmod(0o755)
+    work = tmp_path / "work"
+    shutil.copytree(REPO / "config", work / "config")
+    log = tmp_path / "conda.log"
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+           "CONDA_STANDIN_LOG": str(log)}
+    env.pop("SLIDE2EXPR_SRC", None)
+    result = subprocess.run(
+        ["snakemake", "-s", str(REPO / "Snakefile"), "-d", str(work), "--cores", "1",
+         "--sdm", "conda", "--conda-create-envs-only"],
+        capture_output=True, text=True, timeout=300, env=env,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    calls = log.read_text().splitlines()
+    created = [line.split(" ", 1)[1] for line in calls if line.startswith("file ")]
+    assert len(created) == 1, calls  # one environment, shared by every rule
+    assert Path(created[0]).read_text() == (REPO / "envs" / "slide2expr.yaml").read_text()
+    src = next(line.split(" ", 1)[1] for line in calls if line.startswith("SLIDE2EXPR_SRC "))
+    assert Path(src).resolve() == REPO
+    pip_line = next(line for line in Path(created[0]).read_text().splitlines()
+                    if "SLIDE2EXPR_SRC" in line and not line.lstrip().startswith("#"))
+    target = Path(pip_line.split('"')[1].replace("${SLIDE2EXPR_SRC}", src).split("[")[0])
+    assert 'name = "slide2expr"' in (target / "pyproject.toml").read_text()
+    # Every rule that runs a command declares the environment (Snakemake's linter agrees).
+    lint = subprocess.run(["snakemake", "-s", str(REPO / "Snakefile"), "-d", str(work), "--lint"],
+                          capture_output=True, text=True, timeout=300)
+    assert "rule" in lint.stdout + lint.stderr  # the linter ran and reported on the rules
+    assert "Specify a conda environment" not in lint.stdout + lint.stderr
+
+
 # --- slow tests: a real SLURM cluster ----------------------------------------------------------
 
 

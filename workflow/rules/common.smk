@@ -20,6 +20,12 @@ for _section in ("tiling", "extract", "join", "train", "report", "heatmap"):
     if _schema.exists():
         validate(config[_section], str(_schema))
 
+# Every rule runs the slide2expr CLI. With `--sdm conda`, Snakemake builds this environment
+# once per node setup; it pip-installs this checkout from ${SLIDE2EXPR_SRC}, which defaults to
+# the folder of the Snakefile (see envs/slide2expr.yaml and docs/cluster.md).
+CONDA_ENV = str(Path(workflow.basedir) / "envs" / "slide2expr.yaml")
+os.environ.setdefault("SLIDE2EXPR_SRC", str(workflow.basedir))
+
 MODE = config["mode"]  # "spot" or "bulk"
 RESULTS = "results"
 # Files the demo_data rule creates do not exist before the first run: check them later.

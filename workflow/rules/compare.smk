@@ -38,6 +38,8 @@ rule compare:
     resources:
         mem_mb=2000,
         runtime=10,
+    conda:
+        CONDA_ENV
     shell:
         "slide2expr compare {params.runs} --benchmarks {params.benchmarks} -o {output.tsv} "
         "--html {output.html} --top-n {REPORT[top_n]} --n-hvg {REPORT[n_hvg]} > {log} 2>&1"

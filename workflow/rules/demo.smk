@@ -15,5 +15,7 @@ if config.get("demo_data", False):
             "results/logs/demo_data.log",
         benchmark:
             "results/benchmarks/demo_data.tsv"
+        conda:
+            CONDA_ENV
         shell:
             "slide2expr demo-data resources/demo --n-slides {params.n} > {log} 2>&1"

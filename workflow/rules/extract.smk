@@ -64,6 +64,8 @@ rule extract:
         gpu=1 if EXTRACT["device"] == "cuda" else 0,
         mem_mb=8000,
         runtime=120,
+    conda:
+        CONDA_ENV
     shell:
         "slide2expr extract {input.tiles} -o {output} --encoder {wildcards.encoder} "
         "{params.weights} --batch-size {params.batch_size} {params.num_workers} "

@@ -70,6 +70,8 @@ rule heatmap_map:
     resources:
         mem_mb=4000,
         runtime=30,
+    conda:
+        CONDA_ENV
     shell:
         "slide2expr heatmap {input.features} --model-dir {params.models} -o {params.out} "
         "--sample-id {wildcards.sample} --map-only --threads {threads} > {log} 2>&1"
@@ -99,6 +101,8 @@ rule heatmap_scale:
     resources:
         mem_mb=8000,
         runtime=30,
+    conda:
+        CONDA_ENV
     shell:
         "slide2expr heatmap-scale {input.maps} -o {output} {params.genes} "
         "--clip-percentiles {params.low} {params.high} > {log} 2>&1"
@@ -149,6 +153,8 @@ rule heatmap:
     resources:
         mem_mb=4000,
         runtime=30,
+    conda:
+        CONDA_ENV
     shell:
         "slide2expr heatmap {input.map} --slide {input.slide} -o {params.out} {params.args} "
         "--clip-percentiles {params.low} {params.high} --cmap {HEATMAP[cmap]} "

@@ -73,6 +73,8 @@ rule join:
     resources:
         mem_mb=8000,
         runtime=60,
+    conda:
+        CONDA_ENV
     shell:
         "slide2expr join {input.samples} --features-dir {params.features_dir} -o {output} "
         "{params.args} > {log} 2>&1"

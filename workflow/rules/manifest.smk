@@ -25,6 +25,8 @@ rule manifest:
     resources:
         mem_mb=2000,
         runtime=30,
+    conda:
+        CONDA_ENV
     shell:
         "slide2expr manifest -o {output} --results {RESULTS} --config-json {params.config} "
         "--no-progress > {log} 2>&1"

@@ -28,6 +28,8 @@ rule report:
     resources:
         mem_mb=8000,
         runtime=30,
+    conda:
+        CONDA_ENV
     shell:
         "slide2expr report {input} -o {params.out} --top-n {REPORT[top_n]} "
         "--n-hvg {REPORT[n_hvg]} --bootstrap {REPORT[bootstrap]} --alpha {REPORT[alpha]} "

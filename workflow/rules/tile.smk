@@ -39,6 +39,8 @@ rule tile:
         runtime=30,
     group:
         "tile"
+    conda:
+        CONDA_ENV
     shell:
         "slide2expr tile {input.slide} --sample-id {wildcards.sample} -o {output.grid} "
         "--qc {output.qc} {params.spot_args} {params.mpp} {params.default_mpp} "

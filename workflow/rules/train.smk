@@ -42,6 +42,8 @@ rule train:
         gpu=0,
         mem_mb=8000,
         runtime=240,
+    conda:
+        CONDA_ENV
     shell:
         "slide2expr train {input.dataset} --head {wildcards.head} "
         "--models-dir {output.models} --predictions {output.predictions} "
