@@ -14,6 +14,7 @@ import torch
 from slide2expr import extract as extract_mod
 from slide2expr.encoders import get_encoder, sha256_file
 from slide2expr.encoders.builders import efficientnet_lite0_weights_file
+from slide2expr.errors import InputError
 from slide2expr.extract import extract_features
 from slide2expr.features_io import FeatureWriter, partial_path, read_features
 from slide2expr.slides import open_slide
@@ -212,6 +213,35 @@ def test_float16_storage_and_reader_workers_on_openslide(cmu_tiles, cmu_referenc
     assert half.features.dtype == np.float16 and half.attrs["dtype"] == "float16"
     ref = cmu_reference.features
     np.testing.assert_allclose(half.features.astype(np.float32), ref, rtol=2e-3, atol=2e-3)
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_cut_slide_data_fails_with_the_file_named(workers, lite0, tmp_path):
+    """A slide whose tile index is intact but whose image data stop short (an interrupted
+    copy) opens, tiles at the front decode, and the first broken tile ends the job with an
+    InputError naming the file, also when the read happened in a reader process."""
+    import tifffile
+
+    rng = np.random.default_rng(0)
+    slide = tmp_path / "cut.tiff"
+    tifffile.imwrite(slide, rng.integers(0, 255, (1024, 1024, 3), dtype=np.uint8),
+                     tile=(256, 256), photometric="rgb", compression="jpeg",
+                     resolution=(2e4, 2e4), resolutionunit="CENTIMETER")  # 0.5 um/px
+    data = slide.read_bytes()
+    slide.write_bytes(data[: int(len(data) * 0.6)])
+    xs = np.arange(0, 1024 - 224 + 1, 224)
+    gx, gy = np.meshgrid(xs, xs)
+    attrs = {"sample_id": "cut", "slide": str(slide), "slide_mpp": 0.5, "mpp_source": "metadata",
+             "target_mpp": 0.5, "tile_px": 224, "tile_px_level0": 224.0,
+             "level0_width": 1024, "level0_height": 1024, "mode": "grid"}
+    tiles = tmp_path / "cut_tiles.h5"
+    write_tiles(tiles, TileSet(np.stack([gx.ravel(), gy.ravel()], 1).astype(np.int64), attrs))
+    out = tmp_path / "cut.h5"
+    with pytest.raises(InputError, match=r"cut\.tiff: cannot decode the image data") as info:
+        extract_features(tiles, out, encoder=lite0, batch_size=4, num_workers=workers,
+                         device="cpu", progress=False)
+    assert "Traceback" not in str(info.value) and "\n" not in str(info.value)
+    assert not out.exists()
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:

@@ -79,7 +79,18 @@ def _white_slide(path: Path) -> None:
                      photometric="rgb", resolution=(2e4, 2e4), resolutionunit="CENTIMETER")
 
 
-@pytest.mark.parametrize("case", ["unopenable", "truncated", "no_tissue", "no_mpp",
+def _cut_image_data(path: Path) -> None:
+    """A tiled JPEG TIFF whose header and tile index are intact but whose tile data stop
+    short, as after an interrupted copy: it opens, and fails when its pixels are decoded."""
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, (1024, 1024, 3), dtype=np.uint8)
+    tifffile.imwrite(path, image, tile=(256, 256), photometric="rgb", compression="jpeg",
+                     resolution=(2e4, 2e4), resolutionunit="CENTIMETER")
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * 0.6)])
+
+
+@pytest.mark.parametrize("case", ["unopenable", "truncated", "cut_data", "no_tissue", "no_mpp",
                                   "unsafe_id", "missing"])
 def test_bad_input_one_line_error_no_output(case: str, slides_dir: Path, tmp_path: Path) -> None:
     args: list[str | Path]
@@ -91,6 +102,9 @@ def test_bad_input_one_line_error_no_output(case: str, slides_dir: Path, tmp_pat
         data = (slides_dir / "cmu-1-small-region.svs").read_bytes()
         slide.write_bytes(data[:20000])
         expect = "cut.svs"
+    elif case == "cut_data":
+        slide, expect = tmp_path / "cut.tiff", "cannot decode the image data"
+        _cut_image_data(slide)
     elif case == "no_tissue":
         slide, expect = tmp_path / "white.tiff", "no tissue"
         _white_slide(slide)

@@ -28,6 +28,10 @@ class InputError(Exception):
         self.fix = fix
         super().__init__(self.one_line())
 
+    def __reduce__(self) -> tuple[type, tuple[str | None, str, str]]:
+        # Pickled by its fields, so it crosses process boundaries (DataLoader workers) intact.
+        return (type(self), (self.path, self.problem, self.fix))
+
     def one_line(self) -> str:
         """Return the message as a single line: ``file: problem. Fix: fix``."""
         where = f"{self.path}: " if self.path else ""

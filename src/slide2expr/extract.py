@@ -157,11 +157,20 @@ class TileRegionDataset(Dataset):
         s = self.tile_px_level0
         return self.slide().read_region_mpp(float(x), float(y), s, s, (self.out_px, self.out_px))
 
-    def __getitem__(self, rows: tuple[int, int]) -> tuple[int, torch.Tensor]:
+    def __getitem__(self, rows: tuple[int, int]) -> tuple[int, torch.Tensor | InputError]:
+        """The batch of rows ``[start, stop)``, or the :class:`InputError` that reading hit.
+
+        The error is returned, not raised: a DataLoader worker re-raises exceptions as a
+        RuntimeError carrying a traceback, while a returned InputError reaches the main
+        process intact and is raised there as the one-line message it is.
+        """
         start, stop = rows
         batch = np.empty((stop - start, self.out_px, self.out_px, 3), dtype=np.uint8)
-        for j, i in enumerate(range(start, stop)):
-            batch[j] = self.read(i)
+        try:
+            for j, i in enumerate(range(start, stop)):
+                batch[j] = self.read(i)
+        except InputError as exc:
+            return start, exc
         return start, torch.from_numpy(batch)
 
     def close(self) -> None:
@@ -330,6 +339,8 @@ def _run(dataset: TileRegionDataset, writer: FeatureWriter, enc: Encoder, dev: t
     try:
         with torch.inference_mode():
             for start, images in loader:
+                if isinstance(images, InputError):
+                    raise images  # the rows before it are written and resume from here
                 out = embed_batch(module, images, enc, dev, amp)
                 if cuda:
                     host = torch.empty(out.shape, dtype=out.dtype, pin_memory=True)

@@ -190,12 +190,33 @@ class Slide(ABC):
         Areas outside the image are white.
         """
 
+    def _checked_read(self, level: int, x: int, y: int, width: int, height: int) -> np.ndarray:
+        """:meth:`_read_level`, with a decoding failure turned into an :class:`InputError`.
+
+        A slide whose header opens but whose image data is truncated or corrupt fails only
+        here, in whichever region is read first; the codecs raise their own exception types
+        (OpenSlideError, imagecodecs' Jpeg8Error, OSError, ...).
+        """
+        try:
+            return self._read_level(level, x, y, width, height)
+        except InputError:
+            raise
+        except Exception as exc:
+            detail = (str(exc).splitlines() or [""])[0] or type(exc).__name__
+            raise InputError(
+                self.path,
+                f"cannot decode the image data at pyramid level {level}, region "
+                f"x={x} y={y} {width}x{height} px ({type(exc).__name__}: {detail})",
+                "the file is truncated or corrupt: copy it again from its source and compare "
+                "its size or checksum; outputs of the other slides are not affected",
+            ) from exc
+
     def read_region(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
         """OpenSlide-style read: ``location`` in level-0 px, ``size`` in level px."""
         ds = self.level_downsamples[level]
         x = int(math.floor(location[0] / ds))
         y = int(math.floor(location[1] / ds))
-        return self._read_level(level, x, y, int(size[0]), int(size[1]))
+        return self._checked_read(level, x, y, int(size[0]), int(size[1]))
 
     def read_region_mpp(
         self, x0: float, y0: float, width0: float, height0: float, out_size: tuple[int, int]
@@ -217,7 +238,7 @@ class Slide(ABC):
         lx, ly = int(math.floor(x0 / ds)), int(math.floor(y0 / ds))
         lw = max(1, int(math.ceil((x0 + width0) / ds)) - lx)
         lh = max(1, int(math.ceil((y0 + height0) / ds)) - ly)
-        region = self._read_level(level, lx, ly, lw, lh)
+        region = self._checked_read(level, lx, ly, lw, lh)
         if (lw, lh) == (out_w, out_h):
             return region
         return np.asarray(Image.fromarray(region).resize((out_w, out_h), Image.BILINEAR))
@@ -254,7 +275,7 @@ class Slide(ABC):
 
     def _whole_level(self, level: int, target: tuple[int, int]) -> np.ndarray:
         lw, lh = self.level_dimensions[level]
-        return self._read_level(level, 0, 0, lw, lh)
+        return self._checked_read(level, 0, 0, lw, lh)
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release file handles."""
