@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -40,3 +42,31 @@ def test_the_config_key(her2st: Path) -> None:
     config = TrainConfig.from_dict({"genes": {"list": str(her2st / "genes_785.txt")}})
     assert config.genes.list.endswith("genes_785.txt")
     assert config.to_dict()["genes"]["list"] == config.genes.list
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _dry_run(workdir: Path, override: str) -> subprocess.CompletedProcess[str]:
+    (workdir / "override.yaml").write_text(override)
+    return subprocess.run(
+        ["snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir), "-n", "-p",
+         "--cores", "2", "--configfile", str(REPO / "config" / "benchmarks" / "her2st.yaml"),
+         str(workdir / "override.yaml")],
+        capture_output=True, text=True, timeout=300,
+    )
+
+
+def test_her2st_config_takes_its_gene_list_from_data_root(her2st: Path, tmp_path: Path) -> None:
+    """One override, data_root, moves the sheet's files and the 785-gene list together,
+    from any working directory."""
+    shutil.copytree(REPO / "config", tmp_path / "config")
+    result = _dry_run(tmp_path, f"data_root: {her2st}\n")
+    assert result.returncode == 0, result.stderr[-3000:]
+    train = result.stdout.split("\nrule train:")[1].split("\nrule ")[0]
+    assert f"{her2st}/genes_785.txt" in train  # resolved in the job's input and settings
+    assert "{data_root}" not in result.stdout
+    unset = _dry_run(tmp_path, "data_root: null\n")
+    assert unset.returncode != 0
+    said = unset.stdout + unset.stderr
+    assert "train.genes.list" in said and "data_root is not set" in said

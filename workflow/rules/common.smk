@@ -31,6 +31,16 @@ RESULTS = "results"
 # Files the demo_data rule creates do not exist before the first run: check them later.
 # Relative paths in the sheet are taken relative to `data_root` when set (else the workdir).
 DATA_ROOT = config.get("data_root")
+# train.genes.list may start with "{data_root}/": a gene list shipped with the data moves with
+# it, so pointing a config at another copy of the data takes only --config data_root=...
+_GENE_LIST = config["train"].get("genes", {}).get("list")
+if _GENE_LIST and "{data_root}" in _GENE_LIST:
+    if not DATA_ROOT:
+        raise ValueError(
+            f"config: train.genes.list {_GENE_LIST!r} uses {{data_root}} but data_root is not "
+            "set; set data_root (e.g. --config data_root=/data/her2st) or give the list's path"
+        )
+    config["train"]["genes"]["list"] = _GENE_LIST.replace("{data_root}", str(DATA_ROOT).rstrip("/"))
 SAMPLES = read_sample_sheet(
     config["samples"], mode=MODE, check_files=not config.get("demo_data", False), root=DATA_ROOT
 )
