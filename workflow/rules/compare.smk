@@ -30,6 +30,8 @@ rule compare:
     params:
         runs=" ".join(f"--run {e}:{h}:{p}" for e, h, p in compare_summaries()),
         benchmarks=f"{RESULTS}/benchmarks",
+        top_n=REPORT["top_n"],
+        n_hvg=REPORT["n_hvg"],
     log:
         f"{RESULTS}/logs/compare/compare.log",
     benchmark:
@@ -42,7 +44,7 @@ rule compare:
         CONDA_ENV
     shell:
         "slide2expr compare {params.runs} --benchmarks {params.benchmarks} -o {output.tsv} "
-        "--html {output.html} --top-n {REPORT[top_n]} --n-hvg {REPORT[n_hvg]} > {log} 2>&1"
+        "--html {output.html} --top-n {params.top_n} --n-hvg {params.n_hvg} > {log} 2>&1"
 
 
 # A default target once the train stage exists (as the per-head reports, see report.smk).

@@ -141,6 +141,8 @@ rule heatmap:
     wildcard_constraints:
         **HEATMAP_WILDCARDS,
     params:
+        cfg=HEATMAP,
+        tissue=HEATMAP_TISSUE,
         args=heatmap_args,
         out=lambda w, output: os.path.dirname(output.geojson),
         low=HEATMAP["clip_percentiles"][0],
@@ -157,13 +159,13 @@ rule heatmap:
         CONDA_ENV
     shell:
         "slide2expr heatmap {input.map} --slide {input.slide} -o {params.out} {params.args} "
-        "--clip-percentiles {params.low} {params.high} --cmap {HEATMAP[cmap]} "
-        "--alpha {HEATMAP[alpha]} --thumbnail-px {HEATMAP[thumbnail_px]} "
-        "--mask-mpp {HEATMAP_TISSUE[mask_mpp]} "
-        "--min-saturation {HEATMAP_TISSUE[min_saturation]} "
-        "--closing-um {HEATMAP_TISSUE[closing_um]} "
-        "--min-object-um2 {HEATMAP_TISSUE[min_object_um2]} "
-        "--max-hole-um2 {HEATMAP_TISSUE[max_hole_um2]} > {log} 2>&1"
+        "--clip-percentiles {params.low} {params.high} --cmap {params.cfg[cmap]} "
+        "--alpha {params.cfg[alpha]} --thumbnail-px {params.cfg[thumbnail_px]} "
+        "--mask-mpp {params.tissue[mask_mpp]} "
+        "--min-saturation {params.tissue[min_saturation]} "
+        "--closing-um {params.tissue[closing_um]} "
+        "--min-object-um2 {params.tissue[min_object_um2]} "
+        "--max-hole-um2 {params.tissue[max_hole_um2]} > {log} 2>&1"
 
 
 def _heatmap_predictions_have_a_rule():

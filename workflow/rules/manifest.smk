@@ -16,6 +16,7 @@ rule manifest:
     output:
         f"{RESULTS}/manifest.json",
     params:
+        results=RESULTS,
         config=lambda w: shlex.quote(json.dumps(config, default=str, sort_keys=True)),
     log:
         f"{RESULTS}/logs/manifest/manifest.log",
@@ -28,7 +29,7 @@ rule manifest:
     conda:
         CONDA_ENV
     shell:
-        "slide2expr manifest -o {output} --results {RESULTS} --config-json {params.config} "
+        "slide2expr manifest -o {output} --results {params.results} --config-json {params.config} "
         "--no-progress > {log} 2>&1"
 
 

@@ -19,6 +19,7 @@ rule report:
                     **({"encoder": "{encoder}"} if SWEEP else {})},
         ),
     params:
+        cfg=REPORT,
         out=lambda w, output: os.path.dirname(output.genes),
     log:
         f"{RESULTS}/logs/report/{ENC_TAG}{{head}}.log",
@@ -31,9 +32,9 @@ rule report:
     conda:
         CONDA_ENV
     shell:
-        "slide2expr report {input} -o {params.out} --top-n {REPORT[top_n]} "
-        "--n-hvg {REPORT[n_hvg]} --bootstrap {REPORT[bootstrap]} --alpha {REPORT[alpha]} "
-        "--seed {REPORT[seed]} --baseline {REPORT[baseline]} --n-scatter {REPORT[n_scatter]} "
+        "slide2expr report {input} -o {params.out} --top-n {params.cfg[top_n]} "
+        "--n-hvg {params.cfg[n_hvg]} --bootstrap {params.cfg[bootstrap]} --alpha {params.cfg[alpha]} "
+        "--seed {params.cfg[seed]} --baseline {params.cfg[baseline]} --n-scatter {params.cfg[n_scatter]} "
         "> {log} 2>&1"
 
 
