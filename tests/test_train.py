@@ -389,6 +389,41 @@ def test_he2rna_with_supertiles(tmp_path):
     assert meta["supertiles"] == 10
 
 
+def test_patient_units_of_several_slides(tmp_path):
+    """join.patient_slides 'average' makes one unit of a patient's slides (features_path
+    ";"-joined): the unit's bag is the union of their tiles, supertiles are made per slide, and
+    the heatmap's out-of-fold model for one of those slides is the fold that held the unit."""
+    from slide2expr.training.features import BagFeatures
+    from slide2expr.training.run import feature_source
+
+    slides = write_bulk_dataset(tmp_path, n_slides=18)
+    pairs = [(2 * i, 2 * i + 1) for i in range(9)]
+    obs = pd.DataFrame({
+        "sample_id": [f"slide{a};slide{b}" for a, b in pairs],
+        "patient": [f"p{i}" for i in range(9)],
+        "features_path": [";".join(slides.obs["features_path"].iloc[[a, b]]) for a, b in pairs],
+    }, index=[f"p{i}" for i in range(9)])
+    x = np.stack([slides.X[[a, b]].mean(axis=0) for a, b in pairs])
+    adata = ad.AnnData(X=x, obs=obs, var=slides.var.copy())
+    adata.uns["slide2expr"] = {"mode": "bulk", "encoder": "toy"}
+
+    bags = feature_source(adata, config=TrainConfig.from_dict({"supertiles": 3}),
+                          dataset_path=None)
+    assert isinstance(bags, BagFeatures) and all(len(unit) == 2 for unit in bags.paths)
+    sizes = [sum(h5py.File(p)["features"].shape[0] for p in unit) for unit in bags.paths]
+    assert list(bags.n_tiles) == sizes
+    assert all(len(np.unique(labels)) == 6 for labels in bags.labels)  # 3 per slide
+
+    out, models, _ = _train(adata, tmp_path, head="he2rna", folds=3, max_epochs=3, hidden=8,
+                            supertiles=3, baselines=["mean"])
+    assert np.isfinite(out.layers["predicted"]).all()
+    unit_fold = int(out.obs.loc["p1", "fold"])  # p1 = slide2 + slide3
+    other = next(k for k in range(3) if k != unit_fold)
+    held_out = load_trained_head(models, sample_id="slide3")
+    assert len(held_out.members) == 1 and held_out.meta["fold"] == unit_fold
+    assert load_trained_head(models, fold=other).meta["fold"] == other
+
+
 # -- CLI ----------------------------------------------------------------------------------
 def test_cli_train_and_predict(tmp_path):
     from typer.testing import CliRunner

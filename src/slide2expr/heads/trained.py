@@ -220,6 +220,8 @@ def _held_out_fold(model_dir: Path, sample_id: str) -> int | None:
     if not splits.is_file():
         return None
     table = pd.read_csv(splits, sep="\t", dtype={"sample_id": str})
-    folds = table.loc[table["sample_id"] == sample_id, "fold"].unique()
+    # a unit of several slides (a patient's, averaged by the join) lists them ";"-joined
+    holds = table["sample_id"].str.split(";").apply(lambda ids: sample_id in ids)
+    folds = table.loc[holds, "fold"].unique()
     # -1: a training unit of a `split` column, never held out: use every model.
     return int(folds[0]) if len(folds) == 1 and folds[0] >= 0 else None

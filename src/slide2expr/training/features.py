@@ -9,6 +9,7 @@ each bag when its batch is drawn.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,6 +38,42 @@ def read_bag(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
         raise InputError(path, f"has features of shape {features.shape}",
                          "re-run the extract stage; a slide needs at least one tile")
     return features, coords
+
+
+def read_unit_bag(paths: Sequence[str | Path]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The tiles of one unit: its slides' feature files read and concatenated.
+
+    A unit has one slide, or several when the join averaged a patient's slides
+    (``join.patient_slides: average``): the patient's bag is then the union of their tiles.
+
+    Returns
+    -------
+    tuple of numpy.ndarray
+        ``features`` ``(N, D)`` float32, ``coords`` ``(N, 2)`` in each slide's own level-0
+        pixels, and ``slide`` ``(N,)``: the index in ``paths`` of each tile's slide.
+    """
+    parts = [read_bag(p) for p in paths]
+    dims = {f.shape[1] for f, _ in parts}
+    if len(dims) > 1:
+        raise InputError(paths[0], f"the slides of one unit have features of different sizes "
+                         f"({sorted(dims)})", "extract every slide with the same encoder")
+    features = np.concatenate([f for f, _ in parts]) if len(parts) > 1 else parts[0][0]
+    coords = np.concatenate([c for _, c in parts]) if len(parts) > 1 else parts[0][1]
+    slide = np.repeat(np.arange(len(parts)), [len(f) for f, _ in parts])
+    return features, coords, slide
+
+
+def unit_supertile_labels(coords: np.ndarray, slide: np.ndarray, n: int, *,
+                          seed: int = 0) -> np.ndarray:
+    """Supertile labels of a unit's tiles: ``n`` clusters within each slide, numbered on."""
+    labels = np.empty(len(coords), dtype=np.int64)
+    offset = 0
+    for s in np.unique(slide):
+        rows = slide == s
+        own = supertile_labels(coords[rows], n, seed=seed)
+        labels[rows] = own + offset
+        offset += int(own.max()) + 1
+    return labels
 
 
 def make_supertiles(features: np.ndarray, coords: np.ndarray, n: int, *, seed: int = 0) -> np.ndarray:
@@ -94,9 +131,13 @@ class SpotFeatures:
 
 @dataclass
 class BagFeatures:
-    """Bulk mode: one feature file (a bag of tiles) per unit, read on demand."""
+    """Bulk mode: the feature file(s) of each unit (a bag of tiles), read on demand.
 
-    paths: list[Path]
+    ``paths[i]`` holds the files of unit ``i``: one slide's, or a patient's slides' when the
+    join averaged them.
+    """
+
+    paths: list[tuple[Path, ...]]
     supertiles: int = 0
     seed: int = 0
     kind: str = "bulk"
@@ -112,15 +153,17 @@ class BagFeatures:
     def scan(self) -> BagFeatures:
         """One pass over the files: tile counts, per-slide sums (float64), supertile labels."""
         n = len(self.paths)
-        for p in self.paths:
-            if not p.is_file():
-                raise InputError(p, "features file listed in obs['features_path'] does not exist",
-                                 "run the extract stage, or fix the path in the dataset")
+        for unit in self.paths:
+            for p in unit:
+                if not p.is_file():
+                    raise InputError(p, "features file listed in obs['features_path'] does not "
+                                     "exist", "run the extract stage, or fix the path in the dataset")
         self.n_tiles = np.zeros(n, dtype=np.int64)
         self.labels = []
-        for i, path in enumerate(tqdm(self.paths, desc="scanning bags", unit="slide",
+        for i, unit in enumerate(tqdm(self.paths, desc="scanning bags", unit="unit",
                                       disable=None)):
-            features, coords = read_bag(path)
+            features, coords, slide = read_unit_bag(unit)
+            path = unit[0]
             if i == 0:
                 self.dim = int(features.shape[1])
                 self.sums = np.zeros((n, self.dim))
@@ -132,7 +175,8 @@ class BagFeatures:
             self.n_tiles[i] = len(features)
             self.sums[i] = f64.sum(axis=0)
             self.sumsq[i] = (f64 ** 2).sum(axis=0)
-            self.labels.append(supertile_labels(coords, self.supertiles, seed=self.seed)
+            self.labels.append(unit_supertile_labels(coords, slide, self.supertiles,
+                                                     seed=self.seed)
                                if self.supertiles else None)
         return self
 
@@ -171,7 +215,8 @@ class SpotDataset(Dataset):
 class BagDataset(Dataset):
     """Bags read from feature files when requested (optionally pooled into supertiles)."""
 
-    def __init__(self, paths: list[Path], y: np.ndarray, *, labels: list[np.ndarray] | None,
+    def __init__(self, paths: list[tuple[Path, ...]], y: np.ndarray, *,
+                 labels: list[np.ndarray] | None,
                  max_tiles: int = 0) -> None:
         self.paths = paths
         self.y = torch.from_numpy(np.ascontiguousarray(y, dtype=np.float32))
@@ -182,7 +227,7 @@ class BagDataset(Dataset):
         return len(self.paths)
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        features, _ = read_bag(self.paths[i])
+        features, _, _ = read_unit_bag(self.paths[i])
         if self.labels is not None:
             features = pool_by_label(features, self.labels[i])
         x = torch.from_numpy(features)

@@ -81,7 +81,9 @@ def feature_source(adata: Any, *, config: TrainConfig, dataset_path: Path | None
         if "features_path" not in adata.obs:
             raise InputError(dataset_path, "a bulk-mode dataset has no obs['features_path']",
                              "re-run the join stage")
-        paths = [_resolve(p, dataset_path) for p in adata.obs["features_path"].astype(str)]
+        # ";"-joined when the join averaged a patient's slides into one unit
+        paths = [tuple(_resolve(p, dataset_path) for p in value.split(";"))
+                 for value in adata.obs["features_path"].astype(str)]
         return BagFeatures(paths, supertiles=config.supertiles, seed=config.seed).scan()
     key = config.features_key
     if key is None:
