@@ -618,6 +618,7 @@ def test_report_rule_and_snakemake_report(tmp_path: Path) -> None:
         # what workflow/rules/common.smk defines for a run with one encoder
         "RESULTS = 'results'\nALL_TARGETS = []\nSWEEP = False\n"
         "ENC_RESULTS = RESULTS\nENC_TAG = ''\n"
+        f"CONDA_ENV = {str(REPO / 'envs' / 'slide2expr.yaml')!r}\n"
         "def expand_encoders(pattern, **w):\n    return expand(pattern, **w)\n"
         "rule train:\n    input: 'fixture.h5ad'\n"
         "    output: 'results/predictions/{head}.h5ad'\n    shell: 'cp {input} {output}'\n"
