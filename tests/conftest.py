@@ -66,11 +66,37 @@ def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """The SLURM end-to-end tests start a real cluster and run the demo twice.
+@pytest.fixture(scope="session")
+def demo_workflow_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, float]:
+    """The shipped demo config, run once per session as a user runs it: (workdir, wall s).
 
-    They run when ``SLIDE2EXPR_SLURM_E2E=1``: ``.ci/run`` sets it for a second pytest pass
-    after the main suite, so the main suite stays within CI's time budget.
+    ``snakemake --cores 2 --max-threads 1``: two jobs at a time, one thread each, so the
+    SLURM end-to-end test (one CPU a job) can compare its outputs with these bit for bit
+    (floating-point sums depend on the thread count). The workflow tests read it too.
+    """
+    import shutil
+    import subprocess
+    import time
+
+    repo = Path(__file__).resolve().parents[1]
+    workdir = tmp_path_factory.mktemp("demo_run")
+    shutil.copytree(repo / "config", workdir / "config")
+    t0 = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-s", str(repo / "Snakefile"), "-d", str(workdir),
+         "--cores", "2", "--max-threads", "1"],
+        capture_output=True, text=True, timeout=3600,
+    )
+    wall = time.monotonic() - t0
+    assert result.returncode == 0, result.stderr[-5000:]
+    return workdir, wall
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The SLURM end-to-end tests install and start a real one-node cluster (root, apt).
+
+    They run when ``SLIDE2EXPR_SLURM_E2E=1``, which ``.ci/run`` sets: there they share the
+    session's demo run (``demo_workflow_run``) as their local reference.
     """
     if os.environ.get("SLIDE2EXPR_SLURM_E2E") == "1":
         return

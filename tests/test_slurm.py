@@ -133,6 +133,17 @@ def verify(a: Path, b: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
+def _report(request: pytest.FixtureRequest, text: str) -> None:
+    """Write ``text`` to the terminal (CI's log) whether or not pytest captures output."""
+    terminal = request.config.pluginmanager.get_plugin("terminalreporter")
+    if terminal is None:
+        print(text)
+        return
+    terminal.write_line("")
+    for line in text.splitlines():
+        terminal.write_line(line)
+
+
 # --- quick tests: the profiles --------------------------------------------------------------
 
 
@@ -318,21 +329,17 @@ def _slurm_jobs() -> pd.DataFrame:
 
 
 @pytest.fixture(scope="module")
-def local_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, float]:
-    """The shipped demo config run locally: the reference, and its wall time."""
-    workdir = tmp_path_factory.mktemp("local")
-    shutil.copytree(REPO / "config", workdir / "config")
-    t0 = time.monotonic()
-    result = snakemake(workdir, "--cores", "2", "--max-threads", str(CPUS))
-    wall = time.monotonic() - t0
-    assert result.returncode == 0, result.stderr[-5000:]
-    return workdir, wall
+def local_run(demo_workflow_run: tuple[Path, float]) -> tuple[Path, float]:
+    """The shipped demo config run locally (the session's demo run, one thread a job, as
+    ``CPUS`` gives the SLURM jobs): the reference, and its wall time."""
+    assert CPUS == 1, "conftest's demo_workflow_run uses --max-threads 1"
+    return demo_workflow_run
 
 
 @pytest.fixture(scope="module")
 def slurm_run(
     cluster: dict[str, str], local_run: tuple[Path, float],
-    tmp_path_factory: pytest.TempPathFactory,
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest,
 ) -> tuple[Path, Path, subprocess.CompletedProcess[str]]:
     """The same config through the SLURM profile: (workdir, profile, result)."""
     local, local_wall = local_run
@@ -344,7 +351,7 @@ def slurm_run(
     cpus, mem_mb = _job_cpus_and_mem(cluster)
     profile = ci_profile(workdir / "profile-slurm-ci", cpus=cpus, mem_mb=mem_mb,
                          bundle=CI_BUNDLE)
-    print((profile / "config.yaml").read_text())
+    _report(request, (profile / "config.yaml").read_text())
     t0 = time.monotonic()
     result = snakemake(workdir, "--profile", str(profile), env=cluster)
     wall = time.monotonic() - t0
@@ -365,7 +372,7 @@ def slurm_run(
         "slurm_queued_seconds": round(queued, 1),
         "overhead_per_rule_job_s": round((running - rule_s) / max(1, len(benchmarks)), 1),
     }
-    print("SLURM run:", json.dumps(summary))
+    _report(request, "SLURM run: " + json.dumps(summary))
     (workdir / "slurm_summary.json").write_text(json.dumps(summary, indent=2))
     return workdir, profile, result
 

@@ -22,13 +22,9 @@ def snakemake(workdir: Path, *args: str, timeout: int = 1800) -> subprocess.Comp
 
 
 @pytest.fixture(scope="session")
-def demo_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The shipped config, run once in a fresh working directory."""
-    workdir = tmp_path_factory.mktemp("demo_run")
-    shutil.copytree(REPO / "config", workdir / "config")
-    result = snakemake(workdir)
-    assert result.returncode == 0, result.stderr[-5000:]
-    return workdir
+def demo_run(demo_workflow_run: tuple[Path, float]) -> Path:
+    """The shipped config, run once in a fresh working directory (see conftest)."""
+    return demo_workflow_run[0]
 
 
 def test_dry_run_plans_every_stage(tmp_path: Path) -> None:
