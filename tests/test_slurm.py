@@ -135,13 +135,15 @@ def verify(a: Path, b: Path) -> subprocess.CompletedProcess[str]:
 
 def _report(request: pytest.FixtureRequest, text: str) -> None:
     """Write ``text`` to the terminal (CI's log) whether or not pytest captures output."""
-    terminal = request.config.pluginmanager.get_plugin("terminalreporter")
-    if terminal is None:
+    plugins = request.config.pluginmanager
+    terminal, capture = plugins.get_plugin("terminalreporter"), plugins.get_plugin("capturemanager")
+    if terminal is None or capture is None:
         print(text)
         return
-    terminal.write_line("")
-    for line in text.splitlines():
-        terminal.write_line(line)
+    with capture.global_and_fixture_disabled():  # fd-level capture would swallow it otherwise
+        terminal.write_line("")
+        for line in text.splitlines():
+            terminal.write_line(line)
 
 
 # --- quick tests: the profiles --------------------------------------------------------------
