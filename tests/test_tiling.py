@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import tifffile
+from PIL import Image
 
 from slide2expr.slides import open_slide
 from slide2expr.tiles_io import read_tiles
@@ -90,10 +91,11 @@ def _cut_image_data(path: Path) -> None:
     path.write_bytes(data[: int(len(data) * 0.6)])
 
 
-@pytest.mark.parametrize("case", ["unopenable", "truncated", "cut_data", "no_tissue", "no_mpp",
-                                  "unsafe_id", "missing"])
+@pytest.mark.parametrize("case", ["unopenable", "truncated", "cut_data", "cut_jpeg", "no_tissue",
+                                  "no_mpp", "unsafe_id", "missing"])
 def test_bad_input_one_line_error_no_output(case: str, slides_dir: Path, tmp_path: Path) -> None:
     args: list[str | Path]
+    args_mpp: list[str] = []
     sample = "s1"
     if case == "unopenable":
         slide, expect = slides_dir / "unopenable.tiff", "cannot be read"
@@ -105,6 +107,12 @@ def test_bad_input_one_line_error_no_output(case: str, slides_dir: Path, tmp_pat
     elif case == "cut_data":
         slide, expect = tmp_path / "cut.tiff", "cannot decode the image data"
         _cut_image_data(slide)
+    elif case == "cut_jpeg":  # a plain H&E image (her2st style) cut short: PIL backend
+        slide, expect = tmp_path / "cut.jpg", "cannot decode the image data"
+        rng = np.random.default_rng(0)
+        Image.fromarray(rng.integers(0, 255, (1024, 1024, 3), dtype=np.uint8)).save(slide)
+        slide.write_bytes(slide.read_bytes()[: slide.stat().st_size // 2])
+        args_mpp = ["--mpp", "0.5"]
     elif case == "no_tissue":
         slide, expect = tmp_path / "white.tiff", "no tissue"
         _white_slide(slide)
@@ -115,7 +123,7 @@ def test_bad_input_one_line_error_no_output(case: str, slides_dir: Path, tmp_pat
     else:
         slide, expect = tmp_path / "nowhere.svs", "does not exist"
     out, qc = tmp_path / "out" / "t.h5", tmp_path / "out" / "t.png"
-    args = ["tile", slide, "--sample-id", sample, "-o", out, "--qc", qc]
+    args = ["tile", slide, "--sample-id", sample, "-o", out, "--qc", qc, *args_mpp]
     result = run_cli(*args)
     assert result.returncode != 0
     lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]

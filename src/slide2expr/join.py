@@ -546,7 +546,6 @@ def _provenance(params, report, feature_attrs, adata, *, expression, run_config,
     return _storable(prov)
 
 
-
 def _storable(value):
     """Drop ``None`` (h5ad cannot store it) and make numpy scalars plain, recursively."""
     if isinstance(value, dict):

@@ -15,6 +15,8 @@ from __future__ import annotations
 import logging
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -190,15 +192,16 @@ class Slide(ABC):
         Areas outside the image are white.
         """
 
-    def _checked_read(self, level: int, x: int, y: int, width: int, height: int) -> np.ndarray:
-        """:meth:`_read_level`, with a decoding failure turned into an :class:`InputError`.
+    @contextmanager
+    def _decoding(self, level: int, x: int, y: int, width: int, height: int) -> Iterator[None]:
+        """Turn a failure to decode pixels into an :class:`InputError` naming the region.
 
         A slide whose header opens but whose image data is truncated or corrupt fails only
-        here, in whichever region is read first; the codecs raise their own exception types
-        (OpenSlideError, imagecodecs' Jpeg8Error, OSError, ...).
+        when pixels are decoded, in whichever region is read first; the codecs raise their
+        own exception types (OpenSlideError, imagecodecs' Jpeg8Error, PIL's OSError, ...).
         """
         try:
-            return self._read_level(level, x, y, width, height)
+            yield
         except InputError:
             raise
         except Exception as exc:
@@ -210,6 +213,12 @@ class Slide(ABC):
                 "the file is truncated or corrupt: copy it again from its source and compare "
                 "its size or checksum; outputs of the other slides are not affected",
             ) from exc
+
+    def _checked_read(self, level: int, x: int, y: int, width: int, height: int) -> np.ndarray:
+        """:meth:`_read_level`, with decoding failures as :class:`InputError` (see
+        :meth:`_decoding`)."""
+        with self._decoding(level, x, y, width, height):
+            return self._read_level(level, x, y, width, height)
 
     def read_region(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
         """OpenSlide-style read: ``location`` in level-0 px, ``size`` in level px."""
@@ -451,9 +460,10 @@ class PlainImageSlide(Slide):
         if self._full is not None:
             img = Image.fromarray(self._full)
         else:
-            img = Image.open(self.path)
-            img.draft("RGB", (out_w, out_h))  # DCT-domain downscale, up to 8x, for JPEG
-            img = img.convert("RGB")
+            with self._decoding(0, 0, 0, w0, h0):
+                img = Image.open(self.path)
+                img.draft("RGB", (out_w, out_h))  # DCT-domain downscale, up to 8x, for JPEG
+                img = img.convert("RGB")
         img = img.resize((out_w, out_h), Image.BILINEAR)
         return np.asarray(img), w0 / out_w
 
