@@ -58,8 +58,8 @@ def make_slide(image: np.ndarray, path: Path, mpp: float) -> None:
 
 def make_tiles(slide_path: Path, out: Path, *, max_tiles: int | None = None) -> int:
     """A full grid of 224 px tiles at 0.5 um/px over the slide (no tissue filter)."""
-    from slide2expr.slides import open_slide
-    from slide2expr.tiles_io import TileSet, write_tiles
+    from slide2expr.inputs.slides import open_slide
+    from slide2expr.contracts.tiles import TileSet, write_tiles
 
     with open_slide(slide_path) as slide:
         size0 = 224 * 0.5 / slide.mpp
@@ -81,8 +81,8 @@ def bare_forward(encoder: str, device: str, batch_size: int,
     """Images/s and CPU s per image of the encoder alone on random uint8 batches."""
     import torch
 
-    from slide2expr.encoders import get_encoder
-    from slide2expr.extract import autocast_dtype, embed_batch, prepare_module, resolve_device
+    from slide2expr.extract.encoders import get_encoder
+    from slide2expr.extract.run import autocast_dtype, embed_batch, prepare_module, resolve_device
 
     dev = resolve_device(device)
     enc = get_encoder(encoder)
@@ -121,7 +121,7 @@ def child(args: argparse.Namespace) -> None:
     """Run one extraction and report throughput and peak RSS of this process tree."""
     import psutil
 
-    from slide2expr.extract import extract_features
+    from slide2expr.extract.run import extract_features
 
     me = psutil.Process()
     peak = {"rss": 0}
@@ -195,7 +195,7 @@ def main() -> None:
     import torch
     from PIL import Image
 
-    from slide2expr.extract import available_cores, default_num_workers, resolve_device
+    from slide2expr.extract.run import available_cores, default_num_workers, resolve_device
 
     Image.MAX_IMAGE_PIXELS = None
     dev = resolve_device(args.device)

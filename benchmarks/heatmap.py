@@ -31,7 +31,7 @@ CASES = [  # (slide mpp, tile edge level-0 px, tiles over the whole slide or tis
 
 
 def _fake_slide(mpp: float):
-    from slide2expr.slides import Slide
+    from slide2expr.inputs.slides import Slide
 
     class FakeSlide(Slide):
         backend = "fake"

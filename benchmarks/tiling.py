@@ -12,9 +12,9 @@ import sys
 import time
 from pathlib import Path
 
-from slide2expr.slides import open_slide
-from slide2expr.spots import read_spot_positions
-from slide2expr.tiling import TilingParams, compute_tissue, grid_tiles, spot_tiles
+from slide2expr.inputs.slides import open_slide
+from slide2expr.inputs.spots import read_spot_positions
+from slide2expr.tile.grid import TilingParams, compute_tissue, grid_tiles, spot_tiles
 
 
 def main() -> None:

@@ -79,8 +79,8 @@ def main() -> None:
 
     import torch
 
-    from slide2expr.training.config import TrainConfig
-    from slide2expr.training.run import run_training
+    from slide2expr.train.config import TrainConfig
+    from slide2expr.train.run import run_training
 
     torch.set_num_threads(args.threads)
     root = args.workdir or Path(tempfile.mkdtemp(prefix="slide2expr-bench-"))

@@ -59,7 +59,7 @@ def slides_dir(test_data: Path) -> Path:
 @pytest.fixture(scope="session")
 def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The default demo cohort, generated once per test session."""
-    from slide2expr.demo import make_demo_cohort
+    from slide2expr.demo.cohort import make_demo_cohort
 
     out = tmp_path_factory.mktemp("demo")
     make_demo_cohort(out)

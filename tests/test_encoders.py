@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from slide2expr.encoders import (
+from slide2expr.errors import InputError
+from slide2expr.extract.encoders import (
     RANDOM_INIT,
     encoder_names,
     get_encoder,
@@ -21,8 +22,7 @@ from slide2expr.encoders import (
     load_state_dict_file,
     sha256_file,
 )
-from slide2expr.encoders.builders import efficientnet_lite0_weights_file, hf_vit_to_timm
-from slide2expr.errors import InputError
+from slide2expr.extract.encoders.builders import efficientnet_lite0_weights_file, hf_vit_to_timm
 
 BUILTIN_DIMS = {
     "efficientnet_lite0": 1280, "resnet50_trunc": 1024, "resnet50": 2048, "uni": 1024,
@@ -228,7 +228,7 @@ def test_hugging_face_vit_names_convert_to_timm():
     torch.manual_seed(0)
     source = timm.create_model("vit_tiny_patch16_224", num_classes=0).eval()
     target = timm.create_model("vit_tiny_patch16_224", num_classes=0).eval()
-    from slide2expr.encoders import load_into
+    from slide2expr.extract.encoders import load_into
 
     hf = {f"vit.{k}": v for k, v in _timm_vit_to_hf(source.state_dict()).items()}
     load_into(target, hf_vit_to_timm(hf), source="test", ignore_prefixes=("pooler.",))

@@ -11,14 +11,14 @@ import pandas as pd
 import pytest
 import torch
 
-from slide2expr import extract as extract_mod
-from slide2expr.encoders import get_encoder, sha256_file
-from slide2expr.encoders.builders import efficientnet_lite0_weights_file
+from slide2expr.contracts.features import FeatureWriter, partial_path, read_features
+from slide2expr.contracts.tiles import TileSet, write_tiles
 from slide2expr.errors import InputError
-from slide2expr.extract import extract_features
-from slide2expr.features_io import FeatureWriter, partial_path, read_features
-from slide2expr.slides import open_slide
-from slide2expr.tiles_io import TileSet, write_tiles
+from slide2expr.extract import run as extract_mod
+from slide2expr.extract.encoders import get_encoder, sha256_file
+from slide2expr.extract.encoders.builders import efficientnet_lite0_weights_file
+from slide2expr.extract.run import extract_features
+from slide2expr.inputs.slides import open_slide
 
 HER2ST_MPP = 0.69  # from the array pitch (data README); the JPEGs carry no resolution
 SECTIONS = ("C2", "C3", "C4", "C5", "C6")
@@ -31,8 +31,8 @@ def lite0():
 
 def her2st_spot_tiles(her2st: Path, section: str) -> TileSet:
     """Spot patches of one section, made by the tile stage's own functions."""
-    from slide2expr.spots import read_spot_positions
-    from slide2expr.tiling import TilingParams, spot_tiles
+    from slide2expr.inputs.spots import read_spot_positions
+    from slide2expr.tile.grid import TilingParams, spot_tiles
 
     with open_slide(her2st / f"{section}_HE.jpg", sheet_mpp=HER2ST_MPP) as slide:
         table = read_spot_positions(her2st / f"{section}_selection.tsv",
@@ -94,7 +94,7 @@ def test_her2st_features_are_deterministic(c2_features):
 
 
 def test_her2st_features_have_the_documented_layout(c2_features, c2_mixed):
-    from slide2expr.tiles_io import read_tiles
+    from slide2expr.contracts.tiles import read_tiles
 
     a, _ = c2_features
     tiles = read_tiles(c2_mixed[0])
@@ -189,7 +189,7 @@ def test_interrupted_run_leaves_no_output_and_resumes(cmu_tiles, cmu_reference, 
 
 
 def test_partial_file_from_other_inputs_is_discarded(cmu_tiles, cmu_reference, lite0, tmp_path):
-    from slide2expr.tiles_io import read_tiles
+    from slide2expr.contracts.tiles import read_tiles
 
     out = tmp_path / "cmu.h5"
     other = read_tiles(cmu_tiles)

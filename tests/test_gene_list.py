@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from slide2expr.errors import InputError
-from slide2expr.training.config import GeneSelection, TrainConfig
-from slide2expr.training.genes import select_genes
+from slide2expr.train.config import GeneSelection, TrainConfig
+from slide2expr.train.gene_selection import select_genes
 
 
 def test_the_list_restricts_the_candidates(tmp_path: Path) -> None:

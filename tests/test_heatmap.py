@@ -31,7 +31,7 @@ from slide2expr.heatmap import (
     write_tile_map,
 )
 from slide2expr.heatmap.overlay import colormap
-from slide2expr.slides import Slide
+from slide2expr.inputs.slides import Slide
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -398,7 +398,8 @@ def toy_run(tmp_path):
     import h5py
     import torch
 
-    from slide2expr.heads import MLPHead, save_head
+    from slide2expr.train.heads import MLPHead
+    from slide2expr.train.trained import save_head
 
     rng = np.random.default_rng(0)
     img = np.full((1200, 1600, 3), 245, dtype=np.uint8)
@@ -430,7 +431,7 @@ def test_cli_draws_from_features_and_a_model_dir(toy_run, tmp_path):
     from typer.testing import CliRunner
 
     from slide2expr.cli import app
-    from slide2expr.heads import load_trained_head
+    from slide2expr.train.trained import load_trained_head
 
     out = tmp_path / "heatmaps" / "mlp"
     result = CliRunner().invoke(app, [
@@ -496,17 +497,17 @@ def test_demo_tumour_gene_map_is_high_on_tumour_and_low_on_stroma(demo_dir, tmp_
     2 tumour; a tile takes the label covering at least 75% of it)."""
     import torch
 
-    from slide2expr.demo import LABEL_DOWNSAMPLE, STROMA, TUMOUR
-    from slide2expr.extract import extract_features
+    from slide2expr.contracts.tiles import write_tiles
+    from slide2expr.demo.cohort import LABEL_DOWNSAMPLE, STROMA, TUMOUR
+    from slide2expr.extract.run import extract_features
     from slide2expr.heatmap import load_or_predict, open_matching_slide
-    from slide2expr.join import JoinParams, build_dataset
-    from slide2expr.samples import read_sample_sheet
-    from slide2expr.slides import open_slide
-    from slide2expr.spots import read_spot_positions
-    from slide2expr.tiles_io import write_tiles
-    from slide2expr.tiling import TilingParams, compute_tissue, grid_tiles, spot_tiles
-    from slide2expr.training.config import TrainConfig
-    from slide2expr.training.run import run_training
+    from slide2expr.inputs.samples import read_sample_sheet
+    from slide2expr.inputs.slides import open_slide
+    from slide2expr.inputs.spots import read_spot_positions
+    from slide2expr.join.run import JoinParams, build_dataset
+    from slide2expr.tile.grid import TilingParams, compute_tissue, grid_tiles, spot_tiles
+    from slide2expr.train.config import TrainConfig
+    from slide2expr.train.run import run_training
 
     torch.set_num_threads(2)
     target = "demo1"

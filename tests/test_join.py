@@ -18,7 +18,7 @@ from PIL import Image
 from scipy import sparse
 
 from slide2expr.errors import InputError
-from slide2expr.spots import read_spot_positions
+from slide2expr.inputs.spots import read_spot_positions
 
 HER2ST_SECTIONS = ("C2", "C3", "C4", "C5", "C6")
 ENCODER = "toy"
@@ -680,7 +680,7 @@ def test_bad_bulk_matrix(case, expected, demo_dir, tmp_path, capsys):
 
 
 def test_log_values_may_be_negative(tmp_path):
-    from slide2expr.expression import check_values
+    from slide2expr.inputs.expression import check_values
 
     m = np.array([[-1.0, 2.0]])
     check_values(m, source="x", values="log")
@@ -708,7 +708,7 @@ def test_read_spot_positions_layouts(her2st, tmp_path):
 
 
 def test_r_style_header_and_ensembl_versions(tmp_path):
-    from slide2expr.expression import read_bulk_matrix, strip_version
+    from slide2expr.inputs.expression import read_bulk_matrix, strip_version
 
     # R's write.table: the header names only the data columns
     (tmp_path / "r.tsv").write_text("ENSG00000141510.16\tMYC\nS1\t1\t2\nS2\t3\t4\n")

@@ -9,9 +9,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from slide2expr.compare import build_compare, parse_run, write_compare
 from slide2expr.errors import InputError
-from slide2expr.manifest import build_manifest, collect_seeds, read_benchmarks, stage_timings
+from slide2expr.repro.compare import build_compare, parse_run, write_compare
+from slide2expr.repro.manifest import build_manifest, collect_seeds, read_benchmarks, stage_timings
 
 
 def _bench(path: Path, seconds: float, rss: float = 100.0) -> None:

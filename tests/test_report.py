@@ -22,7 +22,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from slide2expr import stats as st
+from slide2expr.report import stats as st
 
 XSS = "<script>alert(1)</script>"
 MATH = r"$\frac{1$"

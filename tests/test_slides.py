@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from slide2expr.errors import InputError
-from slide2expr.slides import open_slide, resolve_mpp
+from slide2expr.inputs.slides import open_slide, resolve_mpp
 
 
 def test_svs_mpp_from_metadata(slides_dir: Path) -> None:

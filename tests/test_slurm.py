@@ -402,7 +402,7 @@ def test_demo_workflow_through_slurm_equals_local_run(
     same = verify(local / "results", workdir / "results")
     assert same.returncode == 0, same.stdout + same.stderr
     # And, independently of `verify`, the key numbers: tile coordinates of every slide.
-    from slide2expr.tiles_io import read_tiles
+    from slide2expr.contracts.tiles import read_tiles
 
     for path in sorted((local / "results" / "tiles").rglob("*.h5")):
         other = workdir / path.relative_to(local)

@@ -11,10 +11,10 @@ import pytest
 import tifffile
 from PIL import Image
 
-from slide2expr.slides import open_slide
-from slide2expr.tiles_io import read_tiles
-from slide2expr.tiling import TilingParams, compute_tissue
-from slide2expr.tissue import tissue_fraction_grid
+from slide2expr.contracts.tiles import read_tiles
+from slide2expr.inputs.slides import open_slide
+from slide2expr.tile.grid import TilingParams, compute_tissue
+from slide2expr.tile.tissue import tissue_fraction_grid
 
 
 def run_cli(*args: str | Path) -> subprocess.CompletedProcess[str]:
@@ -137,7 +137,7 @@ def test_bad_input_one_line_error_no_output(case: str, slides_dir: Path, tmp_pat
 @pytest.mark.parametrize("problem", ["duplicate", "unsafe", "missing_slide"])
 def test_sample_sheet_errors(problem: str, slides_dir: Path, tmp_path: Path) -> None:
     from slide2expr.errors import InputError
-    from slide2expr.samples import read_sample_sheet
+    from slide2expr.inputs.samples import read_sample_sheet
 
     svs = slides_dir / "cmu-1-small-region.svs"
     rows = {"duplicate": [("a", svs), ("a", svs)], "unsafe": [("../x", svs)],

@@ -14,15 +14,16 @@ import torch
 import yaml
 
 from slide2expr.errors import InputError
-from slide2expr.heads import ABMILHead, HE2RNAHead, load_trained_head
-from slide2expr.heads.he2rna import topk_mean
-from slide2expr.training.baselines import choose_alpha, pearson_columns
-from slide2expr.training.config import GeneSelection, TrainConfig
-from slide2expr.training.cv import assign_folds
-from slide2expr.training.data import FoldDataModule
-from slide2expr.training.features import SpotFeatures
-from slide2expr.training.genes import select_genes
-from slide2expr.training.run import run_training
+from slide2expr.train.baselines import choose_alpha, pearson_columns
+from slide2expr.train.config import GeneSelection, TrainConfig
+from slide2expr.train.cv import assign_folds
+from slide2expr.train.data import FoldDataModule
+from slide2expr.train.features import SpotFeatures
+from slide2expr.train.gene_selection import select_genes
+from slide2expr.train.heads import ABMILHead, HE2RNAHead
+from slide2expr.train.heads.he2rna import topk_mean
+from slide2expr.train.run import run_training
+from slide2expr.train.trained import load_trained_head
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -103,7 +104,7 @@ def demo_dataset(demo_dir: Path) -> ad.AnnData:
     large changes move the library size, which gives every noise gene a real, tissue-driven
     signal and would make "noise genes are not predicted" false by construction.
     """
-    from slide2expr.slides import open_slide
+    from slide2expr.inputs.slides import open_slide
 
     truth = pd.read_csv(demo_dir / "truth" / "genes.tsv", sep="\t").set_index("gene")
     sheet = pd.read_csv(demo_dir / "samples.tsv", sep="\t")
@@ -393,8 +394,8 @@ def test_patient_units_of_several_slides(tmp_path):
     """join.patient_slides 'average' makes one unit of a patient's slides (features_path
     ";"-joined): the unit's bag is the union of their tiles, supertiles are made per slide, and
     the heatmap's out-of-fold model for one of those slides is the fold that held the unit."""
-    from slide2expr.training.features import BagFeatures
-    from slide2expr.training.run import feature_source
+    from slide2expr.train.features import BagFeatures
+    from slide2expr.train.run import feature_source
 
     slides = write_bulk_dataset(tmp_path, n_slides=18)
     pairs = [(2 * i, 2 * i + 1) for i in range(9)]
@@ -515,7 +516,7 @@ def test_demo_planted_genes_are_recovered_and_noise_genes_are_not(demo_dir, tmp_
 def her2st_dataset(her2st: Path) -> ad.AnnData:
     """Spot dataset of the five her2st sections (genes in every section), colour features of
     112 um patches (cheap stand-ins for encoder features: this test checks the protocol)."""
-    from slide2expr.slides import open_slide
+    from slide2expr.inputs.slides import open_slide
 
     parts = []
     for section in ("C2", "C3", "C4", "C5", "C6"):

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 from safetensors.numpy import save_file
 
-from slide2expr.verify import is_volatile, verify_runs
+from slide2expr.repro.verify import is_volatile, verify_runs
 
 
 def _write_run(root: Path, *, workdir: str, seconds: float, log_text: str) -> Path:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from slide2expr.tiles_io import read_tiles
+from slide2expr.contracts.tiles import read_tiles
 
 REPO = Path(__file__).resolve().parents[1]
 

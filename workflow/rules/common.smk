@@ -5,7 +5,7 @@ from pathlib import Path
 
 from snakemake.utils import validate
 
-from slide2expr.samples import read_sample_sheet
+from slide2expr.inputs.samples import read_sample_sheet
 
 SCHEMAS = Path(workflow.basedir) / "workflow" / "schemas"
 if not SCHEMAS.is_dir():  # Snakefile included from elsewhere

@@ -14,7 +14,7 @@ def demo_data(
     seed: int = typer.Option(0, help="Random seed: the same seed gives the same files."),
 ) -> None:
     """Write a small synthetic cohort with a planted signal and its ground truth."""
-    from slide2expr.demo import DemoSpec, make_demo_cohort
+    from slide2expr.demo.cohort import DemoSpec, make_demo_cohort
 
     make_demo_cohort(out_dir, DemoSpec(n_slides=n_slides, size_px=size_px, seed=seed))
     typer.echo(f"demo cohort written to {out_dir}")

@@ -29,7 +29,7 @@ def extract(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
     """Embed every tile of one slide with a pretrained encoder."""
-    from slide2expr.extract import extract_features
+    from slide2expr.extract.run import extract_features
 
     result = extract_features(
         tiles, out, encoder=encoder, weights=weights, slide=slide, batch_size=batch_size,
@@ -46,7 +46,7 @@ def encoders(
     import json
     from dataclasses import asdict
 
-    from slide2expr.encoders import list_encoders
+    from slide2expr.extract.encoders import list_encoders
 
     rows = list_encoders()
     if as_json:

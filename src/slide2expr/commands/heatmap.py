@@ -70,10 +70,10 @@ def heatmap(
         read_scale,
         write_tile_map,
     )
-    from slide2expr.heatmap.genes import split_gene_args
+    from slide2expr.heatmap.gene_choice import split_gene_args
     from slide2expr.heatmap.overlay import colormap
     from slide2expr.heatmap.scale import check_percentiles
-    from slide2expr.tissue import TissueParams
+    from slide2expr.tile.tissue import TissueParams
 
     if not source.is_file():
         raise InputError(source, "does not exist", "pass a features .h5 or a tile map .h5ad")
@@ -124,7 +124,7 @@ def heatmap_scale(
 ) -> None:
     """One colour scale a gene over all slides, for heatmaps that compare across a cohort."""
     from slide2expr.heatmap import cohort_scale, read_tile_map, select_genes, write_scale
-    from slide2expr.heatmap.genes import split_gene_args
+    from slide2expr.heatmap.gene_choice import split_gene_args
 
     first = read_tile_map(maps[0])
     chosen = select_genes(first.genes, genes=split_gene_args(genes), report=report,

@@ -43,8 +43,8 @@ def join(
                                                      "data_root)."),
 ) -> None:
     """Join expression with features into one AnnData (spot or bulk mode)."""
-    from slide2expr.join import JoinParams, build_dataset, write_dataset
-    from slide2expr.samples import read_sample_sheet
+    from slide2expr.inputs.samples import read_sample_sheet
+    from slide2expr.join.run import JoinParams, build_dataset, write_dataset
 
     params = JoinParams(mode=mode, encoder=encoder, values=values, orientation=orientation,
                         gene_map=gene_map or None, on_missing=on_missing,

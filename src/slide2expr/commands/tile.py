@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
 import typer
-
-from slide2expr.errors import InputError
-from slide2expr.samples import check_sample_id
 
 log = logging.getLogger(__name__)
 
@@ -37,17 +33,8 @@ def tile(
     qc_max_px: int = typer.Option(2048, help="Longest side of the QC image."),
 ) -> None:
     """Detect tissue, tile it on a grid, and (spot mode) place a patch on every spot."""
-    from slide2expr.atomic import atomic_outputs
-    from slide2expr.qc import draw_qc
-    from slide2expr.slides import open_slide
-    from slide2expr.tiles_io import write_tiles
-    from slide2expr.tiling import TilingParams, compute_tissue, grid_tiles, spot_tiles
-    from slide2expr.tissue import TissueParams
+    from slide2expr.tile import TilingParams, TissueParams, tile_slide
 
-    check_sample_id(sample_id, source=None)
-    if (spots is None) != (spots_out is None):
-        raise InputError(None, "--spots and --spots-out go together",
-                         "give both (spot mode) or neither (grid only)")
     params = TilingParams(
         target_mpp=target_mpp, tile_px=tile_px, min_tissue=min_tissue,
         spot_diameter_um=spot_diameter_um,
@@ -55,25 +42,9 @@ def tile(
                             closing_um=closing_um, min_object_um2=min_object_um2,
                             max_hole_um2=max_hole_um2),
     )
-    with open_slide(slide, sheet_mpp=mpp, default_mpp=default_mpp) as s:
-        log.info("opened %s", json.dumps(s.describe()))
-        tissue = compute_tissue(s, params.tissue)
-        grid = grid_tiles(s, tissue, sample_id, params)
-        spot_set = None
-        if spots is not None:
-            from slide2expr.spots import read_spot_positions
-
-            table = read_spot_positions(spots, counts_path=counts)
-            spot_set = spot_tiles(s, table, sample_id, params, source=str(spots))
-        grid.attrs["mask_downsample"] = float(tissue.downsample)
-        outputs = [out] + ([spots_out] if spots_out is not None else [])
-        with atomic_outputs(*outputs) as tmps:
-            write_tiles(tmps[0], grid)
-            if spot_set is not None:
-                write_tiles(tmps[1], spot_set)
-            if qc is not None:
-                draw_qc(tissue.image, tissue.downsample, tissue.mask, qc, grid=grid,
-                        spots=spot_set, max_px=qc_max_px)
+    tile_slide(slide, sample_id=sample_id, out=out, params=params, qc=qc, spots=spots,
+               counts=counts, spots_out=spots_out, sheet_mpp=mpp, default_mpp=default_mpp,
+               qc_max_px=qc_max_px)
 
 
 def register(app: typer.Typer) -> None:

@@ -12,7 +12,7 @@ def _load_settings(config: Path | None, config_json: str | None, overrides: dict
     import yaml
 
     from slide2expr.errors import InputError
-    from slide2expr.training.config import TrainConfig
+    from slide2expr.train.config import TrainConfig
 
     values: dict = {}
     source = None
@@ -51,7 +51,7 @@ def train(
     """Cross-validate a head and the baselines; write fold models and out-of-fold predictions."""
     import torch
 
-    from slide2expr.training.run import read_dataset, run_training
+    from slide2expr.train.run import read_dataset, run_training
 
     torch.set_num_threads(max(1, threads))
     fold_value = None if folds is None else (folds if folds == "loo" else int(folds))
@@ -77,7 +77,7 @@ def predict(
     """Predict expression for slides without RNA-seq from their feature files."""
     import torch
 
-    from slide2expr.predict import predict_files
+    from slide2expr.train.predict import predict_files
 
     torch.set_num_threads(max(1, threads))
     predict_files(features, model_dir=model, output=output, level=level, fold=fold)

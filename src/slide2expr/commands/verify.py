@@ -21,7 +21,7 @@ def verify(
                                       help="List the fields ignored as times, hosts or paths."),
 ) -> None:
     """Compare two runs' results; name every difference; exit 1 if any."""
-    from slide2expr.verify import verify_runs
+    from slide2expr.repro.verify import verify_runs
 
     result = verify_runs(run_a, run_b, rtol=rtol, atol=atol, max_shown=max_shown)
     if as_json is not None:
@@ -57,7 +57,7 @@ def manifest(
 ) -> None:
     """Write the run manifest: versions, commit, device, config, input sha256s, seeds, times."""
     from slide2expr.errors import InputError
-    from slide2expr.manifest import build_manifest, write_manifest
+    from slide2expr.repro.manifest import build_manifest, write_manifest
 
     if config_json:
         try:
@@ -91,7 +91,7 @@ def compare(
     n_hvg: int | None = typer.Option(None, "--n-hvg", help="Label of the HVG column."),
 ) -> None:
     """Compare encoder x head combinations: mean r, genes significant, wall time per stage."""
-    from slide2expr.compare import build_compare, parse_run, write_compare
+    from slide2expr.repro.compare import build_compare, parse_run, write_compare
 
     table = build_compare([parse_run(r) for r in runs], benchmarks=benchmarks)
     write_compare(table, out, html, top_n=top_n, n_hvg=n_hvg)

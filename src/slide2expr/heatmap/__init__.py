@@ -16,7 +16,7 @@ beyond the measured spots; bulk heads give their per-tile scores), and the resul
 ...     make_heatmaps(tmap, slide, "results/heatmaps/mlp", report="genes.tsv")
 """
 
-from slide2expr.heatmap.genes import gene_filename, select_genes, top_report_genes
+from slide2expr.heatmap.gene_choice import gene_filename, select_genes, top_report_genes
 from slide2expr.heatmap.geojson import mask_polygons, validate_geojson, write_qupath_geojson
 from slide2expr.heatmap.overlay import OverlayStyle, blend_overlay, read_image_box, save_overlay_png
 from slide2expr.heatmap.raster import rasterize_tiles, tile_pixel_boxes

@@ -26,8 +26,9 @@ import numpy as np
 import pandas as pd
 
 from slide2expr.atomic import atomic_outputs
+from slide2expr.contracts.models import held_out_fold
 from slide2expr.errors import InputError
-from slide2expr.heatmap.genes import gene_filename, select_genes
+from slide2expr.heatmap.gene_choice import gene_filename, select_genes
 from slide2expr.heatmap.geojson import mask_polygons, write_qupath_geojson
 from slide2expr.heatmap.overlay import OverlayStyle, blend_overlay, save_overlay_png
 from slide2expr.heatmap.raster import rasterize_tiles
@@ -39,9 +40,9 @@ from slide2expr.heatmap.tilemap import (
     read_tile_map,
     write_tile_map,
 )
-from slide2expr.samples import check_sample_id
-from slide2expr.slides import Slide
-from slide2expr.tissue import TissueParams, detect_tissue
+from slide2expr.inputs.samples import check_sample_id
+from slide2expr.inputs.slides import Slide
+from slide2expr.tile.tissue import TissueParams, detect_tissue
 
 log = logging.getLogger(__name__)
 
@@ -122,8 +123,8 @@ def load_or_predict(input_path: str | Path, *, model_dir: str | Path | None,
     if model_dir is None:
         raise InputError(input_path, "is a features file but no model was given",
                          "pass --model-dir results/models/{head}")
-    from slide2expr.features_io import read_features
-    from slide2expr.heads import load_trained_head
+    from slide2expr.contracts.features import read_features
+    from slide2expr.train.trained import load_trained_head
 
     features = read_features(input_path)
     sample = sample_id or str(features.attrs.get("sample_id") or "")
@@ -134,7 +135,7 @@ def load_or_predict(input_path: str | Path, *, model_dir: str | Path | None,
     if (Path(model_dir) / "head.json").is_file():  # one fold's directory
         fold, use = None, f"the model in {Path(model_dir).name}"
     elif fold is None:
-        fold, use = _fold_for(model_dir, sample)
+        fold, use = held_out_fold(model_dir, sample)
     else:
         use = f"fold {fold}"
     head = load_trained_head(model_dir, fold=fold)
@@ -154,35 +155,6 @@ def load_or_predict(input_path: str | Path, *, model_dir: str | Path | None,
     log.info("%s: predicting %d genes on %d tiles with %s (%s)", sample, len(head.genes),
              len(features), provenance["head"], use)
     return predict_tile_map(features, head, provenance=provenance, source=input_path), True
-
-
-def _fold_for(model_dir: str | Path, sample_id: str) -> tuple[int | None, str]:
-    """The fold whose model did not see ``sample_id``, and how the model is used.
-
-    From ``splits.tsv`` of the model directory: a slide held out in fold k gets fold k's
-    model (its map is out-of-fold); a slide that only trained (fold -1, a ``split`` column)
-    or a slide not in the table (a new slide) gets the average of all fold models.
-    """
-    splits = Path(model_dir) / "splits.tsv"
-    table = None
-    if splits.is_file():
-        try:
-            table = pd.read_csv(splits, sep="\t", dtype={"sample_id": str})
-        except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError):
-            table = None
-    if table is None or not {"sample_id", "fold"} <= set(table.columns):
-        return None, "all folds"
-    folds = sorted(set(table.loc[table["sample_id"] == sample_id, "fold"].astype(int)))
-    if not folds:
-        return None, f"a slide new to the model ({sample_id} not in splits.tsv)"
-    held = [k for k in folds if k >= 0]
-    if len(held) == 1:
-        return held[0], f"fold {held[0]}, which held {sample_id} out"
-    if held:
-        log.warning("%s: units of %s are held out in several folds (%s); using all folds",
-                    splits, sample_id, held)
-        return None, f"{sample_id} held out in folds {held}"
-    return None, f"{sample_id} was a training slide of every fold: NOT out-of-fold"
 
 
 def tissue_mask(thumbnail: np.ndarray, downsample: float, *, mpp: float,
@@ -222,7 +194,7 @@ def _resize_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 def open_matching_slide(slide_path: str | Path, tmap: TileMap, *,
                         default_mpp: float | None = None) -> Slide:
     """Open the slide and check it is the one the tiles came from (same level-0 size)."""
-    from slide2expr.slides import open_slide
+    from slide2expr.inputs.slides import open_slide
 
     mpp = tmap.attrs.get("slide_mpp")
     slide = open_slide(slide_path, sheet_mpp=float(mpp) if mpp else None, default_mpp=default_mpp)
@@ -321,7 +293,7 @@ def make_heatmaps(tmap: TileMap, slide: Slide, out_dir: str | Path, *,
         limits.to_csv(dir_tmp / LIMITS_TSV, sep="\t", index=False, float_format="%.6g")
 
         if predictions is not None:
-            from slide2expr.heatmap.spots import draw_spot_comparison, read_spot_values
+            from slide2expr.heatmap.spot_overlay import draw_spot_comparison, read_spot_values
 
             spots = read_spot_values(predictions, sample, genes)
             if spots is not None:

@@ -19,8 +19,10 @@ from typing import Any, Protocol
 import numpy as np
 
 from slide2expr.atomic import atomic_output
+from slide2expr.contracts._h5 import plain_attr, storable_attrs
+from slide2expr.contracts.features import FeatureSet
 from slide2expr.errors import InputError
-from slide2expr.features_io import FeatureSet
+from slide2expr.keys import Key
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +31,7 @@ UNITS = "log1p CP10k"
 
 
 class TileModel(Protocol):
-    """What the heatmap stage needs from a model (``slide2expr.heads.TrainedHead`` fits)."""
+    """What the heatmap stage needs from a model (``slide2expr.train.heads.TrainedHead`` fits)."""
 
     genes: list[str]
 
@@ -137,12 +139,12 @@ def tile_map_to_anndata(tmap: TileMap) -> Any:
     obs = pd.DataFrame({"x": centres[:, 0], "y": centres[:, 1]},
                        index=pd.Index([f"tile{i}" for i in range(len(centres))], name="tile"))
     if tmap.spot_ids is not None:
-        obs["spot_id"] = np.asarray(tmap.spot_ids, dtype=str)
+        obs[Key.SPOT_ID] = np.asarray(tmap.spot_ids, dtype=str)
     var = pd.DataFrame(index=pd.Index(tmap.genes, name="gene"))
     adata = ad.AnnData(X=np.ascontiguousarray(tmap.values, dtype=np.float32), obs=obs, var=var)
-    adata.obsm["spatial"] = centres
-    adata.obsm["coords"] = tmap.coords
-    adata.uns["slide2expr"] = {"heatmap": _storable(tmap.attrs | {"tile_size0": tmap.tile_size0})}
+    adata.obsm[Key.SPATIAL] = centres
+    adata.obsm[Key.COORDS] = tmap.coords
+    adata.uns[Key.PROVENANCE] = {"heatmap": storable_attrs(tmap.attrs | {"tile_size0": tmap.tile_size0})}
     return adata
 
 
@@ -166,13 +168,13 @@ def read_tile_map(path: str | Path) -> TileMap:
     path = Path(path)
     try:
         adata = ad.read_h5ad(path)
-        attrs = dict(adata.uns["slide2expr"]["heatmap"])
-        coords = np.asarray(adata.obsm["coords"], dtype=np.int64)
+        attrs = dict(adata.uns[Key.PROVENANCE]["heatmap"])
+        coords = np.asarray(adata.obsm[Key.COORDS], dtype=np.int64)
     except Exception as exc:  # anndata/h5py raise many types
         raise InputError(path, f"is not a tile-prediction file ({exc})",
                          "pass heatmaps/{head}/{sample}.h5ad written by `slide2expr heatmap`") from exc
-    attrs = {k: _plain(v) for k, v in attrs.items()}
-    spot_ids = adata.obs["spot_id"].to_numpy(str) if "spot_id" in adata.obs else None
+    attrs = {k: plain_attr(v, arrays_as_lists=True) for k, v in attrs.items()}
+    spot_ids = adata.obs[Key.SPOT_ID].to_numpy(str) if "spot_id" in adata.obs else None
     return TileMap(values=np.asarray(adata.X, dtype=np.float32), genes=list(map(str, adata.var_names)),
                    coords=coords, tile_size0=float(attrs["tile_size0"]), attrs=attrs,
                    spot_ids=spot_ids)
@@ -183,26 +185,3 @@ def subset_genes(tmap: TileMap, genes: Sequence[str]) -> TileMap:
     idx = [tmap.genes.index(g) for g in genes]
     return TileMap(values=tmap.values[:, idx], genes=list(genes), coords=tmap.coords,
                    tile_size0=tmap.tile_size0, attrs=tmap.attrs, spot_ids=tmap.spot_ids)
-
-
-def _storable(attrs: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in attrs.items():
-        if value is None:
-            continue
-        if isinstance(value, Path):
-            value = str(value)
-        if isinstance(value, list | tuple):
-            value = np.asarray([str(v) for v in value]) if value else np.asarray([], dtype=str)
-        out[str(key)] = value
-    return out
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return [_plain(v) for v in value.tolist()]
-    if isinstance(value, bytes):
-        return value.decode()
-    return value

@@ -18,13 +18,13 @@ import numpy as np
 import pandas as pd
 
 from slide2expr import __version__
-from slide2expr import stats as st
 from slide2expr.errors import InputError
+from slide2expr.keys import NOT_HELD_OUT, Key
+from slide2expr.report import stats as st
 
 log = logging.getLogger(__name__)
 
 #: ``obs['fold']`` of units that were never held out (the train stage's convention).
-NOT_HELD_OUT = -1
 #: Fewer clusters than this and the bootstrap falls back to the next finer level.
 MIN_BOOTSTRAP_CLUSTERS = 3
 
@@ -271,21 +271,21 @@ def build_report(adata, *, top_n: int = 50, n_hvg: int = 50, n_boot: int = 1000,
     """
     obs = adata.obs.copy()
     if "patient" not in obs:
-        obs["patient"] = obs["sample_id"]
+        obs[Key.PATIENT] = obs[Key.SAMPLE_ID]
     names = [str(g) for g in adata.var_names]
     truth = _dense(adata.X)
-    preds = {"model": _dense(adata.layers["predicted"])}
+    preds = {"model": _dense(adata.layers[Key.PREDICTED])}
     for key in sorted(adata.layers.keys()):
         if key.startswith("baseline_") and key != "baseline_":
             preds[key.removeprefix("baseline_")] = _dense(adata.layers[key])
     # units that were never held out carry no prediction at all: leave them out
-    held = np.isfinite(preds["model"]).any(axis=1) & (obs["fold"].to_numpy() != NOT_HELD_OUT)
+    held = np.isfinite(preds["model"]).any(axis=1) & (obs[Key.FOLD].to_numpy() != NOT_HELD_OUT)
     if not held.all():
         log.info("%d of %d units have no out-of-fold prediction; left out",
                  int((~held).sum()), held.size)
         truth, obs = truth[held], obs.loc[held]
         preds = {k: v[held] for k, v in preds.items()}
-    folds = obs["fold"].to_numpy()
+    folds = obs[Key.FOLD].to_numpy()
     ref = baseline if baseline in preds and baseline != "model" else None
     known = ["ridge", "hest", "mean"]
     baselines = sorted((k for k in preds if k != "model"),
@@ -379,8 +379,8 @@ def build_report(adata, *, top_n: int = 50, n_hvg: int = 50, n_boot: int = 1000,
         "input": str(source) if source is not None else None,
         "n_units": int(truth.shape[0]),
         "n_genes": len(names),
-        "n_patients": int(obs["patient"].nunique()),
-        "n_samples": int(obs["sample_id"].nunique()),
+        "n_patients": int(obs[Key.PATIENT].nunique()),
+        "n_samples": int(obs[Key.SAMPLE_ID].nunique()),
         "n_folds": len(fold_r.columns),
         "encoder": _prov(provenance, "encoder"),
         "head": _prov(provenance, "head"),

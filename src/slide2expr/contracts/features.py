@@ -1,0 +1,276 @@
+"""Read and write the extract stage's file: ``features/{encoder}/{tiling}/{sample}.h5``.
+
+Contract (DESIGN.md): dataset ``features`` ``(N, D)`` float32 or float16, ``coords`` int64
+``(N, 2)`` (level-0 x, y of each tile's top-left corner, as in the tiles file), ``spot_ids``
+``(N,)`` in spot mode; attrs ``encoder``, ``weights`` (sha256 of the weights file, or
+``"random-init"``), ``weights_source``, ``embed_dim``, ``input_px`` and ``input_mpp`` (the
+pixels the encoder saw), and every attr of the tiles file.
+
+The file is written batch by batch into a hidden partial file beside the output
+(``.{sample}.partial.h5``) that records how many rows are done (attr ``n_done``); it is
+renamed to the output name when complete. A run that is killed leaves only the partial
+file, and the next run with the same inputs and encoder resumes from it. The file is stamped
+``slide2expr_format = "features/1"``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from slide2expr.contracts._h5 import check_format, format_stamp, open_h5, plain_attr, read_attrs
+from slide2expr.contracts.tiles import TileSet
+from slide2expr.errors import InputError
+
+CONTRACT = "features"
+VERSION = "1"
+#: What to do about a features file that is missing or broken.
+REDO = "re-run the extract stage for this sample"
+
+log = logging.getLogger(__name__)
+
+FEATURE_DTYPES = ("float32", "float16")
+#: Attrs that must match for a partial file to be resumed.
+_SIGNATURE = ("encoder", "weights", "embed_dim", "dtype", "n_tiles", "coords_sha1", "input_px")
+
+
+@dataclass
+class FeatureSet:
+    """Embeddings of the tiles of one slide.
+
+    Attributes
+    ----------
+    features
+        ``(N, D)`` embeddings.
+    coords
+        ``(N, 2)`` int64 level-0 ``x, y`` of each tile's top-left corner.
+    attrs
+        Encoder and tiling attributes (see module docstring).
+    spot_ids
+        Spot identifiers aligned with ``coords`` in spot mode, else ``None``.
+    """
+
+    features: np.ndarray
+    coords: np.ndarray
+    attrs: dict[str, object]
+    spot_ids: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return int(self.features.shape[0])
+
+
+def partial_path(path: str | Path) -> Path:
+    """The hidden file a features file is written into before it is complete."""
+    path = Path(path)
+    return path.with_name(f".{path.stem}.partial{path.suffix}")
+
+
+def coords_digest(coords: np.ndarray) -> str:
+    """sha1 of the coordinates, to recognise a partial file made from the same tiles."""
+    return hashlib.sha1(np.ascontiguousarray(coords, dtype=np.int64).tobytes()).hexdigest()
+
+
+class FeatureWriter:
+    """Stream features into ``path`` batch by batch, resumably.
+
+    Use as a context manager; call :meth:`write` for consecutive row blocks and
+    :meth:`finish` at the end, which renames the partial file to ``path``. On an error the
+    partial file is kept (flushed up to the last complete batch) for the next run.
+
+    Parameters
+    ----------
+    path
+        The final features file.
+    tiles
+        The tiles being embedded (coords, spot ids and tiling attrs are copied).
+    embed_dim
+        ``D``.
+    attrs
+        Encoder attrs: at least ``encoder`` and ``weights``.
+    dtype
+        ``"float32"`` or ``"float16"``.
+    resume
+        Continue a matching partial file if there is one.
+    """
+
+    def __init__(self, path: str | Path, tiles: TileSet, *, embed_dim: int,
+                 attrs: dict[str, object], dtype: str = "float32", resume: bool = True) -> None:
+        if dtype not in FEATURE_DTYPES:
+            raise InputError(None, f"unknown feature dtype {dtype!r}",
+                             f"use one of {', '.join(FEATURE_DTYPES)}")
+        self.path = Path(path)
+        self.partial = partial_path(self.path)
+        self.n_tiles = len(tiles)
+        self.dtype = dtype
+        self.attrs = {
+            **{k: v for k, v in tiles.attrs.items() if v is not None},
+            **attrs,
+            "embed_dim": int(embed_dim),
+            "dtype": dtype,
+            "n_tiles": self.n_tiles,
+            "coords_sha1": coords_digest(tiles.coords),
+            **format_stamp(CONTRACT, VERSION),
+        }
+        self._tiles = tiles
+        self._resume = resume
+        self._file: h5py.File | None = None
+        self.n_done = 0
+
+    # -- context -------------------------------------------------------------------------
+    def __enter__(self) -> FeatureWriter:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self._resume and self.partial.exists():
+            self._file = self._open_matching_partial()
+        if self._file is None:
+            with contextlib.suppress(FileNotFoundError):
+                self.partial.unlink()
+            self._file = self._create()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    # -- writing -------------------------------------------------------------------------
+    def write(self, start: int, rows: np.ndarray) -> None:
+        """Write ``rows`` at ``start`` (which must equal the rows done so far)."""
+        if start != self.n_done:
+            raise RuntimeError(f"batches out of order: got row {start}, expected {self.n_done}")
+        assert self._file is not None
+        stop = start + rows.shape[0]
+        self._file["features"][start:stop] = rows.astype(self.dtype, copy=False)
+        self._file.attrs["n_done"] = stop
+        self._file.flush()
+        self.n_done = stop
+
+    def finish(self) -> Path:
+        """Close the partial file and rename it to the output path."""
+        if self.n_done != self.n_tiles:
+            raise RuntimeError(f"only {self.n_done} of {self.n_tiles} rows were written")
+        assert self._file is not None
+        self._file.attrs["complete"] = True
+        self._file.close()
+        self._file = None
+        os.replace(self.partial, self.path)
+        return self.path
+
+    # -- helpers -------------------------------------------------------------------------
+    def _create(self) -> h5py.File:
+        f = h5py.File(self.partial, "w")
+        n, d = self.n_tiles, int(self.attrs["embed_dim"])
+        chunk_rows = max(1, min(n, max(1, (1 << 20) // (4 * d))))  # about 1 MB chunks
+        f.create_dataset("features", shape=(n, d), dtype=self.dtype,
+                         chunks=(chunk_rows, d) if n else None)
+        f.create_dataset("coords", data=np.asarray(self._tiles.coords, dtype=np.int64).reshape(-1, 2))
+        if self._tiles.spot_ids is not None:
+            f.create_dataset("spot_ids", data=np.asarray(self._tiles.spot_ids, dtype=object),
+                             dtype=h5py.string_dtype("utf-8"))
+        for key, value in self.attrs.items():
+            f.attrs[key] = value
+        f.attrs["n_done"] = 0
+        f.flush()
+        return f
+
+    def _open_matching_partial(self) -> h5py.File | None:
+        try:
+            f = h5py.File(self.partial, "r+")
+        except OSError as exc:
+            log.warning("%s: unreadable partial file (%s); starting over", self.partial, exc)
+            return None
+        try:
+            same = all(plain_attr(f.attrs.get(k)) == self.attrs[k] for k in _SIGNATURE
+                       if k in self.attrs)
+            n_done = int(f.attrs.get("n_done", 0))
+            if same and 0 <= n_done <= self.n_tiles and f["features"].shape[0] == self.n_tiles:
+                self.n_done = n_done
+                log.info("%s: resuming after %d of %d tiles", self.path, n_done, self.n_tiles)
+                return f
+        except (KeyError, OSError, ValueError) as exc:
+            log.warning("%s: broken partial file (%s); starting over", self.partial, exc)
+        f.close()
+        log.info("%s: partial file is from other inputs; starting over", self.partial)
+        return None
+
+
+@dataclass
+class FeatureMeta:
+    """What a features file holds, without its feature rows.
+
+    Attributes
+    ----------
+    shape
+        ``(N, D)`` of the ``features`` dataset.
+    attrs
+        Encoder and tiling attributes.
+    spot_ids
+        Spot identifiers in spot mode, else ``None``.
+    n_coords
+        Rows of ``coords``.
+    """
+
+    shape: tuple[int, ...]
+    attrs: dict[str, object]
+    spot_ids: np.ndarray | None
+    n_coords: int
+
+    @property
+    def sample_id(self) -> str:
+        """The sample the file belongs to."""
+        return str(self.attrs.get("sample_id", ""))
+
+
+def _read_checked_attrs(path: Path, f: h5py.File) -> dict[str, object]:
+    attrs = read_attrs(f)
+    check_format(path, attrs, CONTRACT, (VERSION,))
+    return attrs
+
+
+def read_features(path: str | Path) -> FeatureSet:
+    """Read a features file.
+
+    Raises
+    ------
+    InputError
+        If the file is missing or is not a complete features file.
+    """
+    path = Path(path)
+    with open_h5(path, what="features file", fix=REDO) as f:
+        attrs = _read_checked_attrs(path, f)
+        features = f["features"][:]
+        coords = f["coords"][:]
+        spot_ids = f["spot_ids"].asstr()[:] if "spot_ids" in f else None
+    if attrs.get("n_done", len(features)) != len(features):
+        raise InputError(path, "is an incomplete features file", REDO)
+    return FeatureSet(features=features, coords=coords, attrs=attrs, spot_ids=spot_ids)
+
+
+def read_feature_meta(path: str | Path) -> FeatureMeta:
+    """Shape, attrs and spot IDs of a features file; the feature rows are not read.
+
+    Raises
+    ------
+    InputError
+        If the file is missing or is not a features file.
+    """
+    path = Path(path)
+    with open_h5(path, what="features file", fix=REDO) as f:
+        attrs = _read_checked_attrs(path, f)
+        shape = tuple(f["features"].shape)
+        spot_ids = f["spot_ids"].asstr()[:] if "spot_ids" in f else None
+        n_coords = int(f["coords"].shape[0]) if "coords" in f else shape[0]
+    return FeatureMeta(shape=shape, attrs=attrs, spot_ids=spot_ids, n_coords=n_coords)
+
+
+def features_attrs(path: str | Path) -> dict[str, object]:
+    """Only the attrs of a features file (cheap: no feature rows are read)."""
+    path = Path(path)
+    with open_h5(path, what="features file", fix=REDO) as f:
+        return _read_checked_attrs(path, f)

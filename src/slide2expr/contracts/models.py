@@ -1,0 +1,89 @@
+"""The train stage's model folder: ``models/{head}/fold{k}/`` and ``splits.tsv``.
+
+Contract: each fold directory (and each ensemble member, ``fold{k}/member{m}/``) holds
+``head.safetensors`` (the module's tensors only) and ``head.json`` (head name,
+hyperparameters, gene order, encoder, mode, fold; ``format`` = ``"model/1"``). ``splits.tsv``
+beside the folds has one row per training unit: ``unit``, ``sample_id`` (a unit of several
+slides, a patient's averaged by the join, lists them ``;``-joined), ``group`` and ``fold``
+(the fold that held the unit out; :data:`~slide2expr.keys.NOT_HELD_OUT` for a unit that only
+trained).
+
+This module owns the file names and the one question every consumer asks of ``splits.tsv``:
+which fold's model did not see a slide (:func:`held_out_fold`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from slide2expr.keys import Key
+
+log = logging.getLogger(__name__)
+
+WEIGHTS = "head.safetensors"
+META = "head.json"
+SPLITS = "splits.tsv"
+CONTRACT = "model"
+VERSION = "1"
+
+
+def write_splits(model_dir: Path, *, units: Sequence[str], sample_ids: Sequence[str],
+                 groups: Sequence[str], fold: np.ndarray) -> Path:
+    """Write ``splits.tsv`` into ``model_dir`` (which the caller renames into place)."""
+    table = pd.DataFrame({"unit": list(units), Key.SAMPLE_ID: list(sample_ids),
+                          "group": list(groups), Key.FOLD: fold})
+    path = Path(model_dir) / SPLITS
+    table.to_csv(path, sep="\t", index=False)
+    return path
+
+
+def read_splits(model_dir: str | Path) -> pd.DataFrame | None:
+    """``splits.tsv`` of a model folder, or None when it is missing or unreadable."""
+    path = Path(model_dir) / SPLITS
+    if not path.is_file():
+        return None
+    try:
+        table = pd.read_csv(path, sep="\t", dtype={Key.SAMPLE_ID: str})
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        log.warning("%s: unreadable (%s); using every fold model", path, exc)
+        return None
+    if not {Key.SAMPLE_ID, Key.FOLD} <= set(table.columns):
+        log.warning("%s: no sample_id and fold columns; using every fold model", path)
+        return None
+    return table
+
+
+def held_out_fold(model_dir: str | Path, sample_id: str) -> tuple[int | None, str]:
+    """The fold whose model did not see ``sample_id``, and how the model is used, in words.
+
+    A slide held out in fold k gets fold k's model, so its predictions are out-of-fold; this
+    holds for a slide that is one of several in a unit (``s1;s2``). A slide that only trained
+    (fold :data:`~slide2expr.keys.NOT_HELD_OUT`), a slide not in the table (a new slide) or a
+    model folder without ``splits.tsv`` gets None: the average of every fold model.
+
+    Returns
+    -------
+    tuple of (int or None, str)
+        The fold, and a phrase for provenance and figure subtitles.
+    """
+    table = read_splits(model_dir)
+    if table is None:
+        return None, "all folds"
+    members = table[Key.SAMPLE_ID].astype(str).str.split(";")
+    holds = members.apply(lambda ids: sample_id in ids)
+    folds = sorted(set(table.loc[holds, Key.FOLD].astype(int)))
+    if not folds:
+        return None, f"a slide new to the model ({sample_id} not in {SPLITS})"
+    held = [k for k in folds if k >= 0]
+    if len(held) == 1:
+        return held[0], f"fold {held[0]}, which held {sample_id} out"
+    if held:
+        log.warning("%s: units of %s are held out in several folds (%s); using all folds",
+                    Path(model_dir) / SPLITS, sample_id, held)
+        return None, f"{sample_id} held out in folds {held}"
+    return None, f"{sample_id} was a training slide of every fold: NOT out-of-fold"

@@ -1,0 +1,88 @@
+"""Read and write the tile stage's file: ``tiles/{tiling}/{sample}.h5``.
+
+Contract (DESIGN.md): dataset ``coords`` int64 ``(N, 2)``, level-0 pixel ``x, y`` of each
+tile's top-left corner; attrs ``slide_mpp``, ``mpp_source``, ``target_mpp``, ``tile_px``,
+``tile_px_level0``, ``level0_width``, ``level0_height``, ``mode`` (``"grid"`` or
+``"spots"``), ``sample_id``, ``slide``; spot mode adds dataset ``spot_ids`` ``(N,)`` (UTF-8)
+and the attr ``spot_diameter_um`` (the patch size in micrometres). The file is stamped
+``slide2expr_format = "tiles/1"``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from slide2expr.atomic import atomic_output
+from slide2expr.contracts._h5 import check_format, format_stamp, open_h5, read_attrs
+
+CONTRACT = "tiles"
+VERSION = "1"
+
+#: Attributes every tiles file carries (extract copies them into the features file).
+TILING_ATTRS = (
+    "sample_id", "slide", "slide_mpp", "mpp_source", "target_mpp", "tile_px", "tile_px_level0",
+    "level0_width", "level0_height", "mode",
+)
+
+
+@dataclass
+class TileSet:
+    """Tiles of one slide.
+
+    Attributes
+    ----------
+    coords
+        ``(N, 2)`` int64 level-0 ``x, y`` of each tile's top-left corner.
+    attrs
+        The tiling attributes (see module docstring).
+    spot_ids
+        Spot identifiers in spot mode, aligned with ``coords``; ``None`` in grid mode.
+    """
+
+    coords: np.ndarray
+    attrs: dict[str, object]
+    spot_ids: np.ndarray | None = None
+    extra: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return int(self.coords.shape[0])
+
+    @property
+    def tile_px_level0(self) -> float:
+        """Tile edge in level-0 pixels."""
+        return float(self.attrs["tile_px_level0"])
+
+
+def write_tiles(path: str | Path, tiles: TileSet) -> None:
+    """Write ``tiles`` atomically to ``path``."""
+    with atomic_output(path) as tmp, h5py.File(tmp, "w") as f:
+        f.create_dataset("coords", data=np.asarray(tiles.coords, dtype=np.int64).reshape(-1, 2))
+        if tiles.spot_ids is not None:
+            f.create_dataset("spot_ids", data=np.asarray(tiles.spot_ids, dtype=object),
+                             dtype=h5py.string_dtype("utf-8"))
+        for key, value in tiles.extra.items():
+            f.create_dataset(key, data=value)
+        for key, value in tiles.attrs.items():
+            f.attrs[key] = "" if value is None else value
+        f.attrs.update(format_stamp(CONTRACT, VERSION))
+
+
+def read_tiles(path: str | Path) -> TileSet:
+    """Read a tiles file written by :func:`write_tiles`.
+
+    Raises
+    ------
+    InputError
+        If the file is missing or is not a tiles file.
+    """
+    with open_h5(path, what="tiles file", fix="re-run the tile stage for this sample") as f:
+        attrs = read_attrs(f)
+        check_format(path, attrs, CONTRACT, (VERSION,))
+        coords = f["coords"][:]
+        spot_ids = f["spot_ids"].asstr()[:] if "spot_ids" in f else None
+    return TileSet(coords=coords, attrs=attrs, spot_ids=spot_ids)
+

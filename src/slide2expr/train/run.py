@@ -1,0 +1,452 @@
+"""The train stage: cross-validated heads and baselines -> out-of-fold predictions.
+
+Outputs (paths chosen by the caller; the workflow uses these):
+
+- ``results/models/{head}/fold{k}/``: ``best.ckpt`` (Lightning), ``head.safetensors`` and
+  ``head.json`` (hyperparameters, gene order, standardisation inside the weights),
+  ``metrics.csv`` (per-epoch losses and Pearson r);
+- ``results/models/{head}/splits.tsv``: ``unit, sample_id, group, fold``;
+- ``results/predictions/{head}.h5ad``: the dataset's obs plus ``obs['fold']``; var = genes
+  modelled in at least one fold (dataset order); ``X`` = the targets (log1p CP10k);
+  ``var['n_folds_modelled']``, ``var['train_mean']`` (mean over folds of the training-fold
+  mean); ``layers['predicted']`` and ``layers['baseline_ridge' | 'baseline_hest' | 'baseline_mean']``
+  out-of-fold, NaN where a unit's fold did not model the gene (or a unit was never held
+  out, with a ``split`` column); ``uns['slide2expr']`` = the dataset's provenance plus
+  ``train`` (settings, per-fold genes, ridge alpha, epochs, best validation r).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import time
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+from tqdm.auto import tqdm
+
+from slide2expr.atomic import atomic_output, temporary_sibling
+from slide2expr.contracts.models import write_splits
+from slide2expr.errors import InputError
+from slide2expr.keys import NOT_HELD_OUT, Key
+from slide2expr.train.config import TrainConfig
+from slide2expr.train.cv import (
+    assign_folds,
+    check_training_units,
+    fold_ids,
+    group_labels,
+    inner_split,
+)
+from slide2expr.train.features import BagFeatures, SpotFeatures
+
+log = logging.getLogger(__name__)
+
+BASELINE_LAYERS = {"ridge": "baseline_ridge", "hest": "baseline_hest", "mean": "baseline_mean"}
+
+
+def read_dataset(path: str | Path):
+    """Read ``dataset.h5ad`` (InputError if it is not a readable AnnData file)."""
+    import anndata as ad
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "does not exist", "run the join stage first")
+    try:
+        return ad.read_h5ad(path)
+    except Exception as exc:  # h5py/anndata raise many types
+        raise InputError(path, f"is not a readable AnnData file ({exc})",
+                         "re-run the join stage") from exc
+
+
+def dataset_mode(adata: Any) -> str:
+    """``"spot"`` or ``"bulk"`` from ``uns['slide2expr']['mode']`` (or ``features_path``)."""
+    prov = dict(adata.uns.get("slide2expr", {}))
+    mode = prov.get("mode")
+    if mode is None:
+        mode = "bulk" if "features_path" in adata.obs else "spot"
+    return str(mode)
+
+
+def feature_source(adata: Any, *, config: TrainConfig, dataset_path: Path | None) -> SpotFeatures | BagFeatures:
+    """The features of every unit, checked: an ``obsm`` matrix or the bags' files."""
+    mode = dataset_mode(adata)
+    if mode == "bulk":
+        if "features_path" not in adata.obs:
+            raise InputError(dataset_path, "a bulk-mode dataset has no obs['features_path']",
+                             "re-run the join stage")
+        # ";"-joined when the join averaged a patient's slides into one unit
+        paths = [tuple(_resolve(p, dataset_path) for p in value.split(";"))
+                 for value in adata.obs[Key.FEATURES_PATH].astype(str)]
+        return BagFeatures(paths, supertiles=config.supertiles, seed=config.seed).scan()
+    key = config.features_key
+    if key is None:
+        encoder = dict(adata.uns.get("slide2expr", {})).get("encoder")
+        candidates = [k for k in adata.obsm if k.startswith("X_") and k != "X_spatial"]
+        key = f"X_{encoder}" if encoder and f"X_{encoder}" in adata.obsm else (
+            candidates[0] if len(candidates) == 1 else None)
+    if key is None or key not in adata.obsm:
+        raise InputError(dataset_path, f"no feature matrix in obsm (found {list(adata.obsm)})",
+                         "set train.features_key, or re-run the join stage with features")
+    matrix = np.asarray(adata.obsm[key], dtype=np.float32)
+    if not np.isfinite(matrix).all():
+        raise InputError(dataset_path, f"obsm[{key!r}] has NaN or infinite values",
+                         "re-run the extract stage")
+    return SpotFeatures(matrix)
+
+
+def _resolve(path: str, dataset_path: Path | None) -> Path:
+    p = Path(path)
+    if p.is_absolute() or p.exists() or dataset_path is None:
+        return p
+    beside = dataset_path.parent / p
+    return beside if beside.exists() else p
+
+
+@contextlib.contextmanager
+def quiet_lightning() -> Iterator[None]:
+    """Silence Lightning's banner lines and hints; real warnings from our code stay."""
+    names = ("pytorch_lightning.utilities.rank_zero", "lightning.pytorch.utilities.rank_zero",
+             "lightning_fabric.utilities.rank_zero")
+    loggers = [logging.getLogger(n) for n in names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.WARNING)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", module=r"(pytorch_)?lightning.*")
+        warnings.filterwarnings("ignore", message=r".*(srun|LeafSpec|num_workers|does not have "
+                                r"many workers|variance of predictions or target).*")
+        try:
+            yield
+        finally:
+            for lg, level in zip(loggers, levels, strict=True):
+                lg.setLevel(level)
+
+
+@dataclass
+class FoldResult:
+    """What one fold produced."""
+
+    fold: int
+    genes: np.ndarray
+    test_idx: np.ndarray
+    predicted: np.ndarray
+    baselines: dict[str, np.ndarray]
+    info: dict[str, Any]
+    train_mean: np.ndarray
+
+
+def configure_determinism(seed: int) -> None:
+    """Seed everything (workers too) and require deterministic algorithms."""
+    import pytorch_lightning as pl
+    import torch
+
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    pl.seed_everything(seed, workers=True, verbose=False)
+    torch.use_deterministic_algorithms(True)
+
+
+def fit_member(head: str, hparams: dict, data: Any, *, config: TrainConfig, seed: int,
+               out_dir: Path, refit_idx: np.ndarray | None = None) -> dict[str, Any]:
+    """Train one head on ``data`` (early stopping on validation r) and predict its test units.
+
+    With ``refit_idx`` (all units of the training fold), a fresh head is then trained on them
+    for the best inner model's number of epochs, and that one is kept.
+    Writes ``best.ckpt`` and ``metrics.csv`` into ``out_dir``; returns the module (eval
+    mode), its predictions in expression units, epochs, best validation r and seconds.
+    """
+    import pytorch_lightning as pl
+    import torch
+    from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
+    from pytorch_lightning.loggers import CSVLogger
+
+    from slide2expr.train.heads import MONITOR, build_head
+
+    configure_determinism(seed)
+    module = build_head(head, **hparams)
+    module.set_standardisation(**data.standardisation())
+    out_dir.mkdir(parents=True, exist_ok=True)
+    checkpoint = ModelCheckpoint(dirpath=out_dir, filename="best", monitor=MONITOR, mode="max",
+                                 save_top_k=1, auto_insert_metric_name=False)
+    stopper = EarlyStopping(monitor=MONITOR, mode="max", patience=config.patience)
+    with quiet_lightning():
+        trainer = pl.Trainer(
+            max_epochs=config.max_epochs, min_epochs=min(config.min_epochs, config.max_epochs),
+            accelerator=config.accelerator, devices=1, deterministic=True,
+            callbacks=[checkpoint, stopper], logger=CSVLogger(out_dir, name="", version=""),
+            enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+            log_every_n_steps=1,
+        )
+        start = time.perf_counter()
+        trainer.fit(module, datamodule=data)
+        seconds = time.perf_counter() - start
+        best_epoch = int(trainer.current_epoch)
+        if checkpoint.best_model_path:
+            ckpt = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=True)
+            module.load_state_dict(ckpt["state_dict"])
+            best_epoch = int(ckpt.get("epoch", best_epoch))
+        epochs = int(trainer.current_epoch)
+        if refit_idx is not None:
+            # Same settings, all training-fold units, as many epochs as the best inner model.
+            configure_determinism(seed)
+            data = data.refit_on(refit_idx)
+            module = build_head(head, **hparams)
+            module.set_standardisation(**data.standardisation())
+            trainer = pl.Trainer(
+                max_epochs=best_epoch + 1, min_epochs=best_epoch + 1,
+                accelerator=config.accelerator, devices=1, deterministic=True,
+                logger=CSVLogger(out_dir, name="", version="refit"), limit_val_batches=0,
+                enable_checkpointing=False, enable_progress_bar=False,
+                enable_model_summary=False, num_sanity_val_steps=0, log_every_n_steps=1,
+            )
+            trainer.fit(module, datamodule=data)
+            trainer.save_checkpoint(out_dir / "best.ckpt", weights_only=True)
+            seconds = time.perf_counter() - start
+        module.eval()
+        predicted = torch.cat(trainer.predict(module, datamodule=data)).float().cpu().numpy()
+    best = checkpoint.best_model_score
+    return {"module": module.cpu(), "predicted": predicted, "epochs": epochs,
+            "best_epoch": best_epoch, "best_val_pearson": None if best is None else float(best),
+            "seconds": round(seconds, 2),
+            "hparams": {k: v for k, v in hparams.items() if k in module.hparams}}
+
+
+def train_fold(*, head: str, config: TrainConfig, source: SpotFeatures | BagFeatures,
+               x: Any, counts: Any, var_names: np.ndarray, groups: np.ndarray, fold: np.ndarray,
+               k: int, fold_dir: Path, provenance: dict, source_path: str | None) -> FoldResult:
+    """Gene selection, head training (``config.ensemble`` seeds, averaged) and baselines for
+    fold ``k``; writes ``fold_dir`` (member 0 in it, further members in ``member{m}/``)."""
+    from slide2expr.train import baselines
+    from slide2expr.train.data import FoldDataModule
+    from slide2expr.train.gene_selection import select_genes
+    from slide2expr.train.trained import save_head
+
+    test_mask = fold == k
+    train_mask = ~test_mask
+    check_training_units(train_mask, k, source=source_path)
+    train_idx = np.flatnonzero(train_mask)
+    test_idx = np.flatnonzero(test_mask)
+
+    genes = select_genes(x[train_idx], var_names, settings=config.genes,
+                         counts_train=None if counts is None else counts[train_idx],
+                         source=source_path)
+    y = x[:, genes]
+    y = np.asarray(y.toarray() if sp.issparse(y) else y, dtype=np.float32)
+
+    val_mask = inner_split(groups[train_idx], fraction=config.val_fraction, seed=config.seed + k)
+    inner_train, inner_val = train_idx[~val_mask], train_idx[val_mask]
+
+    batch_size = config.batch_size if source.kind == "spot" else config.bag_batch_size
+    hparams = {"in_dim": source.dim, "n_genes": len(genes), "hidden": config.hidden,
+               "dropout": config.dropout, "input_dropout": config.input_dropout, "lr": config.lr,
+               "weight_decay": config.weight_decay, "ks": list(config.he2rna_ks),
+               "attention_dim": config.attention_dim}
+    gene_names = [str(g) for g in var_names[genes]]
+    members = []
+    for m in range(config.ensemble):
+        seed = config.seed + k + 1000 * m
+        data = FoldDataModule(source, y, train_idx=inner_train, val_idx=inner_val,
+                              test_idx=test_idx, batch_size=batch_size,
+                              max_tiles=config.max_tiles, seed=seed,
+                              num_workers=config.num_workers)
+        member_dir = fold_dir if m == 0 else fold_dir / f"member{m}"
+        members.append(fit_member(head, hparams, data, config=config, seed=seed,
+                                  out_dir=member_dir,
+                                  refit_idx=train_idx if config.refit else None))
+        meta = {
+            "head": head, "hparams": members[-1]["hparams"], "genes": gene_names, "fold": k,
+            "member": m, "mode": source.kind, "encoder": provenance.get("encoder"),
+            "supertiles": config.supertiles, "seed": seed,
+            "best_val_pearson": members[-1]["best_val_pearson"],
+            "epochs": members[-1]["epochs"], "best_epoch": members[-1]["best_epoch"],
+            "refit": config.refit,
+            "train_units": len(train_idx) if config.refit else len(inner_train),
+            "val_units": len(inner_val),
+        }
+        save_head(members[-1]["module"], member_dir, meta=meta)
+    predicted = np.mean([mem["predicted"] for mem in members], axis=0)
+    info: dict[str, Any] = {
+        "fold": k, "n_train": len(inner_train), "n_val": len(inner_val), "n_test": len(test_idx),
+        "genes": gene_names, "epochs": [mem["epochs"] for mem in members],
+        "best_epoch": [mem["best_epoch"] for mem in members],
+        "best_val_pearson": [mem["best_val_pearson"] for mem in members],
+        "seconds": round(sum(mem["seconds"] for mem in members), 2),
+    }
+
+    pooled_train = source.pooled(train_idx)
+    pooled_test = source.pooled(test_idx)
+    out_baselines: dict[str, np.ndarray] = {}
+    for name in config.baselines:
+        if name == "ridge":
+            pred, alpha = baselines.ridge_baseline(
+                pooled_train, y[train_idx], pooled_test, groups[train_idx],
+                alphas=config.ridge_alphas, seed=config.seed + k)
+            info["ridge_alpha"] = alpha
+        elif name == "hest":
+            pred = baselines.hest_baseline(pooled_train, y[train_idx], pooled_test,
+                                           n_components=config.hest_pca, seed=config.seed)
+        else:
+            pred = baselines.mean_baseline(y[train_idx], len(test_idx))
+        out_baselines[name] = pred.astype(np.float32)
+
+    return FoldResult(fold=k, genes=genes, test_idx=test_idx, predicted=predicted,
+                      baselines=out_baselines, info=info,
+                      train_mean=y[train_idx].astype(np.float64).mean(axis=0))
+
+
+def run_training(adata: Any, *, head: str, config: TrainConfig, models_dir: str | Path,
+                 predictions_path: str | Path, dataset_path: str | Path | None = None) -> Any:
+    """Cross-validate ``head`` and the baselines on ``adata``; write models and predictions.
+
+    Parameters
+    ----------
+    adata
+        The join stage's dataset (see DESIGN.md).
+    head
+        A name in :data:`slide2expr.train.heads.HEADS`; its kind must match the dataset's mode.
+    config
+        Train settings.
+    models_dir
+        ``results/models/{head}``: fold directories and ``splits.tsv`` (replaced atomically).
+    predictions_path
+        ``results/predictions/{head}.h5ad``.
+    dataset_path
+        Where ``adata`` came from (error messages; relative feature paths).
+
+    Returns
+    -------
+    anndata.AnnData
+        The predictions, as written.
+
+    Raises
+    ------
+    InputError
+        Bad dataset or settings: wrong mode for the head, fewer patient groups than folds, a
+        fold without training data, constant targets, missing features.
+    """
+    from slide2expr.train.heads import HEADS
+
+    src = None if dataset_path is None else str(dataset_path)
+    dataset_path = None if dataset_path is None else Path(dataset_path)
+    if head not in HEADS:
+        raise InputError(None, f"unknown head {head!r}", f"use one of {sorted(HEADS)}")
+    mode = dataset_mode(adata)
+    if HEADS[head].kind != mode:
+        raise InputError(src, f"head {head!r} is for {HEADS[head].kind} mode but the dataset "
+                         f"is {mode} mode", "use mlp for spot mode, he2rna or abmil for bulk")
+    if "sample_id" not in adata.obs:
+        raise InputError(src, "obs has no 'sample_id' column", "re-run the join stage")
+    if adata.n_obs < 2 or adata.n_vars < 1:
+        raise InputError(src, f"has {adata.n_obs} units and {adata.n_vars} genes",
+                         "join more samples")
+    provenance = dict(adata.uns.get("slide2expr", {}))
+    groups = group_labels(adata.obs, config.group_by, source=src)
+    split = adata.obs[Key.SPLIT] if "split" in adata.obs else None
+    fold = assign_folds(groups, config.folds, seed=config.seed, split=split, source=src)
+    x = adata.X
+    counts = adata.layers[Key.COUNTS] if "counts" in adata.layers else None
+    var_names = np.asarray(adata.var_names.astype(str))
+    _check_targets(x, src)
+    source = feature_source(adata, config=config, dataset_path=dataset_path)
+
+    models_dir = Path(models_dir)
+    tmp_dir = temporary_sibling(models_dir)
+    shutil.rmtree(tmp_dir, ignore_errors=True)
+    results: list[FoldResult] = []
+    try:
+        for k in tqdm(fold_ids(fold), desc=f"training {head}", unit="fold", disable=None):
+            result = train_fold(head=head, config=config, source=source, x=x, counts=counts,
+                                var_names=var_names, groups=groups, fold=fold, k=k,
+                                fold_dir=tmp_dir / f"fold{k}", provenance=provenance,
+                                source_path=src)
+            results.append(result)
+            log.info("fold %d: %d genes, epochs %s, best val r %s, ridge alpha %s",
+                     k, len(result.genes), result.info["epochs"],
+                     result.info["best_val_pearson"], result.info.get("ridge_alpha"))
+        write_splits(tmp_dir, units=adata.obs_names.astype(str),
+                     sample_ids=adata.obs[Key.SAMPLE_ID].astype(str).to_numpy(),
+                     groups=groups, fold=fold)
+        predictions = assemble_predictions(adata, results, fold=fold, config=config,
+                                           head=head, provenance=provenance)
+        with atomic_output(predictions_path) as tmp:
+            predictions.write_h5ad(tmp)
+            if models_dir.exists():
+                shutil.rmtree(models_dir)
+            os.replace(tmp_dir, models_dir)
+    except BaseException:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        raise
+    return predictions
+
+
+def _check_targets(x: Any, src: str | None) -> None:
+    from slide2expr.train.gene_selection import column_stats
+
+    _, var, _ = column_stats(x)
+    if not (var > 0).any():
+        raise InputError(src, "all target genes are constant across units",
+                         "check the counts: a model cannot learn constant expression")
+
+
+def assemble_predictions(adata: Any, results: list[FoldResult], *, fold: np.ndarray,
+                         config: TrainConfig, head: str, provenance: dict) -> Any:
+    """The predictions AnnData from the fold results (see the module docstring)."""
+    import anndata as ad
+
+    union = np.unique(np.concatenate([r.genes for r in results]))
+    column = {g: i for i, g in enumerate(union)}
+    n = adata.n_obs
+    layers = {"predicted": np.full((n, len(union)), np.nan, dtype=np.float32)}
+    for name in config.baselines:
+        layers[BASELINE_LAYERS[name]] = np.full((n, len(union)), np.nan, dtype=np.float32)
+    n_folds = np.zeros(len(union), dtype=np.int64)
+    train_mean = np.zeros(len(union))
+    for r in results:
+        cols = np.array([column[g] for g in r.genes])
+        n_folds[cols] += 1
+        train_mean[cols] += r.train_mean
+        rows = r.test_idx[:, None]
+        layers[Key.PREDICTED][rows, cols[None, :]] = r.predicted
+        for name, pred in r.baselines.items():
+            layers[BASELINE_LAYERS[name]][rows, cols[None, :]] = pred
+    x = adata.X[:, union]
+    x = np.asarray(x.toarray() if sp.issparse(x) else x, dtype=np.float32)
+    obs = adata.obs.copy()
+    obs[Key.FOLD] = fold
+    var = adata.var.iloc[union].copy()
+    var["n_folds_modelled"] = n_folds
+    var["train_mean"] = (train_mean / np.maximum(n_folds, 1)).astype(np.float32)
+    out = ad.AnnData(X=x, obs=obs, var=var, layers=layers)
+    for key in ("spatial",):
+        if key in adata.obsm:
+            out.obsm[key] = np.asarray(adata.obsm[key])
+    prov = _plain(provenance)
+    prov["train"] = _plain({
+        "head": head, "settings": config.to_dict(),
+        "folds": {f"fold{r.fold}": r.info for r in results},
+        "held_out_units": int((fold != NOT_HELD_OUT).sum()),
+    })
+    out.uns[Key.PROVENANCE] = prov
+    return out
+
+
+def _plain(value: Any) -> Any:
+    """Make a value storable in ``uns`` (no None, no tuples of mixed types)."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list | tuple):
+        items = [_plain(v) for v in value if v is not None]
+        if all(isinstance(v, str) for v in items):
+            return np.asarray(items, dtype=object) if items else np.zeros(0)
+        if all(isinstance(v, int | float | bool) for v in items):
+            return np.asarray(items, dtype=np.float64)
+        return {str(i): v for i, v in enumerate(items)}
+    if isinstance(value, np.generic):
+        return value.item()
+    return value

@@ -1,0 +1,212 @@
+"""Save trained heads and load them back for prediction (``predict``, heatmaps).
+
+A fold directory holds ``head.safetensors`` (the module's weights and standardisation
+buffers) and ``head.json`` (head name, hyperparameters, gene order, encoder, mode, fold).
+Nothing is unpickled: weights come from safetensors, metadata from JSON.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from slide2expr.atomic import atomic_output
+from slide2expr.contracts.models import META, WEIGHTS, held_out_fold
+from slide2expr.errors import InputError
+from slide2expr.train.features import make_supertiles
+from slide2expr.train.heads import build_head
+
+
+def save_head(module: torch.nn.Module, fold_dir: str | Path, *, meta: dict) -> None:
+    """Write ``head.safetensors`` and ``head.json`` into ``fold_dir``.
+
+    Parameters
+    ----------
+    module
+        A trained :class:`~slide2expr.train.heads.base.RegressionHead`.
+    fold_dir
+        Destination directory.
+    meta
+        JSON-serialisable metadata; must include ``head``, ``hparams`` and ``genes``.
+    """
+    from safetensors.torch import save_file
+
+    fold_dir = Path(fold_dir)
+    state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()
+             if not k.startswith("metrics.")}
+    with atomic_output(fold_dir / WEIGHTS) as tmp:
+        save_file(state, str(tmp))
+    with atomic_output(fold_dir / META) as tmp:
+        tmp.write_text(json.dumps(meta, indent=2, default=_json_default))
+
+
+def _json_default(value: object) -> object:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray | tuple):
+        return list(value)
+    raise TypeError(f"not JSON serialisable: {type(value)}")
+
+
+def load_fold_head(fold_dir: str | Path) -> tuple[torch.nn.Module, dict]:
+    """Load one fold's head module (eval mode, CPU) and its metadata."""
+    from safetensors.torch import load_file
+
+
+    fold_dir = Path(fold_dir)
+    meta_path = fold_dir / META
+    if not meta_path.is_file() or not (fold_dir / WEIGHTS).is_file():
+        raise InputError(fold_dir, f"has no {META} and {WEIGHTS}",
+                         "pass a model directory written by `slide2expr train`")
+    meta = json.loads(meta_path.read_text())
+    module = build_head(meta["head"], **meta["hparams"])
+    module.load_state_dict(load_file(str(fold_dir / WEIGHTS)), strict=False)
+    module.eval()
+    return module, meta
+
+
+@dataclass
+class TrainedHead:
+    """One trained head, or the average of several (the fold models).
+
+    Attributes
+    ----------
+    genes
+        Column order of every prediction.
+    head
+        Head name (``mlp``, ``he2rna``, ``abmil``).
+    kind
+        ``"spot"`` or ``"bulk"``.
+    meta
+        Metadata of the first member (``head.json``).
+    """
+
+    genes: list[str]
+    head: str
+    kind: str
+    meta: dict
+    members: list[torch.nn.Module] = field(repr=False, default_factory=list)
+    member_columns: list[np.ndarray] = field(repr=False, default_factory=list)
+
+    @torch.no_grad()
+    def predict_tiles(self, features: np.ndarray, *, batch_size: int = 8192) -> np.ndarray:
+        """Per-tile (or per-spot) predicted expression.
+
+        Parameters
+        ----------
+        features
+            ``(N, D)`` raw encoder features of one slide's tiles (or spots).
+        batch_size
+            Rows per forward pass.
+
+        Returns
+        -------
+        np.ndarray
+            ``(N, G)`` float32 in the dataset's units (log1p CP10k), columns in
+            :attr:`genes`. For ``mlp`` this is the head applied to each row; for ``he2rna``
+            the per-tile scores; for ``abmil`` the per-tile predictions whose attention-weighted
+            mean is the slide's.
+        """
+        x = self._check(features)
+        out = np.zeros((x.shape[0], len(self.genes)), dtype=np.float64)
+        for module, cols in zip(self.members, self.member_columns, strict=True):
+            for start in range(0, x.shape[0], batch_size):
+                chunk = torch.from_numpy(x[start:start + batch_size])
+                pred = module.unstandardise(module.tile_outputs(chunk)).numpy()
+                out[start:start + batch_size] += pred[:, cols]
+        return (out / len(self.members)).astype(np.float32)
+
+    @torch.no_grad()
+    def predict_bag(self, features: np.ndarray, coords: np.ndarray | None = None) -> np.ndarray:
+        """Slide-level predicted expression ``(G,)`` of one bag of tiles (bulk heads).
+
+        For the ``mlp`` head this is the mean of the per-tile predictions.
+        """
+
+        x = self._check(features)
+        out = np.zeros(len(self.genes), dtype=np.float64)
+        for module, cols in zip(self.members, self.member_columns, strict=True):
+            if module.kind == "spot":
+                pred = module.unstandardise(module.tile_outputs(torch.from_numpy(x))).mean(0)
+            else:
+                bag = x
+                n_super = int(self.meta.get("supertiles", 0) or 0)
+                if n_super and coords is not None:
+                    bag = make_supertiles(x, np.asarray(coords), n_super, seed=0)
+                batch = {"x": torch.from_numpy(bag)[None]}
+                pred = module.unstandardise(module(batch))[0]
+            out += pred.numpy()[cols]
+        return (out / len(self.members)).astype(np.float32)
+
+    def _check(self, features: np.ndarray) -> np.ndarray:
+        x = np.ascontiguousarray(np.asarray(features, dtype=np.float32))
+        in_dim = self.members[0].in_dim
+        if x.ndim != 2 or x.shape[1] != in_dim:
+            raise InputError(None, f"features have shape {x.shape}, the head expects (N, {in_dim})",
+                             f"use features from the encoder the head was trained on "
+                             f"({self.meta.get('encoder')})")
+        return x
+
+
+def load_trained_head(model_dir: str | Path, *, fold: int | None = None,
+                      sample_id: str | None = None) -> TrainedHead:
+    """Load a trained head for prediction.
+
+    Parameters
+    ----------
+    model_dir
+        ``results/models/{head}`` (all folds) or one ``.../fold{k}`` directory.
+    fold
+        Use only this fold's model.
+    sample_id
+        Use the model of the fold that held this sample out (from ``splits.tsv``), so that
+        predictions on a training slide are out-of-fold. Ignored when the sample is not in
+        ``splits.tsv`` (a new slide).
+
+    Returns
+    -------
+    TrainedHead
+        With several folds and neither ``fold`` nor ``sample_id``, the average of all fold
+        models over the genes every fold predicts. Ensemble members of a fold
+        (``fold{k}/member{m}/``, ``train.ensemble > 1``) are averaged too.
+    """
+    model_dir = Path(model_dir)
+    if (model_dir / META).is_file():
+        fold_dirs = [model_dir]
+    else:
+        fold_dirs = sorted(model_dir.glob("fold*"), key=lambda p: _fold_number(p))
+        if not fold_dirs:
+            raise InputError(model_dir, "contains no fold*/ model directories",
+                             "pass results/models/{head} written by `slide2expr train`")
+        if sample_id is not None and fold is None:
+            fold, _ = held_out_fold(model_dir, sample_id)
+        if fold is not None:
+            fold_dirs = [p for p in fold_dirs if _fold_number(p) == fold]
+            if not fold_dirs:
+                raise InputError(model_dir, f"has no fold{fold}", "pick an existing fold")
+    member_dirs = [m for p in fold_dirs for m in (p, *sorted(p.glob("member*")))
+                   if (m / META).is_file()]
+    loaded = [load_fold_head(p) for p in member_dirs]
+    genes = list(loaded[0][1]["genes"])
+    for _, meta in loaded[1:]:
+        keep = set(meta["genes"])
+        genes = [g for g in genes if g in keep]
+    members, columns = [], []
+    for module, meta in loaded:
+        index = {g: i for i, g in enumerate(meta["genes"])}
+        members.append(module)
+        columns.append(np.array([index[g] for g in genes], dtype=np.int64))
+    first = loaded[0][1]
+    return TrainedHead(genes=genes, head=first["head"], kind=loaded[0][0].kind, meta=first,
+                       members=members, member_columns=columns)
+
+
+def _fold_number(path: Path) -> int:
+    try:
+        return int(path.name.removeprefix("fold"))
+    except ValueError:
+        return 1 << 30
