@@ -378,7 +378,7 @@ def test_huge_slide_is_drawn_from_a_thumbnail_never_level0(tmp_path):
 
 
 def test_training_slides_get_the_fold_that_held_them_out(tmp_path):
-    from slide2expr.heatmap.run import _fold_for
+    from slide2expr.contracts.models import held_out_fold as _fold_for
 
     pd.DataFrame({"unit": ["a", "b", "c", "d"], "sample_id": ["s1", "s1", "s2", "s3"],
                   "fold": [1, 1, 0, -1]}).to_csv(tmp_path / "splits.tsv", sep="\t", index=False)
@@ -460,6 +460,37 @@ def test_cli_draws_from_features_and_a_model_dir(toy_run, tmp_path):
     table = pd.read_csv(scale, sep="\t")
     np.testing.assert_allclose(limits["vmin"], table["vmin"], rtol=1e-5)
     assert not (tmp_path / "re" / "toy.h5ad").exists()  # the map was an input, not rewritten
+
+
+def test_heatmap_of_a_slide_in_a_several_slide_unit_is_out_of_fold(toy_run, tmp_path):
+    """join.patient_slides: average trains a patient's slides as one unit ``s1;s2``; the
+    heatmap of each of those slides must use the fold model that held the unit out."""
+    import torch
+    from typer.testing import CliRunner
+
+    from slide2expr.cli import app
+    from slide2expr.train.heads import MLPHead
+    from slide2expr.train.trained import load_trained_head, save_head
+
+    models = toy_run["models"]
+    torch.manual_seed(1)
+    save_head(MLPHead(in_dim=8, n_genes=3, hidden=0), models / "fold1",
+              meta={"head": "mlp", "hparams": {"in_dim": 8, "n_genes": 3, "hidden": 0},
+                    "genes": ["GA", "GB", "GC"], "fold": 1, "encoder": "toy"})
+    pd.DataFrame({"unit": ["P1", "P2"], "sample_id": ["other;toy", "third"],
+                  "group": ["P1", "P2"], "fold": [1, 0]}).to_csv(
+        models / "splits.tsv", sep="\t", index=False)
+    out = tmp_path / "maps"
+    result = CliRunner().invoke(app, [
+        "heatmap", str(toy_run["features"]), "--model-dir", str(models), "-o", str(out),
+        "--genes", "GA", "--map-only"])
+    assert result.exit_code == 0, result.output
+    tmap = read_tile_map(out / "toy.h5ad")
+    assert "fold 1" in str(tmap.attrs["model_use"])
+    fold1 = load_trained_head(models, fold=1).predict_tiles(toy_run["feats"])
+    np.testing.assert_allclose(tmap.values, fold1, rtol=1e-5, atol=1e-6)
+    both = load_trained_head(models).predict_tiles(toy_run["feats"])
+    assert not np.allclose(tmap.values, both, atol=1e-4)  # not the average of the folds
 
 
 def test_cli_bad_input_is_one_line_and_status_2(toy_run, tmp_path):

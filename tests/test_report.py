@@ -610,20 +610,19 @@ def test_report_rule_and_snakemake_report(tmp_path: Path) -> None:
     make_predictions(tmp_path / "fixture.h5ad", hostile_names=False)
     # a stand-in for the train stage, so the report becomes a default target
     (tmp_path / "Snakefile").write_text(
-        "import os\n"
+        "import json, os, shlex\n"
         "from snakemake.utils import validate\n"
         "config.setdefault('report', {'bootstrap': 50})\n"
-        "config.setdefault('train', {'heads': ['mlp']})\n"
         f"validate(config['report'], {str(REPO / 'workflow/schemas/report.schema.yaml')!r})\n"
         # what workflow/rules/common.smk defines for a run with one encoder
-        "RESULTS = 'results'\nALL_TARGETS = []\nSWEEP = False\n"
-        "ENC_RESULTS = RESULTS\nENC_TAG = ''\n"
-        f"CONDA_ENV = {str(REPO / 'envs' / 'slide2expr.yaml')!r}\n"
-        "def expand_encoders(pattern, **w):\n    return expand(pattern, **w)\n"
+        "RESULTS = 'results'\nSWEEP = False\nENC_RESULTS = RESULTS\nENC_TAG = ''\n"
+        f"CONDA_ENV = {str(REPO / 'workflow' / 'envs' / 'slide2expr.yaml')!r}\n"
+        "def config_json(*keys):\n"
+        "    return shlex.quote(json.dumps({k: config[k] for k in keys}))\n"
         "rule train:\n    input: 'fixture.h5ad'\n"
         "    output: 'results/predictions/{head}.h5ad'\n    shell: 'cp {input} {output}'\n"
         f"include: {str(REPO / 'workflow/rules/report.smk')!r}\n"
-        "rule all:\n    input: ALL_TARGETS\n    default_target: True\n")
+        "rule all:\n    input: 'results/report/mlp/index.html'\n    default_target: True\n")
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     snake = [sys.executable, "-m", "snakemake", "--cores", "1", "--nolock"]
     run = subprocess.run(snake, cwd=tmp_path, env=env, capture_output=True, text=True,

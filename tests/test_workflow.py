@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def snakemake(workdir: Path, *args: str, timeout: int = 1800) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        ["snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir), "--cores", "2", *args],
+        ["snakemake", "-s", str(REPO / "workflow" / "Snakefile"), "-d", str(workdir), "--cores", "2", *args],
         capture_output=True, text=True, timeout=timeout,
     )
 

@@ -1,15 +1,19 @@
 # Shared by every stage: config validation, the sample sheet, and the list of final targets.
 
+import json
 import os
+import shlex
+import sys
 from pathlib import Path
 
 from snakemake.utils import validate
 
 from slide2expr.inputs.samples import read_sample_sheet
+from slide2expr.settings import check_heads_fit_mode
 
-SCHEMAS = Path(workflow.basedir) / "workflow" / "schemas"
-if not SCHEMAS.is_dir():  # Snakefile included from elsewhere
-    SCHEMAS = Path(workflow.source_path("../schemas/config.schema.yaml")).parent
+# The schemas beside this workflow (workflow/schemas); the CLI validates with the same files.
+SCHEMAS = Path(workflow.basedir) / "schemas"
+REPO = Path(workflow.basedir).parent
 
 
 validate(config, str(SCHEMAS / "config.schema.yaml"))
@@ -22,9 +26,14 @@ for _section in ("tiling", "extract", "join", "train", "report", "heatmap"):
 
 # Every rule runs the slide2expr CLI. With `--sdm conda`, Snakemake builds this environment
 # once per node setup; it pip-installs this checkout from ${SLIDE2EXPR_SRC}, which defaults to
-# the folder of the Snakefile (see envs/slide2expr.yaml and docs/cluster.md).
+# the checkout holding this workflow (see workflow/envs/slide2expr.yaml and docs/cluster.md).
 CONDA_ENV = str(Path(workflow.basedir) / "envs" / "slide2expr.yaml")
-os.environ.setdefault("SLIDE2EXPR_SRC", str(workflow.basedir))
+os.environ.setdefault("SLIDE2EXPR_SRC", str(REPO))
+# Rules call `slide2expr`; put the interpreter's folder (the venv snakemake runs from) first on
+# PATH so that `.venv/bin/snakemake` works without activating the venv.
+_BIN = str(Path(sys.executable).parent)
+if _BIN not in os.environ.get("PATH", "").split(os.pathsep):
+    os.environ["PATH"] = _BIN + os.pathsep + os.environ.get("PATH", "")
 
 MODE = config["mode"]  # "spot" or "bulk"
 RESULTS = "results"
@@ -47,9 +56,6 @@ SAMPLES = read_sample_sheet(
 SAMPLE_IDS = list(SAMPLES.index)
 # The tiling that holds the training units: spots in spot mode, the tissue grid in bulk mode.
 UNIT_TILING = "spots" if MODE == "spot" else "grid"
-
-# Every stage appends its final outputs here; `rule all` in the Snakefile requests them.
-ALL_TARGETS = []
 
 # Encoder sweep (extract.encoders). With one encoder (the default) the join, train, report
 # and heatmap outputs sit directly under results/ (dataset.h5ad, report/{head}/...). With
@@ -86,3 +92,41 @@ def sample_value(sample, column, default=None):
 def cli_option(flag, value):
     """``--flag value`` for the shell command, or nothing when value is None."""
     return "" if value is None else f"{flag} {value}"
+
+
+def config_json(*keys):
+    """The config sections a command reads, as one shell-quoted JSON object: the one way rules
+    pass settings (``--config-json``). A dotted key takes a subsection (``tiling.tissue``);
+    ``"*"`` takes the whole config (for provenance). Only these sections are in the job's
+    params, so editing another section does not rerun the job."""
+    if "*" in keys:
+        chosen = config
+    else:
+        chosen = {}
+        for key in keys:
+            *parents, leaf = key.split(".")
+            node, value = chosen, config
+            for part in parents:
+                node, value = node.setdefault(part, {}), value[part]
+            node[leaf] = value[leaf]
+    return shlex.quote(json.dumps(chosen, sort_keys=True, default=str))
+
+
+def get_final_output(manifest=True):
+    """Every final target of the run, in stage order; `rule all` requests these. The manifest
+    is written last, from all the others (``manifest=False`` lists what it waits for)."""
+    heads = list(config["train"]["heads"])
+    targets = expand(f"{RESULTS}/qc/{{sample}}.png", sample=SAMPLE_IDS)
+    targets += expand(f"{RESULTS}/features/{{encoder}}/{UNIT_TILING}/{{sample}}.h5",
+                      encoder=SWEEP_ENCODERS, sample=SAMPLE_IDS)
+    targets += expand_encoders(f"{ENC_RESULTS}/dataset.h5ad")
+    targets += expand_encoders(f"{ENC_RESULTS}/predictions/{{head}}.h5ad", head=heads)
+    targets += expand_encoders(f"{ENC_RESULTS}/report/{{head}}/index.html", head=heads)
+    targets.append(f"{RESULTS}/report/compare.tsv")
+    if config["heatmap"]["enabled"]:
+        for pattern in ("{sample}.geojson", "{sample}"):
+            targets += expand_encoders(f"{ENC_RESULTS}/heatmaps/{{head}}/{pattern}",
+                                       head=heads, sample=SAMPLE_IDS)
+    if manifest:
+        targets.append(f"{RESULTS}/manifest.json")
+    return list(dict.fromkeys(targets))

@@ -30,8 +30,7 @@ rule compare:
     params:
         runs=" ".join(f"--run {e}:{h}:{p}" for e, h, p in compare_summaries()),
         benchmarks=f"{RESULTS}/benchmarks",
-        top_n=REPORT["top_n"],
-        n_hvg=REPORT["n_hvg"],
+        cfg=config_json("report.top_n", "report.n_hvg"),
     log:
         f"{RESULTS}/logs/compare/compare.log",
     benchmark:
@@ -44,9 +43,5 @@ rule compare:
         CONDA_ENV
     shell:
         "slide2expr compare {params.runs} --benchmarks {params.benchmarks} -o {output.tsv} "
-        "--html {output.html} --top-n {params.top_n} --n-hvg {params.n_hvg} > {log} 2>&1"
+        "--html {output.html} --config-json {params.cfg} > {log} 2>&1"
 
-
-# A default target once the train stage exists (as the per-head reports, see report.smk).
-if _predictions_have_a_rule():
-    ALL_TARGETS.append(f"{RESULTS}/report/compare.tsv")

@@ -6,25 +6,10 @@
 #   set-threads: {extract: 8}
 
 EXTRACT = config["extract"]
-EXTRACT_ENCODERS = list(EXTRACT["encoders"])
 
 
 wildcard_constraints:
     encoder=r"[A-Za-z0-9][A-Za-z0-9._-]*",
-
-
-def extract_targets(samples=None, encoders=None, tilings=None):
-    """Features files for every (encoder, tiling, sample) combination.
-
-    Defaults: all samples of the sheet, the configured encoders, and the tiling of the
-    training units (spots in spot mode, grid in bulk mode).
-    """
-    return expand(
-        f"{RESULTS}/features/{{encoder}}/{{tiling}}/{{sample}}.h5",
-        encoder=encoders if encoders is not None else EXTRACT_ENCODERS,
-        tiling=tilings if tilings is not None else [UNIT_TILING],
-        sample=samples if samples is not None else SAMPLE_IDS,
-    )
 
 
 def extract_inputs(wildcards):
@@ -39,11 +24,6 @@ def extract_weights_arg(wildcards, input):
     return f"--weights {input.weights}" if "weights" in input.keys() else ""
 
 
-def extract_num_workers(wildcards):
-    # null: chosen at run time from the device and threads (GPU: threads - 1 readers).
-    return cli_option("--num-workers", EXTRACT.get("num_workers"))
-
-
 rule extract:
     input:
         unpack(extract_inputs),
@@ -51,10 +31,9 @@ rule extract:
         f"{RESULTS}/features/{{encoder}}/{{tiling}}/{{sample}}.h5",
     params:
         weights=extract_weights_arg,
-        num_workers=extract_num_workers,
-        batch_size=EXTRACT["batch_size"],
-        device=EXTRACT["device"],
-        dtype=EXTRACT["dtype"],
+        # only what the command reads: adding an encoder to the sweep reruns no extraction
+        cfg=config_json("extract.batch_size", "extract.num_workers", "extract.device",
+                        "extract.dtype"),
     log:
         f"{RESULTS}/logs/extract/{{encoder}}/{{tiling}}/{{sample}}.log",
     benchmark:
@@ -68,8 +47,4 @@ rule extract:
         CONDA_ENV
     shell:
         "slide2expr extract {input.tiles} -o {output} --encoder {wildcards.encoder} "
-        "{params.weights} --batch-size {params.batch_size} {params.num_workers} "
-        "--threads {threads} --device {params.device} --dtype {params.dtype} > {log} 2>&1"
-
-
-ALL_TARGETS.extend(extract_targets())
+        "{params.weights} --threads {threads} --config-json {params.cfg} > {log} 2>&1"

@@ -1,7 +1,6 @@
 # Join stage: expression (spot counts or a bulk matrix) + features -> results/dataset.h5ad.
-
-import json
-import shlex
+# Config: the `join` section (workflow/schemas/join.schema.yaml); the whole config is passed
+# because the dataset records it as provenance.
 
 JOIN = config["join"]
 # The encoder whose features are joined: join.encoder, else the first of extract.encoders.
@@ -35,28 +34,6 @@ def join_inputs(wildcards):
     return inputs
 
 
-def join_args(wildcards, input):
-    args = [
-        f"--mode {MODE}",
-        f"--encoder {join_encoder(wildcards)}",
-        f"--values {JOIN['values']}",
-        f"--orientation {JOIN['orientation']}",
-        f"--on-missing {JOIN['on_missing']}",
-        f"--patient-slides {JOIN['patient_slides']}",
-        f"--match-on {JOIN['match_on']}",
-        f"--target-sum {JOIN['target_sum']}",
-        "--sparse" if JOIN["sparse"] else "--dense",
-    ]
-    if JOIN.get("gene_map"):
-        args.append(f"--gene-map {shlex.quote(str(JOIN['gene_map']))}")
-    if DATA_ROOT:
-        args.append(f"--data-root {shlex.quote(str(DATA_ROOT))}")
-    if MODE == "bulk":
-        args.append(f"--expression {shlex.quote(str(input.expression))}")
-    args.append(f"--run-config {shlex.quote(json.dumps(config, default=str))}")
-    return " ".join(args)
-
-
 rule join:
     input:
         unpack(join_inputs),
@@ -64,7 +41,8 @@ rule join:
         f"{ENC_RESULTS}/dataset.h5ad",
     params:
         features_dir=lambda w: f"{RESULTS}/features/{join_encoder(w)}/{UNIT_TILING}",
-        args=join_args,
+        encoder=join_encoder,
+        cfg=config_json("*"),
     log:
         f"{RESULTS}/logs/join/{ENC_TAG}join.log",
     benchmark:
@@ -77,7 +55,4 @@ rule join:
         CONDA_ENV
     shell:
         "slide2expr join {input.samples} --features-dir {params.features_dir} -o {output} "
-        "{params.args} > {log} 2>&1"
-
-
-ALL_TARGETS.extend(expand_encoders(f"{ENC_RESULTS}/dataset.h5ad"))
+        "--encoder {params.encoder} --config-json {params.cfg} > {log} 2>&1"

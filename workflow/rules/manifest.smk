@@ -3,21 +3,15 @@
 # the full resolved config, sha256 of every input file, seeds, start/end time and per-stage
 # timings from results/benchmarks/. Include this file last: it waits for every other target.
 
-import json
-import shlex
-
-# Everything the other stages produce, so the manifest sees all their benchmark files.
-MANIFEST_AFTER = list(dict.fromkeys(ALL_TARGETS))
-
-
 rule manifest:
     input:
-        MANIFEST_AFTER,
+        # everything the other stages produce, so the manifest sees all their benchmark files
+        get_final_output(manifest=False),
     output:
         f"{RESULTS}/manifest.json",
     params:
         results=RESULTS,
-        config=lambda w: shlex.quote(json.dumps(config, default=str, sort_keys=True)),
+        cfg=config_json("*"),
     log:
         f"{RESULTS}/logs/manifest/manifest.log",
     benchmark:
@@ -29,8 +23,5 @@ rule manifest:
     conda:
         CONDA_ENV
     shell:
-        "slide2expr manifest -o {output} --results {params.results} --config-json {params.config} "
+        "slide2expr manifest -o {output} --results {params.results} --config-json {params.cfg} "
         "--no-progress > {log} 2>&1"
-
-
-ALL_TARGETS.append(f"{RESULTS}/manifest.json")

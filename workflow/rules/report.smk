@@ -1,8 +1,8 @@
 # Report stage: per-gene statistics, summary and a self-contained HTML page for each head's
 # out-of-fold predictions. `snakemake --report report.zip` bundles every head's index.html.
+# Config: the `report` section (workflow/schemas/report.schema.yaml, config/README.md).
 
 REPORT = config["report"]
-REPORT_HEADS = list(config["train"].get("heads", ["mlp"]))
 
 
 rule report:
@@ -19,8 +19,8 @@ rule report:
                     **({"encoder": "{encoder}"} if SWEEP else {})},
         ),
     params:
-        cfg=REPORT,
         out=lambda w, output: os.path.dirname(output.genes),
+        cfg=config_json("report"),
     log:
         f"{RESULTS}/logs/report/{ENC_TAG}{{head}}.log",
     benchmark:
@@ -32,23 +32,4 @@ rule report:
     conda:
         CONDA_ENV
     shell:
-        "slide2expr report {input} -o {params.out} --top-n {params.cfg[top_n]} "
-        "--n-hvg {params.cfg[n_hvg]} --bootstrap {params.cfg[bootstrap]} --alpha {params.cfg[alpha]} "
-        "--seed {params.cfg[seed]} --baseline {params.cfg[baseline]} --n-scatter {params.cfg[n_scatter]} "
-        "> {log} 2>&1"
-
-
-def _predictions_have_a_rule():
-    """Whether an earlier rule (the train stage) writes results/predictions/{head}.h5ad."""
-    try:
-        return any(str(out).startswith(f"{ENC_RESULTS}/predictions/")
-                   for r in workflow.rules if r.name != "report" for out in r.output)
-    except Exception:  # an API change in Snakemake: assume the train stage is there
-        return True
-
-
-# Only a default target once the train stage can make its input (the report rule itself
-# works either way, for predictions made outside the workflow).
-if _predictions_have_a_rule():
-    ALL_TARGETS.extend(expand_encoders(f"{ENC_RESULTS}/report/{{head}}/index.html",
-                                       head=REPORT_HEADS))
+        "slide2expr report {input} -o {params.out} --config-json {params.cfg} > {log} 2>&1"

@@ -1,6 +1,5 @@
 # Tile stage: tissue mask, grid tiles (all modes) and spot patches (spot mode), QC image.
-
-TILING = config["tiling"]
+# Config: the `tiling` section (workflow/schemas/tiling.schema.yaml, config/README.md).
 
 
 def tile_inputs(wildcards):
@@ -25,11 +24,10 @@ rule tile:
         qc=f"{RESULTS}/qc/{{sample}}.png",
         **({"spots": f"{RESULTS}/tiles/spots/{{sample}}.h5"} if MODE == "spot" else {}),
     params:
-        cfg=TILING,
         spot_args=tile_spot_args,
         mpp=lambda w: cli_option("--mpp", sample_value(w.sample, "mpp")),
         default_mpp=cli_option("--default-mpp", config.get("default_slide_mpp")),
-        tissue=TILING["tissue"],
+        cfg=config_json("tiling"),
     log:
         f"{RESULTS}/logs/tile/{{sample}}.log",
     benchmark:
@@ -45,13 +43,4 @@ rule tile:
     shell:
         "slide2expr tile {input.slide} --sample-id {wildcards.sample} -o {output.grid} "
         "--qc {output.qc} {params.spot_args} {params.mpp} {params.default_mpp} "
-        "--target-mpp {params.cfg[target_mpp]} --tile-px {params.cfg[tile_px]} "
-        "--min-tissue {params.cfg[min_tissue]} --spot-diameter-um {params.cfg[spot_diameter_um]} "
-        "--mask-mpp {params.tissue[mask_mpp]} --min-saturation {params.tissue[min_saturation]} "
-        "--closing-um {params.tissue[closing_um]} "
-        "--min-object-um2 {params.tissue[min_object_um2]} "
-        "--max-hole-um2 {params.tissue[max_hole_um2]} --qc-max-px {params.cfg[qc_max_px]} "
-        "> {log} 2>&1"
-
-
-ALL_TARGETS.extend(expand(f"{RESULTS}/qc/{{sample}}.png", sample=SAMPLE_IDS))
+        "--config-json {params.cfg} > {log} 2>&1"

@@ -7,18 +7,10 @@
 #   set-resources: {train: {gpu: 1, mem_mb: 64000, runtime: 480}}
 # train.accelerator "auto" uses a GPU when the job has one.
 
-import json
-
 TRAIN = config["train"]
 TRAIN_HEADS = list(TRAIN["heads"])
-TRAIN_HEAD_KIND = {"mlp": "spot", "he2rna": "bulk", "abmil": "bulk"}
-
-_wrong = [h for h in TRAIN_HEADS if TRAIN_HEAD_KIND.get(h) != MODE]
-if _wrong:
-    raise ValueError(
-        f"config: train.heads {_wrong} do not fit mode '{MODE}' "
-        "(mlp is for spot mode, he2rna and abmil for bulk mode)"
-    )
+# Which heads fit which mode is checked once, by the package (train/config.py).
+check_heads_fit_mode(TRAIN_HEADS, MODE)
 
 
 rule train:
@@ -32,7 +24,7 @@ rule train:
     wildcard_constraints:
         head="|".join(TRAIN_HEADS),
     params:
-        settings=json.dumps(TRAIN),
+        cfg=config_json("train"),
     log:
         f"{RESULTS}/logs/train/{ENC_TAG}{{head}}.log",
     benchmark:
@@ -47,7 +39,4 @@ rule train:
     shell:
         "slide2expr train {input.dataset} --head {wildcards.head} "
         "--models-dir {output.models} --predictions {output.predictions} "
-        "--config-json {params.settings:q} --threads {threads} > {log} 2>&1"
-
-
-ALL_TARGETS.extend(expand_encoders(f"{ENC_RESULTS}/predictions/{{head}}.h5ad", head=TRAIN_HEADS))
+        "--config-json {params.cfg} --threads {threads} > {log} 2>&1"

@@ -6,8 +6,15 @@ from pathlib import Path
 
 import typer
 
+from slide2expr.commands._config import config_json_option, section
+
+#: Flag -> key of the ``extract`` section.
+EXTRACT_FLAGS = {"batch_size": "batch_size", "num_workers": "num_workers", "device": "device",
+                 "dtype": "dtype"}
+
 
 def extract(
+    ctx: typer.Context,
     tiles: Path = typer.Argument(..., help="Tiles file from `slide2expr tile` (.h5)."),
     out: Path = typer.Option(..., "--out", "-o", help="Features file to write (.h5)."),
     encoder: str = typer.Option("efficientnet_lite0", "--encoder", "-e",
@@ -27,13 +34,17 @@ def extract(
     resume: bool = typer.Option(True, "--resume/--no-resume",
                                 help="Continue a partial file left by an interrupted run."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+    config_json: str | None = config_json_option(),
 ) -> None:
     """Embed every tile of one slide with a pretrained encoder."""
     from slide2expr.extract.run import extract_features
 
+    cfg = section(ctx, "extract", config_json, EXTRACT_FLAGS)
+
     result = extract_features(
-        tiles, out, encoder=encoder, weights=weights, slide=slide, batch_size=batch_size,
-        num_workers=num_workers, threads=threads, device=device, dtype=dtype, resume=resume, progress=progress,
+        tiles, out, encoder=encoder, weights=weights, slide=slide, batch_size=cfg["batch_size"],
+        num_workers=cfg["num_workers"], threads=threads, device=cfg["device"], dtype=cfg["dtype"],
+        resume=resume, progress=progress,
     )
     typer.echo(f"{result.path}: {result.n_tiles} tiles, {result.tiles_per_s:.1f} tiles/s "
                f"on {result.device}", err=True)

@@ -8,10 +8,21 @@ from pathlib import Path
 
 import typer
 
+from slide2expr.commands._config import config_json_option, section
+
 log = logging.getLogger(__name__)
 
 
+#: Flag -> key of the ``heatmap`` section.
+HEATMAP_FLAGS = {name: name for name in ("n_genes", "clip_percentiles", "cmap", "alpha",
+                                         "thumbnail_px", "geojson_all_genes")}
+#: Flag -> key of the ``tiling`` section (the heatmap outlines tissue as the tile stage does).
+TISSUE_FLAGS = {name: f"tissue.{name}" for name in ("mask_mpp", "min_saturation", "closing_um",
+                                                     "min_object_um2", "max_hole_um2")}
+
+
 def heatmap(
+    ctx: typer.Context,
     source: Path = typer.Argument(
         ..., help="Features file (.h5, grid tiling, from `slide2expr extract`) or a tile map "
                   "(.h5ad) written by an earlier `slide2expr heatmap`."),
@@ -58,6 +69,7 @@ def heatmap(
     min_object_um2: float = typer.Option(20000.0, help="Tissue: smallest fragment kept, um^2."),
     max_hole_um2: float = typer.Option(20000.0, help="Tissue: largest hole filled, um^2."),
     threads: int = typer.Option(1, "--threads", min=1, help="CPU threads for torch."),
+    config_json: str | None = config_json_option(),
 ) -> None:
     """Predicted-expression heatmaps of one slide: overlays, QuPath GeoJSON, tile map."""
     from slide2expr.errors import InputError
@@ -73,12 +85,19 @@ def heatmap(
     from slide2expr.heatmap.gene_choice import split_gene_args
     from slide2expr.heatmap.overlay import colormap
     from slide2expr.heatmap.scale import check_percentiles
+    from slide2expr.settings import parse_config_json
     from slide2expr.tile.tissue import TissueParams
 
     if not source.is_file():
         raise InputError(source, "does not exist", "pass a features .h5 or a tile map .h5ad")
+    cfg = section(ctx, "heatmap", config_json, HEATMAP_FLAGS)
+    tissue = section(ctx, "tiling", config_json, TISSUE_FLAGS)["tissue"]
+    clip_percentiles = tuple(cfg["clip_percentiles"])
+    gene_list = split_gene_args(genes) if genes else cfg.get("genes")
+    if default_mpp is None:
+        default_mpp = parse_config_json(config_json).get("default_slide_mpp")
     check_percentiles(clip_percentiles)
-    colormap(cmap)  # fail early on a bad name
+    colormap(cfg["cmap"])  # fail early on a bad name
     if not source.suffix.lower() == ".h5ad":
         import torch
 
@@ -95,11 +114,10 @@ def heatmap(
     if slide_path is None:
         raise InputError(source, "names no slide", "pass --slide")
     options = HeatmapOptions(
-        genes=split_gene_args(genes), n_genes=n_genes, clip_percentiles=clip_percentiles,
-        style=OverlayStyle(cmap=cmap, alpha=alpha), thumbnail_px=thumbnail_px,
-        tissue=TissueParams(mask_mpp=mask_mpp, min_saturation=min_saturation, closing_um=closing_um,
-                            min_object_um2=min_object_um2, max_hole_um2=max_hole_um2),
-        geojson_all_genes=geojson_all_genes,
+        genes=gene_list or None, n_genes=cfg["n_genes"], clip_percentiles=clip_percentiles,
+        style=OverlayStyle(cmap=cfg["cmap"], alpha=cfg["alpha"]),
+        thumbnail_px=cfg["thumbnail_px"], tissue=TissueParams(**tissue),
+        geojson_all_genes=cfg["geojson_all_genes"],
     )
     with open_matching_slide(slide_path, tmap, default_mpp=default_mpp) as s:
         result = make_heatmaps(
@@ -113,6 +131,7 @@ def heatmap(
 
 
 def heatmap_scale(
+    ctx: typer.Context,
     maps: list[Path] = typer.Argument(..., help="Tile maps ({sample}.h5ad) of the cohort."),
     out: Path = typer.Option(..., "--out", "-o", help="Scale table (.tsv) to write."),
     genes: list[str] | None = typer.Option(None, "--genes", "-g",
@@ -121,14 +140,17 @@ def heatmap_scale(
     report: Path | None = typer.Option(None, "--report", help="The report's genes.tsv."),
     clip_percentiles: tuple[float, float] = typer.Option(
         (1.0, 99.0), "--clip-percentiles", help="Percentiles over the pooled tiles."),
+    config_json: str | None = config_json_option(),
 ) -> None:
     """One colour scale a gene over all slides, for heatmaps that compare across a cohort."""
     from slide2expr.heatmap import cohort_scale, read_tile_map, select_genes, write_scale
     from slide2expr.heatmap.gene_choice import split_gene_args
 
+    cfg = section(ctx, "heatmap", config_json,
+                  {"n_genes": "n_genes", "clip_percentiles": "clip_percentiles"})
     first = read_tile_map(maps[0])
-    chosen = select_genes(first.genes, genes=split_gene_args(genes), report=report,
-                          n_genes=n_genes, source=maps[0])
+    chosen = select_genes(first.genes, genes=split_gene_args(genes) if genes else cfg.get("genes"),
+                          report=report, n_genes=cfg["n_genes"], source=maps[0])
 
     def load():
         yield str(maps[0]), first.genes, first.values
@@ -136,7 +158,7 @@ def heatmap_scale(
             m = read_tile_map(path)
             yield str(path), m.genes, m.values
 
-    table = cohort_scale(load(), chosen, percentiles=clip_percentiles)
+    table = cohort_scale(load(), chosen, percentiles=tuple(cfg["clip_percentiles"]))
     write_scale(out, table)
     typer.echo(f"wrote {out}: {len(chosen)} genes over {len(maps)} slides", err=True)
 

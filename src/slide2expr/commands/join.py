@@ -2,26 +2,34 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
 import typer
 
+from slide2expr.commands._config import CONFIG_JSON_HELP, section
 from slide2expr.errors import InputError
 
 log = logging.getLogger(__name__)
 
 
+#: Flag -> key of the ``join`` section.
+JOIN_FLAGS = {name: name for name in ("expression", "values", "orientation", "gene_map",
+                                      "on_missing", "patient_slides", "match_on",
+                                      "target_sum", "sparse", "encoder")}
+
+
 def join(
+    ctx: typer.Context,
     samples: Path = typer.Argument(..., help="Sample sheet (TSV)."),
     features_dir: Path = typer.Option(..., "--features-dir", "-f",
                                       help="Folder of {sample_id}.h5 features files "
                                            "(results/features/{encoder}/{tiling})."),
     out: Path = typer.Option(..., "--out", "-o", help="dataset.h5ad to write."),
-    mode: str = typer.Option("spot", help="spot or bulk."),
-    encoder: str = typer.Option(..., help="Encoder name: obsm key X_{encoder}; checked against "
-                                          "the features' attrs."),
+    mode: str | None = typer.Option(None, help="spot or bulk (default: the config's mode, "
+                                               "else spot)."),
+    encoder: str | None = typer.Option(None, help="Encoder name: obsm key X_{encoder}; checked "
+                                                  "against the features' attrs."),
     expression: Path | None = typer.Option(None, help="Bulk mode: expression matrix "
                                                       "(TSV/CSV/h5ad)."),
     values: str = typer.Option("counts", help="counts, tpm, fpkm or log."),
@@ -36,44 +44,43 @@ def join(
                                                    "patient."),
     target_sum: float = typer.Option(1e4, help="Counts are scaled to this total before log1p."),
     sparse: bool = typer.Option(False, "--sparse/--dense", help="Store X and counts as CSR."),
-    run_config: str | None = typer.Option(None, help="The run's config, recorded as provenance: "
-                                                     "a JSON string or a YAML/JSON file."),
     data_root: Path | None = typer.Option(None, help="Folder that relative counts/spots paths "
-                                                     "in the sheet are relative to (the config's "
-                                                     "data_root)."),
+                                                     "in the sheet are relative to (default: "
+                                                     "the config's data_root)."),
+    config_json: str | None = typer.Option(
+        None, "--config-json", "--config",
+        help=CONFIG_JSON_HELP + " The whole config is recorded in the dataset as provenance."),
 ) -> None:
     """Join expression with features into one AnnData (spot or bulk mode)."""
     from slide2expr.inputs.samples import read_sample_sheet
     from slide2expr.join.run import JoinParams, build_dataset, write_dataset
+    from slide2expr.settings import parse_config_json
 
-    params = JoinParams(mode=mode, encoder=encoder, values=values, orientation=orientation,
-                        gene_map=gene_map or None, on_missing=on_missing,
-                        patient_slides=patient_slides, match_on=match_on,
-                        target_sum=target_sum, sparse=sparse)
-    sheet = read_sample_sheet(samples, mode=mode, check_files=False, root=data_root)
-    adata = build_dataset(sheet, features_dir, params, expression=expression,
-                          run_config=_load_config(run_config), sheet_path=samples)
+    run_config = parse_config_json(config_json)
+    cfg = section(ctx, "join", config_json, JOIN_FLAGS)
+    mode = mode or run_config.get("mode") or "spot"
+    root = data_root or run_config.get("data_root")
+    enc = cfg.get("encoder") or _first_encoder(run_config)
+    if not enc:
+        raise InputError(None, "no encoder given", "pass --encoder (the features' encoder)")
+    params = JoinParams(mode=mode, encoder=enc, values=cfg["values"],
+                        orientation=cfg["orientation"], gene_map=cfg.get("gene_map") or None,
+                        on_missing=cfg["on_missing"], patient_slides=cfg["patient_slides"],
+                        match_on=cfg["match_on"], target_sum=cfg["target_sum"],
+                        sparse=cfg["sparse"])
+    sheet = read_sample_sheet(samples, mode=mode, check_files=False, root=root)
+    expr = cfg.get("expression")
+    adata = build_dataset(sheet, features_dir, params,
+                          expression=Path(expr) if expr else None,
+                          run_config=run_config or None, sheet_path=samples)
     write_dataset(adata, out)
     typer.echo(f"{out}: {adata.n_obs} {'spots' if mode == 'spot' else 'units'} x "
                f"{adata.n_vars} genes")
 
 
-def _load_config(value: str | None) -> dict | None:
-    if value is None or value == "":
-        return None
-    text = value.strip()
-    if text.startswith("{"):
-        try:
-            return json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise InputError(None, f"--run-config is not valid JSON ({exc})", "") from exc
-    path = Path(value)
-    if not path.is_file():
-        raise InputError(path, "run config file not found", "give a JSON string or a YAML file")
-    import yaml
-
-    with open(path) as fh:
-        return yaml.safe_load(fh)
+def _first_encoder(run_config: dict) -> str | None:
+    encoders = (run_config.get("extract") or {}).get("encoders") or []
+    return str(encoders[0]) if encoders else None
 
 
 def register(app: typer.Typer) -> None:

@@ -6,8 +6,15 @@ from pathlib import Path
 
 import typer
 
+from slide2expr.commands._config import config_json_option, section
+
+#: Flag -> key of the ``report`` section.
+REPORT_FLAGS = {name: name for name in ("top_n", "n_hvg", "bootstrap", "alpha", "seed",
+                                        "baseline", "n_scatter")}
+
 
 def report(
+    ctx: typer.Context,
     predictions: Path = typer.Argument(..., help="Out-of-fold predictions: results/predictions/{head}.h5ad."),
     out: Path = typer.Option(..., "--out", "-o",
                              help="Output directory: genes.tsv, summary.json, index.html."),
@@ -21,12 +28,15 @@ def report(
                                  help="Baseline layer the model is tested against (baseline_{name})."),
     n_scatter: int = typer.Option(8, "--n-scatter", min=0,
                                   help="Best and worst genes drawn as scatter plots."),
+    config_json: str | None = config_json_option(),
 ) -> None:
     """Evaluate out-of-fold predictions: genes.tsv, summary.json and a self-contained index.html."""
     from slide2expr.report import write_report
 
-    data = write_report(predictions, out, top_n=top_n, n_hvg=n_hvg, n_boot=bootstrap,
-                        alpha=alpha, seed=seed, baseline=baseline, n_scatter=n_scatter)
+    cfg = section(ctx, "report", config_json, REPORT_FLAGS)
+    data = write_report(predictions, out, top_n=cfg["top_n"], n_hvg=cfg["n_hvg"],
+                        n_boot=cfg["bootstrap"], alpha=cfg["alpha"], seed=cfg["seed"],
+                        baseline=cfg["baseline"], n_scatter=cfg["n_scatter"])
     m = data.summary["model"]["all"]
     mean = "n/a" if m["mean_r"] is None else f"{m['mean_r']:.3f}"
     typer.echo(f"wrote {out}/index.html: mean r {mean} over {m['n_defined']} genes, "

@@ -7,10 +7,23 @@ from pathlib import Path
 
 import typer
 
+from slide2expr.commands._config import config_json_option, section
+
 log = logging.getLogger(__name__)
 
 
+#: Flag -> key of the ``tiling`` section.
+TILING_FLAGS = {
+    "target_mpp": "target_mpp", "tile_px": "tile_px", "min_tissue": "min_tissue",
+    "spot_diameter_um": "spot_diameter_um", "qc_max_px": "qc_max_px",
+    "mask_mpp": "tissue.mask_mpp", "min_saturation": "tissue.min_saturation",
+    "closing_um": "tissue.closing_um", "min_object_um2": "tissue.min_object_um2",
+    "max_hole_um2": "tissue.max_hole_um2",
+}
+
+
 def tile(
+    ctx: typer.Context,
     slide: Path = typer.Argument(..., help="Slide file (SVS, NDPI, MRXS, TIFF, DICOM, JPEG...)."),
     sample_id: str = typer.Option(..., "--sample-id", help="Sample ID (letters, digits, ._-)."),
     out: Path = typer.Option(..., "--out", "-o", help="Grid tiles .h5 to write."),
@@ -31,20 +44,19 @@ def tile(
     min_object_um2: float = typer.Option(20000.0, help="Smallest tissue fragment kept, um^2."),
     max_hole_um2: float = typer.Option(20000.0, help="Largest hole filled, um^2."),
     qc_max_px: int = typer.Option(2048, help="Longest side of the QC image."),
+    config_json: str | None = config_json_option(),
 ) -> None:
     """Detect tissue, tile it on a grid, and (spot mode) place a patch on every spot."""
     from slide2expr.tile import TilingParams, TissueParams, tile_slide
 
+    cfg = section(ctx, "tiling", config_json, TILING_FLAGS)
     params = TilingParams(
-        target_mpp=target_mpp, tile_px=tile_px, min_tissue=min_tissue,
-        spot_diameter_um=spot_diameter_um,
-        tissue=TissueParams(mask_mpp=mask_mpp, min_saturation=min_saturation,
-                            closing_um=closing_um, min_object_um2=min_object_um2,
-                            max_hole_um2=max_hole_um2),
+        target_mpp=cfg["target_mpp"], tile_px=cfg["tile_px"], min_tissue=cfg["min_tissue"],
+        spot_diameter_um=cfg["spot_diameter_um"], tissue=TissueParams(**cfg["tissue"]),
     )
     tile_slide(slide, sample_id=sample_id, out=out, params=params, qc=qc, spots=spots,
                counts=counts, spots_out=spots_out, sheet_mpp=mpp, default_mpp=default_mpp,
-               qc_max_px=qc_max_px)
+               qc_max_px=cfg["qc_max_px"])
 
 
 def register(app: typer.Typer) -> None:

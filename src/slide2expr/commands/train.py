@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import typer
 
+from slide2expr.commands._config import CONFIG_JSON_HELP
+
 
 def _load_settings(config: Path | None, config_json: str | None, overrides: dict) -> object:
+    """The train section: a YAML file (whole config or the section), then ``--config-json``,
+    then the given flags; validated against the workflow's schema, then by TrainConfig."""
     import yaml
 
     from slide2expr.errors import InputError
+    from slide2expr.settings import parse_config_json, validate_section
     from slide2expr.train.config import TrainConfig
 
     values: dict = {}
@@ -19,17 +23,19 @@ def _load_settings(config: Path | None, config_json: str | None, overrides: dict
     if config is not None:
         if not config.is_file():
             raise InputError(config, "does not exist", "pass a YAML config file")
-        data = yaml.safe_load(config.read_text()) or {}
+        try:
+            data = yaml.safe_load(config.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise InputError(config, f"is not valid YAML ({exc})".replace("\n", " "),
+                             "fix the file") from exc
+        if not isinstance(data, dict):
+            raise InputError(config, "is not a mapping", "give a config with a train: section")
         values = dict(data.get("train", data))
         source = str(config)
-    if config_json:
-        try:
-            values.update(json.loads(config_json))
-        except json.JSONDecodeError as exc:
-            raise InputError(None, f"--config-json is not valid JSON ({exc})",
-                             "pass the train section as a JSON object") from exc
+    values.update(parse_config_json(config_json).get("train") or {})
     values.update({k: v for k, v in overrides.items() if v is not None})
-    return TrainConfig.from_dict(values, source=source)
+    return TrainConfig.from_dict(validate_section("train", values, source=source, as_flags=False),
+                                 source=source)
 
 
 def train(
@@ -41,7 +47,7 @@ def train(
     config: Path | None = typer.Option(None, "--config",
                                        help="YAML file with a train: section (or the section)."),
     config_json: str | None = typer.Option(None, "--config-json",
-                                           help="The train section as JSON (the workflow uses this)."),
+                                           help=CONFIG_JSON_HELP),
     folds: str | None = typer.Option(None, "--folds", help="Override train.folds (int or loo)."),
     seed: int | None = typer.Option(None, "--seed", help="Override train.seed."),
     max_epochs: int | None = typer.Option(None, "--max-epochs", help="Override train.max_epochs."),

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import typer
 
+from slide2expr.commands._config import config_json_option, section
+
 
 def verify(
     run_a: Path = typer.Argument(..., help="First run: its results/ (or the folder holding it)."),
@@ -81,6 +83,7 @@ def manifest(
 
 
 def compare(
+    ctx: typer.Context,
     runs: list[str] = typer.Option(..., "--run",
                                    help="ENCODER:HEAD:SUMMARY_JSON, once per combination."),
     out: Path = typer.Option(..., "--out", "-o", help="compare.tsv to write."),
@@ -89,12 +92,15 @@ def compare(
                                            help="results/benchmarks: wall time per stage."),
     top_n: int | None = typer.Option(None, "--top-n", help="Label of the top-genes column."),
     n_hvg: int | None = typer.Option(None, "--n-hvg", help="Label of the HVG column."),
+    config_json: str | None = config_json_option(),
 ) -> None:
     """Compare encoder x head combinations: mean r, genes significant, wall time per stage."""
     from slide2expr.repro.compare import build_compare, parse_run, write_compare
 
+    labels = section(ctx, "report", config_json, {"top_n": "top_n", "n_hvg": "n_hvg"}) \
+        if config_json or top_n is not None or n_hvg is not None else {}
     table = build_compare([parse_run(r) for r in runs], benchmarks=benchmarks)
-    write_compare(table, out, html, top_n=top_n, n_hvg=n_hvg)
+    write_compare(table, out, html, top_n=labels.get("top_n"), n_hvg=labels.get("n_hvg"))
     typer.echo(f"wrote {out}: {len(table)} rows")
 
 
