@@ -1,7 +1,7 @@
 """Atomic file output: write to a temporary name, rename when complete.
 
 A killed job therefore never leaves a file that looks finished, and a failed one leaves
-nothing behind (DESIGN.md, "Stages and their files").
+nothing behind (docs/architecture.md, "Contracts").
 """
 
 from __future__ import annotations

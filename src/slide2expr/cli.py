@@ -16,7 +16,6 @@ import sys
 
 import typer
 
-from slide2expr import __version__
 from slide2expr.errors import InputError
 
 app = typer.Typer(
@@ -25,6 +24,8 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # plain click help: rich's formatter imports ~1 s of modules (pygments, markdown) per call
+    rich_markup_mode=None,
 )
 
 #: Modules under ``slide2expr.commands`` whose ``register(app)`` adds their subcommands.
@@ -42,6 +43,8 @@ COMMAND_MODULES = (
 
 def _version(value: bool) -> None:
     if value:
+        from slide2expr import __version__
+
         typer.echo(f"slide2expr {__version__}")
         raise typer.Exit()
 
@@ -49,11 +52,13 @@ def _version(value: bool) -> None:
 @app.callback()
 def _root(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Warnings and errors only."),
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
                                  help="Print the version and exit."),
 ) -> None:
+    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
     logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
+        level=level,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )

@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-import click
 import typer
 
 CONFIG_JSON_HELP = ("Config sections as JSON keyed by section (e.g. '{\"tiling\": {...}}'), or "
@@ -28,7 +27,9 @@ def given(ctx: typer.Context, flags: Mapping[str, str]) -> dict[str, Any]:
     on the command line."""
     out: dict[str, Any] = {}
     for param, key in flags.items():
-        if ctx.get_parameter_source(param) == click.core.ParameterSource.COMMANDLINE:
+        # by name: typer 0.2x runs on its own copy of click, whose enum is not click's
+        source = ctx.get_parameter_source(param)
+        if source is not None and source.name == "COMMANDLINE":
             value = ctx.params[param]
             out[key] = list(value) if isinstance(value, tuple) else value
     return out

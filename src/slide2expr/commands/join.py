@@ -52,8 +52,9 @@ def join(
         help=CONFIG_JSON_HELP + " The whole config is recorded in the dataset as provenance."),
 ) -> None:
     """Join expression with features into one AnnData (spot or bulk mode)."""
+    from slide2expr.contracts.dataset import write_dataset
     from slide2expr.inputs.samples import read_sample_sheet
-    from slide2expr.join.run import JoinParams, build_dataset, write_dataset
+    from slide2expr.join.run import JoinParams, build_dataset
     from slide2expr.settings import parse_config_json
 
     run_config = parse_config_json(config_json)

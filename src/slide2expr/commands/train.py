@@ -57,7 +57,8 @@ def train(
     """Cross-validate a head and the baselines; write fold models and out-of-fold predictions."""
     import torch
 
-    from slide2expr.train.run import read_dataset, run_training
+    from slide2expr.contracts.dataset import read_dataset
+    from slide2expr.train.run import run_training
 
     torch.set_num_threads(max(1, threads))
     fold_value = None if folds is None else (folds if folds == "loo" else int(folds))

@@ -1,6 +1,6 @@
 """Read and write the extract stage's file: ``features/{encoder}/{tiling}/{sample}.h5``.
 
-Contract (DESIGN.md): dataset ``features`` ``(N, D)`` float32 or float16, ``coords`` int64
+Contract (docs/architecture.md): dataset ``features`` ``(N, D)`` float32 or float16, ``coords`` int64
 ``(N, 2)`` (level-0 x, y of each tile's top-left corner, as in the tiles file), ``spot_ids``
 ``(N,)`` in spot mode; attrs ``encoder``, ``weights`` (sha256 of the weights file, or
 ``"random-init"``), ``weights_source``, ``embed_dim``, ``input_px`` and ``input_mpp`` (the

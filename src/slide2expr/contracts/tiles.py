@@ -1,6 +1,6 @@
 """Read and write the tile stage's file: ``tiles/{tiling}/{sample}.h5``.
 
-Contract (DESIGN.md): dataset ``coords`` int64 ``(N, 2)``, level-0 pixel ``x, y`` of each
+Contract (docs/architecture.md): dataset ``coords`` int64 ``(N, 2)``, level-0 pixel ``x, y`` of each
 tile's top-left corner; attrs ``slide_mpp``, ``mpp_source``, ``target_mpp``, ``tile_px``,
 ``tile_px_level0``, ``level0_width``, ``level0_height``, ``mode`` (``"grid"`` or
 ``"spots"``), ``sample_id``, ``slide``; spot mode adds dataset ``spot_ids`` ``(N,)`` (UTF-8)

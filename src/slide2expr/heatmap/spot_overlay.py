@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from slide2expr.atomic import atomic_output
-from slide2expr.errors import InputError
+from slide2expr.contracts.predictions import read_predictions
 from slide2expr.heatmap.overlay import OverlayStyle, colormap
 from slide2expr.heatmap.scale import robust_limits
 from slide2expr.keys import Key
@@ -55,21 +55,9 @@ def read_spot_values(path: str | Path, sample_id: str, genes: Sequence[str]) -> 
         If the file is unreadable, lacks ``layers['predicted']``, ``obsm['spatial']`` or
         ``obs['sample_id']``.
     """
-    import anndata as ad
     import scipy.sparse as sp
 
-    path = Path(path)
-    try:
-        adata = ad.read_h5ad(path)
-    except Exception as exc:  # anndata/h5py raise many types
-        raise InputError(path, f"is not a readable predictions file ({exc})",
-                         "pass results/predictions/{head}.h5ad written by `slide2expr train`") from exc
-    for what, ok in (("layers['predicted']", "predicted" in adata.layers),
-                     ("obsm['spatial']", "spatial" in adata.obsm),
-                     ("obs['sample_id']", "sample_id" in adata.obs)):
-        if not ok:
-            raise InputError(path, f"has no {what}",
-                             "pass spot-mode predictions written by `slide2expr train`")
+    adata = read_predictions(path, need=(Key.SPATIAL,))
     rows = np.flatnonzero(adata.obs[Key.SAMPLE_ID].astype(str).to_numpy() == sample_id)
     var = {g: i for i, g in enumerate(map(str, adata.var_names))}
     keep = [g for g in genes if g in var]

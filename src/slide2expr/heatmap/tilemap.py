@@ -1,33 +1,28 @@
-"""Tile-level predicted expression of one slide: ``heatmaps/{head}/{sample}.h5ad``.
+"""Apply a trained head to every tile of a slide: the tile map of predicted expression.
 
-Contract: one row per tile of the features file (grid tiling for heatmaps), in its order;
-``X`` float32 ``(N, G)`` predicted expression in the model's units (log1p CP10k), one column
-per gene the model predicts; ``obsm['spatial']`` float64 tile centres in level-0 px (x, y);
-``obsm['coords']`` int64 top-left corners (as in the tiles file); ``obs`` ``x``, ``y``
-(centres) and ``spot_id`` when the features carry spot IDs; ``uns['slide2expr']['heatmap']``:
-sample, model directory, head, kind, folds used, encoder, units, tiling attrs.
+The file is owned by :mod:`slide2expr.contracts.tilemaps`; its names are re-exported here.
 """
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
-from slide2expr.atomic import atomic_output
-from slide2expr.contracts._h5 import plain_attr, storable_attrs
 from slide2expr.contracts.features import FeatureSet
+from slide2expr.contracts.tilemaps import (
+    UNITS,
+    TileMap,
+    read_tile_map,
+    subset_genes,
+    tile_map_to_anndata,
+    write_tile_map,
+)
 from slide2expr.errors import InputError
-from slide2expr.keys import Key
 
-log = logging.getLogger(__name__)
-
-#: Units of every predicted value (the dataset's X).
-UNITS = "log1p CP10k"
+__all__ = ["UNITS", "TileMap", "TileModel", "predict_tile_map", "read_tile_map", "subset_genes",
+           "tile_map_to_anndata", "write_tile_map"]
 
 
 class TileModel(Protocol):
@@ -37,51 +32,6 @@ class TileModel(Protocol):
 
     def predict_tiles(self, features: np.ndarray) -> np.ndarray:
         """``(N, D)`` features -> ``(N, G)`` expression, columns in :attr:`genes`."""
-
-
-@dataclass
-class TileMap:
-    """Predictions of every tile of one slide.
-
-    Attributes
-    ----------
-    values
-        ``(N, G)`` float32 predicted expression.
-    genes
-        Column names.
-    coords
-        ``(N, 2)`` int64 level-0 top-left corners.
-    tile_size0
-        Tile edge in level-0 px.
-    attrs
-        Tiling and provenance attributes (sample_id, slide_mpp, level0_width, ...).
-    spot_ids
-        Spot IDs when the features are spot patches.
-    """
-
-    values: np.ndarray
-    genes: list[str]
-    coords: np.ndarray
-    tile_size0: float
-    attrs: dict[str, Any]
-    spot_ids: np.ndarray | None = None
-
-    @property
-    def centres(self) -> np.ndarray:
-        """``(N, 2)`` float64 tile centres in level-0 px."""
-        return self.coords.astype(np.float64) + self.tile_size0 / 2.0
-
-    @property
-    def sample_id(self) -> str:
-        return str(self.attrs.get("sample_id", ""))
-
-    def column(self, gene: str) -> np.ndarray:
-        """The values of one gene, ``(N,)``."""
-        try:
-            return self.values[:, self.genes.index(gene)]
-        except ValueError:
-            raise InputError(None, f"gene {gene!r} is not in the tile predictions",
-                             f"pick one of {', '.join(self.genes[:5])} ...") from None
 
 
 def predict_tile_map(features: FeatureSet, model: TileModel, *,
@@ -128,60 +78,3 @@ def predict_tile_map(features: FeatureSet, model: TileModel, *,
                    coords=np.asarray(features.coords, dtype=np.int64).reshape(-1, 2),
                    tile_size0=float(attrs["tile_px_level0"]), attrs=attrs,
                    spot_ids=features.spot_ids)
-
-
-def tile_map_to_anndata(tmap: TileMap) -> Any:
-    """The AnnData of the module contract."""
-    import anndata as ad
-    import pandas as pd
-
-    centres = tmap.centres
-    obs = pd.DataFrame({"x": centres[:, 0], "y": centres[:, 1]},
-                       index=pd.Index([f"tile{i}" for i in range(len(centres))], name="tile"))
-    if tmap.spot_ids is not None:
-        obs[Key.SPOT_ID] = np.asarray(tmap.spot_ids, dtype=str)
-    var = pd.DataFrame(index=pd.Index(tmap.genes, name="gene"))
-    adata = ad.AnnData(X=np.ascontiguousarray(tmap.values, dtype=np.float32), obs=obs, var=var)
-    adata.obsm[Key.SPATIAL] = centres
-    adata.obsm[Key.COORDS] = tmap.coords
-    adata.uns[Key.PROVENANCE] = {"heatmap": storable_attrs(tmap.attrs | {"tile_size0": tmap.tile_size0})}
-    return adata
-
-
-def write_tile_map(path: str | Path, tmap: TileMap) -> None:
-    """Write ``tmap`` to ``path`` (``.h5ad``) atomically."""
-    adata = tile_map_to_anndata(tmap)
-    with atomic_output(path) as tmp:
-        adata.write_h5ad(tmp)
-
-
-def read_tile_map(path: str | Path) -> TileMap:
-    """Read a tile map written by :func:`write_tile_map`.
-
-    Raises
-    ------
-    InputError
-        If the file is not such a tile map.
-    """
-    import anndata as ad
-
-    path = Path(path)
-    try:
-        adata = ad.read_h5ad(path)
-        attrs = dict(adata.uns[Key.PROVENANCE]["heatmap"])
-        coords = np.asarray(adata.obsm[Key.COORDS], dtype=np.int64)
-    except Exception as exc:  # anndata/h5py raise many types
-        raise InputError(path, f"is not a tile-prediction file ({exc})",
-                         "pass heatmaps/{head}/{sample}.h5ad written by `slide2expr heatmap`") from exc
-    attrs = {k: plain_attr(v, arrays_as_lists=True) for k, v in attrs.items()}
-    spot_ids = adata.obs[Key.SPOT_ID].to_numpy(str) if "spot_id" in adata.obs else None
-    return TileMap(values=np.asarray(adata.X, dtype=np.float32), genes=list(map(str, adata.var_names)),
-                   coords=coords, tile_size0=float(attrs["tile_size0"]), attrs=attrs,
-                   spot_ids=spot_ids)
-
-
-def subset_genes(tmap: TileMap, genes: Sequence[str]) -> TileMap:
-    """A copy of ``tmap`` with only ``genes`` (in that order)."""
-    idx = [tmap.genes.index(g) for g in genes]
-    return TileMap(values=tmap.values[:, idx], genes=list(genes), coords=tmap.coords,
-                   tile_size0=tmap.tile_size0, attrs=tmap.attrs, spot_ids=tmap.spot_ids)

@@ -5,7 +5,7 @@ use them. Resolution is given in micrometres per pixel (mpp), never as a pyramid
 reader picks the best level for a requested mpp and resizes from there, so a thumbnail never
 decodes level 0 when a smaller level exists.
 
-The mpp policy (DESIGN.md): the slide's metadata, else the sample sheet's ``mpp`` column,
+The mpp policy (docs/architecture.md): the slide's metadata, else the sample sheet's ``mpp`` column,
 else the config's ``default_slide_mpp`` (with a warning); with none of these,
 :class:`~slide2expr.errors.InputError`. The source used is kept in :attr:`Slide.mpp_source`.
 """
@@ -51,7 +51,7 @@ def resolve_mpp(
     sheet_mpp: float | None = None,
     default_mpp: float | None = None,
 ) -> MppChoice:
-    """Apply the mpp policy of DESIGN.md.
+    """Apply the mpp policy of docs/architecture.md.
 
     Parameters
     ----------

@@ -2,7 +2,7 @@
 
 Every layout becomes a :class:`pandas.DataFrame` with columns ``spot_id`` (str), ``x``,
 ``y`` (float): the spot *centre* in level-0 pixels of the slide, origin top-left
-(DESIGN.md, "Conventions"). Layouts understood:
+(docs/architecture.md, "Conventions"). Layouts understood:
 
 - **her2st / ST selection table** (TSV): columns ``x y ... pixel_x pixel_y [selected]``;
   ``x, y`` are array positions and the spot ID is ``f"{x}x{y}"`` (the counts' row names).

@@ -1,4 +1,4 @@
-"""Join expression with features into ``results/dataset.h5ad`` (DESIGN.md, stage *join*).
+"""Join expression with features into ``results/dataset.h5ad`` (docs/architecture.md).
 
 Spot mode: one row per spot that has counts (and a position, and a patch embedding);
 ``obsm['X_{encoder}']`` holds the embeddings aligned by spot ID, ``obsm['spatial']`` the spot
@@ -31,7 +31,7 @@ from scipy import sparse
 from tqdm.auto import tqdm
 
 from slide2expr import __version__
-from slide2expr.atomic import atomic_output
+from slide2expr.contracts.dataset import uns_storable
 from slide2expr.contracts.features import read_feature_meta, read_features
 from slide2expr.errors import InputError
 from slide2expr.inputs.expression import (
@@ -176,15 +176,6 @@ def build_dataset(
                                           expression=expression, run_config=run_config,
                                           sheet_path=sheet_path, features_dir=features_dir)
     return adata
-
-
-def write_dataset(adata, out: str | Path) -> Path:
-    """Write ``adata`` to ``out`` atomically (nothing is left behind on failure)."""
-    out = Path(out)
-    with atomic_output(out) as tmp:
-        adata.write_h5ad(tmp)
-    log.info("wrote %s: %d units x %d genes", out, adata.n_obs, adata.n_vars)
-    return out
 
 
 # -- spot mode ------------------------------------------------------------------------------
@@ -522,13 +513,4 @@ def _provenance(params, report, feature_attrs, adata, *, expression, run_config,
         "expression": str(expression) if expression else None,
         "features_dir": str(features_dir),
     }
-    return _storable(prov)
-
-
-def _storable(value):
-    """Drop ``None`` (h5ad cannot store it) and make numpy scalars plain, recursively."""
-    if isinstance(value, dict):
-        return {str(k): _storable(v) for k, v in value.items() if v is not None}
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
+    return uns_storable(prov)

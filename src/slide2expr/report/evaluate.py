@@ -17,10 +17,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+import slide2expr.report.stats as st
 from slide2expr import __version__
-from slide2expr.errors import InputError
+from slide2expr.contracts.predictions import read_predictions
 from slide2expr.keys import NOT_HELD_OUT, Key
-from slide2expr.report import stats as st
 
 log = logging.getLogger(__name__)
 
@@ -118,28 +118,7 @@ def _dense(a: Any) -> np.ndarray:
 
 def load_predictions(path: str | Path):
     """Read and check a predictions ``.h5ad``; raise :class:`InputError` when malformed."""
-    import anndata
-
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(path, "predictions file not found",
-                         "run the train stage first, or pass the path of predictions.h5ad")
-    try:
-        adata = anndata.read_h5ad(path)
-    except Exception as exc:  # h5py/anndata raise many kinds
-        raise InputError(path, f"cannot be read as AnnData ({type(exc).__name__}: {exc})",
-                         "pass the predictions .h5ad written by `slide2expr train`") from exc
-    if "predicted" not in adata.layers:
-        raise InputError(path, "has no layers['predicted']",
-                         "pass the predictions file of `slide2expr train`, not the dataset")
-    if "fold" not in adata.obs:
-        raise InputError(path, "has no obs['fold']", "re-run `slide2expr train`")
-    if "sample_id" not in adata.obs:
-        raise InputError(path, "has no obs['sample_id']", "re-run `slide2expr train`")
-    if adata.n_obs == 0 or adata.n_vars == 0:
-        raise InputError(path, f"is empty ({adata.n_obs} units x {adata.n_vars} genes)",
-                         "check the train stage's log")
-    return adata
+    return read_predictions(path)
 
 
 def select_hvg(truth: np.ndarray, n_hvg: int) -> tuple[np.ndarray, str]:

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from slide2expr.report import plots
+import slide2expr.report.plots as plots
 from slide2expr.report.evaluate import ReportData, by_r
 
 #: Gene table columns shown on the page: (genes.tsv column, header, format).

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from slide2expr.atomic import atomic_output
 from slide2expr.contracts.features import read_feature_meta
+from slide2expr.contracts.predictions import write_predictions
 from slide2expr.errors import InputError
 from slide2expr.keys import Key
 
@@ -70,8 +70,7 @@ def predict_files(features: list[Path], *, model_dir: Path, output: Path, level:
         adata.obsm[Key.SPATIAL] = np.concatenate(spatial)
     adata.uns[Key.PROVENANCE] = {"model_dir": str(model_dir), "head": head.head,
                                "level": level, "encoder": str(head.meta.get("encoder"))}
-    with atomic_output(output) as tmp:
-        adata.write_h5ad(tmp)
+    write_predictions(adata, output)
     return adata
 
 

@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 
 from slide2expr.atomic import atomic_output, temporary_sibling
 from slide2expr.contracts.models import write_splits
+from slide2expr.contracts.predictions import uns_value
 from slide2expr.errors import InputError
 from slide2expr.keys import NOT_HELD_OUT, Key
 from slide2expr.train.config import TrainConfig
@@ -49,20 +50,6 @@ from slide2expr.train.features import BagFeatures, SpotFeatures
 log = logging.getLogger(__name__)
 
 BASELINE_LAYERS = {"ridge": "baseline_ridge", "hest": "baseline_hest", "mean": "baseline_mean"}
-
-
-def read_dataset(path: str | Path):
-    """Read ``dataset.h5ad`` (InputError if it is not a readable AnnData file)."""
-    import anndata as ad
-
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(path, "does not exist", "run the join stage first")
-    try:
-        return ad.read_h5ad(path)
-    except Exception as exc:  # h5py/anndata raise many types
-        raise InputError(path, f"is not a readable AnnData file ({exc})",
-                         "re-run the join stage") from exc
 
 
 def dataset_mode(adata: Any) -> str:
@@ -307,7 +294,7 @@ def run_training(adata: Any, *, head: str, config: TrainConfig, models_dir: str 
     Parameters
     ----------
     adata
-        The join stage's dataset (see DESIGN.md).
+        The join stage's dataset (see docs/architecture.md).
     head
         A name in :data:`slide2expr.train.heads.HEADS`; its kind must match the dataset's mode.
     config
@@ -426,27 +413,11 @@ def assemble_predictions(adata: Any, results: list[FoldResult], *, fold: np.ndar
     for key in ("spatial",):
         if key in adata.obsm:
             out.obsm[key] = np.asarray(adata.obsm[key])
-    prov = _plain(provenance)
-    prov["train"] = _plain({
+    prov = uns_value(provenance)
+    prov["train"] = uns_value({
         "head": head, "settings": config.to_dict(),
         "folds": {f"fold{r.fold}": r.info for r in results},
         "held_out_units": int((fold != NOT_HELD_OUT).sum()),
     })
     out.uns[Key.PROVENANCE] = prov
     return out
-
-
-def _plain(value: Any) -> Any:
-    """Make a value storable in ``uns`` (no None, no tuples of mixed types)."""
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items() if v is not None}
-    if isinstance(value, list | tuple):
-        items = [_plain(v) for v in value if v is not None]
-        if all(isinstance(v, str) for v in items):
-            return np.asarray(items, dtype=object) if items else np.zeros(0)
-        if all(isinstance(v, int | float | bool) for v in items):
-            return np.asarray(items, dtype=np.float64)
-        return {str(i): v for i, v in enumerate(items)}
-    if isinstance(value, np.generic):
-        return value.item()
-    return value

@@ -1,6 +1,6 @@
 """Gene identifiers: Ensembl versions, mapping to symbols, duplicate names.
 
-``var_names`` of the dataset are gene symbols (DESIGN.md). Expression files often name
+``var_names`` of the dataset are gene symbols (docs/architecture.md). Expression files often name
 genes by versioned Ensembl IDs (``ENSG00000141510.16``); given a mapping (a file, or a
 column of the expression file), they are renamed to symbols. Several IDs that end up with
 one name (versions, PAR_Y copies, several IDs per symbol) are summed, with a warning.

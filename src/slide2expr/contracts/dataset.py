@@ -1,0 +1,44 @@
+"""The join stage's file: ``dataset.h5ad``, read by train, report and heatmap.
+
+Contract: ``obs`` = training units (spots, or slides in bulk mode) with ``sample_id`` and
+``patient`` (and ``split`` when the sheet has one); ``X`` = log1p(CP10k) float32 (or the
+values as given, see ``join.values``); ``layers['counts']``; ``var_names`` = gene symbols;
+spot mode: ``obsm['spatial']`` (level-0 px x, y of spot centres) and
+``obsm['X_{encoder}']`` (spot patch embeddings); bulk mode: ``obs['features_path']``
+(``;``-joined for a unit of several slides); ``uns['slide2expr']`` = provenance (package
+version, mode, encoder, feature attrs, the run's config). Key names: :class:`slide2expr.keys.Key`.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from slide2expr.contracts._anndata import read_anndata, write_anndata
+
+log = logging.getLogger(__name__)
+
+
+def write_dataset(adata: Any, out: str | Path) -> Path:
+    """Write ``adata`` to ``out`` atomically (nothing is left behind on failure)."""
+    out = write_anndata(adata, out)
+    log.info("wrote %s: %d units x %d genes", out, adata.n_obs, adata.n_vars)
+    return out
+
+
+def read_dataset(path: str | Path) -> Any:
+    """Read ``dataset.h5ad`` (:class:`InputError` if it is not a readable AnnData file)."""
+    return read_anndata(path, what="dataset file", fix="run (or re-run) the join stage")
+
+
+def uns_storable(value: Any) -> Any:
+    """Provenance storable in ``uns``: ``None`` dropped and numpy scalars made plain,
+    recursively through dicts (h5ad cannot store ``None``)."""
+    if isinstance(value, dict):
+        return {str(k): uns_storable(v) for k, v in value.items() if v is not None}
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
