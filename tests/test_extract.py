@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
+from slide2expr.contracts._h5 import FORMAT_ATTR
 from slide2expr.contracts.features import FeatureWriter, partial_path, read_features
 from slide2expr.contracts.tiles import TileSet, write_tiles
 from slide2expr.errors import InputError
@@ -106,7 +107,9 @@ def test_her2st_features_have_the_documented_layout(c2_features, c2_mixed):
     assert a.attrs["encoder"] == "efficientnet_lite0" and a.attrs["embed_dim"] == 1280
     assert a.attrs["weights"] == sha256_file(efficientnet_lite0_weights_file())
     for key, value in tiles.attrs.items():  # every tiling attr is carried over
-        assert a.attrs[key] == value
+        if key != FORMAT_ATTR:  # each contract stamps its own format
+            assert a.attrs[key] == value
+    assert a.attrs[FORMAT_ATTR] == "features/1" and tiles.attrs[FORMAT_ATTR] == "tiles/1"
     assert a.attrs["input_px"] == 224
     assert a.attrs["input_mpp"] == pytest.approx(112.0 / 224, rel=1e-6)
 

@@ -287,7 +287,7 @@ def test_tile_map_round_trips_with_spatial_centres(tmp_path):
     back = read_tile_map(tmp_path / "s1.h5ad")
     np.testing.assert_array_equal(back.values, values)
     assert back.tile_size0 == 100.0 and back.sample_id == "s1"
-    with pytest.raises(InputError, match="not a tile-prediction file"):
+    with pytest.raises(InputError, match="tile map not found"):
         read_tile_map(tmp_path / "missing.h5ad")
 
 

@@ -435,7 +435,7 @@ def test_cli_train_and_predict(tmp_path):
     dataset = tmp_path / "dataset.h5ad"
     adata.write_h5ad(dataset)
     runner = CliRunner()
-    settings = json.dumps({**FAST, "max_epochs": 3})
+    settings = json.dumps({"train": {**FAST, "max_epochs": 3}})
     result = runner.invoke(app, ["train", str(dataset), "--head", "mlp", "--models-dir",
                                  str(tmp_path / "models" / "mlp"), "--predictions",
                                  str(tmp_path / "pred.h5ad"), "--config-json", settings])

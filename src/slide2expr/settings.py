@@ -71,7 +71,7 @@ def validate_section(section: str, values: Mapping[str, Any] | None, *,
         For the first problem, naming the key (``tiling.tile_px``), what is wrong and where
         the keys are documented.
     """
-    data = json.loads(json.dumps(dict(values or {})))
+    data = json.loads(json.dumps(dict(values or {}), default=str))
     errors = sorted(_validator(load_schema(section)).iter_errors(data),
                     key=lambda e: list(e.absolute_path))
     if errors:
@@ -140,13 +140,13 @@ def resolve_section(section: str, config_json: str | None,
     """One section: from ``--config-json``, with command-line ``overrides`` on top (dotted
     keys such as ``tissue.mask_mpp`` reach nested settings), validated, defaults filled."""
     values = parse_config_json(config_json).get(section) or {}
-    values = json.loads(json.dumps(values))
+    values = json.loads(json.dumps(values, default=str))
     for key, value in (overrides or {}).items():
         *parents, leaf = key.split(".")
         node = values
         for part in parents:
             node = node.setdefault(part, {})
-        node[leaf] = value
+        node[leaf] = str(value) if isinstance(value, Path) else value
     return validate_section(section, values)
 
 

@@ -73,31 +73,11 @@ def heatmap(
 ) -> None:
     """Predicted-expression heatmaps of one slide: overlays, QuPath GeoJSON, tile map."""
     from slide2expr.errors import InputError
-    from slide2expr.heatmap import (
-        HeatmapOptions,
-        OverlayStyle,
-        load_or_predict,
-        make_heatmaps,
-        open_matching_slide,
-        read_scale,
-        write_tile_map,
-    )
-    from slide2expr.heatmap.gene_choice import split_gene_args
-    from slide2expr.heatmap.overlay import colormap
-    from slide2expr.heatmap.scale import check_percentiles
-    from slide2expr.settings import parse_config_json
-    from slide2expr.tile.tissue import TissueParams
+    from slide2expr.heatmap import load_or_predict, write_tile_map
 
     if not source.is_file():
         raise InputError(source, "does not exist", "pass a features .h5 or a tile map .h5ad")
-    cfg = section(ctx, "heatmap", config_json, HEATMAP_FLAGS)
-    tissue = section(ctx, "tiling", config_json, TISSUE_FLAGS)["tissue"]
-    clip_percentiles = tuple(cfg["clip_percentiles"])
-    gene_list = split_gene_args(genes) if genes else cfg.get("genes")
-    if default_mpp is None:
-        default_mpp = parse_config_json(config_json).get("default_slide_mpp")
-    check_percentiles(clip_percentiles)
-    colormap(cfg["cmap"])  # fail early on a bad name
+    options = _options(ctx, config_json, genes)
     if not source.suffix.lower() == ".h5ad":
         import torch
 
@@ -110,20 +90,53 @@ def heatmap(
         write_tile_map(out, tmap)
         typer.echo(f"wrote {out}", err=True)
         return
-    slide_path = slide or (Path(str(tmap.attrs["slide"])) if tmap.attrs.get("slide") else None)
-    if slide_path is None:
-        raise InputError(source, "names no slide", "pass --slide")
-    options = HeatmapOptions(
-        genes=gene_list or None, n_genes=cfg["n_genes"], clip_percentiles=clip_percentiles,
+    if default_mpp is None:
+        from slide2expr.settings import parse_config_json
+
+        default_mpp = parse_config_json(config_json).get("default_slide_mpp")
+    _draw(tmap, options, slide=slide, out_dir=out_dir, report=report, scale=scale,
+          predictions=predictions, write_map=predicted, default_mpp=default_mpp,
+          source=model_dir or source)
+
+
+def _options(ctx: typer.Context, config_json: str | None, genes: list[str] | None):
+    """The drawing options from the heatmap and tiling sections and the given flags, checked
+    before any work (a bad colour map or percentile fails at once)."""
+    from slide2expr.heatmap import HeatmapOptions, OverlayStyle
+    from slide2expr.heatmap.gene_choice import split_gene_args
+    from slide2expr.heatmap.overlay import colormap
+    from slide2expr.heatmap.scale import check_percentiles
+    from slide2expr.tile.tissue import TissueParams
+
+    cfg = section(ctx, "heatmap", config_json, HEATMAP_FLAGS)
+    tissue = section(ctx, "tiling", config_json, TISSUE_FLAGS)["tissue"]
+    clip_percentiles = tuple(cfg["clip_percentiles"])
+    check_percentiles(clip_percentiles)
+    colormap(cfg["cmap"])
+    return HeatmapOptions(
+        genes=(split_gene_args(genes) if genes else cfg.get("genes")) or None,
+        n_genes=cfg["n_genes"], clip_percentiles=clip_percentiles,
         style=OverlayStyle(cmap=cfg["cmap"], alpha=cfg["alpha"]),
         thumbnail_px=cfg["thumbnail_px"], tissue=TissueParams(**tissue),
         geojson_all_genes=cfg["geojson_all_genes"],
     )
+
+
+def _draw(tmap, options, *, slide: Path | None, out_dir: Path, report: Path | None,
+          scale: Path | None, predictions: Path | None, write_map: bool,
+          default_mpp: float | None, source: Path) -> None:
+    """Overlays, GeoJSON and (spot mode) the spot comparison of one slide's tile map."""
+    from slide2expr.errors import InputError
+    from slide2expr.heatmap import make_heatmaps, open_matching_slide, read_scale
+
+    slide_path = slide or (Path(str(tmap.attrs["slide"])) if tmap.attrs.get("slide") else None)
+    if slide_path is None:
+        raise InputError(source, "names no slide", "pass --slide")
     with open_matching_slide(slide_path, tmap, default_mpp=default_mpp) as s:
         result = make_heatmaps(
             tmap, s, out_dir, options=options, report=report,
             scale=read_scale(scale) if scale is not None else None, predictions=predictions,
-            write_map=predicted, source=model_dir or source)
+            write_map=write_map, source=source)
     typer.echo(f"{result.sample_id}: {len(result.pngs)} overlays ({', '.join(result.genes)}), "
                f"{result.geojson.name}"
                + (f", {result.comparison.name}" if result.comparison else "")

@@ -25,12 +25,12 @@ FORMAT_ATTR = "slide2expr_format"
 def plain_attr(value: Any, *, arrays_as_lists: bool = False) -> Any:
     """An h5py attribute as a plain Python value: numpy scalars unwrapped, bytes decoded, and
     with ``arrays_as_lists`` arrays turned into lists of plain values (else kept)."""
+    if isinstance(value, bytes):  # before np.generic: numpy.bytes_ is both
+        return value.decode("utf-8", "replace")
     if isinstance(value, np.generic):
         return value.item()
     if arrays_as_lists and isinstance(value, np.ndarray):
         return [plain_attr(v) for v in value.tolist()]
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
     return value
 
 

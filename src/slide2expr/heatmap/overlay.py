@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from slide2expr.atomic import atomic_output
+from slide2expr.errors import InputError
 
 #: Margins around the thumbnail in the PNG, px (times max(1, longest side / 1000)).
 MARGIN = 12
@@ -46,8 +47,6 @@ class OverlayStyle:
 def colormap(name: str):
     """A Matplotlib colour map by name (InputError for an unknown name)."""
     import matplotlib
-
-    from slide2expr.errors import InputError
 
     try:
         return matplotlib.colormaps[name]

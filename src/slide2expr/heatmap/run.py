@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from slide2expr.atomic import atomic_outputs
+from slide2expr.contracts.features import read_features
 from slide2expr.contracts.models import held_out_fold
 from slide2expr.errors import InputError
 from slide2expr.heatmap.gene_choice import gene_filename, select_genes
@@ -33,6 +34,7 @@ from slide2expr.heatmap.geojson import mask_polygons, write_qupath_geojson
 from slide2expr.heatmap.overlay import OverlayStyle, blend_overlay, save_overlay_png
 from slide2expr.heatmap.raster import rasterize_tiles
 from slide2expr.heatmap.scale import check_percentiles, robust_limits
+from slide2expr.heatmap.spot_overlay import draw_spot_comparison, read_spot_values
 from slide2expr.heatmap.tilemap import (
     UNITS,
     TileMap,
@@ -41,7 +43,7 @@ from slide2expr.heatmap.tilemap import (
     write_tile_map,
 )
 from slide2expr.inputs.samples import check_sample_id
-from slide2expr.inputs.slides import Slide
+from slide2expr.inputs.slides import Slide, open_slide
 from slide2expr.tile.tissue import TissueParams, detect_tissue
 
 log = logging.getLogger(__name__)
@@ -123,7 +125,7 @@ def load_or_predict(input_path: str | Path, *, model_dir: str | Path | None,
     if model_dir is None:
         raise InputError(input_path, "is a features file but no model was given",
                          "pass --model-dir results/models/{head}")
-    from slide2expr.contracts.features import read_features
+    # torch only here: drawing an existing tile map needs no model
     from slide2expr.train.trained import load_trained_head
 
     features = read_features(input_path)
@@ -194,8 +196,6 @@ def _resize_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 def open_matching_slide(slide_path: str | Path, tmap: TileMap, *,
                         default_mpp: float | None = None) -> Slide:
     """Open the slide and check it is the one the tiles came from (same level-0 size)."""
-    from slide2expr.inputs.slides import open_slide
-
     mpp = tmap.attrs.get("slide_mpp")
     slide = open_slide(slide_path, sheet_mpp=float(mpp) if mpp else None, default_mpp=default_mpp)
     want = (tmap.attrs.get("level0_width"), tmap.attrs.get("level0_height"))
@@ -293,8 +293,6 @@ def make_heatmaps(tmap: TileMap, slide: Slide, out_dir: str | Path, *,
         limits.to_csv(dir_tmp / LIMITS_TSV, sep="\t", index=False, float_format="%.6g")
 
         if predictions is not None:
-            from slide2expr.heatmap.spot_overlay import draw_spot_comparison, read_spot_values
-
             spots = read_spot_values(predictions, sample, genes)
             if spots is not None:
                 comparison_r = draw_spot_comparison(

@@ -248,6 +248,95 @@ def build_report(adata, *, top_n: int = 50, n_hvg: int = 50, n_boot: int = 1000,
     -------
     ReportData
     """
+    held = _held_out(adata, baseline)
+    log.info("per-gene statistics: %d units x %d genes, %d fold(s), baselines: %s",
+             held.truth.shape[0], held.truth.shape[1], len(np.unique(held.folds)),
+             held.baselines or "none")
+    table, fold_r, base_r = _gene_table(held, alpha=alpha)
+    if "train_mean" in adata.var:
+        train_mean = np.asarray(adata.var["train_mean"], dtype=np.float64)
+        mean_source = "var['train_mean']"
+    else:
+        train_mean = np.nanmean(held.truth, axis=0)
+        mean_source = "mean of the observed values (no var['train_mean'])"
+    table["train_mean"] = train_mean
+    top_mask = _top_mask(train_mean, top_n)
+    hvg_mask, hvg_method = select_hvg(held.truth, n_hvg)
+    table["top_mean"] = top_mask
+    table["hvg"] = hvg_mask
+    for name in held.baselines:
+        table[f"baseline_{name}_r"] = base_r[name]
+    table = table.reset_index()
+    table = table[list(GENE_COLUMNS) + [f"baseline_{n}_r" for n in held.baselines]]
+
+    gene_sets = {"all": np.ones(len(held.names), dtype=bool), "top_mean": top_mask,
+                 "hvg": hvg_mask}
+    clusters, unit = _bootstrap_clusters(held.obs)
+    n_clusters = len(np.unique(clusters))
+    log.info("bootstrap: %d replicates resampling %d %ss", n_boot, n_clusters, unit)
+    cis = st.bootstrap_mean_r(held.truth, held.preds, clusters, gene_sets=gene_sets,
+                              n_boot=n_boot, seed=seed)
+    r_all = {"model": table["pearson_r"].to_numpy(), **base_r}
+
+    def block(name: str) -> dict[str, Any]:
+        return {s: _set_summary(r_all[name], m, cis[name][s]) for s, m in gene_sets.items()}
+
+    provenance = jsonable(dict(adata.uns.get("slide2expr", {})))
+    labels = {k: v.format(top_n=top_n, n_hvg=n_hvg) for k, v in GENE_SET_LABELS.items()}
+    summary: dict[str, Any] = {
+        "input": str(source) if source is not None else None,
+        "n_units": int(held.truth.shape[0]),
+        "n_genes": len(held.names),
+        "n_patients": int(held.obs[Key.PATIENT].nunique()),
+        "n_samples": int(held.obs[Key.SAMPLE_ID].nunique()),
+        "n_folds": len(fold_r.columns),
+        "encoder": _prov(provenance, "encoder"),
+        "head": _prov(provenance, "head"),
+        "mode": _prov(provenance, "mode"),
+        "settings": {"top_n": top_n, "n_hvg": n_hvg, "bootstrap": n_boot, "alpha": alpha,
+                     "seed": seed, "baseline": baseline},
+        "reference_baseline": held.ref,
+        "model": block("model"),
+        "baselines": {name: block(name) for name in held.baselines},
+        "counts": _counts(table, alpha=alpha, has_ref=held.ref is not None),
+        "gene_sets": {
+            "all": {"label": labels["all"], "n_genes": len(held.names)},
+            "top_mean": {"label": labels["top_mean"], "source": mean_source,
+                         "genes": [n for n, m in zip(held.names, top_mask, strict=True) if m]},
+            "hvg": {"label": labels["hvg"], "method": hvg_method,
+                    "genes": [n for n, m in zip(held.names, hvg_mask, strict=True) if m]},
+        },
+        "per_fold": _per_fold(held, fold_r),
+        "bootstrap": {"unit": unit, "n_clusters": n_clusters, "n_boot": n_boot, "seed": seed,
+                      "level": 0.95, "method": "percentile"},
+        "definitions": definitions(alpha=alpha, baseline=held.ref, bootstrap_unit=unit),
+        "provenance": provenance,
+        "report_version": __version__,
+    }
+    if unit != "patient":
+        summary["bootstrap"]["note"] = (
+            f"fewer than {MIN_BOOTSTRAP_CLUSTERS} patients: the intervals resample {unit}s, "
+            "so they do not include patient-to-patient variation")
+    return ReportData(genes=table, summary=summary, truth=held.truth, preds=held.preds,
+                      folds=held.folds, fold_r=fold_r)
+
+
+@dataclass
+class _HeldOut:
+    """The units with out-of-fold predictions: truth, predictions, folds, baselines."""
+
+    obs: pd.DataFrame
+    names: list[str]
+    truth: np.ndarray
+    preds: dict[str, np.ndarray]
+    folds: np.ndarray
+    ref: str | None
+    baselines: list[str]
+
+
+def _held_out(adata, baseline: str) -> _HeldOut:
+    """Dense truth and predictions of the units some fold held out (the others carry no
+    prediction at all), with the reference baseline first among the baselines."""
     obs = adata.obs.copy()
     if "patient" not in obs:
         obs[Key.PATIENT] = obs[Key.SAMPLE_ID]
@@ -257,14 +346,12 @@ def build_report(adata, *, top_n: int = 50, n_hvg: int = 50, n_boot: int = 1000,
     for key in sorted(adata.layers.keys()):
         if key.startswith("baseline_") and key != "baseline_":
             preds[key.removeprefix("baseline_")] = _dense(adata.layers[key])
-    # units that were never held out carry no prediction at all: leave them out
     held = np.isfinite(preds["model"]).any(axis=1) & (obs[Key.FOLD].to_numpy() != NOT_HELD_OUT)
     if not held.all():
         log.info("%d of %d units have no out-of-fold prediction; left out",
                  int((~held).sum()), held.size)
         truth, obs = truth[held], obs.loc[held]
         preds = {k: v[held] for k, v in preds.items()}
-    folds = obs[Key.FOLD].to_numpy()
     ref = baseline if baseline in preds and baseline != "model" else None
     known = ["ridge", "hest", "mean"]
     baselines = sorted((k for k in preds if k != "model"),
@@ -272,13 +359,19 @@ def build_report(adata, *, top_n: int = 50, n_hvg: int = 50, n_boot: int = 1000,
     if ref is None:
         log.warning("no layers['baseline_%s'] in the predictions: the baseline test is skipped",
                     baseline)
+    return _HeldOut(obs=obs, names=names, truth=truth, preds=preds,
+                    folds=obs[Key.FOLD].to_numpy(), ref=ref, baselines=baselines)
 
-    log.info("per-gene statistics: %d units x %d genes, %d fold(s), baselines: %s",
-             truth.shape[0], truth.shape[1], len(np.unique(folds)), baselines or "none")
-    table = st.gene_stats(truth, preds["model"], genes=names)
+
+def _gene_table(held: _HeldOut, *, alpha: float
+                ) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, np.ndarray]]:
+    """Per-gene statistics of the model (r, q, per-fold r, the test against the reference
+    baseline, significance), the per-fold r table and each baseline's r."""
+    truth, model = held.truth, held.preds["model"]
+    table = st.gene_stats(truth, model, genes=held.names)
     table["pearson_q"] = st.bh(table["pearson_p"].to_numpy())
     table["pearson_q_holm"] = st.holm(table["pearson_p"].to_numpy())
-    fold_r = st.per_fold_r(truth, preds["model"], folds)
+    fold_r = st.per_fold_r(truth, model, held.folds)
     fold_vals = fold_r.to_numpy()
     n_folds_def = np.isfinite(fold_vals).sum(axis=1)
     with warnings.catch_warnings():  # all-NaN rows (genes undefined in every fold) give NaN
@@ -287,12 +380,9 @@ def build_report(adata, *, top_n: int = 50, n_hvg: int = 50, n_boot: int = 1000,
         table["r_fold_sd"] = np.where(n_folds_def >= 2, np.nanstd(fold_vals, axis=1, ddof=1),
                                       np.nan)
     table["n_folds"] = n_folds_def
-
-    base_r: dict[str, np.ndarray] = {}
-    for name in baselines:
-        base_r[name] = st.pearson_r(truth, preds[name])[0]
-    if ref is not None:
-        cmp = st.compare_to_baseline(truth, preds["model"], preds[ref])
+    base_r = {name: st.pearson_r(truth, held.preds[name])[0] for name in held.baselines}
+    if held.ref is not None:
+        cmp = st.compare_to_baseline(truth, model, held.preds[held.ref])
         table["baseline_r"] = cmp["baseline_r"].to_numpy()
         table["beats_baseline_z"] = cmp["beats_baseline_z"].to_numpy()
         table["beats_baseline_p"] = cmp["beats_baseline_p"].to_numpy()
@@ -303,99 +393,46 @@ def build_report(adata, *, top_n: int = 50, n_hvg: int = 50, n_boot: int = 1000,
     r = table["pearson_r"].to_numpy()
     positive = (table["pearson_q"].to_numpy() < alpha) & (r > 0)
     beats = table["beats_baseline_q"].to_numpy() < alpha
-    table["significant"] = positive & beats if ref is not None else positive
+    table["significant"] = positive & beats if held.ref is not None else positive
+    return table, fold_r, base_r
 
-    if "train_mean" in adata.var:
-        train_mean = np.asarray(adata.var["train_mean"], dtype=np.float64)
-        mean_source = "var['train_mean']"
-    else:
-        train_mean = np.nanmean(truth, axis=0)
-        mean_source = "mean of the observed values (no var['train_mean'])"
-    table["train_mean"] = train_mean
-    top_mask = _top_mask(train_mean, top_n)
-    hvg_mask, hvg_method = select_hvg(truth, n_hvg)
-    table["top_mean"] = top_mask
-    table["hvg"] = hvg_mask
-    for name in baselines:
-        table[f"baseline_{name}_r"] = base_r[name]
-    table = table.reset_index()
-    table = table[list(GENE_COLUMNS) + [f"baseline_{n}_r" for n in baselines]]
 
-    gene_sets = {"all": np.ones(len(names), dtype=bool), "top_mean": top_mask, "hvg": hvg_mask}
-    clusters, unit = _bootstrap_clusters(obs)
-    n_clusters = len(np.unique(clusters))
-    log.info("bootstrap: %d replicates resampling %d %ss", n_boot, n_clusters, unit)
-    cis = st.bootstrap_mean_r(truth, preds, clusters, gene_sets=gene_sets, n_boot=n_boot,
-                              seed=seed)
-    r_all = {"model": r, **base_r}
+def _counts(table: pd.DataFrame, *, alpha: float, has_ref: bool) -> dict[str, Any]:
+    """How many genes are defined, below the FDR level, beat the baseline, significant."""
+    r = table["pearson_r"].to_numpy()
+    positive = (table["pearson_q"].to_numpy() < alpha) & (r > 0)
+    beats = table["beats_baseline_q"].to_numpy() < alpha
+    return {
+        "n_defined": int(np.isfinite(r).sum()),
+        "n_undefined": int((~np.isfinite(r)).sum()),
+        "n_q_below_alpha": int((table["pearson_q"].to_numpy() < alpha).sum()),
+        "n_q_below_alpha_positive": int(positive.sum()),
+        "n_holm_below_alpha_positive": int(
+            ((table["pearson_q_holm"].to_numpy() < alpha) & (r > 0)).sum()),
+        "n_beats_baseline": int(beats.sum()) if has_ref else None,
+        "n_significant": int(table["significant"].to_numpy(dtype=bool).sum()),
+    }
 
-    def block(name: str) -> dict[str, Any]:
-        return {s: _set_summary(r_all[name], m, cis[name][s]) for s, m in gene_sets.items()}
 
-    per_fold = []
+def _per_fold(held: _HeldOut, fold_r: pd.DataFrame) -> list[dict[str, Any]]:
+    """One summary row a fold: its units, patients, samples, and model and baseline mean r."""
+    fold_vals = fold_r.to_numpy()
+    rows = []
     for j, k in enumerate(fold_r.columns):
-        m = folds == k
+        m = held.folds == k
         row: dict[str, Any] = {
             "fold": jsonable(k), "n_units": int(m.sum()),
-            "n_patients": int(obs.loc[m, "patient"].nunique()),
-            "n_samples": int(obs.loc[m, "sample_id"].nunique()),
+            "n_patients": int(held.obs.loc[m, "patient"].nunique()),
+            "n_samples": int(held.obs.loc[m, "sample_id"].nunique()),
         }
         rk = fold_vals[:, j]
         ok = rk[np.isfinite(rk)]
         row["model_mean_r"] = _num(ok.mean()) if ok.size else None
         row["model_median_r"] = _num(np.median(ok)) if ok.size else None
         row["model_n_defined"] = int(ok.size)
-        for name in baselines:
-            rb = st.per_fold_r(truth[m], preds[name][m], folds[m]).to_numpy()[:, 0]
+        for name in held.baselines:
+            rb = st.per_fold_r(held.truth[m], held.preds[name][m], held.folds[m]).to_numpy()[:, 0]
             okb = rb[np.isfinite(rb)]
             row[f"{name}_mean_r"] = _num(okb.mean()) if okb.size else None
-        per_fold.append(row)
-
-    provenance = jsonable(dict(adata.uns.get("slide2expr", {})))
-    labels = {k: v.format(top_n=top_n, n_hvg=n_hvg) for k, v in GENE_SET_LABELS.items()}
-    sig = table["significant"].to_numpy(dtype=bool)
-    summary: dict[str, Any] = {
-        "input": str(source) if source is not None else None,
-        "n_units": int(truth.shape[0]),
-        "n_genes": len(names),
-        "n_patients": int(obs[Key.PATIENT].nunique()),
-        "n_samples": int(obs[Key.SAMPLE_ID].nunique()),
-        "n_folds": len(fold_r.columns),
-        "encoder": _prov(provenance, "encoder"),
-        "head": _prov(provenance, "head"),
-        "mode": _prov(provenance, "mode"),
-        "settings": {"top_n": top_n, "n_hvg": n_hvg, "bootstrap": n_boot, "alpha": alpha,
-                     "seed": seed, "baseline": baseline},
-        "reference_baseline": ref,
-        "model": block("model"),
-        "baselines": {name: block(name) for name in baselines},
-        "counts": {
-            "n_defined": int(np.isfinite(r).sum()),
-            "n_undefined": int((~np.isfinite(r)).sum()),
-            "n_q_below_alpha": int((table["pearson_q"].to_numpy() < alpha).sum()),
-            "n_q_below_alpha_positive": int(positive.sum()),
-            "n_holm_below_alpha_positive": int(
-                ((table["pearson_q_holm"].to_numpy() < alpha) & (r > 0)).sum()),
-            "n_beats_baseline": int(beats.sum()) if ref is not None else None,
-            "n_significant": int(sig.sum()),
-        },
-        "gene_sets": {
-            "all": {"label": labels["all"], "n_genes": len(names)},
-            "top_mean": {"label": labels["top_mean"], "source": mean_source,
-                         "genes": [n for n, m in zip(names, top_mask, strict=True) if m]},
-            "hvg": {"label": labels["hvg"], "method": hvg_method,
-                    "genes": [n for n, m in zip(names, hvg_mask, strict=True) if m]},
-        },
-        "per_fold": per_fold,
-        "bootstrap": {"unit": unit, "n_clusters": n_clusters, "n_boot": n_boot, "seed": seed,
-                      "level": 0.95, "method": "percentile"},
-        "definitions": definitions(alpha=alpha, baseline=ref, bootstrap_unit=unit),
-        "provenance": provenance,
-        "report_version": __version__,
-    }
-    if unit != "patient":
-        summary["bootstrap"]["note"] = (
-            f"fewer than {MIN_BOOTSTRAP_CLUSTERS} patients: the intervals resample {unit}s, "
-            "so they do not include patient-to-patient variation")
-    return ReportData(genes=table, summary=summary, truth=truth, preds=preds, folds=folds,
-                      fold_r=fold_r)
+        rows.append(row)
+    return rows

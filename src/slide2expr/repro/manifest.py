@@ -33,6 +33,7 @@ from slide2expr.atomic import atomic_output
 from slide2expr.contracts._h5 import plain_attr
 from slide2expr.errors import InputError
 from slide2expr.hashing import sha256_file
+from slide2expr.inputs.samples import FILE_COLUMNS, read_sample_sheet
 
 log = logging.getLogger(__name__)
 
@@ -161,8 +162,6 @@ def input_files(config: dict[str, Any]) -> list[dict[str, str | None]]:
     (bulk matrix, gene map, gene list) and each encoder's weights (``extract.weights`` or the
     published weights found on this machine).
     """
-    from slide2expr.inputs.samples import FILE_COLUMNS, read_sample_sheet
-
     sheet_path = Path(config["samples"])
     sheet = read_sample_sheet(sheet_path, mode=config.get("mode", "spot"), check_files=False,
                               root=config.get("data_root"))
@@ -192,7 +191,7 @@ def input_files(config: dict[str, Any]) -> list[dict[str, str | None]]:
 
 def _published_weights(encoder: str) -> Path | None:
     try:
-        from slide2expr.extract.encoders.registry import get_spec
+        from slide2expr.extract.encoders.registry import get_spec  # torch: only with encoders
 
         return get_spec(encoder).locate_weights(False)
     except Exception as exc:  # an unknown or gated encoder must not stop the manifest

@@ -17,6 +17,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from slide2expr.train.cv import assign_folds
+
 log = logging.getLogger(__name__)
 
 
@@ -68,8 +70,6 @@ def choose_alpha(x: np.ndarray, y: np.ndarray, groups: np.ndarray, alphas: Seque
     the pooled correlation (seen on the demo: alpha 1e6, pooled r 0.2 where 1e3 gives 0.9).
     Returns the alpha and the mean r of every alpha.
     """
-    from slide2expr.train.cv import assign_folds
-
     unique = np.unique(groups)
     if len(unique) >= 2:
         inner = assign_folds(groups, min(max_folds, len(unique)), seed=seed)

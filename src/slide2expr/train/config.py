@@ -99,7 +99,7 @@ class TrainConfig:
 
     def validate(self, source: str | None = None) -> None:
         """Check values a schema cannot (e.g. ``folds``)."""
-        from slide2expr.train.heads import HEADS
+        from slide2expr.train.heads import HEADS  # torch and Lightning: only when validating
 
         def fail(problem: str, fix: str) -> None:
             raise InputError(source, problem, fix)

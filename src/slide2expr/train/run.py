@@ -45,7 +45,11 @@ from slide2expr.train.cv import (
     group_labels,
     inner_split,
 )
+from slide2expr.train.data import FoldDataModule
 from slide2expr.train.features import BagFeatures, SpotFeatures
+from slide2expr.train.gene_selection import column_stats, select_genes
+from slide2expr.train.heads import HEADS, MONITOR, build_head
+from slide2expr.train.trained import save_head
 
 log = logging.getLogger(__name__)
 
@@ -153,8 +157,6 @@ def fit_member(head: str, hparams: dict, data: Any, *, config: TrainConfig, seed
     from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
     from pytorch_lightning.loggers import CSVLogger
 
-    from slide2expr.train.heads import MONITOR, build_head
-
     configure_determinism(seed)
     module = build_head(head, **hparams)
     module.set_standardisation(**data.standardisation())
@@ -209,11 +211,6 @@ def train_fold(*, head: str, config: TrainConfig, source: SpotFeatures | BagFeat
                k: int, fold_dir: Path, provenance: dict, source_path: str | None) -> FoldResult:
     """Gene selection, head training (``config.ensemble`` seeds, averaged) and baselines for
     fold ``k``; writes ``fold_dir`` (member 0 in it, further members in ``member{m}/``)."""
-    from slide2expr.train import baselines
-    from slide2expr.train.data import FoldDataModule
-    from slide2expr.train.gene_selection import select_genes
-    from slide2expr.train.trained import save_head
-
     test_mask = fold == k
     train_mask = ~test_mask
     check_training_units(train_mask, k, source=source_path)
@@ -266,9 +263,23 @@ def train_fold(*, head: str, config: TrainConfig, source: SpotFeatures | BagFeat
         "seconds": round(sum(mem["seconds"] for mem in members), 2),
     }
 
+    out_baselines = fit_baselines(config, source, y, train_idx=train_idx, test_idx=test_idx,
+                                  groups=groups, k=k, info=info)
+    return FoldResult(fold=k, genes=genes, test_idx=test_idx, predicted=predicted,
+                      baselines=out_baselines, info=info,
+                      train_mean=y[train_idx].astype(np.float64).mean(axis=0))
+
+
+def fit_baselines(config: TrainConfig, source: SpotFeatures | BagFeatures, y: np.ndarray, *,
+                  train_idx: np.ndarray, test_idx: np.ndarray, groups: np.ndarray, k: int,
+                  info: dict[str, Any]) -> dict[str, np.ndarray]:
+    """The configured baselines (ridge, HEST, mean) of fold ``k`` on pooled features; the
+    ridge alpha chosen by grouped inner CV is recorded in ``info``."""
+    from slide2expr.train import baselines
+
     pooled_train = source.pooled(train_idx)
     pooled_test = source.pooled(test_idx)
-    out_baselines: dict[str, np.ndarray] = {}
+    out: dict[str, np.ndarray] = {}
     for name in config.baselines:
         if name == "ridge":
             pred, alpha = baselines.ridge_baseline(
@@ -280,11 +291,8 @@ def train_fold(*, head: str, config: TrainConfig, source: SpotFeatures | BagFeat
                                            n_components=config.hest_pca, seed=config.seed)
         else:
             pred = baselines.mean_baseline(y[train_idx], len(test_idx))
-        out_baselines[name] = pred.astype(np.float32)
-
-    return FoldResult(fold=k, genes=genes, test_idx=test_idx, predicted=predicted,
-                      baselines=out_baselines, info=info,
-                      train_mean=y[train_idx].astype(np.float64).mean(axis=0))
+        out[name] = pred.astype(np.float32)
+    return out
 
 
 def run_training(adata: Any, *, head: str, config: TrainConfig, models_dir: str | Path,
@@ -317,21 +325,9 @@ def run_training(adata: Any, *, head: str, config: TrainConfig, models_dir: str 
         Bad dataset or settings: wrong mode for the head, fewer patient groups than folds, a
         fold without training data, constant targets, missing features.
     """
-    from slide2expr.train.heads import HEADS
-
     src = None if dataset_path is None else str(dataset_path)
     dataset_path = None if dataset_path is None else Path(dataset_path)
-    if head not in HEADS:
-        raise InputError(None, f"unknown head {head!r}", f"use one of {sorted(HEADS)}")
-    mode = dataset_mode(adata)
-    if HEADS[head].kind != mode:
-        raise InputError(src, f"head {head!r} is for {HEADS[head].kind} mode but the dataset "
-                         f"is {mode} mode", "use mlp for spot mode, he2rna or abmil for bulk")
-    if "sample_id" not in adata.obs:
-        raise InputError(src, "obs has no 'sample_id' column", "re-run the join stage")
-    if adata.n_obs < 2 or adata.n_vars < 1:
-        raise InputError(src, f"has {adata.n_obs} units and {adata.n_vars} genes",
-                         "join more samples")
+    _check_dataset(adata, head, src)
     provenance = dict(adata.uns.get("slide2expr", {}))
     groups = group_labels(adata.obs, config.group_by, source=src)
     split = adata.obs[Key.SPLIT] if "split" in adata.obs else None
@@ -372,9 +368,22 @@ def run_training(adata: Any, *, head: str, config: TrainConfig, models_dir: str 
     return predictions
 
 
-def _check_targets(x: Any, src: str | None) -> None:
-    from slide2expr.train.gene_selection import column_stats
+def _check_dataset(adata: Any, head: str, src: str | None) -> None:
+    """Refuse an unknown head, a head of the other mode, or a dataset too small to split."""
+    if head not in HEADS:
+        raise InputError(None, f"unknown head {head!r}", f"use one of {sorted(HEADS)}")
+    mode = dataset_mode(adata)
+    if HEADS[head].kind != mode:
+        raise InputError(src, f"head {head!r} is for {HEADS[head].kind} mode but the dataset "
+                         f"is {mode} mode", "use mlp for spot mode, he2rna or abmil for bulk")
+    if "sample_id" not in adata.obs:
+        raise InputError(src, "obs has no 'sample_id' column", "re-run the join stage")
+    if adata.n_obs < 2 or adata.n_vars < 1:
+        raise InputError(src, f"has {adata.n_obs} units and {adata.n_vars} genes",
+                         "join more samples")
 
+
+def _check_targets(x: Any, src: str | None) -> None:
     _, var, _ = column_stats(x)
     if not (var > 0).any():
         raise InputError(src, "all target genes are constant across units",
