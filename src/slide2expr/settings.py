@@ -165,3 +165,16 @@ def check_heads_fit_mode(heads: list[str], mode: str, *, source: str | Path | No
     if wrong:
         raise InputError(source, f"config train.heads {wrong} do not fit mode '{mode}'",
                          "mlp is for spot mode, he2rna and abmil for bulk mode")
+
+
+def put_interpreter_on_path() -> None:
+    """Put the folder of this Python (the venv Snakemake runs in) first on ``PATH``, so rules
+    that call ``slide2expr`` find it when the venv is not activated. Under ``--sdm conda`` a
+    job's environment is activated inside the job, and its folder comes first again."""
+    import os
+    import sys
+
+    folder = str(Path(sys.executable).parent)
+    parts = os.environ.get("PATH", "").split(os.pathsep)
+    if folder not in parts:
+        os.environ["PATH"] = os.pathsep.join([folder, *parts])

@@ -1,15 +1,16 @@
 # Shared by every stage: config validation, the sample sheet, and the list of final targets.
 
+import itertools
 import json
 import os
+import re
 import shlex
-import sys
 from pathlib import Path
 
 from snakemake.utils import validate
 
 from slide2expr.inputs.samples import read_sample_sheet
-from slide2expr.settings import check_heads_fit_mode
+from slide2expr.settings import check_heads_fit_mode, put_interpreter_on_path
 
 # The schemas beside this workflow (workflow/schemas); the CLI validates with the same files.
 SCHEMAS = Path(workflow.basedir) / "schemas"
@@ -29,15 +30,13 @@ for _section in ("tiling", "extract", "join", "train", "report", "heatmap"):
 # the checkout holding this workflow (see workflow/envs/slide2expr.yaml and docs/cluster.md).
 CONDA_ENV = str(Path(workflow.basedir) / "envs" / "slide2expr.yaml")
 os.environ.setdefault("SLIDE2EXPR_SRC", str(REPO))
-# Rules call `slide2expr`; put the interpreter's folder (the venv snakemake runs from) first on
-# PATH so that `.venv/bin/snakemake` works without activating the venv.
-_BIN = str(Path(sys.executable).parent)
-if _BIN not in os.environ.get("PATH", "").split(os.pathsep):
-    os.environ["PATH"] = _BIN + os.pathsep + os.environ.get("PATH", "")
+# Rules call `slide2expr`: the folder of the interpreter Snakemake runs in (the venv) goes first
+# on PATH, so that `.venv/bin/snakemake` works without activating the venv.
+put_interpreter_on_path()
 
 MODE = config["mode"]  # "spot" or "bulk"
 RESULTS = "results"
-# Files the demo_data rule creates do not exist before the first run: check them later.
+# Files made by the demo_data job do not exist before the first run, so they are checked later.
 # Relative paths in the sheet are taken relative to `data_root` when set (else the workdir).
 DATA_ROOT = config.get("data_root")
 # train.genes.list may start with "{data_root}/": a gene list shipped with the data moves with
@@ -53,6 +52,7 @@ if _GENE_LIST and "{data_root}" in _GENE_LIST:
 SAMPLES = read_sample_sheet(
     config["samples"], mode=MODE, check_files=not config.get("demo_data", False), root=DATA_ROOT
 )
+validate(SAMPLES.reset_index(drop=True), str(SCHEMAS / "samples.schema.yaml"), set_default=False)
 SAMPLE_IDS = list(SAMPLES.index)
 # The tiling that holds the training units: spots in spot mode, the tissue grid in bulk mode.
 UNIT_TILING = "spots" if MODE == "spot" else "grid"
@@ -69,14 +69,27 @@ ENC_RESULTS = f"{RESULTS}/{{encoder}}" if SWEEP else RESULTS
 ENC_TAG = "{encoder}/" if SWEEP else ""
 
 
+# Settings every stage reads.
+EXTRACT = config["extract"]
+JOIN = config["join"]
+TRAIN = config["train"]
+REPORT = config["report"]
+HEATMAP = config["heatmap"]
+HEADS = list(TRAIN["heads"])
+# Which heads fit which mode is checked once, by the package (slide2expr.settings).
+check_heads_fit_mode(HEADS, MODE)
+# The encoder whose features are joined: join.encoder, else the first of extract.encoders.
+# In an encoder sweep (several extract.encoders) each encoder is joined: results/{encoder}/.
+JOIN_ENCODER = JOIN.get("encoder") or SWEEP_ENCODERS[0]
+if MODE == "bulk" and not JOIN.get("expression"):
+    raise ValueError(
+        "config: join.expression (the bulk expression matrix) is required in bulk mode"
+    )
+
+
 def expand_encoders(pattern, **wildcards):
     """``expand`` over the sweep's encoders too (duplicates removed, order kept)."""
     return list(dict.fromkeys(expand(pattern, encoder=SWEEP_ENCODERS, **wildcards)))
-
-
-wildcard_constraints:
-    sample=r"[A-Za-z0-9_-][A-Za-z0-9._-]*",
-    tiling=r"grid|spots",
 
 
 def sample_value(sample, column, default=None):
@@ -130,3 +143,112 @@ def get_final_output(manifest=True):
     if manifest:
         targets.append(f"{RESULTS}/manifest.json")
     return list(dict.fromkeys(targets))
+
+
+# -- input functions and parameters, by stage --------------------------------------------------
+
+
+def tile_inputs(wildcards):
+    inputs = {"slide": sample_value(wildcards.sample, "slide")}
+    if MODE == "spot":
+        inputs["spots"] = sample_value(wildcards.sample, "spots")
+        inputs["counts"] = sample_value(wildcards.sample, "counts")
+    return inputs
+
+
+def tile_spot_args(wildcards, input, output):
+    if MODE != "spot":
+        return ""
+    return f"--spots {input.spots} --counts {input.counts} --spots-out {output.spots}"
+
+
+def extract_inputs(wildcards):
+    inputs = {"tiles": f"{RESULTS}/tiles/{wildcards.tiling}/{wildcards.sample}.h5"}
+    weights = (EXTRACT.get("weights") or {}).get(wildcards.encoder)
+    if weights:
+        inputs["weights"] = weights
+    return inputs
+
+
+def extract_weights_arg(wildcards, input):
+    return f"--weights {input.weights}" if "weights" in input.keys() else ""
+
+
+def join_encoder(wildcards):
+    return wildcards.encoder if SWEEP else JOIN_ENCODER
+
+
+def join_inputs(wildcards):
+    inputs = {
+        "samples": config["samples"],
+        "features": expand(
+            f"{RESULTS}/features/{join_encoder(wildcards)}/{UNIT_TILING}/{{sample}}.h5",
+            sample=SAMPLE_IDS,
+        ),
+    }
+    if MODE == "spot":
+        inputs["counts"] = [sample_value(s, "counts") for s in SAMPLE_IDS]
+        inputs["spots"] = [sample_value(s, "spots") for s in SAMPLE_IDS]
+    else:
+        inputs["expression"] = JOIN["expression"]
+    return inputs
+
+
+def compare_summaries():
+    """(encoder, head, summary.json) for every combination, encoders first."""
+    return [
+        (enc, head, f"{ENC_RESULTS}/report/{head}/summary.json".format(encoder=enc))
+        for enc, head in itertools.product(SWEEP_ENCODERS, HEADS)
+    ]
+
+
+def fill_wildcards(pattern, wildcards):
+    """Fill {head}, {sample} and (in an encoder sweep) {encoder} from the job's wildcards."""
+    return pattern.format(**dict(wildcards.items()))
+
+
+def heatmap_model_inputs(wildcards):
+    """The slide's grid features and the trained head (its predictions file is the train
+    stage's last output, so the models folder is complete)."""
+    return {
+        "features": f"{RESULTS}/features/{join_encoder(wildcards)}/grid/{wildcards.sample}.h5",
+        "trained": fill_wildcards(f"{ENC_RESULTS}/predictions/{{head}}.h5ad", wildcards),
+    }
+
+
+def heatmap_report_input(wildcards):
+    """The report's genes.tsv, unless the config lists the genes to draw."""
+    if HEATMAP.get("genes"):
+        return {}
+    return {"report": fill_wildcards(f"{ENC_RESULTS}/report/{{head}}/genes.tsv", wildcards)}
+
+
+def heatmap_draw_inputs(wildcards):
+    """What drawing needs: the slide, the report's genes, the spot predictions (spot mode:
+    measured vs predicted) and the cohort scale."""
+    inputs = {"slide": sample_value(wildcards.sample, "slide"), **heatmap_report_input(wildcards)}
+    if MODE == "spot":
+        inputs["predictions"] = fill_wildcards(f"{ENC_RESULTS}/predictions/{{head}}.h5ad",
+                                               wildcards)
+    if HEATMAP["shared_scale"]:
+        inputs["scale"] = fill_wildcards(f"{ENC_RESULTS}/heatmaps/{{head}}/scale.tsv", wildcards)
+    return inputs
+
+
+def heatmap_draw_args(wildcards, input):
+    return " ".join(f"--{name} {input[name]}" for name in ("report", "predictions", "scale")
+                    if name in input.keys())
+
+
+def heatmap_scale_inputs(wildcards):
+    maps = [fill_wildcards(f"{ENC_RESULTS}/heatmaps/{{head}}/{s}.h5ad", wildcards)
+            for s in SAMPLE_IDS]
+    return {"maps": maps, **heatmap_report_input(wildcards)}
+
+
+# {sample} is one of the sheet's IDs, so "{sample}" (a heatmap's PNG folder) never matches
+# "{sample}.h5ad", "{sample}.geojson" or "scale.tsv" beside it.
+HEATMAP_WILDCARDS = {
+    "sample": "|".join(re.escape(s) for s in SAMPLE_IDS),
+    "head": r"[A-Za-z0-9_-]+",
+}

@@ -4,19 +4,6 @@
 # Tiles are made once and features once per encoder; every head of an encoder reads the same
 # features and dataset (see the sweep paths in common.smk).
 
-import itertools
-
-COMPARE_HEADS = list(config["train"].get("heads", ["mlp"]))
-
-
-def compare_summaries():
-    """(encoder, head, summary.json) for every combination, encoders first."""
-    return [
-        (enc, head, f"{ENC_RESULTS}/report/{head}/summary.json".format(encoder=enc))
-        for enc, head in itertools.product(SWEEP_ENCODERS, COMPARE_HEADS)
-    ]
-
-
 rule compare:
     input:
         [path for _, _, path in compare_summaries()],
@@ -24,6 +11,7 @@ rule compare:
         tsv=f"{RESULTS}/report/compare.tsv",
         html=report(
             f"{RESULTS}/report/compare.html",
+            caption="../report/compare.rst",
             category="Comparison",
             labels={"file": "compare.html"},
         ),

@@ -5,25 +5,6 @@
 #   set-resources: {extract: {gpu: 1, mem_mb: 32000, runtime: 240}}
 #   set-threads: {extract: 8}
 
-EXTRACT = config["extract"]
-
-
-wildcard_constraints:
-    encoder=r"[A-Za-z0-9][A-Za-z0-9._-]*",
-
-
-def extract_inputs(wildcards):
-    inputs = {"tiles": f"{RESULTS}/tiles/{wildcards.tiling}/{wildcards.sample}.h5"}
-    weights = (EXTRACT.get("weights") or {}).get(wildcards.encoder)
-    if weights:
-        inputs["weights"] = weights
-    return inputs
-
-
-def extract_weights_arg(wildcards, input):
-    return f"--weights {input.weights}" if "weights" in input.keys() else ""
-
-
 rule extract:
     input:
         unpack(extract_inputs),

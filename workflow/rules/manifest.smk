@@ -10,7 +10,7 @@ rule manifest:
     output:
         f"{RESULTS}/manifest.json",
     params:
-        results=RESULTS,
+        results=lambda w, output: os.path.dirname(output[0]),
         cfg=config_json("*"),
     log:
         f"{RESULTS}/logs/manifest/manifest.log",

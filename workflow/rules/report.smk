@@ -2,9 +2,6 @@
 # out-of-fold predictions. `snakemake --report report.zip` bundles every head's index.html.
 # Config: the `report` section (workflow/schemas/report.schema.yaml, config/README.md).
 
-REPORT = config["report"]
-
-
 rule report:
     input:
         f"{ENC_RESULTS}/predictions/{{head}}.h5ad",

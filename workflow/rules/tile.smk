@@ -2,26 +2,17 @@
 # Config: the `tiling` section (workflow/schemas/tiling.schema.yaml, config/README.md).
 
 
-def tile_inputs(wildcards):
-    inputs = {"slide": sample_value(wildcards.sample, "slide")}
-    if MODE == "spot":
-        inputs["spots"] = sample_value(wildcards.sample, "spots")
-        inputs["counts"] = sample_value(wildcards.sample, "counts")
-    return inputs
-
-
-def tile_spot_args(wildcards, input, output):
-    if MODE != "spot":
-        return ""
-    return f"--spots {input.spots} --counts {input.counts} --spots-out {output.spots}"
-
-
 rule tile:
     input:
         unpack(tile_inputs),
     output:
         grid=f"{RESULTS}/tiles/grid/{{sample}}.h5",
-        qc=f"{RESULTS}/qc/{{sample}}.png",
+        qc=report(
+            f"{RESULTS}/qc/{{sample}}.png",
+            caption="../report/qc.rst",
+            category="QC",
+            labels={"sample": "{sample}"},
+        ),
         **({"spots": f"{RESULTS}/tiles/spots/{{sample}}.h5"} if MODE == "spot" else {}),
     params:
         spot_args=tile_spot_args,

@@ -7,12 +7,6 @@
 #   set-resources: {train: {gpu: 1, mem_mb: 64000, runtime: 480}}
 # train.accelerator "auto" uses a GPU when the job has one.
 
-TRAIN = config["train"]
-TRAIN_HEADS = list(TRAIN["heads"])
-# Which heads fit which mode is checked once, by the package (train/config.py).
-check_heads_fit_mode(TRAIN_HEADS, MODE)
-
-
 rule train:
     input:
         dataset=f"{ENC_RESULTS}/dataset.h5ad",
@@ -22,7 +16,7 @@ rule train:
         models=directory(f"{ENC_RESULTS}/models/{{head}}"),
         predictions=f"{ENC_RESULTS}/predictions/{{head}}.h5ad",
     wildcard_constraints:
-        head="|".join(TRAIN_HEADS),
+        head="|".join(HEADS),
     params:
         cfg=config_json("train"),
     log:
