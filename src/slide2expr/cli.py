@@ -74,11 +74,25 @@ for _name in COMMAND_MODULES:
     _module.register(app)
 
 
+#: Logging flags every command takes (they belong to the root command; see hoist_log_flags).
+LOG_FLAGS = ("-v", "--verbose", "-q", "--quiet")
+
+
+def hoist_log_flags(args: list[str]) -> list[str]:
+    """Move ``-v/--verbose/-q/--quiet`` given after a subcommand in front of it, so every
+    command takes them (``slide2expr tile -q ...`` as well as ``slide2expr -q tile ...``).
+    Arguments after ``--`` are left alone."""
+    cut = args.index("--") if "--" in args else len(args)
+    head, tail = args[:cut], args[cut:]
+    flags = [a for a in head if a in LOG_FLAGS]
+    return flags + [a for a in head if a not in LOG_FLAGS] + tail
+
+
 def main() -> None:
     """Entry point: run the app, turning :class:`InputError` into a one-line error."""
     try:
         # Without standalone mode click returns a command's exit code instead of exiting.
-        code = app(standalone_mode=False)
+        code = app(args=hoist_log_flags(sys.argv[1:]), standalone_mode=False)
         if isinstance(code, int) and code != 0:
             sys.exit(code)
     except InputError as exc:
