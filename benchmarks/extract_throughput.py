@@ -58,8 +58,8 @@ def make_slide(image: np.ndarray, path: Path, mpp: float) -> None:
 
 def make_tiles(slide_path: Path, out: Path, *, max_tiles: int | None = None) -> int:
     """A full grid of 224 px tiles at 0.5 um/px over the slide (no tissue filter)."""
-    from slide2expr.inputs.slides import open_slide
     from slide2expr.contracts.tiles import TileSet, write_tiles
+    from slide2expr.inputs.slides import open_slide
 
     with open_slide(slide_path) as slide:
         size0 = 224 * 0.5 / slide.mpp
