@@ -220,6 +220,7 @@ class FeatureMeta:
     attrs: dict[str, object]
     spot_ids: np.ndarray | None
     n_coords: int
+    dtype: str = "float32"
 
     @property
     def sample_id(self) -> str:
@@ -266,7 +267,9 @@ def read_feature_meta(path: str | Path) -> FeatureMeta:
         shape = tuple(f["features"].shape)
         spot_ids = f["spot_ids"].asstr()[:] if "spot_ids" in f else None
         n_coords = int(f["coords"].shape[0]) if "coords" in f else shape[0]
-    return FeatureMeta(shape=shape, attrs=attrs, spot_ids=spot_ids, n_coords=n_coords)
+        dtype = str(f["features"].dtype)
+    return FeatureMeta(shape=shape, attrs=attrs, spot_ids=spot_ids, n_coords=n_coords,
+                       dtype=dtype)
 
 
 def features_attrs(path: str | Path) -> dict[str, object]:

@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from slide2expr import __version__
 from slide2expr.atomic import atomic_output
-from slide2expr.contracts._h5 import plain_attr
+from slide2expr.contracts.features import read_feature_meta
 from slide2expr.errors import InputError
 from slide2expr.hashing import sha256_file
 from slide2expr.inputs.samples import FILE_COLUMNS, read_sample_sheet
@@ -154,13 +154,16 @@ def config_encoders(config: dict[str, Any]) -> list[str]:
     return [str(n) for n in names]
 
 
-def input_files(config: dict[str, Any]) -> list[dict[str, str | None]]:
+def input_files(config: dict[str, Any], *, known_weights: dict[str, Any] | None = None
+                ) -> list[dict[str, Any]]:
     """Every input file a config names: ``[{role, sample, path}]``.
 
     Slides, counts and spot tables from the sample sheet (relative paths resolved against
     ``data_root``), the sheet itself, files named by the ``join`` and ``train`` sections
     (bulk matrix, gene map, gene list) and each encoder's weights (``extract.weights`` or the
-    published weights found on this machine).
+    published weights found on this machine). Weights that the features files already
+    identify (``known_weights``: :func:`feature_compute`) are taken from there, with the
+    sha256 the extract stage computed, instead of being located and hashed again.
     """
     sheet_path = Path(config["samples"])
     sheet = read_sample_sheet(sheet_path, mode=config.get("mode", "spot"), check_files=False,
@@ -181,6 +184,11 @@ def input_files(config: dict[str, Any]) -> list[dict[str, str | None]]:
         files.append({"role": "gene_list", "sample": None, "path": str(genes["list"])})
     local = (config.get("extract") or {}).get("weights") or {}
     for name in config_encoders(config):
+        known = ((known_weights or {}).get(name) or {}).get("weights")
+        if known:
+            files.append({"role": "weights", "sample": name, "path": known["source"],
+                          "sha256": known["sha256"], "note": "sha256 from the features files"})
+            continue
         path = local.get(name) if isinstance(local, dict) else None
         if path is None:
             path = _published_weights(name)
@@ -207,7 +215,9 @@ def hash_inputs(files: Iterable[dict[str, str | None]], *, progress: bool = True
     for entry in tqdm(files, desc="hashing inputs", unit="file", disable=not progress):
         path = entry["path"]
         record: dict[str, Any] = dict(entry)
-        if path is not None and Path(path).is_file():
+        if record.get("sha256"):  # already known (weights recorded by the extract stage)
+            record.setdefault("bytes", None)
+        elif path is not None and Path(path).is_file():
             record["bytes"] = Path(path).stat().st_size
             record["sha256"] = sha256_file(path)
         else:
@@ -275,21 +285,27 @@ def _iso(timestamp: float) -> str:
 
 
 def feature_compute(results: str | Path) -> dict[str, Any]:
-    """What the features were computed with: devices and stored dtypes, from the files."""
-    import h5py
-
+    """What the features were computed with, from the files: devices, stored dtypes and the
+    weights (sha256 and source, as the extract stage recorded them) of each encoder."""
     devices: dict[str, set[str]] = {}
     dtypes: dict[str, set[str]] = {}
+    weights: dict[str, dict[str, str]] = {}
     for path in sorted(Path(results, "features").rglob("*.h5")):
+        if path.name.startswith("."):  # a partial file of an interrupted extraction
+            continue
         try:
-            with h5py.File(path, "r") as f:
-                enc = str(plain_attr(f.attrs.get("encoder", path.parts[-3])))
-                devices.setdefault(enc, set()).add(str(plain_attr(f.attrs.get("device", "unknown"))))
-                if "features" in f:
-                    dtypes.setdefault(enc, set()).add(str(f["features"].dtype))
-        except OSError as exc:
-            log.warning("unreadable features file %s: %s", path, exc)
-    return {enc: {"devices": sorted(devices[enc]), "dtypes": sorted(dtypes.get(enc, set()))}
+            meta = read_feature_meta(path)
+        except InputError as exc:
+            log.warning("%s", exc.one_line())
+            continue
+        enc = str(meta.attrs.get("encoder", path.parts[-3]))
+        devices.setdefault(enc, set()).add(str(meta.attrs.get("device", "unknown")))
+        dtypes.setdefault(enc, set()).add(meta.dtype)
+        if meta.attrs.get("weights"):
+            weights.setdefault(enc, {"sha256": str(meta.attrs["weights"]),
+                                     "source": str(meta.attrs.get("weights_source", ""))})
+    return {enc: {"devices": sorted(devices[enc]), "dtypes": sorted(dtypes.get(enc, set())),
+                  **({"weights": weights[enc]} if enc in weights else {})}
             for enc in sorted(devices)}
 
 
@@ -322,13 +338,12 @@ def build_manifest(config: dict[str, Any], *, results: str | Path = "results",
     records = read_benchmarks(results / "benchmarks")
     starts = [dt.datetime.fromisoformat(r["start"]) for r in records]
     start = min(starts) if starts else end
-    gpu_used = any(
-        d.startswith("cuda") for info in feature_compute(results).values() for d in info["devices"]
-    )
+    extract = feature_compute(results)
+    gpu_used = any(d.startswith("cuda") for info in extract.values() for d in info["devices"])
     train = config.get("train") or {}
     compute = {
         "torch": torch_info(),
-        "extract": feature_compute(results),
+        "extract": extract,
         "train": {"accelerator": train.get("accelerator", "auto"), "precision": "32-true"},
         "gpu_used": gpu_used,
         "determinism": DETERMINISM,
@@ -350,7 +365,7 @@ def build_manifest(config: dict[str, Any], *, results: str | Path = "results",
         "compute": compute,
         "config": config,
         "seeds": collect_seeds(config),
-        "inputs": hash_inputs(input_files(config), progress=progress),
+        "inputs": hash_inputs(input_files(config, known_weights=extract), progress=progress),
         "run": {"start_time": start.isoformat(timespec="seconds"),
                 "end_time": end.isoformat(timespec="seconds"),
                 "wall_s": round((end - start).total_seconds(), 1),
