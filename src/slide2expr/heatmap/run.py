@@ -264,61 +264,24 @@ def make_heatmaps(tmap: TileMap, slide: Slide, out_dir: str | Path, *,
         geojson_tmp, dir_tmp = tmps[0], tmps[1]
         dir_tmp.mkdir(parents=True)
         for gene in genes:
-            values = tmap.column(gene)
-            if scale is not None and gene in scale:
-                vmin, vmax = scale[gene]
-                how = "cohort scale"
-            else:
-                vmin, vmax = robust_limits(values, percentiles)
-                how = f"clipped at percentiles {percentiles[0]:g}-{percentiles[1]:g}"
-            image = rasterize_tiles(tmap.coords, tmap.tile_size0, values, downsample=downsample,
-                                    shape=shape)
-            blended = blend_overlay(thumb, image, vmin=vmin, vmax=vmax, tissue=tissue,
-                                    style=options.style)
-            name = f"{gene_filename(gene)}.png"
-            model = tmap.attrs.get("head", "model")
-            use = tmap.attrs.get("model_use", "")
-            save_overlay_png(
-                dir_tmp / name, blended, downsample=downsample, vmin=vmin, vmax=vmax,
-                title=f"{gene} \u2014 {sample}",
-                subtitle=f"predicted by {model}{f' ({use})' if use else ''}; {len(values)} tiles; "
-                         f"{how}",
-                colorbar_label=f"predicted {gene}, {UNITS}", style=options.style,
-                clipped=(bool(values.min() < vmin), bool(values.max() > vmax)), mpp=mpp)
-            pngs[gene] = sample_dir / name
-            rows.append({"gene": gene, "vmin": vmin, "vmax": vmax, "scale": how,
-                         "min": float(values.min()), "max": float(values.max()),
-                         "mean": float(values.mean()), "n_tiles": len(values)})
+            png, row = _draw_gene(tmap, gene, sample=sample, folder=dir_tmp, thumb=thumb,
+                                  downsample=downsample, tissue=tissue, mpp=mpp, scale=scale,
+                                  percentiles=percentiles, style=options.style)
+            pngs[gene] = sample_dir / png
+            rows.append(row)
         limits = pd.DataFrame(rows)
         limits.to_csv(dir_tmp / LIMITS_TSV, sep="\t", index=False, float_format="%.6g")
 
         if predictions is not None:
-            spots = read_spot_values(predictions, sample, genes)
-            if spots is not None:
-                comparison_r = draw_spot_comparison(
-                    dir_tmp / COMPARISON_PNG, spots, thumbnail=thumb, downsample=downsample,
-                    sample_id=sample, percentiles=percentiles, style=options.style,
-                    model=str(tmap.attrs.get("head", "")))
-                comparison = sample_dir / COMPARISON_PNG
-                log.info("%s: measured vs predicted at %d spots, r = %s", sample,
-                         len(spots.centres),
-                         ", ".join(f"{g} {r:.2f}" for g, r in comparison_r.items()))
-            else:
-                log.info("%s: no spots of this slide in %s; no comparison drawn", sample,
-                         predictions)
+            comparison_r = _draw_comparison(predictions, sample, genes, folder=dir_tmp,
+                                            thumb=thumb, downsample=downsample,
+                                            percentiles=percentiles, style=options.style,
+                                            model=str(tmap.attrs.get("head", "")))
+            comparison = sample_dir / COMPARISON_PNG if comparison_r is not None else None
+            comparison_r = comparison_r or {}
 
-        width, height = tmap.attrs.get("level0_width"), tmap.attrs.get("level0_height")
-        bounds = (float(width), float(height)) if width and height else None
-        outline = mask_polygons(coarse, coarse_ds, bounds=bounds) if coarse is not None else []
-        geo_genes = list(tmap.genes) if options.geojson_all_genes else genes
-        geo_values = tmap.values[:, [tmap.genes.index(g) for g in geo_genes]]
-        write_qupath_geojson(
-            geojson_tmp, coords=tmap.coords, size0=tmap.tile_size0, values=geo_values,
-            genes=geo_genes, tissue=outline,
-            names=list(tmap.spot_ids) if tmap.spot_ids is not None else None,
-            metadata={"sample_id": sample, "units": UNITS, "coordinates": "level-0 pixels",
-                      "model": str(tmap.attrs.get("head", "")),
-                      "level0_width": width, "level0_height": height})
+        _write_geojson(geojson_tmp, tmap, genes=genes, coarse=coarse, coarse_ds=coarse_ds,
+                       all_genes=options.geojson_all_genes)
         if write_map:
             write_tile_map(tmps[2], tmap)
         if sample_dir.exists():  # replaced as a whole on exit
@@ -330,3 +293,68 @@ def make_heatmaps(tmap: TileMap, slide: Slide, out_dir: str | Path, *,
                          tile_map=out_dir / f"{sample}.h5ad" if write_map else None,
                          geojson=out_dir / f"{sample}.geojson", pngs=pngs, limits=limits,
                          comparison=comparison, comparison_r=comparison_r, seconds=seconds)
+
+
+def _draw_gene(tmap: TileMap, gene: str, *, sample: str, folder: Path, thumb: np.ndarray,
+               downsample: float, tissue: np.ndarray | None, mpp: float | None,
+               scale: dict[str, tuple[float, float]] | None, percentiles: tuple[float, float],
+               style: OverlayStyle) -> tuple[str, dict]:
+    """One gene's overlay PNG in ``folder``; returns its file name and its limits row."""
+    values = tmap.column(gene)
+    if scale is not None and gene in scale:
+        vmin, vmax = scale[gene]
+        how = "cohort scale"
+    else:
+        vmin, vmax = robust_limits(values, percentiles)
+        how = f"clipped at percentiles {percentiles[0]:g}-{percentiles[1]:g}"
+    image = rasterize_tiles(tmap.coords, tmap.tile_size0, values, downsample=downsample,
+                            shape=thumb.shape[:2])
+    blended = blend_overlay(thumb, image, vmin=vmin, vmax=vmax, tissue=tissue, style=style)
+    name = f"{gene_filename(gene)}.png"
+    model = tmap.attrs.get("head", "model")
+    use = tmap.attrs.get("model_use", "")
+    save_overlay_png(
+        folder / name, blended, downsample=downsample, vmin=vmin, vmax=vmax,
+        title=f"{gene} \u2014 {sample}",
+        subtitle=f"predicted by {model}{f' ({use})' if use else ''}; {len(values)} tiles; "
+                 f"{how}",
+        colorbar_label=f"predicted {gene}, {UNITS}", style=style,
+        clipped=(bool(values.min() < vmin), bool(values.max() > vmax)), mpp=mpp)
+    row = {"gene": gene, "vmin": vmin, "vmax": vmax, "scale": how,
+           "min": float(values.min()), "max": float(values.max()),
+           "mean": float(values.mean()), "n_tiles": len(values)}
+    return name, row
+
+
+def _draw_comparison(predictions: str | Path, sample: str, genes: list[str], *, folder: Path,
+                     thumb: np.ndarray, downsample: float, percentiles: tuple[float, float],
+                     style: OverlayStyle, model: str) -> dict[str, float] | None:
+    """Measured vs predicted at the slide's spots (``COMPARISON_PNG`` in ``folder``) and the r
+    of each gene; None when the predictions have no spots of this slide."""
+    spots = read_spot_values(predictions, sample, genes)
+    if spots is None:
+        log.info("%s: no spots of this slide in %s; no comparison drawn", sample, predictions)
+        return None
+    comparison_r = draw_spot_comparison(
+        folder / COMPARISON_PNG, spots, thumbnail=thumb, downsample=downsample,
+        sample_id=sample, percentiles=percentiles, style=style, model=model)
+    log.info("%s: measured vs predicted at %d spots, r = %s", sample, len(spots.centres),
+             ", ".join(f"{g} {r:.2f}" for g, r in comparison_r.items()))
+    return comparison_r
+
+
+def _write_geojson(path: Path, tmap: TileMap, *, genes: list[str], coarse: np.ndarray | None,
+                   coarse_ds: float, all_genes: bool) -> None:
+    """The QuPath GeoJSON of the slide: tiles with measurements and the tissue outline."""
+    width, height = tmap.attrs.get("level0_width"), tmap.attrs.get("level0_height")
+    bounds = (float(width), float(height)) if width and height else None
+    outline = mask_polygons(coarse, coarse_ds, bounds=bounds) if coarse is not None else []
+    geo_genes = list(tmap.genes) if all_genes else genes
+    geo_values = tmap.values[:, [tmap.genes.index(g) for g in geo_genes]]
+    write_qupath_geojson(
+        path, coords=tmap.coords, size0=tmap.tile_size0, values=geo_values,
+        genes=geo_genes, tissue=outline,
+        names=list(tmap.spot_ids) if tmap.spot_ids is not None else None,
+        metadata={"sample_id": tmap.sample_id, "units": UNITS, "coordinates": "level-0 pixels",
+                  "model": str(tmap.attrs.get("head", "")),
+                  "level0_width": width, "level0_height": height})
