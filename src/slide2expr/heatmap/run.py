@@ -28,7 +28,7 @@ import pandas as pd
 from slide2expr.atomic import atomic_outputs
 from slide2expr.contracts.models import held_out_fold
 from slide2expr.errors import InputError
-from slide2expr.heatmap.gene_choice import gene_filename, select_genes
+from slide2expr.heatmap.gene_choice import gene_filenames, select_genes
 from slide2expr.heatmap.geojson import mask_polygons, write_qupath_geojson
 from slide2expr.heatmap.overlay import OverlayStyle, blend_overlay, save_overlay_png
 from slide2expr.heatmap.raster import rasterize_tiles
@@ -263,6 +263,7 @@ def make_heatmaps(tmap: TileMap, slide: Slide, out_dir: str | Path, *,
     with atomic_outputs(*files) as tmps:
         geojson_tmp, dir_tmp = tmps[0], tmps[1]
         dir_tmp.mkdir(parents=True)
+        file_names = gene_filenames(genes)
         for gene in genes:
             values = tmap.column(gene)
             if scale is not None and gene in scale:
@@ -275,7 +276,7 @@ def make_heatmaps(tmap: TileMap, slide: Slide, out_dir: str | Path, *,
                                     shape=shape)
             blended = blend_overlay(thumb, image, vmin=vmin, vmax=vmax, tissue=tissue,
                                     style=options.style)
-            name = f"{gene_filename(gene)}.png"
+            name = f"{file_names[gene]}.png"
             model = tmap.attrs.get("head", "model")
             use = tmap.attrs.get("model_use", "")
             save_overlay_png(
