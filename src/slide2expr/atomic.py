@@ -103,7 +103,7 @@ def _remove(tmp: Path) -> None:
     if tmp.is_dir() and not tmp.is_symlink():
         shutil.rmtree(tmp, ignore_errors=True)
     else:
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(OSError):  # absent; or on a read-only folder, never written
             tmp.unlink()
 
 
