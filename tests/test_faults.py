@@ -661,6 +661,7 @@ def test_faults_hidden_in_h5py_messages_are_recognised():
     hdf5 = RuntimeError("Can't write data (file write failed: time = x, filename = 'a.h5', "
                         "errno = 28, error message = 'No space left on device')")
     assert fault_errno(hdf5) == errno.ENOSPC
+    assert environment_fault(hdf5).path == "a.h5"
     wrapped = ValueError("while writing X")
     wrapped.__cause__ = hdf5
     assert fault_errno(wrapped) == errno.ENOSPC

@@ -69,6 +69,7 @@ ENVIRONMENT_ERRNOS: dict[int, str] = {
 NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 # HDF5 reports the C errno inside its message ("errno = 28, error message = ...").
 _HDF5_ERRNO = re.compile(r"errno = (\d+)")
+_HDF5_NAME = re.compile(r"\b(?:file)?name = '([^']+)'")
 
 
 def fault_errno(exc: BaseException) -> int | None:
@@ -111,10 +112,16 @@ def environment_fault(exc: BaseException, path: str | PathLike[str] | None = Non
     if code is None:
         return None
     if path is None:
-        path = getattr(exc, "filename", None)
+        path = getattr(exc, "filename", None) or _hdf5_file_name(exc)
     name = errno.errorcode.get(code, str(code))
     problem = f"cannot write: {ENVIRONMENT_ERRNOS[code]} ({name})"
     if fix is None:
         fix = ("free space (or raise the quota) and rerun" if code in NO_SPACE_ERRNOS else
                "make the folder writable, or write the output somewhere else, and rerun")
     return EnvironmentFault(path, problem, fix)
+
+
+def _hdf5_file_name(exc: BaseException) -> str | None:
+    """The file an HDF5 error message names (``name = '...'``), if any."""
+    match = _HDF5_NAME.search(str(exc))
+    return match.group(1) if match else None
