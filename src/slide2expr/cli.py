@@ -21,6 +21,7 @@ SIGTERM, e.g. ``scancel`` ("terminated; ...")          143
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import signal
@@ -100,7 +101,8 @@ def _fail(message: str, code: int) -> None:
 def main() -> None:
     """Entry point: run the app; every failure a user can act on is one line (module doc)."""
     for signum in _SIGNAL_EXIT:
-        signal.signal(signum, _on_signal)
+        with contextlib.suppress(ValueError):  # only the main thread may set handlers
+            signal.signal(signum, _on_signal)
     try:
         # Without standalone mode click returns a command's exit code instead of exiting.
         code = app(standalone_mode=False)
