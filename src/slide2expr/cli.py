@@ -4,19 +4,32 @@ Each stage's command lives in ``slide2expr.commands.<stage>`` and registers itse
 stage modules stay independent. Heavy imports (torch, anndata) happen inside commands, so
 ``slide2expr --help`` is fast.
 
-Bad input raises :class:`~slide2expr.errors.InputError`; it is printed as one line on stderr
-and the process exits with status 2.
+Every failure a user can act on is one line on stderr (:func:`main`):
+
+=====================================================  ======
+failure                                                status
+=====================================================  ======
+bad input (:class:`~slide2expr.errors.InputError`)     2
+usage error (an unknown option, a missing argument)    2
+a full disk, an unwritable or read-only folder         1
+(:class:`~slide2expr.errors.EnvironmentFault`, or an
+``OSError`` ENOSPC/EDQUOT/EFBIG/EACCES/EPERM/EROFS)
+Ctrl-C ("interrupted; rerun to resume")                130
+SIGTERM, e.g. ``scancel`` ("terminated; ...")          143
+=====================================================  ======
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
+import signal
 import sys
 
 import typer
 
-from slide2expr.errors import InputError
+from slide2expr.errors import InputError, environment_fault
 
 app = typer.Typer(
     name="slide2expr",
@@ -56,9 +69,8 @@ def _root(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
                                  help="Print the version and exit."),
 ) -> None:
-    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
     logging.basicConfig(
-        level=level,
+        level=logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
@@ -72,6 +84,22 @@ for _name in COMMAND_MODULES:
             raise
         continue
     _module.register(app)
+
+
+#: The signal that stopped the command, if one did (set by :func:`_on_signal`).
+_stopped_by: list[int] = []
+_SIGNAL_EXIT = {signal.SIGINT: (130, "interrupted"), signal.SIGTERM: (143, "terminated")}
+
+
+def _on_signal(signum: int, frame: object) -> None:
+    """Remember the signal and unwind as Ctrl-C does, so every ``finally`` runs."""
+    _stopped_by.append(signum)
+    raise KeyboardInterrupt
+
+
+def _fail(message: str, code: int) -> None:
+    typer.echo(f"error: {message}", err=True)
+    sys.exit(code)
 
 
 #: Logging flags every command takes (they belong to the root command; see hoist_log_flags).
@@ -89,27 +117,55 @@ def hoist_log_flags(args: list[str]) -> list[str]:
 
 
 def main() -> None:
-    """Entry point: run the app, turning :class:`InputError` into a one-line error."""
+    """Entry point: run the app; every failure a user can act on is one line (module doc)."""
+    for signum in _SIGNAL_EXIT:
+        with contextlib.suppress(ValueError):  # only the main thread may set handlers
+            signal.signal(signum, _on_signal)
     try:
         # Without standalone mode click returns a command's exit code instead of exiting.
         code = app(args=hoist_log_flags(sys.argv[1:]), standalone_mode=False)
-        if isinstance(code, int) and code != 0:
-            sys.exit(code)
-    except InputError as exc:
-        typer.echo(f"error: {exc.one_line()}", err=True)
-        sys.exit(2)
+    except InputError as exc:  # EnvironmentFault included, with its own status
+        _stopped_or_fail(exc.one_line(), exc.exit_code)
     except typer.Exit as exc:
-        sys.exit(exc.exit_code)
-    except typer.Abort:
-        typer.echo("aborted", err=True)
-        sys.exit(130)
-    except Exception as exc:  # click usage errors
-        import click
+        code = exc.exit_code
+    except (typer.Abort, KeyboardInterrupt):
+        _stopped_or_fail("aborted", 130)
+    except typer.TyperException as exc:  # typer's own click: usage errors (exit code 2)
+        _usage_error(exc)
+    except Exception as exc:
+        fault = environment_fault(exc)
+        if fault is None:
+            if _stopped_by:
+                _stopped()
+            raise
+        _stopped_or_fail(fault.one_line(), fault.exit_code)
+    else:
+        if _stopped_by:  # typer turns KeyboardInterrupt into a silent exit code 130
+            _stopped()
+    if isinstance(code, int) and code != 0:
+        sys.exit(code)
 
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        raise
+
+def _stopped() -> None:
+    code, what = _SIGNAL_EXIT.get(_stopped_by[0], (130, "interrupted"))
+    typer.echo(f"{what}; rerun to resume", err=True)
+    sys.exit(code)
+
+
+def _stopped_or_fail(message: str, code: int) -> None:
+    if _stopped_by:
+        _stopped()
+    _fail(message, code)
+
+
+def _usage_error(exc: Exception) -> None:
+    """Show a usage error the way click does (usage line, hint, error) and exit with 2."""
+    show = getattr(exc, "show", None)
+    if callable(show):
+        show()
+    else:
+        typer.echo(f"error: {exc}", err=True)
+    sys.exit(int(getattr(exc, "exit_code", 2) or 2))
 
 
 if __name__ == "__main__":

@@ -1,11 +1,14 @@
 """Errors that a user can act on.
 
 Every error raised for bad input is an :class:`InputError`: it names the file at fault and
-the fix, and the CLI prints it as one line and exits with status 2.
+the fix, and the CLI prints it as one line and exits with status 2. A fault of the machine
+(full disk, unwritable folder) is an :class:`EnvironmentFault`: one line too, status 1.
 """
 
 from __future__ import annotations
 
+import errno
+import re
 from os import PathLike
 
 
@@ -21,6 +24,9 @@ class InputError(Exception):
     fix
         What the user should do about it.
     """
+
+    #: The CLI's exit status for this error.
+    exit_code: int = 2
 
     def __init__(self, path: str | PathLike[str] | None, problem: str, fix: str = "") -> None:
         self.path = None if path is None else str(path)
@@ -38,3 +44,84 @@ class InputError(Exception):
         fix = f" Fix: {self.fix}" if self.fix else ""
         problem = self.problem.rstrip(". ")
         return " ".join(f"{where}{problem}.{fix}".split())
+
+
+class EnvironmentFault(InputError):
+    """The machine, not the input, is at fault: a full disk, an unwritable folder.
+
+    Printed as one line like :class:`InputError`, but the CLI exits with status 1: rerunning
+    the same command succeeds once the fault is fixed.
+    """
+
+    exit_code = 1
+
+
+#: errno values that are the environment's fault, and how to say so.
+ENVIRONMENT_ERRNOS: dict[int, str] = {
+    errno.ENOSPC: "the disk is full",
+    errno.EDQUOT: "the disk quota is exceeded",
+    errno.EFBIG: "the file size limit (ulimit -f) is exceeded",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+    errno.EROFS: "the file system is read-only",
+}
+#: errno values that mean "no space"; the others mean "not writable".
+NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+# HDF5 reports the C errno inside its message ("errno = 28, error message = ...").
+_HDF5_ERRNO = re.compile(r"errno = (\d+)")
+_HDF5_NAME = re.compile(r"\b(?:file)?name = '([^']+)'")
+
+
+def fault_errno(exc: BaseException) -> int | None:
+    """The errno of a disk or permission fault behind ``exc``, or ``None`` if it is not one.
+
+    Looks at ``exc`` and the exceptions it was raised from (``__cause__``/``__context__``):
+    an :class:`OSError` with one of :data:`ENVIRONMENT_ERRNOS`, or an h5py/anndata error
+    whose message carries HDF5's ``errno = N``.
+    """
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in ENVIRONMENT_ERRNOS:
+            return int(e.errno)
+        for match in _HDF5_ERRNO.finditer(str(e)):
+            if int(match.group(1)) in ENVIRONMENT_ERRNOS:
+                return int(match.group(1))
+        todo += [e.__cause__, e.__context__]
+    return None
+
+
+def environment_fault(exc: BaseException, path: str | PathLike[str] | None = None, *,
+                      fix: str | None = None) -> EnvironmentFault | None:
+    """An :class:`EnvironmentFault` for a disk or permission fault behind ``exc``, else ``None``.
+
+    Parameters
+    ----------
+    exc
+        The error raised while reading or writing.
+    path
+        The file being written (default: the error's own file name, if it has one).
+    fix
+        The fix; default: free space, or make the folder writable, and rerun.
+    """
+    code = fault_errno(exc)
+    if code is None:
+        return None
+    if path is None:
+        path = getattr(exc, "filename", None) or _hdf5_file_name(exc)
+    name = errno.errorcode.get(code, str(code))
+    problem = f"cannot write: {ENVIRONMENT_ERRNOS[code]} ({name})"
+    if fix is None:
+        fix = ("free space (or raise the quota) and rerun" if code in NO_SPACE_ERRNOS else
+               "make the folder writable, or write the output somewhere else, and rerun")
+    return EnvironmentFault(path, problem, fix)
+
+
+def _hdf5_file_name(exc: BaseException) -> str | None:
+    """The file an HDF5 error message names (``name = '...'``), if any."""
+    match = _HDF5_NAME.search(str(exc))
+    return match.group(1) if match else None

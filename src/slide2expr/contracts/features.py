@@ -11,6 +11,14 @@ The file is written batch by batch into a hidden partial file beside the output
 renamed to the output name when complete. A run that is killed leaves only the partial
 file, and the next run with the same inputs and encoder resumes from it. The file is stamped
 ``slide2expr_format = "features/1"``.
+
+The ``features`` dataset is allocated in full when the partial file is created, so a disk
+that is too small fails at once, before any tile is embedded, and a disk that fills up
+later (another job) does not stop the rows still to come. Each batch is flushed before
+``n_done`` counts it, so a write that fails all the same (a full disk, a quota) leaves the
+partial file valid up to the last counted row: the run stops at the first failed write with
+one line, "free space and rerun; it resumes". A run that fails before any row is written
+(an unreadable slide) leaves no partial file.
 """
 
 from __future__ import annotations
@@ -27,7 +35,7 @@ import numpy as np
 
 from slide2expr.contracts._h5 import check_format, format_stamp, open_h5, plain_attr, read_attrs
 from slide2expr.contracts.tiles import TileSet
-from slide2expr.errors import InputError
+from slide2expr.errors import NO_SPACE_ERRNOS, InputError, environment_fault, fault_errno
 
 CONTRACT = "features"
 VERSION = "1"
@@ -125,30 +133,49 @@ class FeatureWriter:
 
     # -- context -------------------------------------------------------------------------
     def __enter__(self) -> FeatureWriter:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        if self._resume and self.partial.exists():
-            self._file = self._open_matching_partial()
-        if self._file is None:
-            with contextlib.suppress(FileNotFoundError):
-                self.partial.unlink()
-            self._file = self._create()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if self._resume and self.partial.exists():
+                self._file = self._open_matching_partial()
+            if self._file is None:
+                with contextlib.suppress(FileNotFoundError):
+                    self.partial.unlink()
+                self._file = self._create()
+        except Exception as exc:
+            self._abandon()
+            self._raise_fault(exc)
+            raise
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if exc is None:
+            if self._file is not None:
+                self._file.close()
+                self._file = None
+            return
+        self._abandon()
 
     # -- writing -------------------------------------------------------------------------
     def write(self, start: int, rows: np.ndarray) -> None:
-        """Write ``rows`` at ``start`` (which must equal the rows done so far)."""
+        """Write ``rows`` at ``start`` (which must equal the rows done so far).
+
+        The rows reach the disk before ``n_done`` counts them; a failed write closes the
+        file, keeping it valid up to the rows written before, and raises.
+        """
         if start != self.n_done:
             raise RuntimeError(f"batches out of order: got row {start}, expected {self.n_done}")
-        assert self._file is not None
+        if self._file is None:
+            raise RuntimeError(f"{self.partial} is closed after a failed write")
         stop = start + rows.shape[0]
-        self._file["features"][start:stop] = rows.astype(self.dtype, copy=False)
-        self._file.attrs["n_done"] = stop
-        self._file.flush()
+        try:
+            self._file["features"][start:stop] = rows.astype(self.dtype, copy=False)
+            self._file.flush()
+            self._file.attrs["n_done"] = stop
+            self._file.flush()
+        except Exception as exc:
+            self._abandon()
+            self._raise_fault(exc)
+            raise
         self.n_done = stop
 
     def finish(self) -> Path:
@@ -156,19 +183,65 @@ class FeatureWriter:
         if self.n_done != self.n_tiles:
             raise RuntimeError(f"only {self.n_done} of {self.n_tiles} rows were written")
         assert self._file is not None
-        self._file.attrs["complete"] = True
-        self._file.close()
-        self._file = None
-        os.replace(self.partial, self.path)
+        try:
+            self._file.attrs["complete"] = True
+            self._file.close()
+            self._file = None
+            os.replace(self.partial, self.path)
+        except Exception as exc:
+            self._abandon()
+            self._raise_fault(exc)
+            raise
         return self.path
+
+    # -- failure -------------------------------------------------------------------------
+    def _abandon(self) -> None:
+        """Close the file after an error, silently; remove it if it holds no row."""
+        if self._file is not None:
+            with contextlib.suppress(Exception):
+                self._file.close()
+            self._file = None
+        if self.n_done == 0:
+            with contextlib.suppress(OSError):
+                self.partial.unlink()
+
+    def _raise_fault(self, exc: Exception) -> None:
+        """Raise an EnvironmentFault for a disk or permission fault behind ``exc``."""
+        if fault_errno(exc) not in NO_SPACE_ERRNOS:
+            fix = None  # not writable: environment_fault's own fix
+        elif self.n_done:
+            fix = f"free space and rerun; it resumes after tile {self.n_done} of {self.n_tiles}"
+        else:
+            size = self.n_tiles * int(self.attrs["embed_dim"]) * np.dtype(self.dtype).itemsize
+            fix = f"free space (the file needs about {size / 1e6:.1f} MB) and rerun"
+        fault = environment_fault(exc, self.path, fix=fix)
+        if fault is not None:
+            if self.n_done and self.partial.exists():
+                fault.problem += (f"; the {self.n_done} tiles done are kept in "
+                                  f"{self.partial.name}")
+                fault.args = (fault.one_line(),)
+            raise fault from exc
 
     # -- helpers -------------------------------------------------------------------------
     def _create(self) -> h5py.File:
         f = h5py.File(self.partial, "w")
+        try:
+            self._fill_new(f)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                f.close()
+            raise
+        return f
+
+    def _fill_new(self, f: h5py.File) -> None:
         n, d = self.n_tiles, int(self.attrs["embed_dim"])
         chunk_rows = max(1, min(n, max(1, (1 << 20) // (4 * d))))  # about 1 MB chunks
+        # Allocated (and written) in full now: a too-small disk fails before any work.
+        dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+        dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
         f.create_dataset("features", shape=(n, d), dtype=self.dtype,
-                         chunks=(chunk_rows, d) if n else None)
+                         chunks=(chunk_rows, d) if n else None, dcpl=dcpl,
+                         fill_time="alloc")
         f.create_dataset("coords", data=np.asarray(self._tiles.coords, dtype=np.int64).reshape(-1, 2))
         if self._tiles.spot_ids is not None:
             f.create_dataset("spot_ids", data=np.asarray(self._tiles.spot_ids, dtype=object),
@@ -177,7 +250,6 @@ class FeatureWriter:
             f.attrs[key] = value
         f.attrs["n_done"] = 0
         f.flush()
-        return f
 
     def _open_matching_partial(self) -> h5py.File | None:
         try:

@@ -16,7 +16,12 @@ beyond the measured spots; bulk heads give their per-tile scores), and the resul
 ...     make_heatmaps(tmap, slide, "results/heatmaps/mlp", report="genes.tsv")
 """
 
-from slide2expr.heatmap.gene_choice import gene_filename, select_genes, top_report_genes
+from slide2expr.heatmap.gene_choice import (
+    gene_filename,
+    gene_filenames,
+    select_genes,
+    top_report_genes,
+)
 from slide2expr.heatmap.geojson import mask_polygons, validate_geojson, write_qupath_geojson
 from slide2expr.heatmap.overlay import OverlayStyle, blend_overlay, read_image_box, save_overlay_png
 from slide2expr.heatmap.raster import rasterize_tiles, tile_pixel_boxes
@@ -47,6 +52,7 @@ __all__ = [
     "blend_overlay",
     "cohort_scale",
     "gene_filename",
+    "gene_filenames",
     "load_or_predict",
     "make_heatmaps",
     "mask_polygons",

@@ -29,7 +29,7 @@ from slide2expr.atomic import atomic_outputs
 from slide2expr.contracts.features import read_features
 from slide2expr.contracts.models import held_out_fold
 from slide2expr.errors import InputError
-from slide2expr.heatmap.gene_choice import gene_filename, select_genes
+from slide2expr.heatmap.gene_choice import gene_filenames, select_genes
 from slide2expr.heatmap.geojson import mask_polygons, write_qupath_geojson
 from slide2expr.heatmap.overlay import OverlayStyle, blend_overlay, save_overlay_png
 from slide2expr.heatmap.raster import rasterize_tiles
@@ -263,8 +263,10 @@ def make_heatmaps(tmap: TileMap, slide: Slide, out_dir: str | Path, *,
     with atomic_outputs(*files) as tmps:
         geojson_tmp, dir_tmp = tmps[0], tmps[1]
         dir_tmp.mkdir(parents=True)
+        file_names = gene_filenames(genes)
         for gene in genes:
-            png, row = _draw_gene(tmap, gene, sample=sample, folder=dir_tmp, thumb=thumb,
+            png, row = _draw_gene(tmap, gene, sample=sample, folder=dir_tmp,
+                                  file_name=f"{file_names[gene]}.png", thumb=thumb,
                                   downsample=downsample, tissue=tissue, mpp=mpp, scale=scale,
                                   percentiles=percentiles, style=options.style)
             pngs[gene] = sample_dir / png
@@ -295,11 +297,12 @@ def make_heatmaps(tmap: TileMap, slide: Slide, out_dir: str | Path, *,
                          comparison=comparison, comparison_r=comparison_r, seconds=seconds)
 
 
-def _draw_gene(tmap: TileMap, gene: str, *, sample: str, folder: Path, thumb: np.ndarray,
+def _draw_gene(tmap: TileMap, gene: str, *, sample: str, folder: Path, file_name: str,
+               thumb: np.ndarray,
                downsample: float, tissue: np.ndarray | None, mpp: float | None,
                scale: dict[str, tuple[float, float]] | None, percentiles: tuple[float, float],
                style: OverlayStyle) -> tuple[str, dict]:
-    """One gene's overlay PNG in ``folder``; returns its file name and its limits row."""
+    """One gene's overlay PNG, ``folder/file_name``; returns the name and its limits row."""
     values = tmap.column(gene)
     if scale is not None and gene in scale:
         vmin, vmax = scale[gene]
@@ -310,7 +313,7 @@ def _draw_gene(tmap: TileMap, gene: str, *, sample: str, folder: Path, thumb: np
     image = rasterize_tiles(tmap.coords, tmap.tile_size0, values, downsample=downsample,
                             shape=thumb.shape[:2])
     blended = blend_overlay(thumb, image, vmin=vmin, vmax=vmax, tissue=tissue, style=style)
-    name = f"{gene_filename(gene)}.png"
+    name = file_name
     model = tmap.attrs.get("head", "model")
     use = tmap.attrs.get("model_use", "")
     save_overlay_png(

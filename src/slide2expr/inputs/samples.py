@@ -4,10 +4,16 @@ Columns: ``sample_id`` (letters, digits, ``._-``; it becomes a file name), ``sli
 optional ``patient`` (defaults to ``sample_id``), ``mpp``, ``split`` (``train``/``test``),
 and in spot mode ``counts`` and ``spots``. Relative paths are taken relative to the
 directory the workflow runs in, or to ``root`` (the config's ``data_root``) when given.
+
+Other columns are kept and ignored with a warning, except near-misses of a known column
+(``Patient``, `` patient``, ``Sample ID``): those are refused, as ignoring them would change
+the result silently (a misspelt ``patient`` puts sections of one patient in different folds).
+No cell may hold a control character (a quoted tab or line break).
 """
 
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
 
@@ -15,10 +21,45 @@ import pandas as pd
 
 from slide2expr.errors import InputError
 
+log = logging.getLogger(__name__)
+
 SAMPLE_ID_PATTERN = re.compile(r"^[A-Za-z0-9._-]+$")
 SPLITS = {"train", "test"}
 #: Columns that hold file paths (resolved against ``root`` when relative).
 FILE_COLUMNS = ("slide", "counts", "spots")
+#: Every column the sheet may have.
+KNOWN_COLUMNS = ("sample_id", "slide", "patient", "mpp", "split", "counts", "spots")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f\x85\u2028\u2029]")
+
+
+def _folded(name: str) -> str:
+    """A column name without case, spaces, ``_`` and ``-``: ``' Sample ID'`` -> ``sampleid``."""
+    return re.sub(r"[\s_-]+", "", name).lower()
+
+
+def check_columns(columns: list[str], *, source: str | Path) -> None:
+    """Refuse near-misses of known columns; warn about (and ignore) other unknown ones."""
+    known = {_folded(k): k for k in KNOWN_COLUMNS}
+    unknown = [c for c in columns if c not in KNOWN_COLUMNS]
+    near = [(c, known[_folded(c)]) for c in unknown if _folded(c) in known]
+    if near:
+        shown = ", ".join(f"{c!r} (for {k!r})" for c, k in near)
+        raise InputError(source, f"column name(s) {shown} differ from the known column(s) "
+                         "in case or spaces", "rename them exactly (lower case, no spaces); "
+                         f"known columns: {', '.join(KNOWN_COLUMNS)}")
+    if unknown:
+        log.warning("%s: column(s) %s are not used (known: %s)", source,
+                    ", ".join(repr(c) for c in unknown), ", ".join(KNOWN_COLUMNS))
+
+
+def _check_cells(sheet: pd.DataFrame, source: Path) -> None:
+    for column in sheet.columns:
+        bad = sheet[column].astype(str).str.contains(_CONTROL)
+        if bad.any():
+            row = int(bad.to_numpy().nonzero()[0][0])
+            raise InputError(source, f"column {column!r} holds control characters (a tab or "
+                             f"line break) in {int(bad.sum())} row(s), e.g. row {row + 1}: "
+                             f"{sheet[column].iloc[row]!r}", "remove them")
 
 
 def check_sample_id(sample_id: str, *, source: str | Path | None) -> None:
@@ -65,7 +106,8 @@ def read_sample_sheet(path: str | Path, *, mode: str = "spot", check_files: bool
         raise InputError(path, "the sample sheet does not exist",
                          "create it or set 'samples' in the config to its path")
     sheet = pd.read_csv(path, sep="\t", dtype=str, comment="#", keep_default_na=False)
-    sheet.columns = [c.strip() for c in sheet.columns]
+    check_columns([str(c) for c in sheet.columns], source=path)
+    _check_cells(sheet, path)
     required = ["sample_id", "slide"] + (["counts", "spots"] if mode == "spot" else [])
     missing = [c for c in required if c not in sheet.columns]
     if missing:

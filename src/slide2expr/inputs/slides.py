@@ -28,7 +28,14 @@ from slide2expr.errors import InputError
 
 log = logging.getLogger(__name__)
 
-Image.MAX_IMAGE_PIXELS = None  # whole-slide images are large by design
+#: Pixels a plain image (JPEG, PNG) may have before PIL warns that it could be a
+#: decompression bomb; PIL refuses twice this. PIL's default (89 Mpx) is below a legitimate
+#: slide scanned as a JPEG (a her2st section: 9274 x 9911 = 92 Mpx); 2^31 px is a
+#: 46341 px square, 6.4 GB once decoded to RGB, which is as large as a plain image that is
+#: read whole can sensibly be (larger slides come as pyramidal TIFF/SVS), and the limit
+#: still stops a file that claims more.
+PLAIN_IMAGE_MAX_PIXELS = 2**31
+Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS or 0, PLAIN_IMAGE_MAX_PIXELS)
 
 PLAIN_IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp"}
 TIFF_SUFFIXES = {".tif", ".tiff", ".btf", ".ome.tif", ".ome.tiff"}

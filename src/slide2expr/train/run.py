@@ -32,7 +32,7 @@ import numpy as np
 import scipy.sparse as sp
 from tqdm.auto import tqdm
 
-from slide2expr.atomic import atomic_output, temporary_sibling
+from slide2expr.atomic import atomic_output, remove_stale_temporaries, temporary_sibling
 from slide2expr.contracts.models import write_splits
 from slide2expr.contracts.predictions import uns_value
 from slide2expr.errors import InputError
@@ -341,6 +341,7 @@ def run_training(adata: Any, *, head: str, config: TrainConfig, models_dir: str 
     models_dir = Path(models_dir)
     tmp_dir = temporary_sibling(models_dir)
     shutil.rmtree(tmp_dir, ignore_errors=True)
+    remove_stale_temporaries(models_dir)  # left by a killed run
     results: list[FoldResult] = []
     try:
         for k in tqdm(fold_ids(fold), desc=f"training {head}", unit="fold", disable=None):

@@ -52,21 +52,76 @@ def _json_default(value: object) -> object:
     raise TypeError(f"not JSON serialisable: {type(value)}")
 
 
+#: What to do about a damaged model folder.
+RETRAIN = "retrain the head (`slide2expr train`, or delete results/models and rerun the workflow)"
+
+
 def load_fold_head(fold_dir: str | Path) -> tuple[torch.nn.Module, dict]:
-    """Load one fold's head module (eval mode, CPU) and its metadata."""
-    from safetensors.torch import load_file
+    """Load one fold's head module (eval mode, CPU) and its metadata.
 
+    The weights are loaded strictly: every tensor of the head must be in
+    ``head.safetensors`` with its shape (only the ``metrics.`` buffers, which are not saved,
+    may be absent), so a damaged file never predicts from initial weights.
 
+    Raises
+    ------
+    InputError
+        If ``head.json`` or ``head.safetensors`` is missing, unreadable or incomplete.
+    """
     fold_dir = Path(fold_dir)
-    meta_path = fold_dir / META
-    if not meta_path.is_file() or not (fold_dir / WEIGHTS).is_file():
+    meta_path, weights_path = fold_dir / META, fold_dir / WEIGHTS
+    if not meta_path.is_file() or not weights_path.is_file():
         raise InputError(fold_dir, f"has no {META} and {WEIGHTS}",
                          "pass a model directory written by `slide2expr train`")
-    meta = json.loads(meta_path.read_text())
-    module = build_head(meta["head"], **meta["hparams"])
-    module.load_state_dict(load_file(str(fold_dir / WEIGHTS)), strict=False)
+    meta = _read_meta(meta_path)
+    try:
+        module = build_head(meta["head"], **meta["hparams"])
+    except InputError:
+        raise
+    except (TypeError, ValueError) as exc:
+        raise InputError(meta_path, f"does not describe a head ({exc})", RETRAIN) from exc
+    _load_weights_strictly(module, weights_path)
     module.eval()
     return module, meta
+
+
+def _read_meta(path: Path) -> dict:
+    """``head.json``: a JSON object with ``head``, ``hparams`` and ``genes``."""
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(path, f"is not valid JSON ({exc})", RETRAIN) from exc
+    missing = [k for k in ("head", "hparams", "genes")
+               if not isinstance(meta, dict) or k not in meta]
+    if missing:
+        raise InputError(path, f"lacks {', '.join(missing)}", RETRAIN)
+    if not isinstance(meta["hparams"], dict) or not isinstance(meta["genes"], list):
+        raise InputError(path, "has hparams that are not an object or genes that are not a list",
+                         RETRAIN)
+    return meta
+
+
+def _load_weights_strictly(module: torch.nn.Module, path: Path) -> None:
+    """Load ``path`` into ``module``; every tensor but the metric buffers must be there."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise InputError(path, f"is not a safetensors file ({exc})", RETRAIN) from exc
+    expected = {k: v for k, v in module.state_dict().items() if not k.startswith("metrics.")}
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(state) if expected[k].shape != state[k].shape)
+    if missing or unexpected or wrong:
+        parts = [f"{label} {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}"
+                 for label, keys in (("missing tensor(s)", missing),
+                                     ("unexpected tensor(s)", unexpected),
+                                     ("tensor(s) of the wrong shape", wrong)) if keys]
+        raise InputError(path, f"does not match the {module.__class__.__name__} "
+                         f"described in {META}: {'; '.join(parts)}", RETRAIN)
+    module.load_state_dict(state, strict=False)  # only the metric buffers are left out
 
 
 @dataclass
@@ -190,6 +245,8 @@ def load_trained_head(model_dir: str | Path, *, fold: int | None = None,
                 raise InputError(model_dir, f"has no fold{fold}", "pick an existing fold")
     member_dirs = [m for p in fold_dirs for m in (p, *sorted(p.glob("member*")))
                    if (m / META).is_file()]
+    if not member_dirs:
+        raise InputError(fold_dirs[0], f"has no {META}", RETRAIN)
     loaded = [load_fold_head(p) for p in member_dirs]
     genes = list(loaded[0][1]["genes"])
     for _, meta in loaded[1:]:

@@ -9,6 +9,7 @@ the file, what is wrong, how many cells, and an example.
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +18,7 @@ import pandas as pd
 from scipy import sparse
 
 from slide2expr.errors import InputError
-from slide2expr.inputs.textio import open_text, sniff_separator
+from slide2expr.inputs.textio import sniff_separator
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,8 @@ class ExpressionTable:
         if self.matrix.shape != (len(self.ids), len(self.genes)):
             raise ValueError(f"matrix shape {self.matrix.shape} does not match "
                              f"{len(self.ids)} ids x {len(self.genes)} genes")
+        check_names(self.genes, what="gene name", source=self.source)
+        check_names(self.ids, what="row ID", source=self.source)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -69,6 +72,20 @@ class ExpressionTable:
         if (pos < 0).any():
             raise KeyError(f"unknown ids: {list(pd.Index(ids)[pos < 0][:3])}")
         return ExpressionTable(self.matrix[pos], pd.Index(ids), self.genes, self.source)
+
+
+#: Characters no name may hold: ASCII controls (tab, newline...) and Unicode line breaks,
+#: which would add lines or columns to every TSV the name is written into.
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f\x85\u2028\u2029]")
+
+
+def check_names(names: pd.Index | list[str], *, what: str, source: str | Path | None) -> None:
+    """Raise :class:`InputError` if a name holds a control character (tab, newline...)."""
+    bad = [n for n in names if CONTROL_CHARACTERS.search(str(n))]
+    if bad:
+        raise InputError(source, f"{len(bad)} {what}(s) contain control characters such as "
+                         f"tabs or line breaks (e.g. {str(bad[0])!r})",
+                         f"remove them from the {what}s")
 
 
 def read_delimited(
@@ -214,11 +231,13 @@ def _example(matrix: np.ndarray | sparse.spmatrix, test, ids: pd.Index | None) -
 
 
 def _header(path: Path, sep: str) -> list[str]:
+    """The header's names as pandas parses them (quotes resolved), without its renaming of
+    duplicates (``A``, ``A.1``), surrounding spaces stripped."""
     try:
-        with open_text(path) as fh:
-            line = fh.readline().rstrip("\r\n")
-    except (OSError, UnicodeDecodeError) as exc:
+        first = pd.read_csv(path, sep=sep, header=None, nrows=1, dtype=str,
+                            keep_default_na=False)
+    except pd.errors.EmptyDataError as exc:
+        raise InputError(path, "is empty", "give a table with a header row") from exc
+    except (OSError, ValueError, pd.errors.ParserError, UnicodeDecodeError) as exc:
         raise InputError(path, f"cannot be read ({exc})", "") from exc
-    if not line:
-        raise InputError(path, "is empty", "give a table with a header row")
-    return [c.strip().strip('"') for c in line.split(sep)]
+    return [c.strip() for c in first.iloc[0].tolist()]
