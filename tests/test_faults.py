@@ -47,6 +47,8 @@ from slide2expr.errors import EnvironmentFault
 TILE_PX = 96  # grid tiles of 96 px at 0.5 um/px: about 20 on the toy slide
 N_GENES = 5
 
+REPO = Path(__file__).resolve().parents[1]
+
 
 # -- running the CLI -----------------------------------------------------------------------
 
@@ -439,10 +441,36 @@ def test_tampered_model_is_refused(tamper, culprit, problem, tmp_path, capsys):
 
 # -- row: `train --config` values and misspelt top-level keys ---------------------------------
 
-@pytest.mark.skip(reason="owned by the lead (issue 13): every command takes its config section "
-                  "one way and validates it against workflow/schemas")
-def test_train_config_values_and_misspelt_keys_are_validated():
-    """``lr: "fast"``, ``batch_size: 0``, ``max_epochs: -5``, ``defualt_slide_mpp``."""
+@pytest.mark.parametrize(("setting", "message"), [
+    ("lr: fast", "config train.lr: 'fast' is not of type 'number'"),
+    ("batch_size: 0", "config train.batch_size: 0 is less than the minimum of 1"),
+    ("max_epochs: -5", "config train.max_epochs: -5 is less than the minimum of 1"),
+])
+def test_train_config_values_are_validated(setting, message, tmp_path, capsys):
+    """The CLI validates ``train --config`` against the workflow's schema: one line, exit 2,
+    before the dataset is even read."""
+    config = tmp_path / "bad.yaml"
+    config.write_text(f"train:\n  {setting}\n")
+    models, preds = tmp_path / "models", tmp_path / "pred.h5ad"
+    code, err = run_cli(capsys, "train", str(tmp_path / "dataset.h5ad"), "--models-dir",
+                        str(models), "--predictions", str(preds), "--config", str(config))
+    line = error_line(err)
+    assert code == 2, err
+    assert str(config) in line and message in line and "config/README.md" in line
+    assert not models.exists() and not preds.exists()
+
+
+def test_misspelt_top_level_config_key_stops_the_workflow(tmp_path):
+    """``defualt_slide_mpp`` is refused by the workflow's schema instead of being ignored."""
+    shutil.copytree(REPO / "config", tmp_path / "config")
+    config = tmp_path / "config" / "config.yaml"
+    config.write_text(config.read_text() + "defualt_slide_mpp: 0.5\n")
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "-s",
+                           str(REPO / "workflow" / "Snakefile"), "-d", str(tmp_path), "-n"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    assert "defualt_slide_mpp" in proc.stdout + proc.stderr
+    assert not (tmp_path / "results").exists()
 
 
 # -- row: sample sheet near-misses --------------------------------------------------------------
