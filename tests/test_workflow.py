@@ -39,6 +39,22 @@ def test_dry_run_plans_every_stage(tmp_path: Path) -> None:
     assert int(tile_line.split()[-1]) == n_samples
 
 
+def test_catalog_test_config_plans_every_stage(tmp_path: Path) -> None:
+    """`.test/` (the catalog's small run) plans every stage for its three slides, and
+    `snakemake --lint` finds nothing to say about the workflow."""
+    shutil.copytree(REPO / ".test" / "config", tmp_path / "config")
+    result = snakemake(tmp_path, "-n", "--quiet", "rules")
+    assert result.returncode == 0, result.stderr
+    planned = result.stdout + result.stderr
+    counts = {line.split()[0]: int(line.split()[-1]) for line in planned.splitlines()
+              if len(line.split()) == 2 and line.split()[-1].isdigit()}
+    assert counts["tile"] == 3 and counts["heatmap"] == 3 and counts["extract"] == 6
+    for rule in ("demo_data", "join", "train", "report", "compare", "manifest"):
+        assert counts[rule] == 1
+    lint = snakemake(tmp_path, "--lint")
+    assert lint.returncode == 0 and "good condition" in lint.stdout + lint.stderr
+
+
 @pytest.mark.slow
 def test_demo_tiles_and_qc_for_every_sample(demo_run: Path) -> None:
     samples = pd.read_csv(demo_run / "config" / "samples.tsv", sep="\t")["sample_id"]
