@@ -12,7 +12,10 @@ Outputs (paths chosen by the caller; the workflow uses these):
   mean); ``layers['predicted']`` and ``layers['baseline_ridge' | 'baseline_hest' | 'baseline_mean']``
   out-of-fold, NaN where a unit's fold did not model the gene (or a unit was never held
   out, with a ``split`` column); ``uns['slide2expr']`` = the dataset's provenance plus
-  ``train`` (settings, per-fold genes, ridge alpha, epochs, best validation r).
+  ``train`` (settings, per-fold genes, ridge alpha, epochs, best validation r); the
+  dataset's ``uns['spatial']``, ``uns['log1p']``, ``obs['library_id']`` and
+  ``var['gene_ids']`` are carried over, so ``sc.pl.spatial`` draws the predictions (a
+  layer) on the H&E too.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from tqdm.auto import tqdm
 from slide2expr.atomic import atomic_output, temporary_sibling
 from slide2expr.contracts.models import write_splits
 from slide2expr.errors import InputError
+from slide2expr.join.scverse import copy_scverse_entries
 from slide2expr.keys import NOT_HELD_OUT, Key
 from slide2expr.train.config import TrainConfig
 from slide2expr.train.cv import (
@@ -433,6 +437,7 @@ def assemble_predictions(adata: Any, results: list[FoldResult], *, fold: np.ndar
         "held_out_units": int((fold != NOT_HELD_OUT).sum()),
     })
     out.uns[Key.PROVENANCE] = prov
+    copy_scverse_entries(adata, out)  # uns['spatial'], uns['log1p']: plots work on predictions
     return out
 
 
