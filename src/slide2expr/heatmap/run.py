@@ -29,7 +29,14 @@ from slide2expr.atomic import atomic_outputs
 from slide2expr.contracts.models import held_out_fold
 from slide2expr.errors import InputError
 from slide2expr.heatmap.gene_choice import gene_filename, select_genes
-from slide2expr.heatmap.geojson import mask_polygons, write_qupath_geojson
+from slide2expr.heatmap.geojson import (
+    CLIP_NOTE,
+    SpotDetections,
+    clip_predictions,
+    mask_polygons,
+    measurement_name,
+    write_qupath_geojson,
+)
 from slide2expr.heatmap.overlay import OverlayStyle, blend_overlay, save_overlay_png
 from slide2expr.heatmap.raster import rasterize_tiles
 from slide2expr.heatmap.scale import check_percentiles, robust_limits
@@ -207,6 +214,25 @@ def open_matching_slide(slide_path: str | Path, tmap: TileMap, *,
     return slide
 
 
+def _spot_detections(spots, head: str, sample: str) -> SpotDetections | None:
+    """Spot detections for the GeoJSON: measured and (clipped) predicted values."""
+    if spots is None:
+        return None
+    if not spots.diameter0:
+        log.warning("%s: the spot diameter is not known (no uns['spatial'] scale factors or "
+                    "spot_diameter_um in the predictions); spots left out of the GeoJSON",
+                    sample)
+        return None
+    measurements: dict[str, np.ndarray] = {}
+    for j, gene in enumerate(spots.genes):
+        measurements[measurement_name("measured", gene, UNITS)] = spots.measured[:, j]
+        measurements[measurement_name(head, gene, UNITS)] = clip_predictions(
+            spots.predicted[:, j])
+    names = spots.spot_ids or [f"spot {i}" for i in range(len(spots.centres))]
+    return SpotDetections(centres=spots.centres, diameter0=float(spots.diameter0),
+                          names=names, measurements=measurements)
+
+
 def make_heatmaps(tmap: TileMap, slide: Slide, out_dir: str | Path, *,
                   options: HeatmapOptions | None = None, report: str | Path | None = None,
                   scale: dict[str, tuple[float, float]] | None = None,
@@ -292,10 +318,13 @@ def make_heatmaps(tmap: TileMap, slide: Slide, out_dir: str | Path, *,
         limits = pd.DataFrame(rows)
         limits.to_csv(dir_tmp / LIMITS_TSV, sep="\t", index=False, float_format="%.6g")
 
+        geo_genes = list(tmap.genes) if options.geojson_all_genes else genes
+        spot_values = None
         if predictions is not None:
             from slide2expr.heatmap.spot_overlay import draw_spot_comparison, read_spot_values
 
-            spots = read_spot_values(predictions, sample, genes)
+            spot_values = read_spot_values(predictions, sample, geo_genes)
+            spots = None if spot_values is None else spot_values.subset(genes)
             if spots is not None:
                 comparison_r = draw_spot_comparison(
                     dir_tmp / COMPARISON_PNG, spots, thumbnail=thumb, downsample=downsample,
@@ -312,14 +341,15 @@ def make_heatmaps(tmap: TileMap, slide: Slide, out_dir: str | Path, *,
         width, height = tmap.attrs.get("level0_width"), tmap.attrs.get("level0_height")
         bounds = (float(width), float(height)) if width and height else None
         outline = mask_polygons(coarse, coarse_ds, bounds=bounds) if coarse is not None else []
-        geo_genes = list(tmap.genes) if options.geojson_all_genes else genes
-        geo_values = tmap.values[:, [tmap.genes.index(g) for g in geo_genes]]
+        head = str(tmap.attrs.get("head", "") or "predicted")
+        geo_values = clip_predictions(tmap.values[:, [tmap.genes.index(g) for g in geo_genes]])
         write_qupath_geojson(
             geojson_tmp, coords=tmap.coords, size0=tmap.tile_size0, values=geo_values,
-            genes=geo_genes, tissue=outline,
+            genes=[measurement_name(head, g, UNITS) for g in geo_genes], tissue=outline,
             names=list(tmap.spot_ids) if tmap.spot_ids is not None else None,
+            spots=_spot_detections(spot_values, head, sample),
             metadata={"sample_id": sample, "units": UNITS, "coordinates": "level-0 pixels",
-                      "model": str(tmap.attrs.get("head", "")),
+                      "model": str(tmap.attrs.get("head", "")), "predictions": CLIP_NOTE,
                       "level0_width": width, "level0_height": height})
         if write_map:
             write_tile_map(tmps[2], tmap)
