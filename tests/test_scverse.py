@@ -279,3 +279,68 @@ def test_space_ranger_gene_ids_kept_and_scanpy_reader(test_data: Path, tmp_path)
     assert list(table.genes) == list(ref.var_names)
     assert list(table.gene_ids) == list(ref.var["gene_ids"])
     np.testing.assert_array_equal(table.matrix.toarray(), ref.X.toarray())
+
+
+# -- SpatialData export (optional extra) -------------------------------------------------------
+
+def test_spatialdata_export_round_trip(demo_dataset, tmp_path):
+    """``slide2expr export spatialdata``: spatialdata.read_zarr reads back the image pyramid,
+    the spots as circles in level-0 px, the tiles, and the measured and predicted tables."""
+    sd = pytest.importorskip("spatialdata", reason="the spatialdata extra is not installed")
+    import anndata as ad
+
+    from slide2expr.cli import main
+    from slide2expr.heatmap.tilemap import TileMap, write_tile_map
+
+    adata = ad.read_h5ad(demo_dataset[0])
+    pred = adata.copy()
+    rng = np.random.default_rng(0)
+    pred.layers["predicted"] = (np.asarray(adata.X) + rng.normal(0, 0.1, adata.shape)
+                                ).astype(np.float32)
+    pred.write_h5ad(tmp_path / "mlp.h5ad")
+    coords = np.array([[0, 0], [224, 0], [0, 224]], dtype=np.int64)
+    tmap = TileMap(values=np.arange(6, dtype=np.float32).reshape(3, 2), genes=["A", "B"],
+                   coords=coords, tile_size0=224.0, attrs={"sample_id": "demo1"})
+    write_tile_map(tmp_path / "demo1.h5ad", tmap)
+    import sys
+
+    argv = sys.argv
+    sys.argv = ["slide2expr", "export", "spatialdata", str(tmp_path / "mlp.h5ad"), "-o",
+                str(tmp_path / "run.zarr"), "--tile-map", str(tmp_path / "demo1.h5ad")]
+    try:
+        main()
+    except SystemExit as exc:
+        assert not exc.code
+    finally:
+        sys.argv = argv
+    back = sd.read_zarr(tmp_path / "run.zarr")
+    assert set(back.images) == {"demo1_he", "demo2_he"}
+    assert set(back.shapes) == {"demo1_spots", "demo2_spots", "demo1_tiles"}
+    assert set(back.tables) == {"measured", "predicted", "predicted_tiles"}
+    # the image pyramid: full hires level, then / 2, / 4; in level-0 px through a scale
+    he = back.images["demo1_he"]
+    levels = [he[k].image.shape for k in he]
+    lib = adata.uns["spatial"]["demo1"]
+    assert levels[0] == (3, *lib["images"]["hires"].shape[:2])
+    assert [s[1] for s in levels] == [levels[0][1] // f for f in (1, 2, 4)]
+    from spatialdata.transformations import get_transformation
+
+    t = get_transformation(he["scale0"].image, to_coordinate_system="demo1")
+    corner = t.to_affine_matrix(input_axes=("x", "y"), output_axes=("x", "y")) @ [2000, 0, 1]
+    assert corner[0] == pytest.approx(2000 / lib["scalefactors"]["tissue_hires_scalef"])
+    # spots: circles at obsm['spatial'] with the spot radius; tables annotate them
+    spots = back.shapes["demo1_spots"]
+    one = adata[adata.obs.sample_id == "demo1"]
+    np.testing.assert_allclose(np.c_[spots.geometry.x, spots.geometry.y], one.obsm["spatial"])
+    assert (spots["radius"] == 100.0).all()
+    assert list(spots["spot_id"]) == list(one.obs["spot_id"])
+    measured, predicted = back.tables["measured"], back.tables["predicted"]
+    attrs = measured.uns["spatialdata_attrs"]
+    assert attrs["region_key"] == "region" and set(attrs["region"]) == {"demo1_spots",
+                                                                        "demo2_spots"}
+    rows = (measured.obs["region"] == "demo1_spots").to_numpy()
+    np.testing.assert_array_equal(measured.X[rows], np.asarray(one.X))
+    np.testing.assert_array_equal(predicted.X[rows], pred[one.obs_names].layers["predicted"])
+    tiles = back.shapes["demo1_tiles"]
+    assert tiles.geometry.iloc[1].bounds == (224.0, 0.0, 448.0, 224.0)
+    np.testing.assert_array_equal(back.tables["predicted_tiles"].X, tmap.values)
