@@ -520,6 +520,7 @@ def test_page_links_heatmaps_viewer_qc_and_shows_yaml(in_results) -> None:
     assert "../../viewer/index.html#gene=%3Cscript%3Ealert%281%29%3C%2Fscript%3E" in viewer
     assert XSS not in page and page.count("<script>") == 1
     assert "../../qc/P0_s1.png" in hrefs and "../../qc/P0_s0.png" not in hrefs
+    assert "../../heatmaps/mlp/P0_s0/" in hrefs and "../../heatmaps/mlp/P1_s0/" not in hrefs
     table = page[page.index("id='genes'"):]
     assert "data-heatmaps='../../heatmaps/mlp'" in table
     assert "P0_s0" in table.split("data-samples='")[1].split("'")[0].split()

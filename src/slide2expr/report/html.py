@@ -317,15 +317,17 @@ def gene_table(genes: pd.DataFrame, links: ReportLinks | None = None) -> str:
 
 
 def samples_list(links: ReportLinks) -> str:
-    """One line per sample: its QC image and heatmap folder."""
+    """One line per sample: its QC image and heatmap folder (those that exist)."""
     if not links.samples:
         return ""
     items = []
     for s in links.samples:
-        parts = [f"<a href='{esc(links.heatmaps)}/{esc(s)}/'>heatmaps</a>"]
+        parts = []
         if s in links.qc:
-            parts.insert(0, f"<a href='{esc(links.qc[s])}'>QC</a>")
-        items.append(f"<li>{esc(s)}: {' · '.join(parts)}</li>")
+            parts.append(f"<a href='{esc(links.qc[s])}'>QC</a>")
+        if s in links.folders:
+            parts.append(f"<a href='{esc(links.heatmaps)}/{esc(s)}/'>heatmaps</a>")
+        items.append(f"<li>{esc(s)}{': ' if parts else ''}{' · '.join(parts)}</li>")
     return f"<h2>Samples</h2><ul id='samples'>{''.join(items)}</ul>"
 
 

@@ -40,6 +40,8 @@ class ReportLinks:
         ``{gene: [sample, ...]}`` whose heatmap PNG existed when the page was written.
     qc
         ``{sample: URL}`` of QC images that exist.
+    folders
+        Samples whose heatmap folder existed when the page was written.
     viewer
         URL of the viewer page (``#gene=G`` is added per gene); empty for none.
     """
@@ -49,6 +51,7 @@ class ReportLinks:
     present: dict[str, list[str]] = field(default_factory=dict)
     qc: dict[str, str] = field(default_factory=dict)
     viewer: str = VIEWER
+    folders: list[str] = field(default_factory=list)
 
     def heatmap_href(self, sample: str, gene: str) -> str:
         """URL of one heatmap PNG."""
@@ -97,5 +100,6 @@ def find_links(out_dir: str | Path, *, head: str, samples: Sequence[str],
             qc = {s: _relative(qc_dir / f"{s}.png", out) for s in ids
                   if (qc_dir / f"{s}.png").is_file()}
             break
+    folders = [s for s in ids if (heat_dir / s).is_dir()]
     return ReportLinks(samples=ids, heatmaps=_relative(heat_dir, out), present=present, qc=qc,
-                       viewer=viewer)
+                       viewer=viewer, folders=folders)
