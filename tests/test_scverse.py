@@ -168,6 +168,9 @@ def test_her2st_uns_spatial_log1p_and_library_key(her2st_dataset, her2st):
     check_spatial_entry(adata, "C2", width=width, height=height)
     assert adata.uns["spatial"]["C2"]["scalefactors"]["spot_diameter_fullres"] == 145.0
     assert adata.uns["log1p"] == {"base": None}
+    with h5py.File(her2st_dataset) as f:  # the images, most of the bytes, are compressed
+        assert f["uns/spatial/C2/images/hires"].compression == "gzip"
+        assert f["X"].compression is None  # the rest as anndata writes it
     assert isinstance(adata.obs["library_id"].dtype, pd.CategoricalDtype)
     assert (adata.obs["library_id"].astype(str) == adata.obs["sample_id"]).all()
     # the spots sit on the tissue of the hires image: darker there than the image's border

@@ -50,7 +50,7 @@ from slide2expr.inputs.expression import (
     read_spot_counts,
 )
 from slide2expr.inputs.spots import match_spots_to_counts, read_scalefactors, read_spot_positions
-from slide2expr.join.scverse import add_log1p, add_spatial_metadata
+from slide2expr.join.scverse import add_log1p, add_spatial_metadata, write_h5ad
 from slide2expr.keys import Key
 
 log = logging.getLogger(__name__)
@@ -195,7 +195,7 @@ def write_dataset(adata, out: str | Path) -> Path:
     """Write ``adata`` to ``out`` atomically (nothing is left behind on failure)."""
     out = Path(out)
     with atomic_output(out) as tmp:
-        adata.write_h5ad(tmp)
+        write_h5ad(adata, tmp)  # uns['spatial'] images compressed
     log.info("wrote %s: %d units x %d genes", out, adata.n_obs, adata.n_vars)
     return out
 

@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 from slide2expr.atomic import atomic_output, temporary_sibling
 from slide2expr.contracts.models import write_splits
 from slide2expr.errors import InputError
-from slide2expr.join.scverse import copy_scverse_entries
+from slide2expr.join.scverse import copy_scverse_entries, write_h5ad
 from slide2expr.keys import NOT_HELD_OUT, Key
 from slide2expr.train.config import TrainConfig
 from slide2expr.train.cv import (
@@ -379,7 +379,7 @@ def run_training(adata: Any, *, head: str, config: TrainConfig, models_dir: str 
         predictions = assemble_predictions(adata, results, fold=fold, config=config,
                                            head=head, provenance=provenance)
         with atomic_output(predictions_path) as tmp:
-            predictions.write_h5ad(tmp)
+            write_h5ad(predictions, tmp)  # uns['spatial'] images compressed
             if models_dir.exists():
                 shutil.rmtree(models_dir)
             os.replace(tmp_dir, models_dir)
