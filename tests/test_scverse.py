@@ -347,3 +347,31 @@ def test_spatialdata_export_round_trip(demo_dataset, tmp_path):
     tiles = back.shapes["demo1_tiles"]
     assert tiles.geometry.iloc[1].bounds == (224.0, 0.0, 448.0, 224.0)
     np.testing.assert_array_equal(back.tables["predicted_tiles"].X, tmap.values)
+
+
+def test_spatialdata_export_of_old_predictions_is_one_line_and_writes_nothing(tmp_path, capsys):
+    pytest.importorskip("spatialdata", reason="the spatialdata extra is not installed")
+    import sys
+
+    import anndata as ad
+
+    from slide2expr.cli import main
+
+    old = ad.AnnData(X=np.ones((3, 2), np.float32),
+                     obs=pd.DataFrame({"sample_id": ["a"] * 3}, index=["u0", "u1", "u2"]))
+    old.layers["predicted"] = old.X.copy()
+    old.obsm["spatial"] = np.zeros((3, 2))
+    old.write_h5ad(tmp_path / "old.h5ad")
+    argv = sys.argv
+    sys.argv = ["slide2expr", "export", "spatialdata", str(tmp_path / "old.h5ad"), "-o",
+                str(tmp_path / "out.zarr")]
+    try:
+        with pytest.raises(SystemExit) as exc:
+            main()
+    finally:
+        sys.argv = argv
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith(f"error: {tmp_path / 'old.h5ad'}: the predictions have no "
+                              "uns['spatial']")
+    assert list(tmp_path.iterdir()) == [tmp_path / "old.h5ad"]
