@@ -23,7 +23,7 @@ if [ "$want" != "$have" ]; then
     echo "[setup] installing dependencies (torch, openslide, snakemake, lightning, ...)"
     "$VENV/bin/python" -m pip install -q --upgrade pip
     "$VENV/bin/python" -m pip install -q "torch==2.14.1" "torchvision==0.29.1"
-    "$VENV/bin/python" -m pip install -q -e ".[dev,slurm]"
+    "$VENV/bin/python" -m pip install -q -e ".[dev,slurm,spatialdata]"
     echo "$want" > "$stamp_file"
 else
     "$VENV/bin/python" -m pip install -q --no-deps -e .

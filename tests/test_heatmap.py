@@ -27,13 +27,64 @@ from slide2expr.heatmap import (
     read_tile_map,
     select_genes,
     tile_pixel_boxes,
-    validate_geojson,
     write_tile_map,
 )
 from slide2expr.heatmap.overlay import colormap
 from slide2expr.inputs.slides import Slide
 
 REPO = Path(__file__).resolve().parents[1]
+QUPATH_OBJECT_TYPES = {"annotation", "detection", "tile", "cell", "tma_core", "root"}
+
+
+def validate_geojson(obj: dict, *, width: float | None = None,
+                     height: float | None = None) -> list[str]:
+    """Problems of a QuPath FeatureCollection, geometry checked by shapely.
+
+    Each geometry must be a valid shapely Polygon/MultiPolygon (no self-intersection, holes
+    inside), rings closed as written, exteriors counter-clockwise and holes clockwise (RFC
+    7946 right-hand rule, x right and y up as in the shoelace sum), inside the slide's
+    level-0 box; objectType one QuPath knows; measurements finite numbers.
+    """
+    import math
+
+    import shapely
+    from shapely.geometry import box, shape
+
+    if not isinstance(obj, dict) or obj.get("type") != "FeatureCollection":
+        return ["top level is not a FeatureCollection"]
+    slide = None if width is None or height is None else box(0, 0, width, height)
+    problems = []
+    for i, feat in enumerate(obj["features"]):
+        where = f"features[{i}]"
+        geom = feat["geometry"]
+        if geom["type"] not in ("Polygon", "MultiPolygon"):
+            problems.append(f"{where}: geometry {geom['type']}")
+            continue
+        polygons = [geom["coordinates"]] if geom["type"] == "Polygon" else geom["coordinates"]
+        for rings in polygons:
+            for r, ring in enumerate(rings):
+                if len(ring) < 4:
+                    problems.append(f"{where}: a ring has fewer than 4 positions")
+                elif ring[0] != ring[-1]:
+                    problems.append(f"{where}: ring not closed")
+                elif shapely.LinearRing(ring).is_ccw != (r == 0):
+                    problems.append(f"{where}: ring {r} winds the wrong way")
+        if any(len(ring) < 4 for rings in polygons for ring in rings):
+            continue
+        g = shape(geom)
+        if not g.is_valid:
+            problems.append(f"{where}: invalid geometry ({shapely.is_valid_reason(g)})")
+        if g.area <= 0:
+            problems.append(f"{where}: zero area")
+        if slide is not None and not slide.buffer(1e-6).contains(g):
+            problems.append(f"{where}: beyond the slide {width} x {height}")
+        props = feat.get("properties") or {}
+        if props.get("objectType") not in QUPATH_OBJECT_TYPES:
+            problems.append(f"{where}: objectType {props.get('objectType')!r}")
+        for k, v in (props.get("measurements") or {}).items():
+            if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+                problems.append(f"{where}: measurement {k!r} is not a finite number")
+    return problems
 
 
 # -- helpers ------------------------------------------------------------------------------
@@ -222,8 +273,11 @@ def test_geojson_is_valid_level0_and_round_trips_the_values(planted):
         np.testing.assert_allclose(ring.min(axis=0), [x0, y0], atol=0.01)
         np.testing.assert_allclose(ring.max(axis=0) - ring.min(axis=0), [size, size], atol=0.01)
         meas = feature["properties"]["measurements"]
-        assert list(meas) == ["PLANT", "OTHER"]
-        np.testing.assert_allclose([meas["PLANT"], meas["OTHER"]], vals, atol=1e-4)
+        names = ["toy: PLANT (log1p CP10k)", "toy: OTHER (log1p CP10k)"]
+        assert list(meas) == names  # the head and the unit in every name
+        # predictions exported clipped at 0
+        np.testing.assert_allclose([meas[n] for n in names], np.maximum(vals, 0), atol=1e-4)
+    assert "clipped at 0" in collection["slide2expr"]["predictions"]
     tissue = [f for f in collection["features"] if f["properties"]["objectType"] == "annotation"]
     assert len(tissue) == 1 and tissue[0]["geometry"]["type"] == "MultiPolygon"
     assert tissue[0]["properties"]["classification"]["name"] == "Tissue"
@@ -237,6 +291,7 @@ def test_geojson_is_valid_level0_and_round_trips_the_values(planted):
 
 def test_geojson_validator_catches_broken_geometry():
     good = [[0, 0], [10, 0], [10, 10], [0, 10], [0, 0]]
+    bowtie = [[0, 0], [10, 10], [10, 0], [0, 10], [0, 0]]
 
     def collection(ring, meas=None):
         props = {"objectType": "tile", "measurements": meas or {"A": 1.0}}
@@ -247,6 +302,7 @@ def test_geojson_validator_catches_broken_geometry():
     assert validate_geojson(collection(good), width=20, height=20) == []
     assert any("not closed" in p for p in validate_geojson(collection([*good[:-1], [0, 1]])))
     assert any("wrong way" in p for p in validate_geojson(collection(good[::-1])))
+    assert any("invalid geometry" in p for p in validate_geojson(collection(bowtie)))
     assert any("beyond" in p for p in validate_geojson(collection(good), width=5, height=20))
     assert any("finite" in p for p in validate_geojson(collection(good, {"A": float("nan")})))
     assert any("4 positions" in p for p in validate_geojson(collection(good[:3])))
@@ -358,6 +414,64 @@ def test_spot_comparison_is_drawn_for_a_training_slide(tmp_path):
     assert not (tmp_path / "out" / "new" / "measured_vs_predicted.png").exists()
 
 
+def test_spot_mode_geojson_has_spot_detections_with_measured_and_predicted(tmp_path):
+    """Spots become QuPath detections: circles of the spot diameter, measured and predicted
+    values named with the head and unit; predictions (tiles and spots) clipped at 0."""
+    import anndata as ad
+    import shapely
+    from shapely.geometry import Point, shape
+
+    rng = np.random.default_rng(2)
+    n = 30
+    centres = np.stack([rng.uniform(1000, 5000, n), rng.uniform(800, 3200, n)], axis=1)
+    measured = rng.uniform(0, 3, (n, 2)).astype(np.float32)
+    predicted = rng.normal(0.5, 1.0, (n, 2)).astype(np.float32)  # some below 0
+    predicted[3, 1] = np.nan  # a spot whose fold did not model OTHER
+    obs = pd.DataFrame({"sample_id": ["s1"] * 20 + ["other"] * 10,
+                        "spot_id": [f"{i}x{i}" for i in range(n)]},
+                       index=[f"u{i}" for i in range(n)])
+    adata = ad.AnnData(X=measured, obs=obs, var=pd.DataFrame(index=["PLANT", "OTHER"]))
+    adata.layers["predicted"] = predicted
+    adata.obsm["spatial"] = centres
+    adata.uns["spatial"] = {"s1": {"scalefactors": {"spot_diameter_fullres": 150.0}}}
+    adata.write_h5ad(tmp_path / "predictions.h5ad")
+    coords = grid_coords(896, 672, 6, 4, 224.0)
+    tiles = rng.normal(size=(24, 2)) - 0.5
+    assert (tiles < 0).any()
+    tmap = tile_map(coords, tiles, ["PLANT", "OTHER"], size=224.0)
+    res = make_heatmaps(tmap, FakeSlide((6000, 4000)), tmp_path / "out",
+                        predictions=tmp_path / "predictions.h5ad",
+                        options=HeatmapOptions(genes=["PLANT"], thumbnail_px=300,
+                                               geojson_all_genes=True))
+    collection = json.loads(res.geojson.read_text())
+    assert validate_geojson(collection, width=6000, height=4000) == []
+    feats = collection["features"]
+    tile_values = [f["properties"]["measurements"] for f in feats
+                   if f["properties"]["objectType"] == "tile"]
+    got = np.array([[m["toy: PLANT (log1p CP10k)"], m["toy: OTHER (log1p CP10k)"]]
+                    for m in tile_values])
+    np.testing.assert_allclose(got, np.maximum(tiles, 0), atol=1e-4)
+    spots = [f for f in feats if f["properties"]["objectType"] == "detection"]
+    assert [f["properties"]["name"] for f in spots] == list(obs["spot_id"][:20])
+    for i, f in enumerate(spots):
+        poly = shape(f["geometry"])
+        assert f["properties"]["classification"]["name"] == "Spot"
+        assert poly.is_valid and shapely.LinearRing(f["geometry"]["coordinates"][0]).is_ccw
+        # a circle of the spot diameter around the spot centre
+        assert poly.centroid.distance(Point(centres[i])) < 0.05
+        assert poly.bounds[2] - poly.bounds[0] == pytest.approx(150.0, abs=0.05)
+        assert poly.area == pytest.approx(np.pi * 75.0 ** 2, rel=0.01)
+        m = f["properties"]["measurements"]
+        for j, gene in enumerate(["PLANT", "OTHER"]):
+            assert m[f"measured: {gene} (log1p CP10k)"] == pytest.approx(measured[i, j], abs=1e-4)
+            key = f"toy: {gene} (log1p CP10k)"
+            if np.isnan(predicted[i, j]):
+                assert key not in m
+            else:
+                assert m[key] == pytest.approx(max(float(predicted[i, j]), 0.0), abs=1e-4)
+    assert min(f["properties"]["measurements"]["toy: PLANT (log1p CP10k)"] for f in spots) == 0.0
+
+
 # -- a 100k x 100k slide --------------------------------------------------------------------
 def test_huge_slide_is_drawn_from_a_thumbnail_never_level0(tmp_path):
     size0 = 100_000
@@ -446,7 +560,8 @@ def test_cli_draws_from_features_and_a_model_dir(toy_run, tmp_path):
     collection = json.loads((out / "toy.geojson").read_text())
     assert validate_geojson(collection, width=1600, height=1200) == []
     first = next(f for f in collection["features"] if f["properties"]["objectType"] == "tile")
-    assert set(first["properties"]["measurements"]) == {"GB", "GC"}
+    assert set(first["properties"]["measurements"]) == {"mlp: GB (log1p CP10k)",
+                                                         "mlp: GC (log1p CP10k)"}
     # redraw from the tile map with a cohort scale made by heatmap-scale
     scale = tmp_path / "scale.tsv"
     result = CliRunner().invoke(app, ["heatmap-scale", str(out / "toy.h5ad"), "-o", str(scale),

@@ -218,7 +218,9 @@ def test_scanpy_reads_and_plots_without_conversion(her2st_join, tmp_path):
     assert len(ax.collections[0].get_offsets()) == adata.n_obs
     one = adata[adata.obs["sample_id"] == "C2"].copy()
     gene = adata.var_names[adata.var["highly_variable"]][0]
-    axes = sc.pl.spatial(one, color=gene, spot_size=145, show=False)
+    # several libraries in uns['spatial']: name one (img_key=None: level-0 coordinates)
+    axes = sc.pl.spatial(one, library_id="C2", img_key=None, color=gene, spot_size=145,
+                         show=False)
     circles = axes[0].collections[0].get_paths()
     centres = np.array([(c.vertices.min(0) + c.vertices.max(0)) / 2 for c in circles])
     def rows(a):

@@ -476,6 +476,89 @@ def test_html_is_self_contained_and_escaped(written) -> None:
     assert "id='headline'" in page and "id='genes'" in page and "id='folds'" in page
 
 
+@pytest.fixture(scope="module")
+def in_results(tmp_path_factory: pytest.TempPathFactory):
+    """A report written inside a results/ tree: one heatmap PNG and QC images exist."""
+    from PIL import Image
+
+    from slide2expr.report import write_report
+
+    results = tmp_path_factory.mktemp("run") / "results"
+    path = results / "predictions" / "mlp.h5ad"
+    truth = make_predictions(path)
+    png = Image.new("RGB", (8, 8), (200, 30, 30))
+    (results / "heatmaps" / "mlp" / "P0_s0").mkdir(parents=True)
+    png.save(results / "heatmaps" / "mlp" / "P0_s0" / "SIGNAL1.png")
+    (results / "qc").mkdir()
+    png.save(results / "qc" / "P0_s1.png")
+    (results / "config.json").write_text("{}")
+    import anndata as ad
+
+    a = ad.read_h5ad(path)  # provenance as the join writes it: the config as a JSON string
+    a.uns["slide2expr"]["config"] = json.dumps({"join": {"mode": "spot", "encoder": "lite0"},
+                                                "train": {"heads": ["mlp"]}})
+    a.write_h5ad(path)
+    out = results / "report" / "mlp"
+    data = write_report(path, out, n_boot=20, seed=1, n_scatter=1)
+    return out, data, truth
+
+
+def test_page_links_heatmaps_viewer_qc_and_shows_yaml(in_results) -> None:
+    import html as htmlmod
+    import re
+
+    out, _, truth = in_results
+    page = (out / "index.html").read_text(encoding="utf-8")
+    hrefs = [htmlmod.unescape(h) for h in re.findall(r"href='([^']*)'", page)]
+    # a PNG present when the page was written is linked, relative to the page
+    assert "../../heatmaps/mlp/P0_s0/SIGNAL1.png" in hrefs
+    assert (out / "../../heatmaps/mlp/P0_s0/SIGNAL1.png").resolve().is_file()
+    assert not any(h.endswith("/SIGNAL2.png") for h in hrefs)  # none for absent ones
+    # every gene links to the viewer; names are URL-quoted and HTML-escaped
+    viewer = [h for h in hrefs if h.startswith("../../viewer/index.html#gene=")]
+    assert len(viewer) == len(truth["genes"])
+    assert "../../viewer/index.html#gene=%3Cscript%3Ealert%281%29%3C%2Fscript%3E" in viewer
+    assert XSS not in page and page.count("<script>") == 1
+    assert "../../qc/P0_s1.png" in hrefs and "../../qc/P0_s0.png" not in hrefs
+    assert "../../heatmaps/mlp/P0_s0/" in hrefs and "../../heatmaps/mlp/P1_s0/" not in hrefs
+    table = page[page.index("id='genes'"):]
+    assert "data-heatmaps='../../heatmaps/mlp'" in table
+    assert "P0_s0" in table.split("data-samples='")[1].split("'")[0].split()
+    # provenance: YAML, the config a nested mapping rather than one escaped JSON line
+    prov = htmlmod.unescape(page[page.index("<h2>Provenance</h2>"):].split("<pre>")[1]
+                            .split("</pre>")[0])
+    import yaml
+
+    parsed = yaml.safe_load(prov)
+    assert parsed["config"]["join"]["encoder"] == "lite0"
+    assert "  encoder: lite0" in prov and '\\"join\\"' not in prov
+
+
+def test_search_box_filters_and_late_heatmaps_are_found(in_results, chromium,
+                                                        tmp_path: Path) -> None:
+    """In a browser: #q= filters the gene table; a heatmap PNG written after the page gets
+    a link when the page is opened."""
+    import re
+
+    from PIL import Image
+
+    out, _, _ = in_results
+    late = out.parent.parent / "heatmaps" / "mlp" / "P1_s1"
+    late.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (8, 8), (0, 0, 200)).save(late / "SIGNAL2.png")
+    url = (out / "index.html").resolve().as_uri() + "#q=signal"
+    res = _headless(chromium, tmp_path, "--allow-file-access-from-files", "--dump-dom", url)
+    dom = res.stdout
+    assert 'data-ready="1"' in dom, res.stderr[-2000:]
+    rows = re.findall(r"<tr( style=\"display: none;\")?><td class=\"t\">(.*?)</td>", dom)
+    shown = [g for hidden, g in rows if not hidden]
+    assert shown and all("SIGNAL" in g.upper() for g in shown)
+    assert len(shown) < len(rows)
+    assert re.search(r"<span id=\"gene-count\"[^>]*>\d+ of \d+ genes</span>", dom)
+    assert 'href="../../heatmaps/mlp/P1_s1/SIGNAL2.png"' in dom  # found when opened
+    assert 'href="../../heatmaps/mlp/P0_s0/SIGNAL1.png"' in dom
+
+
 def _cli(monkeypatch: pytest.MonkeyPatch, *args: str) -> int:
     """Run ``slide2expr ARGS`` in-process (as the console script does); return the status."""
     from slide2expr.cli import main

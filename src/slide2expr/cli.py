@@ -51,6 +51,7 @@ COMMAND_MODULES = (
     "report",
     "heatmap",
     "verify",
+    "export",
 )
 
 

@@ -20,14 +20,24 @@ class Key:
     FOLD: Final = "fold"
     SPLIT: Final = "split"
     FEATURES_PATH: Final = "features_path"
+    #: scverse's library key (``sc.pl.spatial(library_id=...)``, squidpy's ``library_key``):
+    #: the sample ID, categorical, spot mode.
+    LIBRARY_ID: Final = "library_id"
     # obsm
     SPATIAL: Final = "spatial"
     COORDS: Final = "coords"
     # layers
     COUNTS: Final = "counts"
     PREDICTED: Final = "predicted"
+    # var
+    GENE_IDS: Final = "gene_ids"
     # uns
     PROVENANCE: Final = "slide2expr"
+    #: ``uns['spatial'][library_id]``: ``images`` (hires, lowres), ``scalefactors``,
+    #: ``metadata``, as Space Ranger data read by scanpy/squidpy.
+    SPATIAL_UNS: Final = "spatial"
+    #: ``uns['log1p']``: scanpy's record that ``X`` is log1p (``{'base': None}``: natural).
+    LOG1P: Final = "log1p"
 
     @staticmethod
     def embedding(encoder: str) -> str:

@@ -189,6 +189,8 @@ def join_inputs(wildcards):
     if MODE == "spot":
         inputs["counts"] = [sample_value(s, "counts") for s in SAMPLE_IDS]
         inputs["spots"] = [sample_value(s, "spots") for s in SAMPLE_IDS]
+        # the join reads each slide's thumbnail for uns['spatial'] (scanpy/squidpy plots)
+        inputs["slides"] = [sample_value(s, "slide") for s in SAMPLE_IDS]
     else:
         inputs["expression"] = JOIN["expression"]
     return inputs

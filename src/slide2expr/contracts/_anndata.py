@@ -7,6 +7,7 @@ from typing import Any
 
 from slide2expr.atomic import atomic_output
 from slide2expr.errors import InputError
+from slide2expr.keys import Key
 
 
 def read_anndata(path: str | Path, *, what: str, fix: str) -> Any:
@@ -34,8 +35,33 @@ def read_anndata(path: str | Path, *, what: str, fix: str) -> Any:
 
 
 def write_anndata(adata: Any, path: str | Path) -> Path:
-    """Write ``adata`` to ``path`` atomically (nothing is left behind on failure)."""
+    """Write ``adata`` to ``path`` atomically (nothing is left behind on failure), the
+    ``uns['spatial']`` images gzip-compressed (they are most of a small dataset's bytes)."""
     path = Path(path)
     with atomic_output(path) as tmp:
-        adata.write_h5ad(tmp)
+        write_h5ad(adata, tmp)
     return path
+
+
+def write_h5ad(adata: Any, path: str | Path) -> None:
+    """``adata.write_h5ad(path)`` with the ``uns['spatial']`` images gzip-compressed.
+
+    Everything else is written as anndata writes it, and reads back the same.
+    """
+    import anndata as ad
+    import h5py
+
+    spatial = adata.uns.pop(Key.SPATIAL_UNS, None)
+    try:
+        adata.write_h5ad(path)
+    finally:
+        if spatial is not None:
+            adata.uns[Key.SPATIAL_UNS] = spatial
+    if spatial is None:
+        return
+    io = getattr(ad, "io", None)
+    write_elem = io.write_elem if io is not None and hasattr(io, "write_elem") \
+        else ad.experimental.write_elem
+    with h5py.File(path, "r+") as f:
+        write_elem(f["uns"], Key.SPATIAL_UNS, {k: dict(v) for k, v in spatial.items()},
+                   dataset_kwargs={"compression": "gzip", "compression_opts": 1})

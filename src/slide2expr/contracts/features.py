@@ -19,6 +19,34 @@ later (another job) does not stop the rows still to come. Each batch is flushed 
 partial file valid up to the last counted row: the run stops at the first failed write with
 one line, "free space and rerun; it resumes". A run that fails before any row is written
 (an unreadable slide) leaves no partial file.
+
+**Files from other tools.** The readers also accept the TRIDENT and CLAM layout (a
+``features`` dataset ``(N, D)``, or ``(1, N, D)``, and ``coords`` ``(N, 2)``: level-0
+top-left corners, as ours), whose patch attributes sit on the ``coords`` dataset instead of
+the file. They are mapped onto this contract's attrs (:func:`foreign_layout_attrs`):
+
+==============================  =================================================
+theirs (on ``coords``)          ours
+==============================  =================================================
+``patch_size_level0``           ``tile_px_level0`` (TRIDENT)
+``patch_size`` x ``downsample``  ``tile_px_level0`` (CLAM: ``downsample`` of
+  x ``custom_downsample``        ``patch_level``; at ``patch_level`` 0 without
+                                 ``downsample``, 1 is assumed)
+``patch_size``                  ``tile_px`` (pixels the encoder saw)
+``level0_width/height``         the same, when present; CLAM's ``level_dim`` only
+                                 at ``patch_level`` 0 (else it is not level 0)
+``level0_magnification``,       kept as they are; no mpp is derived from a
+``target_magnification``        magnification (heatmaps read the slide's own mpp)
+``name``                        ``slide_name`` (not ``sample_id``: the sample is the
+                                 file name ``{sample_id}.h5``, as for ours)
+``encoder`` (on either          ``encoder``; otherwise none is recorded and any
+dataset or the file)            ``join.encoder`` is accepted
+==============================  =================================================
+
+plus ``mode = "grid"`` (such files have no ``spot_ids``: bulk mode and heatmaps, not spot
+mode), ``embed_dim`` and ``n_tiles`` from the shape, and ``source_layout`` ``trident`` or
+``clam``. A CLAM file above level 0 without ``downsample`` is refused (its patch size in
+level-0 pixels cannot be known).
 """
 
 from __future__ import annotations
@@ -29,11 +57,19 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
 
-from slide2expr.contracts._h5 import check_format, format_stamp, open_h5, plain_attr, read_attrs
+from slide2expr.contracts._h5 import (
+    FORMAT_ATTR,
+    check_format,
+    format_stamp,
+    open_h5,
+    plain_attr,
+    read_attrs,
+)
 from slide2expr.contracts.tiles import TileSet
 from slide2expr.errors import NO_SPACE_ERRNOS, InputError, environment_fault, fault_errno
 
@@ -303,7 +339,71 @@ class FeatureMeta:
 def _read_checked_attrs(path: Path, f: h5py.File) -> dict[str, object]:
     attrs = read_attrs(f)
     check_format(path, attrs, CONTRACT, (VERSION,))
+    foreign = foreign_layout_attrs(path, f, attrs)
+    return attrs if foreign is None else foreign
+
+
+def foreign_layout_attrs(path: Path, f: h5py.File,
+                         file_attrs: dict[str, object]) -> dict[str, object] | None:
+    """Our attrs for a TRIDENT/CLAM-layout features file, or ``None`` for one of ours.
+
+    See the module docstring for the mapping and what it assumes.
+
+    Raises
+    ------
+    InputError
+        A CLAM-layout file whose patch size in level-0 pixels cannot be known.
+    """
+    if FORMAT_ATTR in file_attrs or "coords" not in f or "features" not in f:
+        return None
+    coords = read_attrs(f["coords"])
+    if "patch_size" not in coords and "patch_size_level0" not in coords:
+        return None
+    layout = "trident" if "patch_size_level0" in coords else "clam"
+    if "patch_size_level0" in coords:
+        size0 = float(coords["patch_size_level0"])  # type: ignore[arg-type]
+    else:
+        level = int(coords.get("patch_level", 0) or 0)  # type: ignore[arg-type]
+        downsample = coords.get("downsample")
+        if downsample is None and level != 0:
+            raise InputError(path, f"is a CLAM-layout features file at patch_level {level} "
+                             "without a 'downsample' attr on coords: its patch size in "
+                             "level-0 pixels is unknown",
+                             "add patch_size_level0 (or downsample) to the coords attrs")
+        factor = 1.0 if downsample is None else float(np.ravel(downsample)[0])
+        custom = float(coords.get("custom_downsample", 1) or 1)  # type: ignore[arg-type]
+        size0 = float(coords["patch_size"]) * factor * custom  # type: ignore[arg-type]
+    shape = f["features"].shape
+    n, dim = (shape[-2], shape[-1]) if len(shape) >= 2 else (shape[0], 1)
+    attrs: dict[str, object] = {
+        "source_layout": layout, "mode": "grid", "tile_px_level0": size0,
+        "tile_px": int(coords.get("patch_size", round(size0))),  # type: ignore[call-overload]
+        "embed_dim": int(dim), "n_tiles": int(n),
+    }
+    for key in ("level0_width", "level0_height", "level0_magnification",
+                "target_magnification", "overlap"):
+        if key in coords:
+            attrs[key] = coords[key]
+    level_dim = coords.get("level_dim")
+    if "level0_width" not in attrs and level_dim is not None and \
+            int(coords.get("patch_level", 0) or 0) == 0:  # type: ignore[arg-type]
+        attrs["level0_width"], attrs["level0_height"] = (int(v) for v in np.ravel(level_dim)[:2])
+    if "name" in coords:
+        attrs["slide_name"] = str(coords["name"])
+    encoder = (read_attrs(f["features"]).get("encoder") or file_attrs.get("encoder")
+               or coords.get("encoder"))
+    if encoder:
+        attrs["encoder"] = str(encoder)
+    log.debug("%s: %s-layout features file mapped to attrs %s", path, layout, attrs)
     return attrs
+
+
+def _feature_rows(f: h5py.File) -> np.ndarray:
+    """The ``features`` dataset as ``(N, D)`` (a leading axis of 1, as some tools save, dropped)."""
+    features = f["features"][:]
+    if features.ndim == 3 and features.shape[0] == 1:
+        features = features[0]
+    return features
 
 
 def read_features(path: str | Path) -> FeatureSet:
@@ -317,8 +417,8 @@ def read_features(path: str | Path) -> FeatureSet:
     path = Path(path)
     with open_h5(path, what="features file", fix=REDO) as f:
         attrs = _read_checked_attrs(path, f)
-        features = f["features"][:]
-        coords = f["coords"][:]
+        features = _feature_rows(f)
+        coords = np.asarray(f["coords"][:]).reshape(-1, 2).astype(np.int64, copy=False)
         spot_ids = f["spot_ids"].asstr()[:] if "spot_ids" in f else None
     if attrs.get("n_done", len(features)) != len(features):
         raise InputError(path, "is an incomplete features file", REDO)
@@ -337,6 +437,8 @@ def read_feature_meta(path: str | Path) -> FeatureMeta:
     with open_h5(path, what="features file", fix=REDO) as f:
         attrs = _read_checked_attrs(path, f)
         shape = tuple(f["features"].shape)
+        if len(shape) == 3 and shape[0] == 1:
+            shape = shape[1:]
         spot_ids = f["spot_ids"].asstr()[:] if "spot_ids" in f else None
         n_coords = int(f["coords"].shape[0]) if "coords" in f else shape[0]
         dtype = str(f["features"].dtype)
@@ -349,3 +451,21 @@ def features_attrs(path: str | Path) -> dict[str, object]:
     path = Path(path)
     with open_h5(path, what="features file", fix=REDO) as f:
         return _read_checked_attrs(path, f)
+
+
+def spot_diameter_level0(attrs: dict[str, Any]) -> float | None:
+    """The spot diameter in level-0 px from a sample's feature attrs.
+
+    Space Ranger's own ``spot_diameter_fullres`` (kept as ``spaceranger_*`` attrs by the
+    join) wins; else ``spot_diameter_um / slide_mpp``; else the spot patch edge
+    ``tile_px_level0`` (a spot patch is ``spot_diameter_um`` across).
+    """
+    for key in ("spaceranger_spot_diameter_fullres",):
+        if attrs.get(key):
+            return float(attrs[key])
+    um, mpp = attrs.get("spot_diameter_um"), attrs.get("slide_mpp")
+    if um and mpp:
+        return float(um) / float(mpp)
+    if attrs.get("tile_px_level0"):
+        return float(attrs["tile_px_level0"])
+    return None

@@ -74,3 +74,10 @@ def uns_value(value: Any) -> Any:
     if isinstance(value, np.generic):
         return value.item()
     return value
+
+
+def copy_scverse_entries(source: Any, target: Any) -> None:
+    """Carry ``uns['spatial']`` and ``uns['log1p']`` from a dataset to a file derived from it."""
+    for key in (Key.SPATIAL_UNS, Key.LOG1P):
+        if key in source.uns:
+            target.uns[key] = source.uns[key]

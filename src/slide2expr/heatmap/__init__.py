@@ -6,8 +6,10 @@ beyond the measured spots; bulk heads give their per-tile scores), and the resul
 - a tile map ``heatmaps/{head}/{sample}.h5ad`` (one row per tile, one column per gene),
 - overlays ``heatmaps/{head}/{sample}/{gene}.png`` drawn on the slide thumbnail from tile
   coordinates (level 0 is never rendered),
-- a QuPath GeoJSON ``heatmaps/{head}/{sample}.geojson`` (tiles with measurements, tissue
-  outline as an annotation),
+- a QuPath GeoJSON ``heatmaps/{head}/{sample}.geojson`` (tiles with measurements named
+  ``"{head}: {gene} (log1p CP10k)"``, predictions clipped at 0; spot detections with
+  measured and predicted values on spot-mode training slides; tissue outline as an
+  annotation),
 - for spot-mode training slides, measured vs predicted expression at the spots.
 
 >>> from slide2expr.heatmap import load_or_predict, open_matching_slide, make_heatmaps
@@ -22,7 +24,12 @@ from slide2expr.heatmap.gene_choice import (
     select_genes,
     top_report_genes,
 )
-from slide2expr.heatmap.geojson import mask_polygons, validate_geojson, write_qupath_geojson
+from slide2expr.heatmap.geojson import (
+    SpotDetections,
+    mask_polygons,
+    measurement_name,
+    write_qupath_geojson,
+)
 from slide2expr.heatmap.overlay import OverlayStyle, blend_overlay, read_image_box, save_overlay_png
 from slide2expr.heatmap.raster import rasterize_tiles, tile_pixel_boxes
 from slide2expr.heatmap.run import (
@@ -47,6 +54,7 @@ __all__ = [
     "HeatmapOptions",
     "HeatmapResult",
     "OverlayStyle",
+    "SpotDetections",
     "TileMap",
     "TileModel",
     "blend_overlay",
@@ -56,6 +64,7 @@ __all__ = [
     "load_or_predict",
     "make_heatmaps",
     "mask_polygons",
+    "measurement_name",
     "open_matching_slide",
     "predict_tile_map",
     "rasterize_tiles",
@@ -67,7 +76,6 @@ __all__ = [
     "select_genes",
     "tile_pixel_boxes",
     "top_report_genes",
-    "validate_geojson",
     "write_qupath_geojson",
     "write_scale",
     "write_tile_map",

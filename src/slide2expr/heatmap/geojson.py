@@ -1,13 +1,23 @@
 """QuPath-importable GeoJSON: one tile object per tile with predicted expression as
-measurements, and the tissue outline as an annotation.
+measurements, spot detections with measured and predicted expression, and the tissue
+outline as an annotation.
 
 The file is a GeoJSON (RFC 7946) ``FeatureCollection`` in level-0 pixel coordinates, the
 way QuPath exports and imports objects (File > Import objects, or drag and drop onto the
 viewer). Each tile is a ``Feature`` with a ``Polygon`` (one closed ring, counter-clockwise
 by the right-hand rule as RFC 7946 asks) and ``properties``: ``objectType`` ``"tile"``,
-``name`` and ``measurements`` ``{gene: value}``; in QuPath, *Measure > Show measurement
-maps* colours the tiles by any gene. The tissue is one ``annotation`` (``MultiPolygon``
-with holes) classified ``Tissue``.
+``name`` and ``measurements``; in QuPath, *Measure > Show measurement maps* colours the
+tiles by any of them. Measurement names carry the model and the unit,
+``"{head}: {gene} (log1p CP10k)"`` (:func:`measurement_name`), so maps of several heads
+and the measured values can sit side by side in one QuPath project. **Predicted values
+are clipped at 0** in the export (log1p expression cannot be negative; a regression head
+can predict slightly below 0): the tile maps (``.h5ad``) keep the values unclipped.
+
+In spot mode, each measured spot of a training slide is a ``detection`` classified
+``Spot``: a circle (a 32-gon) of the spot's diameter around its centre, with
+``"measured: {gene} (log1p CP10k)"`` and the out-of-fold ``"{head}: {gene} (log1p
+CP10k)"`` (clipped at 0; left out where the spot's fold did not model the gene). The
+tissue is one ``annotation`` (``MultiPolygon`` with holes) classified ``Tissue``.
 
 Features are streamed to disk one at a time, so memory does not grow with the tile count.
 """
@@ -15,8 +25,8 @@ Features are streamed to disk one at a time, so memory does not grow with the ti
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +37,71 @@ from slide2expr.atomic import atomic_output
 #: ``properties.objectType`` values QuPath knows.
 QUPATH_OBJECT_TYPES = ("annotation", "detection", "tile", "cell", "tma_core", "root")
 _DECIMALS = 2
+#: Vertices of a spot's circle.
+CIRCLE_VERTICES = 32
+#: What the export says about predicted values.
+CLIP_NOTE = "predicted values clipped at 0 (log1p expression is not negative)"
+
+
+def measurement_name(source: str, gene: str, units: str) -> str:
+    """A QuPath measurement name: ``"mlp: ERBB2 (log1p CP10k)"``, ``"measured: ERBB2 (...)"``."""
+    return f"{source}: {gene} ({units})" if source else f"{gene} ({units})"
+
+
+def clip_predictions(values: np.ndarray) -> np.ndarray:
+    """Predicted log1p values as exported: clipped at 0 (NaN kept)."""
+    values = np.asarray(values, dtype=np.float64)
+    return np.where(values < 0, 0.0, values)
+
+
+@dataclass
+class SpotDetections:
+    """Spots as QuPath detections.
+
+    Attributes
+    ----------
+    centres
+        ``(S, 2)`` level-0 spot centres.
+    diameter0
+        Spot diameter in level-0 px.
+    names
+        Spot IDs.
+    measurements
+        Measurement name -> ``(S,)`` values; NaN values are left out of that spot.
+    """
+
+    centres: np.ndarray
+    diameter0: float
+    names: Sequence[str]
+    measurements: dict[str, np.ndarray]
+
+
+def circle_ring(cx: float, cy: float, diameter: float,
+                n: int = CIRCLE_VERTICES) -> list[list[float]]:
+    """Closed counter-clockwise ring (right-hand rule) of ``n`` points around a circle."""
+    t = 2 * np.pi * np.arange(n) / n
+    pts = np.round(np.stack([cx + diameter / 2 * np.cos(t), cy + diameter / 2 * np.sin(t)],
+                            axis=1), _DECIMALS).tolist()
+    return [*pts, pts[0]]
+
+
+def spot_features(spots: SpotDetections, *, decimals: int = 4) -> Iterator[dict[str, Any]]:
+    """Yield one ``detection`` Feature per spot."""
+    columns = {k: np.round(np.asarray(v, dtype=np.float64), decimals)
+               for k, v in spots.measurements.items()}
+    for i, (cx, cy) in enumerate(np.asarray(spots.centres, dtype=np.float64)):
+        yield {
+            "type": "Feature",
+            "geometry": {"type": "Polygon",
+                         "coordinates": [circle_ring(cx, cy, spots.diameter0)]},
+            "properties": {
+                "objectType": "detection",
+                "name": str(spots.names[i]),
+                "classification": {"name": "Spot", "color": [60, 60, 200]},
+                "measurements": {k: float(v[i]) for k, v in columns.items()
+                                 if np.isfinite(v[i])},
+            },
+        }
 
 
 def tile_ring(x0: float, y0: float, size0: float) -> list[list[float]]:
@@ -141,7 +216,8 @@ def tissue_feature(polygons: list, *, name: str = "Tissue") -> dict[str, Any]:
 def write_qupath_geojson(path: str | Path, *, coords: np.ndarray, size0: float,
                          values: np.ndarray, genes: Sequence[str],
                          tissue: list | None = None, names: Sequence[str] | None = None,
-                         metadata: dict[str, Any] | None = None) -> int:
+                         metadata: dict[str, Any] | None = None,
+                         spots: SpotDetections | None = None) -> int:
     """Stream a FeatureCollection of tiles (and the tissue annotation) to ``path``.
 
     Parameters
@@ -153,13 +229,15 @@ def write_qupath_geojson(path: str | Path, *, coords: np.ndarray, size0: float,
     values
         ``(N, G)`` measurements.
     genes
-        Measurement names (``G``).
+        Measurement names (``G``), e.g. from :func:`measurement_name`.
     tissue
         MultiPolygon coordinates from :func:`mask_polygons`; None or empty for none.
     names
         Per-tile names (e.g. spot IDs); default ``tile {i}``.
     metadata
         Written as a foreign member ``slide2expr`` of the collection (ignored by readers).
+    spots
+        Spot detections written after the tiles (spot-mode training slides).
 
     Returns
     -------
@@ -185,6 +263,10 @@ def write_qupath_geojson(path: str | Path, *, coords: np.ndarray, size0: float,
             n += 1
         for line in _tile_lines(coords, size0, values, genes, names=names):
             f.write(sep + line)
+            sep = ",\n"
+            n += 1
+        for feature in spot_features(spots) if spots is not None else ():
+            f.write(sep + json.dumps(feature, separators=(",", ":")))
             sep = ",\n"
             n += 1
         f.write("\n]}\n")
@@ -213,102 +295,3 @@ def _tile_lines(coords: np.ndarray, size0: float, values: np.ndarray, genes: Seq
         for i, (r, v) in enumerate(zip(ring, vals, strict=True)):
             name = json.dumps(str(names[start + i]) if names is not None else f"tile {start + i}")
             yield template % (*r, name, *v)
-
-
-def validate_geojson(obj: dict[str, Any], *, width: float | None = None,
-                     height: float | None = None) -> list[str]:
-    """Check a FeatureCollection against RFC 7946 and the QuPath conventions used here.
-
-    Checks: collection and feature structure; geometry types with valid nesting; positions of
-    two finite numbers; linear rings closed with at least four positions; exterior rings
-    counter-clockwise and holes clockwise; coordinates inside ``[0, width] x [0, height]``
-    (level-0 px) when given; ``properties.objectType`` one QuPath knows;
-    ``measurements`` a mapping of names to finite numbers.
-
-    Returns
-    -------
-    list of str
-        Problems found (empty when valid).
-    """
-    problems: list[str] = []
-    if not isinstance(obj, dict) or obj.get("type") != "FeatureCollection":
-        return ["top level is not a FeatureCollection"]
-    features = obj.get("features")
-    if not isinstance(features, list):
-        return ["'features' is not an array"]
-    for i, feat in enumerate(features):
-        where = f"features[{i}]"
-        if not isinstance(feat, dict) or feat.get("type") != "Feature":
-            problems.append(f"{where}: not a Feature")
-            continue
-        if "properties" not in feat or not isinstance(feat["properties"], dict | type(None)):
-            problems.append(f"{where}: 'properties' missing or not an object")
-        problems += [f"{where}: {p}" for p in _check_geometry(feat.get("geometry"), width, height)]
-        props = feat.get("properties") or {}
-        otype = props.get("objectType")
-        if otype is not None and otype not in QUPATH_OBJECT_TYPES:
-            problems.append(f"{where}: unknown objectType {otype!r}")
-        meas = props.get("measurements")
-        if meas is not None:
-            if not isinstance(meas, dict):
-                problems.append(f"{where}: measurements is not an object")
-            else:
-                for k, v in meas.items():
-                    if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
-                        problems.append(f"{where}: measurement {k!r} is not a finite number")
-        if len(problems) > 50:
-            problems.append("... (stopped after 50 problems)")
-            break
-    return problems
-
-
-def _check_geometry(geom: Any, width: float | None, height: float | None) -> list[str]:
-    if not isinstance(geom, dict):
-        return ["geometry is not an object"]
-    kind, coords = geom.get("type"), geom.get("coordinates")
-    if kind == "Polygon":
-        polygons = [coords]
-    elif kind == "MultiPolygon":
-        if not isinstance(coords, list):
-            return ["MultiPolygon coordinates are not an array"]
-        polygons = coords
-    else:
-        return [f"geometry type {kind!r} is not Polygon or MultiPolygon"]
-    problems: list[str] = []
-    for p, rings in enumerate(polygons):
-        if not isinstance(rings, list) or not rings:
-            problems.append(f"polygon {p} has no rings")
-            continue
-        for r, ring in enumerate(rings):
-            problems += [f"polygon {p} ring {r}: {m}"
-                         for m in _check_ring(ring, exterior=r == 0, width=width, height=height)]
-    return problems
-
-
-def _check_ring(ring: Any, *, exterior: bool, width: float | None,
-                height: float | None) -> list[str]:
-    if not isinstance(ring, list) or len(ring) < 4:
-        return ["a linear ring needs at least 4 positions"]
-    for pos in ring:
-        if (not isinstance(pos, list) or len(pos) != 2
-                or not all(isinstance(c, int | float) and not isinstance(c, bool)
-                           and math.isfinite(c) for c in pos)):
-            return [f"position {pos!r} is not two finite numbers"]
-    out: list[str] = []
-    if ring[0] != ring[-1]:
-        out.append("ring is not closed (first position != last)")
-    area = _signed_area(ring)
-    if area == 0:
-        out.append("ring has zero area")
-    elif (area > 0) != exterior:
-        out.append(f"{'exterior' if exterior else 'hole'} ring winds the wrong way "
-                   "(RFC 7946 right-hand rule)")
-    xs = [c[0] for c in ring]
-    ys = [c[1] for c in ring]
-    if min(xs) < 0 or min(ys) < 0:
-        out.append("negative coordinates (not level-0 px)")
-    if width is not None and max(xs) > width + 1e-6:
-        out.append(f"x up to {max(xs)} beyond the slide width {width}")
-    if height is not None and max(ys) > height + 1e-6:
-        out.append(f"y up to {max(ys)} beyond the slide height {height}")
-    return out

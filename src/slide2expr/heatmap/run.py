@@ -30,7 +30,14 @@ from slide2expr.contracts.features import read_features
 from slide2expr.contracts.models import held_out_fold
 from slide2expr.errors import InputError
 from slide2expr.heatmap.gene_choice import gene_filenames, select_genes
-from slide2expr.heatmap.geojson import mask_polygons, write_qupath_geojson
+from slide2expr.heatmap.geojson import (
+    CLIP_NOTE,
+    SpotDetections,
+    clip_predictions,
+    mask_polygons,
+    measurement_name,
+    write_qupath_geojson,
+)
 from slide2expr.heatmap.overlay import OverlayStyle, blend_overlay, save_overlay_png
 from slide2expr.heatmap.raster import rasterize_tiles
 from slide2expr.heatmap.scale import check_percentiles, robust_limits
@@ -207,6 +214,25 @@ def open_matching_slide(slide_path: str | Path, tmap: TileMap, *,
     return slide
 
 
+def _spot_detections(spots, head: str, sample: str) -> SpotDetections | None:
+    """Spot detections for the GeoJSON: measured and (clipped) predicted values."""
+    if spots is None:
+        return None
+    if not spots.diameter0:
+        log.warning("%s: the spot diameter is not known (no uns['spatial'] scale factors or "
+                    "spot_diameter_um in the predictions); spots left out of the GeoJSON",
+                    sample)
+        return None
+    measurements: dict[str, np.ndarray] = {}
+    for j, gene in enumerate(spots.genes):
+        measurements[measurement_name("measured", gene, UNITS)] = spots.measured[:, j]
+        measurements[measurement_name(head, gene, UNITS)] = clip_predictions(
+            spots.predicted[:, j])
+    names = spots.spot_ids or [f"spot {i}" for i in range(len(spots.centres))]
+    return SpotDetections(centres=spots.centres, diameter0=float(spots.diameter0),
+                          names=names, measurements=measurements)
+
+
 def make_heatmaps(tmap: TileMap, slide: Slide, out_dir: str | Path, *,
                   options: HeatmapOptions | None = None, report: str | Path | None = None,
                   scale: dict[str, tuple[float, float]] | None = None,
@@ -274,16 +300,19 @@ def make_heatmaps(tmap: TileMap, slide: Slide, out_dir: str | Path, *,
         limits = pd.DataFrame(rows)
         limits.to_csv(dir_tmp / LIMITS_TSV, sep="\t", index=False, float_format="%.6g")
 
+        geo_genes = list(tmap.genes) if options.geojson_all_genes else genes
+        spot_values = None
         if predictions is not None:
-            comparison_r = _draw_comparison(predictions, sample, genes, folder=dir_tmp,
-                                            thumb=thumb, downsample=downsample,
+            spot_values = read_spot_values(predictions, sample, geo_genes)
+            comparison_r = _draw_comparison(spot_values, predictions, sample, genes,
+                                            folder=dir_tmp, thumb=thumb, downsample=downsample,
                                             percentiles=percentiles, style=options.style,
                                             model=str(tmap.attrs.get("head", "")))
             comparison = sample_dir / COMPARISON_PNG if comparison_r is not None else None
             comparison_r = comparison_r or {}
 
-        _write_geojson(geojson_tmp, tmap, genes=genes, coarse=coarse, coarse_ds=coarse_ds,
-                       all_genes=options.geojson_all_genes)
+        _write_geojson(geojson_tmp, tmap, genes=geo_genes, coarse=coarse, coarse_ds=coarse_ds,
+                       spots=spot_values)
         if write_map:
             write_tile_map(tmps[2], tmap)
         if sample_dir.exists():  # replaced as a whole on exit
@@ -329,12 +358,14 @@ def _draw_gene(tmap: TileMap, gene: str, *, sample: str, folder: Path, file_name
     return name, row
 
 
-def _draw_comparison(predictions: str | Path, sample: str, genes: list[str], *, folder: Path,
-                     thumb: np.ndarray, downsample: float, percentiles: tuple[float, float],
-                     style: OverlayStyle, model: str) -> dict[str, float] | None:
-    """Measured vs predicted at the slide's spots (``COMPARISON_PNG`` in ``folder``) and the r
-    of each gene; None when the predictions have no spots of this slide."""
-    spots = read_spot_values(predictions, sample, genes)
+def _draw_comparison(spot_values, predictions: str | Path, sample: str, genes: list[str], *,
+                     folder: Path, thumb: np.ndarray, downsample: float,
+                     percentiles: tuple[float, float], style: OverlayStyle,
+                     model: str) -> dict[str, float] | None:
+    """Measured vs predicted of the drawn ``genes`` at the slide's spots (``COMPARISON_PNG``
+    in ``folder``) and the r of each gene; None when the predictions have no spots of this
+    slide (``spot_values`` is None)."""
+    spots = None if spot_values is None else spot_values.subset(genes)
     if spots is None:
         log.info("%s: no spots of this slide in %s; no comparison drawn", sample, predictions)
         return None
@@ -347,17 +378,20 @@ def _draw_comparison(predictions: str | Path, sample: str, genes: list[str], *, 
 
 
 def _write_geojson(path: Path, tmap: TileMap, *, genes: list[str], coarse: np.ndarray | None,
-                   coarse_ds: float, all_genes: bool) -> None:
-    """The QuPath GeoJSON of the slide: tiles with measurements and the tissue outline."""
+                   coarse_ds: float, spots) -> None:
+    """The QuPath GeoJSON of the slide: tiles with the predictions of ``genes`` as
+    measurements named ``"{head}: {gene} ({units})"`` (clipped at 0, see ``CLIP_NOTE``), the
+    tissue outline, and in spot mode the spots with measured and predicted values."""
     width, height = tmap.attrs.get("level0_width"), tmap.attrs.get("level0_height")
     bounds = (float(width), float(height)) if width and height else None
     outline = mask_polygons(coarse, coarse_ds, bounds=bounds) if coarse is not None else []
-    geo_genes = list(tmap.genes) if all_genes else genes
-    geo_values = tmap.values[:, [tmap.genes.index(g) for g in geo_genes]]
+    head = str(tmap.attrs.get("head", "") or "predicted")
+    values = clip_predictions(tmap.values[:, [tmap.genes.index(g) for g in genes]])
     write_qupath_geojson(
-        path, coords=tmap.coords, size0=tmap.tile_size0, values=geo_values,
-        genes=geo_genes, tissue=outline,
+        path, coords=tmap.coords, size0=tmap.tile_size0, values=values,
+        genes=[measurement_name(head, g, UNITS) for g in genes], tissue=outline,
         names=list(tmap.spot_ids) if tmap.spot_ids is not None else None,
+        spots=_spot_detections(spots, head, tmap.sample_id),
         metadata={"sample_id": tmap.sample_id, "units": UNITS, "coordinates": "level-0 pixels",
-                  "model": str(tmap.attrs.get("head", "")),
+                  "model": str(tmap.attrs.get("head", "")), "predictions": CLIP_NOTE,
                   "level0_width": width, "level0_height": height})

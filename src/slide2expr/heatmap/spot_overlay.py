@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from slide2expr.atomic import atomic_output
+from slide2expr.contracts.features import spot_diameter_level0
 from slide2expr.contracts.predictions import read_predictions
 from slide2expr.heatmap.overlay import OverlayStyle, colormap
 from slide2expr.heatmap.scale import robust_limits
@@ -44,6 +45,17 @@ class SpotValues:
     measured: np.ndarray
     predicted: np.ndarray
     genes: list[str]
+    spot_ids: list[str] | None = None
+    diameter0: float | None = None
+
+    def subset(self, genes: Sequence[str]) -> SpotValues | None:
+        """The columns of ``genes`` that are here, in that order (None if none is)."""
+        cols = [self.genes.index(g) for g in genes if g in self.genes]
+        if not cols:
+            return None
+        return SpotValues(centres=self.centres, measured=self.measured[:, cols],
+                          predicted=self.predicted[:, cols], genes=[self.genes[c] for c in cols],
+                          spot_ids=self.spot_ids, diameter0=self.diameter0)
 
 
 def read_spot_values(path: str | Path, sample_id: str, genes: Sequence[str]) -> SpotValues | None:
@@ -72,7 +84,21 @@ def read_spot_values(path: str | Path, sample_id: str, genes: Sequence[str]) -> 
     measured = take(adata.X)
     predicted = take(adata.layers[Key.PREDICTED])
     centres = np.asarray(adata.obsm[Key.SPATIAL], dtype=np.float64)[rows]
-    return SpotValues(centres=centres, measured=measured, predicted=predicted, genes=keep)
+    ids = adata.obs[Key.SPOT_ID] if Key.SPOT_ID in adata.obs else adata.obs_names
+    return SpotValues(centres=centres, measured=measured, predicted=predicted, genes=keep,
+                      spot_ids=[str(v) for v in np.asarray(ids)[rows]],
+                      diameter0=_spot_diameter(adata, sample_id))
+
+
+def _spot_diameter(adata: Any, sample_id: str) -> float | None:
+    """Spot diameter in level-0 px: ``uns['spatial']``'s scale factors, else provenance."""
+
+    lib = dict(adata.uns.get(Key.SPATIAL_UNS, {})).get(sample_id, {})
+    value = dict(lib.get("scalefactors", {})).get("spot_diameter_fullres")
+    if value:
+        return float(value)
+    samples = dict(dict(adata.uns.get(Key.PROVENANCE, {})).get("samples", {}))
+    return spot_diameter_level0(dict(samples.get(sample_id, {})))
 
 
 def draw_spot_comparison(path: str | Path, spots: SpotValues, *, thumbnail: np.ndarray,

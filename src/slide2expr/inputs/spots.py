@@ -6,10 +6,12 @@ Every layout becomes a :class:`pandas.DataFrame` with columns ``spot_id`` (str),
 
 - **her2st / ST selection table** (TSV): columns ``x y ... pixel_x pixel_y [selected]``;
   ``x, y`` are array positions and the spot ID is ``f"{x}x{y}"`` (the counts' row names).
-- **10x Space Ranger**: ``spatial/tissue_positions.csv`` (with header, Space Ranger >= 2) or
+- **10x Space Ranger**: ``spatial/tissue_positions.parquet`` (Space Ranger 3, Visium HD
+  bins such as ``binned_outputs/square_016um/``; needs pyarrow),
+  ``spatial/tissue_positions.csv`` (with header, Space Ranger >= 2) or
   ``spatial/tissue_positions_list.csv`` (no header, Space Ranger 1); columns ``barcode,
   in_tissue, array_row, array_col, pxl_row_in_fullres, pxl_col_in_fullres``. The path may
-  be the CSV, the ``spatial/`` folder or the ``outs/`` folder.
+  be the table, the ``spatial/`` folder or the ``outs/`` (or bin) folder.
 - **generic / demo** (TSV or CSV): ``spot_id, pixel_x, pixel_y`` (``barcode`` or
   ``spot`` also name the ID column; ``x, y`` name the centre when there is no
   ``pixel_x``).
@@ -73,7 +75,7 @@ def read_spot_positions(
     path = Path(spots_path)
     if not path.exists():
         raise InputError(path, "spot table not found", "check the `spots` column of the sample sheet")
-    if path.is_dir() or path.name.startswith("tissue_positions"):
+    if path.is_dir() or path.name.startswith("tissue_positions") or path.suffix == ".parquet":
         table = _read_spaceranger_positions(path, keep_off_tissue=counts_path is not None)
     elif file_suffix(path) == ".h5ad":
         table = _read_h5ad_positions(path)
@@ -174,13 +176,17 @@ def read_scalefactors(spots_path: str | Path) -> dict[str, float] | None:
 
 def _read_spaceranger_positions(path: Path, *, keep_off_tissue: bool) -> pd.DataFrame:
     csv = _find_positions_csv(path)
-    with open_text(csv) as fh:
-        first = fh.readline().strip().split(",")
-    has_header = "barcode" in [c.strip().lower() for c in first]
-    try:
-        frame = pd.read_csv(csv, header=0 if has_header else None, dtype={0: str})
-    except (OSError, ValueError, pd.errors.ParserError) as exc:
-        raise InputError(csv, f"cannot read Space Ranger positions ({exc})", "") from exc
+    if csv.suffix == ".parquet":
+        frame = _read_positions_parquet(csv)
+        has_header = True
+    else:
+        with open_text(csv) as fh:
+            first = fh.readline().strip().split(",")
+        has_header = "barcode" in [c.strip().lower() for c in first]
+        try:
+            frame = pd.read_csv(csv, header=0 if has_header else None, dtype={0: str})
+        except (OSError, ValueError, pd.errors.ParserError) as exc:
+            raise InputError(csv, f"cannot read Space Ranger positions ({exc})", "") from exc
     if not has_header:
         if frame.shape[1] != len(SPACERANGER_COLUMNS):
             raise InputError(csv, f"has {frame.shape[1]} columns, expected the 6 Space Ranger "
@@ -202,14 +208,30 @@ def _read_spaceranger_positions(path: Path, *, keep_off_tissue: bool) -> pd.Data
     return table
 
 
+def _read_positions_parquet(path: Path) -> pd.DataFrame:
+    """Space Ranger 3 / Visium HD ``tissue_positions.parquet`` (same columns as the CSV)."""
+    try:
+        frame = pd.read_parquet(path)
+    except ImportError as exc:
+        raise InputError(path, "reading Parquet needs pyarrow, which is not installed",
+                         "pip install pyarrow (a slide2expr dependency)") from exc
+    except (OSError, ValueError) as exc:
+        raise InputError(path, f"cannot read Space Ranger positions ({exc})",
+                         "give tissue_positions.parquet from Space Ranger") from exc
+    frame.columns = [str(c).strip().lower() for c in frame.columns]
+    return frame
+
+
 def _find_positions_csv(path: Path) -> Path:
     if path.is_file():
         return path
     for folder in (path, path / "spatial"):
-        for name in ("tissue_positions.csv", "tissue_positions_list.csv"):
+        for name in ("tissue_positions.parquet", "tissue_positions.csv",
+                     "tissue_positions_list.csv"):
             if (folder / name).is_file():
                 return folder / name
-    raise InputError(path, "no spatial/tissue_positions.csv or tissue_positions_list.csv here",
+    raise InputError(path, "no spatial/tissue_positions.parquet, tissue_positions.csv or "
+                     "tissue_positions_list.csv here",
                      "point `spots` at the Space Ranger outs/ folder or the positions CSV")
 
 

@@ -13,7 +13,15 @@ Both: ``X`` = log1p(counts per 10k) float32 for counts, log1p(values) for TPM/FP
 as given for ``log``; ``layers['counts']`` = the values as read; ``var_names`` = the union of
 the genes of all inputs (a gene absent from one section is 0 there: files such as her2st's
 drop undetected genes per section); genes zero everywhere are dropped and counted;
-``uns['slide2expr']`` = provenance.
+``var['gene_ids']`` = the inputs' gene IDs when they had IDs beside symbols (10x
+``features/id``, a gene map; ``""`` for a gene without); ``uns['slide2expr']`` =
+provenance; ``uns['log1p'] = {'base': None}`` when ``X`` is log1p (scanpy's record).
+
+Spot mode adds scverse's spatial metadata (:mod:`slide2expr.join.scverse`):
+``uns['spatial'][sample_id]`` (H&E ``images`` hires/lowres read from the slide,
+``scalefactors``, ``metadata``) and ``obs['library_id']`` (categorical), so that
+``sc.pl.spatial(adata[adata.obs.library_id == s], library_id=s, color=gene)`` draws the
+spots on the H&E.
 """
 
 from __future__ import annotations
@@ -42,6 +50,7 @@ from slide2expr.inputs.expression import (
     read_spot_counts,
 )
 from slide2expr.inputs.spots import match_spots_to_counts, read_scalefactors, read_spot_positions
+from slide2expr.join.scverse import add_log1p, add_spatial_metadata
 from slide2expr.keys import Key
 
 log = logging.getLogger(__name__)
@@ -170,11 +179,15 @@ def build_dataset(
             raise InputError(None, "bulk mode needs an expression matrix",
                              "set join.expression in the config (or --expression)")
         parts = _bulk_parts(sheet, features_dir, params, report, Path(expression), sheet_path)
-    obs, counts, genes, obsm, feature_attrs = parts
-    adata = _assemble(obs, counts, genes, obsm, params, report)
+    obs, counts, genes, gene_ids, obsm, feature_attrs = parts
+    adata = _assemble(obs, counts, genes, obsm, params, report, gene_ids=gene_ids)
     adata.uns[Key.PROVENANCE] = _provenance(params, report, feature_attrs, adata,
                                           expression=expression, run_config=run_config,
                                           sheet_path=sheet_path, features_dir=features_dir)
+    add_log1p(adata, params.values)
+    if params.mode == "spot":
+        slides = {str(sid): (str(sheet.loc[sid, "slide"]) or None) for sid in sheet.index}
+        add_spatial_metadata(adata, slides, feature_attrs)
     return adata
 
 
@@ -236,9 +249,9 @@ def _spot_parts(sheet, features_dir, params, report, sheet_path):
     if len(dup):
         raise InputError(sheet_path, f"{len(dup)} spot name(s) f'{{sample}}_{{spot}}' collide "
                          f"(e.g. {dup[0]})", "rename the samples so names stay unique")
-    matrix, genes = _union_genes(tables, list(sheet.index), report)
+    matrix, genes, gene_ids = _union_genes(tables, list(sheet.index), report)
     obsm = {"spatial": np.vstack(spatial), params.obsm_key: np.vstack(embeddings)}
-    return obs, matrix, genes, obsm, feature_attrs
+    return obs, matrix, genes, gene_ids, obsm, feature_attrs
 
 
 def _read_spot_features(path: Path, params: JoinParams):
@@ -338,7 +351,8 @@ def _bulk_parts(sheet, features_dir, params, report, expression: Path, sheet_pat
         rows.append((str(name), row))
     obs = pd.DataFrame([r for _, r in rows], index=pd.Index([n for n, _ in rows], name="unit"))
     matrix = np.vstack(profiles)
-    return obs, matrix, table.genes, {}, feature_attrs
+    gene_ids = None if table.gene_ids is None else pd.Series(table.gene_ids, index=table.genes)
+    return obs, matrix, table.genes, gene_ids, {}, feature_attrs
 
 
 def _bulk_feature_meta(path: Path, params: JoinParams) -> dict[str, Any]:
@@ -382,8 +396,17 @@ def _check_embed_dims(attrs: dict[str, dict], embeddings: list[np.ndarray] | Non
 
 
 def _union_genes(tables: list[ExpressionTable], names: list[str], report: _Report):
-    """Stack tables over the union of their genes (first-seen order); absent genes are 0."""
+    """Stack tables over the union of their genes (first-seen order); absent genes are 0.
+
+    Returns the CSR matrix, the genes and their IDs (first input that has one; ``None``
+    when no input had gene IDs).
+    """
     genes = pd.Index(pd.unique(np.concatenate([np.asarray(t.genes) for t in tables])))
+    with_ids = [pd.Series(t.gene_ids, index=t.genes) for t in tables if t.gene_ids is not None]
+    gene_ids = None
+    if with_ids:
+        first = pd.concat(with_ids)
+        gene_ids = first[~first.index.duplicated()].reindex(genes)
     blocks = []
     for name, t in zip(names, tables, strict=True):
         cols = genes.get_indexer(t.genes)
@@ -395,7 +418,7 @@ def _union_genes(tables: list[ExpressionTable], names: list[str], report: _Repor
     if report.genes_filled_zero:
         log.info("genes: union of %d; filled with 0 where a section lacks them: %s", len(genes),
                  ", ".join(f"{k} {v}" for k, v in report.genes_filled_zero.items()))
-    return sparse.vstack(blocks, format="csr"), genes
+    return sparse.vstack(blocks, format="csr"), genes, gene_ids
 
 
 def transform(counts, *, values: str, target_sum: float = 1e4):
@@ -430,7 +453,8 @@ def transform(counts, *, values: str, target_sum: float = 1e4):
     return m.astype(np.float32)
 
 
-def _assemble(obs, counts, genes, obsm, params: JoinParams, report: _Report):
+def _assemble(obs, counts, genes, obsm, params: JoinParams, report: _Report, *,
+              gene_ids: pd.Series | None = None):
     import anndata as ad
 
     counts = sparse.csr_matrix(counts, dtype=np.float64)
@@ -463,6 +487,9 @@ def _assemble(obs, counts, genes, obsm, params: JoinParams, report: _Report):
         if obs[col].dtype == object:
             obs[col] = obs[col].astype(str)
     var = pd.DataFrame(index=pd.Index(genes.astype(str), name="gene"))
+    if gene_ids is not None:
+        ids = gene_ids.reindex(pd.Index(genes)).fillna("").astype(str).to_numpy()
+        var[Key.GENE_IDS] = ids
     adata = ad.AnnData(X=x, obs=obs, var=var, layers={"counts": layer})
     for key, value in obsm.items():
         adata.obsm[key] = value

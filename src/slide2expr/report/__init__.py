@@ -12,8 +12,10 @@ import logging
 from pathlib import Path
 
 from slide2expr.atomic import atomic_outputs
+from slide2expr.keys import Key
 from slide2expr.report.evaluate import ReportData, build_report, by_r, load_predictions
 from slide2expr.report.html import render_html
+from slide2expr.report.links import VIEWER, find_links
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +26,7 @@ OUTPUT_NAMES = ("genes.tsv", "summary.json", "index.html")
 
 def write_report(predictions: str | Path, out_dir: str | Path, *, top_n: int = 50,
                  n_hvg: int = 50, n_boot: int = 1000, alpha: float = 0.05, seed: int = 0,
-                 baseline: str = "ridge", n_scatter: int = 8) -> ReportData:
+                 baseline: str = "ridge", n_scatter: int = 8, viewer: str = VIEWER) -> ReportData:
     """Evaluate a predictions file and write ``genes.tsv``, ``summary.json``, ``index.html``.
 
     Parameters
@@ -37,6 +39,10 @@ def write_report(predictions: str | Path, out_dir: str | Path, *, top_n: int = 5
         See :func:`~slide2expr.report.evaluate.build_report`.
     n_scatter
         Best and worst genes drawn as predicted-vs-observed scatter plots.
+    viewer
+        The viewer page relative to ``index.html`` (each gene links to ``{viewer}#gene=G``;
+        empty: no viewer links). Heatmap and QC links follow the ``results/`` layout
+        (:mod:`slide2expr.report.links`).
 
     Returns
     -------
@@ -47,8 +53,11 @@ def write_report(predictions: str | Path, out_dir: str | Path, *, top_n: int = 5
     data = build_report(adata, top_n=top_n, n_hvg=n_hvg, n_boot=n_boot, alpha=alpha,
                         seed=seed, baseline=baseline, source=predictions)
     log.info("rendering the page")
-    page = render_html(data, n_scatter=n_scatter, seed=seed)
     out = Path(out_dir)
+    head = str(data.summary.get("head") or out.name)
+    links = find_links(out, head=head, samples=adata.obs[Key.SAMPLE_ID].astype(str).unique(),
+                       genes=data.genes["gene"].astype(str).tolist(), viewer=viewer)
+    page = render_html(data, n_scatter=n_scatter, seed=seed, links=links)
     with atomic_outputs(*(out / name for name in OUTPUT_NAMES)) as (tsv, js, page_path):
         by_r(data.genes).to_csv(tsv, sep="\t", index=False, na_rep="NaN", float_format="%.8g")
         js.write_text(json.dumps(data.summary, indent=2, allow_nan=False) + "\n",

@@ -2,8 +2,10 @@
 
 Every piece of text that comes from data (gene names, sample ids, provenance) passes
 through :func:`html.escape`; figures are inline ``data:image/png;base64`` images; a small
-inline script makes the tables sortable (click a header). Opening ``index.html#sort=COL:asc``
-sorts the gene table by column ``COL`` on load.
+inline script makes the tables sortable (click a header) and the gene table searchable (a
+search box; ``index.html#q=ERBB2`` fills it). Opening ``index.html#sort=COL:asc`` sorts the
+gene table by column ``COL`` on load. Each gene links to its heatmap PNGs and to the
+viewer (:mod:`slide2expr.report.links`); the provenance is shown as YAML.
 """
 
 from __future__ import annotations
@@ -16,9 +18,12 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import yaml
 
 import slide2expr.report.plots as plots
+from slide2expr.heatmap.gene_choice import gene_filename
 from slide2expr.report.evaluate import ReportData, by_r
+from slide2expr.report.links import ReportLinks
 
 #: Gene table columns shown on the page: (genes.tsv column, header, format).
 GENE_TABLE = (
@@ -62,7 +67,9 @@ img.fig{max-width:100%;display:block;margin:8px 0}
 dl.defs dt{font-weight:bold;margin-top:6px}dl.defs dd{margin-left:18px}
 .scroll{max-height:720px;max-width:100%;overflow:auto;border:1px solid #c8ccd2;
  display:inline-block}
-pre{background:#f4f6f9;padding:8px;font-size:12px;overflow:auto;max-height:360px}
+pre{background:#f4f6f9;padding:8px;font-size:12px;overflow:auto;max-height:480px}
+td.maps a{margin-right:6px}
+#gene-search{font-size:14px;padding:4px 8px;width:320px;margin:4px 8px 4px 0}
 """
 
 JS = r"""
@@ -112,6 +119,58 @@ JS = r"""
       if (cells[i].getAttribute('data-col') === m[1]) sortBy(genes, i, m[2]);
     }
   }
+  // heatmap links: PNGs written after the page are found when it is opened (an image
+  // that loads gets a link), for the first PROBE shown rows, once each
+  var PROBE = 100;
+  function probe(){
+    if (!genes) return;
+    var base = genes.getAttribute('data-heatmaps');
+    var samples = (genes.getAttribute('data-samples') || '').split(' ').filter(Boolean);
+    if (!base || !samples.length) return;
+    var shown = 0;
+    Array.prototype.forEach.call(genes.tBodies[0].rows, function(row){
+      if (row.style.display === 'none' || shown >= PROBE) return;
+      shown++;
+      var cell = row.querySelector('td.maps');
+      if (!cell || cell.getAttribute('data-probed')) return;
+      cell.setAttribute('data-probed', '1');
+      var have = (cell.getAttribute('data-have') || '').split(' ');
+      var file = cell.getAttribute('data-file');
+      samples.forEach(function(s){
+        if (have.indexOf(s) >= 0) return;
+        var url = base + '/' + encodeURIComponent(s) + '/' + encodeURIComponent(file) + '.png';
+        var img = new Image();
+        img.onload = function(){
+          var a = document.createElement('a');
+          a.setAttribute('href', url);
+          a.setAttribute('class', 'heatmap');
+          a.textContent = s;
+          cell.insertBefore(a, cell.querySelector('a.viewer'));
+        };
+        img.src = url;
+      });
+    });
+  }
+  var search = document.getElementById('gene-search');
+  var count = document.getElementById('gene-count');
+  function filter(){
+    if (!genes || !search) return;
+    var q = search.value.trim().toLowerCase();
+    var n = 0;
+    Array.prototype.forEach.call(genes.tBodies[0].rows, function(row){
+      var hit = !q || row.cells[0].textContent.toLowerCase().indexOf(q) >= 0;
+      row.style.display = hit ? '' : 'none';
+      if (hit) n++;
+    });
+    if (count) count.textContent = n + ' of ' + genes.tBodies[0].rows.length + ' genes';
+    probe();
+  }
+  if (search){
+    search.addEventListener('input', filter);
+    var q = /[#&]q=([^&]*)/.exec(window.location.hash);
+    if (q) search.value = decodeURIComponent(q[1]);
+  }
+  filter();
   document.body.setAttribute('data-ready', '1');
 })();
 """
@@ -210,12 +269,27 @@ def fold_table(summary: dict[str, Any]) -> str:
     return _table([esc(h) for h in header], rows, attrs="id='folds' class='sortable'")
 
 
-def gene_table(genes: pd.DataFrame) -> str:
-    """The sortable table of every gene (all genes.tsv rows)."""
+def maps_cell(gene: str, links: ReportLinks) -> str:
+    """The gene's links: heatmap PNGs found (one per slide) and the viewer."""
+    have = links.present.get(str(gene), [])
+    parts = [f"<a class='heatmap' href='{esc(links.heatmap_href(s, gene))}'>{esc(s)}</a>"
+             for s in have]
+    if links.viewer:
+        parts.append(f"<a class='viewer' href='{esc(links.viewer_href(gene))}'>viewer</a>")
+    return (f"<td class='t maps' data-file='{esc(gene_filename(gene))}' "
+            f"data-have='{esc(' '.join(have))}'>{''.join(parts)}</td>")
+
+
+def gene_table(genes: pd.DataFrame, links: ReportLinks | None = None) -> str:
+    """The sortable, searchable table of every gene (all genes.tsv rows).
+
+    With ``links``, a ``maps`` column after the gene links its heatmaps and the viewer.
+    """
     cols = [c for c in GENE_TABLE if c[0] in genes.columns]
-    head = "".join(
-        f"<th data-col='{c}' data-type='{'text' if k in ('text', 'bool') else 'num'}'"
-        f"{' class=t' if k == 'text' else ''}>{esc(h)}</th>" for c, h, k in cols)
+    heads = [f"<th data-col='{c}' data-type='{'text' if k in ('text', 'bool') else 'num'}'"
+             f"{' class=t' if k == 'text' else ''}>{esc(h)}</th>" for c, h, k in cols]
+    if links is not None:
+        heads.insert(1, "<th data-col='maps' data-type='text' class=t>maps</th>")
     parts = []
     values = {c: genes[c].to_numpy() for c, _, _ in cols}
     for i in range(len(genes)):
@@ -229,9 +303,50 @@ def gene_table(genes: pd.DataFrame) -> str:
             else:
                 dv = repr(float(v)) if _finite(v) else ""
                 cells.append(f"<td data-v='{dv}'>{text}</td>")
+        if links is not None:
+            cells.insert(1, maps_cell(str(values["gene"][i]), links))
         parts.append("<tr>" + "".join(cells) + "</tr>")
-    return (f"<div class='scroll'><table id='genes' class='sortable'><thead><tr>{head}</tr>"
-            f"</thead><tbody>{''.join(parts)}</tbody></table></div>")
+    data = ""
+    if links is not None:
+        data = (f" data-heatmaps='{esc(links.heatmaps)}' "
+                f"data-samples='{esc(' '.join(links.samples))}'")
+    search = ("<p><input type='search' id='gene-search' placeholder='search genes' "
+              "aria-label='search genes'><span id='gene-count' class='sub'></span></p>")
+    return (f"{search}<div class='scroll'><table id='genes' class='sortable'{data}><thead><tr>"
+            f"{''.join(heads)}</tr></thead><tbody>{''.join(parts)}</tbody></table></div>")
+
+
+def samples_list(links: ReportLinks) -> str:
+    """One line per sample: its QC image and heatmap folder (those that exist)."""
+    if not links.samples:
+        return ""
+    items = []
+    for s in links.samples:
+        parts = []
+        if s in links.qc:
+            parts.append(f"<a href='{esc(links.qc[s])}'>QC</a>")
+        if s in links.folders:
+            parts.append(f"<a href='{esc(links.heatmaps)}/{esc(s)}/'>heatmaps</a>")
+        items.append(f"<li>{esc(s)}{': ' if parts else ''}{' · '.join(parts)}</li>")
+    return f"<h2>Samples</h2><ul id='samples'>{''.join(items)}</ul>"
+
+
+def provenance_yaml(provenance: dict[str, Any]) -> str:
+    """The provenance as YAML; a config stored as a JSON string is shown as a mapping."""
+    def unpack(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {str(k): unpack(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [unpack(v) for v in value]
+        if isinstance(value, str) and value[:1] in "{[":
+            try:
+                return unpack(json.loads(value))
+            except ValueError:
+                return value
+        return value
+
+    return yaml.safe_dump(unpack(provenance), sort_keys=False, default_flow_style=False,
+                          allow_unicode=True, width=100)
 
 
 def _img(b64: str, alt: str) -> str:
@@ -247,8 +362,16 @@ def _top_bottom(genes: pd.DataFrame, n: int) -> tuple[list[int], list[int]]:
     return top, bottom
 
 
+def _maps_note(links: ReportLinks | None) -> str:
+    if links is None:
+        return ""
+    return (" <i>maps</i>: the gene's heatmap on each slide that has one (heatmaps are drawn "
+            "for the best genes after this page is written; the page finds them when opened) "
+            "and the gene in the viewer.")
+
+
 def render_html(data: ReportData, *, title: str | None = None, n_scatter: int = 8,
-                seed: int = 0) -> str:
+                seed: int = 0, links: ReportLinks | None = None) -> str:
     """Build the report page.
 
     Parameters
@@ -261,6 +384,9 @@ def render_html(data: ReportData, *, title: str | None = None, n_scatter: int = 
         Genes shown as scatter plots among the best and among the worst.
     seed
         Seed for subsampling points of large scatter plots.
+    links
+        Heatmap, QC and viewer links (:func:`~slide2expr.report.links.find_links`); None
+        for none.
 
     Returns
     -------
@@ -299,7 +425,7 @@ def render_html(data: ReportData, *, title: str | None = None, n_scatter: int = 
     if not ref:
         notes += ("<p class='note'>No reference baseline in the predictions: genes are not "
                   "tested against a baseline.</p>")
-    prov = json.dumps(s.get("provenance", {}), indent=2, sort_keys=True, default=str)
+    prov = provenance_yaml(json.loads(json.dumps(s.get("provenance", {}), default=str)))
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
@@ -318,8 +444,10 @@ def render_html(data: ReportData, *, title: str | None = None, n_scatter: int = 
 <h2>Per fold</h2>
 {fold_table(s)}
 <h2>Genes</h2>
-<p class="sub">Click a column header to sort. Also in genes.tsv beside this page.</p>
-{gene_table(by_r(genes))}
+<p class="sub">Click a column header to sort; type in the box to find genes. Also in
+genes.tsv beside this page.{_maps_note(links)}</p>
+{gene_table(by_r(genes), links)}
+{samples_list(links) if links is not None else ''}
 <h2>Definitions</h2>
 <dl class="defs">{defs}</dl>
 <h2>Provenance</h2>

@@ -12,7 +12,10 @@ Outputs (paths chosen by the caller; the workflow uses these):
   mean); ``layers['predicted']`` and ``layers['baseline_ridge' | 'baseline_hest' | 'baseline_mean']``
   out-of-fold, NaN where a unit's fold did not model the gene (or a unit was never held
   out, with a ``split`` column); ``uns['slide2expr']`` = the dataset's provenance plus
-  ``train`` (settings, per-fold genes, ridge alpha, epochs, best validation r).
+  ``train`` (settings, per-fold genes, ridge alpha, epochs, best validation r); the
+  dataset's ``uns['spatial']``, ``uns['log1p']``, ``obs['library_id']`` and
+  ``var['gene_ids']`` are carried over, so ``sc.pl.spatial`` draws the predictions (a
+  layer) on the H&E too.
 """
 
 from __future__ import annotations
@@ -33,8 +36,9 @@ import scipy.sparse as sp
 from tqdm.auto import tqdm
 
 from slide2expr.atomic import atomic_output, remove_stale_temporaries, temporary_sibling
+from slide2expr.contracts._anndata import write_h5ad
 from slide2expr.contracts.models import write_splits
-from slide2expr.contracts.predictions import uns_value
+from slide2expr.contracts.predictions import copy_scverse_entries, uns_value
 from slide2expr.errors import InputError
 from slide2expr.keys import NOT_HELD_OUT, Key
 from slide2expr.train.config import TrainConfig
@@ -359,7 +363,7 @@ def run_training(adata: Any, *, head: str, config: TrainConfig, models_dir: str 
         predictions = assemble_predictions(adata, results, fold=fold, config=config,
                                            head=head, provenance=provenance)
         with atomic_output(predictions_path) as tmp:
-            predictions.write_h5ad(tmp)
+            write_h5ad(predictions, tmp)  # uns['spatial'] images compressed
             if models_dir.exists():
                 shutil.rmtree(models_dir)
             os.replace(tmp_dir, models_dir)
@@ -430,4 +434,5 @@ def assemble_predictions(adata: Any, results: list[FoldResult], *, fold: np.ndar
         "held_out_units": int((fold != NOT_HELD_OUT).sum()),
     })
     out.uns[Key.PROVENANCE] = prov
+    copy_scverse_entries(adata, out)  # uns['spatial'], uns['log1p']: plots work on predictions
     return out

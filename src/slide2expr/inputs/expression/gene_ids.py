@@ -89,9 +89,10 @@ def rename_genes(
     -------
     ExpressionTable
         With unique gene names. Genes without a symbol keep their (version-less) ID, with a
-        warning.
+        warning. With a mapping, the input's IDs (as written) are kept as ``gene_ids``.
     """
     names = pd.Index([strip_version(g) for g in table.genes])
+    gene_ids = table.gene_ids
     if mapping is not None:
         mapped = names.map(lambda g: mapping.get(g))
         unmapped = pd.isna(np.asarray(mapped, dtype=object))
@@ -103,12 +104,15 @@ def rename_genes(
             log.warning("%s: %d of %d gene IDs have no symbol in the gene map and keep their "
                         "ID (e.g. %s)", table.source, int(unmapped.sum()), len(names),
                         ", ".join(names[unmapped][:3]))
+        if gene_ids is None:
+            gene_ids = table.genes
         names = pd.Index(np.where(unmapped, np.asarray(names, dtype=object),
                                   np.asarray(mapped, dtype=object)))
     elif sum(bool(ENSEMBL_ID.match(g)) for g in names[:1000]) > len(names[:1000]) // 2:
         log.warning("%s: genes are Ensembl IDs and no join.gene_map is set: var_names will be "
                     "Ensembl IDs, not symbols", table.source)
-    return sum_duplicate_genes(ExpressionTable(table.matrix, table.ids, names, table.source))
+    return sum_duplicate_genes(ExpressionTable(table.matrix, table.ids, names, table.source,
+                                               gene_ids))
 
 
 def sum_duplicate_genes(table: ExpressionTable) -> ExpressionTable:
@@ -125,7 +129,11 @@ def sum_duplicate_genes(table: ExpressionTable) -> ExpressionTable:
         (np.ones(len(genes)), (np.arange(len(genes)), codes)), shape=(len(genes), len(uniques)))
     matrix = table.matrix @ merge
     matrix = matrix.tocsr() if sparse.issparse(matrix) else np.asarray(matrix)
-    return ExpressionTable(matrix, table.ids, pd.Index(uniques), table.source)
+    gene_ids = None
+    if table.gene_ids is not None:  # the IDs summed into one name, joined in column order
+        ids = pd.Series(np.asarray(table.gene_ids, dtype=object)).groupby(codes, sort=True)
+        gene_ids = pd.Index(ids.agg(lambda s: ";".join(dict.fromkeys(s))).to_numpy())
+    return ExpressionTable(matrix, table.ids, pd.Index(uniques), table.source, gene_ids)
 
 
 def _as_mapping(ids: pd.Series, symbols: pd.Series) -> pd.Series:

@@ -6,8 +6,10 @@ Layouts (the sample sheet's ``counts`` column):
   in the first column (her2st: ``"{x}x{y}"``), genes as columns.
 - **10x Space Ranger**: ``filtered_feature_bc_matrix.h5`` (Cell Ranger v3+ layout with
   ``matrix/features``, or the v2 layout with one group per genome), or the ``outs/`` folder
-  holding it. Only ``Gene Expression`` features are kept; genes are named by symbol.
-- **h5ad**: ``obs_names`` are spot IDs; ``layers['counts']`` if present, else ``X``.
+  holding it, read by :func:`scanpy.read_10x_h5`. Only ``Gene Expression`` features are
+  kept; genes are named by symbol, their IDs kept as ``gene_ids``.
+- **h5ad**: ``obs_names`` are spot IDs; ``layers['counts']`` if present, else ``X``;
+  ``var['gene_ids']`` kept when present.
 
 Spot positions come from :func:`slide2expr.inputs.spots.read_spot_positions`.
 """
@@ -86,43 +88,33 @@ def read_spot_counts(
 def read_10x_h5(path: str | Path) -> ExpressionTable:
     """Read a 10x ``filtered_feature_bc_matrix.h5`` (v3+ or v2 layout) as spots x genes.
 
-    Genes are named by symbol (duplicates are summed later by the caller's
-    :func:`~slide2expr.inputs.expression.gene_ids.rename_genes`).
+    Read through :func:`scanpy.read_10x_h5` (``gex_only``: only ``Gene Expression``
+    features). Genes are named by symbol and their Ensembl IDs kept as ``gene_ids``;
+    symbols shared by several IDs are summed later by the caller's
+    :func:`~slide2expr.inputs.expression.gene_ids.rename_genes` (their IDs joined by ``;``).
     """
-    import h5py
+    import warnings
+
+    import scanpy as sc
 
     path = Path(path)
     try:
-        with h5py.File(path, "r") as f:
-            if "matrix" in f:
-                g = f["matrix"]
-                names = g["features/name"].asstr()[:]
-                kinds = g["features/feature_type"].asstr()[:] if "feature_type" in g["features"] \
-                    else np.full(len(names), "Gene Expression")
-            else:  # Cell Ranger 2: one group per genome
-                genome = next(iter(f.keys()))
-                g = f[genome]
-                names = g["gene_names"].asstr()[:]
-                kinds = np.full(len(names), "Gene Expression")
-            barcodes = g["barcodes"].asstr()[:]
-            n_genes, n_cells = (int(v) for v in g["shape"][:])
-            # stored CSC by barcode (genes x barcodes) == CSR of barcodes x genes
-            matrix = sparse.csr_matrix(
-                (g["data"][:].astype(np.float64), g["indices"][:], g["indptr"][:]),
-                shape=(n_cells, n_genes))
-    except (OSError, KeyError, ValueError, StopIteration) as exc:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*names are not unique.*")
+            adata = sc.read_10x_h5(path, gex_only=True)
+    except (OSError, KeyError, ValueError, IndexError, TypeError) as exc:
         raise InputError(path, f"is not a readable 10x feature-barcode matrix ({exc})",
                          "give Space Ranger's filtered_feature_bc_matrix.h5") from exc
-    keep = np.asarray(kinds) == "Gene Expression"
-    if not keep.all():
-        matrix = matrix[:, np.flatnonzero(keep)]
-        names = names[keep]
-    dup = pd.Index(barcodes)[pd.Index(barcodes).duplicated()].unique()
+    barcodes = pd.Index(adata.obs_names.astype(str))
+    dup = barcodes[barcodes.duplicated()].unique()
     if len(dup):
         raise InputError(path, f"{len(dup)} duplicate barcode(s) (e.g. {', '.join(dup[:3])})",
                          "make spot IDs unique")
+    matrix = sparse.csr_matrix(adata.X, dtype=np.float64)
     matrix.sum_duplicates()
-    return ExpressionTable(matrix, pd.Index(barcodes), pd.Index(names), str(path))
+    gene_ids = adata.var[Key.GENE_IDS] if Key.GENE_IDS in adata.var else None
+    return ExpressionTable(matrix, barcodes, pd.Index(adata.var_names.astype(str)), str(path),
+                           None if gene_ids is None else pd.Index(gene_ids.astype(str)))
 
 
 def _read_h5ad(path: Path) -> ExpressionTable:
@@ -139,4 +131,6 @@ def _read_h5ad(path: Path) -> ExpressionTable:
         if len(dup):
             raise InputError(path, f"{len(dup)} duplicate {kind} ID(s) (e.g. {', '.join(dup[:3])})",
                              f"make {kind} IDs unique")
-    return ExpressionTable(matrix, adata.obs_names, adata.var_names, str(path))
+    gene_ids = adata.var[Key.GENE_IDS].astype(str) if Key.GENE_IDS in adata.var else None
+    return ExpressionTable(matrix, adata.obs_names, adata.var_names, str(path),
+                           None if gene_ids is None else pd.Index(gene_ids))

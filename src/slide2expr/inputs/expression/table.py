@@ -40,12 +40,17 @@ class ExpressionTable:
         Gene names, unique strings.
     source
         The file it came from, named in errors.
+    gene_ids
+        The input's gene identifiers (e.g. Ensembl IDs) aligned with ``genes``, when the
+        input named genes by ID and symbol (10x ``features/id``, a gene map); several IDs
+        summed into one name are joined with ``;``. ``None`` when the input had only names.
     """
 
     matrix: np.ndarray | sparse.csr_matrix
     ids: pd.Index
     genes: pd.Index
     source: str
+    gene_ids: pd.Index | None = None
 
     def __post_init__(self) -> None:
         self.ids = pd.Index([str(i) for i in self.ids])
@@ -55,6 +60,10 @@ class ExpressionTable:
                              f"{len(self.ids)} ids x {len(self.genes)} genes")
         check_names(self.genes, what="gene name", source=self.source)
         check_names(self.ids, what="row ID", source=self.source)
+        if self.gene_ids is not None:
+            self.gene_ids = pd.Index([str(g) for g in self.gene_ids])
+            if len(self.gene_ids) != len(self.genes):
+                raise ValueError(f"{len(self.gene_ids)} gene IDs for {len(self.genes)} genes")
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -71,7 +80,8 @@ class ExpressionTable:
         pos = self.ids.get_indexer(pd.Index(ids))
         if (pos < 0).any():
             raise KeyError(f"unknown ids: {list(pd.Index(ids)[pos < 0][:3])}")
-        return ExpressionTable(self.matrix[pos], pd.Index(ids), self.genes, self.source)
+        return ExpressionTable(self.matrix[pos], pd.Index(ids), self.genes, self.source,
+                               self.gene_ids)
 
 
 #: Characters no name may hold: ASCII controls (tab, newline...) and Unicode line breaks,

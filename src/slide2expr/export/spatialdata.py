@@ -1,0 +1,209 @@
+"""A SpatialData zarr store of a spot-mode run (``slide2expr export spatialdata``).
+
+One coordinate system per section, named by its sample ID, in the slide's level-0 pixels
+(the frame of ``obsm['spatial']`` and of every slide2expr file). Per section:
+
+- image ``{sample}_he``: the H&E as a multiscale image (``uns['spatial'][sample]``'s hires
+  image, with coarser levels by 2 and 4), scaled into level-0 pixels;
+- shapes ``{sample}_spots``: the measured spots as circles (``radius`` = half the spot
+  diameter in level-0 px), indexed ``0..n-1`` with the spot ID as a column;
+- shapes ``{sample}_tiles``: the grid tiles as squares, when the tile maps of
+  ``heatmaps/{head}/{sample}.h5ad`` are given.
+
+Tables: ``measured`` (``X`` = the measured log1p CP10k) and ``predicted`` (``X`` = the
+out-of-fold predictions, NaN where a spot's fold did not model a gene), both annotating the
+spots (``region`` = ``{sample}_spots``, ``instance_id``); ``predicted_tiles`` annotating the
+tiles when tile maps are given. Needs the ``spatialdata`` extra.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from slide2expr.errors import InputError
+from slide2expr.keys import Key
+
+log = logging.getLogger(__name__)
+
+#: Coarser levels of the H&E image, each by this factor from the previous.
+SCALE_FACTORS = (2, 2)
+
+
+def _require() -> Any:
+    try:
+        import spatialdata
+    except ImportError as exc:
+        raise InputError(None, "the SpatialData export needs the spatialdata package",
+                         "pip install 'slide2expr[spatialdata]'") from exc
+    return spatialdata
+
+
+def _image(hires: np.ndarray, scalef: float, cs: str) -> Any:
+    from spatialdata.models import Image2DModel
+    from spatialdata.transformations import Scale
+
+    array = np.moveaxis(np.asarray(hires, dtype=np.uint8), -1, 0)  # (c, y, x)
+    to_level0 = Scale([1.0 / scalef, 1.0 / scalef], axes=("y", "x"))
+    return Image2DModel.parse(array, dims=("c", "y", "x"), c_coords=["r", "g", "b"],
+                              scale_factors=list(SCALE_FACTORS),
+                              transformations={cs: to_level0})
+
+
+def _spots(xy: np.ndarray, diameter: float, spot_ids: Sequence[str], cs: str) -> Any:
+    import geopandas as gpd
+    from spatialdata.models import ShapesModel
+    from spatialdata.transformations import Identity
+
+    frame = gpd.GeoDataFrame(
+        {"radius": np.full(len(xy), diameter / 2.0), "spot_id": list(map(str, spot_ids))},
+        geometry=gpd.points_from_xy(xy[:, 0], xy[:, 1]), index=pd.RangeIndex(len(xy)))
+    return ShapesModel.parse(frame, transformations={cs: Identity()})
+
+
+def _tiles(coords: np.ndarray, size0: float, cs: str) -> Any:
+    import geopandas as gpd
+    import shapely
+    from spatialdata.models import ShapesModel
+    from spatialdata.transformations import Identity
+
+    c = np.asarray(coords, dtype=np.float64)
+    boxes = shapely.box(c[:, 0], c[:, 1], c[:, 0] + size0, c[:, 1] + size0)
+    frame = gpd.GeoDataFrame(geometry=boxes, index=pd.RangeIndex(len(c)))
+    return ShapesModel.parse(frame, transformations={cs: Identity()})
+
+
+def _table(x: np.ndarray, obs: pd.DataFrame, var: pd.DataFrame, regions: list[str]) -> Any:
+    import anndata as ad
+    from spatialdata.models import TableModel
+
+    obs = obs.copy()
+    obs["region"] = pd.Categorical(obs["region"], categories=regions)
+    table = ad.AnnData(X=np.asarray(x, dtype=np.float32), obs=obs, var=var)
+    return TableModel.parse(table, region=regions, region_key="region",
+                            instance_key="instance_id")
+
+
+def build_spatialdata(predictions: Any, *, tile_maps: Sequence[Any] = ()) -> Any:
+    """The SpatialData object of a spot-mode predictions AnnData (see the module docstring).
+
+    Parameters
+    ----------
+    predictions
+        ``predictions/{head}.h5ad`` as read by anndata.
+    tile_maps
+        :class:`~slide2expr.heatmap.tilemap.TileMap` objects of the same run (optional).
+
+    Raises
+    ------
+    InputError
+        Not spot-mode predictions, or no ``uns['spatial']`` (a dataset joined before it was
+        written: re-run join and train).
+    """
+    import scipy.sparse as sp
+
+    sd = _require()
+    for what, ok in (("obsm['spatial']", Key.SPATIAL in predictions.obsm),
+                     ("layers['predicted']", Key.PREDICTED in predictions.layers),
+                     ("uns['spatial']", Key.SPATIAL_UNS in predictions.uns)):
+        if not ok:
+            raise InputError(None, f"the predictions have no {what}",
+                             "export spot-mode predictions of a run joined by this version")
+    obs_all = predictions.obs
+    samples = list(dict.fromkeys(obs_all[Key.SAMPLE_ID].astype(str)))
+    images, shapes, rows = {}, {}, []
+    for sid in samples:
+        lib = predictions.uns[Key.SPATIAL_UNS].get(sid, {})
+        sf = dict(lib.get("scalefactors", {}))
+        hires = dict(lib.get("images", {})).get("hires")
+        if hires is not None and sf.get("tissue_hires_scalef"):
+            images[f"{sid}_he"] = _image(hires, float(sf["tissue_hires_scalef"]), sid)
+        idx = np.flatnonzero(obs_all[Key.SAMPLE_ID].astype(str).to_numpy() == sid)
+        xy = np.asarray(predictions.obsm[Key.SPATIAL], dtype=np.float64)[idx]
+        ids = (obs_all[Key.SPOT_ID] if Key.SPOT_ID in obs_all else obs_all.index)
+        diameter = float(sf.get("spot_diameter_fullres") or 1.0)
+        shapes[f"{sid}_spots"] = _spots(xy, diameter, np.asarray(ids)[idx], sid)
+        rows.append((sid, idx))
+    order = np.concatenate([idx for _, idx in rows])
+    obs = pd.DataFrame({
+        "region": np.concatenate([[f"{sid}_spots"] * len(idx) for sid, idx in rows]),
+        "instance_id": np.concatenate([np.arange(len(idx)) for _, idx in rows]),
+        Key.SAMPLE_ID: obs_all[Key.SAMPLE_ID].astype(str).to_numpy()[order],
+    }, index=predictions.obs_names[order].astype(str))
+    var = pd.DataFrame(index=predictions.var_names.astype(str))
+    x = predictions.X[order]
+    x = x.toarray() if sp.issparse(x) else x
+    regions = [f"{sid}_spots" for sid in samples]
+    tables = {
+        "measured": _table(x, obs, var, regions),
+        "predicted": _table(np.asarray(predictions.layers[Key.PREDICTED])[order], obs, var,
+                            regions),
+    }
+    if tile_maps:
+        tile_rows, values, tile_regions = [], [], []
+        genes = list(tile_maps[0].genes)
+        for tmap in tile_maps:
+            sid = tmap.sample_id
+            shapes[f"{sid}_tiles"] = _tiles(tmap.coords, tmap.tile_size0, sid)
+            tile_regions.append(f"{sid}_tiles")
+            col = [tmap.genes.index(g) for g in genes]
+            values.append(np.asarray(tmap.values)[:, col])
+            tile_rows.append(pd.DataFrame({"region": f"{sid}_tiles",
+                                           "instance_id": np.arange(len(tmap.coords)),
+                                           Key.SAMPLE_ID: sid}))
+        tobs = pd.concat(tile_rows, ignore_index=True)
+        tobs.index = tobs.index.astype(str)
+        tables["predicted_tiles"] = _table(np.vstack(values), tobs, pd.DataFrame(index=genes),
+                                           tile_regions)
+    return sd.SpatialData(images=images, shapes=shapes, tables=tables)
+
+
+def write_spatialdata(predictions_path: str | Path, out: str | Path, *,
+                      tile_maps: Sequence[str | Path] = ()) -> Path:
+    """Write the SpatialData zarr store of a predictions file (replacing ``out`` whole).
+
+    The store is written to a hidden sibling and renamed when complete, so a failed export
+    leaves nothing that looks finished.
+    """
+    import anndata as ad
+
+    from slide2expr.atomic import temporary_sibling
+
+    _require()
+    predictions_path, out = Path(predictions_path), Path(out)
+    if not predictions_path.is_file():
+        raise InputError(predictions_path, "predictions file not found",
+                         "pass results/predictions/{head}.h5ad")
+    try:
+        adata = ad.read_h5ad(predictions_path)
+    except Exception as exc:  # anndata/h5py raise many types
+        raise InputError(predictions_path, f"is not a readable predictions file ({exc})",
+                         "pass results/predictions/{head}.h5ad") from exc
+    maps = []
+    if tile_maps:
+        from slide2expr.contracts.tilemaps import read_tile_map
+
+        maps = [read_tile_map(p) for p in tile_maps]
+    try:
+        sdata = build_spatialdata(adata, tile_maps=maps)
+    except InputError as exc:
+        raise InputError(predictions_path, exc.problem, exc.fix) from exc
+    tmp = temporary_sibling(out)
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        sdata.write(tmp)
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info("wrote %s: %d images, %d shapes, tables %s", out, len(sdata.images),
+             len(sdata.shapes), ", ".join(sdata.tables))
+    return out
