@@ -17,9 +17,10 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from slide2expr.contracts.dataset import write_dataset
 from slide2expr.inputs.samples import read_sample_sheet
 from slide2expr.inputs.spots import read_spot_positions
-from slide2expr.join.run import JoinParams, build_dataset, write_dataset
+from slide2expr.join.run import JoinParams, build_dataset
 from slide2expr.keys import Key
 
 ENCODER = "toy"

@@ -122,7 +122,7 @@ def config_json(*keys):
             for part in parents:
                 node, value = node.setdefault(part, {}), value[part]
             node[leaf] = value[leaf]
-    return shlex.quote(json.dumps(chosen, sort_keys=True, default=str))
+    return shlex.quote(json.dumps(chosen, default=str))  # the config's own key order
 
 
 def get_final_output(manifest=True):

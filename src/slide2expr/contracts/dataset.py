@@ -6,7 +6,9 @@ values as given, see ``join.values``); ``layers['counts']``; ``var_names`` = gen
 spot mode: ``obsm['spatial']`` (level-0 px x, y of spot centres) and
 ``obsm['X_{encoder}']`` (spot patch embeddings); bulk mode: ``obs['features_path']``
 (``;``-joined for a unit of several slides); ``uns['slide2expr']`` = provenance (package
-version, mode, encoder, feature attrs, the run's config). Key names: :class:`slide2expr.keys.Key`.
+version, mode, encoder, feature attrs, the run's config) and ``slide2expr_format`` =
+``"dataset/1"``; ``uns['spatial']``, ``uns['log1p']``, ``obs['library_id']`` for scanpy and
+squidpy. Key names: :class:`slide2expr.keys.Key`.
 """
 
 from __future__ import annotations
@@ -18,8 +20,13 @@ from typing import Any
 import numpy as np
 
 from slide2expr.contracts._anndata import read_anndata, write_anndata
+from slide2expr.contracts._h5 import check_format
+from slide2expr.keys import Key
 
 log = logging.getLogger(__name__)
+
+CONTRACT = "dataset"
+VERSION = "1"
 
 
 def write_dataset(adata: Any, out: str | Path) -> Path:
@@ -30,8 +37,11 @@ def write_dataset(adata: Any, out: str | Path) -> Path:
 
 
 def read_dataset(path: str | Path) -> Any:
-    """Read ``dataset.h5ad`` (:class:`InputError` if it is not a readable AnnData file)."""
-    return read_anndata(path, what="dataset file", fix="run (or re-run) the join stage")
+    """Read ``dataset.h5ad`` (:class:`InputError` if it is not a readable AnnData file, or
+    is stamped as another contract or version in ``uns['slide2expr']``)."""
+    adata = read_anndata(path, what="dataset file", fix="run (or re-run) the join stage")
+    check_format(path, dict(adata.uns.get(Key.PROVENANCE, {})), CONTRACT, (VERSION,))
+    return adata
 
 
 def uns_storable(value: Any) -> Any:

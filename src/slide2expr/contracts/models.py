@@ -2,7 +2,7 @@
 
 Contract: each fold directory (and each ensemble member, ``fold{k}/member{m}/``) holds
 ``head.safetensors`` (the module's tensors only) and ``head.json`` (head name,
-hyperparameters, gene order, encoder, mode, fold; ``format`` = ``"model/1"``). ``splits.tsv``
+hyperparameters, gene order, encoder, mode, fold; ``slide2expr_format`` = ``"model/1"``). ``splits.tsv``
 beside the folds has one row per training unit: ``unit``, ``sample_id`` (a unit of several
 slides, a patient's averaged by the join, lists them ``;``-joined), ``group`` and ``fold``
 (the fold that held the unit out; :data:`~slide2expr.keys.NOT_HELD_OUT` for a unit that only

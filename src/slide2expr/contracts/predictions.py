@@ -17,10 +17,13 @@ from typing import Any
 import numpy as np
 
 from slide2expr.contracts._anndata import read_anndata, write_anndata
+from slide2expr.contracts._h5 import FORMAT_ATTR, check_format, format_stamp
 from slide2expr.errors import InputError
 from slide2expr.keys import Key
 
 FIX = "pass results/predictions/{head}.h5ad written by `slide2expr train`"
+CONTRACT = "predictions"
+VERSION = "1"
 
 
 def read_predictions(path: str | Path, *, need: tuple[str, ...] = (Key.FOLD,)) -> Any:
@@ -40,6 +43,7 @@ def read_predictions(path: str | Path, *, need: tuple[str, ...] = (Key.FOLD,)) -
         If the file is unreadable, lacks what is needed, or is empty.
     """
     adata = read_anndata(path, what="predictions file", fix=FIX)
+    check_format(path, dict(adata.uns.get(Key.PROVENANCE, {})), CONTRACT, (VERSION,))
     if Key.PREDICTED not in adata.layers:
         raise InputError(path, "has no layers['predicted']",
                          "pass the predictions file of `slide2expr train`, not the dataset")
@@ -55,8 +59,16 @@ def read_predictions(path: str | Path, *, need: tuple[str, ...] = (Key.FOLD,)) -
 
 
 def write_predictions(adata: Any, path: str | Path) -> Path:
-    """Write a predictions file atomically."""
+    """Write a predictions file atomically, stamped ``predictions/1``."""
+    stamp(adata)
     return write_anndata(adata, path)
+
+
+def stamp(adata: Any) -> None:
+    """Stamp ``uns['slide2expr']`` as this contract (replacing the dataset's stamp)."""
+    prov = dict(adata.uns.get(Key.PROVENANCE, {}))
+    prov.pop(FORMAT_ATTR, None)
+    adata.uns[Key.PROVENANCE] = {**format_stamp(CONTRACT, VERSION), **prov}
 
 
 def uns_value(value: Any) -> Any:

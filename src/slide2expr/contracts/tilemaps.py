@@ -19,13 +19,21 @@ from typing import Any
 import numpy as np
 
 from slide2expr.contracts._anndata import read_anndata, write_anndata
-from slide2expr.contracts._h5 import plain_attr, storable_attrs
+from slide2expr.contracts._h5 import (
+    FORMAT_ATTR,
+    check_format,
+    format_stamp,
+    plain_attr,
+    storable_attrs,
+)
 from slide2expr.errors import InputError
 from slide2expr.keys import Key
 
 log = logging.getLogger(__name__)
 
 FIX = "pass heatmaps/{head}/{sample}.h5ad written by `slide2expr heatmap`"
+CONTRACT = "tilemaps"
+VERSION = "1"
 #: Units of every predicted value (the dataset's X).
 UNITS = "log1p CP10k"
 
@@ -89,7 +97,8 @@ def tile_map_to_anndata(tmap: TileMap) -> Any:
     adata = ad.AnnData(X=np.ascontiguousarray(tmap.values, dtype=np.float32), obs=obs, var=var)
     adata.obsm[Key.SPATIAL] = centres
     adata.obsm[Key.COORDS] = tmap.coords
-    adata.uns[Key.PROVENANCE] = {"heatmap": storable_attrs(tmap.attrs | {"tile_size0": tmap.tile_size0})}
+    adata.uns[Key.PROVENANCE] = {"heatmap": storable_attrs(
+        tmap.attrs | {"tile_size0": tmap.tile_size0} | format_stamp(CONTRACT, VERSION))}
     return adata
 
 
@@ -115,6 +124,8 @@ def read_tile_map(path: str | Path) -> TileMap:
     except (KeyError, TypeError, ValueError) as exc:
         raise InputError(path, f"is not a tile-prediction file (no {exc})", FIX) from exc
     attrs = {k: plain_attr(v, arrays_as_lists=True) for k, v in attrs.items()}
+    check_format(path, attrs, CONTRACT, (VERSION,))
+    attrs.pop(FORMAT_ATTR, None)
     spot_ids = adata.obs[Key.SPOT_ID].to_numpy(str) if "spot_id" in adata.obs else None
     return TileMap(values=np.asarray(adata.X, dtype=np.float32), genes=list(map(str, adata.var_names)),
                    coords=coords, tile_size0=float(attrs["tile_size0"]), attrs=attrs,

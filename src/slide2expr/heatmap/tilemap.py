@@ -10,6 +10,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from slide2expr.contracts._h5 import FORMAT_ATTR
 from slide2expr.contracts.features import FeatureSet
 from slide2expr.contracts.tilemaps import (
     UNITS,
@@ -57,7 +58,8 @@ def predict_tile_map(features: FeatureSet, model: TileModel, *,
         If the features file has no tiles, lacks ``tile_px_level0``, or the model returns the
         wrong shape or non-finite values.
     """
-    attrs = dict(features.attrs)
+    # the features file's own format stamp does not describe the map
+    attrs = {k: v for k, v in features.attrs.items() if k != FORMAT_ATTR}
     if len(features) == 0:
         raise InputError(source, "has no tiles", "re-run the tile stage: no tissue was found")
     if "tile_px_level0" not in attrs:

@@ -39,6 +39,9 @@ from scipy import sparse
 from tqdm.auto import tqdm
 
 from slide2expr import __version__
+from slide2expr.contracts._h5 import format_stamp
+from slide2expr.contracts.dataset import CONTRACT as DATASET_CONTRACT
+from slide2expr.contracts.dataset import VERSION as DATASET_VERSION
 from slide2expr.contracts.dataset import uns_storable
 from slide2expr.contracts.features import read_feature_meta, read_features
 from slide2expr.errors import InputError
@@ -513,6 +516,7 @@ def _provenance(params, report, feature_attrs, adata, *, expression, run_config,
     if params.values == "counts" and params.target_sum != 1e4:
         transform_name = f"log1p(counts per {params.target_sum:g})"
     prov = {
+        **format_stamp(DATASET_CONTRACT, DATASET_VERSION),
         "version": __version__,
         "stage": "join",
         "mode": params.mode,

@@ -39,6 +39,7 @@ from slide2expr.atomic import atomic_output, remove_stale_temporaries, temporary
 from slide2expr.contracts._anndata import write_h5ad
 from slide2expr.contracts.models import write_splits
 from slide2expr.contracts.predictions import copy_scverse_entries, uns_value
+from slide2expr.contracts.predictions import stamp as stamp_predictions
 from slide2expr.errors import InputError
 from slide2expr.keys import NOT_HELD_OUT, Key
 from slide2expr.train.config import TrainConfig
@@ -434,5 +435,6 @@ def assemble_predictions(adata: Any, results: list[FoldResult], *, fold: np.ndar
         "held_out_units": int((fold != NOT_HELD_OUT).sum()),
     })
     out.uns[Key.PROVENANCE] = prov
+    stamp_predictions(out)
     copy_scverse_entries(adata, out)  # uns['spatial'], uns['log1p']: plots work on predictions
     return out

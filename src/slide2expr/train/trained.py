@@ -15,7 +15,8 @@ import numpy as np
 import torch
 
 from slide2expr.atomic import atomic_output
-from slide2expr.contracts.models import META, WEIGHTS, held_out_fold
+from slide2expr.contracts._h5 import check_format, format_stamp
+from slide2expr.contracts.models import CONTRACT, META, VERSION, WEIGHTS, held_out_fold
 from slide2expr.errors import InputError
 from slide2expr.train.features import make_supertiles
 from slide2expr.train.heads import build_head
@@ -40,6 +41,7 @@ def save_head(module: torch.nn.Module, fold_dir: str | Path, *, meta: dict) -> N
              if not k.startswith("metrics.")}
     with atomic_output(fold_dir / WEIGHTS) as tmp:
         save_file(state, str(tmp))
+    meta = {**format_stamp(CONTRACT, VERSION), **meta}
     with atomic_output(fold_dir / META) as tmp:
         tmp.write_text(json.dumps(meta, indent=2, default=_json_default))
 
@@ -98,6 +100,7 @@ def _read_meta(path: Path) -> dict:
     if not isinstance(meta["hparams"], dict) or not isinstance(meta["genes"], list):
         raise InputError(path, "has hparams that are not an object or genes that are not a list",
                          RETRAIN)
+    check_format(path, meta, CONTRACT, (VERSION,))
     return meta
 
 
