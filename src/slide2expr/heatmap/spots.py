@@ -37,12 +37,15 @@ class SpotValues:
         ``(S, G)`` log1p CP10k; predicted may be NaN where a spot's fold did not model a gene.
     genes
         Column names.
+    ids
+        Spot IDs (the predictions' ``obs_names``), when read from a file.
     """
 
     centres: np.ndarray
     measured: np.ndarray
     predicted: np.ndarray
     genes: list[str]
+    ids: list[str] | None = None
 
 
 def read_spot_values(path: str | Path, sample_id: str, genes: Sequence[str]) -> SpotValues | None:
@@ -83,7 +86,8 @@ def read_spot_values(path: str | Path, sample_id: str, genes: Sequence[str]) -> 
     measured = take(adata.X)
     predicted = take(adata.layers["predicted"])
     centres = np.asarray(adata.obsm["spatial"], dtype=np.float64)[rows]
-    return SpotValues(centres=centres, measured=measured, predicted=predicted, genes=keep)
+    ids = [str(i) for i in np.asarray(adata.obs_names)[rows]]
+    return SpotValues(centres=centres, measured=measured, predicted=predicted, genes=keep, ids=ids)
 
 
 def draw_spot_comparison(path: str | Path, spots: SpotValues, *, thumbnail: np.ndarray,

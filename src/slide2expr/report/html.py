@@ -13,6 +13,7 @@ import json
 import math
 from collections.abc import Iterable, Sequence
 from typing import Any
+from urllib.parse import quote
 
 import numpy as np
 import pandas as pd
@@ -39,6 +40,9 @@ GENE_TABLE = (
     ("train_mean", "training mean", "f"),
     ("reason", "reason", "text"),
 )
+
+#: The slide viewer (``slide2expr view``) seen from ``report/{head}/index.html``.
+VIEWER = "../../viewer/index.html"
 
 CSS = """
 body{font-family:'DejaVu Sans','Liberation Sans',Arial,sans-serif;margin:24px 32px;
@@ -223,7 +227,10 @@ def gene_table(genes: pd.DataFrame) -> str:
         for c, _, k in cols:
             v = values[c][i]
             text = esc(fmt(v, k))
-            if k in ("text", "bool"):
+            if c == "gene":  # opens the slide viewer at this gene
+                cells.append(f"<td class='t'><a href='{VIEWER}#gene={quote(str(v), safe='')}' "
+                             f"title='show {text} in the slide viewer'>{text}</a></td>")
+            elif k in ("text", "bool"):
                 cls = " class='t'" if k == "text" else (" class='sig'" if v else "")
                 cells.append(f"<td{cls}>{text}</td>")
             else:
@@ -318,7 +325,8 @@ def render_html(data: ReportData, *, title: str | None = None, n_scatter: int = 
 <h2>Per fold</h2>
 {fold_table(s)}
 <h2>Genes</h2>
-<p class="sub">Click a column header to sort. Also in genes.tsv beside this page.</p>
+<p class="sub">Click a column header to sort. Also in genes.tsv beside this page. A gene's name
+opens the slide viewer at that gene (results/viewer/, written with the heatmaps).</p>
 {gene_table(by_r(genes))}
 <h2>Definitions</h2>
 <dl class="defs">{defs}</dl>
