@@ -3,8 +3,9 @@
 A synthetic cohort is made here, with answers known by construction: one 2048 x 1536 px
 slide at 0.5 um/px (a pink ellipse of tissue on white), a tile map on the 224 px grid whose
 genes are functions of position (``GRADX`` rises left to right, ``GRADY`` top to bottom),
-spot-mode predictions with measured values at spots on a 400 px pitch, and a report. The
-browser test is tests/test_viewer_browser.py.
+spot-mode predictions with measured values at spots on a 400 px pitch (measured ``GRADX``
+falls left to right, the opposite of the prediction), and a report. The last tests open the
+page in Debian's headless Chromium through Selenium and chromium-driver (offline).
 """
 
 from __future__ import annotations
@@ -402,3 +403,179 @@ def test_server_serves_only_localhost(built) -> None:
     finally:
         server.shutdown()
         server.server_close()
+
+
+# --------------------------------------------------------------------------- browser
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+CHROMIUM_ARGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--hide-scrollbars", "--window-size=1280,800")
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory: pytest.TempPathFactory):
+    """Headless Chromium driven by Selenium through Debian's chromedriver (no Selenium
+    Manager, no network)."""
+    missing = [p for p in (CHROMIUM, CHROMEDRIVER) if not Path(p).exists()]
+    try:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+    except ImportError:
+        missing.append("selenium (pip)")
+    if missing:
+        message = (f"missing {', '.join(missing)} (apt-get install chromium chromium-driver; "
+                   "pip install selenium)")
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for arg in CHROMIUM_ARGS:
+        options.add_argument(arg)
+    options.add_argument(f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}")
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver.set_page_load_timeout(30)
+    yield driver
+    driver.quit()
+
+
+def _wait(driver, script: str, timeout: float = 20.0):
+    """Poll ``return <script>`` until truthy; its value."""
+    end = time.monotonic() + timeout
+    while True:
+        value = driver.execute_script(f"return {script}")
+        if value or time.monotonic() > end:
+            assert value, f"timed out waiting for {script}"
+            return value
+        time.sleep(0.05)
+
+
+def _ready(driver, gene: str, timeout: float = 20.0) -> None:
+    """The page reports the H&E loaded and the layer of ``gene`` painted."""
+    _wait(driver, f"document.body.getAttribute('data-ready') === '1' && "
+                  f"S2E.state.gene === {json.dumps(gene)}", timeout)
+    time.sleep(0.3)  # the canvas drawer paints on the next animation frame
+
+
+def _view_pixels(driver) -> np.ndarray:
+    """The viewer area (right of the side panel) as RGB."""
+    from PIL import Image
+
+    img = np.asarray(Image.open(io.BytesIO(driver.get_screenshot_as_png())).convert("RGB"))
+    left = driver.execute_script("return document.getElementById('stage').offsetLeft")
+    return img[:, left:].astype(np.int16)
+
+
+def _errors(driver) -> list[dict]:
+    return [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+
+
+def test_browser_viewer_over_http(built, browser) -> None:
+    """Over ``slide2expr view --serve``'s server: first paint, deeper levels on zoom, gene
+    change, spot mode with the measured colours, hover readout; no console error."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.actions.wheel_input import ScrollOrigin
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    from slide2expr.viewer import serve_in_thread, viewer_url
+
+    server, _ = serve_in_thread(built.out)
+    try:
+        browser.get_log("browser")  # drop anything from earlier pages
+        t0 = time.perf_counter()
+        browser.get(viewer_url(server))
+        _ready(browser, "GRADX")
+        print(f"time to first paint over HTTP: {time.perf_counter() - t0:.2f} s")
+        first = _view_pixels(browser)
+        # the slide is painted: real contrast, and the pink tissue (205, 120, 175) is there
+        assert first.std() > 20
+        pink = (np.abs(first - np.array([205, 120, 175])) < 40).all(axis=-1)
+        assert pink.sum() > 5000, "no tissue visible"
+        levels = browser.execute_script("return Object.keys(S2E.state.levels).map(Number)")
+        assert max(levels) < 11, "the whole-slide view should not need full resolution"
+
+        # zoom in with the mouse wheel at the centre: level 11 (full resolution) is fetched
+        view = browser.find_element(By.ID, "view")
+        for _ in range(6):
+            ActionChains(browser).scroll_from_origin(ScrollOrigin.from_element(view),
+                                                     0, -400).perform()
+            time.sleep(0.15)
+        _wait(browser, "Object.keys(S2E.state.levels).map(Number).indexOf(11) >= 0")
+        browser.execute_script("S2E.state.viewer.viewport.goHome(true)")
+        _wait(browser, "S2E.state.base.getFullyLoaded()")
+        time.sleep(0.3)
+        home = _view_pixels(browser)
+
+        # choose another gene with the search box: the overlay changes
+        box = browser.find_element(By.ID, "gene")
+        box.send_keys("grad")
+        items = _wait(browser, "Array.from(document.querySelectorAll('#gene-list li'))"
+                               ".map(li => li.textContent)")
+        assert items[0].startswith("GRADX") and "r 0.61" in items[0]  # r beside each name
+        assert items[1].startswith("GRADY") and "r 0.42" in items[1]
+        box.send_keys(Keys.ARROW_DOWN, Keys.ENTER)
+        _ready(browser, "GRADY")
+        assert browser.find_element(By.ID, "current").get_attribute("data-gene") == "GRADY"
+        assert "#slide=S1&gene=GRADY" in browser.current_url
+        grady = _view_pixels(browser)
+        changed = (np.abs(grady - home).max(axis=-1) > 30).mean()
+        assert changed > 0.05, f"overlay did not change ({changed:.3f} of pixels)"
+
+        # spot mode: the measured values appear as discs in the colour of their value
+        browser.find_element(By.ID, "spots").click()
+        time.sleep(0.3)
+        spots = _view_pixels(browser)
+        layer = browser.execute_script(
+            "return S2E.state.layers['S1\u0000GRADY']")
+        centres = browser.execute_script(
+            "var d = S2E.state.detail.S1.spots.centres, b = S2E.state.base;"
+            "return d.map(p => {var q = b.imageToViewerElementCoordinates("
+            "new OpenSeadragon.Point(p[0], p[1])); return [q.x, q.y];})")
+        [data] = _call(built.out / "data.js", "data")
+        lut = np.frombuffer(bytes.fromhex(data["colormaps"]["inferno"]), np.uint8).reshape(256, 3)
+        codes = np.frombuffer(base64.b64decode(layer["spots"]["measured"]), np.uint8)
+        measured = layer["spots"]["mlo"] + (codes - 1) / 254 * (layer["spots"]["mhi"] -
+                                                                 layer["spots"]["mlo"])
+        lo, hi = layer["slide_limits"]
+        want = lut[np.rint(np.clip((measured - lo) / (hi - lo), 0, 1) * 255).astype(int)]
+        ratio = browser.execute_script("return window.devicePixelRatio")
+        got = np.array([spots[round(y * ratio), round(x * ratio)] for x, y in centres])
+        assert len(got) > 5
+        assert np.abs(got - want).max() < 12, "spot discs do not show the measured values"
+        assert (np.abs(spots - grady).max(axis=-1) > 30).mean() > 0.01
+
+        # hover readout: tile ID, predicted value, position in micrometres, the spot
+        x, y = centres[0]
+        ActionChains(browser).move_to_element_with_offset(
+            view, round(x - view.size["width"] / 2), round(y - view.size["height"] / 2)).perform()
+        text = _wait(browser, "document.getElementById('readout').textContent.indexOf('spot') "
+                              ">= 0 && document.getElementById('readout').textContent")
+        assert re.search(r"x [\d.]+ µm, y [\d.]+ µm", text), text
+        assert re.search(r"tile\d+: predicted GRADY [\d.]+ log1p CP10k", text), text
+        assert "spot S1_0: measured" in text, text
+        assert _errors(browser) == []
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_browser_report_link_opens_the_gene(built, browser) -> None:
+    """From ``report/{head}/index.html`` (file://), a gene's link opens the viewer at it."""
+    import pandas as pd
+    from selenium.webdriver.common.by import By
+
+    from slide2expr.report.html import gene_table
+
+    report = built.out.parent / "report" / "mlp" / "index.html"
+    report.write_text("<!DOCTYPE html><html><body>" + gene_table(pd.DataFrame(
+        {"gene": list(R), "pearson_r": list(R.values())})) + "</body></html>", encoding="utf-8")
+    browser.get_log("browser")
+    browser.get(report.resolve().as_uri())
+    browser.find_element(By.LINK_TEXT, "HLA-DRA").click()
+    _ready(browser, "HLA-DRA")
+    assert browser.current_url.startswith((built.out / "index.html").resolve().as_uri())
+    assert browser.find_element(By.ID, "current").get_attribute("data-gene") == "HLA-DRA"
+    assert _errors(browser) == []

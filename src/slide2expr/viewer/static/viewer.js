@@ -33,7 +33,11 @@ var S2E = (function () {
     var g = st.genes[name];
     return g ? g.file : null;
   }
-  function setReady(flag) { document.body.setAttribute('data-ready', flag ? '1' : '0'); }
+  function setReady(flag) {
+    document.body.setAttribute('data-ready', flag ? '1' : '0');
+    // ms from navigation start to the first complete view (H&E + layer), for benchmarks
+    if (flag && st.firstPaintMs === undefined) st.firstPaintMs = Math.round(performance.now());
+  }
 
   // ------------------------------------------------------------------ hash (deep links)
   function parseHash() {
