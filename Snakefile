@@ -18,6 +18,7 @@ include: "workflow/rules/join.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/report.smk"
 include: "workflow/rules/heatmap.smk"
+include: "workflow/rules/viewer.smk"
 include: "workflow/rules/compare.smk"
 include: "workflow/rules/manifest.smk"  # last: it waits for every other target
 
