@@ -11,8 +11,9 @@ var S2E = (function () {
   var st = {
     data: null, slide: null, detail: {}, gene: null, genes: {}, layers: {}, pending: {},
     viewer: null, base: null, mapItem: null, mapKey: null, levels: {}, baseLoaded: false,
-    painted: null, cellIndex: null, luts: {}, decoded: {}, renders: 0
+    painted: null, cellIndex: null, luts: {}, decoded: {}, renders: 0, marks: {}
   };
+  function mark(name) { if (st.marks[name] === undefined) st.marks[name] = Math.round(performance.now()); }
   function $(id) { return document.getElementById(id); }
   function note(text) { var n = $('note'); n.textContent = text || ''; n.hidden = !text; }
   function fmt(v) { return v === null || v === undefined || isNaN(v) ? 'n/a' : (Math.abs(v) >= 100 ? v.toFixed(0) : v.toPrecision(3)); }
@@ -162,6 +163,7 @@ var S2E = (function () {
     if (st.mapItem) { st.viewer.world.removeItem(st.mapItem); st.mapItem = null; st.mapKey = null; }
   }
   function finishPaint() {
+    mark('layer_painted');
     st.painted = st.slide.id + '/' + st.gene + '/' + control('map');
     if (st.baseLoaded) setReady(true);
   }
@@ -347,9 +349,10 @@ var S2E = (function () {
     }
   }
   function onOpen() {
+    mark('open');
     st.base = st.viewer.world.getItemAt(0);
     st.base.addHandler('fully-loaded-change', function (e) {
-      if (e.fullyLoaded) { st.baseLoaded = true; if (st.painted && st.painted.indexOf(st.slide.id + '/') === 0) setReady(true); }
+      if (e.fullyLoaded) { mark('slide_loaded'); st.baseLoaded = true; if (st.painted && st.painted.indexOf(st.slide.id + '/') === 0) setReady(true); }
     });
     st.painted = null;
     renderMap();
@@ -400,6 +403,7 @@ var S2E = (function () {
 
   // ------------------------------------------------------------------ start
   function start(data) {
+    mark('data');
     st.data = data;
     data.genes.forEach(function (g) { st.genes[g.name] = g; });
     $('model').textContent = 'model ' + data.head + ' \u00b7 ' + data.slides.length + ' slide(s) \u00b7 ' + data.genes.length + ' genes';
@@ -418,7 +422,9 @@ var S2E = (function () {
     });
     st.viewer.addHandler('open', onOpen);
     st.viewer.addHandler('open-failed', function (e) { note('Cannot open the slide pyramid: ' + e.message); console.error('slide2expr: open failed: ' + e.message); });
-    st.viewer.addHandler('tile-loaded', function (e) { if (e.tiledImage === st.base) st.levels[e.tile.level] = true; });
+    st.viewer.addHandler('tile-loaded', function (e) {
+      if (e.tiledImage === st.base) { st.levels[e.tile.level] = true; mark('first_tile'); st.marks.last_tile = Math.round(performance.now()); }
+    });
     ['animation', 'update-viewport', 'resize', 'open'].forEach(function (ev) { st.viewer.addHandler(ev, drawOverlay); });
     new OpenSeadragon.MouseTracker({ element: st.viewer.canvas, moveHandler: function (e) { readout(e.position); } });
     $('slide').addEventListener('change', function () { openSlide($('slide').value, st.gene); });
