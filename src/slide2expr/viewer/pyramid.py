@@ -139,6 +139,8 @@ def _clear(out_dir: Path, name: str) -> None:
 def _write_vips(slide_path: Path, out_dir: Path, name: str, quality: int) -> Pyramid:
     import pyvips
 
+    logging.getLogger("pyvips").setLevel(logging.WARNING)  # one INFO line per libvips thread
+
     image = pyvips.Image.new_from_file(str(slide_path), access="sequential")
     if image.hasalpha():
         image = image.flatten(background=[255, 255, 255])
