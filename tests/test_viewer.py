@@ -331,33 +331,61 @@ def test_failure_mid_build_leaves_the_old_viewer(cohort: Path, tmp_path: Path,
 
 
 # --------------------------------------------------------------------------- CLI
-def _cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "slide2expr.cli", *args], capture_output=True,
-                          text=True, timeout=timeout)
+def _cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+         *args: str) -> tuple[int, str]:
+    """Run ``slide2expr ARGS`` in-process (as the console script does): status, last stderr
+    line."""
+    from slide2expr.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["slide2expr", *args])
+    try:
+        main()
+        status = 0
+    except SystemExit as exc:
+        status = int(exc.code or 0)
+    err = capsys.readouterr().err.strip().splitlines()
+    return status, err[-1] if err else ""
 
 
-def test_cli_errors_are_one_line(cohort: Path, tmp_path: Path) -> None:
-    res = _cli("view", str(cohort), "-o", str(tmp_path / "v"), "--genes", "NOPE")
-    assert res.returncode == 2
-    lines = res.stderr.strip().splitlines()
-    assert lines[-1].startswith("error: ") and "NOPE" in lines[-1] and "Fix:" in lines[-1]
+def test_cli_errors_are_one_line(cohort: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    status, last = _cli(monkeypatch, capsys, "view", str(cohort), "-o", str(tmp_path / "v"),
+                        "--genes", "NOPE")
+    assert status == 2
+    assert last.startswith("error: ") and "NOPE" in last and "Fix:" in last
     assert not (tmp_path / "v").exists()
-    res = _cli("view", str(tmp_path / "empty"), "-o", str(tmp_path / "v"))
-    assert res.returncode == 2 and "has no tile maps" in res.stderr.strip().splitlines()[-1]
+    status, last = _cli(monkeypatch, capsys, "view", str(tmp_path / "empty"), "-o",
+                        str(tmp_path / "v"))
+    assert status == 2 and "has no tile maps" in last
     # a file where the output's parent folder should be: cannot be written
     (tmp_path / "file").write_text("x")
-    res = _cli("view", str(cohort), "-o", str(tmp_path / "file" / "viewer"))
-    assert res.returncode == 2 and "cannot be written" in res.stderr.strip().splitlines()[-1]
+    status, last = _cli(monkeypatch, capsys, "view", str(cohort), "-o",
+                        str(tmp_path / "file" / "viewer"))
+    assert status == 2 and "cannot be written" in last and "--out-dir" in last
 
 
 def test_cli_missing_openseadragon_is_an_environment_fault(cohort: Path, tmp_path: Path,
-                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+                                                           monkeypatch, capsys) -> None:
     monkeypatch.setenv("SLIDE2EXPR_OPENSEADRAGON", str(tmp_path / "nowhere"))
-    res = _cli("view", str(cohort), "-o", str(tmp_path / "v"))
-    assert res.returncode == 1, res.stderr
-    last = res.stderr.strip().splitlines()[-1]
+    status, last = _cli(monkeypatch, capsys, "view", str(cohort), "-o", str(tmp_path / "v"))
+    assert status == 1, last
     assert last.startswith("error: OpenSeadragon not found") and "npm ci" in last
     assert not (tmp_path / "v").exists()
+
+
+def test_cli_disk_full_is_an_environment_fault(cohort: Path, tmp_path: Path, monkeypatch,
+                                               capsys) -> None:
+    import errno
+
+    from slide2expr.viewer import build
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "v" / "t.jpeg"))
+
+    monkeypatch.setattr(build, "write_pyramid", full)
+    status, last = _cli(monkeypatch, capsys, "view", str(cohort), "-o", str(tmp_path / "v"))
+    assert status == 1
+    assert "No space left on device" in last and "Fix: free space" in last
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_cli_serve_prints_the_url_and_serves(built, tmp_path: Path) -> None:
