@@ -7,6 +7,11 @@
 # Open results/viewer/index.html, or `slide2expr view results --serve --no-build`.
 
 VIEWER_HEAD = HEATMAP_HEADS[0]
+# OpenSeadragon as `npm ci` installed it beside this Snakefile (scripts/setup.sh): jobs whose
+# slide2expr is a non-editable install (conda environments on cluster nodes) find it here.
+_OSD = Path(workflow.basedir) / "node_modules" / "openseadragon" / "build" / "openseadragon"
+if _OSD.is_dir():
+    os.environ.setdefault("SLIDE2EXPR_OPENSEADRAGON", str(_OSD))
 
 
 def viewer_inputs(wildcards):
