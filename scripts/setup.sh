@@ -28,4 +28,15 @@ if [ "$want" != "$have" ]; then
 else
     "$VENV/bin/python" -m pip install -q --no-deps -e .
 fi
+# The viewer's front end: OpenSeadragon from npm (package.json, exact version in
+# package-lock.json), copied into results/viewer/ by `slide2expr view`; no CDN at run time.
+if [ ! -f node_modules/openseadragon/build/openseadragon/openseadragon.min.js ] \
+        || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+    if command -v npm >/dev/null 2>&1; then
+        echo "[setup] installing OpenSeadragon (npm ci)"
+        npm ci --no-audit --no-fund --loglevel=error
+    else
+        echo "[setup] npm not found: the slide viewer needs it (apt-get install npm; then npm ci)" >&2
+    fi
+fi
 "$VENV/bin/python" -c "import slide2expr, torch, openslide; print('[setup] slide2expr', slide2expr.__version__, '| torch', torch.__version__, '| openslide', openslide.__library_version__)"

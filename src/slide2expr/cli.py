@@ -52,6 +52,7 @@ COMMAND_MODULES = (
     "heatmap",
     "verify",
     "export",
+    "view",
 )
 
 

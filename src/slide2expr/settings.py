@@ -178,3 +178,12 @@ def put_interpreter_on_path() -> None:
     parts = os.environ.get("PATH", "").split(os.pathsep)
     if folder not in parts:
         os.environ["PATH"] = os.pathsep.join([folder, *parts])
+
+
+def put_openseadragon_in_env(folder: Path) -> None:
+    """Point the viewer at ``folder`` (``SLIDE2EXPR_OPENSEADRAGON``) when it holds
+    OpenSeadragon and nothing else is set: a non-editable install has no ``node_modules``."""
+    import os
+
+    if (Path(folder) / "openseadragon.min.js").is_file():
+        os.environ.setdefault("SLIDE2EXPR_OPENSEADRAGON", str(folder))

@@ -10,7 +10,11 @@ from pathlib import Path
 from snakemake.utils import validate
 
 from slide2expr.inputs.samples import read_sample_sheet
-from slide2expr.settings import check_heads_fit_mode, put_interpreter_on_path
+from slide2expr.settings import (
+    check_heads_fit_mode,
+    put_interpreter_on_path,
+    put_openseadragon_in_env,
+)
 
 # The schemas beside this workflow (workflow/schemas); the CLI validates with the same files.
 SCHEMAS = Path(workflow.basedir) / "schemas"
@@ -33,6 +37,9 @@ os.environ.setdefault("SLIDE2EXPR_SRC", str(REPO))
 # Rules call `slide2expr`: the folder of the interpreter Snakemake runs in (the venv) goes first
 # on PATH, so that `.venv/bin/snakemake` works without activating the venv.
 put_interpreter_on_path()
+# OpenSeadragon as `npm ci` installed it in this checkout (scripts/setup.sh): jobs whose
+# slide2expr is a non-editable install (conda environments on cluster nodes) find it here.
+put_openseadragon_in_env(REPO / "node_modules" / "openseadragon" / "build" / "openseadragon")
 
 MODE = config["mode"]  # "spot" or "bulk"
 RESULTS = "results"
@@ -140,6 +147,7 @@ def get_final_output(manifest=True):
         for pattern in ("{sample}.geojson", "{sample}"):
             targets += expand_encoders(f"{ENC_RESULTS}/heatmaps/{{head}}/{pattern}",
                                        head=heads, sample=SAMPLE_IDS)
+        targets += expand_encoders(f"{ENC_RESULTS}/viewer")
     if manifest:
         targets.append(f"{RESULTS}/manifest.json")
     return list(dict.fromkeys(targets))
@@ -246,6 +254,32 @@ def heatmap_scale_inputs(wildcards):
     maps = [fill_wildcards(f"{ENC_RESULTS}/heatmaps/{{head}}/{s}.h5ad", wildcards)
             for s in SAMPLE_IDS]
     return {"maps": maps, **heatmap_report_input(wildcards)}
+
+
+def viewer_inputs(wildcards):
+    """Every slide's tile map of the first head, the slides, the report's genes (r beside each
+    name), the spot predictions (spot mode) and the cohort scale."""
+    head = HEADS[0]
+    inputs = {
+        "maps": [fill_wildcards(f"{ENC_RESULTS}/heatmaps/{head}/{s}.h5ad", wildcards)
+                 for s in SAMPLE_IDS],
+        "slides": [sample_value(s, "slide") for s in SAMPLE_IDS],
+        "report": fill_wildcards(f"{ENC_RESULTS}/report/{head}/genes.tsv", wildcards),
+    }
+    if MODE == "spot":
+        inputs["predictions"] = fill_wildcards(f"{ENC_RESULTS}/predictions/{head}.h5ad",
+                                               wildcards)
+    if HEATMAP["shared_scale"]:
+        inputs["scale"] = fill_wildcards(f"{ENC_RESULTS}/heatmaps/{head}/scale.tsv", wildcards)
+    return inputs
+
+
+def viewer_args(wildcards, input):
+    args = [f"--report {input.report}"]
+    args += [f"--slide {shlex.quote(f'{s}={p}')}" for s, p in zip(SAMPLE_IDS, input.slides)]
+    args += [f"--{name} {input[name]}" for name in ("predictions", "scale")
+             if name in input.keys()]
+    return " ".join(args)
 
 
 # {sample} is one of the sheet's IDs, so "{sample}" (a heatmap's PNG folder) never matches

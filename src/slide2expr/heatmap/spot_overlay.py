@@ -39,6 +39,8 @@ class SpotValues:
         ``(S, G)`` log1p CP10k; predicted may be NaN where a spot's fold did not model a gene.
     genes
         Column names.
+    ids
+        Spot IDs (the predictions' ``obs_names``), when read from a file.
     """
 
     centres: np.ndarray

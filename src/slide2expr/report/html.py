@@ -15,6 +15,7 @@ import json
 import math
 from collections.abc import Iterable, Sequence
 from typing import Any
+from urllib.parse import quote
 
 import numpy as np
 import pandas as pd
@@ -44,6 +45,9 @@ GENE_TABLE = (
     ("train_mean", "training mean", "f"),
     ("reason", "reason", "text"),
 )
+
+#: The slide viewer (``slide2expr view``) seen from ``report/{head}/index.html``.
+VIEWER = "../../viewer/index.html"
 
 CSS = """
 body{font-family:'DejaVu Sans','Liberation Sans',Arial,sans-serif;margin:24px 32px;
@@ -297,7 +301,10 @@ def gene_table(genes: pd.DataFrame, links: ReportLinks | None = None) -> str:
         for c, _, k in cols:
             v = values[c][i]
             text = esc(fmt(v, k))
-            if k in ("text", "bool"):
+            if c == "gene":  # opens the slide viewer at this gene
+                cells.append(f"<td class='t'><a href='{VIEWER}#gene={quote(str(v), safe='')}' "
+                             f"title='show {text} in the slide viewer'>{text}</a></td>")
+            elif k in ("text", "bool"):
                 cls = " class='t'" if k == "text" else (" class='sig'" if v else "")
                 cells.append(f"<td{cls}>{text}</td>")
             else:
@@ -444,8 +451,8 @@ def render_html(data: ReportData, *, title: str | None = None, n_scatter: int = 
 <h2>Per fold</h2>
 {fold_table(s)}
 <h2>Genes</h2>
-<p class="sub">Click a column header to sort; type in the box to find genes. Also in
-genes.tsv beside this page.{_maps_note(links)}</p>
+<p class="sub">Click a column header to sort; type in the box to find genes; a gene's viewer
+link opens the slide viewer at that gene. Also in genes.tsv beside this page.{_maps_note(links)}</p>
 {gene_table(by_r(genes), links)}
 {samples_list(links) if links is not None else ''}
 <h2>Definitions</h2>
