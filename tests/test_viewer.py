@@ -314,6 +314,7 @@ def test_failure_mid_build_leaves_the_old_viewer(cohort: Path, tmp_path: Path,
     and a viewer built before stays as it was."""
     import errno
 
+    from slide2expr.errors import EnvironmentFault
     from slide2expr.viewer import build, build_viewer
 
     out = tmp_path / "viewer"
@@ -324,7 +325,7 @@ def test_failure_mid_build_leaves_the_old_viewer(cohort: Path, tmp_path: Path,
         raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "x.jpeg"))
 
     monkeypatch.setattr(build, "write_pyramid", full)
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(EnvironmentFault, match=r"the disk is full \(ENOSPC\)"):
         build_viewer(cohort, out)
     assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == before
     assert [p.name for p in tmp_path.iterdir()] == ["viewer"]  # no .partial sibling
@@ -384,7 +385,7 @@ def test_cli_disk_full_is_an_environment_fault(cohort: Path, tmp_path: Path, mon
     monkeypatch.setattr(build, "write_pyramid", full)
     status, last = _cli(monkeypatch, capsys, "view", str(cohort), "-o", str(tmp_path / "v"))
     assert status == 1
-    assert "No space left on device" in last and "Fix: free space" in last
+    assert "the disk is full (ENOSPC)" in last and "Fix: free space" in last
     assert list(tmp_path.iterdir()) == []
 
 

@@ -15,7 +15,6 @@ import json
 import math
 from collections.abc import Iterable, Sequence
 from typing import Any
-from urllib.parse import quote
 
 import numpy as np
 import pandas as pd
@@ -24,7 +23,7 @@ import yaml
 import slide2expr.report.plots as plots
 from slide2expr.heatmap.gene_choice import gene_filename
 from slide2expr.report.evaluate import ReportData, by_r
-from slide2expr.report.links import ReportLinks
+from slide2expr.report.links import ReportLinks, viewer_href
 
 #: Gene table columns shown on the page: (genes.tsv column, header, format).
 GENE_TABLE = (
@@ -45,9 +44,6 @@ GENE_TABLE = (
     ("train_mean", "training mean", "f"),
     ("reason", "reason", "text"),
 )
-
-#: The slide viewer (``slide2expr view``) seen from ``report/{head}/index.html``.
-VIEWER = "../../viewer/index.html"
 
 CSS = """
 body{font-family:'DejaVu Sans','Liberation Sans',Arial,sans-serif;margin:24px 32px;
@@ -274,12 +270,11 @@ def fold_table(summary: dict[str, Any]) -> str:
 
 
 def maps_cell(gene: str, links: ReportLinks) -> str:
-    """The gene's links: heatmap PNGs found (one per slide) and the viewer."""
+    """The gene's heatmap PNGs found (one link a slide); the gene's name itself opens the
+    viewer (:func:`gene_table`)."""
     have = links.present.get(str(gene), [])
     parts = [f"<a class='heatmap' href='{esc(links.heatmap_href(s, gene))}'>{esc(s)}</a>"
              for s in have]
-    if links.viewer:
-        parts.append(f"<a class='viewer' href='{esc(links.viewer_href(gene))}'>viewer</a>")
     return (f"<td class='t maps' data-file='{esc(gene_filename(gene))}' "
             f"data-have='{esc(' '.join(have))}'>{''.join(parts)}</td>")
 
@@ -287,7 +282,8 @@ def maps_cell(gene: str, links: ReportLinks) -> str:
 def gene_table(genes: pd.DataFrame, links: ReportLinks | None = None) -> str:
     """The sortable, searchable table of every gene (all genes.tsv rows).
 
-    With ``links``, a ``maps`` column after the gene links its heatmaps and the viewer.
+    Each gene's name opens the slide viewer at it; with ``links``, a ``maps`` column after
+    the gene links its heatmaps.
     """
     cols = [c for c in GENE_TABLE if c[0] in genes.columns]
     heads = [f"<th data-col='{c}' data-type='{'text' if k in ('text', 'bool') else 'num'}'"
@@ -302,7 +298,7 @@ def gene_table(genes: pd.DataFrame, links: ReportLinks | None = None) -> str:
             v = values[c][i]
             text = esc(fmt(v, k))
             if c == "gene":  # opens the slide viewer at this gene
-                cells.append(f"<td class='t'><a href='{VIEWER}#gene={quote(str(v), safe='')}' "
+                cells.append(f"<td class='t'><a href='{esc(viewer_href(str(v)))}' "
                              f"title='show {text} in the slide viewer'>{text}</a></td>")
             elif k in ("text", "bool"):
                 cls = " class='t'" if k == "text" else (" class='sig'" if v else "")

@@ -57,9 +57,11 @@ class ReportLinks:
         """URL of one heatmap PNG."""
         return f"{self.heatmaps}/{quote(sample, safe='')}/{gene_filename(gene)}.png"
 
-    def viewer_href(self, gene: str) -> str:
-        """URL of the viewer showing ``gene``."""
-        return f"{self.viewer}#gene={quote(str(gene), safe='')}"
+
+
+def viewer_href(gene: str, viewer: str = VIEWER) -> str:
+    """URL of the slide viewer opened at ``gene`` (URL-quoted)."""
+    return f"{viewer}#gene={quote(str(gene), safe='')}"
 
 
 def _relative(target: Path, start: Path) -> str:
