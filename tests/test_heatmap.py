@@ -29,7 +29,7 @@ from slide2expr.heatmap import (
     tile_pixel_boxes,
     write_tile_map,
 )
-from slide2expr.heatmap.overlay import colormap
+from slide2expr.heatmap.overlay import blend_overlay, colormap
 from slide2expr.inputs.slides import Slide
 
 REPO = Path(__file__).resolve().parents[1]
@@ -227,6 +227,52 @@ def test_overlay_pixels_land_on_the_tiles(planted):
     np.testing.assert_array_equal(np.array(got), planted["plant"].astype(bool))
     # shifting the sampling by one tile destroys the match: the test can fail
     assert (np.roll(np.array(got), 1) != planted["plant"].astype(bool)).any()
+
+
+def test_low_values_fade_to_transparent_and_high_ones_keep_the_opacity() -> None:
+    """With fade_low the lowest values leave the H&E untouched, the top keep alpha."""
+    thumb = np.full((4, 4, 3), 200, dtype=np.uint8)
+    values = np.array([[0.0, 0.1, 0.5, 1.0]] * 4)
+    style = OverlayStyle(cmap="viridis", alpha=0.6, fade_low=0.35)
+    out = blend_overlay(thumb, values, vmin=0.0, vmax=1.0, style=style).astype(float)
+    cmap = colormap("viridis")
+    assert np.abs(out[0, 0] - 200).max() <= 0.5  # the low end: transparent
+    low = 0.1 / 0.35 * 0.6  # opacity at 0.1: a third of the way up the ramp
+    expect = (1 - low) * 200 + low * 255 * np.asarray(cmap(0.1)[:3])
+    assert np.abs(out[0, 1] - expect).max() <= 1
+    for col, v in ((2, 0.5), (3, 1.0)):  # above fade_low: plain alpha
+        expect = 0.4 * 200 + 0.6 * 255 * np.asarray(cmap(v)[:3])
+        assert np.abs(out[0, col] - expect).max() <= 1
+    plain = blend_overlay(thumb, values, vmin=0.0, vmax=1.0,
+                          style=OverlayStyle(cmap="viridis", alpha=0.6)).astype(float)
+    assert np.abs(plain[0, 0] - out[0, 0]).max() > 20  # without fading the low end is painted
+
+
+def test_crop_to_tissue_keeps_the_tiles_where_the_origin_says(planted, tmp_path):
+    """Cropped to the tissue, the PNG is smaller than the thumbnail, and every tile centre,
+    mapped through the recorded origin, still shows its planted value."""
+    from slide2expr.heatmap.overlay import read_image_origin
+
+    style = planted["style"]
+    result = make_heatmaps(planted["tmap"], planted["slide"], tmp_path / "crop",
+                           options=HeatmapOptions(genes=["PLANT"], thumbnail_px=600,
+                                                  style=style, crop_to_tissue=True))
+    png = result.pngs["PLANT"]
+    (left, top, w, h), ds = read_image_box(png)
+    ox, oy = read_image_origin(png)
+    thumb, _ = planted["slide"].thumbnail(600)
+    assert w < thumb.shape[1] and h < thumb.shape[0] and (ox, oy) != (0, 0)
+    rgb = np.asarray(Image.open(png).convert("RGB")).astype(float)
+    cmap, alpha, size = colormap("viridis"), style.alpha, planted["size"]
+    got = []
+    for x0, y0 in planted["tmap"].coords:
+        col, row = int((x0 + size / 2) / ds), int((y0 + size / 2) / ds)
+        pixel = rgb[top + row - oy, left + col - ox]
+        base = thumb[row, col].astype(float)
+        high = (1 - alpha) * base + alpha * 255 * np.asarray(cmap(1.0)[:3])
+        low = (1 - alpha) * base + alpha * 255 * np.asarray(cmap(0.0)[:3])
+        got.append(np.abs(pixel - high).sum() < np.abs(pixel - low).sum())
+    np.testing.assert_array_equal(np.array(got), planted["plant"].astype(bool))
 
 
 def test_overlay_leaves_background_uncoloured(planted):

@@ -15,7 +15,8 @@ log = logging.getLogger(__name__)
 
 #: Flag -> key of the ``heatmap`` section.
 HEATMAP_FLAGS = {name: name for name in ("n_genes", "clip_percentiles", "cmap", "alpha",
-                                         "thumbnail_px", "geojson_all_genes")}
+                                         "fade_low", "thumbnail_px", "geojson_all_genes",
+                                         "crop_to_tissue")}
 #: Flag -> key of the ``tiling`` section (the heatmap outlines tissue as the tile stage does).
 TISSUE_FLAGS = {name: f"tissue.{name}" for name in ("mask_mpp", "min_saturation", "closing_um",
                                                      "min_object_um2", "max_hole_um2")}
@@ -54,6 +55,10 @@ def heatmap(
     cmap: str = typer.Option("inferno", "--cmap", help="Matplotlib colour map."),
     alpha: float = typer.Option(0.6, "--alpha", min=0.0, max=1.0,
                                 help="Opacity of the colour over tissue."),
+    fade_low: float = typer.Option(0.35, "--fade-low", min=0.0, max=1.0,
+                                   help="Lowest share of the colour range fading to transparent."),
+    crop_to_tissue: bool = typer.Option(True, "--crop-to-tissue/--whole-glass",
+                                        help="Draw the tissue's bounding box or the whole glass."),
     thumbnail_px: int = typer.Option(2048, "--thumbnail-px", min=64,
                                      help="Longest side of the drawn image."),
     geojson_all_genes: bool = typer.Option(
@@ -116,9 +121,9 @@ def _options(ctx: typer.Context, config_json: str | None, genes: list[str] | Non
     return HeatmapOptions(
         genes=(split_gene_args(genes) if genes else cfg.get("genes")) or None,
         n_genes=cfg["n_genes"], clip_percentiles=clip_percentiles,
-        style=OverlayStyle(cmap=cfg["cmap"], alpha=cfg["alpha"]),
+        style=OverlayStyle(cmap=cfg["cmap"], alpha=cfg["alpha"], fade_low=cfg["fade_low"]),
         thumbnail_px=cfg["thumbnail_px"], tissue=TissueParams(**tissue),
-        geojson_all_genes=cfg["geojson_all_genes"],
+        geojson_all_genes=cfg["geojson_all_genes"], crop_to_tissue=cfg["crop_to_tissue"],
     )
 
 

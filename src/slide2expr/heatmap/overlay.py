@@ -37,11 +37,17 @@ class OverlayStyle:
         Opacity of the colour map over tissue (0 transparent, 1 opaque).
     background_fade
         How much non-tissue areas are faded towards white (0 none, 1 white).
+    fade_low
+        Values in the lowest ``fade_low`` of the colour range fade to transparent (opacity
+        rises linearly from 0 at ``vmin`` to ``alpha`` at ``fade_low``), so the tissue stays
+        visible where a gene is low instead of under the colour map's dark end; 0 paints every
+        value at ``alpha``.
     """
 
     cmap: str = "inferno"
     alpha: float = 0.6
     background_fade: float = 0.4
+    fade_low: float = 0.0
 
 
 def colormap(name: str):
@@ -87,7 +93,11 @@ def blend_overlay(thumbnail: np.ndarray, value_image: np.ndarray, *, vmin: float
         rgb[fade] = (1 - style.background_fade) * rgb[fade] + style.background_fade * 255.0
     norm = np.clip((np.nan_to_num(value_image[paint]) - vmin) / (vmax - vmin), 0.0, 1.0)
     colours = colormap(style.cmap)(norm)[:, :3].astype(np.float32) * 255.0
-    rgb[paint] = (1 - style.alpha) * rgb[paint] + style.alpha * colours
+    alpha = np.full(norm.shape, style.alpha, dtype=np.float32)
+    if style.fade_low > 0:
+        alpha *= np.clip(norm / style.fade_low, 0.0, 1.0).astype(np.float32)
+    alpha = alpha[:, None]
+    rgb[paint] = (1 - alpha) * rgb[paint] + alpha * colours
     return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
 
 
@@ -95,7 +105,7 @@ def save_overlay_png(path: str | Path, image: np.ndarray, *, downsample: float, 
                      vmax: float, title: str, subtitle: str = "",
                      colorbar_label: str = "log1p CP10k", style: OverlayStyle | None = None,
                      clipped: tuple[bool, bool] = (True, True),
-                     mpp: float | None = None) -> None:
+                     mpp: float | None = None, origin: tuple[int, int] = (0, 0)) -> None:
     """Write ``image`` (the blended thumbnail) with a title and a colour bar as a PNG.
 
     Matplotlib draws only the frame (title, colour bar, scale bar); the thumbnail is pasted
@@ -121,6 +131,9 @@ def save_overlay_png(path: str | Path, image: np.ndarray, *, downsample: float, 
         Whether values were clipped below ``vmin`` / above ``vmax`` (arrow ends on the bar).
     mpp
         Slide um/px; when given a scale bar is drawn under the image.
+    origin
+        Where ``image`` starts in the whole-slide thumbnail (x, y px) when it is a crop, so
+        level-0 coordinates map to it as ``x0 / downsample - origin`` (stored in the PNG).
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.colorbar import ColorbarBase
@@ -162,6 +175,7 @@ def save_overlay_png(path: str | Path, image: np.ndarray, *, downsample: float, 
     for key, value in {
         "slide2expr:image_box": f"{margin},{title_px},{w},{h}",
         "slide2expr:downsample": repr(float(downsample)),
+        "slide2expr:origin": f"{int(origin[0])},{int(origin[1])}",
         "slide2expr:vmin": repr(float(vmin)),
         "slide2expr:vmax": repr(float(vmax)),
         "Title": title,
@@ -190,6 +204,17 @@ def _scale_bar(fig, *, w: int, width: int, height: int, um_per_px: float, x0: fl
                             transform=fig.transFigure, color="black", linewidth=2.5 * k))
     fig.text((x0 + length_px + 6 * k) / width, y0 / height, label, ha="left", va="center",
              fontsize=8 * k)
+
+
+def read_image_origin(path: str | Path) -> tuple[int, int]:
+    """Where the image of an overlay PNG starts in the whole-slide thumbnail (x, y px): a
+    level-0 point (X, Y) is at ``(X / downsample - x, Y / downsample - y)`` of the image."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        text = dict(getattr(im, "text", {}) or {})
+    x, y = (int(v) for v in text.get("slide2expr:origin", "0,0").split(","))
+    return x, y
 
 
 def read_image_box(path: str | Path) -> tuple[tuple[int, int, int, int], float]:

@@ -80,6 +80,9 @@ class HeatmapOptions:
         into the GeoJSON).
     geojson_all_genes
         Put every predicted gene into the GeoJSON measurements, not just the drawn ones.
+    crop_to_tissue
+        Draw only the tissue's bounding box (with a margin of 4% of the thumbnail), not the
+        whole glass; the PNG records where the crop starts (``slide2expr:origin``).
     """
 
     genes: Sequence[str] | None = None
@@ -89,6 +92,7 @@ class HeatmapOptions:
     thumbnail_px: int = 2048
     tissue: TissueParams = field(default_factory=TissueParams)
     geojson_all_genes: bool = False
+    crop_to_tissue: bool = False
 
 
 @dataclass
@@ -278,6 +282,7 @@ def make_heatmaps(tmap: TileMap, slide: Slide, out_dir: str | Path, *,
     coarse, coarse_ds = (tissue_mask(thumb, downsample, mpp=mpp, params=options.tissue)
                          if mpp else (None, downsample))
     tissue = None if coarse is None else _resize_mask(coarse, shape)
+    crop = tissue_box(tissue) if options.crop_to_tissue and tissue is not None else None
     log.info("%s: drawing %d genes on a %d x %d thumbnail (downsample %.1f)", sample,
              len(genes), shape[1], shape[0], downsample)
 
@@ -294,7 +299,7 @@ def make_heatmaps(tmap: TileMap, slide: Slide, out_dir: str | Path, *,
             png, row = _draw_gene(tmap, gene, sample=sample, folder=dir_tmp,
                                   file_name=f"{file_names[gene]}.png", thumb=thumb,
                                   downsample=downsample, tissue=tissue, mpp=mpp, scale=scale,
-                                  percentiles=percentiles, style=options.style)
+                                  percentiles=percentiles, style=options.style, crop=crop)
             pngs[gene] = sample_dir / png
             rows.append(row)
         limits = pd.DataFrame(rows)
@@ -330,7 +335,8 @@ def _draw_gene(tmap: TileMap, gene: str, *, sample: str, folder: Path, file_name
                thumb: np.ndarray,
                downsample: float, tissue: np.ndarray | None, mpp: float | None,
                scale: dict[str, tuple[float, float]] | None, percentiles: tuple[float, float],
-               style: OverlayStyle) -> tuple[str, dict]:
+               style: OverlayStyle, crop: tuple[slice, slice] | None = None
+               ) -> tuple[str, dict]:
     """One gene's overlay PNG, ``folder/file_name``; returns the name and its limits row."""
     values = tmap.column(gene)
     if scale is not None and gene in scale:
@@ -342,6 +348,10 @@ def _draw_gene(tmap: TileMap, gene: str, *, sample: str, folder: Path, file_name
     image = rasterize_tiles(tmap.coords, tmap.tile_size0, values, downsample=downsample,
                             shape=thumb.shape[:2])
     blended = blend_overlay(thumb, image, vmin=vmin, vmax=vmax, tissue=tissue, style=style)
+    origin = (0, 0)
+    if crop is not None:
+        blended = blended[crop]
+        origin = (crop[1].start, crop[0].start)
     name = file_name
     model = tmap.attrs.get("head", "model")
     use = tmap.attrs.get("model_use", "")
@@ -351,11 +361,23 @@ def _draw_gene(tmap: TileMap, gene: str, *, sample: str, folder: Path, file_name
         subtitle=f"predicted by {model}{f' ({use})' if use else ''}; {len(values)} tiles; "
                  f"{how}",
         colorbar_label=f"predicted {gene}, {UNITS}", style=style,
-        clipped=(bool(values.min() < vmin), bool(values.max() > vmax)), mpp=mpp)
+        clipped=(bool(values.min() < vmin), bool(values.max() > vmax)), mpp=mpp,
+        origin=origin)
     row = {"gene": gene, "vmin": vmin, "vmax": vmax, "scale": how,
            "min": float(values.min()), "max": float(values.max()),
            "mean": float(values.mean()), "n_tiles": len(values)}
     return name, row
+
+
+def tissue_box(tissue: np.ndarray, margin: float = 0.04) -> tuple[slice, slice] | None:
+    """Row and column slices of the tissue's bounding box in a mask, widened by ``margin`` of
+    the image's longer side and kept inside it; None when there is no tissue."""
+    rows, cols = np.flatnonzero(tissue.any(axis=1)), np.flatnonzero(tissue.any(axis=0))
+    if rows.size == 0:
+        return None
+    pad = int(round(margin * max(tissue.shape)))
+    return (slice(max(0, rows[0] - pad), min(tissue.shape[0], rows[-1] + 1 + pad)),
+            slice(max(0, cols[0] - pad), min(tissue.shape[1], cols[-1] + 1 + pad)))
 
 
 def _draw_comparison(spot_values, predictions: str | Path, sample: str, genes: list[str], *,
