@@ -4,7 +4,10 @@ Contract (DESIGN.md): dataset ``coords`` int64 ``(N, 2)``, level-0 pixel ``x, y`
 tile's top-left corner; attrs ``slide_mpp``, ``mpp_source``, ``target_mpp``, ``tile_px``,
 ``tile_px_level0``, ``level0_width``, ``level0_height``, ``mode`` (``"grid"`` or
 ``"spots"``), ``sample_id``, ``slide``; spot mode adds dataset ``spot_ids`` ``(N,)`` (UTF-8)
-and the attr ``spot_diameter_um`` (the patch size in micrometres).
+and the attr ``spot_diameter_um`` (the patch size in micrometres). Grid mode adds the attrs
+``tissue_mask_source`` (the image the tissue mask was computed on: ``"level N"``,
+``"thumbnail"`` or ``"image, JPEG-decoded at 1/8"``, with ``", reduced Fx"`` after a box
+reduction) and ``tissue_mask_mpp`` (the mask's resolution, um/px), and ``mask_downsample``.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ TILING_ATTRS = (
     "sample_id", "slide", "slide_mpp", "mpp_source", "target_mpp", "tile_px", "tile_px_level0",
     "level0_width", "level0_height", "mode",
 )
+#: Grid-mode attributes that say how the tissue was found (see the module docstring).
+TISSUE_MASK_ATTRS = ("tissue_mask_source", "tissue_mask_mpp", "mask_downsample")
 
 
 @dataclass
