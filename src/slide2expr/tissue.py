@@ -88,13 +88,13 @@ def detect_tissue(rgb: np.ndarray, *, image_mpp: float, params: TissueParams) ->
         ``(H, W)`` bool, true on tissue.
     """
     sat, value = saturation_value(rgb)
-    bright = value >= params.max_value * 255  # glare and glass, whatever the saturation
-    hist = np.bincount(sat[~bright], minlength=256).astype(np.float64)
+    dim = (value < params.max_value * 255).astype(np.uint8)  # not glare or bare glass
+    hist = cv2.calcHist([sat], [0], dim, [256], [0, 256]).ravel().astype(np.float64)
     # uint8 saturation s is s/255 in [0, 1]: bin s of 256 equal bins (255 joins bin 255).
     threshold = (_otsu_from_hist(hist, (np.arange(256) + 0.5) / 256)
                  if hist.sum() else 1.0)
     threshold = max(threshold, params.min_saturation)
-    mask = ((sat > threshold * 255) & ~bright).astype(np.uint8)
+    mask = (sat > threshold * 255).astype(np.uint8) & dim
     radius = int(round(params.closing_um / image_mpp))
     if radius >= 1:
         mask = _closing(mask, radius)
