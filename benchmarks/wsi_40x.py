@@ -353,7 +353,7 @@ def main() -> None:
         print(json.dumps(generate(slide, a.width, a.height, a.coverage, a.seed)), flush=True)
     work = a.cache / "work"
     work.mkdir(exist_ok=True)
-    if "tile" in steps or not (work / "wsi40x.tiles.h5").exists():
+    if "tile" in steps:
         print(json.dumps(tile_slide(slide, work, "wsi40x")), flush=True)
         if a.small.exists():
             print(json.dumps(tile_slide(a.small, work, "small")), flush=True)
