@@ -65,11 +65,15 @@ def dry_run(root: Path, cfg: Path, profile: str | None, extra: list[str]) -> dic
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{p.stderr[-3000:]}\n{p.stdout[-3000:]}")
     out = p.stdout + p.stderr
     rss = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", p.stderr)[1]) / 1024
+    # CPU seconds do not depend on what else the machine runs; wall time does.
+    cpu = sum(float(re.search(rf"{k} time \(seconds\): ([\d.]+)", p.stderr)[1])
+              for k in ("User", "System"))
     top = Counter(re.findall(r"^(?:local)?rule (\w+):", out, flags=re.M))  # not in a group
     nested = Counter(re.findall(r"^\s+(?:local)?rule (\w+):", out, flags=re.M))  # in a group
     groups = Counter(re.findall(r"Group job (\S+) \(jobs in lexicogr\. order\):", out))
     top.pop("all", None)  # the target rule has no command: Snakemake never submits it
-    return {"profile": profile or "local", "wall_s": round(wall, 1), "peak_rss_mb": round(rss),
+    return {"profile": profile or "local", "wall_s": round(wall, 1), "cpu_s": round(cpu, 1),
+            "peak_rss_mb": round(rss),
             "rule_jobs": sum(top.values()) + sum(nested.values()),
             "jobs_per_rule": dict(top + nested), "group_jobs": dict(groups),
             "submissions": sum(groups.values()) + sum(top.values())}
