@@ -38,7 +38,8 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-MPP = 0.25          # level 0, um/px
+MPP = 0.25          # level 0, um/px (--mpp 0.5 writes the same glass as a 20x scan)
+BANK_MPP = 0.25     # resolution the tissue textures are drawn at
 TILE = 512          # TIFF tile edge, px
 MAP_UM = 16.0       # resolution of the tissue-score map the tiles are drawn from, um/px
 QUALITY = 80        # JPEG quality
@@ -118,7 +119,8 @@ def level_tiles(level: int, w0: int, h0: int, score: np.ndarray, thr: float,
         cache.update({f"bank{k}": encode(t) for k, t in enumerate(banks[0])})
     ds = 2 ** level
     lw, lh = -(-w0 // ds), -(-h0 // ds)
-    n = ds  # level-0 bank tiles across one tile of this level (for level <= log2(TILE))
+    k = level + int(round(np.log2(MPP / BANK_MPP)))  # texture pyramid level for this level
+    n = 2 ** k  # bank tiles across one tile of this level
     sub = TILE // n
     px_um = MPP * ds
     for ty in range(-(-lh // TILE)):
@@ -135,14 +137,14 @@ def level_tiles(level: int, w0: int, h0: int, score: np.ndarray, thr: float,
                 continue
             inside_img = (tx + 1) * TILE <= lw and (ty + 1) * TILE <= lh
             full = block.min() > thr and inside_img
-            if full and level == 0:
+            if full and k == 0:
                 yield cache[f"bank{(tx * 73856093 ^ ty * 19349663) % BANK}"]
                 continue
             # Texture: the level-0 bank tiles this tile covers, reduced to this level.
             gx = (tx * n + np.arange(n))[None, :]
             gy = (ty * n + np.arange(n))[:, None]
             ids = (gx * 73856093 ^ gy * 19349663) % BANK
-            tex = banks[level][ids]  # (n, n, sub, sub, 3)
+            tex = banks[k][ids]  # (n, n, sub, sub, 3)
             tex = tex.transpose(0, 2, 1, 3, 4).reshape(TILE, TILE, 3)
             if not full:
                 wy = _interp_matrix(TILE, v0 - max(a, 0), step, block.shape[0])
@@ -167,8 +169,9 @@ def generate(path: Path, w0: int, h0: int, coverage: float, seed: int) -> dict[s
     levels = 1
     while max(-(-w0 // 2 ** (levels - 1)), -(-h0 // 2 ** (levels - 1))) > 1024:
         levels += 1
+    top = levels + int(round(np.log2(MPP / BANK_MPP)))
     banks = [bank0] + [np.stack([np.asarray(Image.fromarray(t).reduce(2 ** k)) for t in bank0])
-                       for k in range(1, levels)]
+                       for k in range(1, top)]
     tmp = path.with_name(path.name + ".part")
     cache: dict[str, bytes] = {}
     dims = []
@@ -192,13 +195,15 @@ def generate(path: Path, w0: int, h0: int, coverage: float, seed: int) -> dict[s
 
 # -- measurements --------------------------------------------------------------------------
 def timed(cmd: list[str], **kw: object) -> tuple[subprocess.CompletedProcess, float, float]:
-    """Run under /usr/bin/time -v: (process, wall s, peak RSS MB)."""
+    """Run under /usr/bin/time -v: (process, wall s, peak RSS MB); CPU s in ``timed.cpu``."""
     t = time.perf_counter()
     p = subprocess.run(["/usr/bin/time", "-v", *cmd], capture_output=True, text=True, **kw)
     wall = time.perf_counter() - t
     m = re.search(r"Maximum resident set size \(kbytes\): (\d+)", p.stderr)
     if p.returncode != 0:
         sys.exit(f"{cmd} failed:\n{p.stderr[-3000:]}")
+    timed.cpu = sum(float(re.search(rf"{k} time \(seconds\): ([\d.]+)", p.stderr)[1])
+                    for k in ("User", "System"))
     return p, wall, int(m[1]) / 1024 if m else float("nan")
 
 
@@ -215,7 +220,8 @@ def tile_slide(slide: Path, out_dir: Path, name: str, mpp: float | None = None) 
     tiles = read_tiles(out)
     return {"what": "tile", "slide": name, "level0": [tiles.attrs["level0_width"],
                                                       tiles.attrs["level0_height"]],
-            "tiles": len(tiles), "process_wall_s": round(wall, 2), "peak_rss_mb": round(rss),
+            "tiles": len(tiles), "process_wall_s": round(wall, 2), "cpu_s": round(timed.cpu, 2),
+            "peak_rss_mb": round(rss),
             "mask_source": tiles.attrs.get("tissue_mask_source"),
             "mask_mpp": tiles.attrs.get("tissue_mask_mpp")}
 
@@ -324,6 +330,7 @@ def main() -> None:
     ap.add_argument("cache", type=Path, nargs="?", help="folder for the slide and outputs")
     ap.add_argument("--width", type=int, default=100_000)
     ap.add_argument("--height", type=int, default=80_000)
+    ap.add_argument("--mpp", type=float, default=0.25, help="level 0, um/px: 0.25 or 0.5")
     ap.add_argument("--coverage", type=float, default=0.4)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--small", type=Path, default=Path(os.environ.get(
@@ -345,13 +352,15 @@ def main() -> None:
     if a.cache is None:
         ap.error("give CACHE_DIR")
     a.cache.mkdir(parents=True, exist_ok=True)
+    global MPP
+    MPP = a.mpp
     steps = set(a.only.split(","))
-    slide = a.cache / f"wsi40x_{a.width}x{a.height}_s{a.seed}.tiff"
+    slide = a.cache / f"wsi_{a.width}x{a.height}_{a.mpp}mpp_s{a.seed}.tiff"
     if not slide.exists():
         free = shutil.disk_usage(a.cache).free / 1e9
         print(json.dumps({"what": "disk", "free_gb": round(free, 1)}), flush=True)
         print(json.dumps(generate(slide, a.width, a.height, a.coverage, a.seed)), flush=True)
-    work = a.cache / "work"
+    work = a.cache / f"work_{a.width}x{a.height}_{a.mpp}mpp"
     work.mkdir(exist_ok=True)
     if "tile" in steps:
         print(json.dumps(tile_slide(slide, work, "wsi40x")), flush=True)
