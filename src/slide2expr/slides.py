@@ -22,6 +22,7 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
+import tifffile
 from PIL import Image
 
 from slide2expr.errors import InputError
@@ -459,8 +460,6 @@ class OpenSlideSlide(Slide):
             self._tif = None
             if self.path.suffix.lower() in {".svs", ".tif", ".tiff", ".btf"}:
                 try:
-                    import tifffile
-
                     self._tif = tifffile.TiffFile(str(self.path))
                 except Exception:  # not a TIFF tifffile reads: OpenSlide does it all
                     self._tif = None
@@ -499,8 +498,6 @@ class TiffFileSlide(Slide):
     backend = "tifffile"
 
     def __init__(self, path: Path) -> None:
-        import tifffile
-
         self._tif = tifffile.TiffFile(str(path))
         series = self._tif.series[0]
         self._levels = [lvl.keyframe for lvl in series.levels]
