@@ -119,26 +119,39 @@ def _closing(mask: np.ndarray, radius: int) -> np.ndarray:
 def _remove_small_objects(mask: np.ndarray, min_px: int) -> np.ndarray:
     """Drop 4-connected components of fewer than ``min_px`` pixels; returns bool."""
     labels, n = ndimage.label(mask)
-    if n == 0:
-        return mask.astype(bool)
-    keep = np.bincount(labels.ravel()) >= max(min_px, 1)
-    keep[0] = False
-    return keep[labels]
+    out = mask.astype(bool)
+    small = np.bincount(labels.ravel(), minlength=n + 1) < max(min_px, 1)
+    small[0] = False
+    _set_labels(out, labels, small, False)
+    return out
 
 
 def _fill_small_holes(mask: np.ndarray, max_px: int) -> np.ndarray:
     """Fill holes (4-connected background components that do not touch the image border)
     of at most ``max_px`` pixels; returns uint8 0/1."""
     labels, n = ndimage.label(mask == 0)
-    if n == 0:
-        return mask
-    fill = np.bincount(labels.ravel()) <= max_px
+    fill = np.bincount(labels.ravel(), minlength=n + 1) <= max_px
     border = np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]])
     fill[border] = False  # open to the outside: background, not a hole
     fill[0] = False  # label 0 is the tissue itself
-    if not fill.any():
-        return mask
-    return mask | fill[labels].astype(np.uint8)
+    out = mask.copy()
+    _set_labels(out, labels, fill, 1)
+    return out
+
+
+def _set_labels(out: np.ndarray, labels: np.ndarray, which: np.ndarray, value: object) -> None:
+    """``out[which[labels]] = value``, touching only the chosen components' bounding boxes
+    when they are few (the usual case: a handful of specks and holes in a large mask)."""
+    chosen = np.flatnonzero(which)
+    if chosen.size == 0:
+        return
+    if chosen.size > 256:
+        out[which[labels]] = value
+        return
+    boxes = ndimage.find_objects(labels, max_label=int(chosen[-1]))
+    for label in chosen:
+        box = boxes[label - 1]
+        out[box][labels[box] == label] = value
 
 
 def tissue_fraction_grid(
