@@ -4,7 +4,10 @@ Contract (docs/architecture.md): dataset ``coords`` int64 ``(N, 2)``, level-0 pi
 tile's top-left corner; attrs ``slide_mpp``, ``mpp_source``, ``target_mpp``, ``tile_px``,
 ``tile_px_level0``, ``level0_width``, ``level0_height``, ``mode`` (``"grid"`` or
 ``"spots"``), ``sample_id``, ``slide``; spot mode adds dataset ``spot_ids`` ``(N,)`` (UTF-8)
-and the attr ``spot_diameter_um`` (the patch size in micrometres). The file is stamped
+and the attr ``spot_diameter_um`` (the patch size in micrometres). Grid mode adds the attrs
+``tissue_mask_source`` (the image the tissue mask was computed on: ``"level N"``,
+``"thumbnail"`` or ``"image, JPEG-decoded at 1/8"``, with ``", reduced Fx"`` after a box
+reduction) and ``tissue_mask_mpp`` (the mask's resolution, um/px), and ``mask_downsample``. The file is stamped
 ``slide2expr_format = "tiles/1"``.
 """
 
@@ -27,6 +30,8 @@ TILING_ATTRS = (
     "sample_id", "slide", "slide_mpp", "mpp_source", "target_mpp", "tile_px", "tile_px_level0",
     "level0_width", "level0_height", "mode",
 )
+#: Grid-mode attributes that say how the tissue was found (see the module docstring).
+TISSUE_MASK_ATTRS = ("tissue_mask_source", "tissue_mask_mpp", "mask_downsample")
 
 
 @dataclass

@@ -54,14 +54,20 @@ class TissueMap:
     mask: np.ndarray
     image: np.ndarray
     downsample: float  # level-0 px per mask px
+    source: str = ""  # where the image came from, e.g. "level 4" or "thumbnail, reduced 2x"
+    mpp: float = 0.0  # the mask's resolution, um/px
 
 
 def compute_tissue(slide: Slide, params: TissueParams) -> TissueMap:
-    """Detect tissue on a low-resolution image read from the best pyramid level."""
+    """Detect tissue on a low-resolution image of the slide at about ``params.mask_mpp``,
+    read from the smallest sufficient pyramid level or stored thumbnail
+    (:meth:`~slide2expr.inputs.slides.Slide.read_for_mask`)."""
     assert slide.mpp is not None
-    image, downsample = slide.read_at_mpp(params.mask_mpp)
-    mask = detect_tissue(image, image_mpp=slide.mpp * downsample, params=params)
-    return TissueMap(mask=mask, image=image, downsample=downsample)
+    low = slide.read_for_mask(params.mask_mpp)
+    mpp = slide.mpp * low.downsample
+    mask = detect_tissue(low.image, image_mpp=mpp, params=params)
+    return TissueMap(mask=mask, image=low.image, downsample=low.downsample, source=low.source,
+                     mpp=mpp)
 
 
 def _base_attrs(slide: Slide, sample_id: str, params: TilingParams) -> dict[str, object]:
@@ -108,6 +114,8 @@ def grid_tiles(slide: Slide, tissue: TissueMap, sample_id: str, params: TilingPa
         "mode": "grid",
         "target_mpp": float(params.target_mpp),
         "tile_px_level0": float(size0),
+        "tissue_mask_source": tissue.source,
+        "tissue_mask_mpp": float(tissue.mpp),
     }
     log.info("%s: %d grid tiles of %d px at %.3g um/px (%.1f px level 0), %.1f%% tissue",
              sample_id, len(coords), params.tile_px, params.target_mpp, size0,

@@ -3,6 +3,11 @@
 Otsu's threshold on HSV saturation (stain is saturated, glass and background are not),
 floored at ``min_saturation`` so an empty slide yields no tissue, then morphology in
 physical units: closing, hole filling, removal of small objects.
+
+Everything runs at the mask's resolution on uint8: OpenCV converts to HSV, closes by a disk
+and sums the mask (integral image), ``scipy.ndimage`` labels 4-connected components, so a
+mask of a few megapixels takes milliseconds. The closing treats the outside of the image as
+background, as ``ndimage.binary_closing(..., border_value=0)`` does.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 from scipy import ndimage
 
@@ -45,8 +51,10 @@ class TissueParams:
 def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
     """Otsu's threshold of ``values`` in [0, 1]."""
     hist, edges = np.histogram(values, bins=bins, range=(0.0, 1.0))
-    hist = hist.astype(np.float64)
-    centres = (edges[:-1] + edges[1:]) / 2
+    return _otsu_from_hist(hist.astype(np.float64), (edges[:-1] + edges[1:]) / 2)
+
+
+def _otsu_from_hist(hist: np.ndarray, centres: np.ndarray) -> float:
     weight_lo = np.cumsum(hist)
     weight_hi = weight_lo[-1] - weight_lo
     mean_lo = np.cumsum(hist * centres) / np.maximum(weight_lo, 1e-12)
@@ -57,12 +65,9 @@ def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
 
 
 def saturation_value(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """HSV saturation and value of an RGB uint8 image, as float32 in [0, 1]."""
-    rgb = rgb.astype(np.float32) / 255.0
-    vmax = rgb.max(axis=2)
-    vmin = rgb.min(axis=2)
-    sat = np.where(vmax > 0, (vmax - vmin) / np.maximum(vmax, 1e-6), 0.0)
-    return sat.astype(np.float32), vmax
+    """HSV saturation and value of an RGB uint8 image, as uint8 (255 = 1.0)."""
+    hsv = cv2.cvtColor(np.ascontiguousarray(rgb, dtype=np.uint8), cv2.COLOR_RGB2HSV)
+    return hsv[..., 1], hsv[..., 2]
 
 
 def detect_tissue(rgb: np.ndarray, *, image_mpp: float, params: TissueParams) -> np.ndarray:
@@ -83,14 +88,16 @@ def detect_tissue(rgb: np.ndarray, *, image_mpp: float, params: TissueParams) ->
         ``(H, W)`` bool, true on tissue.
     """
     sat, value = saturation_value(rgb)
-    candidates = sat[value < params.max_value]
-    threshold = otsu_threshold(candidates) if candidates.size else 1.0
+    dim = (value < params.max_value * 255).astype(np.uint8)  # not glare or bare glass
+    hist = cv2.calcHist([sat], [0], dim, [256], [0, 256]).ravel().astype(np.float64)
+    # uint8 saturation s is s/255 in [0, 1]: bin s of 256 equal bins (255 joins bin 255).
+    threshold = (_otsu_from_hist(hist, (np.arange(256) + 0.5) / 256)
+                 if hist.sum() else 1.0)
     threshold = max(threshold, params.min_saturation)
-    mask = (sat > threshold) & (value < params.max_value)
+    mask = (sat > threshold * 255).astype(np.uint8) & dim
     radius = int(round(params.closing_um / image_mpp))
     if radius >= 1:
-        mask = ndimage.binary_closing(mask, structure=_disk(radius), iterations=1,
-                                      border_value=0)
+        mask = _closing(mask, radius)
     px_area = image_mpp ** 2
     mask = _fill_small_holes(mask, int(params.max_hole_um2 / px_area))
     return _remove_small_objects(mask, int(math.ceil(params.min_object_um2 / px_area)))
@@ -101,25 +108,50 @@ def _disk(radius: int) -> np.ndarray:
     return xx ** 2 + yy ** 2 <= radius ** 2
 
 
+def _closing(mask: np.ndarray, radius: int) -> np.ndarray:
+    """Binary closing of a uint8 0/1 mask by a disk; outside the image counts as background
+    for both steps (as ``ndimage.binary_closing(..., border_value=0)``)."""
+    disk = _disk(radius).astype(np.uint8)
+    dilated = cv2.dilate(mask, disk, borderType=cv2.BORDER_CONSTANT, borderValue=0)
+    return cv2.erode(dilated, disk, borderType=cv2.BORDER_CONSTANT, borderValue=0)
+
+
 def _remove_small_objects(mask: np.ndarray, min_px: int) -> np.ndarray:
+    """Drop 4-connected components of fewer than ``min_px`` pixels; returns bool."""
     labels, n = ndimage.label(mask)
-    if n == 0:
-        return mask
-    sizes = np.bincount(labels.ravel())
-    keep = sizes >= max(min_px, 1)
-    keep[0] = False
-    return keep[labels]
+    out = mask.astype(bool)
+    small = np.bincount(labels.ravel(), minlength=n + 1) < max(min_px, 1)
+    small[0] = False
+    _set_labels(out, labels, small, False)
+    return out
 
 
 def _fill_small_holes(mask: np.ndarray, max_px: int) -> np.ndarray:
-    holes = ndimage.binary_fill_holes(mask) & ~mask
-    labels, n = ndimage.label(holes)
-    if n == 0:
-        return mask
-    sizes = np.bincount(labels.ravel())
-    fill = sizes <= max_px
-    fill[0] = False
-    return mask | fill[labels]
+    """Fill holes (4-connected background components that do not touch the image border)
+    of at most ``max_px`` pixels; returns uint8 0/1."""
+    labels, n = ndimage.label(mask == 0)
+    fill = np.bincount(labels.ravel(), minlength=n + 1) <= max_px
+    border = np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]])
+    fill[border] = False  # open to the outside: background, not a hole
+    fill[0] = False  # label 0 is the tissue itself
+    out = mask.copy()
+    _set_labels(out, labels, fill, 1)
+    return out
+
+
+def _set_labels(out: np.ndarray, labels: np.ndarray, which: np.ndarray, value: object) -> None:
+    """``out[which[labels]] = value``, touching only the chosen components' bounding boxes
+    when they are few (the usual case: a handful of specks and holes in a large mask)."""
+    chosen = np.flatnonzero(which)
+    if chosen.size == 0:
+        return
+    if chosen.size > 256:
+        out[which[labels]] = value
+        return
+    boxes = ndimage.find_objects(labels, max_label=int(chosen[-1]))
+    for label in chosen:
+        box = boxes[label - 1]
+        out[box][labels[box] == label] = value
 
 
 def tissue_fraction_grid(
@@ -129,8 +161,7 @@ def tissue_fraction_grid(
 
     Uses a summed-area table of the mask, so it costs O(1) a tile.
     """
-    sat = np.zeros((mask.shape[0] + 1, mask.shape[1] + 1), dtype=np.int64)
-    sat[1:, 1:] = np.cumsum(np.cumsum(mask, axis=0), axis=1)
+    sat = cv2.integral(np.ascontiguousarray(mask, dtype=np.uint8), sdepth=cv2.CV_32S)
     h, w = mask.shape
     xa = np.clip(np.round(x0 / mask_downsample).astype(int), 0, w)
     ya = np.clip(np.round(y0 / mask_downsample).astype(int), 0, h)
