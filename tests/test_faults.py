@@ -580,16 +580,23 @@ def test_colliding_gene_file_names_are_made_unique(tmp_path, capsys, caplog):
 # -- row: Ctrl-C ------------------------------------------------------------------------------------
 
 def test_ctrl_c_says_interrupted_and_keeps_the_partial_file(toy, tmp_path):
+    from slide2expr.contracts.tiles import read_tiles, write_tiles
+
+    # the toy's tiles 200 times over: minutes of work, so the signal always lands mid-run
+    tiles = read_tiles(toy["tiles"])
+    many = tmp_path / "tiles" / "toy.h5"
+    write_tiles(many, TileSet(coords=np.tile(tiles.coords, (200, 1)), attrs=tiles.attrs))
     out = tmp_path / "features" / "toy.h5"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "slide2expr.cli", "extract", str(toy["tiles"]), "-o", str(out),
+        [sys.executable, "-m", "slide2expr.cli", "extract", str(many), "-o", str(out),
          "--device", "cpu", "--no-progress", "--num-workers", "0", "--batch-size", "1",
          "--threads", "1"], stderr=subprocess.PIPE, text=True, env=env)
     deadline = time.monotonic() + 60
     while not partial_path(out).exists() and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.05)
     time.sleep(0.5)  # a few tiles in
+    assert proc.poll() is None, "the extraction ended before the signal"
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
