@@ -27,6 +27,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from slide2expr.atomic import temporary_sibling
+from slide2expr.contracts.tilemaps import read_tile_map
 from slide2expr.errors import InputError
 from slide2expr.keys import Key
 
@@ -173,7 +175,6 @@ def write_spatialdata(predictions_path: str | Path, out: str | Path, *,
     """
     import anndata as ad
 
-    from slide2expr.atomic import temporary_sibling
 
     _require()
     predictions_path, out = Path(predictions_path), Path(out)
@@ -187,7 +188,6 @@ def write_spatialdata(predictions_path: str | Path, out: str | Path, *,
                          "pass results/predictions/{head}.h5ad") from exc
     maps = []
     if tile_maps:
-        from slide2expr.contracts.tilemaps import read_tile_map
 
         maps = [read_tile_map(p) for p in tile_maps]
     try:

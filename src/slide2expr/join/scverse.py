@@ -29,6 +29,7 @@ import pandas as pd
 from slide2expr import __version__
 from slide2expr.contracts.features import spot_diameter_level0
 from slide2expr.errors import InputError
+from slide2expr.inputs.slides import open_slide
 from slide2expr.keys import Key
 
 log = logging.getLogger(__name__)
@@ -57,7 +58,6 @@ def slide_images(slide_path: str | Path, *, hires_px: int = HIRES_PX,
     """
     from PIL import Image
 
-    from slide2expr.inputs.slides import open_slide
 
     with open_slide(slide_path, require_mpp=False) as slide:
         w0, h0 = slide.dimensions

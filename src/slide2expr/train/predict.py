@@ -12,6 +12,8 @@ from slide2expr.contracts.features import read_feature_meta
 from slide2expr.contracts.predictions import write_predictions
 from slide2expr.errors import InputError
 from slide2expr.keys import Key
+from slide2expr.train.features import read_bag
+from slide2expr.train.trained import load_trained_head
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +40,6 @@ def predict_files(features: list[Path], *, model_dir: Path, output: Path, level:
     """
     import anndata as ad
 
-    from slide2expr.train.features import read_bag
-    from slide2expr.train.trained import load_trained_head
 
     if level not in ("auto", "slide", "tile"):
         raise InputError(None, f"--level is {level!r}", "use auto, slide or tile")

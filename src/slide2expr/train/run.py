@@ -35,6 +35,7 @@ import numpy as np
 import scipy.sparse as sp
 from tqdm.auto import tqdm
 
+import slide2expr.train.baselines as baselines
 from slide2expr.atomic import atomic_output, remove_stale_temporaries, temporary_sibling
 from slide2expr.contracts._anndata import write_h5ad
 from slide2expr.contracts.models import write_splits
@@ -280,7 +281,6 @@ def fit_baselines(config: TrainConfig, source: SpotFeatures | BagFeatures, y: np
                   info: dict[str, Any]) -> dict[str, np.ndarray]:
     """The configured baselines (ridge, HEST, mean) of fold ``k`` on pooled features; the
     ridge alpha chosen by grouped inner CV is recorded in ``info``."""
-    from slide2expr.train import baselines
 
     pooled_train = source.pooled(train_idx)
     pooled_test = source.pooled(test_idx)

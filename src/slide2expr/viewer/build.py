@@ -31,13 +31,17 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+import slide2expr.viewer.layers as layers
+import slide2expr.viewer.page as page
 from slide2expr.atomic import atomic_output
 from slide2expr.contracts.tilemaps import UNITS, TileMap, read_tile_map
 from slide2expr.errors import InputError
 from slide2expr.heatmap.gene_choice import gene_filename, select_genes
+from slide2expr.heatmap.geojson import mask_polygons
+from slide2expr.heatmap.run import open_matching_slide, tissue_mask
 from slide2expr.heatmap.scale import cohort_scale, read_scale, robust_limits
+from slide2expr.heatmap.spot_overlay import read_spot_values
 from slide2expr.tile.tissue import TissueParams
-from slide2expr.viewer import layers, page
 from slide2expr.viewer.pyramid import write_pyramid
 
 log = logging.getLogger(__name__)
@@ -389,8 +393,6 @@ def slide_outline(slide_path: Path, tmap: TileMap,
                   options: ViewerOptions) -> tuple[float | None, str | None, list]:
     """The slide's mpp (and its source) and tissue outline (level-0 px), as the heatmaps
     trace it on a thumbnail."""
-    from slide2expr.heatmap.geojson import mask_polygons
-    from slide2expr.heatmap.run import open_matching_slide, tissue_mask
 
     with open_matching_slide(slide_path, tmap, default_mpp=options.default_mpp) as slide:
         thumb, downsample = slide.thumbnail(OUTLINE_THUMBNAIL_PX)
@@ -411,7 +413,6 @@ def read_spots(predictions: Path | None, sample: str, genes: Sequence[str], *,
     slide). A predictions file found by itself that is not spot-mode is skipped with a note."""
     if predictions is None:
         return None
-    from slide2expr.heatmap.spot_overlay import read_spot_values
 
     try:
         values = read_spot_values(predictions, sample, genes)

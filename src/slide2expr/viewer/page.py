@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from slide2expr.errors import EnvironmentFault
+from slide2expr.heatmap.overlay import colormap
 
 STATIC = Path(__file__).with_name("static")
 #: The page's own files, copied as they are.
@@ -71,7 +72,6 @@ def copy_assets(out: Path) -> None:
 
 def colormap_luts(names: tuple[str, ...] = COLORMAPS) -> dict[str, str]:
     """``{name: hex string of 256 RGB triplets}`` from Matplotlib."""
-    from slide2expr.heatmap.overlay import colormap
 
     out = {}
     for name in names:

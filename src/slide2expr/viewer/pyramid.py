@@ -21,6 +21,8 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from slide2expr.errors import InputError
+
 log = logging.getLogger(__name__)
 
 #: Pyramid writers, in the order ``auto`` tries them.
@@ -94,7 +96,6 @@ def write_pyramid(slide_path: str | Path, out_dir: str | Path, *, name: str = "s
     Pyramid
         What was written.
     """
-    from slide2expr.errors import InputError
 
     if backend not in ("auto", *BACKENDS):
         raise InputError(None, f"unknown pyramid backend {backend!r}",
