@@ -57,6 +57,11 @@ SAMPLE_IDS = list(SAMPLES.index)
 # The tiling that holds the training units: spots in spot mode, the tissue grid in bulk mode.
 UNIT_TILING = "spots" if MODE == "spot" else "grid"
 
+# Context tilings (tiling.context_um, spot mode): ctx{um} windows centred on each spot,
+# embedded by the extract stage and joined as obsm['X_{encoder}_ctx{um}'].
+CONTEXT_TILINGS = ([f"ctx{int(um)}" for um in config["tiling"].get("context_um") or []]
+                   if MODE == "spot" else [])
+
 # Encoder sweep (extract.encoders). With one encoder (the default) the join, train, report
 # and heatmap outputs sit directly under results/ (dataset.h5ad, report/{head}/...). With
 # several, each encoder's go under results/{encoder}/ (results/{encoder}/dataset.h5ad,
@@ -186,6 +191,9 @@ def join_inputs(wildcards):
             sample=SAMPLE_IDS,
         ),
     }
+    for tiling in CONTEXT_TILINGS:
+        inputs[tiling] = expand(f"{RESULTS}/features/{join_encoder(wildcards)}/{tiling}/{{sample}}.h5",
+                                sample=SAMPLE_IDS)
     if MODE == "spot":
         inputs["counts"] = [sample_value(s, "counts") for s in SAMPLE_IDS]
         inputs["spots"] = [sample_value(s, "spots") for s in SAMPLE_IDS]
