@@ -113,6 +113,28 @@ def check_training_units(train_mask: np.ndarray, k: int, *, source: str | None =
                          "use more patients or fewer folds")
 
 
+def inner_groups(groups: np.ndarray, sections: np.ndarray, *,
+                 group_by: str) -> tuple[np.ndarray, str]:
+    """The grouping of a training fold's inner validation (early stopping, ridge alpha).
+
+    With two or more ``group_by`` groups (patients) in the fold, those; with one, its
+    sections (``sample_id``), since spots of one section are spatially autocorrelated and a
+    random split of them leaks and picks too little regularisation; with one section too,
+    the units themselves.
+
+    Returns
+    -------
+    tuple
+        The labels (one per unit) and the grouping's name: ``group_by``, ``"sample_id"``
+        or ``"units"`` (recorded in the predictions' provenance).
+    """
+    if len(np.unique(groups)) >= 2:
+        return np.asarray(groups), group_by
+    if len(np.unique(sections)) >= 2:
+        return np.asarray(sections), Key.SAMPLE_ID
+    return np.asarray(groups), "units"
+
+
 def inner_split(groups: np.ndarray, *, fraction: float, seed: int) -> np.ndarray:
     """Boolean mask of the validation units inside a training fold (grouped when possible).
 
