@@ -50,6 +50,9 @@ def test_windows_are_centred_on_the_spots_and_padded_past_the_edge(tmp_path):
     assert pad[2] > 0.5
     assert windows.attrs["n_padded"] == 2 and windows.attrs["padding"] == "white"
     assert windows.attrs["target_mpp"] == pytest.approx(300 / 224)
+    # a real slide's mpp (her2st 0.69) gives a fractional window edge: inside stays unpadded
+    her2st = context_windows(_spot_tiles(np.array([[500.0, 500.0]]) , mpp=0.69), 300)
+    assert her2st.extra["pad_fraction"][0] == 0.0 and her2st.attrs["n_padded"] == 0
     write_tiles(tmp_path / "ctx300.h5", windows)
     back = read_tiles(tmp_path / "ctx300.h5")
     assert back.attrs["mode"] == "context" and list(back.spot_ids) == list(spots.spot_ids)

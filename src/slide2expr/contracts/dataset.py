@@ -43,10 +43,12 @@ def read_dataset(path: str | Path) -> Any:
 
 
 def uns_storable(value: Any) -> Any:
-    """Provenance storable in ``uns``: ``None`` dropped and numpy scalars made plain,
-    recursively through dicts (h5ad cannot store ``None``)."""
+    """Provenance storable in ``uns``: ``None`` dropped, numpy scalars made plain and tuples
+    made lists, recursively through dicts (h5ad cannot store ``None``)."""
     if isinstance(value, dict):
         return {str(k): uns_storable(v) for k, v in value.items() if v is not None}
+    if isinstance(value, tuple):  # h5ad stores lists, not tuples
+        return [uns_storable(v) for v in value]
     if isinstance(value, np.generic):
         return value.item()
     return value

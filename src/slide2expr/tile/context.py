@@ -44,7 +44,9 @@ def pad_fraction(coords: np.ndarray, size0: float, width: int, height: int) -> n
     y0 = coords[:, 1].astype(np.float64)
     inside_w = np.clip(np.minimum(x0 + size0, width) - np.maximum(x0, 0.0), 0.0, None)
     inside_h = np.clip(np.minimum(y0 + size0, height) - np.maximum(y0, 0.0), 0.0, None)
-    return (1.0 - inside_w * inside_h / (size0 * size0)).astype(np.float32)
+    outside = 1.0 - inside_w * inside_h / (size0 * size0)
+    # float rounding of a window wholly inside leaves ~1e-16, which is not padding
+    return np.where(outside < 1e-6, 0.0, outside).astype(np.float32)
 
 
 def context_windows(spots: TileSet, um: float) -> TileSet:
