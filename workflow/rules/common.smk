@@ -83,6 +83,16 @@ HEATMAP = config["heatmap"]
 HEADS = list(TRAIN["heads"])
 # Which heads fit which mode is checked once, by the package (slide2expr.settings).
 check_heads_fit_mode(HEADS, MODE)
+# Heatmaps apply a head to grid tiles, which have no context blocks (yet): refuse early.
+_CONTEXT_HEADS = [h for h in HEADS
+                  if list((TRAIN.get("head_inputs") or {}).get(h) or TRAIN.get("inputs") or
+                          ["spot"]) != ["spot"]]
+if config["heatmap"]["enabled"] and _CONTEXT_HEADS:
+    raise ValueError(
+        f"config: heads {_CONTEXT_HEADS} take context inputs (train.inputs/head_inputs), which "
+        "grid tiles do not have yet, so they cannot paint heatmaps; set heatmap.enabled: false "
+        "or give those heads inputs [spot]"
+    )
 # The encoder whose features are joined: join.encoder, else the first of extract.encoders.
 # In an encoder sweep (several extract.encoders) each encoder is joined: results/{encoder}/.
 JOIN_ENCODER = JOIN.get("encoder") or SWEEP_ENCODERS[0]
