@@ -227,3 +227,10 @@ def test_inner_grouping_falls_back_from_patients_to_sections_to_units():
                                 group_by="patient")
     assert name == "sample_id" and list(labels) == ["a", "a", "b"]
     assert inner_groups(np.array(["p1"] * 2), np.array(["a", "a"]), group_by="patient")[1] == "units"
+
+
+def test_head_settings_apply_to_their_head_only():
+    config = TrainConfig.from_dict({"hidden": 256, "head_settings": {"context": {"hidden": 64}}})
+    assert config.for_head("context").hidden == 64 and config.for_head("mlp").hidden == 256
+    with pytest.raises(InputError, match=r"head_settings\.context"):
+        TrainConfig.from_dict({"head_settings": {"context": {"hiden": 64}}})

@@ -373,6 +373,7 @@ def run_training(adata: Any, *, head: str, config: TrainConfig, models_dir: str 
     src = None if dataset_path is None else str(dataset_path)
     dataset_path = None if dataset_path is None else Path(dataset_path)
     _check_dataset(adata, head, src)
+    config = config.for_head(head)
     provenance = dict(adata.uns.get("slide2expr", {}))
     groups = group_labels(adata.obs, config.group_by, source=src)
     split = adata.obs[Key.SPLIT] if "split" in adata.obs else None
