@@ -234,3 +234,13 @@ def test_head_settings_apply_to_their_head_only():
     assert config.for_head("context").hidden == 64 and config.for_head("mlp").hidden == 256
     with pytest.raises(InputError, match=r"head_settings\.context"):
         TrainConfig.from_dict({"head_settings": {"context": {"hiden": 64}}})
+
+
+def test_ensemble_members_validate_on_different_sections():
+    from slide2expr.train.cv import inner_split
+
+    groups = np.repeat(np.array(["a", "b", "c", "d"]), 5)
+    masks = [inner_split(groups, fraction=0.25, seed=3, member=m) for m in range(4)]
+    held = [set(groups[mask]) for mask in masks]
+    assert all(len(h) == 1 for h in held) and set().union(*held) == {"a", "b", "c", "d"}
+    np.testing.assert_array_equal(masks[0], inner_split(groups, fraction=0.25, seed=3))

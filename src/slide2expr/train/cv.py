@@ -135,19 +135,25 @@ def inner_groups(groups: np.ndarray, sections: np.ndarray, *,
     return np.asarray(groups), "units"
 
 
-def inner_split(groups: np.ndarray, *, fraction: float, seed: int) -> np.ndarray:
+def inner_split(groups: np.ndarray, *, fraction: float, seed: int,
+                member: int = 0) -> np.ndarray:
     """Boolean mask of the validation units inside a training fold (grouped when possible).
 
     With two or more groups, about ``fraction`` of the groups (at least one, never all) are
     validation; with one group, a random ``fraction`` of the units (early stopping only; it
-    is logged as a warning since spots of one section are correlated).
+    is logged as a warning since spots of one section are correlated). Ensemble member
+    ``member`` takes the next groups of the same seeded order (cross-fitting: members
+    validate on different groups, so together they learn from every training group).
     """
     rng = np.random.default_rng(seed)
     unique = np.unique(groups)
     if len(unique) >= 2:
         n_val = min(len(unique) - 1, max(1, round(fraction * len(unique))))
-        val_groups = set(rng.permutation(unique)[:n_val].tolist())
+        order = rng.permutation(unique)
+        start = (member * n_val) % len(unique)
+        val_groups = set(np.roll(order, -start)[:n_val].tolist())
         return np.array([g in val_groups for g in groups])
+    rng = np.random.default_rng(seed + 1000 * member)
     log.warning("one training group: validation units for early stopping are a random "
                 "%.0f%% of its units", 100 * fraction)
     n = len(groups)

@@ -262,8 +262,9 @@ def train_fold(*, head: str, config: TrainConfig, source: SpotFeatures | BagFeat
     sections = groups if sections is None else sections
     inner, grouping = inner_groups(groups[train_idx], sections[train_idx],
                                    group_by=config.group_by)
-    val_mask = inner_split(inner, fraction=config.val_fraction, seed=config.seed + k)
-    inner_train, inner_val = train_idx[~val_mask], train_idx[val_mask]
+    val_masks = [inner_split(inner, fraction=config.val_fraction, seed=config.seed + k, member=m)
+                 for m in range(config.ensemble)]
+    inner_train, inner_val = train_idx[~val_masks[0]], train_idx[val_masks[0]]
 
     batch_size = config.batch_size if source.kind == "spot" else config.bag_batch_size
     hparams = {"in_dim": source.dim, "n_genes": len(genes), "hidden": config.hidden,
@@ -275,6 +276,7 @@ def train_fold(*, head: str, config: TrainConfig, source: SpotFeatures | BagFeat
     members = []
     for m in range(config.ensemble):
         seed = config.seed + k + 1000 * m
+        inner_train, inner_val = train_idx[~val_masks[m]], train_idx[val_masks[m]]
         data = FoldDataModule(source, y, train_idx=inner_train, val_idx=inner_val,
                               test_idx=test_idx, batch_size=batch_size,
                               max_tiles=config.max_tiles, seed=seed,
