@@ -244,3 +244,21 @@ def test_ensemble_members_validate_on_different_sections():
     held = [set(groups[mask]) for mask in masks]
     assert all(len(h) == 1 for h in held) and set().union(*held) == {"a", "b", "c", "d"}
     np.testing.assert_array_equal(masks[0], inner_split(groups, fraction=0.25, seed=3))
+
+
+def test_context_head_with_input_pca_and_output_basis_trains_and_reloads(tmp_path):
+    from slide2expr.train.trained import load_trained_head
+
+    adata = neighbourhood_dataset(side=8)
+    config = TrainConfig.from_dict({**FAST, "max_epochs": 4, "min_epochs": 1,
+                                    "inputs": ["spot", "nbr150"], "input_pca": 4,
+                                    "output_rank": 2})
+    out = run_training(adata, head="context", config=config, models_dir=tmp_path / "m",
+                       predictions_path=tmp_path / "p.h5ad")
+    head = load_trained_head(tmp_path / "m", fold=0)
+    rows = (out.obs["fold"] == 0).to_numpy()
+    x = np.concatenate([adata.obsm["X_toy"], adata.obsm["X_toy_nbr150"]], axis=1)[rows]
+    np.testing.assert_allclose(head.predict_tiles(x), out.layers["predicted"][rows],
+                               rtol=1e-4, atol=1e-4)
+    module = head.members[0] if hasattr(head, "members") else head
+    assert np.isfinite(out.layers["predicted"][rows]).all() and module is not None

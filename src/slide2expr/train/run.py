@@ -195,6 +195,7 @@ def fit_member(head: str, hparams: dict, data: Any, *, config: TrainConfig, seed
     configure_determinism(seed)
     module = build_head(head, **hparams)
     module.set_standardisation(**data.standardisation())
+    _fit_bases(module, data)
     out_dir.mkdir(parents=True, exist_ok=True)
     checkpoint = ModelCheckpoint(dirpath=out_dir, filename="best", monitor=MONITOR, mode="max",
                                  save_top_k=1, auto_insert_metric_name=False)
@@ -222,6 +223,7 @@ def fit_member(head: str, hparams: dict, data: Any, *, config: TrainConfig, seed
             data = data.refit_on(refit_idx)
             module = build_head(head, **hparams)
             module.set_standardisation(**data.standardisation())
+            _fit_bases(module, data)
             trainer = pl.Trainer(
                 max_epochs=best_epoch + 1, min_epochs=best_epoch + 1,
                 accelerator=config.accelerator, devices=1, deterministic=True,
@@ -239,6 +241,13 @@ def fit_member(head: str, hparams: dict, data: Any, *, config: TrainConfig, seed
             "best_epoch": best_epoch, "best_val_pearson": None if best is None else float(best),
             "seconds": round(seconds, 2),
             "hparams": {k: v for k, v in hparams.items() if k in module.hparams}}
+
+
+def _fit_bases(module: Any, data: Any) -> None:
+    """Heads with fixed bases (the context head's input PCA / output basis) fit them on the
+    inner training units only."""
+    if hasattr(module, "fit_bases") and getattr(data.source, "kind", "") == "spot":
+        module.fit_bases(data.source.matrix[data.train_idx], data.targets[data.train_idx])
 
 
 def train_fold(*, head: str, config: TrainConfig, source: SpotFeatures | BagFeatures,
@@ -271,6 +280,7 @@ def train_fold(*, head: str, config: TrainConfig, source: SpotFeatures | BagFeat
                "dropout": config.dropout, "input_dropout": config.input_dropout, "lr": config.lr,
                "weight_decay": config.weight_decay, "ks": list(config.he2rna_ks),
                "attention_dim": config.attention_dim, "aux_weight": config.aux_weight,
+               "input_pca": config.input_pca, "output_rank": config.output_rank,
                "blocks": [dim for _, dim in getattr(source, "blocks", [])] or None}
     gene_names = [str(g) for g in var_names[genes]]
     members = []
