@@ -44,19 +44,23 @@ def main() -> None:
 
     results = Path(sys.argv[1] if len(sys.argv) > 1 else "results")
     heads = sys.argv[2:] or sorted(p.stem for p in (results / "predictions").glob("*.h5ad"))
+    # a head's predictions file may also be given by path (a run outside the workflow)
     print("| model | inputs | inner grouping | top 50 (95% CI) | all | 50 HVG | per-section top 50 |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for head in heads:
-        pred = ad.read_h5ad(results / "predictions" / f"{head}.h5ad")
+        path = Path(head) if head.endswith(".h5ad") else results / "predictions" / f"{head}.h5ad"
+        pred = ad.read_h5ad(path)
         held = (pred.obs["fold"] >= 0).to_numpy()
         pred = pred[held].copy()
         train = pred.uns["slide2expr"]["train"]
-        inputs = "+".join(train.get("inputs") or ["spot"])
-        grouping = ",".join(train.get("inner_grouping") or ["?"])
+        inputs = "+".join(str(b) for b in np.atleast_1d(train.get("inputs", "spot")))
+        grouping = ",".join(str(g) for g in np.atleast_1d(train.get("inner_grouping", "?")))
         masks = {"top50": _top_mask(pred.var["train_mean"].to_numpy(float), 50),
                  "all": np.ones(pred.n_vars, bool),
                  "hvg": select_hvg(np.asarray(pred.X, float), 50)[0]}
         for label, layer in ((head, "predicted"), (f"ridge ({head}'s inputs)", "baseline_ridge")):
+            if layer not in pred.layers:
+                continue
             t = section_means(pred, layer, masks)
             lo, hi = bootstrap(t["top50"].to_numpy())
             print(f"| {label} | {inputs} | {grouping} | {t['top50'].mean():.3f} ({lo:.3f}-{hi:.3f}) "
