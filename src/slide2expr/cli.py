@@ -44,6 +44,7 @@ app = typer.Typer(
 #: Modules under ``slide2expr.commands`` whose ``register(app)`` adds their subcommands.
 COMMAND_MODULES = (
     "tile",
+    "context_tiles",
     "demo",
     "extract",
     "join",

@@ -44,6 +44,21 @@ class Key:
         """The ``obsm`` key of an encoder's spot embeddings, ``X_{encoder}``."""
         return f"X_{encoder}"
 
+    @staticmethod
+    def context(encoder: str, block: str) -> str:
+        """The ``obsm`` key of a context block of an encoder's embeddings,
+        ``X_{encoder}_{block}``: ``ctx{um}`` (window of ``um`` micrometres centred on the
+        spot), ``nbr{r}`` (mean over the section's spots within ``r`` micrometres) or
+        ``slide`` (the section's mean spot embedding). ``spot`` is the spot embedding
+        itself, :meth:`embedding`."""
+        return Key.embedding(encoder) if block == SPOT_BLOCK else f"X_{encoder}_{block}"
+
+
+#: Name of the spot embedding among the input blocks of ``train.inputs``.
+SPOT_BLOCK: Final = "spot"
+#: Name of the slide-level block (the section's mean spot embedding).
+SLIDE_BLOCK: Final = "slide"
+
 
 #: ``obs['fold']`` of a unit that no fold held out (it only ever trained).
 NOT_HELD_OUT: Final = -1

@@ -152,7 +152,7 @@ def resolve_section(section: str, config_json: str | None,
 
 #: Head -> the mode it trains in (each head class's ``kind``; a test keeps them equal). Here,
 #: not in :mod:`slide2expr.train.heads`, so the workflow checks a config without importing torch.
-HEAD_MODES = {"mlp": "spot", "he2rna": "bulk", "abmil": "bulk"}
+HEAD_MODES = {"mlp": "spot", "context": "spot", "he2rna": "bulk", "abmil": "bulk"}
 
 
 def check_heads_fit_mode(heads: list[str], mode: str, *, source: str | Path | None = None) -> None:
@@ -164,7 +164,7 @@ def check_heads_fit_mode(heads: list[str], mode: str, *, source: str | Path | No
     wrong = [h for h in heads if HEAD_MODES[h] != mode]
     if wrong:
         raise InputError(source, f"config train.heads {wrong} do not fit mode '{mode}'",
-                         "mlp is for spot mode, he2rna and abmil for bulk mode")
+                         "mlp and context are for spot mode, he2rna and abmil for bulk mode")
 
 
 def put_interpreter_on_path() -> None:

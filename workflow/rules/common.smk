@@ -64,6 +64,11 @@ SAMPLE_IDS = list(SAMPLES.index)
 # The tiling that holds the training units: spots in spot mode, the tissue grid in bulk mode.
 UNIT_TILING = "spots" if MODE == "spot" else "grid"
 
+# Context tilings (tiling.context_um, spot mode): ctx{um} windows centred on each spot,
+# embedded by the extract stage and joined as obsm['X_{encoder}_ctx{um}'].
+CONTEXT_TILINGS = ([f"ctx{int(um)}" for um in config["tiling"].get("context_um") or []]
+                   if MODE == "spot" else [])
+
 # Encoder sweep (extract.encoders). With one encoder (the default) the join, train, report
 # and heatmap outputs sit directly under results/ (dataset.h5ad, report/{head}/...). With
 # several, each encoder's go under results/{encoder}/ (results/{encoder}/dataset.h5ad,
@@ -85,6 +90,16 @@ HEATMAP = config["heatmap"]
 HEADS = list(TRAIN["heads"])
 # Which heads fit which mode is checked once, by the package (slide2expr.settings).
 check_heads_fit_mode(HEADS, MODE)
+# Heatmaps apply a head to grid tiles, which have no context blocks (yet): refuse early.
+_CONTEXT_HEADS = [h for h in HEADS
+                  if list((TRAIN.get("head_inputs") or {}).get(h) or TRAIN.get("inputs") or
+                          ["spot"]) != ["spot"]]
+if config["heatmap"]["enabled"] and _CONTEXT_HEADS:
+    raise ValueError(
+        f"config: heads {_CONTEXT_HEADS} take context inputs (train.inputs/head_inputs), which "
+        "grid tiles do not have yet, so they cannot paint heatmaps; set heatmap.enabled: false "
+        "or give those heads inputs [spot]"
+    )
 # The encoder whose features are joined: join.encoder, else the first of extract.encoders.
 # In an encoder sweep (several extract.encoders) each encoder is joined: results/{encoder}/.
 JOIN_ENCODER = JOIN.get("encoder") or SWEEP_ENCODERS[0]
@@ -194,6 +209,9 @@ def join_inputs(wildcards):
             sample=SAMPLE_IDS,
         ),
     }
+    for tiling in CONTEXT_TILINGS:
+        inputs[tiling] = expand(f"{RESULTS}/features/{join_encoder(wildcards)}/{tiling}/{{sample}}.h5",
+                                sample=SAMPLE_IDS)
     if MODE == "spot":
         inputs["counts"] = [sample_value(s, "counts") for s in SAMPLE_IDS]
         inputs["spots"] = [sample_value(s, "spots") for s in SAMPLE_IDS]

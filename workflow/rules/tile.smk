@@ -18,7 +18,8 @@ rule tile:
         spot_args=tile_spot_args,
         mpp=lambda w: cli_option("--mpp", sample_value(w.sample, "mpp")),
         default_mpp=cli_option("--default-mpp", config.get("default_slide_mpp")),
-        cfg=config_json("tiling"),
+        # context_um is read by the context_tiles rule: changing it retiles nothing
+        cfg=config_json(*(f"tiling.{k}" for k in config["tiling"] if k != "context_um")),
     log:
         f"{RESULTS}/logs/tile/{{sample}}.log",
     benchmark:
@@ -35,3 +36,26 @@ rule tile:
         "slide2expr tile {input.slide} --sample-id {wildcards.sample} -o {output.grid} "
         "--qc {output.qc} {params.spot_args} {params.mpp} {params.default_mpp} "
         "--config-json {params.cfg} > {log} 2>&1"
+
+
+# Context windows (tiling.context_um, spot mode): one window of {um} micrometres centred on
+# each spot, derived from the spot tiles; padded white past the slide edge (recorded).
+rule context_tiles:
+    input:
+        f"{RESULTS}/tiles/spots/{{sample}}.h5",
+    output:
+        f"{RESULTS}/tiles/ctx{{um}}/{{sample}}.h5",
+    wildcard_constraints:
+        um=r"[0-9]+",
+    log:
+        f"{RESULTS}/logs/tile/ctx{{um}}/{{sample}}.log",
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    group:
+        "tile"
+    conda:
+        CONDA_ENV
+    shell:
+        "slide2expr context-tiles {input} --um {wildcards.um} -o {output} > {log} 2>&1"

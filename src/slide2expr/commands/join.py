@@ -16,7 +16,8 @@ log = logging.getLogger(__name__)
 #: Flag -> key of the ``join`` section.
 JOIN_FLAGS = {name: name for name in ("expression", "values", "orientation", "gene_map",
                                       "on_missing", "patient_slides", "match_on",
-                                      "target_sum", "sparse", "encoder")}
+                                      "target_sum", "sparse", "encoder", "slide_mean")}
+JOIN_FLAGS["neighbour_um"] = "neighbour_um"
 
 
 def join(
@@ -44,6 +45,14 @@ def join(
                                                    "patient."),
     target_sum: float = typer.Option(1e4, help="Counts are scaled to this total before log1p."),
     sparse: bool = typer.Option(False, "--sparse/--dense", help="Store X and counts as CSR."),
+    neighbour_um: list[float] = typer.Option([], "--neighbour-um",
+                                             help="Spot mode: neighbour-mean radius, um "
+                                                  "(repeatable); obsm X_{encoder}_nbr{r}."),
+    slide_mean: bool = typer.Option(False, "--slide-mean/--no-slide-mean",
+                                    help="Spot mode: add obsm X_{encoder}_slide."),
+    context_um: list[int] = typer.Option([], "--context-um",
+                                         help="Spot mode: context windows to join, um "
+                                              "(repeatable; default tiling.context_um)."),
     data_root: Path | None = typer.Option(None, help="Folder that relative counts/spots paths "
                                                      "in the sheet are relative to (default: "
                                                      "the config's data_root)."),
@@ -68,7 +77,10 @@ def join(
                         orientation=cfg["orientation"], gene_map=cfg.get("gene_map") or None,
                         on_missing=cfg["on_missing"], patient_slides=cfg["patient_slides"],
                         match_on=cfg["match_on"], target_sum=cfg["target_sum"],
-                        sparse=cfg["sparse"])
+                        sparse=cfg["sparse"], neighbour_um=tuple(cfg["neighbour_um"]),
+                        slide_mean=cfg["slide_mean"],
+                        context_um=tuple(context_um or (run_config.get("tiling") or {})
+                                         .get("context_um") or ()) if mode == "spot" else ())
     sheet = read_sample_sheet(samples, mode=mode, check_files=False, root=root)
     expr = cfg.get("expression")
     adata = build_dataset(sheet, features_dir, params,

@@ -4,7 +4,15 @@ Contract: ``obs`` = training units (spots, or slides in bulk mode) with ``sample
 ``patient`` (and ``split`` when the sheet has one); ``X`` = log1p(CP10k) float32 (or the
 values as given, see ``join.values``); ``layers['counts']``; ``var_names`` = gene symbols;
 spot mode: ``obsm['spatial']`` (level-0 px x, y of spot centres) and
-``obsm['X_{encoder}']`` (spot patch embeddings); bulk mode: ``obs['features_path']``
+``obsm['X_{encoder}']`` (spot patch embeddings) and, when configured, the context blocks
+(:mod:`slide2expr.join.context`, keys :meth:`slide2expr.keys.Key.context`):
+``obsm['X_{encoder}_ctx{um}']`` (embedding of a window ``um`` micrometres across centred on
+the spot, ``tiling.context_um``; padded white past the slide edge, the padding counted in
+``uns['slide2expr']['context']['windows']``), ``obsm['X_{encoder}_nbr{r}']`` (mean spot
+embedding over the same section's spots within ``r`` micrometres, the spot included; a spot
+with no other spot in reach gets its own embedding, never NaN; ``join.neighbour_um``) and
+``obsm['X_{encoder}_slide']`` (the section's mean spot embedding, ``join.slide_mean``);
+context never uses another section's spots; bulk mode: ``obs['features_path']``
 (``;``-joined for a unit of several slides); ``uns['slide2expr']`` = provenance (package
 version, mode, encoder, feature attrs, the run's config) and ``slide2expr_format`` =
 ``"dataset/1"``; ``uns['spatial']``, ``uns['log1p']``, ``obs['library_id']`` for scanpy and
@@ -45,10 +53,12 @@ def read_dataset(path: str | Path) -> Any:
 
 
 def uns_storable(value: Any) -> Any:
-    """Provenance storable in ``uns``: ``None`` dropped and numpy scalars made plain,
-    recursively through dicts (h5ad cannot store ``None``)."""
+    """Provenance storable in ``uns``: ``None`` dropped, numpy scalars made plain and tuples
+    made lists, recursively through dicts (h5ad cannot store ``None``)."""
     if isinstance(value, dict):
         return {str(k): uns_storable(v) for k, v in value.items() if v is not None}
+    if isinstance(value, tuple):  # h5ad stores lists, not tuples
+        return [uns_storable(v) for v in value]
     if isinstance(value, np.generic):
         return value.item()
     return value

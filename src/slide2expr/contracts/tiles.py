@@ -3,11 +3,16 @@
 Contract (docs/architecture.md): dataset ``coords`` int64 ``(N, 2)``, level-0 pixel ``x, y`` of each
 tile's top-left corner; attrs ``slide_mpp``, ``mpp_source``, ``target_mpp``, ``tile_px``,
 ``tile_px_level0``, ``level0_width``, ``level0_height``, ``mode`` (``"grid"`` or
-``"spots"``), ``sample_id``, ``slide``; spot mode adds dataset ``spot_ids`` ``(N,)`` (UTF-8)
-and the attr ``spot_diameter_um`` (the patch size in micrometres). Grid mode adds the attrs
+``"spots"`` or ``"context"``), ``sample_id``, ``slide``; spot mode adds dataset ``spot_ids``
+``(N,)`` (UTF-8) and the attr ``spot_diameter_um`` (the patch size in micrometres). Context
+tilings ``tiles/ctx{um}/`` (:mod:`slide2expr.tile.context`) hold one window of ``context_um``
+micrometres per spot, in the spot tiling's order, with ``spot_ids``, attrs ``context_um``,
+``padding`` (``"white"``), ``n_padded`` and dataset ``pad_fraction`` ``(N,)``: windows past
+the slide edge are padded, never shifted. Grid mode adds the attrs
 ``tissue_mask_source`` (the image the tissue mask was computed on: ``"level N"``,
 ``"thumbnail"`` or ``"image, JPEG-decoded at 1/8"``, with ``", reduced Fx"`` after a box
-reduction) and ``tissue_mask_mpp`` (the mask's resolution, um/px), and ``mask_downsample``. The file is stamped
+reduction), ``tissue_mask_mpp`` (the mask's resolution, um/px) and ``mask_downsample``. The
+file is stamped
 ``slide2expr_format = "tiles/1"``.
 """
 

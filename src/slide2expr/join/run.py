@@ -53,6 +53,7 @@ from slide2expr.inputs.expression import (
     read_spot_counts,
 )
 from slide2expr.inputs.spots import match_spots_to_counts, read_scalefactors, read_spot_positions
+from slide2expr.join.context import add_context, read_context_windows
 from slide2expr.join.scverse import add_log1p, add_spatial_metadata
 from slide2expr.keys import Key
 
@@ -94,6 +95,13 @@ class JoinParams:
         Counts are scaled to this total per unit before log1p (10,000: CP10k).
     sparse
         Store ``X`` and ``layers['counts']`` as CSR matrices (large spatial cohorts).
+    context_um
+        Spot mode: context windows to join (``tiling.context_um``), read from
+        ``features/{encoder}/ctx{um}/`` beside the spot features (:mod:`.context`).
+    neighbour_um
+        Spot mode: radii of the per-section neighbour means (``join.neighbour_um``).
+    slide_mean
+        Spot mode: add the section's mean embedding (``join.slide_mean``).
     """
 
     mode: str = "spot"
@@ -106,6 +114,9 @@ class JoinParams:
     match_on: str = "sample_id"
     target_sum: float = 1e4
     sparse: bool = False
+    context_um: tuple[float, ...] = ()
+    neighbour_um: tuple[float, ...] = ()
+    slide_mean: bool = False
 
     def __post_init__(self) -> None:
         for name, allowed in (("mode", MODES), ("values", VALUE_TYPES),
@@ -132,6 +143,7 @@ class _Report:
 
     dropped: dict[str, Any] = field(default_factory=dict)
     genes_filled_zero: dict[str, int] = field(default_factory=dict)
+    context: dict[str, Any] = field(default_factory=dict)
 
 
 # -- entry points ---------------------------------------------------------------------------
@@ -202,6 +214,8 @@ def _spot_parts(sheet, features_dir, params, report, sheet_path):
             raise InputError(sheet_path, f"spot mode needs a {column!r} column in the sample sheet",
                              "add the counts and spots files of every sample")
     obs_frames, tables, spatial, embeddings, feature_attrs = [], [], [], [], {}
+    windows: dict[str, list[np.ndarray]] = {}
+    spatial_um, window_record = [], {}
     dropped_no_features: dict[str, int] = {}
     for sample_id, row in tqdm(sheet.iterrows(), total=len(sheet), desc="join spots",
                                unit="section", disable=None):
@@ -235,6 +249,12 @@ def _spot_parts(sheet, features_dir, params, report, sheet_path):
             log.info("%s: %d feature row(s) belong to spots without counts; ignored", fpath, extra)
         order = pd.Index(fspots).get_indexer(positions["spot_id"])
         embeddings.append(np.asarray(feats[order], dtype=np.float32))
+        ctx, window_record[sample_id] = read_context_windows(
+            features_dir, sample_id, positions["spot_id"].to_list(), params.context_um,
+            encoder=params.encoder, embed_dim=embeddings[-1].shape[1])
+        for name, block in ctx.items():
+            windows.setdefault(name, []).append(block)
+        spatial_um.append(positions[["x", "y"]].to_numpy(np.float64) * float(attrs["slide_mpp"]))
         tables.append(counts.select(positions["spot_id"].to_list()))
         spatial.append(positions[["x", "y"]].to_numpy(np.float64))
         obs_frames.append(pd.DataFrame({
@@ -254,6 +274,15 @@ def _spot_parts(sheet, features_dir, params, report, sheet_path):
                          f"(e.g. {dup[0]})", "rename the samples so names stay unique")
     matrix, genes, gene_ids = _union_genes(tables, list(sheet.index), report)
     obsm = {"spatial": np.vstack(spatial), params.obsm_key: np.vstack(embeddings)}
+    for name, blocks in windows.items():
+        obsm[Key.context(params.encoder, name)] = np.vstack(blocks)
+    derived = add_context(obsm, encoder=params.encoder, sections=obs[Key.SAMPLE_ID].to_numpy(),
+                          xy_um=np.vstack(spatial_um), neighbour_um=params.neighbour_um,
+                          slide_mean=params.slide_mean)
+    report.context = {"blocks": [*windows, *derived], "windows": window_record,
+                      "neighbour_um": list(params.neighbour_um), "slide_mean": params.slide_mean,
+                      "neighbours": "same section only; a spot with none in reach gets its own "
+                                    "embedding"}
     return obs, matrix, genes, gene_ids, obsm, feature_attrs
 
 
@@ -543,5 +572,6 @@ def _provenance(params, report, feature_attrs, adata, *, expression, run_config,
         "sample_sheet": str(sheet_path) if sheet_path else None,
         "expression": str(expression) if expression else None,
         "features_dir": str(features_dir),
+        "context": report.context or None,
     }
     return uns_storable(prov)

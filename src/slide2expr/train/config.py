@@ -40,6 +40,12 @@ class GeneSelection:
     list: str | None = None
 
 
+#: Settings that ``train.head_settings`` may set per head.
+HEAD_SETTINGS = ("hidden", "dropout", "input_dropout", "lr", "weight_decay", "aux_weight",
+                 "input_pca", "output_rank",
+                 "batch_size", "max_epochs", "min_epochs", "patience", "ensemble", "refit")
+
+
 @dataclass
 class TrainConfig:
     """Every setting of the train stage; see ``config/README.md``."""
@@ -71,6 +77,12 @@ class TrainConfig:
         default_factory=lambda: [0.1, 1.0, 10.0, 100.0, 1e3, 1e4, 1e5, 1e6])
     hest_pca: int = 256
     features_key: str | None = None
+    inputs: list[str] = field(default_factory=lambda: ["spot"])
+    head_inputs: dict[str, list[str]] = field(default_factory=dict)
+    head_settings: dict[str, dict[str, Any]] = field(default_factory=dict)
+    aux_weight: float = 0.5
+    input_pca: int = 0
+    output_rank: int = 0
     accelerator: str = "auto"
     num_workers: int = 0
 
@@ -92,6 +104,16 @@ class TrainConfig:
         config = cls(**values, genes=GeneSelection(**genes))
         config.validate(source)
         return config
+
+    def inputs_for(self, head: str) -> list[str]:
+        """The input blocks of ``head``: ``head_inputs[head]``, else ``inputs``."""
+        return list(self.head_inputs.get(head) or self.inputs)
+
+    def for_head(self, head: str) -> TrainConfig:
+        """These settings with ``head_settings[head]`` applied (the head's own
+        hyperparameters, e.g. a smaller width for the context head)."""
+        override = dict(self.head_settings.get(head) or {})
+        return dataclasses.replace(self, **override) if override else self
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (JSON/YAML serialisable)."""
@@ -121,5 +143,15 @@ class TrainConfig:
                 fail(f"unknown baseline {name!r}", "use ridge, hest and/or mean")
         if not 0 < self.val_fraction < 1:
             fail(f"train.val_fraction is {self.val_fraction}", "use a value in (0, 1)")
+        for head, override in self.head_settings.items():
+            bad = sorted(set(override) - set(HEAD_SETTINGS))
+            if bad:
+                fail(f"train.head_settings.{head} has {bad}",
+                     f"use only {', '.join(HEAD_SETTINGS)}")
+        for head, blocks in {"": self.inputs, **self.head_inputs}.items():
+            if not blocks or blocks[0] != "spot" or len(set(blocks)) != len(blocks):
+                where = f"train.head_inputs.{head}" if head else "train.inputs"
+                fail(f"{where} is {blocks}", "start with spot and name each block once, e.g. "
+                     "[spot, ctx300, ctx1000]")
         if self.ensemble < 1:
             fail("train.ensemble must be >= 1", "set it to 1 for a single model per fold")

@@ -113,19 +113,47 @@ def check_training_units(train_mask: np.ndarray, k: int, *, source: str | None =
                          "use more patients or fewer folds")
 
 
-def inner_split(groups: np.ndarray, *, fraction: float, seed: int) -> np.ndarray:
+def inner_groups(groups: np.ndarray, sections: np.ndarray, *,
+                 group_by: str) -> tuple[np.ndarray, str]:
+    """The grouping of a training fold's inner validation (early stopping, ridge alpha).
+
+    With two or more ``group_by`` groups (patients) in the fold, those; with one, its
+    sections (``sample_id``), since spots of one section are spatially autocorrelated and a
+    random split of them leaks and picks too little regularisation; with one section too,
+    the units themselves.
+
+    Returns
+    -------
+    tuple
+        The labels (one per unit) and the grouping's name: ``group_by``, ``"sample_id"``
+        or ``"units"`` (recorded in the predictions' provenance).
+    """
+    if len(np.unique(groups)) >= 2:
+        return np.asarray(groups), group_by
+    if len(np.unique(sections)) >= 2:
+        return np.asarray(sections), Key.SAMPLE_ID
+    return np.asarray(groups), "units"
+
+
+def inner_split(groups: np.ndarray, *, fraction: float, seed: int,
+                member: int = 0) -> np.ndarray:
     """Boolean mask of the validation units inside a training fold (grouped when possible).
 
     With two or more groups, about ``fraction`` of the groups (at least one, never all) are
     validation; with one group, a random ``fraction`` of the units (early stopping only; it
-    is logged as a warning since spots of one section are correlated).
+    is logged as a warning since spots of one section are correlated). Ensemble member
+    ``member`` takes the next groups of the same seeded order (cross-fitting: members
+    validate on different groups, so together they learn from every training group).
     """
     rng = np.random.default_rng(seed)
     unique = np.unique(groups)
     if len(unique) >= 2:
         n_val = min(len(unique) - 1, max(1, round(fraction * len(unique))))
-        val_groups = set(rng.permutation(unique)[:n_val].tolist())
+        order = rng.permutation(unique)
+        start = (member * n_val) % len(unique)
+        val_groups = set(np.roll(order, -start)[:n_val].tolist())
         return np.array([g in val_groups for g in groups])
+    rng = np.random.default_rng(seed + 1000 * member)
     log.warning("one training group: validation units for early stopping are a random "
                 "%.0f%% of its units", 100 * fraction)
     n = len(groups)

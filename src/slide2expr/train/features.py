@@ -103,9 +103,14 @@ class SpotFeatures:
 
     kind = "spot"
 
-    def __init__(self, matrix: np.ndarray) -> None:
+    def __init__(self, matrix: np.ndarray,
+                 blocks: list[tuple[str, int]] | None = None) -> None:
         self.matrix = np.ascontiguousarray(np.asarray(matrix, dtype=np.float32))
         self.dim = int(self.matrix.shape[1])
+        #: ``(name, width)`` of each concatenated input block (``train.inputs``).
+        self.blocks = blocks or [("spot", self.dim)]
+        if sum(d for _, d in self.blocks) != self.dim:
+            raise ValueError(f"blocks {self.blocks} do not add up to {self.dim} columns")
 
     def __len__(self) -> int:
         return int(self.matrix.shape[0])

@@ -49,6 +49,7 @@ from slide2expr.train.cv import (
     check_training_units,
     fold_ids,
     group_labels,
+    inner_groups,
     inner_split,
 )
 from slide2expr.train.data import FoldDataModule
@@ -71,8 +72,12 @@ def dataset_mode(adata: Any) -> str:
     return str(mode)
 
 
-def feature_source(adata: Any, *, config: TrainConfig, dataset_path: Path | None) -> SpotFeatures | BagFeatures:
-    """The features of every unit, checked: an ``obsm`` matrix or the bags' files."""
+def feature_source(adata: Any, *, config: TrainConfig, dataset_path: Path | None,
+                   inputs: list[str] | None = None) -> SpotFeatures | BagFeatures:
+    """The features of every unit, checked: an ``obsm`` matrix or the bags' files.
+
+    In spot mode ``inputs`` (default ``config.inputs``) names the blocks concatenated into
+    the one matrix every head and baseline of the run receives (:func:`spot_blocks`)."""
     mode = dataset_mode(adata)
     if mode == "bulk":
         if "features_path" not in adata.obs:
@@ -91,11 +96,41 @@ def feature_source(adata: Any, *, config: TrainConfig, dataset_path: Path | None
     if key is None or key not in adata.obsm:
         raise InputError(dataset_path, f"no feature matrix in obsm (found {list(adata.obsm)})",
                          "set train.features_key, or re-run the join stage with features")
-    matrix = np.asarray(adata.obsm[key], dtype=np.float32)
-    if not np.isfinite(matrix).all():
-        raise InputError(dataset_path, f"obsm[{key!r}] has NaN or infinite values",
-                         "re-run the extract stage")
-    return SpotFeatures(matrix)
+    return spot_blocks(adata, key, inputs or config.inputs, dataset_path=dataset_path)
+
+
+_BLOCK_FIX = {"ctx": "add the window to tiling.context_um", "nbr": "add the radius to "
+              "join.neighbour_um", "slide": "set join.slide_mean: true"}
+
+
+def spot_blocks(adata: Any, spot_key: str, inputs: list[str], *,
+                dataset_path: Path | None) -> SpotFeatures:
+    """The blocks ``inputs`` (``spot``, ``ctx{um}``, ``nbr{r}``, ``slide``) concatenated.
+
+    ``spot`` is ``obsm[spot_key]``; another block ``b`` is ``obsm[f"{spot_key}_{b}"]``
+    (:meth:`slide2expr.keys.Key.context`).
+
+    Raises
+    ------
+    InputError
+        A block missing from the dataset, or NaN/infinite values.
+    """
+    matrices, blocks = [], []
+    for name in inputs:
+        key = spot_key if name == "spot" else f"{spot_key}_{name}"
+        if key not in adata.obsm:
+            fix = next((v for k, v in _BLOCK_FIX.items() if name.startswith(k)), "re-run join")
+            raise InputError(dataset_path, f"train input {name!r} needs obsm[{key!r}], which "
+                             f"the dataset lacks (it has {sorted(adata.obsm)})",
+                             f"{fix} and re-run the join, or drop {name} from train.inputs")
+        matrix = np.asarray(adata.obsm[key], dtype=np.float32)
+        if not np.isfinite(matrix).all():
+            raise InputError(dataset_path, f"obsm[{key!r}] has NaN or infinite values",
+                             "re-run the extract stage")
+        matrices.append(matrix)
+        blocks.append((name, int(matrix.shape[1])))
+    return SpotFeatures(np.concatenate(matrices, axis=1) if len(matrices) > 1 else matrices[0],
+                        blocks=blocks)
 
 
 def _resolve(path: str, dataset_path: Path | None) -> Path:
@@ -166,6 +201,7 @@ def fit_member(head: str, hparams: dict, data: Any, *, config: TrainConfig, seed
     configure_determinism(seed)
     module = build_head(head, **hparams)
     module.set_standardisation(**data.standardisation())
+    _fit_bases(module, data)
     out_dir.mkdir(parents=True, exist_ok=True)
     checkpoint = ModelCheckpoint(dirpath=out_dir, filename="best", monitor=MONITOR, mode="max",
                                  save_top_k=1, auto_insert_metric_name=False)
@@ -193,6 +229,7 @@ def fit_member(head: str, hparams: dict, data: Any, *, config: TrainConfig, seed
             data = data.refit_on(refit_idx)
             module = build_head(head, **hparams)
             module.set_standardisation(**data.standardisation())
+            _fit_bases(module, data)
             trainer = pl.Trainer(
                 max_epochs=best_epoch + 1, min_epochs=best_epoch + 1,
                 accelerator=config.accelerator, devices=1, deterministic=True,
@@ -212,9 +249,17 @@ def fit_member(head: str, hparams: dict, data: Any, *, config: TrainConfig, seed
             "hparams": {k: v for k, v in hparams.items() if k in module.hparams}}
 
 
+def _fit_bases(module: Any, data: Any) -> None:
+    """Heads with fixed bases (the context head's input PCA / output basis) fit them on the
+    inner training units only."""
+    if hasattr(module, "fit_bases") and getattr(data.source, "kind", "") == "spot":
+        module.fit_bases(data.source.matrix[data.train_idx], data.targets[data.train_idx])
+
+
 def train_fold(*, head: str, config: TrainConfig, source: SpotFeatures | BagFeatures,
                x: Any, counts: Any, var_names: np.ndarray, groups: np.ndarray, fold: np.ndarray,
-               k: int, fold_dir: Path, provenance: dict, source_path: str | None) -> FoldResult:
+               k: int, fold_dir: Path, provenance: dict, source_path: str | None,
+               sections: np.ndarray | None = None) -> FoldResult:
     """Gene selection, head training (``config.ensemble`` seeds, averaged) and baselines for
     fold ``k``; writes ``fold_dir`` (member 0 in it, further members in ``member{m}/``)."""
     test_mask = fold == k
@@ -229,18 +274,25 @@ def train_fold(*, head: str, config: TrainConfig, source: SpotFeatures | BagFeat
     y = x[:, genes]
     y = np.asarray(y.toarray() if sp.issparse(y) else y, dtype=np.float32)
 
-    val_mask = inner_split(groups[train_idx], fraction=config.val_fraction, seed=config.seed + k)
-    inner_train, inner_val = train_idx[~val_mask], train_idx[val_mask]
+    sections = groups if sections is None else sections
+    inner, grouping = inner_groups(groups[train_idx], sections[train_idx],
+                                   group_by=config.group_by)
+    val_masks = [inner_split(inner, fraction=config.val_fraction, seed=config.seed + k, member=m)
+                 for m in range(config.ensemble)]
+    inner_train, inner_val = train_idx[~val_masks[0]], train_idx[val_masks[0]]
 
     batch_size = config.batch_size if source.kind == "spot" else config.bag_batch_size
     hparams = {"in_dim": source.dim, "n_genes": len(genes), "hidden": config.hidden,
                "dropout": config.dropout, "input_dropout": config.input_dropout, "lr": config.lr,
                "weight_decay": config.weight_decay, "ks": list(config.he2rna_ks),
-               "attention_dim": config.attention_dim}
+               "attention_dim": config.attention_dim, "aux_weight": config.aux_weight,
+               "input_pca": config.input_pca, "output_rank": config.output_rank,
+               "blocks": [dim for _, dim in getattr(source, "blocks", [])] or None}
     gene_names = [str(g) for g in var_names[genes]]
     members = []
     for m in range(config.ensemble):
         seed = config.seed + k + 1000 * m
+        inner_train, inner_val = train_idx[~val_masks[m]], train_idx[val_masks[m]]
         data = FoldDataModule(source, y, train_idx=inner_train, val_idx=inner_val,
                               test_idx=test_idx, batch_size=batch_size,
                               max_tiles=config.max_tiles, seed=seed,
@@ -267,10 +319,15 @@ def train_fold(*, head: str, config: TrainConfig, source: SpotFeatures | BagFeat
         "best_epoch": [mem["best_epoch"] for mem in members],
         "best_val_pearson": [mem["best_val_pearson"] for mem in members],
         "seconds": round(sum(mem["seconds"] for mem in members), 2),
+        "inner_grouping": grouping,
+        "inputs": [name for name, _ in getattr(source, "blocks", [])] or None,
     }
 
+    # ridge's alpha is chosen with the same inner grouping as early stopping
+    inner_all = np.empty(len(groups), dtype=object)
+    inner_all[train_idx] = inner
     out_baselines = fit_baselines(config, source, y, train_idx=train_idx, test_idx=test_idx,
-                                  groups=groups, k=k, info=info)
+                                  groups=inner_all, k=k, info=info)
     return FoldResult(fold=k, genes=genes, test_idx=test_idx, predicted=predicted,
                       baselines=out_baselines, info=info,
                       train_mean=y[train_idx].astype(np.float64).mean(axis=0))
@@ -333,6 +390,7 @@ def run_training(adata: Any, *, head: str, config: TrainConfig, models_dir: str 
     src = None if dataset_path is None else str(dataset_path)
     dataset_path = None if dataset_path is None else Path(dataset_path)
     _check_dataset(adata, head, src)
+    config = config.for_head(head)
     provenance = dict(adata.uns.get("slide2expr", {}))
     groups = group_labels(adata.obs, config.group_by, source=src)
     split = adata.obs[Key.SPLIT] if "split" in adata.obs else None
@@ -341,7 +399,9 @@ def run_training(adata: Any, *, head: str, config: TrainConfig, models_dir: str 
     counts = adata.layers[Key.COUNTS] if "counts" in adata.layers else None
     var_names = np.asarray(adata.var_names.astype(str))
     _check_targets(x, src)
-    source = feature_source(adata, config=config, dataset_path=dataset_path)
+    source = feature_source(adata, config=config, dataset_path=dataset_path,
+                            inputs=config.inputs_for(head))
+    sections = adata.obs[Key.SAMPLE_ID].astype(str).to_numpy()
 
     models_dir = Path(models_dir)
     tmp_dir = temporary_sibling(models_dir)
@@ -353,7 +413,7 @@ def run_training(adata: Any, *, head: str, config: TrainConfig, models_dir: str 
             result = train_fold(head=head, config=config, source=source, x=x, counts=counts,
                                 var_names=var_names, groups=groups, fold=fold, k=k,
                                 fold_dir=tmp_dir / f"fold{k}", provenance=provenance,
-                                source_path=src)
+                                source_path=src, sections=sections)
             results.append(result)
             log.info("fold %d: %d genes, epochs %s, best val r %s, ridge alpha %s",
                      k, len(result.genes), result.info["epochs"],
@@ -431,6 +491,8 @@ def assemble_predictions(adata: Any, results: list[FoldResult], *, fold: np.ndar
     prov = uns_value(provenance)
     prov["train"] = uns_value({
         "head": head, "settings": config.to_dict(),
+        "inputs": results[0].info.get("inputs") if results else None,
+        "inner_grouping": sorted({r.info["inner_grouping"] for r in results}),
         "folds": {f"fold{r.fold}": r.info for r in results},
         "held_out_units": int((fold != NOT_HELD_OUT).sum()),
     })

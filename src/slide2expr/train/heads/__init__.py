@@ -1,6 +1,7 @@
 """Regression heads (LightningModules).
 
-Registry: ``mlp`` (spot mode), ``he2rna`` and ``abmil`` (bulk mode, multiple-instance).
+Registry: ``mlp`` and ``context`` (spot mode; ``context`` fuses the blocks of
+``train.inputs``), ``he2rna`` and ``abmil`` (bulk mode, multiple-instance).
 Every head predicts standardised expression and carries its standardisation statistics, so a
 trained head takes raw encoder features and returns expression in the dataset's units.
 
@@ -17,12 +18,14 @@ from __future__ import annotations
 
 from slide2expr.train.heads.abmil import ABMILHead
 from slide2expr.train.heads.base import MONITOR, RegressionHead
+from slide2expr.train.heads.context import ContextHead
 from slide2expr.train.heads.he2rna import HE2RNAHead
 from slide2expr.train.heads.mlp import MLPHead
 
 #: Head name -> class.
 HEADS: dict[str, type[RegressionHead]] = {
     "mlp": MLPHead,
+    "context": ContextHead,
     "he2rna": HE2RNAHead,
     "abmil": ABMILHead,
 }
@@ -31,6 +34,7 @@ __all__ = [
     "HEADS",
     "MONITOR",
     "ABMILHead",
+    "ContextHead",
     "HE2RNAHead",
     "MLPHead",
     "RegressionHead",
