@@ -28,7 +28,7 @@ from scipy.spatial import cKDTree
 
 from slide2expr.contracts.features import read_features
 from slide2expr.errors import InputError
-from slide2expr.keys import SLIDE_BLOCK
+from slide2expr.keys import SLIDE_BLOCK, Key
 
 log = logging.getLogger(__name__)
 
@@ -136,10 +136,21 @@ def read_context_windows(features_dir: Path, sample_id: str, spot_ids: Sequence[
 
 def add_context(obsm: dict[str, np.ndarray], *, encoder: str, sections: np.ndarray,
                 xy_um: np.ndarray, neighbour_um: Sequence[float], slide_mean: bool) -> list[str]:
-    """Add the neighbour-mean and slide blocks to ``obsm`` (in place); returns their names."""
-    from slide2expr.keys import Key
+    """Add the neighbour-mean and slide blocks to ``obsm`` (in place); returns their names.
+
+    Raises
+    ------
+    InputError
+        When neighbour radii are asked for but some spots have no position in micrometres
+        (their features record no ``slide_mpp``).
+    """
 
     spot = obsm[Key.embedding(encoder)]
+    if len(neighbour_um) and not np.isfinite(xy_um).all():
+        raise InputError(None, "join.neighbour_um needs spot positions in micrometres, but some "
+                               "features files record no slide_mpp",
+                         "re-run the tile and extract stages (they record the slide's mpp), "
+                         "or set join.neighbour_um to []")
     names = []
     for r in neighbour_um:
         name = neighbour_block(r)

@@ -254,7 +254,9 @@ def _spot_parts(sheet, features_dir, params, report, sheet_path):
             encoder=params.encoder, embed_dim=embeddings[-1].shape[1])
         for name, block in ctx.items():
             windows.setdefault(name, []).append(block)
-        spatial_um.append(positions[["x", "y"]].to_numpy(np.float64) * float(attrs["slide_mpp"]))
+        # micrometres for the neighbour radii; NaN when the features record no slide mpp
+        mpp = float(attrs["slide_mpp"]) if attrs.get("slide_mpp") else float("nan")
+        spatial_um.append(positions[["x", "y"]].to_numpy(np.float64) * mpp)
         tables.append(counts.select(positions["spot_id"].to_list()))
         spatial.append(positions[["x", "y"]].to_numpy(np.float64))
         obs_frames.append(pd.DataFrame({

@@ -492,7 +492,8 @@ def assemble_predictions(adata: Any, results: list[FoldResult], *, fold: np.ndar
     prov["train"] = uns_value({
         "head": head, "settings": config.to_dict(),
         "inputs": results[0].info.get("inputs") if results else None,
-        "inner_grouping": sorted({r.info["inner_grouping"] for r in results}),
+        "inner_grouping": sorted({str(r.info["inner_grouping"]) for r in results
+                                  if "inner_grouping" in r.info}),
         "folds": {f"fold{r.fold}": r.info for r in results},
         "held_out_units": int((fold != NOT_HELD_OUT).sum()),
     })
