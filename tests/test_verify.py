@@ -189,3 +189,16 @@ def test_volatile_names() -> None:
     for name in ("pearson_r", "spearman_r", "n_significant", "seed", "sha256", "encoder",
                  "start_x", "series", "mean_r_all"):
         assert not is_volatile(name), name
+
+
+def test_empty_datasets_compare_as_equal(tmp_path) -> None:
+    """anndata writes None (e.g. ``uns['log1p']['base']``) as an empty HDF5 dataset, which
+    has no shape and no size: equal ones are identical, and nothing crashes."""
+    for run in ("a", "b"):
+        res = tmp_path / run / "results"
+        res.mkdir(parents=True)
+        with h5py.File(res / "x.h5", "w") as f:
+            f.create_dataset("base", data=h5py.Empty("f"))
+            f.create_dataset("n", data=np.arange(3) + (run == "b"))
+    result = verify_runs(tmp_path / "a", tmp_path / "b")
+    assert [(d.path, d.where) for d in result.differences] == [("x.h5", "n")]
