@@ -53,11 +53,6 @@ def view(
         (1.0, 99.0), "--clip-percentiles", help="Colour limits: these percentiles."),
     default_mpp: float | None = typer.Option(None, "--default-mpp",
                                              help="um/px of slides with no resolution anywhere."),
-    mask_mpp: float = typer.Option(4.0, help="Tissue outline: mask resolution, um/px."),
-    min_saturation: float = typer.Option(0.07, help="Tissue outline: saturation floor."),
-    closing_um: float = typer.Option(40.0, help="Tissue outline: closing radius, um."),
-    min_object_um2: float = typer.Option(20000.0, help="Tissue outline: smallest fragment, um^2."),
-    max_hole_um2: float = typer.Option(20000.0, help="Tissue outline: largest hole filled, um^2."),
     serve: bool = typer.Option(False, "--serve", help="Serve the viewer on 127.0.0.1 and print "
                                                       "its URL (Ctrl-C stops)."),
     no_build: bool = typer.Option(False, "--no-build", help="With --serve: serve the viewer "
@@ -79,11 +74,11 @@ def view(
         if not (out / "index.html").is_file():
             raise InputError(out, "holds no built viewer (index.html)", "drop --no-build")
     else:
-        from slide2expr.commands.heatmap import TISSUE_FLAGS
         from slide2expr.settings import parse_config_json
 
         cfg = section(ctx, "heatmap", config_json, {"clip_percentiles": "clip_percentiles"})
-        tissue = section(ctx, "tiling", config_json, TISSUE_FLAGS)["tissue"]
+        # the outline's tissue settings: tiling.tissue of --config-json (as the heatmaps')
+        tissue = section(ctx, "tiling", config_json, {})["tissue"]
         clip_percentiles = tuple(cfg["clip_percentiles"])
         if default_mpp is None:
             default_mpp = parse_config_json(config_json).get("default_slide_mpp")

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from slide2expr.atomic import atomic_output
+from slide2expr.contracts._h5 import require_file
 from slide2expr.errors import InputError
 from slide2expr.keys import Key
 
@@ -24,9 +25,7 @@ def read_anndata(path: str | Path, *, what: str, fix: str) -> Any:
     """
     import anndata as ad
 
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(path, f"{what} not found", fix)
+    path = require_file(path, what=what, fix=fix)
     try:
         return ad.read_h5ad(path)
     except Exception as exc:  # anndata/h5py raise many types

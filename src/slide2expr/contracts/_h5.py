@@ -67,14 +67,20 @@ def open_h5(path: str | Path, *, what: str, fix: str) -> Iterator[h5py.File]:
     fix
         What the user should do if it is not.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(path, f"{what} not found", fix)
+    path = require_file(path, what=what, fix=fix)
     try:
         with h5py.File(path, "r") as f:
             yield f
     except (OSError, KeyError) as exc:
         raise InputError(path, f"is not a readable {what} ({exc})", fix) from exc
+
+
+def require_file(path: str | Path, *, what: str, fix: str) -> Path:
+    """``path`` as a Path, or one :class:`InputError` saying the ``what`` is not there."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, f"{what} not found", fix)
+    return path
 
 
 def format_stamp(contract: str, version: str) -> dict[str, str]:
