@@ -100,7 +100,9 @@ def test_manifest_records_the_run(two_runs, her2st: Path) -> None:
 def test_compare_table(two_runs) -> None:
     a, _ = two_runs
     table = pd.read_csv(a / "results" / "report" / "compare.tsv", sep="\t")
-    assert list(table["model"]) == ["mlp", "ridge", "mean"]
+    # each head with the baselines on its own inputs: the context head's ridge sees the context
+    assert list(table["model"]) == ["mlp", "ridge", "mean", "context", "ridge", "mean"]
+    assert list(table["head"]) == ["mlp"] * 3 + ["context"] * 3
     assert (table["encoder"] == "efficientnet_lite0").all()
     assert table.loc[0, "mean_r_all"] == pytest.approx(
         json.loads((a / "results" / "report" / "mlp" / "summary.json").read_text())

@@ -5,8 +5,9 @@ their headline numbers side by side with the wall time each stage took for that 
 read from the rules' ``benchmark:`` files:
 
 ``results/report/compare.tsv``: one row per (encoder, model), where model is the head or one
-of its baselines (``ridge``, ``hest``, ``mean``; from the first head's report of that encoder,
-since baselines do not depend on the head); columns ``encoder, head, model, n_genes,
+of its baselines (``ridge``, ``hest``, ``mean``; from the first report of each encoder and
+input set, since the baselines see exactly the head's inputs, ``train.inputs`` /
+``train.head_inputs``: a context head brings its own ridge); columns ``encoder, head, model, n_genes,
 mean_r_all, mean_r_top, mean_r_hvg, n_significant`` and ``wall_s_{stage}`` for every stage.
 
 Wall times are attributed by the wildcards in the benchmark file's path: a job whose path
@@ -106,7 +107,7 @@ def build_compare(runs: list[RunSummary], *, benchmarks: str | Path | None = Non
     -------
     pandas.DataFrame
         Rows in the order of ``runs``, each head's row followed (for the first head of each
-        encoder) by its baselines.
+        encoder and input set) by its baselines.
     """
     if not runs:
         raise InputError(None, "no runs to compare", "pass --run ENCODER:HEAD:SUMMARY at least once")
@@ -119,8 +120,10 @@ def build_compare(runs: list[RunSummary], *, benchmarks: str | Path | None = Non
         s = _load(run.summary)
         n_sig = (s.get("counts") or {}).get("n_significant")
         blocks = [(run.head, s.get("model") or {}, n_sig)]
-        if run.encoder not in baselines_done:
-            baselines_done.add(run.encoder)
+        inputs = ((s.get("provenance") or {}).get("train") or {}).get("inputs")
+        key = f"{run.encoder}:{','.join(map(str, inputs)) if inputs else 'spot'}"
+        if key not in baselines_done:
+            baselines_done.add(key)
             blocks += [(name, block, None) for name, block in (s.get("baselines") or {}).items()]
         walls = stage_wall_times(records, encoders=encoders, heads=heads, encoder=run.encoder,
                                  head=run.head, stages=stages) if benchmarks is not None else {}
