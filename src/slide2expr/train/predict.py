@@ -32,7 +32,8 @@ def predict_files(features: list[Path], *, model_dir: Path, output: Path, level:
         The ``.h5ad`` to write: var = the head's genes, X = predicted log1p CP10k. With
         ``level="slide"`` one row per file (obs ``sample_id``); with ``"tile"`` one row per
         tile/spot (obs ``sample_id``, ``spot_id`` when present, obsm ``spatial`` = tile centre
-        in level-0 px).
+        in level-0 px). Tile level with several models averaged (fold models, ensemble
+        members) adds ``layers['predicted_sd']``, their standard deviation (``ddof=0``).
     level
         ``slide``, ``tile`` or ``auto`` (slide for bulk heads, tile for spot heads).
     fold
@@ -46,7 +47,7 @@ def predict_files(features: list[Path], *, model_dir: Path, output: Path, level:
     head = load_trained_head(model_dir, fold=fold)
     if level == "auto":
         level = "slide" if head.kind == "bulk" else "tile"
-    rows, obs, spatial = [], [], []
+    rows, spreads, obs, spatial = [], [], [], []
     for path in features:
         x, coords = read_bag(path)
         sample, spot_ids, tile_px0 = _file_info(path)
@@ -54,7 +55,9 @@ def predict_files(features: list[Path], *, model_dir: Path, output: Path, level:
             rows.append(head.predict_bag(x, coords)[None])
             obs.append(pd.DataFrame({"sample_id": [sample], "n_tiles": [len(x)]}))
         else:
-            rows.append(head.predict_tiles(x))
+            values, spread = head.predict_tiles_spread(x)
+            rows.append(values)
+            spreads.append(spread)
             frame = pd.DataFrame({"sample_id": sample,
                                   "spot_id": spot_ids if spot_ids is not None else
                                   [str(i) for i in range(len(x))]})
@@ -68,6 +71,8 @@ def predict_files(features: list[Path], *, model_dir: Path, output: Path, level:
                        var=pd.DataFrame(index=pd.Index(head.genes)))
     if spatial:
         adata.obsm[Key.SPATIAL] = np.concatenate(spatial)
+    if spreads and all(sd is not None for sd in spreads):
+        adata.layers[Key.PREDICTED_SD] = np.concatenate(spreads).astype(np.float32)
     adata.uns[Key.PROVENANCE] = {"model_dir": str(model_dir), "head": head.head,
                                "level": level, "encoder": str(head.meta.get("encoder"))}
     write_predictions(adata, output)
