@@ -19,6 +19,9 @@ defined as for spots (:mod:`slide2expr.join.context`), with the grid tile in the
   used is recorded in the tile map's provenance (``slide_block``).
 
 The blocks are concatenated in the order the head records, the matrix its training saw.
+Grid tiles lie denser than spots (a 112 um tile pitch against 200 um between ST spots), so a
+grid ``nbr{r}`` averages more embeddings than a spot's did: it estimates the same local mean
+with less noise. Nothing is fitted here and nothing crosses slides.
 """
 
 from __future__ import annotations
