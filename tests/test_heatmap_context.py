@@ -329,3 +329,17 @@ def test_ensemble_spread_is_written_per_unit_and_reported(tmp_path):
     assert Key.PREDICTED_SD not in single.layers
     assert "mean_predicted_sd" not in build_report(single, top_n=2, n_hvg=2,
                                                    n_boot=10).summary
+
+
+def test_predict_builds_a_context_heads_blocks_on_a_new_slides_tiles(context_run):
+    """`slide2expr predict` on grid features gives the heatmap's values for a context head
+    (a new slide: the slide block is the grid tiles' mean)."""
+    from slide2expr.train.predict import predict_files
+
+    run = context_run
+    out = predict_files([run["features"]], model_dir=run["models"] / "context",
+                        output=run["tmp"] / "new.h5ad", level="tile")
+    tmap, _ = load_or_predict(run["features"], model_dir=run["models"] / "context")
+    np.testing.assert_allclose(np.asarray(out.X), tmap.values, atol=1e-6)
+    np.testing.assert_allclose(out[:, "G_slide"].X.ravel(), run["feats"][:, 0].mean(),
+                               atol=1e-6)

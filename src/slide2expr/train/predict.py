@@ -34,6 +34,8 @@ def predict_files(features: list[Path], *, model_dir: Path, output: Path, level:
         tile/spot (obs ``sample_id``, ``spot_id`` when present, obsm ``spatial`` = tile centre
         in level-0 px). Tile level with several models averaged (fold models, ensemble
         members) adds ``layers['predicted_sd']``, their standard deviation (``ddof=0``).
+        A head with context inputs gets its blocks built on the file's tiles as the heatmap
+        builds them (:mod:`slide2expr.heatmap.context`; the slide block is the tiles' mean).
     level
         ``slide``, ``tile`` or ``auto`` (slide for bulk heads, tile for spot heads).
     fold
@@ -55,7 +57,7 @@ def predict_files(features: list[Path], *, model_dir: Path, output: Path, level:
             rows.append(head.predict_bag(x, coords)[None])
             obs.append(pd.DataFrame({"sample_id": [sample], "n_tiles": [len(x)]}))
         else:
-            values, spread = head.predict_tiles_spread(x)
+            values, spread = head.predict_tiles_spread(_inputs(head, x, path))
             rows.append(values)
             spreads.append(spread)
             frame = pd.DataFrame({"sample_id": sample,
@@ -77,6 +79,20 @@ def predict_files(features: list[Path], *, model_dir: Path, output: Path, level:
                                "level": level, "encoder": str(head.meta.get("encoder"))}
     write_predictions(adata, output)
     return adata
+
+
+def _inputs(head, x: np.ndarray, path: Path) -> np.ndarray:
+    """``x``, or for a head with context inputs its blocks on the file's tiles."""
+    from slide2expr.contracts.features import read_features
+    from slide2expr.heatmap.context import grid_input_matrix, head_input_blocks
+    from slide2expr.keys import SPOT_BLOCK
+
+    blocks = head_input_blocks(head.meta, source=path)
+    if blocks == [SPOT_BLOCK]:
+        return x
+    matrix, _ = grid_input_matrix(read_features(path), blocks, features_path=path,
+                                  encoder=head.meta.get("encoder"))
+    return matrix
 
 
 def _file_info(path: Path) -> tuple[str, np.ndarray | None, float]:
