@@ -455,6 +455,16 @@ def test_cli_train_and_predict(tmp_path):
     new = ad.read_h5ad(tmp_path / "new.h5ad")
     assert new.shape == (7, adata.n_vars) and list(new.obs["spot_id"]) == [f"sp{i}" for i in range(7)]
     np.testing.assert_allclose(new.obsm["spatial"], 50.0)
+    # a new slide averages the fold models: their spread (SD, ddof=0) sits beside the mean
+    from slide2expr.train.trained import load_trained_head
+
+    folds = sorted((tmp_path / "models" / "mlp").glob("fold*"))
+    assert len(folds) > 1
+    each = np.stack([load_trained_head(f).predict_tiles(adata.obsm["X_toy"][:7])
+                     for f in folds])
+    np.testing.assert_allclose(new.layers["predicted_sd"], each.std(axis=0), rtol=1e-4,
+                               atol=1e-5)
+    np.testing.assert_allclose(new.X, each.mean(axis=0), rtol=1e-4, atol=1e-5)
 
 
 def test_cli_bad_input_is_one_line_and_status_2(tmp_path, monkeypatch, capsys):

@@ -47,6 +47,9 @@ def heatmap(
                                     "predicted at this slide's spots."),
     sample_id: str | None = typer.Option(None, "--sample-id",
                                          help="Sample ID (default: from the features file)."),
+    dataset: Path | None = typer.Option(
+        None, "--dataset", help="dataset.h5ad of the run: a context head's slide vector for a "
+                                "slide with spots (default: the grid tiles' mean)."),
     fold: int | None = typer.Option(None, "--fold", help="Use this fold's model only (default: "
                                                          "the fold that held the slide out, "
                                                          "else the average of all folds)."),
@@ -87,7 +90,8 @@ def heatmap(
         import torch
 
         torch.set_num_threads(threads)
-    tmap, predicted = load_or_predict(source, model_dir=model_dir, sample_id=sample_id, fold=fold)
+    tmap, predicted = load_or_predict(source, model_dir=model_dir, sample_id=sample_id, fold=fold,
+                                      dataset=dataset)
     if map_only:
         if not predicted:
             raise InputError(source, "is already a tile map", "drop --map-only")

@@ -150,14 +150,14 @@ class TrainedHead:
     members: list[torch.nn.Module] = field(repr=False, default_factory=list)
     member_columns: list[np.ndarray] = field(repr=False, default_factory=list)
 
-    @torch.no_grad()
     def predict_tiles(self, features: np.ndarray, *, batch_size: int = 8192) -> np.ndarray:
         """Per-tile (or per-spot) predicted expression.
 
         Parameters
         ----------
         features
-            ``(N, D)`` raw encoder features of one slide's tiles (or spots).
+            ``(N, D)`` raw encoder features of one slide's tiles (or spots); for a head with
+            context inputs the concatenated blocks (``meta['inputs']``).
         batch_size
             Rows per forward pass.
 
@@ -169,14 +169,36 @@ class TrainedHead:
             the per-tile scores; for ``abmil`` the per-tile predictions whose attention-weighted
             mean is the slide's.
         """
+        return self.predict_tiles_spread(features, batch_size=batch_size)[0]
+
+    @torch.no_grad()
+    def predict_tiles_spread(self, features: np.ndarray, *, batch_size: int = 8192
+                             ) -> tuple[np.ndarray, np.ndarray | None]:
+        """:meth:`predict_tiles` and the spread of the members around it.
+
+        Returns
+        -------
+        tuple of (numpy.ndarray, numpy.ndarray or None)
+            The mean over the members ``(N, G)`` float32, and their standard deviation
+            (population, ``ddof=0``: two members at ``m - d`` and ``m + d`` give ``d``),
+            ``(N, G)`` float32; None with a single member (no spread to measure).
+        """
         x = self._check(features)
-        out = np.zeros((x.shape[0], len(self.genes)), dtype=np.float64)
+        total = np.zeros((x.shape[0], len(self.genes)), dtype=np.float64)
+        squares = np.zeros_like(total) if len(self.members) > 1 else None
         for module, cols in zip(self.members, self.member_columns, strict=True):
             for start in range(0, x.shape[0], batch_size):
                 chunk = torch.from_numpy(x[start:start + batch_size])
-                pred = module.unstandardise(module.tile_outputs(chunk)).numpy()
-                out[start:start + batch_size] += pred[:, cols]
-        return (out / len(self.members)).astype(np.float32)
+                pred = module.unstandardise(module.tile_outputs(chunk)).numpy()[:, cols]
+                total[start:start + batch_size] += pred
+                if squares is not None:
+                    squares[start:start + batch_size] += pred.astype(np.float64) ** 2
+        n = len(self.members)
+        mean = total / n
+        if squares is None:
+            return mean.astype(np.float32), None
+        spread = np.sqrt(np.maximum(squares / n - mean ** 2, 0.0))
+        return mean.astype(np.float32), spread.astype(np.float32)
 
     @torch.no_grad()
     def predict_bag(self, features: np.ndarray, coords: np.ndarray | None = None) -> np.ndarray:
