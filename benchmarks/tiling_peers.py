@@ -8,6 +8,12 @@ the venvs the peers' ``setup.sh`` builds (``/tmp/peer-lazyslide``, ``/tmp/peer-t
 with their own scripts; tools are interleaved per slide. One JSON line per tool and slide;
 ``../shared/bench/peers/table.py`` turns them into a table.
 
+``--clock cpu`` measures the same span in CPU seconds of the process (all its threads) instead
+of wall seconds: each tool's own child code runs unchanged, with ``time.perf_counter``
+replaced by ``time.process_time`` in its module. On a machine that other work loads, CPU
+seconds stay comparable where wall seconds do not (``tiling_s`` and ``import_s`` then hold CPU
+seconds; ``clock`` says which).
+
 Run (from the repository root, with the project's venv)::
 
     python benchmarks/tiling_peers.py --runs 3 --slides cmu,big [--before OLD/src] > tiling.jsonl
@@ -28,18 +34,44 @@ PEERS = Path(os.environ.get("PEER_BENCH", Path(__file__).resolve().parents[2]
                             / "shared" / "bench" / "peers"))
 
 
+class _Clock:
+    """The ``time`` module with ``perf_counter`` swapped for the ``--clock`` in use."""
+
+    def __init__(self, clock: str) -> None:
+        self.clock = clock
+
+    def __getattr__(self, name: str) -> object:
+        if name == "perf_counter" and self.clock == "cpu":
+            return time.process_time
+        return getattr(time, name)
+
+
+CLOCK = _Clock(os.environ.get("S2E_CLOCK", "wall"))
+
+
+def peer_child(tool: str, args: list[str]) -> None:
+    """Run the peer's own ``child`` (its bench script, in its venv) under :data:`CLOCK`."""
+    sys.path.insert(0, str(PEERS))
+    import importlib
+
+    module = importlib.import_module(f"bench_{tool}")
+    module.time = CLOCK
+    mode, slide, workers, model = args
+    print(json.dumps({**module.child(mode, slide, int(workers), model), "clock": CLOCK.clock}))
+
+
 def child(slide: str) -> None:
     """One tiling of ``slide`` (a name in the peers' ``common.SLIDES``); prints JSON."""
     sys.path.insert(0, str(PEERS))
     from common import MPP, SLIDES, TILE_PX
 
-    t0 = time.perf_counter()
+    t0 = CLOCK.perf_counter()
     from slide2expr.inputs.slides import open_slide
     from slide2expr.tile.grid import TilingParams, compute_tissue, grid_tiles
     from slide2expr.tile.tissue import TissueParams
-    imp = time.perf_counter() - t0
+    imp = CLOCK.perf_counter() - t0
     path, assume = SLIDES[slide]
-    t = time.perf_counter()
+    t = CLOCK.perf_counter()
     params = TilingParams(target_mpp=MPP, tile_px=TILE_PX, min_tissue=0.5,
                           spot_diameter_um=112.0,
                           tissue=TissueParams(mask_mpp=4.0, min_saturation=0.07,
@@ -48,19 +80,21 @@ def child(slide: str) -> None:
     with open_slide(path, sheet_mpp=None, default_mpp=assume) as s:
         tissue = compute_tissue(s, params.tissue)
         grid = grid_tiles(s, tissue, slide, params)
-    dt = time.perf_counter() - t
+    dt = CLOCK.perf_counter() - t
     print(json.dumps({"tool": os.environ.get("S2E_LABEL", "slide2expr"), "mode": "tiles", "slide": slide,
                       "n_tiles": len(grid.coords), "tiling_s": dt, "import_s": imp,
-                      "mask_source": tissue.source, "mask_shape": list(tissue.mask.shape)}))
+                      "mask_source": tissue.source, "mask_shape": list(tissue.mask.shape),
+                      "clock": CLOCK.clock}))
 
 
 def peer(tool: str, slide: str, runs: int) -> dict:
-    """Median of ``runs`` fresh processes of the peer's own script, in the peer's venv."""
+    """Median of ``runs`` fresh processes of the peer's own ``child``, in the peer's venv."""
     code = (f"import sys, json; sys.path.insert(0, {str(PEERS)!r}); from common import median_of;"
-            f" print(json.dumps(median_of({str(PEERS / f'bench_{tool}.py')!r}, {runs},"
+            f" print(json.dumps(median_of({str(Path(__file__).resolve())!r}, {runs},"
             f" ['tiles', {slide!r}, '0', 'tv'], ['tiling_s'])))")
+    env = dict(os.environ, S2E_PEER_TOOL=tool)
     out = subprocess.run([f"/tmp/peer-{tool}/bin/python", "-c", code], capture_output=True,
-                         text=True, check=True)
+                         text=True, check=True, env=env)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -88,12 +122,18 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--slides", default="cmu,big")
     ap.add_argument("--tools", default="slide2expr,lazyslide,tiatoolbox")
+    ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                    help="time the spans in wall seconds (the peers' protocol) or CPU seconds")
     ap.add_argument("--before", metavar="SRC",
                     help="also time slide2expr from this src folder (row 'slide2expr@before')")
     args = ap.parse_args()
     if args.child:
-        child(args.child[1])
+        if os.environ.get("S2E_PEER_TOOL"):
+            peer_child(os.environ["S2E_PEER_TOOL"], args.child)
+        else:
+            child(args.child[1])
         return
+    os.environ["S2E_CLOCK"] = args.clock
     for slide in args.slides.split(","):
         if args.before:
             print(json.dumps(ours(slide, args.runs, src=args.before,
