@@ -578,3 +578,37 @@ def test_her2st_leave_one_section_out(her2st, tmp_path):
         all_mean = adata.X.astype(np.float64).mean(axis=0)
         differs += expected != set(adata.var_names[np.argsort(-all_mean, kind="stable")[:50]])
     assert differs >= 1  # so selecting on all spots would have been caught
+
+
+# -- networks apart from their Lightning wrappers -------------------------------------------
+def test_saved_heads_hold_the_network_keys_of_before_and_load_without_lightning(tmp_path):
+    """``head.safetensors`` keeps the key names the LightningModule saved before the split
+    (models trained then still load), and loading a head never imports Lightning."""
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    from slide2expr.train.heads import MLPHead
+    from slide2expr.train.nets import MLPNet
+    from slide2expr.train.trained import load_fold_head, save_head
+
+    torch.manual_seed(0)
+    head = MLPHead(in_dim=5, n_genes=3, hidden=4)
+    save_head(head, tmp_path / "fold0", meta={"head": "mlp", "genes": ["A", "B", "C"],
+                                              "hparams": {"in_dim": 5, "n_genes": 3,
+                                                          "hidden": 4, "lr": 0.01}})
+    keys = set(load_file(str(tmp_path / "fold0" / "head.safetensors")))
+    assert keys == {"feature_mean", "feature_std", "target_mean", "target_std",
+                    "net.1.weight", "net.1.bias", "net.4.weight", "net.4.bias"}
+    net, _ = load_fold_head(tmp_path / "fold0")
+    assert isinstance(net, MLPNet) and not net.training
+    x = torch.randn(7, 5)
+    torch.testing.assert_close(net.tile_outputs(x), head.eval().tile_outputs(x))
+    code = ("import sys; from slide2expr.train.trained import load_trained_head; "
+            f"h = load_trained_head({str(tmp_path / 'fold0')!r}); "
+            "print(sorted(m for m in ('pytorch_lightning', 'lightning', 'torchmetrics') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr

@@ -41,12 +41,18 @@ def read_predictions(path: str | Path, *, need: tuple[str, ...] = (Key.FOLD,)) -
         ``obs``/``obsm`` keys the caller needs besides ``layers['predicted']`` and
         ``obs['sample_id']`` (e.g. ``spatial`` for spot maps).
 
+    Returns
+    -------
+    anndata.AnnData
+        Without the H&E images of ``uns['spatial']`` (each library's ``images`` is ``{}``):
+        no reader of predictions needs them (``slide2expr export`` reads the file itself).
+
     Raises
     ------
     InputError
         If the file is unreadable, lacks what is needed, or is empty.
     """
-    adata = read_anndata(path, what="predictions file", fix=FIX)
+    adata = read_anndata(path, what="predictions file", fix=FIX, images=False)
     check_format(path, dict(adata.uns.get(Key.PROVENANCE, {})), CONTRACT, (VERSION,))
     if Key.PREDICTED not in adata.layers:
         raise InputError(path, "has no layers['predicted']",
