@@ -21,8 +21,8 @@ upstream is the whole cohort (it needs the trained model: train <- join <- every
 grouping heatmaps makes planning quadratic in the number of slides, while a tile+extract
 bundle's upstream is its own slides.
 
-Prints one JSON line per (size, profile); a dry run stopped by ``--timeout`` says so, with
-the CPU seconds and memory it had used. Nothing is written outside WORKDIR.
+Prints one JSON line per (size, profile); a dry run stopped by ``--timeout`` says so (its CPU
+and memory are not measured: ``/usr/bin/time`` sees only ``timeout``). Nothing is written outside WORKDIR.
 """
 
 from __future__ import annotations
@@ -109,9 +109,9 @@ def dry_run(root: Path, cfg: Path, profile: str | Path | None, extra: list[str],
     cpu = sum(float(re.search(rf"{k} time \(seconds\): ([\d.]+)", p.stderr)[1])
               for k in ("User", "System"))
     name = Path(profile).name if profile else "local"
-    if stopped:
+    if stopped:  # /usr/bin/time then sees only `timeout`, not the killed snakemake: no CPU, RSS
         return {"profile": name, "finished": False, "timeout_s": timeout,
-                "wall_s": round(wall, 1), "cpu_s": round(cpu, 1), "peak_rss_mb": round(rss)}
+                "wall_s": round(wall, 1)}
     top = Counter(re.findall(r"^(?:local)?rule (\w+):", out, flags=re.M))  # not in a group
     nested = Counter(re.findall(r"^\s+(?:local)?rule (\w+):", out, flags=re.M))  # in a group
     groups = Counter(re.findall(r"Group job (\S+) \(jobs in lexicogr\. order\):", out))
