@@ -203,6 +203,7 @@ def fit_member(head: str, hparams: dict, data: Any, *, config: TrainConfig, seed
 
     configure_determinism(seed)
     module = build_head(head, **hparams)
+    module.pearson_weight = config.pearson_weight
     module.set_standardisation(**data.standardisation())
     _fit_bases(module, data)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -231,6 +232,7 @@ def fit_member(head: str, hparams: dict, data: Any, *, config: TrainConfig, seed
             configure_determinism(seed)
             data = data.refit_on(refit_idx)
             module = build_head(head, **hparams)
+            module.pearson_weight = config.pearson_weight
             module.set_standardisation(**data.standardisation())
             _fit_bases(module, data)
             trainer = pl.Trainer(

@@ -38,6 +38,9 @@ class RegressionHead(pl.LightningModule):
 
     #: ``"spot"`` heads take one embedding per unit; ``"bulk"`` heads take a bag of tiles.
     kind: str = "spot"
+    #: Weight of the ``1 - mean per-gene Pearson r`` term added to the MSE loss
+    #: (``train.pearson_weight``; a training setting, not part of the saved network).
+    pearson_weight: float = 0.0
 
     def __init__(self, network: HeadNet, *, lr: float = 1e-3, weight_decay: float = 1e-4) -> None:
         super().__init__()
@@ -76,6 +79,8 @@ class RegressionHead(pl.LightningModule):
         pred = self(batch)
         target = self.network.standardise_targets(batch["y"])
         loss = nn.functional.mse_loss(pred, target)
+        if self.pearson_weight > 0 and target.shape[0] > 2:
+            loss = loss + self.pearson_weight * (1.0 - batch_pearson(pred, target))
         self.metrics[f"{stage}_"].update(pred.detach().float(), target.float())
         self.log(f"{stage}_loss", loss, on_step=False, on_epoch=True,
                  batch_size=target.shape[0], prog_bar=stage == "val")
@@ -119,3 +124,14 @@ class RegressionHead(pl.LightningModule):
             [{"params": decay, "weight_decay": self.weight_decay},
              {"params": no_decay, "weight_decay": 0.0}], lr=self.lr)
 
+
+def batch_pearson(pred: torch.Tensor, target: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """Mean over genes of the Pearson r between ``pred`` and ``target`` over the batch rows.
+
+    A gene constant within the batch contributes r = 0 (``eps`` keeps the ratio finite), so
+    the term is differentiable and never NaN.
+    """
+    p = pred - pred.mean(dim=0, keepdim=True)
+    t = target - target.mean(dim=0, keepdim=True)
+    r = (p * t).sum(0) / (p.pow(2).sum(0).sqrt() * t.pow(2).sum(0).sqrt() + eps)
+    return r.mean()
