@@ -74,7 +74,8 @@ def child(slide: str) -> None:
     t = CLOCK.perf_counter()
     params = TilingParams(target_mpp=MPP, tile_px=TILE_PX, min_tissue=0.5,
                           spot_diameter_um=112.0,
-                          tissue=TissueParams(mask_mpp=4.0, min_saturation=0.07,
+                          tissue=TissueParams(mask_mpp=float(os.environ.get("S2E_MASK_MPP", 8.0)),
+                                              min_saturation=0.07,
                                               closing_um=40.0, min_object_um2=20000.0,
                                               max_hole_um2=20000.0))
     with open_slide(path, sheet_mpp=None, default_mpp=assume) as s:
@@ -124,6 +125,9 @@ def main() -> None:
     ap.add_argument("--tools", default="slide2expr,lazyslide,tiatoolbox")
     ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                     help="time the spans in wall seconds (the peers' protocol) or CPU seconds")
+    ap.add_argument("--mask-mpp", type=float, action="append", default=[],
+                    help="also time slide2expr with this tissue-mask resolution, um/px (row "
+                         "'slide2expr@mask8' for 8; the default row uses 4, the shipped default)")
     ap.add_argument("--before", metavar="SRC",
                     help="also time slide2expr from this src folder (row 'slide2expr@before')")
     args = ap.parse_args()
@@ -141,6 +145,12 @@ def main() -> None:
         for tool in args.tools.split(","):
             row = ours(slide, args.runs) if tool == "slide2expr" else peer(tool, slide, args.runs)
             print(json.dumps(row), flush=True)
+            if tool == "slide2expr":
+                for mpp in args.mask_mpp:
+                    os.environ["S2E_MASK_MPP"] = str(mpp)
+                    print(json.dumps(ours(slide, args.runs, label=f"slide2expr@mask{mpp:g}")),
+                          flush=True)
+                    del os.environ["S2E_MASK_MPP"]
 
 
 if __name__ == "__main__":

@@ -71,7 +71,7 @@ def heatmap(
                                   help="Only write the tile map {sample}.h5ad, draw nothing."),
     default_mpp: float | None = typer.Option(None, "--default-mpp",
                                              help="um/px if neither slide nor features have one."),
-    mask_mpp: float = typer.Option(4.0, help="Tissue: mask resolution, um/px."),
+    mask_mpp: float = typer.Option(8.0, help="Tissue: mask resolution, um/px."),
     min_saturation: float = typer.Option(0.07, help="Tissue: saturation floor."),
     closing_um: float = typer.Option(40.0, help="Tissue: closing radius, um."),
     min_object_um2: float = typer.Option(20000.0, help="Tissue: smallest fragment kept, um^2."),

@@ -39,7 +39,7 @@ class TissueParams:
         Holes smaller than this area inside tissue are filled.
     """
 
-    mask_mpp: float = 4.0
+    mask_mpp: float = 8.0
     min_saturation: float = 0.07
     max_value: float = 0.98
     closing_um: float = 40.0
