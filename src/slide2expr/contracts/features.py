@@ -6,6 +6,17 @@ Contract (docs/architecture.md): dataset ``features`` ``(N, D)`` float32 or floa
 ``"random-init"``), ``weights_source``, ``embed_dim``, ``input_px`` and ``input_mpp`` (the
 pixels the encoder saw), and every attr of the tiles file.
 
+Stain normalisation (:mod:`slide2expr.extract.stain`) is recorded in attrs (:data:`STAIN_ATTRS`,
+read back with :func:`stain_record`): ``stain_normalize`` (``none``, ``macenko`` or
+``reinhard``; absent in files written before it existed, which mean ``none``) and, with a
+method, ``stain_reference`` (``published`` / ``fixed`` or the reference image's path),
+``stain_reference_sha256`` (a file), ``stain_reference_fit`` and ``stain_fit`` (JSON: the
+reference's and this slide's fitted stain vectors and concentration ranges, or l-alpha-beta
+means and SDs), ``stain_fit_source`` (the low-resolution read the slide was fitted on) and
+``stain_status`` (``normalised``, or ``not normalised: <why>`` for a slide with too little
+tissue, embedded as it is). These attrs are additions that older readers ignore, so the
+stamp stays ``features/1``.
+
 The file is written batch by batch into a hidden partial file beside the output
 (``.{sample}.partial.h5``) that records how many rows are done (attr ``n_done``); it is
 renamed to the output name when complete. A run that is killed leaves only the partial
@@ -82,7 +93,11 @@ log = logging.getLogger(__name__)
 
 FEATURE_DTYPES = ("float32", "float16")
 #: Attrs that must match for a partial file to be resumed.
-_SIGNATURE = ("encoder", "weights", "embed_dim", "dtype", "n_tiles", "coords_sha1", "input_px")
+_SIGNATURE = ("encoder", "weights", "embed_dim", "dtype", "n_tiles", "coords_sha1", "input_px",
+              "stain_normalize", "stain_reference", "stain_reference_sha256", "stain_fit")
+#: Attrs recording the stain normalisation (module docstring).
+STAIN_ATTRS = ("stain_normalize", "stain_reference", "stain_reference_sha256",
+               "stain_reference_fit", "stain_fit", "stain_fit_source", "stain_status")
 
 
 @dataclass
@@ -451,6 +466,24 @@ def features_attrs(path: str | Path) -> dict[str, object]:
     path = Path(path)
     with open_h5(path, what="features file", fix=REDO) as f:
         return _read_checked_attrs(path, f)
+
+
+def stain_record(attrs: dict[str, object]) -> dict[str, object]:
+    """The stain normalisation recorded in a features file's attrs, JSON fields decoded.
+
+    A file without ``stain_normalize`` (written before the option existed, or by another
+    tool) is ``{"stain_normalize": "none"}``.
+    """
+    import json
+
+    out: dict[str, object] = {"stain_normalize": str(attrs.get("stain_normalize") or "none")}
+    for key in STAIN_ATTRS[1:]:
+        value = attrs.get(key)
+        if value is None or value == "":
+            continue
+        out[key] = json.loads(str(value)) if key in ("stain_fit", "stain_reference_fit") \
+            else str(value)
+    return out
 
 
 def spot_diameter_level0(attrs: dict[str, Any]) -> float | None:
