@@ -433,3 +433,38 @@ def dihedral(tile: np.ndarray, k: int) -> np.ndarray:
     quarter turns, then a left-right flip for ``k >= 4``."""
     out = np.rot90(tile, k % 4, axes=(0, 1))
     return np.ascontiguousarray(out[:, ::-1] if k >= 4 else out)
+
+
+# -- augmentation views ------------------------------------------------------------------------
+#: HED jitter strengths of the ``hed_light`` / ``hed_strong`` views (:func:`jitter_hed`).
+HED_VIEW_STRENGTH = {"hed_light": 0.05, "hed_strong": 0.2}
+#: Dihedral views: name -> element of :func:`dihedral` (``rot90`` = a quarter turn, ``flip`` =
+#: left-right mirror, ``flip_rot90`` = the mirror of the quarter turn...).
+DIHEDRAL_VIEWS = {"rot90": 1, "rot180": 2, "rot270": 3, "flip": 4, "flip_rot90": 5,
+                  "flip_rot180": 6, "flip_rot270": 7}
+#: Every view name ``extract.views`` accepts.
+VIEWS = (*DIHEDRAL_VIEWS, *HED_VIEW_STRENGTH)
+#: Seeds the per-tile HED draws: tile ``i`` of view ``v`` uses ``[VIEW_SEED, index of v, i]``.
+VIEW_SEED = 14
+
+
+def check_views(views: list[str] | tuple[str, ...]) -> tuple[str, ...]:
+    """``views`` as a tuple, refusing unknown or repeated names."""
+    bad = [v for v in views if v not in VIEWS]
+    if bad or len(set(views)) != len(views):
+        raise InputError(None, f"extract.views {list(views)} has unknown or repeated names",
+                         f"use distinct names from {', '.join(VIEWS)}")
+    return tuple(views)
+
+
+def apply_view(tile: np.ndarray, view: str, row: int) -> np.ndarray:
+    """The augmentation ``view`` of tile number ``row`` (uint8 ``(H, W, 3)``).
+
+    Dihedral views are exact pixel permutations; HED views draw their jitter from a seed fixed
+    by the view and the tile's row, so a rerun (or a resumed run) gives the same pixels.
+    """
+    if view in DIHEDRAL_VIEWS:
+        return dihedral(tile, DIHEDRAL_VIEWS[view])
+    rng = np.random.default_rng([VIEW_SEED, VIEWS.index(view), int(row)])
+    scale, shift = jitter_hed(HED_VIEW_STRENGTH[view], rng)
+    return hed_perturb(tile, scale, shift)
