@@ -29,8 +29,8 @@ Reuses what exists: the raw features and the tiles of a finished her2st run
         --work /tmp/stain_shift --sections C3 [--costs]
 
 Prints the markdown table and writes WORK/stain_shift.json (and WORK/costs.json with
-``--costs``: extraction seconds per 100 tiles with and without normalisation, interleaved in
-one run, and the features file size).
+``--costs`` or ``--costs-only``: extraction seconds per 100 tiles plain, with Macenko and with
+one augmentation view, interleaved in one run, and the features file sizes).
 """
 
 from __future__ import annotations
@@ -235,22 +235,25 @@ def run_fold(base: Any, args: argparse.Namespace, held: str, method: str) -> dic
 
 # -- costs -------------------------------------------------------------------------------------
 def costs(args: argparse.Namespace, section: str = "C3", repeats: int = 2) -> dict[str, Any]:
-    """Extraction seconds per 100 tiles with and without Macenko, interleaved in one run."""
+    """Extraction seconds per 100 tiles and file size: plain, Macenko, and with one
+    augmentation view (``rot90``), interleaved in one run (median of ``repeats``)."""
     tiles = args.results / "tiles" / "spots" / f"{section}.h5"
     n = len(read_tiles(tiles))
-    seconds: dict[str, list[float]] = {"none": [], "macenko": []}
+    settings = {"none": ("none", ()), "macenko": ("macenko", ()), "view_rot90": ("none", ("rot90",))}
+    seconds: dict[str, list[float]] = {name: [] for name in settings}
     size = {}
     for _ in range(repeats):
-        for method in ("none", "macenko"):
-            out = args.work / "costs" / method / f"{section}.h5"
+        for name, (method, views) in settings.items():
+            out = args.work / "costs" / name / f"{section}.h5"
             out.unlink(missing_ok=True)
             t0 = time.perf_counter()
-            extract(tiles, out, slide=None, method=method, threads=args.threads)
-            seconds[method].append(time.perf_counter() - t0)
-            size[method] = out.stat().st_size
+            extract_features(tiles, out, encoder=ENCODER, device="cpu", threads=args.threads,
+                             num_workers=0, stain_normalize=method, views=views, progress=False)
+            seconds[name].append(time.perf_counter() - t0)
+            size[name] = out.stat().st_size
     per100 = {m: 100 * float(np.median(s)) / n for m, s in seconds.items()}
     return {"section": section, "n_tiles": n, "seconds": seconds, "s_per_100_tiles": per100,
-            "ratio_macenko_to_none": per100["macenko"] / per100["none"],
+            "ratio_to_none": {m: per100[m] / per100["none"] for m in per100},
             "file_bytes": size, "load_average": os.getloadavg()}
 
 
@@ -281,14 +284,17 @@ def main() -> None:
     parser.add_argument("--sections", nargs="+", default=["C3"], choices=SECTIONS)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--costs", action="store_true", help="also measure extraction costs")
+    parser.add_argument("--costs-only", action="store_true", help="only measure the costs")
     parser.add_argument("--extract-only", action="store_true")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     args.work.mkdir(parents=True, exist_ok=True)
-    if args.costs:
+    if args.costs or args.costs_only:
         info = costs(args)
         (args.work / "costs.json").write_text(json.dumps(info, indent=1))
         print(json.dumps(info))
+        if args.costs_only:
+            return
     ensure_features(args)
     if args.extract_only:
         return

@@ -292,11 +292,13 @@ def feature_compute(results: str | Path) -> dict[str, Any]:
     """What the features were computed with, from the files: devices, stored dtypes, the
     weights (sha256 and source, as the extract stage recorded them) and the stain
     normalisation of each encoder (``stain``: method, reference and its fit, and per
-    ``{tiling}/{sample}`` the slide's status and fitted stain statistics)."""
+    ``{tiling}/{sample}`` the slide's status and fitted stain statistics) and the
+    augmentation views its files hold (``views``)."""
     devices: dict[str, set[str]] = {}
     dtypes: dict[str, set[str]] = {}
     weights: dict[str, dict[str, str]] = {}
     stains: dict[str, dict[str, Any]] = {}
+    views: dict[str, set[str]] = {}
     for path in sorted(Path(results, "features").rglob("*.h5")):
         if path.name.startswith("."):  # a partial file of an interrupted extraction
             continue
@@ -311,11 +313,13 @@ def feature_compute(results: str | Path) -> dict[str, Any]:
         if meta.attrs.get("weights"):
             weights.setdefault(enc, {"sha256": str(meta.attrs["weights"]),
                                      "source": str(meta.attrs.get("weights_source", ""))})
+        views.setdefault(enc, set()).update(meta.views)
         _add_stain(stains.setdefault(enc, {}), stain_record(meta.attrs),
                    f"{path.parent.name}/{path.stem}")
     return {enc: {"devices": sorted(devices[enc]), "dtypes": sorted(dtypes.get(enc, set())),
                   **({"weights": weights[enc]} if enc in weights else {}),
-                  "stain": _stain_summary(stains.get(enc, {}))}
+                  "stain": _stain_summary(stains.get(enc, {})),
+                  "views": sorted(views.get(enc, set()))}
             for enc in sorted(devices)}
 
 
