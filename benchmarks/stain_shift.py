@@ -222,10 +222,14 @@ def evaluate(pred: Any, held: str) -> dict[str, dict[str, dict[str, float]]]:
 
 def run_fold(base: Any, args: argparse.Namespace, held: str, method: str) -> dict[str, Any]:
     """Train on the clean training sections (features ``method``), predict ``held``'s copies."""
+    import anndata as ad
+
     from slide2expr.train.run import run_training
 
-    adata = fold_dataset(base, args, held, method)
     out = args.work / "runs" / f"{held}_{method}"
+    if (out / "predictions.h5ad").exists():  # trained before: evaluate only
+        return evaluate(ad.read_h5ad(out / "predictions.h5ad"), held)
+    adata = fold_dataset(base, args, held, method)
     t0 = time.perf_counter()
     pred = run_training(adata, head=HEAD, config=train_config(args.data_root),
                         models_dir=out / "models", predictions_path=out / "predictions.h5ad")
@@ -265,7 +269,7 @@ def table(results: dict[str, dict[str, Any]]) -> str:
     rows = [head]
     for held, by_method in results.items():
         for model in ("ridge", "head"):
-            for method in ("none", "macenko"):
+            for method in by_method:
                 cells = []
                 for variant in ["clean", *PERTURBATIONS]:
                     r = by_method[method][variant][model]
@@ -286,6 +290,10 @@ def main() -> None:
     parser.add_argument("--costs", action="store_true", help="also measure extraction costs")
     parser.add_argument("--costs-only", action="store_true", help="only measure the costs")
     parser.add_argument("--extract-only", action="store_true")
+    parser.add_argument("--methods", nargs="+", default=["none", "macenko"],
+                        choices=["none", "macenko"],
+                        help="train only these pipelines (to run them as parallel processes; "
+                             "a pipeline trained before is read back, not retrained)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     args.work.mkdir(parents=True, exist_ok=True)
@@ -301,7 +309,7 @@ def main() -> None:
     import anndata as ad
 
     base = ad.read_h5ad(args.results / "dataset.h5ad")
-    results = {held: {m: run_fold(base, args, held, m) for m in ("none", "macenko")}
+    results = {held: {m: run_fold(base, args, held, m) for m in args.methods}
                for held in args.sections}
     (args.work / "stain_shift.json").write_text(json.dumps(results, indent=1))
     print(table(results))
