@@ -185,8 +185,10 @@ def fold_dataset(base: Any, args: argparse.Namespace, held: str, method: str) ->
     return adata
 
 
-def train_config(data_root: Path):
-    """her2st.yaml's train section (the workflow's settings), validated."""
+def train_config(data_root: Path, *, ridge_only: bool = False):
+    """her2st.yaml's train section (the workflow's settings), validated; ``ridge_only``: the
+    head cut to one member and one epoch (its numbers are then meaningless; ridge's are
+    exactly the workflow's)."""
     from slide2expr.settings import validate_section
     from slide2expr.train.config import TrainConfig
 
@@ -194,6 +196,8 @@ def train_config(data_root: Path):
     train = config["train"]
     train["genes"]["list"] = train["genes"]["list"].format(data_root=data_root)
     train["heads"] = [HEAD]
+    if ridge_only:
+        train["head_settings"][HEAD].update({"ensemble": 1, "max_epochs": 1, "min_epochs": 1})
     return TrainConfig.from_dict(validate_section("train", train, as_flags=False))
 
 
@@ -226,12 +230,13 @@ def run_fold(base: Any, args: argparse.Namespace, held: str, method: str) -> dic
 
     from slide2expr.train.run import run_training
 
-    out = args.work / "runs" / f"{held}_{method}"
+    out = args.work / "runs" / f"{held}_{method}{'_ridge' if args.ridge_only else ''}"
     if (out / "predictions.h5ad").exists():  # trained before: evaluate only
         return evaluate(ad.read_h5ad(out / "predictions.h5ad"), held)
     adata = fold_dataset(base, args, held, method)
     t0 = time.perf_counter()
-    pred = run_training(adata, head=HEAD, config=train_config(args.data_root),
+    pred = run_training(adata, head=HEAD, config=train_config(args.data_root,
+                                                              ridge_only=args.ridge_only),
                         models_dir=out / "models", predictions_path=out / "predictions.h5ad")
     log.info("%s %s: trained in %.0f s", held, method, time.perf_counter() - t0)
     return evaluate(pred, held)
@@ -262,13 +267,13 @@ def costs(args: argparse.Namespace, section: str = "C3", repeats: int = 2) -> di
 
 
 # -- table -------------------------------------------------------------------------------------
-def table(results: dict[str, dict[str, Any]]) -> str:
+def table(results: dict[str, dict[str, Any]], models: tuple[str, ...] = ("ridge", "head")) -> str:
     """Markdown: one row per (section, model, pipeline), columns clean and the 3 shifts."""
     head = ("| held-out | model | features | clean | HED 0.3 | HED 0.1 | Reinhard -> next |\n"
             "| --- | --- | --- | --- | --- | --- | --- |")
     rows = [head]
     for held, by_method in results.items():
-        for model in ("ridge", "head"):
+        for model in models:
             for method in by_method:
                 cells = []
                 for variant in ["clean", *PERTURBATIONS]:
@@ -290,6 +295,8 @@ def main() -> None:
     parser.add_argument("--costs", action="store_true", help="also measure extraction costs")
     parser.add_argument("--costs-only", action="store_true", help="only measure the costs")
     parser.add_argument("--extract-only", action="store_true")
+    parser.add_argument("--ridge-only", action="store_true",
+                        help="train ridge only (the head for one epoch; its rows are dropped)")
     parser.add_argument("--methods", nargs="+", default=["none", "macenko"],
                         choices=["none", "macenko"],
                         help="train only these pipelines (to run them as parallel processes; "
@@ -311,8 +318,9 @@ def main() -> None:
     base = ad.read_h5ad(args.results / "dataset.h5ad")
     results = {held: {m: run_fold(base, args, held, m) for m in args.methods}
                for held in args.sections}
-    (args.work / "stain_shift.json").write_text(json.dumps(results, indent=1))
-    print(table(results))
+    name = "stain_shift_ridge.json" if args.ridge_only else "stain_shift.json"
+    (args.work / name).write_text(json.dumps(results, indent=1))
+    print(table(results, ("ridge",) if args.ridge_only else ("ridge", "head")))
 
 
 if __name__ == "__main__":
