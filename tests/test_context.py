@@ -262,3 +262,35 @@ def test_context_head_with_input_pca_and_output_basis_trains_and_reloads(tmp_pat
                                rtol=1e-4, atol=1e-4)
     module = head.members[0] if hasattr(head, "members") else head
     assert np.isfinite(out.layers["predicted"][rows]).all() and module is not None
+
+
+def test_fold_statistics_of_the_context_head_ignore_the_held_out_sections(tmp_path):
+    """Standardisation, input PCA and output basis of a fold come from its training units only:
+    shifting every input block of the held-out patient leaves that fold's head unchanged."""
+    from safetensors.torch import load_file
+
+    config = TrainConfig.from_dict({**FAST, "max_epochs": 2, "min_epochs": 1,
+                                    "inputs": ["spot", "nbr150", "slide"], "input_pca": 4,
+                                    "output_rank": 2, "baselines": []})
+    clean = neighbourhood_dataset(side=6)
+    shifted = clean.copy()
+    held = (shifted.obs["patient"] == "p1").to_numpy()
+    for key in ("X_toy", "X_toy_nbr150", "X_toy_slide"):
+        shifted.obsm[key][held] += 100.0
+    shifted.X[held] += 50.0
+    for name, adata in (("clean", clean), ("shifted", shifted)):
+        run_training(adata, head="context", config=config, models_dir=tmp_path / name,
+                     predictions_path=tmp_path / f"{name}.h5ad")
+    splits = pd.read_csv(tmp_path / "clean" / "splits.tsv", sep="\t")
+    fold = int(splits.loc[splits["sample_id"] == "s2", "fold"].iloc[0])
+    weights = [load_file(str(p)) for p in
+               sorted((tmp_path / "clean").glob(f"fold{fold}/**/head.safetensors"))
+               + sorted((tmp_path / "shifted").glob(f"fold{fold}/**/head.safetensors"))]
+    assert len(weights) >= 2 and len(weights) % 2 == 0
+    half = len(weights) // 2
+    fitted = [k for k in weights[0] if k.startswith(("feature_", "target_", "pca_"))]
+    assert {"feature_mean", "target_basis", "pca_0"} <= set(fitted)
+    for a, b in zip(weights[:half], weights[half:], strict=True):
+        for key in fitted:
+            np.testing.assert_allclose(a[key].numpy(), b[key].numpy(), rtol=1e-5, atol=1e-5,
+                                       err_msg=key)

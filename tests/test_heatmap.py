@@ -758,3 +758,37 @@ def test_demo_tumour_gene_map_is_high_on_tumour_and_low_on_stroma(demo_dir, tmp_
     collection = json.loads(result.geojson.read_text())
     w, h = tmap.attrs["level0_width"], tmap.attrs["level0_height"]
     assert validate_geojson(collection, width=w, height=h) == []
+
+
+def test_predictions_are_read_without_their_he_images_but_keep_the_scale_factors(tmp_path):
+    """Readers of predictions (spot overlays, viewer, report) skip the ``uns['spatial']``
+    images, the bulk of the file; the scale factors they use are still read."""
+    import anndata as ad
+
+    from slide2expr.contracts._anndata import write_anndata
+    from slide2expr.contracts.predictions import read_predictions
+    from slide2expr.heatmap.spot_overlay import read_spot_values
+
+    rng = np.random.default_rng(3)
+    n = 12
+    adata = ad.AnnData(X=rng.uniform(0, 3, (n, 2)).astype(np.float32),
+                       obs=pd.DataFrame({"sample_id": ["s1"] * n,
+                                         "spot_id": [f"{i}x0" for i in range(n)]},
+                                        index=[f"u{i}" for i in range(n)]),
+                       var=pd.DataFrame(index=["GA", "GB"]))
+    adata.layers["predicted"] = rng.normal(size=(n, 2)).astype(np.float32)
+    adata.obsm["spatial"] = rng.uniform(0, 1000, (n, 2))
+    hires = rng.integers(0, 255, (64, 48, 3), dtype=np.uint8)
+    adata.uns["spatial"] = {"s1": {"images": {"hires": hires},
+                                   "scalefactors": {"spot_diameter_fullres": 123.0,
+                                                    "tissue_hires_scalef": 0.5}}}
+    path = write_anndata(adata, tmp_path / "predictions.h5ad")
+    full = ad.read_h5ad(path)
+    np.testing.assert_array_equal(full.uns["spatial"]["s1"]["images"]["hires"], hires)
+    read = read_predictions(path, need=("spatial",))
+    assert dict(read.uns["spatial"]["s1"]["images"]) == {}
+    assert read.uns["spatial"]["s1"]["scalefactors"]["spot_diameter_fullres"] == 123.0
+    np.testing.assert_array_equal(read.layers["predicted"], adata.layers["predicted"])
+    values = read_spot_values(path, "s1", ["GB"])
+    assert values is not None and values.diameter0 == 123.0
+    np.testing.assert_array_equal(values.predicted[:, 0], adata.layers["predicted"][:, 1])

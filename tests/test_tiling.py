@@ -32,8 +32,8 @@ def test_svs_tiles_only_on_tissue(slides_dir: Path, tmp_path: Path) -> None:
     assert tiles.attrs["slide_mpp"] == pytest.approx(0.499, abs=1e-3)
     assert tiles.attrs["mpp_source"] == "metadata"
     assert tiles.attrs["target_mpp"] == 0.5
-    assert tiles.attrs["tissue_mask_source"] == "thumbnail, reduced 2x"  # Aperio's thumbnail
-    assert tiles.attrs["tissue_mask_mpp"] == pytest.approx(3.86, abs=0.01)
+    assert tiles.attrs["tissue_mask_source"] == "thumbnail, reduced 4x"  # Aperio's thumbnail
+    assert tiles.attrs["tissue_mask_mpp"] == pytest.approx(7.69, abs=0.01)
     assert tiles.tile_px_level0 == pytest.approx(224 * 0.5 / 0.499, rel=1e-6)
     # Recompute the mask independently and check every tile against it, and the converse.
     params = TilingParams()

@@ -12,7 +12,13 @@ from scipy import ndimage
 
 from slide2expr.inputs.slides import open_slide
 from slide2expr.tile.grid import TilingParams, compute_tissue, grid_tiles
-from slide2expr.tile.tissue import _closing, _disk, _fill_small_holes, _remove_small_objects
+from slide2expr.tile.tissue import (
+    TissueParams,
+    _closing,
+    _disk,
+    _fill_small_holes,
+    _remove_small_objects,
+)
 
 
 def _scipy_reference(mask: np.ndarray, radius: int, max_hole: int, min_obj: int) -> np.ndarray:
@@ -76,7 +82,7 @@ def test_mask_from_smallest_sufficient_level_same_tiles_at_any_level0_size(tmp_p
     p20, p40 = tmp_path / "x20.tiff", tmp_path / "x40.tiff"
     _pyramid(p20, np.repeat(np.repeat(base, 16, 0), 16, 1), 0.5, 4)   # 1536 x 1920
     _pyramid(p40, np.repeat(np.repeat(base, 32, 0), 32, 1), 0.25, 5)  # 3072 x 3840
-    params = TilingParams()
+    params = TilingParams(tissue=TissueParams(mask_mpp=4.0))  # the levels below are 4 um/px
     out = {}
     for name, path in (("x20", p20), ("x40", p40)):
         with open_slide(path) as slide:

@@ -455,6 +455,16 @@ def test_cli_train_and_predict(tmp_path):
     new = ad.read_h5ad(tmp_path / "new.h5ad")
     assert new.shape == (7, adata.n_vars) and list(new.obs["spot_id"]) == [f"sp{i}" for i in range(7)]
     np.testing.assert_allclose(new.obsm["spatial"], 50.0)
+    # a new slide averages the fold models: their spread (SD, ddof=0) sits beside the mean
+    from slide2expr.train.trained import load_trained_head
+
+    folds = sorted((tmp_path / "models" / "mlp").glob("fold*"))
+    assert len(folds) > 1
+    each = np.stack([load_trained_head(f).predict_tiles(adata.obsm["X_toy"][:7])
+                     for f in folds])
+    np.testing.assert_allclose(new.layers["predicted_sd"], each.std(axis=0), rtol=1e-4,
+                               atol=1e-5)
+    np.testing.assert_allclose(new.X, each.mean(axis=0), rtol=1e-4, atol=1e-5)
 
 
 def test_cli_bad_input_is_one_line_and_status_2(tmp_path, monkeypatch, capsys):
@@ -568,3 +578,59 @@ def test_her2st_leave_one_section_out(her2st, tmp_path):
         all_mean = adata.X.astype(np.float64).mean(axis=0)
         differs += expected != set(adata.var_names[np.argsort(-all_mean, kind="stable")[:50]])
     assert differs >= 1  # so selecting on all spots would have been caught
+
+
+# -- networks apart from their Lightning wrappers -------------------------------------------
+def test_saved_heads_hold_the_network_keys_of_before_and_load_without_lightning(tmp_path):
+    """``head.safetensors`` keeps the key names the LightningModule saved before the split
+    (models trained then still load), and loading a head never imports Lightning."""
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    from slide2expr.train.heads import MLPHead
+    from slide2expr.train.nets import MLPNet
+    from slide2expr.train.trained import load_fold_head, save_head
+
+    torch.manual_seed(0)
+    head = MLPHead(in_dim=5, n_genes=3, hidden=4)
+    save_head(head, tmp_path / "fold0", meta={"head": "mlp", "genes": ["A", "B", "C"],
+                                              "hparams": {"in_dim": 5, "n_genes": 3,
+                                                          "hidden": 4, "lr": 0.01}})
+    keys = set(load_file(str(tmp_path / "fold0" / "head.safetensors")))
+    assert keys == {"feature_mean", "feature_std", "target_mean", "target_std",
+                    "net.1.weight", "net.1.bias", "net.4.weight", "net.4.bias"}
+    net, _ = load_fold_head(tmp_path / "fold0")
+    assert isinstance(net, MLPNet) and not net.training
+    x = torch.randn(7, 5)
+    torch.testing.assert_close(net.tile_outputs(x), head.eval().tile_outputs(x))
+    code = ("import sys; from slide2expr.train.trained import load_trained_head; "
+            f"h = load_trained_head({str(tmp_path / 'fold0')!r}); "
+            "print(sorted(m for m in ('pytorch_lightning', 'lightning', 'torchmetrics') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def test_pearson_loss_term_is_one_minus_the_mean_per_gene_r_and_is_used_when_weighted(tmp_path):
+    from slide2expr.train.heads.base import batch_pearson
+
+    rng = np.random.default_rng(0)
+    target = rng.normal(size=(40, 3))
+    pred = np.stack([target[:, 0], -target[:, 1], rng.normal(size=40)], axis=1)
+    expected = np.mean([np.corrcoef(pred[:, g], target[:, g])[0, 1] for g in range(3)])
+    got = float(batch_pearson(torch.tensor(pred), torch.tensor(target)))
+    assert got == pytest.approx(expected, abs=1e-6)
+    constant = torch.zeros(10, 2)
+    assert torch.isfinite(batch_pearson(constant, torch.randn(10, 2)))
+
+    # the weight reaches the loss: same seed and data, different predictions, still learning
+    adata = planted_dataset()
+    plain, _, _ = _train(adata, tmp_path, name="mse")
+    mixed, _, _ = _train(adata, tmp_path, name="pearson", pearson_weight=1.0)
+    assert not np.allclose(plain.layers["predicted"], mixed.layers["predicted"])
+    sig = [g.startswith("SIG") for g in mixed.var_names]
+    r = pearson_columns(mixed.layers["predicted"][:, sig], np.asarray(mixed.X)[:, sig])
+    assert np.nanmean(r) > 0.3

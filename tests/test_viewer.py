@@ -178,7 +178,7 @@ def test_uncertainty_hook_gives_a_spread_layer(cohort: Path) -> None:
     from slide2expr.viewer.layers import gene_layer, tile_grid, tile_spread
 
     tmap = read_tile_map(cohort / "heatmaps" / "mlp" / "S1.h5ad")
-    assert tile_spread(tmap) is None  # today's tile maps carry one prediction per tile
+    assert tile_spread(tmap) is None  # a map painted by one model has no spread
     tmap.spread = np.abs(tmap.values - tmap.values.mean(axis=0)) + 0.01
     spread = tile_spread(tmap)
     assert spread is not None and spread.shape == tmap.values.shape

@@ -102,3 +102,47 @@ def test_demo_heatmaps_and_manifest(demo_run: Path) -> None:
 
     manifest = json.loads((demo_run / "results" / "manifest.json").read_text())
     assert manifest["config"]["mode"] == "spot"
+
+
+def test_her2st_with_heatmaps_plans_grid_context_for_the_context_head(tmp_path: Path,
+                                                                      her2st: Path) -> None:
+    """The her2st config with heatmaps on: the context head (inputs spot, ctx300, ctx1000,
+    nbr300, slide) paints maps from grid_ctx{um} windows centred on the grid tiles, tiled
+    and extracted once per slide and window; its heatmap reads the dataset (slide vector).
+    With heatmaps off the DAG has no grid context at all."""
+    import yaml
+
+    shutil.copytree(REPO / "config", tmp_path / "config")
+    config = tmp_path / "config" / "benchmarks" / "her2st.yaml"
+    n = len([line for line in (tmp_path / "config" / "benchmarks" / "her2st_samples.tsv")
+             .read_text().splitlines() if line and not line.startswith(("#", "sample_id"))])
+
+    def plan(enabled: bool) -> tuple[dict[str, int], str]:
+        override = tmp_path / f"heatmap_{enabled}.yaml"
+        override.write_text(yaml.safe_dump({"data_root": str(her2st),
+                                            "heatmap": {"enabled": enabled}}))
+        result = snakemake(tmp_path, "-n", "-p", "--configfile", str(config), str(override))
+        assert result.returncode == 0, result.stderr[-4000:]
+        out = result.stdout + result.stderr
+        counts = {line.split()[0]: int(line.split()[-1]) for line in out.splitlines()
+                  if len(line.split()) == 2 and line.split()[-1].isdigit()}
+        return counts, out
+
+    counts, out = plan(True)
+    assert counts["grid_context_tiles"] == 2 * n          # ctx300 and ctx1000, per slide
+    assert counts["heatmap"] == 2 * n                      # mlp and context, per slide
+    # spots, ctx300, ctx1000, grid, grid_ctx300, grid_ctx1000: one extraction each
+    assert counts["extract"] == 6 * n
+    for um in (300, 1000):
+        assert f"results/features/efficientnet_lite0/grid_ctx{um}/C2.h5" in out
+    context_jobs = [line for line in out.splitlines()
+                    if "slide2expr heatmap " in line and "models/context" in line]
+    mlp_jobs = [line for line in out.splitlines()
+                if "slide2expr heatmap " in line and "models/mlp" in line]
+    assert len(context_jobs) == len(mlp_jobs) == n
+    assert all("--dataset results/dataset.h5ad" in line for line in context_jobs)
+    assert not any("--dataset" in line for line in mlp_jobs)  # spot-only: no context read
+
+    counts, _ = plan(False)
+    assert "grid_context_tiles" not in counts and "heatmap" not in counts
+    assert counts["extract"] == 3 * n

@@ -29,6 +29,9 @@ class Key:
     # layers
     COUNTS: Final = "counts"
     PREDICTED: Final = "predicted"
+    #: The spread (standard deviation, ``ddof=0``) of the ensemble members' or fold models'
+    #: predictions around ``predicted``: ``predictions/{head}.h5ad`` and the tile maps.
+    PREDICTED_SD: Final = "predicted_sd"
     # var
     GENE_IDS: Final = "gene_ids"
     # uns

@@ -90,16 +90,20 @@ HEATMAP = config["heatmap"]
 HEADS = list(TRAIN["heads"])
 # Which heads fit which mode is checked once, by the package (slide2expr.settings).
 check_heads_fit_mode(HEADS, MODE)
-# Heatmaps apply a head to grid tiles, which have no context blocks (yet): refuse early.
-_CONTEXT_HEADS = [h for h in HEADS
-                  if list((TRAIN.get("head_inputs") or {}).get(h) or TRAIN.get("inputs") or
-                          ["spot"]) != ["spot"]]
-if config["heatmap"]["enabled"] and _CONTEXT_HEADS:
-    raise ValueError(
-        f"config: heads {_CONTEXT_HEADS} take context inputs (train.inputs/head_inputs), which "
-        "grid tiles do not have yet, so they cannot paint heatmaps; set heatmap.enabled: false "
-        "or give those heads inputs [spot]"
-    )
+# The input blocks of each head (train.head_inputs, else train.inputs). A head with context
+# blocks paints heatmaps from the same blocks built on the grid tiles
+# (slide2expr.heatmap.context): ctx{um} from grid_ctx{um} windows centred on each grid tile
+# (tiles/grid_ctx{um}/, extracted once like any tiling), nbr{r} and slide from the grid
+# features (slide: the dataset's vector for a slide with spots).
+HEAD_INPUTS = {h: list((TRAIN.get("head_inputs") or {}).get(h) or TRAIN.get("inputs") or ["spot"])
+               for h in HEADS}
+
+
+def grid_context_tilings(head):
+    """The grid_ctx{um} tilings a head's heatmaps need (none for a spot-only head)."""
+    return [f"grid_{b}" for b in HEAD_INPUTS.get(head, []) if re.fullmatch(r"ctx[0-9]+", b)]
+
+
 # The encoder whose features are joined: join.encoder, else the first of extract.encoders.
 # In an encoder sweep (several extract.encoders) each encoder is joined: results/{encoder}/.
 JOIN_ENCODER = JOIN.get("encoder") or SWEEP_ENCODERS[0]
@@ -239,11 +243,23 @@ def fill_wildcards(pattern, wildcards):
 
 def heatmap_model_inputs(wildcards):
     """The slide's grid features and the trained head (its predictions file is the train
-    stage's last output, so the models folder is complete)."""
-    return {
-        "features": f"{RESULTS}/features/{join_encoder(wildcards)}/grid/{wildcards.sample}.h5",
+    stage's last output, so the models folder is complete); for a head with context inputs
+    also its grid_ctx{um} features and (slide block, spot mode) the dataset, whose slide
+    vector a slide with spots gets."""
+    features = f"{RESULTS}/features/{join_encoder(wildcards)}/{{tiling}}/{wildcards.sample}.h5"
+    inputs = {
+        "features": features.format(tiling="grid"),
         "trained": fill_wildcards(f"{ENC_RESULTS}/predictions/{{head}}.h5ad", wildcards),
     }
+    for tiling in grid_context_tilings(wildcards.head):
+        inputs[tiling] = features.format(tiling=tiling)
+    if MODE == "spot" and "slide" in HEAD_INPUTS.get(wildcards.head, []):
+        inputs["dataset"] = fill_wildcards(f"{ENC_RESULTS}/dataset.h5ad", wildcards)
+    return inputs
+
+
+def heatmap_dataset_arg(wildcards, input):
+    return f"--dataset {input.dataset}" if "dataset" in input.keys() else ""
 
 
 def heatmap_report_input(wildcards):

@@ -5,6 +5,9 @@
 # With heatmap.shared_scale every slide's map is needed before any is drawn (one colour scale
 # per gene across the cohort), so the job splits in two around heatmap_scale:
 #   heatmap_map (tile map) -> heatmap_scale (heatmaps/{head}/scale.tsv) -> heatmap (draw)
+# A head with context inputs (train.head_inputs) also reads its blocks on the grid tiles:
+# features/{encoder}/grid_ctx{um}/ (rule grid_context_tiles + extract) and, for the slide
+# block, the dataset (heatmap_model_inputs in common.smk; slide2expr.heatmap.context).
 # Config: the `heatmap` section and tiling.tissue (workflow/schemas/, config/README.md).
 
 HEATMAP_CONFIG = config_json("heatmap", "tiling.tissue", "default_slide_mpp")
@@ -38,6 +41,7 @@ if not HEATMAP["shared_scale"]:
             models=lambda w: fill_wildcards(f"{ENC_RESULTS}/models/{{head}}", w),
             out=lambda w, output: os.path.dirname(output.geojson),
             args=heatmap_draw_args,
+            dataset=heatmap_dataset_arg,
             cfg=HEATMAP_CONFIG,
         log:
             HEATMAP_LOG,
@@ -52,7 +56,8 @@ if not HEATMAP["shared_scale"]:
         shell:
             "slide2expr heatmap {input.features} --model-dir {params.models} "
             "--slide {input.slide} --sample-id {wildcards.sample} -o {params.out} "
-            "{params.args} --threads {threads} --config-json {params.cfg} > {log} 2>&1"
+            "{params.args} {params.dataset} --threads {threads} --config-json {params.cfg} "
+            "> {log} 2>&1"
 
 else:
 
@@ -66,6 +71,7 @@ else:
         params:
             models=lambda w: fill_wildcards(f"{ENC_RESULTS}/models/{{head}}", w),
             out=lambda w, output: os.path.dirname(output[0]),
+            dataset=heatmap_dataset_arg,
         log:
             f"{RESULTS}/logs/heatmap_map/{ENC_TAG}{{head}}/{{sample}}.log",
         benchmark:
@@ -78,7 +84,8 @@ else:
             CONDA_ENV
         shell:
             "slide2expr heatmap {input.features} --model-dir {params.models} -o {params.out} "
-            "--sample-id {wildcards.sample} --map-only --threads {threads} > {log} 2>&1"
+            "--sample-id {wildcards.sample} {params.dataset} --map-only --threads {threads} "
+            "> {log} 2>&1"
 
     rule heatmap_scale:
         input:

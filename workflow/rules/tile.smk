@@ -59,3 +59,27 @@ rule context_tiles:
         CONDA_ENV
     shell:
         "slide2expr context-tiles {input} --um {wildcards.um} -o {output} > {log} 2>&1"
+
+
+# Grid context windows (heatmaps of heads with ctx{um} inputs): one window of {um}
+# micrometres centred on each grid tile, derived from the grid tiles, extracted like any
+# tiling (features/{encoder}/grid_ctx{um}/). Only in the DAG when such a head paints maps.
+rule grid_context_tiles:
+    input:
+        f"{RESULTS}/tiles/grid/{{sample}}.h5",
+    output:
+        f"{RESULTS}/tiles/grid_ctx{{um}}/{{sample}}.h5",
+    wildcard_constraints:
+        um=r"[0-9]+",
+    log:
+        f"{RESULTS}/logs/tile/grid_ctx{{um}}/{{sample}}.log",
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    group:
+        "tile"
+    conda:
+        CONDA_ENV
+    shell:
+        "slide2expr context-tiles {input} --um {wildcards.um} -o {output} > {log} 2>&1"

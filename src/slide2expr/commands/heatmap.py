@@ -47,6 +47,9 @@ def heatmap(
                                     "predicted at this slide's spots."),
     sample_id: str | None = typer.Option(None, "--sample-id",
                                          help="Sample ID (default: from the features file)."),
+    dataset: Path | None = typer.Option(
+        None, "--dataset", help="dataset.h5ad of the run: a context head's slide vector for a "
+                                "slide with spots (default: the grid tiles' mean)."),
     fold: int | None = typer.Option(None, "--fold", help="Use this fold's model only (default: "
                                                          "the fold that held the slide out, "
                                                          "else the average of all folds)."),
@@ -68,7 +71,7 @@ def heatmap(
                                   help="Only write the tile map {sample}.h5ad, draw nothing."),
     default_mpp: float | None = typer.Option(None, "--default-mpp",
                                              help="um/px if neither slide nor features have one."),
-    mask_mpp: float = typer.Option(4.0, help="Tissue: mask resolution, um/px."),
+    mask_mpp: float = typer.Option(8.0, help="Tissue: mask resolution, um/px."),
     min_saturation: float = typer.Option(0.07, help="Tissue: saturation floor."),
     closing_um: float = typer.Option(40.0, help="Tissue: closing radius, um."),
     min_object_um2: float = typer.Option(20000.0, help="Tissue: smallest fragment kept, um^2."),
@@ -87,7 +90,8 @@ def heatmap(
         import torch
 
         torch.set_num_threads(threads)
-    tmap, predicted = load_or_predict(source, model_dir=model_dir, sample_id=sample_id, fold=fold)
+    tmap, predicted = load_or_predict(source, model_dir=model_dir, sample_id=sample_id, fold=fold,
+                                      dataset=dataset)
     if map_only:
         if not predicted:
             raise InputError(source, "is already a tile map", "drop --map-only")

@@ -38,7 +38,7 @@ def tile(
     tile_px: int = typer.Option(224, help="Tile edge in pixels at the read-out resolution."),
     min_tissue: float = typer.Option(0.5, help="Minimum tissue fraction of a grid tile."),
     spot_diameter_um: float = typer.Option(112.0, help="Spot patch edge, um."),
-    mask_mpp: float = typer.Option(4.0, help="Resolution of the tissue mask, um/px."),
+    mask_mpp: float = typer.Option(8.0, help="Resolution of the tissue mask, um/px."),
     min_saturation: float = typer.Option(0.07, help="Saturation floor for tissue."),
     closing_um: float = typer.Option(40.0, help="Morphological closing radius, um."),
     min_object_um2: float = typer.Option(20000.0, help="Smallest tissue fragment kept, um^2."),

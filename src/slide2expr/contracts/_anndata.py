@@ -11,7 +11,7 @@ from slide2expr.errors import InputError
 from slide2expr.keys import Key
 
 
-def read_anndata(path: str | Path, *, what: str, fix: str) -> Any:
+def read_anndata(path: str | Path, *, what: str, fix: str, images: bool = True) -> Any:
     """Read an ``.h5ad``; a missing or unreadable file becomes one :class:`InputError`.
 
     Parameters
@@ -22,15 +22,35 @@ def read_anndata(path: str | Path, *, what: str, fix: str) -> Any:
         What it should be (``"predictions file"``), for the message.
     fix
         What the user should do if it is not.
+    images
+        False: leave out the ``uns['spatial'][library]['images']`` (each library's
+        ``images`` is read as ``{}``). They are most of a small dataset's bytes and take ~8x
+        longer to decompress than the rest; readers that need no H&E image skip them.
     """
     import anndata as ad
 
     path = require_file(path, what=what, fix=fix)
     try:
-        return ad.read_h5ad(path)
+        return ad.read_h5ad(path) if images else _read_without_images(path)
     except Exception as exc:  # anndata/h5py raise many types
         raise InputError(path, f"is not a readable {what} ({type(exc).__name__}: {exc})",
                          fix) from exc
+
+
+def _read_without_images(path: Path) -> Any:
+    """``anndata.read_h5ad`` that reads every ``uns/spatial/*/images`` group as ``{}``."""
+    import h5py
+    from anndata.experimental import read_dispatched
+
+    prefix = f"/uns/{Key.SPATIAL_UNS}/"
+
+    def callback(read: Any, name: str, elem: Any, iospec: Any) -> Any:
+        if name.startswith(prefix) and name.endswith("/images") and name.count("/") == 4:
+            return {}
+        return read(elem)
+
+    with h5py.File(path, "r") as f:
+        return read_dispatched(f, callback)
 
 
 def write_anndata(adata: Any, path: str | Path) -> Path:

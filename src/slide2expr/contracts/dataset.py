@@ -32,6 +32,7 @@ import numpy as np
 
 from slide2expr.contracts._anndata import read_anndata, write_anndata
 from slide2expr.contracts._h5 import check_format
+from slide2expr.errors import InputError
 from slide2expr.keys import Key
 
 log = logging.getLogger(__name__)
@@ -65,3 +66,41 @@ def uns_storable(value: Any) -> Any:
     if isinstance(value, np.generic):
         return value.item()
     return value
+
+
+def read_section_rows(path: str | Path, key: str, sample_id: str) -> np.ndarray | None:
+    """The rows of ``obsm[key]`` that belong to ``sample_id``, without loading the dataset.
+
+    The heatmap stage reads a section's slide vector (``obsm['X_{encoder}_slide']``) this way,
+    so that a training slide's map uses the vector its spots were trained with.
+
+    Returns
+    -------
+    numpy.ndarray or None
+        ``(n, D)`` float32, or None when the section has no units in the dataset.
+
+    Raises
+    ------
+    InputError
+        If the file is not a dataset or lacks ``obsm[key]`` or ``obs['sample_id']``.
+    """
+    import anndata as ad
+    import h5py
+
+    from slide2expr.contracts._h5 import require_file
+
+    fix = "run (or re-run) the join stage"
+    path = require_file(path, what="dataset file", fix=fix)
+    try:
+        with h5py.File(path, "r") as f:
+            if f"obsm/{key}" not in f or f"obs/{Key.SAMPLE_ID}" not in f:
+                raise InputError(path, f"has no obsm[{key!r}] or obs['sample_id']",
+                                 f"{fix} with the context blocks the head was trained on")
+            sections = np.asarray(ad.io.read_elem(f[f"obs/{Key.SAMPLE_ID}"]), dtype=str)
+            rows = np.flatnonzero(sections == str(sample_id))
+            if not len(rows):
+                return None
+            return np.asarray(f[f"obsm/{key}"][rows[0]:rows[-1] + 1], dtype=np.float32)[
+                rows - rows[0]]
+    except OSError as exc:
+        raise InputError(path, f"is not a readable dataset file ({exc})", fix) from exc

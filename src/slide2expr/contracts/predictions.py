@@ -3,7 +3,11 @@
 Contract: the dataset's ``obs`` (units) and ``var`` (the union of the genes the folds
 predicted, with ``n_folds_modelled`` and ``train_mean``); ``X`` = the measured values (the
 dataset's X), ``layers['predicted']`` (the head's out-of-fold predictions, NaN where no fold
-predicted a gene), ``layers['baseline_{name}']`` (ridge, hest, mean), ``obs['fold']`` (the fold
+predicted a gene), ``layers['predicted_sd']`` (:attr:`~slide2expr.keys.Key.PREDICTED_SD`;
+only with ``train.ensemble > 1``: the standard deviation, ``ddof=0``, of the fold's ensemble
+members' predictions around ``predicted``, so two members at ``m - d`` and ``m + d`` give
+``d``; absent with one member per fold, as each unit is predicted by the one fold that held
+it out), ``layers['baseline_{name}']`` (ridge, hest, mean), ``obs['fold']`` (the fold
 that held the unit out, :data:`~slide2expr.keys.NOT_HELD_OUT` for training-only units),
 ``obsm['spatial']`` in spot mode, and ``uns['slide2expr']`` provenance (head, config, folds).
 ``slide2expr predict`` writes the same layout for new slides (``X`` = predictions).
@@ -37,12 +41,18 @@ def read_predictions(path: str | Path, *, need: tuple[str, ...] = (Key.FOLD,)) -
         ``obs``/``obsm`` keys the caller needs besides ``layers['predicted']`` and
         ``obs['sample_id']`` (e.g. ``spatial`` for spot maps).
 
+    Returns
+    -------
+    anndata.AnnData
+        Without the H&E images of ``uns['spatial']`` (each library's ``images`` is ``{}``):
+        no reader of predictions needs them (``slide2expr export`` reads the file itself).
+
     Raises
     ------
     InputError
         If the file is unreadable, lacks what is needed, or is empty.
     """
-    adata = read_anndata(path, what="predictions file", fix=FIX)
+    adata = read_anndata(path, what="predictions file", fix=FIX, images=False)
     check_format(path, dict(adata.uns.get(Key.PROVENANCE, {})), CONTRACT, (VERSION,))
     if Key.PREDICTED not in adata.layers:
         raise InputError(path, "has no layers['predicted']",

@@ -4,8 +4,14 @@ Contract: one row per tile of the features file (grid tiling for heatmaps), in i
 ``X`` float32 ``(N, G)`` predicted expression in the model's units (log1p CP10k), one column
 per gene the model predicts; ``obsm['spatial']`` float64 tile centres in level-0 px (x, y);
 ``obsm['coords']`` int64 top-left corners (as in the tiles file); ``obs`` ``x``, ``y``
-(centres) and ``spot_id`` when the features carry spot IDs; ``uns['slide2expr']['heatmap']``:
-sample, model directory, head, kind, folds used, encoder, units, tiling attrs.
+(centres) and ``spot_id`` when the features carry spot IDs; ``layers['predicted_sd']``
+float32 ``(N, G)`` (:attr:`slide2expr.keys.Key.PREDICTED_SD`), when the map averages several
+models: the standard deviation (``ddof=0``) of their predictions at each tile, i.e. of the
+ensemble members of the fold that held the slide out, or of every fold model (and member)
+on a new slide; absent when one model painted the map (``TileMap.spread`` is None; the
+viewer's uncertainty layer is then unavailable). ``uns['slide2expr']['heatmap']``: sample,
+model directory, head, kind, folds used, ``n_models`` averaged, encoder, units, tiling attrs,
+and for a context head its ``inputs`` and ``slide_block`` (:mod:`slide2expr.heatmap.context`).
 """
 
 from __future__ import annotations
@@ -56,6 +62,9 @@ class TileMap:
         Tiling and provenance attributes (sample_id, slide_mpp, level0_width, ...).
     spot_ids
         Spot IDs when the features are spot patches.
+    spread
+        ``(N, G)`` float32 standard deviation of the averaged models' predictions (the
+        viewer's uncertainty layer), or None when one model painted the map.
     """
 
     values: np.ndarray
@@ -64,6 +73,7 @@ class TileMap:
     tile_size0: float
     attrs: dict[str, Any]
     spot_ids: np.ndarray | None = None
+    spread: np.ndarray | None = None
 
     @property
     def centres(self) -> np.ndarray:
@@ -97,6 +107,8 @@ def tile_map_to_anndata(tmap: TileMap) -> Any:
     adata = ad.AnnData(X=np.ascontiguousarray(tmap.values, dtype=np.float32), obs=obs, var=var)
     adata.obsm[Key.SPATIAL] = centres
     adata.obsm[Key.COORDS] = tmap.coords
+    if tmap.spread is not None:
+        adata.layers[Key.PREDICTED_SD] = np.ascontiguousarray(tmap.spread, dtype=np.float32)
     adata.uns[Key.PROVENANCE] = {"heatmap": storable_attrs(
         tmap.attrs | {"tile_size0": tmap.tile_size0} | format_stamp(CONTRACT, VERSION))}
     return adata
@@ -127,13 +139,16 @@ def read_tile_map(path: str | Path) -> TileMap:
     check_format(path, attrs, CONTRACT, (VERSION,))
     attrs.pop(FORMAT_ATTR, None)
     spot_ids = adata.obs[Key.SPOT_ID].to_numpy(str) if "spot_id" in adata.obs else None
+    spread = (np.asarray(adata.layers[Key.PREDICTED_SD], dtype=np.float32)
+              if Key.PREDICTED_SD in adata.layers else None)
     return TileMap(values=np.asarray(adata.X, dtype=np.float32), genes=list(map(str, adata.var_names)),
                    coords=coords, tile_size0=float(attrs["tile_size0"]), attrs=attrs,
-                   spot_ids=spot_ids)
+                   spot_ids=spot_ids, spread=spread)
 
 
 def subset_genes(tmap: TileMap, genes: Sequence[str]) -> TileMap:
     """A copy of ``tmap`` with only ``genes`` (in that order)."""
     idx = [tmap.genes.index(g) for g in genes]
     return TileMap(values=tmap.values[:, idx], genes=list(genes), coords=tmap.coords,
-                   tile_size0=tmap.tile_size0, attrs=tmap.attrs, spot_ids=tmap.spot_ids)
+                   tile_size0=tmap.tile_size0, attrs=tmap.attrs, spot_ids=tmap.spot_ids,
+                   spread=None if tmap.spread is None else tmap.spread[:, idx])

@@ -8,7 +8,10 @@ tile's top-left corner; attrs ``slide_mpp``, ``mpp_source``, ``target_mpp``, ``t
 tilings ``tiles/ctx{um}/`` (:mod:`slide2expr.tile.context`) hold one window of ``context_um``
 micrometres per spot, in the spot tiling's order, with ``spot_ids``, attrs ``context_um``,
 ``padding`` (``"white"``), ``n_padded`` and dataset ``pad_fraction`` ``(N,)``: windows past
-the slide edge are padded, never shifted. Grid mode adds the attrs
+the slide edge are padded, never shifted. Grid context tilings ``tiles/grid_ctx{um}/``
+(heatmaps of context heads) are the same windows centred on each grid tile, in the grid
+tiling's order, without ``spot_ids`` (attr ``tiling`` = ``"grid_ctx{um}"``). Grid mode adds
+the attrs
 ``tissue_mask_source`` (the image the tissue mask was computed on: ``"level N"``,
 ``"thumbnail"`` or ``"image, JPEG-decoded at 1/8"``, with ``", reduced Fx"`` after a box
 reduction), ``tissue_mask_mpp`` (the mask's resolution, um/px) and ``mask_downsample``. The

@@ -172,14 +172,10 @@ def _region_labels(spec: DemoSpec, rng: np.random.Generator) -> np.ndarray:
 
 def _render(labels: np.ndarray, spec: DemoSpec, rng: np.random.Generator) -> np.ndarray:
     size = spec.size_px
-    full = np.kron(labels, np.ones((LABEL_DOWNSAMPLE, LABEL_DOWNSAMPLE), dtype=np.uint8))
-    palette = np.array([[243, 241, 244], [236, 170, 198], [206, 160, 212]], dtype=np.float32)
-    img = palette[full]
     # Fibrous stroma: anisotropic low-frequency streaks.
     streaks = ndimage.gaussian_filter(rng.normal(size=(size // 4, size // 4)), sigma=(0.6, 6))
-    streaks = np.kron(streaks / (streaks.std() + 1e-6), np.ones((4, 4)))[:size, :size]
-    img[full == STROMA] += (streaks[full == STROMA, None] * np.array([6, 14, 10]))
-    canvas = Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
+    streaks = streaks / (streaks.std() + 1e-6)
+    canvas = Image.fromarray(_base_colours(labels, streaks, size))
     draw = ImageDraw.Draw(canvas)
     um = 1.0 / spec.mpp  # pixels per micrometre
     for label, count, radius_um, colour, elongation in (
@@ -199,6 +195,30 @@ def _render(labels: np.ndarray, spec: DemoSpec, rng: np.random.Generator) -> np.
     out = np.asarray(canvas).astype(np.int16)
     out += rng.integers(-6, 7, size=out.shape, dtype=np.int16)
     return np.clip(out, 0, 255).astype(np.uint8)
+
+
+def _base_colours(labels: np.ndarray, streaks: np.ndarray, size: int) -> np.ndarray:
+    """The region colours at level 0, stroma streaked: ``(size, size, 3)`` uint8.
+
+    Computed in bands of rows so the float intermediates stay small (the same arithmetic,
+    pixel for pixel, as on the whole image at once, at a fraction of the memory traffic).
+    """
+    palette = np.array([[243, 241, 244], [236, 170, 198], [206, 160, 212]], dtype=np.float32)
+    tint = np.array([6, 14, 10])
+    out = np.empty((size, size, 3), dtype=np.uint8)
+    band = 64 * LABEL_DOWNSAMPLE  # a multiple of the label and streak block sizes
+    for y0 in range(0, size, band):
+        y1 = min(y0 + band, size)
+        full = np.repeat(np.repeat(labels[y0 // LABEL_DOWNSAMPLE:-(-y1 // LABEL_DOWNSAMPLE)],
+                                   LABEL_DOWNSAMPLE, 0), LABEL_DOWNSAMPLE, 1)[: y1 - y0, :size]
+        img = palette[full]
+        streak = np.repeat(np.repeat(streaks[y0 // 4:-(-y1 // 4)], 4, 0), 4, 1)[
+            : y1 - y0, :size]
+        stroma = full == STROMA
+        img[stroma] += streak[stroma, None] * tint
+        np.clip(img, 0, 255, out=img)
+        out[y0:y1] = img.astype(np.uint8)
+    return out
 
 
 def _write_pyramid_tiff(path: Path, image: np.ndarray, mpp: float) -> None:

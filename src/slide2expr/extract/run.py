@@ -291,8 +291,8 @@ def extract_features(
         An H&E image to fit the reference on; None: the fixed reference.
     views
         Augmentation views (:data:`slide2expr.extract.stain.VIEWS`) embedded beside each tile
-        into ``views/{name}`` of the features file; none for a ``grid`` tiling (heatmaps use
-        no views). Each view costs one more forward pass per tile.
+        into ``views/{name}`` of the features file; none for a ``grid`` or ``grid_ctx{um}``
+        tiling (heatmaps use no views). Each view costs one more forward pass per tile.
     resume
         Continue a partial file left by an interrupted run with the same inputs.
     progress
@@ -327,7 +327,8 @@ def extract_features(
                                           slide_mpp=slide_mpp, reference=stain_reference)
     attrs.update(stain_attrs)
     views = check_views(tuple(views))
-    if views and tileset.attrs.get("mode") == "grid":
+    if views and (tileset.attrs.get("mode") == "grid"
+                  or str(tileset.attrs.get("tiling", "")).startswith("grid")):
         log.info("grid tiling: no augmentation views (they are for training units)")
         views = ()
     if threads is not None:

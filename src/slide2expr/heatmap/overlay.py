@@ -17,6 +17,10 @@ import numpy as np
 from slide2expr.atomic import atomic_output
 from slide2expr.errors import InputError
 
+#: zlib level of the overlay PNGs: 1 writes a 2000-px overlay ~4x faster than PIL's 6 for
+#: ~20% more bytes (benchmarks/png_levels.py; docs/benchmarks.md).
+PNG_COMPRESS_LEVEL = 1
+
 #: Margins around the thumbnail in the PNG, px (times max(1, longest side / 1000)).
 MARGIN = 12
 TITLE_PX = 46
@@ -183,7 +187,8 @@ def save_overlay_png(path: str | Path, image: np.ndarray, *, downsample: float, 
     }.items():
         info.add_text(key, value)
     with atomic_output(path) as tmp:
-        Image.fromarray(frame).save(tmp, format="PNG", pnginfo=info, compress_level=6)
+        Image.fromarray(frame).save(tmp, format="PNG", pnginfo=info,
+                                   compress_level=PNG_COMPRESS_LEVEL)
 
 
 def _scale_bar(fig, *, w: int, width: int, height: int, um_per_px: float, x0: float,

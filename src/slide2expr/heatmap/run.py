@@ -29,6 +29,7 @@ from slide2expr.atomic import atomic_outputs
 from slide2expr.contracts.features import read_features
 from slide2expr.contracts.models import held_out_fold
 from slide2expr.errors import InputError
+from slide2expr.heatmap.context import grid_input_matrix, head_input_blocks
 from slide2expr.heatmap.gene_choice import gene_filenames, select_genes
 from slide2expr.heatmap.geojson import (
     CLIP_NOTE,
@@ -51,6 +52,7 @@ from slide2expr.heatmap.tilemap import (
 )
 from slide2expr.inputs.samples import check_sample_id
 from slide2expr.inputs.slides import Slide, open_slide
+from slide2expr.keys import SPOT_BLOCK
 from slide2expr.tile.tissue import TissueParams, detect_tissue
 
 log = logging.getLogger(__name__)
@@ -116,7 +118,8 @@ def is_tile_map(path: str | Path) -> bool:
 
 
 def load_or_predict(input_path: str | Path, *, model_dir: str | Path | None,
-                    sample_id: str | None = None, fold: int | None = None) -> tuple[TileMap, bool]:
+                    sample_id: str | None = None, fold: int | None = None,
+                    dataset: str | Path | None = None) -> tuple[TileMap, bool]:
     """The tile map of one slide: read it (``.h5ad``) or predict it from features (``.h5``).
 
     For a features file the model comes from ``model_dir`` (``load_trained_head``): on a
@@ -124,6 +127,13 @@ def load_or_predict(input_path: str | Path, *, model_dir: str | Path | None,
     ``splits.tsv``), on a new slide (or one every fold trained on) the average of the fold
     models; ``fold`` forces one fold. How the model was used is recorded in the map's
     ``attrs['model_use']`` and the overlay subtitles.
+
+    A head trained with context inputs (``head.json`` ``inputs``) gets the same blocks built
+    on the grid tiles (:mod:`slide2expr.heatmap.context`): the ``grid_ctx{um}`` features
+    beside ``input_path``, neighbour means of the grid tiles, and the slide vector, taken
+    from ``dataset`` (``dataset.h5ad``) when the slide has spots there. With several models
+    averaged (fold models, ensemble members) the map carries their spread
+    (``TileMap.spread``).
 
     Returns
     -------
@@ -154,7 +164,7 @@ def load_or_predict(input_path: str | Path, *, model_dir: str | Path | None,
     head = load_trained_head(model_dir, fold=fold)
     n_members = len(getattr(head, "members", [])) or 1
     if n_members > 1:
-        use = f"{use}: average of {n_members} fold models"
+        use = f"{use}: average of {n_members} models (folds, ensemble members)"
     provenance = {
         "model_dir": str(Path(model_dir)), "head": getattr(head, "head", "model"),
         "kind": getattr(head, "kind", ""), "model_use": use,
@@ -165,9 +175,18 @@ def load_or_predict(input_path: str | Path, *, model_dir: str | Path | None,
         raise InputError(input_path, f"has {features.attrs['encoder']} features but the model "
                          f"was trained on {head.meta['encoder']}",
                          f"use features from the {head.meta['encoder']} encoder")
+    provenance["n_models"] = n_members
+    blocks = head_input_blocks(getattr(head, "meta", {}), source=model_dir)
+    inputs = None
+    if blocks != [SPOT_BLOCK]:
+        inputs, record = grid_input_matrix(features, blocks, features_path=input_path,
+                                           encoder=getattr(head, "meta", {}).get("encoder"),
+                                           dataset=dataset)
+        provenance.update(record)
     log.info("%s: predicting %d genes on %d tiles with %s (%s)", sample, len(head.genes),
              len(features), provenance["head"], use)
-    return predict_tile_map(features, head, provenance=provenance, source=input_path), True
+    return predict_tile_map(features, head, provenance=provenance, source=input_path,
+                            inputs=inputs), True
 
 
 def tissue_mask(thumbnail: np.ndarray, downsample: float, *, mpp: float,

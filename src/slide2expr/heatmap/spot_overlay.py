@@ -20,7 +20,7 @@ import numpy as np
 from slide2expr.atomic import atomic_output
 from slide2expr.contracts.features import spot_diameter_level0
 from slide2expr.contracts.predictions import read_predictions
-from slide2expr.heatmap.overlay import OverlayStyle, colormap
+from slide2expr.heatmap.overlay import PNG_COMPRESS_LEVEL, OverlayStyle, colormap
 from slide2expr.heatmap.scale import robust_limits
 from slide2expr.keys import Key
 
@@ -164,7 +164,7 @@ def draw_spot_comparison(path: str | Path, spots: SpotValues, *, thumbnail: np.n
     fig.suptitle(f"{sample_id}: measured vs predicted at the spots"
                  + (f" ({model})" if model else ""), fontsize=10)
     with atomic_output(path) as tmp:
-        fig.savefig(tmp, format="png")
+        fig.savefig(tmp, format="png", pil_kwargs={"compress_level": PNG_COMPRESS_LEVEL})
     return rs
 
 

@@ -35,9 +35,20 @@ class TileModel(Protocol):
         """``(N, D)`` features -> ``(N, G)`` expression, columns in :attr:`genes`."""
 
 
+def _predict(model: TileModel, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """The model's predictions and, when it averages several models
+    (``predict_tiles_spread``, e.g. :class:`slide2expr.train.trained.TrainedHead`), their
+    spread; None otherwise."""
+    if hasattr(model, "predict_tiles_spread"):
+        values, spread = model.predict_tiles_spread(x)
+        return values, None if spread is None else np.asarray(spread, dtype=np.float32)
+    return model.predict_tiles(x), None
+
+
 def predict_tile_map(features: FeatureSet, model: TileModel, *,
                      provenance: dict[str, Any] | None = None,
-                     source: str | Path | None = None) -> TileMap:
+                     source: str | Path | None = None,
+                     inputs: np.ndarray | None = None) -> TileMap:
     """Apply ``model`` to every tile of ``features``.
 
     Parameters
@@ -51,6 +62,9 @@ def predict_tile_map(features: FeatureSet, model: TileModel, *,
         Extra entries for ``attrs`` (model directory, folds, ...).
     source
         The features file, named in errors.
+    inputs
+        The model's ``(N, D')`` input matrix when it is not the features themselves (a
+        context head: :func:`slide2expr.heatmap.context.grid_input_matrix`).
 
     Raises
     ------
@@ -65,11 +79,15 @@ def predict_tile_map(features: FeatureSet, model: TileModel, *,
     if "tile_px_level0" not in attrs:
         raise InputError(source, "has no tile_px_level0 attribute",
                          "use a features file written by `slide2expr extract`")
-    values = np.asarray(model.predict_tiles(features.features), dtype=np.float32)
+    values, spread = _predict(model, features.features if inputs is None else inputs)
+    values = np.asarray(values, dtype=np.float32)
     genes = [str(g) for g in model.genes]
     if values.shape != (len(features), len(genes)):
         raise InputError(source, f"the model returned shape {values.shape}, expected "
                          f"({len(features)}, {len(genes)})", "check the model directory")
+    if spread is not None and spread.shape != values.shape:
+        raise InputError(source, f"the model returned a spread of shape {spread.shape}, "
+                         f"expected {values.shape}", "check the model directory")
     bad = ~np.isfinite(values)
     if bad.any():
         raise InputError(source, f"{int(bad.any(axis=1).sum())} tiles got non-finite predictions",
@@ -79,4 +97,4 @@ def predict_tile_map(features: FeatureSet, model: TileModel, *,
     return TileMap(values=values, genes=genes,
                    coords=np.asarray(features.coords, dtype=np.int64).reshape(-1, 2),
                    tile_size0=float(attrs["tile_px_level0"]), attrs=attrs,
-                   spot_ids=features.spot_ids)
+                   spot_ids=features.spot_ids, spread=spread)

@@ -313,12 +313,28 @@ def build_report(adata, *, top_n: int = 50, n_hvg: int = 50, n_boot: int = 1000,
         "provenance": provenance,
         "report_version": __version__,
     }
+    spread = mean_spread(adata)
+    if spread is not None:
+        summary["mean_predicted_sd"] = spread
     if unit != "patient":
         summary["bootstrap"]["note"] = (
             f"fewer than {MIN_BOOTSTRAP_CLUSTERS} patients: the intervals resample {unit}s, "
             "so they do not include patient-to-patient variation")
     return ReportData(genes=table, summary=summary, truth=held.truth, preds=held.preds,
                       folds=held.folds, fold_r=fold_r)
+
+
+def mean_spread(adata) -> float | None:
+    """Mean of ``layers['predicted_sd']`` (the ensemble members' spread, log1p CP10k) over
+    the held-out units and modelled genes, or None when the predictions have no spread
+    (a single model per fold)."""
+    if Key.PREDICTED_SD not in adata.layers:
+        return None
+    sd = _dense(adata.layers[Key.PREDICTED_SD])
+    if Key.FOLD in adata.obs:
+        sd = sd[adata.obs[Key.FOLD].to_numpy() != NOT_HELD_OUT]
+    values = sd[np.isfinite(sd)]
+    return float(values.mean()) if values.size else None
 
 
 @dataclass

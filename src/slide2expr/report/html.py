@@ -401,6 +401,8 @@ def render_html(data: ReportData, *, title: str | None = None, n_scatter: int = 
     title = title or "slide2expr report" + (f": {head}" if head else "")
     facts = [f"{s['n_units']} units", f"{s['n_genes']} genes", f"{s['n_patients']} patients",
              f"{s['n_samples']} samples", f"{s['n_folds']} folds"]
+    if s.get("mean_predicted_sd") is not None:
+        facts.append(f"mean ensemble spread (SD) {s['mean_predicted_sd']:.3g} log1p CP10k")
     if encoder:
         facts.insert(0, f"encoder {encoder}")
     if mode:

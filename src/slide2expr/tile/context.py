@@ -11,6 +11,11 @@ readers return white outside the image (:meth:`slide2expr.inputs.slides.Slide._r
 so a window stays centred on its spot. The tiles file records it: attr ``padding = "white"``,
 attr ``n_padded`` (windows that reach past the edge) and dataset ``pad_fraction`` (N,)
 float32, the fraction of each window's area outside the slide.
+
+Grid tiles get the same windows (:func:`grid_context_windows`, tiling ``grid_ctx{um}``): one
+window ``um`` across centred on each grid tile, in the grid tiling's order, so that a head
+trained on spots with ``ctx{um}`` inputs can paint a dense heatmap. A grid window has the
+spot window's edge and read-out (``um / tile_px`` um/px), only its centre differs.
 """
 
 from __future__ import annotations
@@ -27,6 +32,8 @@ log = logging.getLogger(__name__)
 
 #: Name of a context tiling: ``ctx`` and the window edge in whole micrometres.
 CONTEXT_TILING = re.compile(r"^ctx(\d+)$")
+#: Name of a grid context tiling (windows centred on grid tiles, for heatmaps).
+GRID_CONTEXT_TILING = re.compile(r"^grid_ctx(\d+)$")
 
 
 def context_tiling(um: float) -> str:
@@ -35,6 +42,11 @@ def context_tiling(um: float) -> str:
         raise InputError(None, f"context window {um!r} um is not a positive whole number",
                          "use whole micrometres in tiling.context_um, e.g. [300, 1000]")
     return f"ctx{int(um)}"
+
+
+def grid_context_tiling(um: float) -> str:
+    """The tiling name of ``um``-micrometre windows centred on grid tiles, ``grid_ctx300``."""
+    return f"grid_{context_tiling(um)}"
 
 
 def pad_fraction(coords: np.ndarray, size0: float, width: int, height: int) -> np.ndarray:
@@ -76,14 +88,42 @@ def context_windows(spots: TileSet, um: float) -> TileSet:
         raise InputError(spots.attrs.get("slide"), "context windows need a spot tiling "
                          f"(tiles/spots), got mode {spots.attrs.get('mode')!r}",
                          "pass the spot tiles file of the sample")
-    mpp = float(spots.attrs["slide_mpp"])
-    tile_px = int(spots.attrs["tile_px"])
-    width, height = int(spots.attrs["level0_width"]), int(spots.attrs["level0_height"])
-    centres = spots.coords.astype(np.float64) + spots.tile_px_level0 / 2.0
+    return _windows(spots, um, name)
+
+
+def grid_context_windows(grid: TileSet, um: float) -> TileSet:
+    """Windows of ``um`` micrometres centred on the tiles of ``grid`` (a grid tiling).
+
+    The grid counterpart of :func:`context_windows`: the same edge, read-out and padding,
+    one window per grid tile in the grid's order (tiling ``grid_ctx{um}``), for heatmaps of
+    heads trained with ``ctx{um}`` inputs.
+
+    Raises
+    ------
+    InputError
+        When ``grid`` is not a grid tiling or lacks the slide's mpp.
+    """
+    name = grid_context_tiling(um)
+    if grid.attrs.get("mode") != "grid":
+        raise InputError(grid.attrs.get("slide"), "grid context windows need a grid tiling "
+                         f"(tiles/grid), got mode {grid.attrs.get('mode')!r}",
+                         "pass the grid tiles file of the sample")
+    return _windows(grid, um, name)
+
+
+def _windows(tiles: TileSet, um: float, name: str) -> TileSet:
+    """Windows of ``um`` micrometres centred on each tile of ``tiles`` (same order)."""
+    if not tiles.attrs.get("slide_mpp"):
+        raise InputError(tiles.attrs.get("slide"), "the tiles file records no slide_mpp",
+                         "re-run the tile stage (it records the slide's mpp)")
+    mpp = float(tiles.attrs["slide_mpp"])
+    tile_px = int(tiles.attrs["tile_px"])
+    width, height = int(tiles.attrs["level0_width"]), int(tiles.attrs["level0_height"])
+    centres = tiles.coords.astype(np.float64) + tiles.tile_px_level0 / 2.0
     size0 = float(um) / mpp
     coords = np.floor(centres - size0 / 2.0).astype(np.int64)
     padded = pad_fraction(coords, size0, width, height)
-    attrs = dict(spots.attrs) | {
+    attrs = dict(tiles.attrs) | {
         "mode": "context",
         "tiling": name,
         "context_um": float(um),
@@ -95,5 +135,5 @@ def context_windows(spots: TileSet, um: float) -> TileSet:
     log.info("%s: %d %s windows of %.0f um (%.1f px level 0), %d reach past the slide edge "
              "(padded white)", attrs.get("sample_id"), len(coords), name, um, size0,
              attrs["n_padded"])
-    return TileSet(coords=coords, attrs=attrs, spot_ids=spots.spot_ids,
+    return TileSet(coords=coords, attrs=attrs, spot_ids=tiles.spot_ids,
                    extra={"pad_fraction": padded})

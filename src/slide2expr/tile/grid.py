@@ -119,7 +119,7 @@ def grid_tiles(slide: Slide, tissue: TissueMap, sample_id: str, params: TilingPa
     }
     log.info("%s: %d grid tiles of %d px at %.3g um/px (%.1f px level 0), %.1f%% tissue",
              sample_id, len(coords), params.tile_px, params.target_mpp, size0,
-             100 * tissue.mask.mean())
+             100 * np.count_nonzero(tissue.mask) / max(tissue.mask.size, 1))
     return TileSet(coords=coords, attrs=attrs, spot_ids=None,
                    extra={"tissue_fraction": frac[keep].astype(np.float32)})
 

@@ -4,10 +4,10 @@ Otsu's threshold on HSV saturation (stain is saturated, glass and background are
 floored at ``min_saturation`` so an empty slide yields no tissue, then morphology in
 physical units: closing, hole filling, removal of small objects.
 
-Everything runs at the mask's resolution on uint8: OpenCV converts to HSV, closes by a disk
-and sums the mask (integral image), ``scipy.ndimage`` labels 4-connected components, so a
-mask of a few megapixels takes milliseconds. The closing treats the outside of the image as
-background, as ``ndimage.binary_closing(..., border_value=0)`` does.
+Everything runs at the mask's resolution on uint8 with OpenCV: it converts to HSV, closes
+by a disk, labels 4-connected components with their areas and boxes, and sums the mask
+(integral image), so a mask of a few megapixels takes milliseconds. The closing treats the
+outside of the image as background, as ``ndimage.binary_closing(..., border_value=0)`` does.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
-from scipy import ndimage
 
 
 @dataclass(frozen=True)
@@ -40,7 +39,7 @@ class TissueParams:
         Holes smaller than this area inside tissue are filled.
     """
 
-    mask_mpp: float = 4.0
+    mask_mpp: float = 8.0
     min_saturation: float = 0.07
     max_value: float = 0.98
     closing_um: float = 40.0
@@ -118,40 +117,36 @@ def _closing(mask: np.ndarray, radius: int) -> np.ndarray:
 
 def _remove_small_objects(mask: np.ndarray, min_px: int) -> np.ndarray:
     """Drop 4-connected components of fewer than ``min_px`` pixels; returns bool."""
-    labels, n = ndimage.label(mask)
+    labels, area = _components(mask)
+    small = area < max(min_px, 1)
+    small[0] = False  # label 0 is the background
     out = mask.astype(bool)
-    small = np.bincount(labels.ravel(), minlength=n + 1) < max(min_px, 1)
-    small[0] = False
-    _set_labels(out, labels, small, False)
+    if small.any():
+        out[small[labels]] = False
     return out
 
 
 def _fill_small_holes(mask: np.ndarray, max_px: int) -> np.ndarray:
     """Fill holes (4-connected background components that do not touch the image border)
     of at most ``max_px`` pixels; returns uint8 0/1."""
-    labels, n = ndimage.label(mask == 0)
-    fill = np.bincount(labels.ravel(), minlength=n + 1) <= max_px
+    labels, area = _components((mask == 0).astype(np.uint8))
+    fill = area <= max_px
     border = np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]])
     fill[border] = False  # open to the outside: background, not a hole
     fill[0] = False  # label 0 is the tissue itself
     out = mask.copy()
-    _set_labels(out, labels, fill, 1)
+    if fill.any():
+        out[fill[labels]] = 1
     return out
 
 
-def _set_labels(out: np.ndarray, labels: np.ndarray, which: np.ndarray, value: object) -> None:
-    """``out[which[labels]] = value``, touching only the chosen components' bounding boxes
-    when they are few (the usual case: a handful of specks and holes in a large mask)."""
-    chosen = np.flatnonzero(which)
-    if chosen.size == 0:
-        return
-    if chosen.size > 256:
-        out[which[labels]] = value
-        return
-    boxes = ndimage.find_objects(labels, max_label=int(chosen[-1]))
-    for label in chosen:
-        box = boxes[label - 1]
-        out[box][labels[box] == label] = value
+def _components(binary: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """4-connected components of a 0/1 image: labels (OpenCV; 0 = the zero pixels) and the
+    area of each label. (``connectedComponentsWithStats`` is ~10x slower than labelling and
+    counting apart.)"""
+    n, labels = cv2.connectedComponents(np.ascontiguousarray(binary, dtype=np.uint8),
+                                        connectivity=4, ltype=cv2.CV_32S)
+    return labels, np.bincount(labels.ravel(), minlength=n)
 
 
 def tissue_fraction_grid(

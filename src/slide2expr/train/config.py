@@ -42,7 +42,7 @@ class GeneSelection:
 
 #: Settings that ``train.head_settings`` may set per head.
 HEAD_SETTINGS = ("hidden", "dropout", "input_dropout", "lr", "weight_decay", "aux_weight",
-                 "input_pca", "output_rank",
+                 "pearson_weight", "input_pca", "output_rank",
                  "batch_size", "max_epochs", "min_epochs", "patience", "ensemble", "refit")
 
 
@@ -81,6 +81,7 @@ class TrainConfig:
     head_inputs: dict[str, list[str]] = field(default_factory=dict)
     head_settings: dict[str, dict[str, Any]] = field(default_factory=dict)
     aux_weight: float = 0.5
+    pearson_weight: float = 0.0
     input_pca: int = 0
     output_rank: int = 0
     accelerator: str = "auto"
@@ -123,7 +124,7 @@ class TrainConfig:
 
     def validate(self, source: str | None = None) -> None:
         """Check values a schema cannot (e.g. ``folds``)."""
-        from slide2expr.train.heads import HEADS  # torch and Lightning: only when validating
+        from slide2expr.train.nets import NETS as HEADS  # torch (not Lightning): only here
 
         def fail(problem: str, fix: str) -> None:
             raise InputError(source, problem, fix)

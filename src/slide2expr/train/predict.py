@@ -32,7 +32,10 @@ def predict_files(features: list[Path], *, model_dir: Path, output: Path, level:
         The ``.h5ad`` to write: var = the head's genes, X = predicted log1p CP10k. With
         ``level="slide"`` one row per file (obs ``sample_id``); with ``"tile"`` one row per
         tile/spot (obs ``sample_id``, ``spot_id`` when present, obsm ``spatial`` = tile centre
-        in level-0 px).
+        in level-0 px). Tile level with several models averaged (fold models, ensemble
+        members) adds ``layers['predicted_sd']``, their standard deviation (``ddof=0``).
+        A head with context inputs gets its blocks built on the file's tiles as the heatmap
+        builds them (:mod:`slide2expr.heatmap.context`; the slide block is the tiles' mean).
     level
         ``slide``, ``tile`` or ``auto`` (slide for bulk heads, tile for spot heads).
     fold
@@ -46,7 +49,7 @@ def predict_files(features: list[Path], *, model_dir: Path, output: Path, level:
     head = load_trained_head(model_dir, fold=fold)
     if level == "auto":
         level = "slide" if head.kind == "bulk" else "tile"
-    rows, obs, spatial = [], [], []
+    rows, spreads, obs, spatial = [], [], [], []
     for path in features:
         x, coords = read_bag(path)
         sample, spot_ids, tile_px0 = _file_info(path)
@@ -54,7 +57,9 @@ def predict_files(features: list[Path], *, model_dir: Path, output: Path, level:
             rows.append(head.predict_bag(x, coords)[None])
             obs.append(pd.DataFrame({"sample_id": [sample], "n_tiles": [len(x)]}))
         else:
-            rows.append(head.predict_tiles(x))
+            values, spread = head.predict_tiles_spread(_inputs(head, x, path))
+            rows.append(values)
+            spreads.append(spread)
             frame = pd.DataFrame({"sample_id": sample,
                                   "spot_id": spot_ids if spot_ids is not None else
                                   [str(i) for i in range(len(x))]})
@@ -68,10 +73,26 @@ def predict_files(features: list[Path], *, model_dir: Path, output: Path, level:
                        var=pd.DataFrame(index=pd.Index(head.genes)))
     if spatial:
         adata.obsm[Key.SPATIAL] = np.concatenate(spatial)
+    if spreads and all(sd is not None for sd in spreads):
+        adata.layers[Key.PREDICTED_SD] = np.concatenate(spreads).astype(np.float32)
     adata.uns[Key.PROVENANCE] = {"model_dir": str(model_dir), "head": head.head,
                                "level": level, "encoder": str(head.meta.get("encoder"))}
     write_predictions(adata, output)
     return adata
+
+
+def _inputs(head, x: np.ndarray, path: Path) -> np.ndarray:
+    """``x``, or for a head with context inputs its blocks on the file's tiles."""
+    from slide2expr.contracts.features import read_features
+    from slide2expr.heatmap.context import grid_input_matrix, head_input_blocks
+    from slide2expr.keys import SPOT_BLOCK
+
+    blocks = head_input_blocks(head.meta, source=path)
+    if blocks == [SPOT_BLOCK]:
+        return x
+    matrix, _ = grid_input_matrix(read_features(path), blocks, features_path=path,
+                                  encoder=head.meta.get("encoder"))
+    return matrix
 
 
 def _file_info(path: Path) -> tuple[str, np.ndarray | None, float]:

@@ -10,7 +10,8 @@ Outputs (paths chosen by the caller; the workflow uses these):
   modelled in at least one fold (dataset order); ``X`` = the targets (log1p CP10k);
   ``var['n_folds_modelled']``, ``var['train_mean']`` (mean over folds of the training-fold
   mean); ``layers['predicted']`` and ``layers['baseline_ridge' | 'baseline_hest' | 'baseline_mean']``
-  out-of-fold, NaN where a unit's fold did not model the gene (or a unit was never held
+  out-of-fold, ``layers['predicted_sd']`` (the ensemble members' spread, ``train.ensemble``
+  > 1 only), NaN where a unit's fold did not model the gene (or a unit was never held
   out, with a ``split`` column); ``uns['slide2expr']`` = the dataset's provenance plus
   ``train`` (settings, per-fold genes, ridge alpha, epochs, best validation r); the
   dataset's ``uns['spatial']``, ``uns['log1p']``, ``obs['library_id']`` and
@@ -181,6 +182,8 @@ class FoldResult:
     baselines: dict[str, np.ndarray]
     info: dict[str, Any]
     train_mean: np.ndarray
+    #: Standard deviation (``ddof=0``) of the ensemble members' predictions; None with one.
+    predicted_sd: np.ndarray | None = None
 
 
 def configure_determinism(seed: int) -> None:
@@ -209,6 +212,7 @@ def fit_member(head: str, hparams: dict, data: Any, *, config: TrainConfig, seed
 
     configure_determinism(seed)
     module = build_head(head, **hparams)
+    module.pearson_weight = config.pearson_weight
     module.set_standardisation(**data.standardisation())
     _fit_bases(module, data)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -237,6 +241,7 @@ def fit_member(head: str, hparams: dict, data: Any, *, config: TrainConfig, seed
             configure_determinism(seed)
             data = data.refit_on(refit_idx)
             module = build_head(head, **hparams)
+            module.pearson_weight = config.pearson_weight
             module.set_standardisation(**data.standardisation())
             _fit_bases(module, data)
             trainer = pl.Trainer(
@@ -305,6 +310,7 @@ def train_fold(*, head: str, config: TrainConfig, source: SpotFeatures | BagFeat
                "input_pca": config.input_pca, "output_rank": config.output_rank,
                "blocks": [dim for _, dim in getattr(source, "blocks", [])] or None}
     gene_names = [str(g) for g in var_names[genes]]
+    input_names = [name for name, _ in getattr(source, "blocks", [])] or None
     members = []
     for m in range(config.ensemble):
         seed = config.seed + k + 1000 * m
@@ -320,7 +326,7 @@ def train_fold(*, head: str, config: TrainConfig, source: SpotFeatures | BagFeat
         meta = {
             "head": head, "hparams": members[-1]["hparams"], "genes": gene_names, "fold": k,
             "member": m, "mode": source.kind, "encoder": provenance.get("encoder"),
-            "supertiles": config.supertiles, "seed": seed,
+            "supertiles": config.supertiles, "seed": seed, "inputs": input_names,
             "best_val_pearson": members[-1]["best_val_pearson"],
             "epochs": members[-1]["epochs"], "best_epoch": members[-1]["best_epoch"],
             "refit": config.refit,
@@ -328,9 +334,11 @@ def train_fold(*, head: str, config: TrainConfig, source: SpotFeatures | BagFeat
             "val_units": len(inner_val),
         }
         save_head(members[-1]["module"], member_dir, meta=meta)
-    predicted = np.mean([mem["predicted"] for mem in members], axis=0)
-    if views is not None:
-        predicted = views.average(predicted, len(test_idx))
+    stacked = np.stack([mem["predicted"] for mem in members])
+    if views is not None:  # each member's mean over the clean and TTA rows of a held-out unit
+        stacked = np.stack([views.average(p, len(test_idx)) for p in stacked])
+    predicted = stacked.mean(axis=0)
+    predicted_sd = stacked.std(axis=0) if len(members) > 1 else None
     info: dict[str, Any] = {
         "fold": k, "n_train": len(inner_train), "n_val": len(inner_val), "n_test": len(test_idx),
         "genes": gene_names, "epochs": [mem["epochs"] for mem in members],
@@ -338,7 +346,7 @@ def train_fold(*, head: str, config: TrainConfig, source: SpotFeatures | BagFeat
         "best_val_pearson": [mem["best_val_pearson"] for mem in members],
         "seconds": round(sum(mem["seconds"] for mem in members), 2),
         "inner_grouping": grouping,
-        "inputs": [name for name, _ in getattr(source, "blocks", [])] or None,
+        "inputs": input_names,
         "augment_views": list(views.train_views) if views is not None else [],
         "tta_views": list(views.tta_views) if views is not None else [],
     }
@@ -355,7 +363,8 @@ def train_fold(*, head: str, config: TrainConfig, source: SpotFeatures | BagFeat
                          for n, p in out_baselines.items()}
     return FoldResult(fold=k, genes=genes, test_idx=test_idx, predicted=predicted,
                       baselines=out_baselines, info=info,
-                      train_mean=y[train_idx].astype(np.float64).mean(axis=0))
+                      train_mean=y[train_idx].astype(np.float64).mean(axis=0),
+                      predicted_sd=predicted_sd)
 
 
 def fit_baselines(config: TrainConfig, source: SpotFeatures | BagFeatures, y: np.ndarray, *,
@@ -497,6 +506,8 @@ def assemble_predictions(adata: Any, results: list[FoldResult], *, fold: np.ndar
     layers = {"predicted": np.full((n, len(union)), np.nan, dtype=np.float32)}
     for name in config.baselines:
         layers[BASELINE_LAYERS[name]] = np.full((n, len(union)), np.nan, dtype=np.float32)
+    if any(r.predicted_sd is not None for r in results):
+        layers[Key.PREDICTED_SD] = np.full((n, len(union)), np.nan, dtype=np.float32)
     n_folds = np.zeros(len(union), dtype=np.int64)
     train_mean = np.zeros(len(union))
     for r in results:
@@ -505,6 +516,8 @@ def assemble_predictions(adata: Any, results: list[FoldResult], *, fold: np.ndar
         train_mean[cols] += r.train_mean
         rows = r.test_idx[:, None]
         layers[Key.PREDICTED][rows, cols[None, :]] = r.predicted
+        if r.predicted_sd is not None:
+            layers[Key.PREDICTED_SD][rows, cols[None, :]] = r.predicted_sd
         for name, pred in r.baselines.items():
             layers[BASELINE_LAYERS[name]][rows, cols[None, :]] = pred
     x = adata.X[:, union]

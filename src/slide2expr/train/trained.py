@@ -19,7 +19,7 @@ from slide2expr.contracts._h5 import check_format, format_stamp
 from slide2expr.contracts.models import CONTRACT, META, VERSION, WEIGHTS, held_out_fold
 from slide2expr.errors import InputError
 from slide2expr.train.features import make_supertiles
-from slide2expr.train.heads import build_head
+from slide2expr.train.nets import HeadNet, build_net
 
 
 def save_head(module: torch.nn.Module, fold_dir: str | Path, *, meta: dict) -> None:
@@ -28,7 +28,8 @@ def save_head(module: torch.nn.Module, fold_dir: str | Path, *, meta: dict) -> N
     Parameters
     ----------
     module
-        A trained :class:`~slide2expr.train.heads.base.RegressionHead`.
+        A trained :class:`~slide2expr.train.heads.base.RegressionHead` (its network is
+        saved) or a :class:`~slide2expr.train.nets.base.HeadNet`.
     fold_dir
         Destination directory.
     meta
@@ -37,8 +38,8 @@ def save_head(module: torch.nn.Module, fold_dir: str | Path, *, meta: dict) -> N
     from safetensors.torch import save_file
 
     fold_dir = Path(fold_dir)
-    state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()
-             if not k.startswith("metrics.")}
+    network = getattr(module, "network", module)
+    state = {k: v.detach().cpu().contiguous() for k, v in network.state_dict().items()}
     with atomic_output(fold_dir / WEIGHTS) as tmp:
         save_file(state, str(tmp))
     meta = {**format_stamp(CONTRACT, VERSION), **meta}
@@ -58,12 +59,13 @@ def _json_default(value: object) -> object:
 RETRAIN = "retrain the head (`slide2expr train`, or delete results/models and rerun the workflow)"
 
 
-def load_fold_head(fold_dir: str | Path) -> tuple[torch.nn.Module, dict]:
-    """Load one fold's head module (eval mode, CPU) and its metadata.
+def load_fold_head(fold_dir: str | Path) -> tuple[HeadNet, dict]:
+    """Load one fold's head network (eval mode, CPU) and its metadata.
 
-    The weights are loaded strictly: every tensor of the head must be in
-    ``head.safetensors`` with its shape (only the ``metrics.`` buffers, which are not saved,
-    may be absent), so a damaged file never predicts from initial weights.
+    Only the plain network is built (:mod:`slide2expr.train.nets`), never the Lightning
+    training wrapper, so prediction does not import Lightning or torchmetrics. The weights
+    are loaded strictly: every tensor of the network must be in ``head.safetensors`` with its
+    shape, so a damaged file never predicts from initial weights.
 
     Raises
     ------
@@ -77,9 +79,11 @@ def load_fold_head(fold_dir: str | Path) -> tuple[torch.nn.Module, dict]:
                          "pass a model directory written by `slide2expr train`")
     meta = _read_meta(meta_path)
     try:
-        module = build_head(meta["head"], **meta["hparams"])
+        module = build_net(meta["head"], **meta["hparams"])
     except InputError:
         raise
+    except KeyError as exc:
+        raise InputError(meta_path, f"names an unknown head {meta['head']!r}", RETRAIN) from exc
     except (TypeError, ValueError) as exc:
         raise InputError(meta_path, f"does not describe a head ({exc})", RETRAIN) from exc
     _load_weights_strictly(module, weights_path)
@@ -105,7 +109,7 @@ def _read_meta(path: Path) -> dict:
 
 
 def _load_weights_strictly(module: torch.nn.Module, path: Path) -> None:
-    """Load ``path`` into ``module``; every tensor but the metric buffers must be there."""
+    """Load ``path`` into ``module``; every tensor must be there, with its shape."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -113,7 +117,7 @@ def _load_weights_strictly(module: torch.nn.Module, path: Path) -> None:
         state = load_file(str(path))
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise InputError(path, f"is not a safetensors file ({exc})", RETRAIN) from exc
-    expected = {k: v for k, v in module.state_dict().items() if not k.startswith("metrics.")}
+    expected = module.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     wrong = sorted(k for k in set(expected) & set(state) if expected[k].shape != state[k].shape)
@@ -124,7 +128,7 @@ def _load_weights_strictly(module: torch.nn.Module, path: Path) -> None:
                                      ("tensor(s) of the wrong shape", wrong)) if keys]
         raise InputError(path, f"does not match the {module.__class__.__name__} "
                          f"described in {META}: {'; '.join(parts)}", RETRAIN)
-    module.load_state_dict(state, strict=False)  # only the metric buffers are left out
+    module.load_state_dict(state)
 
 
 @dataclass
@@ -147,17 +151,17 @@ class TrainedHead:
     head: str
     kind: str
     meta: dict
-    members: list[torch.nn.Module] = field(repr=False, default_factory=list)
+    members: list[HeadNet] = field(repr=False, default_factory=list)
     member_columns: list[np.ndarray] = field(repr=False, default_factory=list)
 
-    @torch.no_grad()
     def predict_tiles(self, features: np.ndarray, *, batch_size: int = 8192) -> np.ndarray:
         """Per-tile (or per-spot) predicted expression.
 
         Parameters
         ----------
         features
-            ``(N, D)`` raw encoder features of one slide's tiles (or spots).
+            ``(N, D)`` raw encoder features of one slide's tiles (or spots); for a head with
+            context inputs the concatenated blocks (``meta['inputs']``).
         batch_size
             Rows per forward pass.
 
@@ -169,14 +173,36 @@ class TrainedHead:
             the per-tile scores; for ``abmil`` the per-tile predictions whose attention-weighted
             mean is the slide's.
         """
+        return self.predict_tiles_spread(features, batch_size=batch_size)[0]
+
+    @torch.no_grad()
+    def predict_tiles_spread(self, features: np.ndarray, *, batch_size: int = 8192
+                             ) -> tuple[np.ndarray, np.ndarray | None]:
+        """:meth:`predict_tiles` and the spread of the members around it.
+
+        Returns
+        -------
+        tuple of (numpy.ndarray, numpy.ndarray or None)
+            The mean over the members ``(N, G)`` float32, and their standard deviation
+            (population, ``ddof=0``: two members at ``m - d`` and ``m + d`` give ``d``),
+            ``(N, G)`` float32; None with a single member (no spread to measure).
+        """
         x = self._check(features)
-        out = np.zeros((x.shape[0], len(self.genes)), dtype=np.float64)
+        total = np.zeros((x.shape[0], len(self.genes)), dtype=np.float64)
+        squares = np.zeros_like(total) if len(self.members) > 1 else None
         for module, cols in zip(self.members, self.member_columns, strict=True):
             for start in range(0, x.shape[0], batch_size):
                 chunk = torch.from_numpy(x[start:start + batch_size])
-                pred = module.unstandardise(module.tile_outputs(chunk)).numpy()
-                out[start:start + batch_size] += pred[:, cols]
-        return (out / len(self.members)).astype(np.float32)
+                pred = module.unstandardise(module.tile_outputs(chunk)).numpy()[:, cols]
+                total[start:start + batch_size] += pred
+                if squares is not None:
+                    squares[start:start + batch_size] += pred.astype(np.float64) ** 2
+        n = len(self.members)
+        mean = total / n
+        if squares is None:
+            return mean.astype(np.float32), None
+        spread = np.sqrt(np.maximum(squares / n - mean ** 2, 0.0))
+        return mean.astype(np.float32), spread.astype(np.float32)
 
     @torch.no_grad()
     def predict_bag(self, features: np.ndarray, coords: np.ndarray | None = None) -> np.ndarray:

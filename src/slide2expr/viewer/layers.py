@@ -10,7 +10,8 @@ transparent and lets OpenSeadragon stretch it over the slide in level-0 coordina
 Each layer travels inside a JavaScript file (``S2E.gene(...)`` with the PNG as base64), because
 a page opened from ``file://`` can load scripts but cannot read the pixels of image files.
 The same file carries the measured values at the spots (spot mode) and, when the tile map
-has one, the spread of the fold models (uncertainty).
+has one (``TileMap.spread``, ``layers['predicted_sd']``), the spread of the averaged models:
+ensemble members or fold models (uncertainty).
 """
 
 from __future__ import annotations
@@ -149,12 +150,12 @@ def _pearson(a: np.ndarray, b: np.ndarray) -> float | None:
 
 
 def tile_spread(tmap: TileMap) -> np.ndarray | None:
-    """The uncertainty hook: ``(N, G)`` spread of the fold models, when the tile map has one.
+    """The uncertainty layer: ``(N, G)`` spread of the averaged models, when the map has one.
 
-    Today's tile maps (``slide2expr heatmap``) hold one prediction per tile, so this is None
-    and the page says the layer is not available. A tile map that carries a ``spread``
-    attribute (e.g. the standard deviation over ensemble members or fold models, aligned with
-    ``values``) gets an uncertainty layer per gene with no other change.
+    ``slide2expr heatmap`` writes the standard deviation of the ensemble members' (or, on a
+    new slide, every fold model's) predictions as ``layers['predicted_sd']``, read back as
+    ``TileMap.spread`` (:mod:`slide2expr.contracts.tilemaps`). A map painted by one model has
+    none: this is None and the page says the layer is not available.
     """
     spread = getattr(tmap, "spread", None)
     if spread is None:

@@ -1,4 +1,4 @@
-"""Regression heads (LightningModules).
+"""Regression heads (LightningModules that train the networks of :mod:`slide2expr.train.nets`).
 
 Registry: ``mlp`` and ``context`` (spot mode; ``context`` fuses the blocks of
 ``train.inputs``), ``he2rna`` and ``abmil`` (bulk mode, multiple-instance).
@@ -21,6 +21,7 @@ from slide2expr.train.heads.base import MONITOR, RegressionHead
 from slide2expr.train.heads.context import ContextHead
 from slide2expr.train.heads.he2rna import HE2RNAHead
 from slide2expr.train.heads.mlp import MLPHead
+from slide2expr.train.nets import net_kwargs
 
 #: Head name -> class.
 HEADS: dict[str, type[RegressionHead]] = {
@@ -50,8 +51,5 @@ def build_head(name: str, **hparams: object) -> RegressionHead:
     KeyError
         If ``name`` is not in :data:`HEADS`.
     """
-    import inspect
-
     cls = HEADS[name]
-    accepted = set(inspect.signature(cls.__init__).parameters) - {"self"}
-    return cls(**{k: v for k, v in hparams.items() if k in accepted})
+    return cls(**net_kwargs(cls, hparams))

@@ -1,13 +1,12 @@
-"""The shared LightningModule of every regression head.
+"""The shared LightningModule that trains every head's network.
 
-A head maps features to *standardised* expression (per-gene z-scores fitted on the training
-fold). The feature and target standardisation statistics are buffers of the module, so a
-saved head is self-contained: it takes raw encoder features and, through
-:meth:`RegressionHead.unstandardise`, returns expression in the dataset's units
-(log1p CP10k).
+A head wraps one plain-PyTorch network (:mod:`slide2expr.train.nets`: layers and the
+standardisation buffers) and adds what only training needs: the optimiser, the shared
+``step`` with its loss, and per-gene Pearson metrics (torchmetrics). ``head.safetensors``
+holds the network's ``state_dict`` only, so prediction builds the network without importing
+Lightning.
 
-Subclasses implement :meth:`forward` (batch -> standardised predictions) and
-:meth:`tile_outputs` (one slide's tiles -> per-tile standardised predictions).
+Subclasses pass their network to :class:`RegressionHead` and may override :meth:`step`.
 """
 
 from __future__ import annotations
@@ -18,75 +17,70 @@ import torch
 from torch import nn
 from torchmetrics.regression import PearsonCorrCoef
 
+from slide2expr.train.nets.base import HeadNet, mlp_block
+
 #: Metric logged on validation; EarlyStopping and ModelCheckpoint monitor it.
 MONITOR = "val_pearson"
 
+__all__ = ["MONITOR", "RegressionHead", "mlp_block"]
+
 
 class RegressionHead(pl.LightningModule):
-    """Base class: standardisation buffers, one shared ``step``, per-gene Pearson.
+    """Base class: one network, one shared ``step``, per-gene Pearson.
 
     Parameters
     ----------
-    in_dim
-        Feature dimension ``D``.
-    n_genes
-        Number of output genes ``G``.
+    network
+        The network trained (its ``in_dim``, ``n_genes`` and ``kind`` are the head's).
     lr, weight_decay
         AdamW settings.
     """
 
     #: ``"spot"`` heads take one embedding per unit; ``"bulk"`` heads take a bag of tiles.
     kind: str = "spot"
+    #: Weight of the ``1 - mean per-gene Pearson r`` term added to the MSE loss
+    #: (``train.pearson_weight``; a training setting, not part of the saved network).
+    pearson_weight: float = 0.0
 
-    def __init__(self, *, in_dim: int, n_genes: int, lr: float = 1e-3,
-                 weight_decay: float = 1e-4) -> None:
+    def __init__(self, network: HeadNet, *, lr: float = 1e-3, weight_decay: float = 1e-4) -> None:
         super().__init__()
-        self.in_dim = int(in_dim)
-        self.n_genes = int(n_genes)
+        self.network = network
+        self.in_dim = network.in_dim
+        self.n_genes = network.n_genes
         self.lr = float(lr)
         self.weight_decay = float(weight_decay)
-        self.register_buffer("feature_mean", torch.zeros(in_dim))
-        self.register_buffer("feature_std", torch.ones(in_dim))
-        self.register_buffer("target_mean", torch.zeros(n_genes))
-        self.register_buffer("target_std", torch.ones(n_genes))
         self.metrics = nn.ModuleDict({
-            stage: PearsonCorrCoef(num_outputs=n_genes) for stage in ("train_", "val_", "test_")
+            stage: PearsonCorrCoef(num_outputs=network.n_genes)
+            for stage in ("train_", "val_", "test_")
         })
 
-    # -- standardisation -------------------------------------------------------------------
+    # -- the network -----------------------------------------------------------------------
     def set_standardisation(self, *, feature_mean: np.ndarray, feature_std: np.ndarray,
                             target_mean: np.ndarray, target_std: np.ndarray) -> None:
-        """Store the training-fold statistics (``std`` of 0 is replaced by 1)."""
-        for name, value in (("feature_mean", feature_mean), ("feature_std", feature_std),
-                            ("target_mean", target_mean), ("target_std", target_std)):
-            tensor = torch.as_tensor(np.asarray(value, dtype=np.float32))
-            if name.endswith("std"):
-                tensor = torch.where(tensor > 0, tensor, torch.ones_like(tensor))
-            getattr(self, name).copy_(tensor)
-
-    def standardise_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Raw features -> z-scores with the training-fold statistics."""
-        return (x - self.feature_mean) / self.feature_std
+        """Store the training-fold statistics in the network (``std`` of 0 becomes 1)."""
+        self.network.set_standardisation(feature_mean=feature_mean, feature_std=feature_std,
+                                         target_mean=target_mean, target_std=target_std)
 
     def unstandardise(self, y: torch.Tensor) -> torch.Tensor:
         """Standardised predictions -> expression units of the dataset."""
-        return y * self.target_std + self.target_mean
+        return self.network.unstandardise(y)
 
-    # -- model -----------------------------------------------------------------------------
-    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:  # pragma: no cover
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Predict standardised expression ``(B, G)`` for a batch."""
-        raise NotImplementedError
+        return self.network(batch)
 
-    def tile_outputs(self, features: torch.Tensor) -> torch.Tensor:  # pragma: no cover
+    def tile_outputs(self, features: torch.Tensor) -> torch.Tensor:
         """Per-tile standardised predictions ``(N, G)`` for raw features ``(N, D)``."""
-        raise NotImplementedError
+        return self.network.tile_outputs(features)
 
     # -- training --------------------------------------------------------------------------
     def step(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
         """Shared by training, validation and test: loss, metric update and logging."""
         pred = self(batch)
-        target = (batch["y"] - self.target_mean) / self.target_std
+        target = self.network.standardise_targets(batch["y"])
         loss = nn.functional.mse_loss(pred, target)
+        if self.pearson_weight > 0 and target.shape[0] > 2:
+            loss = loss + self.pearson_weight * (1.0 - batch_pearson(pred, target))
         self.metrics[f"{stage}_"].update(pred.detach().float(), target.float())
         self.log(f"{stage}_loss", loss, on_step=False, on_epoch=True,
                  batch_size=target.shape[0], prog_bar=stage == "val")
@@ -131,9 +125,13 @@ class RegressionHead(pl.LightningModule):
              {"params": no_decay, "weight_decay": 0.0}], lr=self.lr)
 
 
-def mlp_block(in_dim: int, hidden: int, out_dim: int, dropout: float) -> nn.Sequential:
-    """``Linear -> GELU -> Dropout -> Linear``, or a single ``Linear`` when ``hidden == 0``."""
-    if hidden <= 0:
-        return nn.Sequential(nn.Dropout(dropout), nn.Linear(in_dim, out_dim))
-    return nn.Sequential(nn.Linear(in_dim, hidden), nn.GELU(), nn.Dropout(dropout),
-                         nn.Linear(hidden, out_dim))
+def batch_pearson(pred: torch.Tensor, target: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """Mean over genes of the Pearson r between ``pred`` and ``target`` over the batch rows.
+
+    A gene constant within the batch contributes r = 0 (``eps`` keeps the ratio finite), so
+    the term is differentiable and never NaN.
+    """
+    p = pred - pred.mean(dim=0, keepdim=True)
+    t = target - target.mean(dim=0, keepdim=True)
+    r = (p * t).sum(0) / (p.pow(2).sum(0).sqrt() * t.pow(2).sum(0).sqrt() + eps)
+    return r.mean()

@@ -1,15 +1,9 @@
 """``context``: a spot-mode head that fuses the spot with its spatial context.
 
-In the spirit of TRIPLEX (Chung et al., CVPR 2024): each input block (the spot embedding,
-context windows ``ctx{um}``, neighbour means ``nbr{r}``, the slide mean; ``train.inputs``)
-gets its own projection to a shared width; the spot token then attends over all block tokens
-(multi-head attention, residual) and the fused token predicts the profile. Each block also
-has its own linear read-out, trained as an auxiliary target (weight ``aux_weight``), so
-every branch learns on its own as in TRIPLEX's multi-branch loss; prediction uses the fused
-token only.
-
-The input is the concatenation of the blocks in ``train.inputs`` order (the same matrix the
-ridge baseline sees); ``blocks`` gives each block's width.
+The network (TRIPLEX-style block projections and attention fusion) is
+:class:`~slide2expr.train.nets.context.ContextNet`. This module trains it, with TRIPLEX's
+multi-branch loss: each block's own linear read-out is an auxiliary target (weight
+``aux_weight``), so every branch learns on its own; prediction uses the fused token only.
 """
 
 from __future__ import annotations
@@ -21,118 +15,49 @@ import torch
 from torch import nn
 
 from slide2expr.train.heads.base import RegressionHead
+from slide2expr.train.nets.context import ContextNet
 
 
 class ContextHead(RegressionHead):
-    """Per-block projections, spot-query attention fusion, and a linear read-out.
+    """Trains a :class:`~slide2expr.train.nets.context.ContextNet`.
 
     Parameters
     ----------
-    in_dim, n_genes, lr, weight_decay
-        See :class:`~slide2expr.train.heads.base.RegressionHead`; ``in_dim`` must equal
-        ``sum(blocks)``.
-    blocks
-        Width of each input block, the spot embedding first.
-    hidden
-        Shared width of the block tokens.
-    dropout
-        Dropout after each projection and on the fused token.
-    input_dropout
-        Dropout on the standardised input features.
+    in_dim, n_genes, blocks, hidden, dropout, input_dropout, heads, input_pca, output_rank
+        See :class:`~slide2expr.train.nets.context.ContextNet`.
     aux_weight
         Weight of the per-block auxiliary losses (0: fused output only).
-    heads
-        Attention heads of the fusion (``hidden`` must be divisible by it).
-    input_pca
-        When > 0, each block is first reduced to its top ``input_pca`` principal components
-        of the training fold (fixed, fitted by :meth:`fit_bases`): a strong regulariser with
-        a few hundred spots and 1280-d blocks.
-    output_rank
-        When > 0, the head predicts ``output_rank`` coefficients of the training fold's top
-        principal axes of the standardised targets (fixed basis, :meth:`fit_bases`).
+    lr, weight_decay
+        See :class:`~slide2expr.train.heads.base.RegressionHead`.
     """
 
-    kind = "spot"
+    kind = ContextNet.kind
 
     def __init__(self, *, in_dim: int, n_genes: int, blocks: Sequence[int] | None = None,
                  hidden: int = 256, dropout: float = 0.25, input_dropout: float = 0.0,
                  aux_weight: float = 0.5, heads: int = 4, input_pca: int = 0,
                  output_rank: int = 0, lr: float = 1e-3, weight_decay: float = 1e-4) -> None:
-        super().__init__(in_dim=in_dim, n_genes=n_genes, lr=lr, weight_decay=weight_decay)
-        blocks = [int(b) for b in (blocks or [in_dim])]
-        if sum(blocks) != in_dim:
-            raise ValueError(f"blocks {blocks} do not add up to in_dim {in_dim}")
-        hidden = max(int(hidden), heads)
-        hidden -= hidden % heads
+        super().__init__(ContextNet(in_dim=in_dim, n_genes=n_genes, blocks=blocks,
+                                    hidden=hidden, dropout=dropout,
+                                    input_dropout=input_dropout, heads=heads,
+                                    input_pca=input_pca, output_rank=output_rank),
+                         lr=lr, weight_decay=weight_decay)
         self.save_hyperparameters()
-        self.blocks = blocks
         self.aux_weight = float(aux_weight)
-        self.input_dropout = nn.Dropout(input_dropout)
-        self.reduced = [min(int(input_pca), b) if input_pca > 0 else b for b in blocks]
-        for i, (b, r) in enumerate(zip(blocks, self.reduced, strict=True)):
-            # identity until fit_bases: an unfitted head is still a valid head
-            self.register_buffer(f"pca_{i}", torch.eye(b)[:r].T.contiguous() if r < b
-                                 else torch.zeros(0))
-        self.rank = min(int(output_rank), n_genes) if output_rank > 0 else 0
-        self.register_buffer("target_basis", torch.eye(n_genes)[: self.rank]
-                             if self.rank else torch.zeros(0))
-        out_dim = self.rank or n_genes
-        self.projections = nn.ModuleList(
-            nn.Sequential(nn.Linear(r, hidden), nn.LayerNorm(hidden), nn.GELU(),
-                          nn.Dropout(dropout)) for r in self.reduced)
-        self.block_embedding = nn.Parameter(torch.zeros(len(blocks), hidden))
-        self.attention = nn.MultiheadAttention(hidden, heads, dropout=dropout, batch_first=True)
-        self.norm = nn.LayerNorm(hidden)
-        self.fused_out = nn.Sequential(nn.Dropout(dropout), nn.Linear(hidden, out_dim))
-        self.block_out = nn.ModuleList(nn.Linear(hidden, out_dim) for _ in blocks)
 
     def fit_bases(self, x_train: np.ndarray, y_train: np.ndarray) -> None:
-        """Fit the fixed input PCA (per block) and output basis on the training fold's raw
-        features and targets, after :meth:`set_standardisation`."""
-        x = (torch.as_tensor(x_train, dtype=torch.float32) - self.feature_mean) / self.feature_std
-        for i, (part, r, b) in enumerate(zip(torch.split(x, self.blocks, dim=-1), self.reduced,
-                                             self.blocks, strict=True)):
-            if r < b:
-                _, _, vt = torch.linalg.svd(part - part.mean(0), full_matrices=False)
-                getattr(self, f"pca_{i}").copy_(vt[:r].T)
-        if self.rank:
-            y = (torch.as_tensor(y_train, dtype=torch.float32) - self.target_mean) / self.target_std
-            _, _, vt = torch.linalg.svd(y - y.mean(0), full_matrices=False)
-            self.target_basis.copy_(vt[: self.rank])
-
-    def _decode(self, z: torch.Tensor) -> torch.Tensor:
-        return z @ self.target_basis if self.rank else z
-
-    def tokens(self, features: torch.Tensor) -> torch.Tensor:
-        """Raw concatenated features ``(B, D)`` -> block tokens ``(B, n_blocks, hidden)``."""
-        x = self.input_dropout(self.standardise_features(features))
-        parts = [p @ getattr(self, f"pca_{i}") if r < b else p
-                 for i, (p, r, b) in enumerate(zip(torch.split(x, self.blocks, dim=-1),
-                                                   self.reduced, self.blocks, strict=True))]
-        tokens = torch.stack([proj(p) for proj, p in zip(self.projections, parts, strict=True)],
-                             dim=1)
-        return tokens + self.block_embedding
-
-    def fuse(self, tokens: torch.Tensor) -> torch.Tensor:
-        """The spot token after attending over every block token."""
-        spot = tokens[:, :1]
-        attended, _ = self.attention(spot, tokens, tokens, need_weights=False)
-        return self.norm(spot + attended)[:, 0]
-
-    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self._decode(self.fused_out(self.fuse(self.tokens(batch["x"]))))
-
-    def tile_outputs(self, features: torch.Tensor) -> torch.Tensor:
-        """Per-unit standardised predictions for concatenated block features ``(N, D)``."""
-        return self.forward({"x": features})
+        """Fit the network's fixed input PCA and output basis on the training fold
+        (:meth:`~slide2expr.train.nets.context.ContextNet.fit_bases`)."""
+        self.network.fit_bases(x_train, y_train)
 
     def step(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
         """The shared step, plus the per-block auxiliary losses while training."""
         loss = super().step(batch, stage)
         if stage != "train" or self.aux_weight <= 0:
             return loss
-        tokens = self.tokens(batch["x"])
-        target = (batch["y"] - self.target_mean) / self.target_std
-        aux = torch.stack([nn.functional.mse_loss(self._decode(out(tokens[:, b])), target)
-                           for b, out in enumerate(self.block_out)]).mean()
+        net = self.network
+        tokens = net.tokens(batch["x"])
+        target = net.standardise_targets(batch["y"])
+        aux = torch.stack([nn.functional.mse_loss(net.decode(out(tokens[:, b])), target)
+                           for b, out in enumerate(net.block_out)]).mean()
         return loss + self.aux_weight * aux

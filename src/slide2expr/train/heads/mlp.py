@@ -1,44 +1,30 @@
 """``mlp``: the spot-mode head (ST-Net/HEST style): one embedding -> one profile.
 
-Applied to any ``(N, D)`` feature matrix (for instance a slide's grid tiles) it gives per-tile
-predictions, which is how a spot-trained model paints a dense heatmap.
+The network is :class:`~slide2expr.train.nets.mlp.MLPNet`; this module only trains it.
 """
 
 from __future__ import annotations
 
-import torch
-
-from slide2expr.train.heads.base import RegressionHead, mlp_block
+from slide2expr.train.heads.base import RegressionHead
+from slide2expr.train.nets.mlp import MLPNet
 
 
 class MLPHead(RegressionHead):
-    """Embedding -> hidden -> genes, with dropout.
+    """Trains an :class:`~slide2expr.train.nets.mlp.MLPNet`.
 
     Parameters
     ----------
-    in_dim, n_genes, lr, weight_decay
+    in_dim, n_genes, hidden, dropout, input_dropout
+        See :class:`~slide2expr.train.nets.mlp.MLPNet`.
+    lr, weight_decay
         See :class:`~slide2expr.train.heads.base.RegressionHead`.
-    hidden
-        Hidden width; 0 gives a linear model.
-    dropout
-        Dropout before the output layer (and on the input of a linear model).
-    input_dropout
-        Dropout on the standardised input features.
     """
 
-    kind = "spot"
+    kind = MLPNet.kind
 
     def __init__(self, *, in_dim: int, n_genes: int, hidden: int = 256, dropout: float = 0.25,
                  input_dropout: float = 0.0, lr: float = 1e-3,
                  weight_decay: float = 1e-4) -> None:
-        super().__init__(in_dim=in_dim, n_genes=n_genes, lr=lr, weight_decay=weight_decay)
+        super().__init__(MLPNet(in_dim=in_dim, n_genes=n_genes, hidden=hidden, dropout=dropout,
+                                input_dropout=input_dropout), lr=lr, weight_decay=weight_decay)
         self.save_hyperparameters()
-        self.net = torch.nn.Sequential(torch.nn.Dropout(input_dropout),
-                                       *mlp_block(in_dim, hidden, n_genes, dropout))
-
-    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.net(self.standardise_features(batch["x"]))
-
-    def tile_outputs(self, features: torch.Tensor) -> torch.Tensor:
-        """Per-tile standardised predictions: the head applied to each row."""
-        return self.net(self.standardise_features(features))

@@ -133,7 +133,7 @@ var S2E = (function () {
     withGene(slide.id, gene, function (layer) {
       if (slide !== st.slide || gene !== st.gene) return;
       var src = currentSource(layer), lim = limits(layer);
-      var what = control('map') === 'uncertainty' ? 'spread of the fold models' : 'predicted ' + gene;
+      var what = control('map') === 'uncertainty' ? 'spread (SD) of the ensemble members or fold models' : 'predicted ' + gene;
       var how = control('map') === 'uncertainty' ? 'layer range' :
         (control('scale') === 'cohort' ? 'cohort-wide scale' : 'per-slide scale, ' + st.data.clip_percentiles.join('\u2013') + 'th percentiles');
       drawLegend(lim, what + ', ' + st.data.units + ' (' + how + ')');
