@@ -56,6 +56,13 @@ class Key:
         itself, :meth:`embedding`."""
         return Key.embedding(encoder) if block == SPOT_BLOCK else f"X_{encoder}_{block}"
 
+    @staticmethod
+    def view(key: str, view: str) -> str:
+        """The ``obsm`` key of augmentation view ``view`` of the block stored at ``key``
+        (:meth:`embedding` or :meth:`context`): ``{key}__{view}``, e.g.
+        ``X_{encoder}__rot90``, ``X_{encoder}_ctx300__hed_light``."""
+        return f"{key}__{view}"
+
 
 #: Name of the spot embedding among the input blocks of ``train.inputs``.
 SPOT_BLOCK: Final = "spot"

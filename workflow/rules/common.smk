@@ -194,6 +194,8 @@ def extract_inputs(wildcards):
     weights = (EXTRACT.get("weights") or {}).get(wildcards.encoder)
     if weights:
         inputs["weights"] = weights
+    if EXTRACT.get("stain_normalize", "none") != "none" and EXTRACT.get("stain_reference"):
+        inputs["stain_reference"] = EXTRACT["stain_reference"]  # a new reference re-extracts
     return inputs
 
 

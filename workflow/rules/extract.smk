@@ -14,7 +14,8 @@ rule extract:
         weights=extract_weights_arg,
         # only what the command reads: adding an encoder to the sweep reruns no extraction
         cfg=config_json("extract.batch_size", "extract.num_workers", "extract.device",
-                        "extract.dtype"),
+                        "extract.dtype", "extract.stain_normalize", "extract.stain_reference",
+                        "extract.views"),
     log:
         f"{RESULTS}/logs/extract/{{encoder}}/{{tiling}}/{{sample}}.log",
     benchmark:

@@ -10,7 +10,8 @@ from slide2expr.commands._config import config_json_option, section
 
 #: Flag -> key of the ``extract`` section.
 EXTRACT_FLAGS = {"batch_size": "batch_size", "num_workers": "num_workers", "device": "device",
-                 "dtype": "dtype"}
+                 "dtype": "dtype", "stain_normalize": "stain_normalize",
+                 "stain_reference": "stain_reference", "views": "views"}
 
 
 def extract(
@@ -31,6 +32,16 @@ def extract(
         None, "--threads", min=1, help="CPU cores for this job (default: all available)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     dtype: str = typer.Option("float32", "--dtype", help="Stored feature type: float32 or float16."),
+    stain_normalize: str = typer.Option(
+        "none", "--stain-normalize",
+        help="Stain normalisation of every tile before embedding: none, macenko or reinhard."),
+    stain_reference: str | None = typer.Option(
+        None, "--stain-reference",
+        help="H&E image to fit the stain reference on (default: the fixed reference)."),
+    views: list[str] = typer.Option(
+        [], "--view",
+        help="Augmentation view embedded beside each tile (repeatable): rot90, rot180, rot270, "
+             "flip, flip_rot90, flip_rot180, flip_rot270, hed_light, hed_strong."),
     resume: bool = typer.Option(True, "--resume/--no-resume",
                                 help="Continue a partial file left by an interrupted run."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
@@ -44,6 +55,8 @@ def extract(
     result = extract_features(
         tiles, out, encoder=encoder, weights=weights, slide=slide, batch_size=cfg["batch_size"],
         num_workers=cfg["num_workers"], threads=threads, device=cfg["device"], dtype=cfg["dtype"],
+        stain_normalize=cfg["stain_normalize"], stain_reference=cfg["stain_reference"],
+        views=cfg["views"],
         resume=resume, progress=progress,
     )
     typer.echo(f"{result.path}: {result.n_tiles} tiles, {result.tiles_per_s:.1f} tiles/s "

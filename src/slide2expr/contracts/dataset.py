@@ -12,7 +12,10 @@ the spot, ``tiling.context_um``; padded white past the slide edge, the padding c
 embedding over the same section's spots within ``r`` micrometres, the spot included; a spot
 with no other spot in reach gets its own embedding, never NaN; ``join.neighbour_um``) and
 ``obsm['X_{encoder}_slide']`` (the section's mean spot embedding, ``join.slide_mean``);
-context never uses another section's spots; bulk mode: ``obs['features_path']``
+context never uses another section's spots; with ``extract.views``, augmentation views of
+the spot patch and the windows, ``obsm['X_{encoder}__{view}']`` and
+``obsm['X_{encoder}_ctx{um}__{view}']`` (:meth:`slide2expr.keys.Key.view`,
+:mod:`slide2expr.join.views`; optional, so the stamp stays ``dataset/1``); bulk mode: ``obs['features_path']``
 (``;``-joined for a unit of several slides); ``uns['slide2expr']`` = provenance (package
 version, mode, encoder, feature attrs, the run's config) and ``slide2expr_format`` =
 ``"dataset/1"``; ``uns['spatial']``, ``uns['log1p']``, ``obs['library_id']`` for scanpy and

@@ -6,6 +6,23 @@ Contract (docs/architecture.md): dataset ``features`` ``(N, D)`` float32 or floa
 ``"random-init"``), ``weights_source``, ``embed_dim``, ``input_px`` and ``input_mpp`` (the
 pixels the encoder saw), and every attr of the tiles file.
 
+Stain normalisation (:mod:`slide2expr.extract.stain`) is recorded in attrs (:data:`STAIN_ATTRS`,
+read back with :func:`stain_record`): ``stain_normalize`` (``none``, ``macenko`` or
+``reinhard``; absent in files written before it existed, which mean ``none``) and, with a
+method, ``stain_reference`` (``published`` / ``fixed`` or the reference image's path),
+``stain_reference_sha256`` (a file), ``stain_reference_fit`` and ``stain_fit`` (JSON: the
+reference's and this slide's fitted stain vectors and concentration ranges, or l-alpha-beta
+means and SDs), ``stain_fit_source`` (the low-resolution read the slide was fitted on) and
+``stain_status`` (``normalised``, or ``not normalised: <why>`` for a slide with too little
+tissue, embedded as it is). These attrs are additions that older readers ignore, so the
+stamp stays ``features/1``.
+
+**Augmentation views** (``extract.views``): each view ``v`` is one more dataset
+``views/{v}`` ``(N, D)`` (same dtype) of the same tiles transformed before embedding (a
+rotation/flip or a per-tile HED jitter, :data:`slide2expr.extract.stain.VIEWS`); attr
+``views`` lists them (JSON; ``[]`` or absent: none). Readers that do not know views ignore
+the group, so this too stays ``features/1``.
+
 The file is written batch by batch into a hidden partial file beside the output
 (``.{sample}.partial.h5``) that records how many rows are done (attr ``n_done``); it is
 renamed to the output name when complete. A run that is killed leaves only the partial
@@ -53,9 +70,11 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
 import os
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -82,7 +101,11 @@ log = logging.getLogger(__name__)
 
 FEATURE_DTYPES = ("float32", "float16")
 #: Attrs that must match for a partial file to be resumed.
-_SIGNATURE = ("encoder", "weights", "embed_dim", "dtype", "n_tiles", "coords_sha1", "input_px")
+_SIGNATURE = ("encoder", "weights", "embed_dim", "dtype", "n_tiles", "coords_sha1", "input_px",
+              "views", "stain_normalize", "stain_reference", "stain_reference_sha256", "stain_fit")
+#: Attrs recording the stain normalisation (module docstring).
+STAIN_ATTRS = ("stain_normalize", "stain_reference", "stain_reference_sha256",
+               "stain_reference_fit", "stain_fit", "stain_fit_source", "stain_status")
 
 
 @dataclass
@@ -99,12 +122,15 @@ class FeatureSet:
         Encoder and tiling attributes (see module docstring).
     spot_ids
         Spot identifiers aligned with ``coords`` in spot mode, else ``None``.
+    views
+        Augmentation view name -> ``(N, D)`` embeddings of the transformed tiles.
     """
 
     features: np.ndarray
     coords: np.ndarray
     attrs: dict[str, object]
     spot_ids: np.ndarray | None = None
+    views: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return int(self.features.shape[0])
@@ -142,10 +168,13 @@ class FeatureWriter:
         ``"float32"`` or ``"float16"``.
     resume
         Continue a matching partial file if there is one.
+    views
+        Names of the augmentation views written beside ``features`` (``views/{name}``).
     """
 
     def __init__(self, path: str | Path, tiles: TileSet, *, embed_dim: int,
-                 attrs: dict[str, object], dtype: str = "float32", resume: bool = True) -> None:
+                 attrs: dict[str, object], dtype: str = "float32", resume: bool = True,
+                 views: Sequence[str] = ()) -> None:
         if dtype not in FEATURE_DTYPES:
             raise InputError(None, f"unknown feature dtype {dtype!r}",
                              f"use one of {', '.join(FEATURE_DTYPES)}")
@@ -153,6 +182,7 @@ class FeatureWriter:
         self.partial = partial_path(self.path)
         self.n_tiles = len(tiles)
         self.dtype = dtype
+        self.views = tuple(views)
         self.attrs = {
             **{k: v for k, v in tiles.attrs.items() if v is not None},
             **attrs,
@@ -160,6 +190,7 @@ class FeatureWriter:
             "dtype": dtype,
             "n_tiles": self.n_tiles,
             "coords_sha1": coords_digest(tiles.coords),
+            "views": json.dumps(list(self.views)),
             **format_stamp(CONTRACT, VERSION),
         }
         self._tiles = tiles
@@ -192,8 +223,9 @@ class FeatureWriter:
         self._abandon()
 
     # -- writing -------------------------------------------------------------------------
-    def write(self, start: int, rows: np.ndarray) -> None:
-        """Write ``rows`` at ``start`` (which must equal the rows done so far).
+    def write(self, start: int, rows: np.ndarray,
+              views: dict[str, np.ndarray] | None = None) -> None:
+        """Write ``rows`` (and each view's rows) at ``start`` (the rows done so far).
 
         The rows reach the disk before ``n_done`` counts them; a failed write closes the
         file, keeping it valid up to the rows written before, and raises.
@@ -205,6 +237,9 @@ class FeatureWriter:
         stop = start + rows.shape[0]
         try:
             self._file["features"][start:stop] = rows.astype(self.dtype, copy=False)
+            for name in self.views:
+                self._file["views"][name][start:stop] = \
+                    np.asarray((views or {})[name]).astype(self.dtype, copy=False)
             self._file.flush()
             self._file.attrs["n_done"] = stop
             self._file.flush()
@@ -248,7 +283,8 @@ class FeatureWriter:
         elif self.n_done:
             fix = f"free space and rerun; it resumes after tile {self.n_done} of {self.n_tiles}"
         else:
-            size = self.n_tiles * int(self.attrs["embed_dim"]) * np.dtype(self.dtype).itemsize
+            size = (self.n_tiles * int(self.attrs["embed_dim"]) * np.dtype(self.dtype).itemsize
+                    * (1 + len(self.views)))
             fix = f"free space (the file needs about {size / 1e6:.1f} MB) and rerun"
         fault = environment_fault(exc, self.path, fix=fix)
         if fault is not None:
@@ -278,6 +314,10 @@ class FeatureWriter:
         f.create_dataset("features", shape=(n, d), dtype=self.dtype,
                          chunks=(chunk_rows, d) if n else None, dcpl=dcpl,
                          fill_time="alloc")
+        for name in self.views:
+            f.require_group("views").create_dataset(
+                name, shape=(n, d), dtype=self.dtype, chunks=(chunk_rows, d) if n else None,
+                dcpl=dcpl, fill_time="alloc")
         f.create_dataset("coords", data=np.asarray(self._tiles.coords, dtype=np.int64).reshape(-1, 2))
         if self._tiles.spot_ids is not None:
             f.create_dataset("spot_ids", data=np.asarray(self._tiles.spot_ids, dtype=object),
@@ -329,6 +369,7 @@ class FeatureMeta:
     spot_ids: np.ndarray | None
     n_coords: int
     dtype: str = "float32"
+    views: tuple[str, ...] = ()
 
     @property
     def sample_id(self) -> str:
@@ -420,9 +461,17 @@ def read_features(path: str | Path) -> FeatureSet:
         features = _feature_rows(f)
         coords = np.asarray(f["coords"][:]).reshape(-1, 2).astype(np.int64, copy=False)
         spot_ids = f["spot_ids"].asstr()[:] if "spot_ids" in f else None
+        views = {name: f["views"][name][:] for name in view_names(attrs)}
     if attrs.get("n_done", len(features)) != len(features):
         raise InputError(path, "is an incomplete features file", REDO)
-    return FeatureSet(features=features, coords=coords, attrs=attrs, spot_ids=spot_ids)
+    return FeatureSet(features=features, coords=coords, attrs=attrs, spot_ids=spot_ids,
+                      views=views)
+
+
+def view_names(attrs: dict[str, object]) -> tuple[str, ...]:
+    """The augmentation views a features file holds (its ``views`` attr; none if absent)."""
+    raw = attrs.get("views")
+    return tuple(json.loads(str(raw))) if raw not in (None, "") else ()
 
 
 def read_feature_meta(path: str | Path) -> FeatureMeta:
@@ -443,7 +492,7 @@ def read_feature_meta(path: str | Path) -> FeatureMeta:
         n_coords = int(f["coords"].shape[0]) if "coords" in f else shape[0]
         dtype = str(f["features"].dtype)
     return FeatureMeta(shape=shape, attrs=attrs, spot_ids=spot_ids, n_coords=n_coords,
-                       dtype=dtype)
+                       dtype=dtype, views=view_names(attrs))
 
 
 def features_attrs(path: str | Path) -> dict[str, object]:
@@ -451,6 +500,22 @@ def features_attrs(path: str | Path) -> dict[str, object]:
     path = Path(path)
     with open_h5(path, what="features file", fix=REDO) as f:
         return _read_checked_attrs(path, f)
+
+
+def stain_record(attrs: dict[str, object]) -> dict[str, object]:
+    """The stain normalisation recorded in a features file's attrs, JSON fields decoded.
+
+    A file without ``stain_normalize`` (written before the option existed, or by another
+    tool) is ``{"stain_normalize": "none"}``.
+    """
+    out: dict[str, object] = {"stain_normalize": str(attrs.get("stain_normalize") or "none")}
+    for key in STAIN_ATTRS[1:]:
+        value = attrs.get(key)
+        if value is None or value == "":
+            continue
+        out[key] = json.loads(str(value)) if key in ("stain_fit", "stain_reference_fit") \
+            else str(value)
+    return out
 
 
 def spot_diameter_level0(attrs: dict[str, Any]) -> float | None:

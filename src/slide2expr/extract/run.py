@@ -7,7 +7,10 @@ to the device as uint8 (4x less traffic than float), becomes a channels-last
 ``(B, 3, H, W)`` view there, is normalised, and runs through the encoder under
 ``torch.inference_mode``. On CUDA: bf16 autocast where supported (else fp16), pinned host
 memory, non-blocking copies both ways, and the next batch computes while the previous one is
-written. On the CPU the same code runs in float32. Features are written batch by batch
+written. On the CPU the same code runs in float32. With ``stain_normalize`` set, the
+slide's own stain statistics are fitted once, before any tile is read, on a low-resolution
+read of the whole slide (:mod:`slide2expr.extract.stain`), and the dataset normalises each
+tile to the reference as it reads it (in the DataLoader workers). Features are written batch by batch
 (:class:`~slide2expr.contracts.features.FeatureWriter`), so memory does not grow with the number of
 tiles, and an interrupted run resumes where it stopped.
 """
@@ -32,6 +35,7 @@ from slide2expr.contracts.features import FeatureWriter
 from slide2expr.contracts.tiles import TileSet, read_tiles
 from slide2expr.errors import InputError
 from slide2expr.extract.encoders import Encoder, get_encoder, get_spec
+from slide2expr.extract.stain import StainNormalizer, apply_view, build_normalizer, check_views
 from slide2expr.inputs.slides import Slide, open_slide
 
 log = logging.getLogger(__name__)
@@ -124,15 +128,23 @@ class TileRegionDataset(Dataset):
         Edge of the returned images (the encoder's input size).
     slide_mpp
         The mpp the tile stage resolved (used when the slide has none in its metadata).
+    stain
+        Applied to each tile as it is read (the slide's fitted stain normaliser), or None.
+    views
+        Augmentation views (:data:`slide2expr.extract.stain.VIEWS`) returned beside each
+        tile, made from the normalised tile.
     """
 
     def __init__(self, slide_path: str | Path, coords: np.ndarray, *, tile_px_level0: float,
-                 out_px: int, slide_mpp: float | None = None) -> None:
+                 out_px: int, slide_mpp: float | None = None,
+                 stain: StainNormalizer | None = None, views: tuple[str, ...] = ()) -> None:
         self.slide_path = Path(slide_path)
         self.coords = np.asarray(coords, dtype=np.int64).reshape(-1, 2)
         self.tile_px_level0 = float(tile_px_level0)
         self.out_px = int(out_px)
         self.slide_mpp = slide_mpp
+        self.stain = stain
+        self.views = views
         self._slide: Slide | None = None
         self._pid: int | None = None
 
@@ -152,26 +164,32 @@ class TileRegionDataset(Dataset):
         return self._slide
 
     def read(self, i: int) -> np.ndarray:
-        """Tile ``i`` as ``(out_px, out_px, 3)`` uint8 RGB."""
+        """Tile ``i`` as ``(out_px, out_px, 3)`` uint8 RGB, stain-normalised if set."""
         x, y = self.coords[i]
         s = self.tile_px_level0
-        return self.slide().read_region_mpp(float(x), float(y), s, s, (self.out_px, self.out_px))
+        tile = self.slide().read_region_mpp(float(x), float(y), s, s, (self.out_px, self.out_px))
+        return tile if self.stain is None else self.stain(tile)
 
     def __getitem__(self, rows: tuple[int, int]) -> tuple[int, torch.Tensor | InputError]:
         """The batch of rows ``[start, stop)``, or the :class:`InputError` that reading hit.
+
+        ``(B, H, W, 3)`` uint8; with views ``(B, 1 + V, H, W, 3)``: the tile, then its views.
 
         The error is returned, not raised: a DataLoader worker re-raises exceptions as a
         RuntimeError carrying a traceback, while a returned InputError reaches the main
         process intact and is raised there as the one-line message it is.
         """
         start, stop = rows
-        batch = np.empty((stop - start, self.out_px, self.out_px, 3), dtype=np.uint8)
+        batch = np.empty((stop - start, 1 + len(self.views), self.out_px, self.out_px, 3),
+                         dtype=np.uint8)
         try:
             for j, i in enumerate(range(start, stop)):
-                batch[j] = self.read(i)
+                batch[j, 0] = self.read(i)
+                for v, view in enumerate(self.views, start=1):
+                    batch[j, v] = apply_view(batch[j, 0], view, i)
         except InputError as exc:
             return start, exc
-        return start, torch.from_numpy(batch)
+        return start, torch.from_numpy(batch if self.views else batch[:, 0])
 
     def close(self) -> None:
         """Close this process's slide handle."""
@@ -231,6 +249,9 @@ def extract_features(
     threads: int | None = None,
     device: str = "auto",
     dtype: str = "float32",
+    stain_normalize: str = "none",
+    stain_reference: str | Path | None = None,
+    views: list[str] | tuple[str, ...] = (),
     resume: bool = True,
     progress: bool = True,
 ) -> ExtractResult:
@@ -260,6 +281,18 @@ def extract_features(
         ``auto``, ``cpu`` or ``cuda``.
     dtype
         Storage type of the features: ``float32`` or ``float16``.
+    stain_normalize
+        ``none``, ``macenko`` or ``reinhard``: every tile is normalised to the reference
+        before embedding, with the slide's own stain statistics fitted once on its
+        low-resolution read (:func:`slide2expr.extract.stain.build_normalizer`). A slide with
+        too little tissue is embedded unnormalised, with a warning and ``stain_status``
+        recorded. The method, reference and fits are recorded in the file's attrs.
+    stain_reference
+        An H&E image to fit the reference on; None: the fixed reference.
+    views
+        Augmentation views (:data:`slide2expr.extract.stain.VIEWS`) embedded beside each tile
+        into ``views/{name}`` of the features file; none for a ``grid`` or ``grid_ctx{um}``
+        tiling (heatmaps use no views). Each view costs one more forward pass per tile.
     resume
         Continue a partial file left by an interrupted run with the same inputs.
     progress
@@ -290,6 +323,14 @@ def extract_features(
     }
     if slide_mpp is not None:
         attrs["input_mpp"] = slide_mpp * tile_px0 / out_px
+    stain, stain_attrs = build_normalizer(stain_normalize, slide_path,  # type: ignore[arg-type]
+                                          slide_mpp=slide_mpp, reference=stain_reference)
+    attrs.update(stain_attrs)
+    views = check_views(tuple(views))
+    if views and (tileset.attrs.get("mode") == "grid"
+                  or str(tileset.attrs.get("tiling", "")).startswith("grid")):
+        log.info("grid tiling: no augmentation views (they are for training units)")
+        views = ()
     if threads is not None:
         if threads < 1:
             raise InputError(None, f"threads {threads} is not positive", "use e.g. 4")
@@ -297,13 +338,14 @@ def extract_features(
     workers = (default_num_workers(dev, threads) if num_workers is None else int(num_workers))
 
     with FeatureWriter(out_path, tileset, embed_dim=enc.embed_dim, attrs=attrs, dtype=dtype,
-                       resume=resume) as writer:
+                       resume=resume, views=views) as writer:
         first = writer.n_done
         n = len(tileset)
         t0 = time.perf_counter()
         if first < n:
             dataset = TileRegionDataset(slide_path, tileset.coords, tile_px_level0=tile_px0,
-                                        out_px=out_px, slide_mpp=slide_mpp)
+                                        out_px=out_px, slide_mpp=slide_mpp, stain=stain,
+                                        views=views)
             open_slide(slide_path, sheet_mpp=slide_mpp, require_mpp=False).close()  # fail early
             try:
                 _run(dataset, writer, enc, dev, first=first, batch_size=batch_size,
@@ -341,7 +383,10 @@ def _run(dataset: TileRegionDataset, writer: FeatureWriter, enc: Encoder, dev: t
             for start, images in loader:
                 if isinstance(images, InputError):
                     raise images  # the rows before it are written and resume from here
-                out = embed_batch(module, images, enc, dev, amp)
+                n_views = images.shape[1] if images.ndim == 5 else 1
+                out = embed_batch(module, images.flatten(0, 1) if n_views > 1 else images,
+                                  enc, dev, amp)
+                out = out.unflatten(0, (-1, n_views)) if n_views > 1 else out
                 if cuda:
                     host = torch.empty(out.shape, dtype=out.dtype, pin_memory=True)
                     host.copy_(out, non_blocking=True)
@@ -362,7 +407,11 @@ def _drain(pending: deque, writer: FeatureWriter, bar: tqdm) -> None:
     start, host, event = pending.popleft()
     if event is not None:
         event.synchronize()
-    writer.write(start, host.numpy())
+    rows = host.numpy()
+    if rows.ndim == 3:  # (B, 1 + V, D): the tile, then its views in the writer's order
+        writer.write(start, rows[:, 0], {v: rows[:, 1 + j] for j, v in enumerate(writer.views)})
+    else:
+        writer.write(start, rows)
     bar.update(host.shape[0])
 
 

@@ -55,6 +55,7 @@ from slide2expr.inputs.expression import (
 from slide2expr.inputs.spots import match_spots_to_counts, read_scalefactors, read_spot_positions
 from slide2expr.join.context import add_context, read_context_windows
 from slide2expr.join.scverse import add_log1p, add_spatial_metadata
+from slide2expr.join.views import read_section_views, stack_views
 from slide2expr.keys import Key
 
 log = logging.getLogger(__name__)
@@ -216,6 +217,7 @@ def _spot_parts(sheet, features_dir, params, report, sheet_path):
     obs_frames, tables, spatial, embeddings, feature_attrs = [], [], [], [], {}
     windows: dict[str, list[np.ndarray]] = {}
     spatial_um, window_record = [], {}
+    views: dict[str, dict[str, np.ndarray]] = {}
     dropped_no_features: dict[str, int] = {}
     for sample_id, row in tqdm(sheet.iterrows(), total=len(sheet), desc="join spots",
                                unit="section", disable=None):
@@ -254,6 +256,9 @@ def _spot_parts(sheet, features_dir, params, report, sheet_path):
             encoder=params.encoder, embed_dim=embeddings[-1].shape[1])
         for name, block in ctx.items():
             windows.setdefault(name, []).append(block)
+        views[sample_id] = read_section_views(features_dir, sample_id,
+                                              positions["spot_id"].to_list(), params.context_um,
+                                              encoder=params.encoder)
         # micrometres for the neighbour radii; NaN when the features record no slide mpp
         mpp = float(attrs["slide_mpp"]) if attrs.get("slide_mpp") else float("nan")
         spatial_um.append(positions[["x", "y"]].to_numpy(np.float64) * mpp)
@@ -278,6 +283,7 @@ def _spot_parts(sheet, features_dir, params, report, sheet_path):
     obsm = {"spatial": np.vstack(spatial), params.obsm_key: np.vstack(embeddings)}
     for name, blocks in windows.items():
         obsm[Key.context(params.encoder, name)] = np.vstack(blocks)
+    obsm.update(stack_views(views))
     derived = add_context(obsm, encoder=params.encoder, sections=obs[Key.SAMPLE_ID].to_numpy(),
                           xy_um=np.vstack(spatial_um), neighbour_um=params.neighbour_um,
                           slide_mean=params.slide_mean)

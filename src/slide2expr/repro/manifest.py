@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from slide2expr import __version__
 from slide2expr.atomic import atomic_output
-from slide2expr.contracts.features import read_feature_meta
+from slide2expr.contracts.features import read_feature_meta, stain_record
 from slide2expr.errors import InputError
 from slide2expr.hashing import sha256_file
 from slide2expr.inputs.samples import FILE_COLUMNS, read_sample_sheet
@@ -182,7 +182,11 @@ def input_files(config: dict[str, Any], *, known_weights: dict[str, Any] | None 
     genes = (config.get("train") or {}).get("genes") or {}
     if genes.get("list"):
         files.append({"role": "gene_list", "sample": None, "path": str(genes["list"])})
-    local = (config.get("extract") or {}).get("weights") or {}
+    extract = config.get("extract") or {}
+    if extract.get("stain_reference") and extract.get("stain_normalize", "none") != "none":
+        files.append({"role": "stain_reference", "sample": None,
+                      "path": str(extract["stain_reference"])})
+    local = extract.get("weights") or {}
     for name in config_encoders(config):
         known = ((known_weights or {}).get(name) or {}).get("weights")
         if known:
@@ -285,11 +289,16 @@ def _iso(timestamp: float) -> str:
 
 
 def feature_compute(results: str | Path) -> dict[str, Any]:
-    """What the features were computed with, from the files: devices, stored dtypes and the
-    weights (sha256 and source, as the extract stage recorded them) of each encoder."""
+    """What the features were computed with, from the files: devices, stored dtypes, the
+    weights (sha256 and source, as the extract stage recorded them) and the stain
+    normalisation of each encoder (``stain``: method, reference and its fit, and per
+    ``{tiling}/{sample}`` the slide's status and fitted stain statistics) and the
+    augmentation views its files hold (``views``)."""
     devices: dict[str, set[str]] = {}
     dtypes: dict[str, set[str]] = {}
     weights: dict[str, dict[str, str]] = {}
+    stains: dict[str, dict[str, Any]] = {}
+    views: dict[str, set[str]] = {}
     for path in sorted(Path(results, "features").rglob("*.h5")):
         if path.name.startswith("."):  # a partial file of an interrupted extraction
             continue
@@ -304,9 +313,39 @@ def feature_compute(results: str | Path) -> dict[str, Any]:
         if meta.attrs.get("weights"):
             weights.setdefault(enc, {"sha256": str(meta.attrs["weights"]),
                                      "source": str(meta.attrs.get("weights_source", ""))})
+        views.setdefault(enc, set()).update(meta.views)
+        _add_stain(stains.setdefault(enc, {}), stain_record(meta.attrs),
+                   f"{path.parent.name}/{path.stem}")
     return {enc: {"devices": sorted(devices[enc]), "dtypes": sorted(dtypes.get(enc, set())),
-                  **({"weights": weights[enc]} if enc in weights else {})}
+                  **({"weights": weights[enc]} if enc in weights else {}),
+                  "stain": _stain_summary(stains.get(enc, {})),
+                  "views": sorted(views.get(enc, set()))}
             for enc in sorted(devices)}
+
+
+def _add_stain(into: dict[str, Any], record: dict[str, Any], file: str) -> None:
+    """Collect one features file's stain record (:func:`stain_record`) under its encoder."""
+    for key in ("stain_normalize", "stain_reference", "stain_reference_sha256",
+                "stain_reference_fit"):
+        if key in record:
+            into.setdefault(key, set()).add(json.dumps(record[key], sort_keys=True))
+    if record["stain_normalize"] != "none":
+        into.setdefault("slides", {})[file] = {
+            k.removeprefix("stain_"): record[k]
+            for k in ("stain_status", "stain_fit", "stain_fit_source") if k in record}
+
+
+def _stain_summary(collected: dict[str, Any]) -> dict[str, Any]:
+    """One value where every file agrees, else the sorted list of values seen."""
+    out: dict[str, Any] = {}
+    for key, values in collected.items():
+        if key == "slides":
+            out[key] = dict(sorted(values.items()))
+            continue
+        decoded = [json.loads(v) for v in sorted(values)]
+        out[key.removeprefix("stain_") if key != "stain_normalize" else "method"] = \
+            decoded[0] if len(decoded) == 1 else decoded
+    return out
 
 
 def build_manifest(config: dict[str, Any], *, results: str | Path = "results",

@@ -86,6 +86,8 @@ class TrainConfig:
     output_rank: int = 0
     accelerator: str = "auto"
     num_workers: int = 0
+    augment_views: list[str] = field(default_factory=list)
+    tta: bool = False
 
     @classmethod
     def from_dict(cls, values: dict[str, Any] | None, *, source: str | None = None) -> TrainConfig:

@@ -58,6 +58,7 @@ from slide2expr.train.features import BagFeatures, SpotFeatures
 from slide2expr.train.gene_selection import column_stats, select_genes
 from slide2expr.train.heads import HEADS, MONITOR, build_head
 from slide2expr.train.trained import save_head
+from slide2expr.train.views import ViewRows, view_rows
 
 log = logging.getLogger(__name__)
 
@@ -88,16 +89,24 @@ def feature_source(adata: Any, *, config: TrainConfig, dataset_path: Path | None
         paths = [tuple(_resolve(p, dataset_path) for p in value.split(";"))
                  for value in adata.obs[Key.FEATURES_PATH].astype(str)]
         return BagFeatures(paths, supertiles=config.supertiles, seed=config.seed).scan()
+    key = spot_key(adata, config=config, dataset_path=dataset_path)
+    return spot_blocks(adata, key, inputs or config.inputs, dataset_path=dataset_path)
+
+
+def spot_key(adata: Any, *, config: TrainConfig, dataset_path: Path | None) -> str:
+    """The ``obsm`` key of the spot embeddings: ``train.features_key``, else ``X_{encoder}``
+    of the join's provenance, else the only ``X_*`` matrix."""
     key = config.features_key
     if key is None:
         encoder = dict(adata.uns.get("slide2expr", {})).get("encoder")
-        candidates = [k for k in adata.obsm if k.startswith("X_") and k != "X_spatial"]
+        candidates = [k for k in adata.obsm if k.startswith("X_") and k != "X_spatial"
+                      and "__" not in k]  # not an augmentation view (keys.Key.view)
         key = f"X_{encoder}" if encoder and f"X_{encoder}" in adata.obsm else (
             candidates[0] if len(candidates) == 1 else None)
     if key is None or key not in adata.obsm:
         raise InputError(dataset_path, f"no feature matrix in obsm (found {list(adata.obsm)})",
                          "set train.features_key, or re-run the join stage with features")
-    return spot_blocks(adata, key, inputs or config.inputs, dataset_path=dataset_path)
+    return key
 
 
 _BLOCK_FIX = {"ctx": "add the window to tiling.context_um", "nbr": "add the radius to "
@@ -264,9 +273,13 @@ def _fit_bases(module: Any, data: Any) -> None:
 def train_fold(*, head: str, config: TrainConfig, source: SpotFeatures | BagFeatures,
                x: Any, counts: Any, var_names: np.ndarray, groups: np.ndarray, fold: np.ndarray,
                k: int, fold_dir: Path, provenance: dict, source_path: str | None,
-               sections: np.ndarray | None = None) -> FoldResult:
+               sections: np.ndarray | None = None, views: ViewRows | None = None) -> FoldResult:
     """Gene selection, head training (``config.ensemble`` seeds, averaged) and baselines for
-    fold ``k``; writes ``fold_dir`` (member 0 in it, further members in ``member{m}/``)."""
+    fold ``k``; writes ``fold_dir`` (member 0 in it, further members in ``member{m}/``).
+
+    With ``views`` (:mod:`slide2expr.train.views`), the training units' view rows are extra
+    training rows (never the held-out units'), and held-out predictions are averaged over
+    the test-time views."""
     test_mask = fold == k
     train_mask = ~test_mask
     check_training_units(train_mask, k, source=source_path)
@@ -278,6 +291,9 @@ def train_fold(*, head: str, config: TrainConfig, source: SpotFeatures | BagFeat
                          source=source_path)
     y = x[:, genes]
     y = np.asarray(y.toarray() if sp.issparse(y) else y, dtype=np.float32)
+    fit_source, y_fit = (source, y) if views is None else (views.source, views.tile(y))
+    rows = (lambda idx: idx) if views is None else views.train_rows
+    test_rows = test_idx if views is None else views.test_rows(test_idx)
 
     sections = groups if sections is None else sections
     inner, grouping = inner_groups(groups[train_idx], sections[train_idx],
@@ -299,14 +315,14 @@ def train_fold(*, head: str, config: TrainConfig, source: SpotFeatures | BagFeat
     for m in range(config.ensemble):
         seed = config.seed + k + 1000 * m
         inner_train, inner_val = train_idx[~val_masks[m]], train_idx[val_masks[m]]
-        data = FoldDataModule(source, y, train_idx=inner_train, val_idx=inner_val,
-                              test_idx=test_idx, batch_size=batch_size,
+        data = FoldDataModule(fit_source, y_fit, train_idx=rows(inner_train), val_idx=inner_val,
+                              test_idx=test_rows, batch_size=batch_size,
                               max_tiles=config.max_tiles, seed=seed,
                               num_workers=config.num_workers)
         member_dir = fold_dir if m == 0 else fold_dir / f"member{m}"
         members.append(fit_member(head, hparams, data, config=config, seed=seed,
                                   out_dir=member_dir,
-                                  refit_idx=train_idx if config.refit else None))
+                                  refit_idx=rows(train_idx) if config.refit else None))
         meta = {
             "head": head, "hparams": members[-1]["hparams"], "genes": gene_names, "fold": k,
             "member": m, "mode": source.kind, "encoder": provenance.get("encoder"),
@@ -319,6 +335,8 @@ def train_fold(*, head: str, config: TrainConfig, source: SpotFeatures | BagFeat
         }
         save_head(members[-1]["module"], member_dir, meta=meta)
     stacked = np.stack([mem["predicted"] for mem in members])
+    if views is not None:  # each member's mean over the clean and TTA rows of a held-out unit
+        stacked = np.stack([views.average(p, len(test_idx)) for p in stacked])
     predicted = stacked.mean(axis=0)
     predicted_sd = stacked.std(axis=0) if len(members) > 1 else None
     info: dict[str, Any] = {
@@ -329,13 +347,20 @@ def train_fold(*, head: str, config: TrainConfig, source: SpotFeatures | BagFeat
         "seconds": round(sum(mem["seconds"] for mem in members), 2),
         "inner_grouping": grouping,
         "inputs": input_names,
+        "augment_views": list(views.train_views) if views is not None else [],
+        "tta_views": list(views.tta_views) if views is not None else [],
     }
 
     # ridge's alpha is chosen with the same inner grouping as early stopping
     inner_all = np.empty(len(groups), dtype=object)
     inner_all[train_idx] = inner
-    out_baselines = fit_baselines(config, source, y, train_idx=train_idx, test_idx=test_idx,
-                                  groups=inner_all, k=k, info=info)
+    out_baselines = fit_baselines(config, fit_source, y_fit, train_idx=rows(train_idx),
+                                  test_idx=test_rows,
+                                  groups=inner_all if views is None else views.tile(inner_all),
+                                  k=k, info=info)
+    if views is not None:
+        out_baselines = {n: views.average(p, len(test_idx)).astype(np.float32)
+                         for n, p in out_baselines.items()}
     return FoldResult(fold=k, genes=genes, test_idx=test_idx, predicted=predicted,
                       baselines=out_baselines, info=info,
                       train_mean=y[train_idx].astype(np.float64).mean(axis=0),
@@ -410,6 +435,11 @@ def run_training(adata: Any, *, head: str, config: TrainConfig, models_dir: str 
     _check_targets(x, src)
     source = feature_source(adata, config=config, dataset_path=dataset_path,
                             inputs=config.inputs_for(head))
+    views = None
+    if source.kind == "spot" and (config.augment_views or config.tta):
+        views = view_rows(adata, source, spot_key(adata, config=config, dataset_path=dataset_path),
+                          config.inputs_for(head), augment=config.augment_views, tta=config.tta,
+                          dataset_path=dataset_path)
     sections = adata.obs[Key.SAMPLE_ID].astype(str).to_numpy()
 
     models_dir = Path(models_dir)
@@ -422,7 +452,7 @@ def run_training(adata: Any, *, head: str, config: TrainConfig, models_dir: str 
             result = train_fold(head=head, config=config, source=source, x=x, counts=counts,
                                 var_names=var_names, groups=groups, fold=fold, k=k,
                                 fold_dir=tmp_dir / f"fold{k}", provenance=provenance,
-                                source_path=src, sections=sections)
+                                source_path=src, sections=sections, views=views)
             results.append(result)
             log.info("fold %d: %d genes, epochs %s, best val r %s, ridge alpha %s",
                      k, len(result.genes), result.info["epochs"],
