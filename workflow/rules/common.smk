@@ -83,6 +83,11 @@ ENC_TAG = "{encoder}/" if SWEEP else ""
 
 # Settings every stage reads.
 EXTRACT = config["extract"]
+# Threads of one extract job: up to 4, but never more than half the cores given to Snakemake,
+# so at least two slides embed side by side (their start-up, ~5 s of imports and model
+# build, overlaps; on the CPU two 1-thread jobs beat one 2-thread job: the demo's 12 extract
+# jobs took 110 s in turn, docs/benchmarks.md). A profile's set-threads still overrides it.
+EXTRACT_THREADS = max(1, min(4, (workflow.cores or 2) // 2))
 JOIN = config["join"]
 TRAIN = config["train"]
 REPORT = config["report"]

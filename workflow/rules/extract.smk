@@ -20,7 +20,7 @@ rule extract:
         f"{RESULTS}/logs/extract/{{encoder}}/{{tiling}}/{{sample}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/extract/{{encoder}}/{{tiling}}/{{sample}}.tsv"
-    threads: 4
+    threads: EXTRACT_THREADS
     resources:
         gpu=1 if EXTRACT["device"] == "cuda" else 0,
         mem_mb=8000,
