@@ -135,6 +135,11 @@ class FeatureSet:
     def __len__(self) -> int:
         return int(self.features.shape[0])
 
+    @property
+    def centres(self) -> np.ndarray:
+        """``(N, 2)`` float64 tile centres in level-0 px (attr ``tile_px_level0``)."""
+        return self.coords.astype(np.float64) + float(self.attrs["tile_px_level0"]) / 2.0
+
 
 def partial_path(path: str | Path) -> Path:
     """The hidden file a features file is written into before it is complete."""

@@ -143,9 +143,7 @@ def _context_block(features: FeatureSet, um: int, *, features_path: str | Path,
     if ctx.features.ndim != 2 or ctx.features.shape != (len(features), dim):
         raise InputError(path, f"has features of shape {ctx.features.shape}, the grid "
                          f"{(len(features), dim)}", fix)
-    grid_centres = features.coords + float(features.attrs["tile_px_level0"]) / 2.0
-    ctx_centres = ctx.coords + float(ctx.attrs["tile_px_level0"]) / 2.0
-    if np.abs(grid_centres - ctx_centres).max(initial=0.0) > 1.0:
+    if np.abs(features.centres - ctx.centres).max(initial=0.0) > 1.0:
         raise InputError(path, "its windows are not centred on the grid tiles (another "
                          "tiling of the slide)", fix)
     return ctx.features, {"context_um": float(um),
@@ -162,8 +160,7 @@ def _neighbour_block(features: FeatureSet, radius_um: float, *,
     if not mpp:
         raise InputError(source, "records no slide_mpp, which a neighbour block needs",
                          "re-run the tile and extract stages (they record the slide's mpp)")
-    centres_um = (features.coords + float(features.attrs["tile_px_level0"]) / 2.0) * float(mpp)
-    return neighbour_mean(centres_um, features.features, np.zeros(len(features), dtype=int),
+    return neighbour_mean(features.centres * float(mpp), features.features, np.zeros(len(features), dtype=int),
                           radius_um=radius_um)
 
 
