@@ -127,7 +127,10 @@ def test_verbose_shows_our_debug_lines_but_not_h5py_s(slides_dir: Path, tmp_path
 
 
 def test_quiet_draws_no_progress_bar(tmp_path: Path) -> None:
-    config = json.dumps({"samples": str(tmp_path / "none.tsv")})
+    (tmp_path / "slide.png").write_bytes(b"not hashed for its content")
+    sheet = tmp_path / "samples.tsv"
+    sheet.write_text(f"sample_id\tslide\ns1\t{tmp_path / 'slide.png'}\n")
+    config = json.dumps({"samples": str(sheet), "mode": "bulk"})
     args = ("manifest", "--config-json", config, "--out", str(tmp_path / "m.json"),
             "--results", str(tmp_path / "results"))
     loud, quiet = run(*args), run("-q", *args)
