@@ -202,6 +202,15 @@ def tile_spot_args(wildcards, input, output):
     return f"--spots {input.spots} --counts {input.counts} --spots-out {output.spots}"
 
 
+def tile_roi_args(wildcards):
+    """``--roi ... --roi-units ...`` for a region sample (the sheet's roi), else nothing."""
+    roi = sample_value(wildcards.sample, "roi")
+    if roi is None:
+        return ""
+    units = sample_value(wildcards.sample, "roi_units", "px")
+    return f"--roi {shlex.quote(str(roi))} --roi-units {units}"
+
+
 def extract_inputs(wildcards):
     inputs = {"tiles": f"{RESULTS}/tiles/{wildcards.tiling}/{wildcards.sample}.h5"}
     weights = (EXTRACT.get("weights") or {}).get(wildcards.encoder)
