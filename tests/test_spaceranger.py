@@ -5,6 +5,7 @@ documented format) grouped into patch-size spots."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -219,3 +220,67 @@ def test_tile_and_join_from_hd_bins(tmp_path: Path) -> None:
     assert counts.loc["112um_00000_00000", "ONE"] == 196
     library = next(iter(adata.uns["spatial"].values()))
     assert library["scalefactors"]["spot_diameter_fullres"] == pytest.approx(14 * 8 / HD_MPP)
+
+
+# -- docs/spaceranger.md, run as written -----------------------------------------------------
+
+def _blocks(page: Path, language: str) -> list[str]:
+    """The fenced ``language`` blocks of a Markdown page, in order."""
+    import re
+
+    return re.findall(rf"```{language}\n(.*?)```", page.read_text(), flags=re.S)
+
+
+def _bash(block: str, cwd: Path) -> None:
+    env = {**os.environ, "SLIDE2EXPR": str(REPO),
+           "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]])}
+    proc = subprocess.run(["bash", "-e", "-c", block], cwd=cwd, capture_output=True, text=True,
+                          timeout=900, env=env)
+    assert proc.returncode == 0, f"{block}\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
+
+
+def _pseudo_cohort_model(work: Path) -> None:
+    """``results/models/mlp`` for the page's predict block: the run's spots split into three
+    pseudo-patients by x (one Visium run is no cohort; the page says a model comes from
+    the workflow on the user's cohort)."""
+    import anndata as ad
+
+    adata = ad.read_h5ad(work / "dataset.h5ad")
+    x = adata.obsm["spatial"][:, 0]
+    adata.obs["patient"] = np.digitize(x, np.quantile(x, [1 / 3, 2 / 3])).astype(str)
+    adata.write_h5ad(work / "cohort.h5ad")
+    proc = cli("-q", "train", work / "cohort.h5ad", "--models-dir", work / "results/models/mlp",
+               "--predictions", work / "results/predictions/mlp.h5ad", "--config-json",
+               json.dumps({"train": {"folds": 3, "max_epochs": 3, "min_epochs": 1}}), cwd=work)
+    assert proc.returncode == 0, proc.stderr
+    proc = cli("-q", "report", work / "results/predictions/mlp.h5ad", "-o",
+               work / "results/report/mlp", "--bootstrap", "0", cwd=work)
+    assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.slow
+def test_the_space_ranger_page_runs_as_written(visium: Path, tmp_path: Path) -> None:
+    """Every bash block of docs/spaceranger.md on a copy of the Visium run (the workflow
+    block as a dry run), then docs/interop.md's scanpy block on the outputs (before: its
+    color="ERBB2" failed on outputs without that gene)."""
+    import shutil
+
+    work = tmp_path / "run"
+    shutil.copytree(visium, work / "outs")
+    blocks = _blocks(REPO / "docs" / "spaceranger.md", "bash")
+    assert len(blocks) == 3
+    _bash(blocks[0], work)
+    assert (work / "qc" / "V1.png").is_file() and (work / "dataset.h5ad").is_file()
+    _pseudo_cohort_model(work)
+    _bash(blocks[1], work)
+    import anndata as ad
+
+    predicted = ad.read_h5ad(work / "V1_predicted.h5ad")
+    assert predicted.n_obs == 100
+    assert "snakemake" in blocks[2]
+    _bash(blocks[2].replace("--configfile my.yaml", "--configfile my.yaml -n"), work)
+    snippet = _blocks(REPO / "docs" / "interop.md", "python")[0]
+    assert "ERBB2" not in snippet
+    proc = subprocess.run([sys.executable, "-c", "import matplotlib; matplotlib.use('Agg')\n"
+                           + snippet], cwd=work, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
