@@ -46,6 +46,7 @@ app = typer.Typer(
 COMMAND_MODULES = (
     "tile",
     "context_tiles",
+    "pseudobulk",
     "demo",
     "extract",
     "join",

@@ -147,10 +147,15 @@ def grid_tiles(slide: Slide, tissue: TissueMap, sample_id: str, params: TilingPa
                    extra={"tissue_fraction": frac[keep].astype(np.float32)})
 
 
+#: A tile counts as inside a region when it is, give or take this many level-0 pixels: region
+#: boxes written with two decimals (``slide2expr pseudobulk``) fall on the grid's float edges.
+EDGE_TOLERANCE = 0.5
+
+
 def _within_bounds(starts: np.ndarray, bounds: tuple[float, float], size0: float) -> np.ndarray:
     """The grid starts whose tiles can lie inside ``[lo, hi]``."""
     lo, hi = bounds
-    return starts[(starts >= lo - 1e-6) & (starts + size0 <= hi + 1e-6)]
+    return starts[(starts >= lo - EDGE_TOLERANCE) & (starts + size0 <= hi + EDGE_TOLERANCE)]
 
 
 def tiles_inside(region: Any, x: np.ndarray, y: np.ndarray, size0: float) -> np.ndarray:
@@ -159,7 +164,8 @@ def tiles_inside(region: Any, x: np.ndarray, y: np.ndarray, size0: float) -> np.
 
     if len(x) == 0:
         return np.zeros(0, dtype=bool)
-    boxes = shapely.box(x, y, x + size0, y + size0)
+    tol = EDGE_TOLERANCE
+    boxes = shapely.box(x + tol, y + tol, x + size0 - tol, y + size0 - tol)
     return np.asarray(shapely.covers(region, boxes), dtype=bool)
 
 
