@@ -7,11 +7,14 @@ import re
 import shlex
 from pathlib import Path
 
+from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
+from slide2expr.errors import InputError
 from slide2expr.inputs.samples import read_sample_sheet
 from slide2expr.settings import (
     check_heads_fit_mode,
+    check_run_config,
     put_interpreter_on_path,
     put_openseadragon_in_env,
 )
@@ -22,13 +25,13 @@ REPO = Path(workflow.basedir)
 SCHEMAS = REPO / "workflow" / "schemas"
 
 
-validate(config, str(SCHEMAS / "config.schema.yaml"))
-# Each stage has its own section and schema; validation fills in the documented defaults.
-for _section in ("tiling", "extract", "join", "train", "report", "heatmap"):
-    config.setdefault(_section, {})
-    _schema = SCHEMAS / f"{_section}.schema.yaml"
-    if _schema.exists():
-        validate(config[_section], str(_schema))
+# The top level and each stage's section against their schemas (the CLI uses the same files):
+# --config strings ("32", "false") become the schema's types, the documented defaults are
+# filled in, and a problem stops the run with one line naming the key (slide2expr.settings).
+try:
+    check_run_config(config)
+except InputError as _error:
+    raise WorkflowError(_error.one_line()) from None
 
 # Every rule runs the slide2expr CLI. With `--sdm conda`, Snakemake builds this environment
 # once per node setup; it pip-installs this checkout from ${SLIDE2EXPR_SRC}, which defaults to
@@ -142,11 +145,18 @@ def cli_option(flag, value):
     return "" if value is None else f"{flag} {value}"
 
 
+def default_mpp_option():
+    """``--default-mpp`` with the config's ``default_slide_mpp``, or nothing: the one way the
+    fallback resolution reaches every command that opens a slide (tile, heatmap, viewer)."""
+    return cli_option("--default-mpp", config["default_slide_mpp"])
+
+
 def config_json(*keys):
     """The config sections a command reads, as one shell-quoted JSON object: the one way rules
     pass settings (``--config-json``). A dotted key takes a subsection (``tiling.tissue``);
-    ``"*"`` takes the whole config (for provenance). Only these sections are in the job's
-    params, so editing another section does not rerun the job."""
+    ``"*"`` takes the whole config (the manifest's provenance only). Only these keys are in
+    the job's params, so editing another key does not rerun the job (tests/test_config_slices.py
+    checks it for every key of the schemas)."""
     if "*" in keys:
         chosen = config
     else:
