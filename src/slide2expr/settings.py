@@ -19,8 +19,16 @@ from typing import Any
 
 from slide2expr.errors import InputError
 
-#: Sections with a schema of their own (``workflow/schemas/{section}.schema.yaml``).
+#: The stages' sections, each with a schema of its own (``workflow/schemas/{section}.schema.yaml``).
 SECTIONS = ("tiling", "extract", "join", "train", "report", "heatmap")
+
+
+def schema_sections() -> list[str]:
+    """Every top-level key of the config that has a schema file of its own: the stages'
+    sections and any other (``pseudobulk``)."""
+    return [name for name, spec in load_schema("config").get("properties", {}).items()
+            if spec.get("type") == "object"
+            and (schema_dir() / f"{name}.schema.yaml").is_file()]
 
 
 def schema_dir() -> Path:
@@ -127,12 +135,13 @@ def check_run_config(config: dict[str, Any], *, source: str | Path | None = None
     """
     top = load_schema("config")
     config.update(coerce_strings(config, top))
-    for section in SECTIONS:
+    sections = schema_sections()
+    for section in sections:
         if isinstance(config.get(section), dict):
             config[section] = coerce_strings(config[section], load_schema(section),
                                              same_keys=load_schema(section))
     _raise_first_error(config, top, [], source=source)
-    for section in SECTIONS:
+    for section in sections:
         config.setdefault(section, {})
         _raise_first_error(config[section], load_schema(section), [section], source=source)
 
