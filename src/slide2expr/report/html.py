@@ -203,6 +203,47 @@ def headline_table(summary: dict[str, Any]) -> str:
     return _table([esc(h) for h in header], rows, attrs="id='headline'")
 
 
+def selection_line(summary: dict[str, Any]) -> str:
+    """The one sentence saying which model ships (``train.select``), above the headline."""
+    sel = summary.get("selection")
+    return f"<p class='note'><b>Shipped model.</b> {esc(sel['sentence'])}</p>" if sel else ""
+
+
+def selection_section(summary: dict[str, Any]) -> str:
+    """Per fold: the inner validation scores of the head and ridge, and the winner."""
+    sel = summary.get("selection")
+    if not sel or not sel["folds"]:
+        return ""
+    rows = []
+    for fold, info in sel["folds"].items():
+        scores = info.get("inner_scores") or {}
+        rows.append([esc(fold), fmt(scores.get(sel["head"]), "r") or "n/a",
+                     fmt(scores.get("ridge"), "r") or "n/a", esc(info.get("winner"))])
+    head = esc(sel["head"])
+    return ("<h2>Model selection (inner validation)</h2><p class='sub'>Inside each fold the "
+            f"{head} head and ridge on the same inputs were scored on the training fold's "
+            "inner validation units only (mean per-gene r within each validation group); the "
+            "higher one ships.</p>"
+            + _table(["fold", f"{head} inner r", "ridge inner r", "shipped"], rows))
+
+
+def uncertainty_section(summary: dict[str, Any]) -> str:
+    """How well the ensemble spread ranks the held-out errors and how much +-2 SD covers."""
+    u = summary.get("uncertainty")
+    if not u:
+        return ""
+    rows = [[esc(section), fmt(u["spearman_sections"].get(section), "r") or "n/a",
+             fmt(cover, "r") or "n/a"] for section, cover in u["coverage_sections"].items()]
+    return ("<h2>Uncertainty: the ensemble spread vs the error</h2><p class='sub'>Per held-out "
+            "section and gene, Spearman rho between the members' spread (predicted_sd) and "
+            "the absolute error, averaged over genes: "
+            f"<b>{fmt(u['spearman_mean'], 'r') or 'n/a'}</b> over sections "
+            f"({fmt(u['share_genes_positive'], 'r') or 'n/a'} of genes positive). Share of "
+            f"observed values within predicted +-2 SD: <b>{fmt(u['coverage_2sd'], 'r')}</b> "
+            "(about 0.95 if the spread were a calibrated Gaussian error).</p>"
+            + _table(["section", "rho(spread, |error|)", "coverage +-2 SD"], rows))
+
+
 def counts_table(summary: dict[str, Any]) -> str:
     """The counts of genes passing each criterion."""
     c = summary["counts"]
@@ -445,6 +486,7 @@ def render_html(data: ReportData, *, title: str | None = None, n_scatter: int = 
 <h1>{esc(title)}</h1>
 <p class="sub">{esc(' · '.join(facts))}</p>
 <h2>Headline</h2>
+{selection_line(s)}
 {headline_table(s)}
 {counts_table(s)}
 {notes}
@@ -454,6 +496,8 @@ def render_html(data: ReportData, *, title: str | None = None, n_scatter: int = 
 {''.join(figs)}
 <h2>Per fold</h2>
 {fold_table(s)}
+{selection_section(s)}
+{uncertainty_section(s)}
 {map_vs_spots_section(map_scores, s.get('map_vs_spots'))}
 <h2>Genes</h2>
 <p class="sub">Click a column header to sort; type in the box to find genes; a gene's viewer
