@@ -385,8 +385,11 @@ def _bulk_parts(sheet, features_dir, params, report, expression: Path, sheet_pat
             "n_slides": len(sids),
             "slide": ";".join(str(members.loc[s, "slide"]) for s in sids),
         }
-        if "section" in members.columns:  # region samples: folds may group by section
-            row["section"] = ";".join(dict.fromkeys(str(v) for v in members["section"]))
+        # region samples: folds may group by section; a section's spot truth (counts,
+        # spots) lets the report score tile maps against the spots (report.map_vs_spots)
+        for column in ("section", "roi", "counts", "spots"):
+            if column in members.columns:
+                row[column] = ";".join(dict.fromkeys(str(v) for v in members[column]))
         if "split" in members.columns:
             splits = set(members["split"])
             if len(splits) > 1:
