@@ -104,7 +104,7 @@ def test_rerun_does_nothing(demo_run: Path) -> None:
 @pytest.mark.slow
 def test_demo_report_finds_planted_genes_not_noise(demo_run: Path) -> None:
     """The end of the pipeline: planted genes lead the report, noise genes do not."""
-    genes = pd.read_csv(demo_run / "results" / "report" / "mlp" / "genes.tsv", sep="\t")
+    genes = pd.read_csv(demo_run / "results" / "report" / "context" / "genes.tsv", sep="\t")
     truth = pd.read_csv(demo_run / "resources" / "demo" / "truth" / "genes.tsv", sep="\t")
     kind = truth.set_index("gene")["kind"]
     genes["kind"] = genes["gene"].map(kind)
@@ -120,9 +120,9 @@ def test_demo_report_finds_planted_genes_not_noise(demo_run: Path) -> None:
 def test_demo_heatmaps_and_manifest(demo_run: Path) -> None:
     samples = pd.read_csv(demo_run / "config" / "samples.tsv", sep="\t")["sample_id"]
     for sample in samples:
-        pngs = list((demo_run / "results" / "heatmaps" / "mlp" / sample).glob("*.png"))
+        pngs = list((demo_run / "results" / "heatmaps" / "context" / sample).glob("*.png"))
         assert len(pngs) >= 4
-        geojson = demo_run / "results" / "heatmaps" / "mlp" / f"{sample}.geojson"
+        geojson = demo_run / "results" / "heatmaps" / "context" / f"{sample}.geojson"
         assert geojson.stat().st_size > 1000
     import json
 
