@@ -167,7 +167,7 @@ def rule_params(tmp_path_factory: pytest.TempPathFactory):
     configfile = workdir / "run.yaml"
 
     def load(config: dict[str, Any]) -> dict[str, dict[str, str]]:
-        configfile.write_text(yaml.safe_dump(config))
+        configfile.write_text(yaml.safe_dump(config, sort_keys=False))
         with SnakemakeApi(OutputSettings(quiet={"all"})) as api:
             workflow = api.workflow(
                 resource_settings=ResourceSettings(cores=2),
@@ -219,6 +219,20 @@ def test_with_a_shared_scale_the_scale_reads_only_what_it_uses(rule_params) -> N
             {"heatmap.alpha": 0.5, "heatmap.n_genes": 5, "default_slide_mpp": 0.7}[key]
         changed = changed_rules(base, rule_params(set_key(config, key, value)))
         assert changed == {*readers, "manifest"}, key
+
+
+def test_the_order_keys_are_written_in_changes_nothing(rule_params) -> None:
+    """The same settings written in another order (a user's file, --config) give the same
+    params, so they rerun nothing."""
+    config = demo_config()
+
+    def reversed_keys(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: reversed_keys(value[k]) for k in reversed(list(value))}
+        return value
+
+    assert list(reversed_keys(config)) != list(config)
+    assert rule_params(reversed_keys(config)) == rule_params(config)
 
 
 def test_default_mpp_reaches_tile_heatmap_and_viewer_the_same_way(rule_params) -> None:
