@@ -8,13 +8,25 @@
 #   set-resources: {extract: {gpu: 1, mem_mb: 32000, runtime: 240}}
 #   set-threads: {extract: 8}
 
-EXTRACT_PARAMS = config_json("extract.batch_size", "extract.num_workers", "extract.device",
-                             "extract.dtype", "extract.stain_normalize",
-                             "extract.stain_reference", "extract.views")
-EXTRACT_RESOURCES = {"gpu": 1 if EXTRACT["device"] == "cuda" else 0, "mem_mb": 8000,
-                     "runtime": 120}
-EXTRACT_SHELL = ("slide2expr extract {input.tiles} {params.outs} --encoder {wildcards.encoder} "
-                 "{params.weights} --threads {threads} --config-json {params.cfg} > {log} 2>&1")
+# only what the command reads: adding an encoder to the sweep reruns no extraction
+EXTRACT_PARAMS = config_json(
+    "extract.batch_size",
+    "extract.num_workers",
+    "extract.device",
+    "extract.dtype",
+    "extract.stain_normalize",
+    "extract.stain_reference",
+    "extract.views",
+)
+EXTRACT_RESOURCES = {
+    "gpu": 1 if EXTRACT["device"] == "cuda" else 0,
+    "mem_mb": 8000,
+    "runtime": 120,
+}
+EXTRACT_SHELL = (
+    "slide2expr extract {input.tiles} {params.outs} --encoder {wildcards.encoder} "
+    "{params.weights} --threads {threads} --config-json {params.cfg} > {log} 2>&1"
+)
 
 
 rule extract:
@@ -22,20 +34,19 @@ rule extract:
         unpack(extract_inputs),
     output:
         **{t: f"{RESULTS}/features/{{encoder}}/{t}/{{sample}}.h5" for t in EXTRACT_TILINGS},
-    params:
-        weights=extract_weights_arg,
-        outs=extract_out_args,
-        # only what the command reads: adding an encoder to the sweep reruns no extraction
-        cfg=EXTRACT_PARAMS,
     log:
         f"{RESULTS}/logs/extract/{{encoder}}/{{sample}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/extract/{{encoder}}/{{sample}}.tsv"
+    conda:
+        CONDA_ENV
     threads: EXTRACT_THREADS
     resources:
         **EXTRACT_RESOURCES,
-    conda:
-        CONDA_ENV
+    params:
+        weights=extract_weights_arg,
+        outs=extract_out_args,
+        cfg=EXTRACT_PARAMS,
     shell:
         EXTRACT_SHELL
 
@@ -50,18 +61,18 @@ rule extract_tiling:
         unpack(extract_inputs),
     output:
         f"{RESULTS}/features/{{encoder}}/{{tiling}}/{{sample}}.h5",
-    params:
-        weights=extract_weights_arg,
-        outs=extract_out_args,
-        cfg=EXTRACT_PARAMS,
     log:
         f"{RESULTS}/logs/extract/{{encoder}}/{{tiling}}/{{sample}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/extract/{{encoder}}/{{tiling}}/{{sample}}.tsv"
+    conda:
+        CONDA_ENV
     threads: EXTRACT_THREADS
     resources:
         **EXTRACT_RESOURCES,
-    conda:
-        CONDA_ENV
+    params:
+        weights=extract_weights_arg,
+        outs=extract_out_args,
+        cfg=EXTRACT_PARAMS,
     shell:
         EXTRACT_SHELL
