@@ -23,6 +23,7 @@ wildcard_constraints:
 
 
 include: "workflow/rules/demo.smk"
+include: "workflow/rules/pseudobulk.smk"
 include: "workflow/rules/tile.smk"
 include: "workflow/rules/extract.smk"
 include: "workflow/rules/join.smk"

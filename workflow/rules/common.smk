@@ -7,6 +7,7 @@ import re
 import shlex
 from pathlib import Path
 
+import pandas as pd
 from snakemake.utils import validate
 
 from slide2expr.inputs.samples import read_sample_sheet
@@ -57,8 +58,32 @@ if _GENE_LIST and "{data_root}" in _GENE_LIST:
             "set; set data_root (e.g. --config data_root=/data/her2st) or give the list's path"
         )
     config["train"]["genes"]["list"] = _GENE_LIST.replace("{data_root}", str(DATA_ROOT).rstrip("/"))
-SAMPLES = read_sample_sheet(
-    config["samples"], mode=MODE, check_files=not config.get("demo_data", False), root=DATA_ROOT
+# Pseudo-bulk (config `pseudobulk`, rules/pseudobulk.smk): windows of a spot-mode sheet's
+# sections become the run's region samples. Their sheet is the rule's output, so the first run
+# writes it and stops; the next run reads it and trains (see config/README.md, `pseudobulk`).
+config.setdefault("pseudobulk", {})
+validate(config["pseudobulk"], str(SCHEMAS / "pseudobulk.schema.yaml"))
+PSEUDOBULK = config["pseudobulk"]
+PSEUDOBULK_OUT = {
+    "sheet": f"{RESULTS}/pseudobulk/samples.tsv",
+    "expression": f"{RESULTS}/pseudobulk/expression.tsv",
+}
+if PSEUDOBULK.get("spots_samples"):
+    _wanted = {"samples": PSEUDOBULK_OUT["sheet"], "join.expression": PSEUDOBULK_OUT["expression"]}
+    _given = {"samples": config["samples"], "join.expression": config["join"].get("expression")}
+    if MODE != "bulk" or _given != _wanted:
+        raise ValueError(
+            f"config: pseudobulk.spots_samples is set, so set mode: bulk, samples: "
+            f"{_wanted['samples']} and join.expression: {_wanted['join.expression']} (the "
+            f"pseudobulk rule's outputs); got mode {MODE}, {_given}"
+        )
+PSEUDOBULK_PENDING = bool(PSEUDOBULK.get("spots_samples")) and not Path(config["samples"]).exists()
+SAMPLES = (
+    pd.DataFrame(columns=["sample_id", "slide", "patient"]).set_index("sample_id", drop=False)
+    if PSEUDOBULK_PENDING
+    else read_sample_sheet(
+        config["samples"], mode=MODE, check_files=not config.get("demo_data", False), root=DATA_ROOT
+    )
 )
 validate(SAMPLES.reset_index(drop=True), str(SCHEMAS / "samples.schema.yaml"), set_default=False)
 SAMPLE_IDS = list(SAMPLES.index)
@@ -179,7 +204,10 @@ def config_json(*keys):
 
 def get_final_output(manifest=True):
     """Every final target of the run, in stage order; `rule all` requests these. The manifest
-    is written last, from all the others (``manifest=False`` lists what it waits for)."""
+    is written last, from all the others (``manifest=False`` lists what it waits for).
+    While a pseudo-bulk run's region sheet is not written yet, only it and its matrix."""
+    if PSEUDOBULK_PENDING:
+        return list(PSEUDOBULK_OUT.values())
     heads = list(config["train"]["heads"])
     targets = expand(f"{RESULTS}/qc/{{sample}}.png", sample=SAMPLE_IDS)
     targets += expand(
@@ -217,6 +245,15 @@ def tile_spot_args(wildcards, input, output):
     if MODE != "spot":
         return ""
     return f"--spots {input.spots} --counts {input.counts} --spots-out {output.spots}"
+
+
+def tile_roi_args(wildcards):
+    """``--roi ... --roi-units ...`` for a region sample (the sheet's roi), else nothing."""
+    roi = sample_value(wildcards.sample, "roi")
+    if roi is None:
+        return ""
+    units = sample_value(wildcards.sample, "roi_units", "px")
+    return f"--roi {shlex.quote(str(roi))} --roi-units {units}"
 
 
 def extract_inputs(wildcards):

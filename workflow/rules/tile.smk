@@ -29,12 +29,13 @@ rule tile:
     params:
         spot_args=tile_spot_args,
         mpp=lambda w: cli_option("--mpp", sample_value(w.sample, "mpp")),
+        roi=tile_roi_args,
         default_mpp=cli_option("--default-mpp", config.get("default_slide_mpp")),
         # context_um is read by the context_tiles rule: changing it retiles nothing
         cfg=config_json(*(f"tiling.{k}" for k in config["tiling"] if k != "context_um")),
     shell:
         "slide2expr tile {input.slide} --sample-id {wildcards.sample} -o {output.grid} "
-        "--qc {output.qc} {params.spot_args} {params.mpp} {params.default_mpp} "
+        "--qc {output.qc} {params.spot_args} {params.mpp} {params.default_mpp} {params.roi} "
         "--config-json {params.cfg} > {log} 2>&1"
 
 

@@ -53,6 +53,7 @@ def extract(
 ) -> None:
     """Embed every tile of one slide with a pretrained encoder: all its tilings in one pass
     (one slide read, one stain fit, one encoder start), one features file per tiling."""
+    from slide2expr.console import progress_wanted
     from slide2expr.errors import InputError
     from slide2expr.extract.run import extract_tilings
 
@@ -62,11 +63,12 @@ def extract(
                          "give one --out per tiles file, in the same order")
 
     results = extract_tilings(
-        list(zip(tiles, out, strict=True)), encoder=encoder, weights=weights, slide=slide, batch_size=cfg["batch_size"],
+        list(zip(tiles, out, strict=True)), encoder=encoder, weights=weights, slide=slide,
+        batch_size=cfg["batch_size"],
         num_workers=cfg["num_workers"], threads=threads, device=cfg["device"], dtype=cfg["dtype"],
         stain_normalize=cfg["stain_normalize"], stain_reference=cfg["stain_reference"],
         views=cfg["views"],
-        resume=resume, progress=progress,
+        resume=resume, progress=progress_wanted(progress),
     )
     for result in results:
         typer.echo(f"{result.path}: {result.n_tiles} tiles ({result.n_computed} computed), "
