@@ -277,6 +277,45 @@ def fold_table(summary: dict[str, Any]) -> str:
     return _table([esc(h) for h in header], rows, attrs="id='folds' class='sortable'")
 
 
+MAP_METHOD_LABELS = {
+    "head": "bulk head's tile map",
+    "ridge": "ridge on mean tile embeddings, applied tile by tile (linear bulk baseline)",
+    "floor": "region mean painted on every tile (floor)",
+    "ceiling": "ridge trained on the spots (ceiling)",
+}
+
+
+def map_vs_spots_section(table: pd.DataFrame | None, block: dict[str, Any] | None) -> str:
+    """The map-versus-spots section: per held-out section and method, mean per-gene r at the
+    spots with bootstrap CIs; empty when the run has no spot truth."""
+    if table is None or block is None:
+        return ""
+
+    def cell(row: pd.Series, key: str) -> str:
+        lo, hi = row[f"ci_{key}_low"], row[f"ci_{key}_high"]
+        ci = (f" <span class='ci'>[{fmt(lo, 'r')}, {fmt(hi, 'r')}]</span>"
+              if _finite(lo) and _finite(hi) else "")
+        return f"{fmt(row[f'mean_r_{key}'], 'r') or 'n/a'}{ci}"
+
+    rows = [[esc(r["section"]), esc(MAP_METHOD_LABELS.get(r["method"], r["method"])),
+             esc(r["n_regions"]), esc(r["n_spots"]), cell(r, "top"), cell(r, "all")]
+            for _, r in table.iterrows()]
+    header = ["section", "map", "regions", "spots", f"mean r, top {block['top_n']} [95% CI]",
+              "mean r, all genes [95% CI]"]
+    diffs = "; ".join(
+        f"head minus {k}: {fmt(block[f'head_minus_{k}_top']['value'], 'r')} "
+        f"[{fmt(block[f'head_minus_{k}_top']['ci'][0], 'r')}, "
+        f"{fmt(block[f'head_minus_{k}_top']['ci'][1], 'r')}]" for k in ("floor", "ridge"))
+    share = block.get("head_share_of_ceiling_top")
+    return (f"<h2>Map versus spots</h2><p class='sub'>Each held-out section's tile maps read at "
+            f"its measured spots (the tile holding each spot centre); per gene Pearson r over "
+            f"the section's spots, averaged over genes; CIs: {block['n_boot']} bootstrap "
+            f"resamples of the spots; 'all' = mean over sections. Top {block['top_n']}, paired: "
+            f"{esc(diffs)}; head / ceiling {fmt(share, 'r') or 'n/a'}. Also in "
+            f"map_vs_spots.tsv.</p>"
+            + _table([esc(h) for h in header], rows, attrs="id='map-vs-spots'"))
+
+
 def maps_cell(gene: str, links: ReportLinks) -> str:
     """The gene's heatmap PNGs found (one link a slide); the gene's name itself opens the
     viewer (:func:`gene_table`)."""
@@ -378,7 +417,8 @@ def _maps_note(links: ReportLinks | None) -> str:
 
 
 def render_html(data: ReportData, *, title: str | None = None, n_scatter: int = 8,
-                seed: int = 0, links: ReportLinks | None = None) -> str:
+                seed: int = 0, links: ReportLinks | None = None,
+                map_scores: pd.DataFrame | None = None) -> str:
     """Build the report page.
 
     Parameters
@@ -394,6 +434,9 @@ def render_html(data: ReportData, *, title: str | None = None, n_scatter: int = 
     links
         Heatmap, QC and viewer links (:func:`~slide2expr.report.links.find_links`); None
         for none.
+    map_scores
+        The map-versus-spots table (:mod:`slide2expr.report.map_vs_spots`), shown in its own
+        section with ``summary['map_vs_spots']``; None: no such section.
 
     Returns
     -------
@@ -455,6 +498,7 @@ def render_html(data: ReportData, *, title: str | None = None, n_scatter: int = 
 {fold_table(s)}
 {selection_section(s)}
 {uncertainty_section(s)}
+{map_vs_spots_section(map_scores, s.get('map_vs_spots'))}
 <h2>Genes</h2>
 <p class="sub">Click a column header to sort; type in the box to find genes; a gene's viewer
 link opens the slide viewer at that gene. Also in genes.tsv beside this page.{_maps_note(links)}</p>
