@@ -109,13 +109,22 @@ ENC_RESULTS = f"{RESULTS}/{{encoder}}" if SWEEP else RESULTS
 ENC_TAG = "{encoder}/" if SWEEP else ""
 
 
+def given_cores():
+    """``--cores``, or None where none is needed and none was given (``snakemake --report``,
+    ``--lint``): ``workflow.cores`` itself refuses then."""
+    try:
+        return workflow.cores
+    except WorkflowError:
+        return None
+
+
 # Settings every stage reads.
 EXTRACT = config["extract"]
 # Threads of one extract job: up to 4, but never more than half the cores given to Snakemake,
 # so at least two slides embed side by side (their start-up, ~5 s of imports and model
 # build, overlaps; on the CPU two 1-thread jobs beat one 2-thread job: the demo's 12 extract
 # jobs took 110 s in turn, docs/benchmarks.md). A profile's set-threads still overrides it.
-EXTRACT_THREADS = max(1, min(4, (workflow.cores or 2) // 2))
+EXTRACT_THREADS = max(1, min(4, (given_cores() or 2) // 2))
 JOIN = config["join"]
 TRAIN = config["train"]
 REPORT = config["report"]
@@ -137,6 +146,23 @@ HEAD_INPUTS = {
 def grid_context_tilings(head):
     """The grid_ctx{um} tilings a head's heatmaps need (none for a spot-only head)."""
     return [f"grid_{b}" for b in HEAD_INPUTS.get(head, []) if re.fullmatch(r"ctx[0-9]+", b)]
+
+
+def planned_tilings():
+    """The tilings the run embeds for every slide, in the one-pass extract job: the training
+    units (spots or grid), the context windows (ctx{um}), and with heatmaps the grid and
+    the grid context windows of the heads that paint maps."""
+    tilings = [UNIT_TILING, *CONTEXT_TILINGS]
+    if config["heatmap"]["enabled"]:
+        tilings.append("grid")
+        for head in HEADS:
+            tilings += grid_context_tilings(head)
+    return list(dict.fromkeys(tilings))
+
+
+# One extract job per slide and encoder embeds all of these (rule extract); any other tiling
+# asked for by name (a heatmap target with heatmaps off) has a job of its own (extract_tiling).
+EXTRACT_TILINGS = planned_tilings()
 
 
 # The encoder whose features are joined: join.encoder, else the first of extract.encoders.
@@ -190,7 +216,9 @@ def config_json(*keys):
             for part in parents:
                 node, value = node.setdefault(part, {}), value[part]
             node[leaf] = value[leaf]
-    return shlex.quote(json.dumps(chosen, default=str))  # the config's own key order
+    # keys sorted: the same settings give the same params whatever order a config file or
+    # --config wrote them in (a job reruns when its params change)
+    return shlex.quote(json.dumps(chosen, default=str, sort_keys=True))
 
 
 def get_final_output(manifest=True):
@@ -248,7 +276,10 @@ def tile_roi_args(wildcards):
 
 
 def extract_inputs(wildcards):
-    inputs = {"tiles": f"{RESULTS}/tiles/{wildcards.tiling}/{wildcards.sample}.h5"}
+    """The tiles of every planned tiling of the slide (in EXTRACT_TILINGS order), or of the
+    one tiling of an extract_tiling job; the encoder's weights; the stain reference."""
+    tilings = [wildcards.tiling] if "tiling" in wildcards.keys() else EXTRACT_TILINGS
+    inputs = {"tiles": [f"{RESULTS}/tiles/{t}/{wildcards.sample}.h5" for t in tilings]}
     weights = (EXTRACT.get("weights") or {}).get(wildcards.encoder)
     if weights:
         inputs["weights"] = weights
@@ -259,6 +290,11 @@ def extract_inputs(wildcards):
 
 def extract_weights_arg(wildcards, input):
     return f"--weights {input.weights}" if "weights" in input.keys() else ""
+
+
+def extract_out_args(wildcards, output):
+    """``-o FILE`` per output, in the order of the tiles files."""
+    return " ".join(f"-o {shlex.quote(str(f))}" for f in output)
 
 
 def join_encoder(wildcards):
