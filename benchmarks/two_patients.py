@@ -218,7 +218,8 @@ def ridge_blocks(args: argparse.Namespace) -> None:
     settings = train_settings(args.data_root, [])
     config = TrainConfig.from_dict(settings)
     key = "X_efficientnet_lite0"
-    sets = [b for b in BLOCK_SETS if all(
+    wanted = ([tuple(b.split("+")) for b in args.sets.split(",")] if args.sets else BLOCK_SETS)
+    sets = [b for b in wanted if all(
         (key if n == "spot" else f"{key}_{n}") in adata.obsm for n in b)]
     print("| blocks | " + " | ".join(["C LOSO", "A -> C", "C -> A"]) + " |")
     print("| --- | --- | --- | --- |")
@@ -266,6 +267,7 @@ def main() -> None:
     r = sub.add_parser("ridge-blocks")
     r.add_argument("dataset")
     r.add_argument("--data-root", default=str(REPO.parent / "shared" / "data"))
+    r.add_argument("--sets", default="", help="block sets, e.g. spot,ctx1000+slide")
     args = parser.parse_args()
     {"train": train, "table": table, "ridge-blocks": ridge_blocks}[args.command](args)
 
