@@ -220,7 +220,7 @@ def toy_model(folder: Path, genes: list[str], *, in_dim: int = 8) -> Path:
     import torch
 
     from slide2expr.train.heads import MLPHead
-    from slide2expr.train.trained import save_head
+    from slide2expr.train.save import save_head
 
     torch.manual_seed(0)
     module = MLPHead(in_dim=in_dim, n_genes=len(genes), hidden=0)

@@ -559,7 +559,7 @@ def toy_run(tmp_path):
     import torch
 
     from slide2expr.train.heads import MLPHead
-    from slide2expr.train.trained import save_head
+    from slide2expr.train.save import save_head
 
     rng = np.random.default_rng(0)
     img = np.full((1200, 1600, 3), 245, dtype=np.uint8)
@@ -591,7 +591,7 @@ def test_cli_draws_from_features_and_a_model_dir(toy_run, tmp_path):
     from typer.testing import CliRunner
 
     from slide2expr.cli import app
-    from slide2expr.train.trained import load_trained_head
+    from slide2expr.predict import load_trained_head
 
     out = tmp_path / "heatmaps" / "mlp"
     result = CliRunner().invoke(app, [
@@ -630,8 +630,9 @@ def test_heatmap_of_a_slide_in_a_several_slide_unit_is_out_of_fold(toy_run, tmp_
     from typer.testing import CliRunner
 
     from slide2expr.cli import app
+    from slide2expr.predict import load_trained_head
     from slide2expr.train.heads import MLPHead
-    from slide2expr.train.trained import load_trained_head, save_head
+    from slide2expr.train.save import save_head
 
     models = toy_run["models"]
     torch.manual_seed(1)

@@ -14,6 +14,7 @@ import torch
 import yaml
 
 from slide2expr.errors import InputError
+from slide2expr.predict import load_trained_head
 from slide2expr.train.baselines import choose_alpha, pearson_columns
 from slide2expr.train.config import GeneSelection, TrainConfig
 from slide2expr.train.cv import assign_folds
@@ -23,7 +24,6 @@ from slide2expr.train.gene_selection import select_genes
 from slide2expr.train.heads import ABMILHead, HE2RNAHead
 from slide2expr.train.heads.he2rna import topk_mean
 from slide2expr.train.run import run_training
-from slide2expr.train.trained import load_trained_head
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -456,7 +456,7 @@ def test_cli_train_and_predict(tmp_path):
     assert new.shape == (7, adata.n_vars) and list(new.obs["spot_id"]) == [f"sp{i}" for i in range(7)]
     np.testing.assert_allclose(new.obsm["spatial"], 50.0)
     # a new slide averages the fold models: their spread (SD, ddof=0) sits beside the mean
-    from slide2expr.train.trained import load_trained_head
+    from slide2expr.predict import load_trained_head
 
     folds = sorted((tmp_path / "models" / "mlp").glob("fold*"))
     assert len(folds) > 1
@@ -589,9 +589,10 @@ def test_saved_heads_hold_the_network_keys_of_before_and_load_without_lightning(
 
     from safetensors.torch import load_file
 
+    from slide2expr.predict import load_fold_head
+    from slide2expr.predict.nets import MLPNet
     from slide2expr.train.heads import MLPHead
-    from slide2expr.train.nets import MLPNet
-    from slide2expr.train.trained import load_fold_head, save_head
+    from slide2expr.train.save import save_head
 
     torch.manual_seed(0)
     head = MLPHead(in_dim=5, n_genes=3, hidden=4)
@@ -605,7 +606,7 @@ def test_saved_heads_hold_the_network_keys_of_before_and_load_without_lightning(
     assert isinstance(net, MLPNet) and not net.training
     x = torch.randn(7, 5)
     torch.testing.assert_close(net.tile_outputs(x), head.eval().tile_outputs(x))
-    code = ("import sys; from slide2expr.train.trained import load_trained_head; "
+    code = ("import sys; from slide2expr.predict import load_trained_head; "
             f"h = load_trained_head({str(tmp_path / 'fold0')!r}); "
             "print(sorted(m for m in ('pytorch_lightning', 'lightning', 'torchmetrics') "
             "if m in sys.modules))")

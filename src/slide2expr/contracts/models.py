@@ -5,7 +5,7 @@ Contract: each fold directory (and each ensemble member, ``fold{k}/member{m}/``)
 hyperparameters, gene order, encoder, mode, fold, member, ``inputs``: the names of the input
 blocks in the order they were concatenated, e.g. ``["spot", "ctx300", "nbr300", "slide"]``,
 null in bulk mode; ``slide2expr_format`` = ``"model/1"``). Prediction rebuilds those blocks
-(on grid tiles: :mod:`slide2expr.heatmap.context`); a head without ``inputs`` (written
+(on grid tiles: :mod:`slide2expr.predict.inputs`); a head without ``inputs`` (written
 before they were recorded) is taken as ``["spot"]`` when it has one block. ``splits.tsv``
 beside the folds has one row per training unit: ``unit``, ``sample_id`` (a unit of several
 slides, a patient's averaged by the join, lists them ``;``-joined), ``group`` and ``fold``

@@ -18,6 +18,7 @@ beyond the measured spots; bulk heads give their per-tile scores), and the resul
 ...     make_heatmaps(tmap, slide, "results/heatmaps/mlp", report="genes.tsv")
 """
 
+from slide2expr.contracts.tilemaps import UNITS, TileMap, read_tile_map, write_tile_map
 from slide2expr.heatmap.gene_choice import (
     gene_filename,
     gene_filenames,
@@ -40,14 +41,6 @@ from slide2expr.heatmap.run import (
     open_matching_slide,
 )
 from slide2expr.heatmap.scale import cohort_scale, read_scale, robust_limits, write_scale
-from slide2expr.heatmap.tilemap import (
-    UNITS,
-    TileMap,
-    TileModel,
-    predict_tile_map,
-    read_tile_map,
-    write_tile_map,
-)
 
 __all__ = [
     "UNITS",
@@ -56,7 +49,6 @@ __all__ = [
     "OverlayStyle",
     "SpotDetections",
     "TileMap",
-    "TileModel",
     "blend_overlay",
     "cohort_scale",
     "gene_filename",
@@ -66,7 +58,6 @@ __all__ = [
     "mask_polygons",
     "measurement_name",
     "open_matching_slide",
-    "predict_tile_map",
     "rasterize_tiles",
     "read_image_box",
     "read_scale",

@@ -3,7 +3,7 @@ comparison.
 
 Outputs in ``out_dir`` (the workflow uses ``results/heatmaps/{head}``):
 
-- ``{sample}.h5ad``: tile predictions (see :mod:`slide2expr.heatmap.tilemap`), when the
+- ``{sample}.h5ad``: tile predictions (see :mod:`slide2expr.contracts.tilemaps`), when the
   input was a features file;
 - ``{sample}.geojson``: QuPath objects (see :mod:`slide2expr.heatmap.geojson`);
 - ``{sample}/{gene}.png``: overlays (see :mod:`slide2expr.heatmap.overlay`);
@@ -26,10 +26,8 @@ import numpy as np
 import pandas as pd
 
 from slide2expr.atomic import atomic_outputs
-from slide2expr.contracts.features import read_features
-from slide2expr.contracts.models import held_out_fold
+from slide2expr.contracts.tilemaps import UNITS, TileMap, read_tile_map, write_tile_map
 from slide2expr.errors import InputError
-from slide2expr.heatmap.context import grid_input_matrix, head_input_blocks
 from slide2expr.heatmap.gene_choice import gene_filenames, select_genes
 from slide2expr.heatmap.geojson import (
     CLIP_NOTE,
@@ -43,16 +41,8 @@ from slide2expr.heatmap.overlay import OverlayStyle, blend_overlay, save_overlay
 from slide2expr.heatmap.raster import rasterize_tiles
 from slide2expr.heatmap.scale import check_percentiles, robust_limits
 from slide2expr.heatmap.spot_overlay import draw_spot_comparison, read_spot_values
-from slide2expr.heatmap.tilemap import (
-    UNITS,
-    TileMap,
-    predict_tile_map,
-    read_tile_map,
-    write_tile_map,
-)
 from slide2expr.inputs.samples import check_sample_id
 from slide2expr.inputs.slides import Slide, open_slide
-from slide2expr.keys import SPOT_BLOCK
 from slide2expr.tile.tissue import TissueParams, detect_tissue
 
 log = logging.getLogger(__name__)
@@ -122,18 +112,9 @@ def load_or_predict(input_path: str | Path, *, model_dir: str | Path | None,
                     dataset: str | Path | None = None) -> tuple[TileMap, bool]:
     """The tile map of one slide: read it (``.h5ad``) or predict it from features (``.h5``).
 
-    For a features file the model comes from ``model_dir`` (``load_trained_head``): on a
-    training slide the fold model that held it out (an out-of-fold map, see
-    ``splits.tsv``), on a new slide (or one every fold trained on) the average of the fold
-    models; ``fold`` forces one fold. How the model was used is recorded in the map's
-    ``attrs['model_use']`` and the overlay subtitles.
-
-    A head trained with context inputs (``head.json`` ``inputs``) gets the same blocks built
-    on the grid tiles (:mod:`slide2expr.heatmap.context`): the ``grid_ctx{um}`` features
-    beside ``input_path``, neighbour means of the grid tiles, and the slide vector, taken
-    from ``dataset`` (``dataset.h5ad``) when the slide has spots there. With several models
-    averaged (fold models, ensemble members) the map carries their spread
-    (``TileMap.spread``).
+    A features file is predicted by :func:`slide2expr.predict.predict_slide_map` (the fold
+    model that held a training slide out, else the fold models' average; ``fold`` forces
+    one; a context head's blocks; the spread of the averaged models).
 
     Returns
     -------
@@ -147,46 +128,10 @@ def load_or_predict(input_path: str | Path, *, model_dir: str | Path | None,
         raise InputError(input_path, "is a features file but no model was given",
                          "pass --model-dir results/models/{head}")
     # torch only here: drawing an existing tile map needs no model
-    from slide2expr.train.trained import load_trained_head
+    from slide2expr.predict import predict_slide_map
 
-    features = read_features(input_path)
-    sample = sample_id or str(features.attrs.get("sample_id") or "")
-    if not sample:
-        raise InputError(input_path, "names no sample_id", "pass --sample-id")
-    check_sample_id(sample, source=None)
-    features.attrs["sample_id"] = sample
-    if (Path(model_dir) / "head.json").is_file():  # one fold's directory
-        fold, use = None, f"the model in {Path(model_dir).name}"
-    elif fold is None:
-        fold, use = held_out_fold(model_dir, sample)
-    else:
-        use = f"fold {fold}"
-    head = load_trained_head(model_dir, fold=fold)
-    n_members = len(getattr(head, "members", [])) or 1
-    if n_members > 1:
-        use = f"{use}: average of {n_members} models (folds, ensemble members)"
-    provenance = {
-        "model_dir": str(Path(model_dir)), "head": getattr(head, "head", "model"),
-        "kind": getattr(head, "kind", ""), "model_use": use,
-        "features": str(input_path),
-    }
-    if getattr(head, "meta", {}).get("encoder") and features.attrs.get("encoder") and \
-            head.meta["encoder"] != features.attrs["encoder"]:
-        raise InputError(input_path, f"has {features.attrs['encoder']} features but the model "
-                         f"was trained on {head.meta['encoder']}",
-                         f"use features from the {head.meta['encoder']} encoder")
-    provenance["n_models"] = n_members
-    blocks = head_input_blocks(getattr(head, "meta", {}), source=model_dir)
-    inputs = None
-    if blocks != [SPOT_BLOCK]:
-        inputs, record = grid_input_matrix(features, blocks, features_path=input_path,
-                                           encoder=getattr(head, "meta", {}).get("encoder"),
-                                           dataset=dataset)
-        provenance.update(record)
-    log.info("%s: predicting %d genes on %d tiles with %s (%s)", sample, len(head.genes),
-             len(features), provenance["head"], use)
-    return predict_tile_map(features, head, provenance=provenance, source=input_path,
-                            inputs=inputs), True
+    return predict_slide_map(input_path, model_dir, sample_id=sample_id, fold=fold,
+                             dataset=dataset), True
 
 
 def tissue_mask(thumbnail: np.ndarray, downsample: float, *, mpp: float,

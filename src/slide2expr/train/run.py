@@ -44,6 +44,7 @@ from slide2expr.contracts.predictions import copy_scverse_entries, uns_value
 from slide2expr.contracts.predictions import stamp as stamp_predictions
 from slide2expr.errors import InputError
 from slide2expr.keys import NOT_HELD_OUT, Key
+from slide2expr.predict import predict_batches
 from slide2expr.train.config import TrainConfig
 from slide2expr.train.cv import (
     assign_folds,
@@ -57,7 +58,7 @@ from slide2expr.train.data import FoldDataModule
 from slide2expr.train.features import BagFeatures, SpotFeatures
 from slide2expr.train.gene_selection import column_stats, select_genes
 from slide2expr.train.heads import HEADS, MONITOR, build_head
-from slide2expr.train.trained import save_head
+from slide2expr.train.save import save_head
 from slide2expr.train.views import ViewRows, view_rows
 
 log = logging.getLogger(__name__)
@@ -254,8 +255,9 @@ def fit_member(head: str, hparams: dict, data: Any, *, config: TrainConfig, seed
             trainer.fit(module, datamodule=data)
             trainer.save_checkpoint(out_dir / "best.ckpt", weights_only=True)
             seconds = time.perf_counter() - start
+        # out-of-fold: the held-out units through the network, as prediction runs it
+        predicted = predict_batches(module.network, data.predict_dataloader())
         module.eval()
-        predicted = torch.cat(trainer.predict(module, datamodule=data)).float().cpu().numpy()
     best = checkpoint.best_model_score
     return {"module": module.cpu(), "predicted": predicted, "epochs": epochs,
             "best_epoch": best_epoch, "best_val_pearson": None if best is None else float(best),
