@@ -130,7 +130,7 @@ def test_a_model_of_another_encoder_is_refused(tmp_path):
     assert "uni" in line
 
 
-@pytest.mark.parametrize("genes", [GENES[:3], [], GENES + ["G5", "G6"], ["G0"] * 5],
+@pytest.mark.parametrize("genes", [GENES[:3], [], [*GENES, "G5", "G6"], ["G0"] * 5],
                          ids=["fewer", "none", "more", "duplicates"])
 def test_a_gene_list_that_does_not_match_the_outputs_is_refused(tmp_path, genes):
     """Fewer names than outputs gave wrong columns, none gave 0 columns, exit 0."""
