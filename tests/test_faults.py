@@ -551,7 +551,7 @@ def test_quoted_gene_names_are_kept_as_pandas_parses_them(sep, tmp_path):
 def test_colliding_gene_file_names_are_made_unique(tmp_path, capsys, caplog):
     import logging
 
-    from slide2expr.heatmap import gene_filename, gene_filenames
+    from slide2expr.draw import gene_filename, gene_filenames
 
     genes = ["HLA/A", "HLA_A", "HLA A", "Gene", "GENE"]
     names = gene_filenames(genes)

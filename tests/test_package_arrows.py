@@ -88,3 +88,13 @@ def test_prediction_never_imports_training_or_drawing():
                                                           "viewer", "commands"}
     for path in (SRC / "predict").rglob("*.py"):
         assert "pytorch_lightning" not in path.read_text(encoding="utf-8"), path
+
+
+def test_drawing_is_a_library_below_heatmap_report_and_viewer():
+    """draw/ is what heatmap, report and viewer draw with; the viewer and report no longer
+    reach into heatmap/, and draw/ imports none of them (nor a model)."""
+    arrows = package_arrows()
+    assert {("heatmap", "draw"), ("report", "draw"), ("viewer", "draw")} <= set(arrows)
+    assert ("viewer", "heatmap") not in arrows and ("report", "heatmap") not in arrows
+    assert not {b for a, b in arrows if a == "draw"} & {"heatmap", "report", "viewer",
+                                                        "predict", "train", "commands"}

@@ -20,7 +20,7 @@ from slide2expr.train.config import GeneSelection, TrainConfig
 from slide2expr.train.cv import assign_folds
 from slide2expr.train.data import FoldDataModule
 from slide2expr.train.features import SpotFeatures
-from slide2expr.train.gene_selection import select_genes
+from slide2expr.train.gene_selection import select_training_genes
 from slide2expr.train.heads import ABMILHead, HE2RNAHead
 from slide2expr.train.heads.he2rna import topk_mean
 from slide2expr.train.run import run_training
@@ -228,11 +228,11 @@ def test_select_genes_filters_and_ranks():
     x = rng.gamma(2.0, size=(50, 6)).astype(np.float32) * np.array([1, 2, 3, 4, 5, 6])
     x[:, 0] = 0.0                      # constant: never selected
     x[:45, 1] = 0.0                    # detected in 10% of units
-    chosen = select_genes(x, np.arange(6), settings=GeneSelection(method="mean", n_top=2))
+    chosen = select_training_genes(x, np.arange(6), settings=GeneSelection(method="mean", n_top=2))
     assert list(chosen) == [4, 5]
-    everything = select_genes(x, np.arange(6), settings=GeneSelection(min_fraction=0.2))
+    everything = select_training_genes(x, np.arange(6), settings=GeneSelection(min_fraction=0.2))
     assert list(everything) == [2, 3, 4, 5]
-    hvg = select_genes(x, np.arange(6), settings=GeneSelection(method="hvg", n_top=3))
+    hvg = select_training_genes(x, np.arange(6), settings=GeneSelection(method="hvg", n_top=3))
     assert len(hvg) == 3 and 0 not in hvg
 
 
@@ -241,10 +241,10 @@ def test_gene_list_restricts_the_candidates(tmp_path):
     names = np.array(["A", "B", "C", "D"])
     listed = tmp_path / "genes.txt"
     listed.write_text("# a published set\nD\nB\nNOT_THERE\n")
-    chosen = select_genes(x, names, settings=GeneSelection(list=str(listed)))
+    chosen = select_training_genes(x, names, settings=GeneSelection(list=str(listed)))
     assert list(names[chosen]) == ["B", "D"]
     with pytest.raises(InputError, match="does not exist"):
-        select_genes(x, names, settings=GeneSelection(list=str(tmp_path / "missing.txt")))
+        select_training_genes(x, names, settings=GeneSelection(list=str(tmp_path / "missing.txt")))
 
 
 def test_standardisation_is_fitted_on_training_units_only():

@@ -27,23 +27,26 @@ import pandas as pd
 
 from slide2expr.atomic import atomic_outputs
 from slide2expr.contracts.tilemaps import UNITS, TileMap, read_tile_map, write_tile_map
+from slide2expr.draw.colours import OverlayStyle, blend_overlay
+from slide2expr.draw.genes import select_genes
+from slide2expr.draw.limits import check_percentiles, robust_limits
+from slide2expr.draw.names import gene_filenames
+from slide2expr.draw.raster import rasterize_tiles
+from slide2expr.draw.spots import read_spot_values
+from slide2expr.draw.tissue import mask_polygons, resize_mask, tissue_box, tissue_mask
 from slide2expr.errors import InputError
-from slide2expr.heatmap.gene_choice import gene_filenames, select_genes
 from slide2expr.heatmap.geojson import (
     CLIP_NOTE,
     SpotDetections,
     clip_predictions,
-    mask_polygons,
     measurement_name,
     write_qupath_geojson,
 )
-from slide2expr.heatmap.overlay import OverlayStyle, blend_overlay, save_overlay_png
-from slide2expr.heatmap.raster import rasterize_tiles
-from slide2expr.heatmap.scale import check_percentiles, robust_limits
-from slide2expr.heatmap.spot_overlay import draw_spot_comparison, read_spot_values
+from slide2expr.heatmap.overlay import save_overlay_png
+from slide2expr.heatmap.spot_overlay import draw_spot_comparison
 from slide2expr.inputs.samples import check_sample_id
-from slide2expr.inputs.slides import Slide, open_slide
-from slide2expr.tile.tissue import TissueParams, detect_tissue
+from slide2expr.inputs.slides import Slide
+from slide2expr.tile.tissue import TissueParams
 
 log = logging.getLogger(__name__)
 
@@ -134,54 +137,6 @@ def load_or_predict(input_path: str | Path, *, model_dir: str | Path | None,
                              dataset=dataset), True
 
 
-def tissue_mask(thumbnail: np.ndarray, downsample: float, *, mpp: float,
-                params: TissueParams) -> tuple[np.ndarray, float]:
-    """Tissue mask of a thumbnail, computed at (no finer than) ``params.mask_mpp``.
-
-    Morphology sizes are physical, so on a fine thumbnail they become large structuring
-    elements; the mask is therefore computed on the thumbnail shrunk to ``mask_mpp``.
-
-    Returns
-    -------
-    tuple of (numpy.ndarray, float)
-        The mask and its downsample (level-0 px per mask px).
-    """
-    image_mpp = mpp * downsample
-    factor = params.mask_mpp / image_mpp
-    image = thumbnail
-    if factor > 1.0:
-        from PIL import Image
-
-        h, w = thumbnail.shape[:2]
-        size = (max(1, round(w / factor)), max(1, round(h / factor)))
-        image = np.asarray(Image.fromarray(thumbnail).resize(size, Image.BILINEAR))
-    mask_ds = downsample * thumbnail.shape[1] / image.shape[1]
-    return detect_tissue(image, image_mpp=mpp * mask_ds, params=params), mask_ds
-
-
-def _resize_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Nearest-neighbour resize of a boolean mask to ``shape`` (rows, cols)."""
-    if mask.shape == tuple(shape):
-        return mask
-    rows = np.minimum((np.arange(shape[0]) + 0.5) * mask.shape[0] / shape[0], mask.shape[0] - 1)
-    cols = np.minimum((np.arange(shape[1]) + 0.5) * mask.shape[1] / shape[1], mask.shape[1] - 1)
-    return mask[rows.astype(int)[:, None], cols.astype(int)[None, :]]
-
-
-def open_matching_slide(slide_path: str | Path, tmap: TileMap, *,
-                        default_mpp: float | None = None) -> Slide:
-    """Open the slide and check it is the one the tiles came from (same level-0 size)."""
-    mpp = tmap.attrs.get("slide_mpp")
-    slide = open_slide(slide_path, sheet_mpp=float(mpp) if mpp else None, default_mpp=default_mpp)
-    want = (tmap.attrs.get("level0_width"), tmap.attrs.get("level0_height"))
-    if None not in want and tuple(int(v) for v in want) != tuple(slide.dimensions):
-        slide.close()
-        raise InputError(slide_path, f"is {slide.dimensions[0]} x {slide.dimensions[1]} px but the "
-                         f"tiles were made on a {want[0]} x {want[1]} px slide",
-                         "pass the slide the features file was extracted from")
-    return slide
-
-
 def _spot_detections(spots, head: str, sample: str) -> SpotDetections | None:
     """Spot detections for the GeoJSON: measured and (clipped) predicted values."""
     if spots is None:
@@ -236,7 +191,8 @@ def make_heatmaps(tmap: TileMap, slide: Slide, out_dir: str | Path, *,
     sample = tmap.sample_id
     check_sample_id(sample, source=None)
     genes = select_genes(tmap.genes, genes=options.genes, report=report,
-                         n_genes=options.n_genes, values=tmap.values, source=source)
+                         n_genes=options.n_genes, fallback="most_variable",
+                         values=tmap.values, source=source)
     out_dir = Path(out_dir)
     sample_dir = out_dir / sample
 
@@ -245,7 +201,7 @@ def make_heatmaps(tmap: TileMap, slide: Slide, out_dir: str | Path, *,
     shape = thumb.shape[:2]
     coarse, coarse_ds = (tissue_mask(thumb, downsample, mpp=mpp, params=options.tissue)
                          if mpp else (None, downsample))
-    tissue = None if coarse is None else _resize_mask(coarse, shape)
+    tissue = None if coarse is None else resize_mask(coarse, shape)
     crop = tissue_box(tissue) if options.crop_to_tissue and tissue is not None else None
     log.info("%s: drawing %d genes on a %d x %d thumbnail (downsample %.1f)", sample,
              len(genes), shape[1], shape[0], downsample)
@@ -331,17 +287,6 @@ def _draw_gene(tmap: TileMap, gene: str, *, sample: str, folder: Path, file_name
            "min": float(values.min()), "max": float(values.max()),
            "mean": float(values.mean()), "n_tiles": len(values)}
     return name, row
-
-
-def tissue_box(tissue: np.ndarray, margin: float = 0.04) -> tuple[slice, slice] | None:
-    """Row and column slices of the tissue's bounding box in a mask, widened by ``margin`` of
-    the image's longer side and kept inside it; None when there is no tissue."""
-    rows, cols = np.flatnonzero(tissue.any(axis=1)), np.flatnonzero(tissue.any(axis=0))
-    if rows.size == 0:
-        return None
-    pad = int(round(margin * max(tissue.shape)))
-    return (slice(max(0, rows[0] - pad), min(tissue.shape[0], rows[-1] + 1 + pad)),
-            slice(max(0, cols[0] - pad), min(tissue.shape[1], cols[-1] + 1 + pad)))
 
 
 def _draw_comparison(spot_values, predictions: str | Path, sample: str, genes: list[str], *,

@@ -56,7 +56,7 @@ from slide2expr.train.cv import (
 )
 from slide2expr.train.data import FoldDataModule
 from slide2expr.train.features import BagFeatures, SpotFeatures
-from slide2expr.train.gene_selection import column_stats, select_genes
+from slide2expr.train.gene_selection import column_stats, select_training_genes
 from slide2expr.train.heads import HEADS, MONITOR, build_head
 from slide2expr.train.save import save_head
 from slide2expr.train.views import ViewRows, view_rows
@@ -288,9 +288,9 @@ def train_fold(*, head: str, config: TrainConfig, source: SpotFeatures | BagFeat
     train_idx = np.flatnonzero(train_mask)
     test_idx = np.flatnonzero(test_mask)
 
-    genes = select_genes(x[train_idx], var_names, settings=config.genes,
-                         counts_train=None if counts is None else counts[train_idx],
-                         source=source_path)
+    genes = select_training_genes(x[train_idx], var_names, settings=config.genes,
+                                  counts_train=None if counts is None else counts[train_idx],
+                                  source=source_path)
     y = x[:, genes]
     y = np.asarray(y.toarray() if sp.issparse(y) else y, dtype=np.float32)
     fit_source, y_fit = (source, y) if views is None else (views.source, views.tile(y))

@@ -35,12 +35,12 @@ import slide2expr.viewer.layers as layers
 import slide2expr.viewer.page as page
 from slide2expr.atomic import atomic_output
 from slide2expr.contracts.tilemaps import UNITS, TileMap, read_tile_map
+from slide2expr.draw.genes import select_genes
+from slide2expr.draw.limits import cohort_scale, read_scale, robust_limits
+from slide2expr.draw.names import gene_filename
+from slide2expr.draw.spots import read_spot_values
+from slide2expr.draw.tissue import mask_polygons, open_matching_slide, tissue_mask
 from slide2expr.errors import InputError
-from slide2expr.heatmap.gene_choice import gene_filename, select_genes
-from slide2expr.heatmap.geojson import mask_polygons
-from slide2expr.heatmap.run import open_matching_slide, tissue_mask
-from slide2expr.heatmap.scale import cohort_scale, read_scale, robust_limits
-from slide2expr.heatmap.spot_overlay import read_spot_values
 from slide2expr.tile.tissue import TissueParams
 from slide2expr.viewer.pyramid import write_pyramid
 
@@ -158,7 +158,8 @@ def build_viewer(results: str | Path, out: str | Path | None = None, *,
     out = Path(out) if out is not None else results / "viewer"
     head, maps = find_tile_maps(results, options.head, options.samples)
     first = read_tile_map(maps[0])
-    genes = select_genes(first.genes, genes=options.genes, n_genes=len(first.genes),
+    # the viewer shows every gene unless some are asked for
+    genes = select_genes(first.genes, genes=options.genes,
                          source=maps[0]) if options.genes else list(first.genes)
     report = _find(options.report, results / "report" / head / "genes.tsv")
     r_by_gene = read_report_r(report) if report else {}
