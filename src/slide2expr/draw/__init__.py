@@ -29,6 +29,7 @@ from slide2expr.draw.raster import rasterize_tiles, tile_pixel_boxes
 from slide2expr.draw.tissue import (
     mask_polygons,
     open_matching_slide,
+    region_box,
     resize_mask,
     tissue_box,
     tissue_mask,
@@ -46,6 +47,7 @@ __all__ = [
     "open_matching_slide",
     "rasterize_tiles",
     "read_scale",
+    "region_box",
     "resize_mask",
     "robust_limits",
     "select_genes",

@@ -77,6 +77,17 @@ def tissue_box(tissue: np.ndarray, margin: float = 0.04) -> tuple[slice, slice] 
             slice(max(0, cols[0] - pad), min(tissue.shape[1], cols[-1] + 1 + pad)))
 
 
+def region_box(bounds: Sequence[float], downsample: float, shape: tuple[int, int],
+               margin: float = 0.04) -> tuple[slice, slice]:
+    """Row and column slices of a region's bounding box (level-0 ``x0, y0, x1, y1``) on a
+    thumbnail of ``shape`` at ``downsample``, widened by ``margin`` of the region's longer
+    side: a region sample's overlays show its region, not the whole slide."""
+    x0, y0, x1, y1 = (float(v) / downsample for v in np.ravel(bounds)[:4])
+    pad = margin * max(x1 - x0, y1 - y0)
+    return (slice(max(0, int(y0 - pad)), min(shape[0], int(np.ceil(y1 + pad)))),
+            slice(max(0, int(x0 - pad)), min(shape[1], int(np.ceil(x1 + pad)))))
+
+
 def mask_polygons(mask: np.ndarray, downsample: float, *,
                   bounds: tuple[float, float] | None = None) -> list[list[list[list[float]]]]:
     """Outlines of a boolean mask as polygons with holes, in level-0 px.

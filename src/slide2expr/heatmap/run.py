@@ -33,7 +33,13 @@ from slide2expr.draw.limits import check_percentiles, robust_limits
 from slide2expr.draw.names import gene_filenames
 from slide2expr.draw.raster import rasterize_tiles
 from slide2expr.draw.spots import read_spot_values
-from slide2expr.draw.tissue import mask_polygons, resize_mask, tissue_box, tissue_mask
+from slide2expr.draw.tissue import (
+    mask_polygons,
+    region_box,
+    resize_mask,
+    tissue_box,
+    tissue_mask,
+)
 from slide2expr.errors import InputError
 from slide2expr.heatmap.geojson import (
     CLIP_NOTE,
@@ -203,6 +209,8 @@ def make_heatmaps(tmap: TileMap, slide: Slide, out_dir: str | Path, *,
                          if mpp else (None, downsample))
     tissue = None if coarse is None else resize_mask(coarse, shape)
     crop = tissue_box(tissue) if options.crop_to_tissue and tissue is not None else None
+    if options.crop_to_tissue and tmap.attrs.get("roi_bounds") is not None:
+        crop = region_box(tmap.attrs["roi_bounds"], downsample, shape)  # a region sample
     log.info("%s: drawing %d genes on a %d x %d thumbnail (downsample %.1f)", sample,
              len(genes), shape[1], shape[0], downsample)
 
