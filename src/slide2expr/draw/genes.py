@@ -7,8 +7,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
+from slide2expr.contracts.report import read_genes_table
 from slide2expr.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -33,23 +33,12 @@ def top_report_genes(report: str | Path, available: Sequence[str], *, n_genes: i
         If the report is unreadable, lacks ``gene``/``pearson_r``, or shares no gene with the
         model.
     """
-    report = Path(report)
-    try:
-        table = pd.read_csv(report, sep="\t", dtype={"gene": str})
-    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
-        raise InputError(report, f"is not a readable report table ({exc})",
-                         "pass results/report/{head}/genes.tsv written by `slide2expr report`") from exc
-    missing = {"gene", "pearson_r"} - set(table.columns)
-    if missing:
-        raise InputError(report, f"has no column(s) {', '.join(sorted(missing))}",
-                         "pass the report's genes.tsv (columns gene, pearson_r, ...)")
+    table = read_genes_table(report)
     keep = set(available)
-    table = table[table["gene"].isin(keep) & np.isfinite(pd.to_numeric(table["pearson_r"],
-                                                                       errors="coerce"))]
+    table = table[table["gene"].isin(keep) & np.isfinite(table["pearson_r"])]
     if table.empty:
         raise InputError(report, "shares no gene (with a finite pearson_r) with the model",
                          "use the report made from the same model directory")
-    table = table.assign(pearson_r=pd.to_numeric(table["pearson_r"]))
     table = table.sort_values(["pearson_r", "gene"], ascending=[False, True], kind="mergesort")
     return table["gene"].head(n_genes).tolist()
 

@@ -7,11 +7,11 @@ atomically together.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
 from slide2expr.atomic import atomic_outputs
+from slide2expr.contracts.report import GENES_TSV, SUMMARY_JSON, write_genes_table, write_summary
 from slide2expr.keys import Key
 from slide2expr.report.evaluate import ReportData, build_report, by_r, load_predictions
 from slide2expr.report.html import render_html
@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 
 __all__ = ["ReportData", "build_report", "load_predictions", "render_html", "write_report"]
 
-OUTPUT_NAMES = ("genes.tsv", "summary.json", "index.html")
+OUTPUT_NAMES = (GENES_TSV, SUMMARY_JSON, "index.html")
 
 
 def write_report(predictions: str | Path, out_dir: str | Path, *, top_n: int = 50,
@@ -59,9 +59,8 @@ def write_report(predictions: str | Path, out_dir: str | Path, *, top_n: int = 5
                        genes=data.genes["gene"].astype(str).tolist(), viewer=viewer)
     page = render_html(data, n_scatter=n_scatter, seed=seed, links=links)
     with atomic_outputs(*(out / name for name in OUTPUT_NAMES)) as (tsv, js, page_path):
-        by_r(data.genes).to_csv(tsv, sep="\t", index=False, na_rep="NaN", float_format="%.8g")
-        js.write_text(json.dumps(data.summary, indent=2, allow_nan=False) + "\n",
-                      encoding="utf-8")
+        write_genes_table(by_r(data.genes), tsv)
+        write_summary(data.summary, js)
         page_path.write_text(page, encoding="utf-8")
     m = data.summary["model"]["all"]
     log.info("wrote %s: mean r %s over %d genes, %d significantly well predicted", out,

@@ -29,11 +29,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 import slide2expr.viewer.layers as layers
 import slide2expr.viewer.page as page
 from slide2expr.atomic import atomic_output
+from slide2expr.contracts.report import GENES_TSV, read_gene_r
 from slide2expr.contracts.tilemaps import UNITS, TileMap, read_tile_map
 from slide2expr.draw.genes import select_genes
 from slide2expr.draw.limits import cohort_scale, read_scale, robust_limits
@@ -161,8 +161,8 @@ def build_viewer(results: str | Path, out: str | Path | None = None, *,
     # the viewer shows every gene unless some are asked for
     genes = select_genes(first.genes, genes=options.genes,
                          source=maps[0]) if options.genes else list(first.genes)
-    report = _find(options.report, results / "report" / head / "genes.tsv")
-    r_by_gene = read_report_r(report) if report else {}
+    report = _find(options.report, results / "report" / head / GENES_TSV)
+    r_by_gene = read_gene_r(report) if report else {}
     predictions = _find(options.predictions, results / "predictions" / f"{head}.h5ad")
     cohort = cohort_limits(maps, genes, options)
     check_writable(out)
@@ -245,20 +245,6 @@ def _find(given: Path | None, default: Path) -> Path | None:
             raise InputError(given, "does not exist", "pass an existing file or leave it out")
         return Path(given)
     return default if default.is_file() else None
-
-
-def read_report_r(report: Path) -> dict[str, float]:
-    """``{gene: pearson_r}`` of the report's ``genes.tsv`` (NaN where undefined)."""
-    try:
-        table = pd.read_csv(report, sep="\t", dtype={"gene": str})
-    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
-        raise InputError(report, f"is not a readable report table ({exc})",
-                         "pass results/report/{head}/genes.tsv written by `slide2expr report`") from exc
-    if not {"gene", "pearson_r"} <= set(table.columns):
-        raise InputError(report, "has no gene and pearson_r columns",
-                         "pass the report's genes.tsv")
-    r = pd.to_numeric(table["pearson_r"], errors="coerce")
-    return {str(g): float(v) for g, v in zip(table["gene"], r, strict=True)}
 
 
 def gene_entries(genes: Sequence[str], r_by_gene: dict[str, float]) -> list[dict[str, Any]]:
