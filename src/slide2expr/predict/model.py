@@ -9,21 +9,24 @@ encoder, mode, fold). Nothing is unpickled: weights come from safetensors, metad
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from slide2expr.contracts._h5 import check_format
-from slide2expr.contracts.models import CONTRACT, META, VERSION, WEIGHTS, held_out_fold
+from slide2expr.contracts.models import (
+    META,
+    RETRAIN,
+    WEIGHTS,
+    fold_dirs,
+    held_out_fold,
+    member_dirs,
+    read_head_meta,
+)
 from slide2expr.errors import InputError
 from slide2expr.predict.bags import make_supertiles
 from slide2expr.predict.nets import HeadNet, build_net
-
-#: What to do about a damaged model folder.
-RETRAIN = "retrain the head (`slide2expr train`, or delete results/models and rerun the workflow)"
 
 
 def load_fold_head(fold_dir: str | Path) -> tuple[HeadNet, dict]:
@@ -44,7 +47,7 @@ def load_fold_head(fold_dir: str | Path) -> tuple[HeadNet, dict]:
     if not meta_path.is_file() or not weights_path.is_file():
         raise InputError(fold_dir, f"has no {META} and {WEIGHTS}",
                          "pass a model directory written by `slide2expr train`")
-    meta = _read_meta(meta_path)
+    meta = read_head_meta(meta_path)
     try:
         module = build_net(meta["head"], **meta["hparams"])
     except InputError:
@@ -57,23 +60,6 @@ def load_fold_head(fold_dir: str | Path) -> tuple[HeadNet, dict]:
     check_genes_match_outputs(meta["genes"], module.n_genes, source=meta_path)
     module.eval()
     return module, meta
-
-
-def _read_meta(path: Path) -> dict:
-    """``head.json``: a JSON object with ``head``, ``hparams`` and ``genes``."""
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(path, f"is not valid JSON ({exc})", RETRAIN) from exc
-    missing = [k for k in ("head", "hparams", "genes")
-               if not isinstance(meta, dict) or k not in meta]
-    if missing:
-        raise InputError(path, f"lacks {', '.join(missing)}", RETRAIN)
-    if not isinstance(meta["hparams"], dict) or not isinstance(meta["genes"], list):
-        raise InputError(path, "has hparams that are not an object or genes that are not a list",
-                         RETRAIN)
-    check_format(path, meta, CONTRACT, (VERSION,))
-    return meta
 
 
 def _load_weights_strictly(module: torch.nn.Module, path: Path) -> None:
@@ -271,25 +257,10 @@ def load_trained_head(model_dir: str | Path, *, fold: int | None = None,
         models over the genes every fold predicts. Ensemble members of a fold
         (``fold{k}/member{m}/``, ``train.ensemble > 1``) are averaged too.
     """
-    model_dir = Path(model_dir)
-    if (model_dir / META).is_file():
-        fold_dirs = [model_dir]
-    else:
-        fold_dirs = sorted(model_dir.glob("fold*"), key=lambda p: _fold_number(p))
-        if not fold_dirs:
-            raise InputError(model_dir, "contains no fold*/ model directories",
-                             "pass results/models/{head} written by `slide2expr train`")
-        if sample_id is not None and fold is None:
-            fold, _ = held_out_fold(model_dir, sample_id)
-        if fold is not None:
-            fold_dirs = [p for p in fold_dirs if _fold_number(p) == fold]
-            if not fold_dirs:
-                raise InputError(model_dir, f"has no fold{fold}", "pick an existing fold")
-    member_dirs = [m for p in fold_dirs for m in (p, *sorted(p.glob("member*")))
-                   if (m / META).is_file()]
-    if not member_dirs:
-        raise InputError(fold_dirs[0], f"has no {META}", RETRAIN)
-    loaded = [load_fold_head(p) for p in member_dirs]
+    if sample_id is not None and fold is None and not (Path(model_dir) / META).is_file():
+        fold, _ = held_out_fold(model_dir, sample_id)
+    members = member_dirs(fold_dirs(model_dir, fold))
+    loaded = [load_fold_head(p) for p in members]
     genes = list(loaded[0][1]["genes"])
     for _, meta in loaded[1:]:
         keep = set(meta["genes"])
@@ -302,13 +273,6 @@ def load_trained_head(model_dir: str | Path, *, fold: int | None = None,
     first = loaded[0][1]
     return TrainedHead(genes=genes, head=first["head"], kind=loaded[0][0].kind, meta=first,
                        members=members, member_columns=columns)
-
-
-def _fold_number(path: Path) -> int:
-    try:
-        return int(path.name.removeprefix("fold"))
-    except ValueError:
-        return 1 << 30
 
 
 def choose_fold(model_dir: str | Path, sample_id: str, *,

@@ -6,15 +6,12 @@ prediction by :mod:`slide2expr.predict.model`.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from slide2expr.atomic import atomic_output
-from slide2expr.contracts._h5 import format_stamp
-from slide2expr.contracts.models import CONTRACT, META, VERSION, WEIGHTS
+from slide2expr.contracts.models import WEIGHTS, write_head_meta
 
 
 def save_head(module: torch.nn.Module, fold_dir: str | Path, *, meta: dict) -> None:
@@ -37,14 +34,6 @@ def save_head(module: torch.nn.Module, fold_dir: str | Path, *, meta: dict) -> N
     state = {k: v.detach().cpu().contiguous() for k, v in network.state_dict().items()}
     with atomic_output(fold_dir / WEIGHTS) as tmp:
         save_file(state, str(tmp))
-    meta = {**format_stamp(CONTRACT, VERSION), **meta}
-    with atomic_output(fold_dir / META) as tmp:
-        tmp.write_text(json.dumps(meta, indent=2, default=_json_default))
+    write_head_meta(fold_dir, meta)
 
 
-def _json_default(value: object) -> object:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray | tuple):
-        return list(value)
-    raise TypeError(f"not JSON serialisable: {type(value)}")
