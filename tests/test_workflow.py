@@ -172,3 +172,20 @@ def test_her2st_with_heatmaps_plans_grid_context_for_the_context_head(tmp_path: 
     counts, _ = plan(False)
     assert "grid_context_tiles" not in counts and "heatmap" not in counts
     assert counts["extract"] == 3 * n
+
+
+@pytest.mark.slow
+def test_documented_report_command_works(demo_run: Path, tmp_path: Path) -> None:
+    """The `snakemake --report report.zip ...` line of config/README.md, run as written (in
+    the finished demo's working directory), bundles the report."""
+    import re
+    import shlex
+
+    doc = (REPO / "config" / "README.md").read_text()
+    command = shlex.split(re.search(r"`(snakemake --report report\.zip[^`]*)`", doc).group(1))
+    out = tmp_path / "report.zip"
+    args = [str(out) if a == "report.zip" else a for a in command[1:]]
+    result = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"),
+                             *args], cwd=demo_run, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    assert out.stat().st_size > 10_000

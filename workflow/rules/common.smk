@@ -8,11 +8,14 @@ import shlex
 from pathlib import Path
 
 import pandas as pd
+from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
+from slide2expr.errors import InputError
 from slide2expr.inputs.samples import read_sample_sheet
 from slide2expr.settings import (
     check_heads_fit_mode,
+    check_run_config,
     put_interpreter_on_path,
     put_openseadragon_in_env,
 )
@@ -23,13 +26,13 @@ REPO = Path(workflow.basedir)
 SCHEMAS = REPO / "workflow" / "schemas"
 
 
-validate(config, str(SCHEMAS / "config.schema.yaml"))
-# Each stage has its own section and schema; validation fills in the documented defaults.
-for _section in ("tiling", "extract", "join", "train", "report", "heatmap"):
-    config.setdefault(_section, {})
-    _schema = SCHEMAS / f"{_section}.schema.yaml"
-    if _schema.exists():
-        validate(config[_section], str(_schema))
+# The top level and each stage's section against their schemas (the CLI uses the same files):
+# --config strings ("32", "false") become the schema's types, the documented defaults are
+# filled in, and a problem stops the run with one line naming the key (slide2expr.settings).
+try:
+    check_run_config(config)
+except InputError as _error:
+    raise WorkflowError(_error.one_line()) from None
 
 # Every rule runs the slide2expr CLI. With `--sdm conda`, Snakemake builds this environment
 # once per node setup; it pip-installs this checkout from ${SLIDE2EXPR_SRC}, which defaults to
@@ -61,9 +64,7 @@ if _GENE_LIST and "{data_root}" in _GENE_LIST:
 # Pseudo-bulk (config `pseudobulk`, rules/pseudobulk.smk): windows of a spot-mode sheet's
 # sections become the run's region samples. Their sheet is the rule's output, so the first run
 # writes it and stops; the next run reads it and trains (see config/README.md, `pseudobulk`).
-config.setdefault("pseudobulk", {})
-validate(config["pseudobulk"], str(SCHEMAS / "pseudobulk.schema.yaml"))
-PSEUDOBULK = config["pseudobulk"]
+PSEUDOBULK = config["pseudobulk"]  # validated with the other sections (check_run_config)
 PSEUDOBULK_OUT = {
     "sheet": f"{RESULTS}/pseudobulk/samples.tsv",
     "expression": f"{RESULTS}/pseudobulk/expression.tsv",
@@ -167,11 +168,18 @@ def cli_option(flag, value):
     return "" if value is None else f"{flag} {value}"
 
 
+def default_mpp_option():
+    """``--default-mpp`` with the config's ``default_slide_mpp``, or nothing: the one way the
+    fallback resolution reaches every command that opens a slide (tile, heatmap, viewer)."""
+    return cli_option("--default-mpp", config["default_slide_mpp"])
+
+
 def config_json(*keys):
     """The config sections a command reads, as one shell-quoted JSON object: the one way rules
     pass settings (``--config-json``). A dotted key takes a subsection (``tiling.tissue``);
-    ``"*"`` takes the whole config (for provenance). Only these sections are in the job's
-    params, so editing another section does not rerun the job."""
+    ``"*"`` takes the whole config (the manifest's provenance only). Only these keys are in
+    the job's params, so editing another key does not rerun the job (tests/test_config_slices.py
+    checks it for every key of the schemas)."""
     if "*" in keys:
         chosen = config
     else:

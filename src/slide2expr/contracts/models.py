@@ -39,6 +39,9 @@ log = logging.getLogger(__name__)
 WEIGHTS = "head.safetensors"
 META = "head.json"
 SPLITS = "splits.tsv"
+#: The folder of a fold's ridge model, shipped instead of the head when ridge won the fold's
+#: inner selection (``train.select``).
+RIDGE_DIR = "ridge"
 CONTRACT = "model"
 VERSION = "1"
 
@@ -122,11 +125,19 @@ def fold_dirs(model_dir: str | Path, fold: int | None = None) -> list[Path]:
     return found
 
 
+def shipped_dirs(fold_dir: Path) -> list[Path]:
+    """The model directories a fold ships: ``ridge/`` (:data:`RIDGE_DIR`) when ridge won the
+    fold's inner selection (``train.select``), else the head's members (``fold_dir`` and
+    ``member*/``, ``train.ensemble > 1``)."""
+    fold_dir = Path(fold_dir)
+    if (fold_dir / RIDGE_DIR / META).is_file():
+        return [fold_dir / RIDGE_DIR]
+    return [fold_dir, *sorted(fold_dir.glob("member*"))]
+
+
 def member_dirs(folds: Sequence[Path]) -> list[Path]:
-    """Every model of ``folds``: each fold folder and its ensemble members
-    (``fold{k}/member{m}/``, ``train.ensemble > 1``) that hold a ``head.json``."""
-    members = [m for p in folds for m in (p, *sorted(Path(p).glob("member*")))
-               if (m / META).is_file()]
+    """Every model ``folds`` ship (:func:`shipped_dirs`) that holds a ``head.json``."""
+    members = [m for p in folds for m in shipped_dirs(p) if (m / META).is_file()]
     if not members:
         raise InputError(folds[0], f"has no {META}", RETRAIN)
     return members

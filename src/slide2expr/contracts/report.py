@@ -11,6 +11,8 @@ Contract:
   read by ``slide2expr compare`` and ``verify``.
 - ``scale.tsv``: ``gene, vmin, vmax, n_tiles, n_slides`` (6 significant digits), written by
   ``slide2expr heatmap-scale``, read by heatmaps and the viewer.
+- ``map_vs_spots.tsv``: the report's map-versus-spots table (bulk regions with spot truth),
+  written beside ``genes.tsv`` by ``slide2expr report``.
 
 This module owns the file names and every reader and writer of the three, so a column is
 named, parsed and checked in one place.
@@ -31,6 +33,7 @@ from slide2expr.errors import InputError
 GENES_TSV = "genes.tsv"
 SUMMARY_JSON = "summary.json"
 SCALE_TSV = "scale.tsv"
+MAP_VS_SPOTS_TSV = "map_vs_spots.tsv"
 SCALE_COLUMNS = ("gene", "vmin", "vmax", "n_tiles", "n_slides")
 
 _GENES_FIX = "pass results/report/{head}/genes.tsv written by `slide2expr report`"
@@ -78,6 +81,12 @@ def read_gene_r(path: str | Path) -> dict[str, float]:
     """``{gene: pearson_r}`` of ``genes.tsv`` (NaN where undefined)."""
     table = read_genes_table(path)
     return {str(g): float(v) for g, v in zip(table["gene"], table["pearson_r"], strict=True)}
+
+
+def write_map_vs_spots(table: pd.DataFrame, path: str | Path) -> None:
+    """Write ``map_vs_spots.tsv`` (tile maps read at the spot centres of held-out sections,
+    :mod:`slide2expr.report.map_vs_spots`; NaN as ``NaN``, 6 significant digits)."""
+    table.to_csv(path, sep="\t", index=False, na_rep="NaN", float_format="%.6g")
 
 
 def write_summary(summary: dict[str, Any], path: str | Path) -> None:
