@@ -139,6 +139,23 @@ def grid_context_tilings(head):
     return [f"grid_{b}" for b in HEAD_INPUTS.get(head, []) if re.fullmatch(r"ctx[0-9]+", b)]
 
 
+def planned_tilings():
+    """The tilings the run embeds for every slide, in the one-pass extract job: the training
+    units (spots or grid), the context windows (ctx{um}), and with heatmaps the grid and
+    the grid context windows of the heads that paint maps."""
+    tilings = [UNIT_TILING, *CONTEXT_TILINGS]
+    if config["heatmap"]["enabled"]:
+        tilings.append("grid")
+        for head in HEADS:
+            tilings += grid_context_tilings(head)
+    return list(dict.fromkeys(tilings))
+
+
+# One extract job per slide and encoder embeds all of these (rule extract); any other tiling
+# asked for by name (a heatmap target with heatmaps off) has a job of its own (extract_tiling).
+EXTRACT_TILINGS = planned_tilings()
+
+
 # The encoder whose features are joined: join.encoder, else the first of extract.encoders.
 # In an encoder sweep (several extract.encoders) each encoder is joined: results/{encoder}/.
 JOIN_ENCODER = JOIN.get("encoder") or SWEEP_ENCODERS[0]
@@ -248,7 +265,10 @@ def tile_roi_args(wildcards):
 
 
 def extract_inputs(wildcards):
-    inputs = {"tiles": f"{RESULTS}/tiles/{wildcards.tiling}/{wildcards.sample}.h5"}
+    """The tiles of every planned tiling of the slide (in EXTRACT_TILINGS order), or of the
+    one tiling of an extract_tiling job; the encoder's weights; the stain reference."""
+    tilings = [wildcards.tiling] if "tiling" in wildcards.keys() else EXTRACT_TILINGS
+    inputs = {"tiles": [f"{RESULTS}/tiles/{t}/{wildcards.sample}.h5" for t in tilings]}
     weights = (EXTRACT.get("weights") or {}).get(wildcards.encoder)
     if weights:
         inputs["weights"] = weights
@@ -259,6 +279,11 @@ def extract_inputs(wildcards):
 
 def extract_weights_arg(wildcards, input):
     return f"--weights {input.weights}" if "weights" in input.keys() else ""
+
+
+def extract_out_args(wildcards, output):
+    """``-o FILE`` per output, in the order of the tiles files."""
+    return " ".join(f"-o {shlex.quote(str(f))}" for f in output)
 
 
 def join_encoder(wildcards):
