@@ -133,6 +133,12 @@ def main() -> None:
         code = exc.exit_code
     except (typer.Abort, KeyboardInterrupt):
         _stopped_or_fail("aborted", 130)
+    except SystemExit:
+        # A library that catches the interrupt itself and exits (Lightning's Trainer calls
+        # sys.exit(1) on Ctrl-C): the signal, not that status, says what happened.
+        if _stopped_by:
+            _stopped()
+        raise
     except typer.TyperException as exc:  # typer's own click: usage errors (exit code 2)
         _usage_error(exc)
     except Exception as exc:

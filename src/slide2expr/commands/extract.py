@@ -48,17 +48,21 @@ def extract(
     config_json: str | None = config_json_option(),
 ) -> None:
     """Embed every tile of one slide with a pretrained encoder."""
-    from slide2expr.extract.run import extract_features
+    from slide2expr.atomic import output_lock
 
     cfg = section(ctx, "extract", config_json, EXTRACT_FLAGS)
+    # One run per output, taken before the slow set-up (torch, the encoder): a second run
+    # of the same output stops at once, naming the first one's process.
+    with output_lock(out):
+        from slide2expr.extract.run import extract_features
 
-    result = extract_features(
-        tiles, out, encoder=encoder, weights=weights, slide=slide, batch_size=cfg["batch_size"],
-        num_workers=cfg["num_workers"], threads=threads, device=cfg["device"], dtype=cfg["dtype"],
-        stain_normalize=cfg["stain_normalize"], stain_reference=cfg["stain_reference"],
-        views=cfg["views"],
-        resume=resume, progress=progress,
-    )
+        result = extract_features(
+            tiles, out, encoder=encoder, weights=weights, slide=slide,
+            batch_size=cfg["batch_size"], num_workers=cfg["num_workers"], threads=threads,
+            device=cfg["device"], dtype=cfg["dtype"], stain_normalize=cfg["stain_normalize"],
+            stain_reference=cfg["stain_reference"], views=cfg["views"], resume=resume,
+            progress=progress,
+        )
     typer.echo(f"{result.path}: {result.n_tiles} tiles, {result.tiles_per_s:.1f} tiles/s "
                f"on {result.device}", err=True)
 

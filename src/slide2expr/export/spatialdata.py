@@ -19,7 +19,6 @@ tiles when tile maps are given. Needs the ``spatialdata`` extra.
 from __future__ import annotations
 
 import logging
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from slide2expr.atomic import temporary_sibling
+from slide2expr.atomic import atomic_output
 from slide2expr.contracts.tilemaps import read_tile_map
 from slide2expr.errors import InputError
 from slide2expr.keys import Key
@@ -171,7 +170,8 @@ def write_spatialdata(predictions_path: str | Path, out: str | Path, *,
     """Write the SpatialData zarr store of a predictions file (replacing ``out`` whole).
 
     The store is written to a hidden sibling and renamed when complete, so a failed export
-    leaves nothing that looks finished.
+    leaves nothing that looks finished; an existing ``out`` is replaced only if slide2expr
+    made it (:func:`slide2expr.atomic.check_replaceable`).
     """
     import anndata as ad
 
@@ -194,16 +194,8 @@ def write_spatialdata(predictions_path: str | Path, out: str | Path, *,
         sdata = build_spatialdata(adata, tile_maps=maps)
     except InputError as exc:
         raise InputError(predictions_path, exc.problem, exc.fix) from exc
-    tmp = temporary_sibling(out)
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
+    with atomic_output(out) as tmp:  # replaces ``out`` only if slide2expr made it
         sdata.write(tmp)
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     log.info("wrote %s: %d images, %d shapes, tables %s", out, len(sdata.images),
              len(sdata.shapes), ", ".join(sdata.tables))
     return out
