@@ -10,11 +10,16 @@ Every failure a user can act on is one line on stderr (:func:`main`):
 failure                                                status
 =====================================================  ======
 bad input (:class:`~slide2expr.errors.InputError`)     2
+an output folder slide2expr did not make               2
+(:class:`~slide2expr.errors.ForeignFolder`)
 usage error (an unknown option, a missing argument)    2
 a full disk, an unwritable or read-only folder         1
 (:class:`~slide2expr.errors.EnvironmentFault`, or an
 ``OSError`` ENOSPC/EDQUOT/EFBIG/EACCES/EPERM/EROFS)
-Ctrl-C ("interrupted; rerun to resume")                130
+another run writes the same output now                 1
+(:class:`~slide2expr.errors.OutputBusy`)
+Ctrl-C ("interrupted; rerun to resume"), also when a   130
+library caught it and exited (Lightning)
 SIGTERM, e.g. ``scancel`` ("terminated; ...")          143
 =====================================================  ======
 """
