@@ -10,7 +10,10 @@
 # block, the dataset (heatmap_model_inputs in common.smk; slide2expr.heatmap.context).
 # Config: the `heatmap` section and tiling.tissue (workflow/schemas/, config/README.md).
 
-HEATMAP_CONFIG = config_json("heatmap", "tiling.tissue", "default_slide_mpp")
+HEATMAP_CONFIG = config_json(
+    *(f"heatmap.{key}" for key in HEATMAP if key not in ("enabled", "shared_scale")),
+    "tiling.tissue",
+)
 HEATMAP_OUTPUT = {
     "geojson": f"{ENC_RESULTS}/heatmaps/{{head}}/{{sample}}.geojson",
     "pngs": report(
@@ -33,30 +36,32 @@ if not HEATMAP["shared_scale"]:
             unpack(heatmap_model_inputs),
             unpack(heatmap_draw_inputs),
         output:
-            tile_map=HEATMAP_MAP,
             **HEATMAP_OUTPUT,
+            tile_map=HEATMAP_MAP,
+        log:
+            HEATMAP_LOG,
+        benchmark:
+            HEATMAP_BENCH
         wildcard_constraints:
             **HEATMAP_WILDCARDS,
+        conda:
+            CONDA_ENV
+        threads: 1
+        resources:
+            mem_mb=4000,
+            runtime=30,
         params:
             models=lambda w: fill_wildcards(f"{ENC_RESULTS}/models/{{head}}", w),
             out=lambda w, output: os.path.dirname(output.geojson),
             args=heatmap_draw_args,
             dataset=heatmap_dataset_arg,
+            default_mpp=default_mpp_option(),
             cfg=HEATMAP_CONFIG,
-        log:
-            HEATMAP_LOG,
-        benchmark:
-            HEATMAP_BENCH
-        threads: 1
-        resources:
-            mem_mb=4000,
-            runtime=30,
-        conda:
-            CONDA_ENV
         shell:
             "slide2expr heatmap {input.features} --model-dir {params.models} "
             "--slide {input.slide} --sample-id {wildcards.sample} -o {params.out} "
-            "{params.args} {params.dataset} --threads {threads} --config-json {params.cfg} "
+            "{params.args} {params.dataset} --threads {threads} {params.default_mpp} "
+            "--config-json {params.cfg} "
             "> {log} 2>&1"
 
 else:
@@ -66,22 +71,22 @@ else:
             unpack(heatmap_model_inputs),
         output:
             HEATMAP_MAP,
-        wildcard_constraints:
-            **HEATMAP_WILDCARDS,
-        params:
-            models=lambda w: fill_wildcards(f"{ENC_RESULTS}/models/{{head}}", w),
-            out=lambda w, output: os.path.dirname(output[0]),
-            dataset=heatmap_dataset_arg,
         log:
             f"{RESULTS}/logs/heatmap_map/{ENC_TAG}{{head}}/{{sample}}.log",
         benchmark:
             f"{RESULTS}/benchmarks/heatmap_map/{ENC_TAG}{{head}}/{{sample}}.tsv"
+        wildcard_constraints:
+            **HEATMAP_WILDCARDS,
+        conda:
+            CONDA_ENV
         threads: 1
         resources:
             mem_mb=4000,
             runtime=30,
-        conda:
-            CONDA_ENV
+        params:
+            models=lambda w: fill_wildcards(f"{ENC_RESULTS}/models/{{head}}", w),
+            out=lambda w, output: os.path.dirname(output[0]),
+            dataset=heatmap_dataset_arg,
         shell:
             "slide2expr heatmap {input.features} --model-dir {params.models} -o {params.out} "
             "--sample-id {wildcards.sample} {params.dataset} --map-only --threads {threads} "
@@ -92,21 +97,21 @@ else:
             unpack(heatmap_scale_inputs),
         output:
             f"{ENC_RESULTS}/heatmaps/{{head}}/scale.tsv",
-        wildcard_constraints:
-            head=HEATMAP_WILDCARDS["head"],
-        params:
-            report=heatmap_draw_args,
-            cfg=config_json("heatmap"),
         log:
             f"{RESULTS}/logs/heatmap_scale/{ENC_TAG}{{head}}.log",
         benchmark:
             f"{RESULTS}/benchmarks/heatmap_scale/{ENC_TAG}{{head}}.tsv"
+        wildcard_constraints:
+            head=HEATMAP_WILDCARDS["head"],
+        conda:
+            CONDA_ENV
         threads: 1
         resources:
             mem_mb=8000,
             runtime=30,
-        conda:
-            CONDA_ENV
+        params:
+            report=heatmap_draw_args,
+            cfg=config_json("heatmap.genes", "heatmap.n_genes", "heatmap.clip_percentiles"),
         shell:
             "slide2expr heatmap-scale {input.maps} -o {output} {params.report} "
             "--config-json {params.cfg} > {log} 2>&1"
@@ -117,22 +122,23 @@ else:
             tile_map=HEATMAP_MAP,
         output:
             **HEATMAP_OUTPUT,
-        wildcard_constraints:
-            **HEATMAP_WILDCARDS,
-        params:
-            out=lambda w, output: os.path.dirname(output.geojson),
-            args=heatmap_draw_args,
-            cfg=HEATMAP_CONFIG,
         log:
             HEATMAP_LOG,
         benchmark:
             HEATMAP_BENCH
+        wildcard_constraints:
+            **HEATMAP_WILDCARDS,
+        conda:
+            CONDA_ENV
         threads: 1
         resources:
             mem_mb=4000,
             runtime=30,
-        conda:
-            CONDA_ENV
+        params:
+            out=lambda w, output: os.path.dirname(output.geojson),
+            args=heatmap_draw_args,
+            default_mpp=default_mpp_option(),
+            cfg=HEATMAP_CONFIG,
         shell:
             "slide2expr heatmap {input.tile_map} --slide {input.slide} -o {params.out} "
-            "{params.args} --config-json {params.cfg} > {log} 2>&1"
+            "{params.args} {params.default_mpp} --config-json {params.cfg} > {log} 2>&1"

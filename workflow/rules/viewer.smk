@@ -13,21 +13,22 @@ rule viewer:
         unpack(viewer_inputs),
     output:
         directory(f"{ENC_RESULTS}/viewer"),
-    params:
-        results=lambda w: fill_wildcards(ENC_RESULTS, w),
-        args=viewer_args,
-        head=HEADS[0],
-        cfg=config_json("heatmap.clip_percentiles", "tiling.tissue", "default_slide_mpp"),
     log:
         f"{RESULTS}/logs/viewer/{ENC_TAG}viewer.log",
     benchmark:
         f"{RESULTS}/benchmarks/viewer/{ENC_TAG}viewer.tsv"
+    conda:
+        CONDA_ENV
     threads: 2
     resources:
         mem_mb=4000,
         runtime=60,
-    conda:
-        CONDA_ENV
+    params:
+        results=lambda w: fill_wildcards(ENC_RESULTS, w),
+        args=viewer_args,
+        head=HEADS[0],
+        default_mpp=default_mpp_option(),
+        cfg=config_json("heatmap.clip_percentiles", "tiling.tissue"),
     shell:
         "VIPS_CONCURRENCY={threads} slide2expr view {params.results} --head {params.head} "
-        "-o {output} {params.args} --config-json {params.cfg} > {log} 2>&1"
+        "-o {output} {params.args} {params.default_mpp} --config-json {params.cfg} > {log} 2>&1"
