@@ -57,6 +57,8 @@ from slide2expr.train.data import FoldDataModule
 from slide2expr.train.features import BagFeatures, SpotFeatures
 from slide2expr.train.gene_selection import column_stats, select_genes
 from slide2expr.train.heads import HEADS, MONITOR, build_head
+from slide2expr.train.plausible import RangeCheck, plausible_bounds
+from slide2expr.train.scaling import block_widths, near_constant
 from slide2expr.train.trained import save_head
 from slide2expr.train.views import ViewRows, view_rows
 
@@ -184,6 +186,8 @@ class FoldResult:
     train_mean: np.ndarray
     #: Standard deviation (``ddof=0``) of the ensemble members' predictions; None with one.
     predicted_sd: np.ndarray | None = None
+    #: Per-gene plausible range of a prediction (:mod:`slide2expr.train.plausible`).
+    plausible: tuple[np.ndarray, np.ndarray] | None = None
 
 
 def configure_determinism(seed: int) -> None:
@@ -349,6 +353,8 @@ def train_fold(*, head: str, config: TrainConfig, source: SpotFeatures | BagFeat
         "inputs": input_names,
         "augment_views": list(views.train_views) if views is not None else [],
         "tta_views": list(views.tta_views) if views is not None else [],
+        "near_constant_features": int(near_constant(
+            fit_source.moments(rows(train_idx))[1], block_widths(fit_source)).sum()),
     }
 
     # ridge's alpha is chosen with the same inner grouping as early stopping
@@ -364,7 +370,7 @@ def train_fold(*, head: str, config: TrainConfig, source: SpotFeatures | BagFeat
     return FoldResult(fold=k, genes=genes, test_idx=test_idx, predicted=predicted,
                       baselines=out_baselines, info=info,
                       train_mean=y[train_idx].astype(np.float64).mean(axis=0),
-                      predicted_sd=predicted_sd)
+                      predicted_sd=predicted_sd, plausible=plausible_bounds(y[train_idx]))
 
 
 def fit_baselines(config: TrainConfig, source: SpotFeatures | BagFeatures, y: np.ndarray, *,
@@ -375,16 +381,20 @@ def fit_baselines(config: TrainConfig, source: SpotFeatures | BagFeatures, y: np
 
     pooled_train = source.pooled(train_idx)
     pooled_test = source.pooled(test_idx)
+    blocks = block_widths(source)
+    info["near_constant_baseline_features"] = int(
+        near_constant(pooled_train.std(axis=0), blocks).sum())
     out: dict[str, np.ndarray] = {}
     for name in config.baselines:
         if name == "ridge":
             pred, alpha = baselines.ridge_baseline(
                 pooled_train, y[train_idx], pooled_test, groups[train_idx],
-                alphas=config.ridge_alphas, seed=config.seed + k)
+                alphas=config.ridge_alphas, seed=config.seed + k, blocks=blocks)
             info["ridge_alpha"] = alpha
         elif name == "hest":
             pred = baselines.hest_baseline(pooled_train, y[train_idx], pooled_test,
-                                           n_components=config.hest_pca, seed=config.seed)
+                                           n_components=config.hest_pca, seed=config.seed,
+                                           blocks=blocks)
         else:
             pred = baselines.mean_baseline(y[train_idx], len(test_idx))
         out[name] = pred.astype(np.float32)
@@ -462,6 +472,7 @@ def run_training(adata: Any, *, head: str, config: TrainConfig, models_dir: str 
                      groups=groups, fold=fold)
         predictions = assemble_predictions(adata, results, fold=fold, config=config,
                                            head=head, provenance=provenance)
+        warn_implausible(predictions, head)
         with atomic_output(predictions_path) as tmp:
             write_h5ad(predictions, tmp)  # uns['spatial'] images compressed
             if models_dir.exists():
@@ -471,6 +482,18 @@ def run_training(adata: Any, *, head: str, config: TrainConfig, models_dir: str 
         shutil.rmtree(tmp_dir, ignore_errors=True)
         raise
     return predictions
+
+
+def warn_implausible(predictions: Any, head: str) -> None:
+    """Log one warning when any written prediction lies outside its gene's plausible range."""
+    record = predictions.uns[Key.PROVENANCE]["train"]["range_check"]
+    parts = [f"{layer}: {v['outside']} of {v['checked']} values in {v['genes_affected']} "
+             f"gene(s) (e.g. {', '.join(v['genes'][:3])}), most extreme {v['most_extreme']:.4g}"
+             for layer, v in record["layers"].items() if v["outside"]]
+    if parts:
+        log.warning("%s: predictions outside the plausible range of their gene (%s): %s; kept "
+                    "and counted in uns['slide2expr']['train']['range_check']", head,
+                    record["rule"], "; ".join(parts))
 
 
 def _check_dataset(adata: Any, head: str, src: str | None) -> None:
@@ -510,6 +533,7 @@ def assemble_predictions(adata: Any, results: list[FoldResult], *, fold: np.ndar
         layers[Key.PREDICTED_SD] = np.full((n, len(union)), np.nan, dtype=np.float32)
     n_folds = np.zeros(len(union), dtype=np.int64)
     train_mean = np.zeros(len(union))
+    check = RangeCheck(genes=[str(g) for g in np.asarray(adata.var_names)[union]])
     for r in results:
         cols = np.array([column[g] for g in r.genes])
         n_folds[cols] += 1
@@ -520,6 +544,10 @@ def assemble_predictions(adata: Any, results: list[FoldResult], *, fold: np.ndar
             layers[Key.PREDICTED_SD][rows, cols[None, :]] = r.predicted_sd
         for name, pred in r.baselines.items():
             layers[BASELINE_LAYERS[name]][rows, cols[None, :]] = pred
+        if r.plausible is not None:
+            for layer, pred in (("predicted", r.predicted),
+                                *((BASELINE_LAYERS[n], p) for n, p in r.baselines.items())):
+                check.add(layer, pred, cols, *r.plausible)
     x = adata.X[:, union]
     x = np.asarray(x.toarray() if sp.issparse(x) else x, dtype=np.float32)
     obs = adata.obs.copy()
@@ -539,6 +567,7 @@ def assemble_predictions(adata: Any, results: list[FoldResult], *, fold: np.ndar
                                   if "inner_grouping" in r.info}),
         "folds": {f"fold{r.fold}": r.info for r in results},
         "held_out_units": int((fold != NOT_HELD_OUT).sum()),
+        "range_check": check.record(),
     })
     out.uns[Key.PROVENANCE] = prov
     stamp_predictions(out)

@@ -1,0 +1,170 @@
+"""Fault cases of issue 21 about impossible values and unguarded inputs (cases 6, 9, 10, 12).
+
+Every case runs the CLI as a subprocess (a crash at interpreter exit is invisible to an
+in-process call) on tiny synthetic inputs, and checks one line naming the file, the problem
+and the fix, a non-zero exit status and no partial output.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+#: Small, fast training (the planted signal is linear, so a few epochs suffice).
+FAST_TRAIN = {"folds": "loo", "max_epochs": 6, "min_epochs": 2, "patience": 3, "hidden": 16,
+              "batch_size": 32, "genes": {"method": "all", "min_fraction": 0.0,
+                                          "min_mean": 0.0}}
+
+
+def cli(*args: object, cwd: Path | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    """``slide2expr ARGS`` in a child process, with this checkout's code first on the path."""
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "slide2expr", *map(str, args)], cwd=cwd,
+                          env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def error_line(result: subprocess.CompletedProcess) -> str:
+    """The one ``error:`` line of stderr; fails on a traceback or several error lines."""
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, result.stderr[-3000:]
+    return lines[0]
+
+
+# -- case 6: near-constant features, implausible predictions -----------------------------------
+
+def two_section_dataset(path: Path, *, shift: float, near_constant: bool, n: int = 40,
+                        seed: int = 0) -> Path:
+    """A spot dataset of two sections whose target G0 follows feature 1.
+
+    With ``near_constant`` feature 0 has an SD of 1e-5 inside each section and sits ``shift``
+    apart between them (a channel that barely fires in one section and does in another), so
+    a model trained on one section sees a held-out z-score of ``shift / 1e-5``. Without it,
+    feature 1 of the second section is scaled by ``shift``: the predictive feature leaves the
+    training range and a linear model follows it out of its target's range.
+    """
+    rng = np.random.default_rng(seed)
+    feats = rng.normal(size=(2 * n, 6)).astype(np.float32)
+    second = np.arange(2 * n) >= n
+    if near_constant:
+        feats[:, 0] = np.where(second, shift, 0.0) + 1e-5 * rng.normal(size=2 * n)
+    y0 = 2.0 + 0.5 * feats[:, 1]
+    if not near_constant:
+        feats[second, 1] *= shift
+    y = np.stack([y0, 2.0 + 0.3 * rng.normal(size=2 * n), 1.0 + 0.3 * rng.normal(size=2 * n)],
+                 axis=1)
+    x = np.clip(y, 0, None).astype(np.float32)
+    obs = pd.DataFrame({"sample_id": np.where(second, "s1", "s0"),
+                        "patient": np.where(second, "p1", "p0")},
+                       index=[f"u{i}" for i in range(2 * n)])
+    adata = ad.AnnData(X=x, obs=obs, var=pd.DataFrame(index=["G0", "G1", "G2"]))
+    adata.layers["counts"] = np.round(np.expm1(x) * 10).astype(np.float32)
+    adata.obsm["X_toy"] = feats
+    adata.obsm["spatial"] = rng.uniform(0, 1000, size=(2 * n, 2))
+    adata.uns["slide2expr"] = {"mode": "spot", "encoder": "toy"}
+    adata.write_h5ad(path)
+    return path
+
+
+def train(dataset: Path, out: Path) -> tuple[subprocess.CompletedProcess, Path]:
+    preds = out / "predictions" / "mlp.h5ad"
+    result = cli("train", dataset, "--head", "mlp", "--models-dir", out / "models" / "mlp",
+                 "--predictions", preds, "--threads", 1, "--accelerator", "cpu",
+                 "--config-json", json.dumps({"train": {**FAST_TRAIN, "baselines":
+                                                        ["ridge", "mean"]}}))
+    return result, preds
+
+
+def range_check(preds: Path) -> dict:
+    return ad.read_h5ad(preds).uns["slide2expr"]["train"]["range_check"]
+
+
+def test_near_constant_feature_no_longer_explodes(tmp_path):
+    """Feature 0 is constant up to 1e-5 in the training section and 3 units away in the
+    held-out one: without the SD floor its z-score is 300,000 and the predictions follow."""
+    dataset = two_section_dataset(tmp_path / "dataset.h5ad", shift=3.0, near_constant=True)
+    result, preds = train(dataset, tmp_path / "run")
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = ad.read_h5ad(preds)
+    truth = np.asarray(out.X)
+    for layer in ("predicted", "baseline_ridge"):
+        p = np.asarray(out.layers[layer])
+        assert np.isfinite(p).all(), layer
+        # within the plausible range: the measured range widened by half of it on each side
+        span = truth.max(0) - truth.min(0)
+        assert (p <= truth.max(0) + span).all() and (p >= truth.min(0) - span).all(), \
+            (layer, p.min(0), p.max(0), truth.min(0), truth.max(0))
+    record = out.uns["slide2expr"]["train"]["range_check"]
+    assert record["layers"]["predicted"]["outside"] == 0
+    assert record["layers"]["predicted"]["checked"] == truth.size
+    assert "train min" in record["rule"] and float(record["margin"]) == 0.5
+    folds = out.uns["slide2expr"]["train"]["folds"]
+    assert [int(folds[f]["near_constant_features"]) for f in sorted(folds)] == [1, 1]
+
+
+def test_out_of_range_predictions_are_counted_logged_and_reported(tmp_path):
+    """The predictive feature is 40x wider in the held-out section: ridge follows it far out
+    of G0's range. The values are kept, counted in the predictions file, logged by train and
+    named by the report (log, summary.json, page)."""
+    dataset = two_section_dataset(tmp_path / "dataset.h5ad", shift=40.0, near_constant=False)
+    result, preds = train(dataset, tmp_path / "run")
+    assert result.returncode == 0, result.stderr[-3000:]
+    record = range_check(preds)
+    ridge = record["layers"]["baseline_ridge"]
+    assert ridge["outside"] > 0 and "G0" in list(ridge["genes"])
+    assert record["layers"]["baseline_mean"]["outside"] == 0  # the mean is always in range
+    # the count is the number of held-out values beyond the fold's bounds, recomputed here
+    out = ad.read_h5ad(preds)
+    counted = 0
+    for k in np.unique(out.obs["fold"]):
+        train_rows = np.asarray(out.obs["fold"] != k)
+        y = np.asarray(out.X)[train_rows]
+        lo, hi = y.min(0) - 0.5 * np.ptp(y, 0), y.max(0) + 0.5 * np.ptp(y, 0)
+        p = np.asarray(out.layers["baseline_ridge"])[~train_rows]
+        counted += int(((p < lo) | (p > hi)).sum())
+    assert ridge["outside"] == counted
+    warning = [line for line in result.stderr.splitlines() if "plausible range" in line]
+    assert len(warning) == 1 and "baseline_ridge" in warning[0], result.stderr[-3000:]
+
+    report = cli("report", preds, "-o", tmp_path / "report", "--bootstrap", 0)
+    assert report.returncode == 0, report.stderr[-3000:]
+    assert "Implausible predictions: baseline_ridge" in report.stderr
+    summary = json.loads((tmp_path / "report" / "summary.json").read_text())
+    assert summary["implausible_predictions"]["layers"]["baseline_ridge"]["outside"] == counted
+    assert "Implausible predictions" in (tmp_path / "report" / "index.html").read_text()
+
+
+def test_sd_floor_leaves_ordinary_features_alone_and_bounds_near_constant_ones():
+    from slide2expr.train.baselines import hest_baseline, ridge_baseline
+    from slide2expr.train.scaling import SD_FLOOR_FRACTION, floored_sd, standardise
+
+    rng = np.random.default_rng(0)
+    train = rng.normal(size=(50, 8))
+    train[:, 0] = 1e-6 * rng.normal(size=50)
+    test = rng.normal(size=(5, 8))
+    test[:, 0] = 3.0
+    sd = train.std(axis=0)
+    floored = floored_sd(sd)
+    np.testing.assert_array_equal(floored[1:], sd[1:])  # ordinary features: exactly as before
+    assert floored[0] == pytest.approx(np.median(sd))
+    _, z = standardise(train, test)
+    assert np.abs(z[:, 0]).max() < 10  # 3 / 1e-6 = 3,000,000 without the floor
+    # blocks: the second block's scale (1e-3) is its own, not the first block's
+    small = np.concatenate([sd, sd * 1e-3])
+    np.testing.assert_array_equal(floored_sd(small, [8, 8])[9:], small[9:])
+    assert SD_FLOOR_FRACTION * np.median(sd) > sd[0]
+    # every feature constant: divided by 1, as scikit-learn does
+    np.testing.assert_array_equal(floored_sd(np.zeros(4)), np.ones(4))
+    y = train[:, 1:3] + 0.1 * rng.normal(size=(50, 2))
+    ridge, _ = ridge_baseline(train, y, test, np.arange(50) % 5, alphas=[1.0, 10.0], seed=0)
+    assert np.abs(ridge).max() < 50
+    assert np.abs(hest_baseline(train, y, test, n_components=4)).max() < 50
