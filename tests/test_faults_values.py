@@ -17,6 +17,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 #: Small, fast training (the planted signal is linear, so a few epochs suffice).
@@ -168,3 +169,67 @@ def test_sd_floor_leaves_ordinary_features_alone_and_bounds_near_constant_ones()
     ridge, _ = ridge_baseline(train, y, test, np.arange(50) % 5, alphas=[1.0, 10.0], seed=0)
     assert np.abs(ridge).max() < 50
     assert np.abs(hest_baseline(train, y, test, n_components=4)).max() < 50
+
+
+# -- case 9: implausible mpp from any source ---------------------------------------------------
+
+def tissue_png(path: Path, *, width: int = 640, height: int = 480) -> Path:
+    """A white 'slide' with a pink block of tissue and no resolution in its metadata."""
+    rng = np.random.default_rng(0)
+    img = np.full((height, width, 3), 245, dtype=np.uint8)
+    block = rng.normal((190, 100, 160), 12, size=(height - 128, width - 128, 3))
+    img[64:height - 64, 64:width - 64] = np.clip(block, 0, 255).astype(np.uint8)
+    Image.fromarray(img).save(path)
+    return path
+
+
+@pytest.mark.parametrize(("flags", "source", "problem"), [
+    (["--mpp", "1000"], "the sample sheet (--mpp) gives mpp 1000", "outside the plausible range"),
+    (["--mpp", "1e308"], "the sample sheet (--mpp) gives mpp 1e+308", "outside the plausible"),
+    (["--default-mpp", "0"], "default_slide_mpp (--default-mpp) gives mpp 0", "not positive"),
+    (["--default-mpp", "-1"], "default_slide_mpp (--default-mpp) gives mpp -1", "not positive"),
+    (["--default-mpp", "1e308"], "default_slide_mpp (--default-mpp) gives mpp 1e+308",
+     "outside the plausible"),
+    # a bad default is refused even when the sheet's value would be used
+    (["--mpp", "0.5", "--default-mpp", "0"], "default_slide_mpp (--default-mpp)", "not positive"),
+])
+def test_implausible_mpp_is_named_with_its_source(flags, source, problem, tmp_path):
+    slide = tissue_png(tmp_path / "toy.png")
+    out = tmp_path / "out"
+    result = cli("tile", slide, "--sample-id", "toy", *flags, "-o", out / "toy.h5", timeout=60)
+    line = error_line(result)
+    assert result.returncode == 2
+    assert str(slide) in line and source in line and problem in line and "Fix:" in line
+    assert not out.exists() or list(out.iterdir()) == []
+
+
+def test_placeholder_metadata_mpp_is_named_as_such(tmp_path):
+    """A 72-dpi resolution tag is 352.8 um/px: named as the metadata's implausible value
+    when nothing else gives an mpp, and set aside with a warning when the sheet does."""
+    import tifffile
+
+    image = np.asarray(Image.open(tissue_png(tmp_path / "toy.png")).convert("RGB"))
+    slide = tmp_path / "dpi72.tiff"
+    tifffile.imwrite(slide, image, tile=(256, 256), resolution=(72, 72),
+                     resolutionunit="INCH", photometric="rgb")
+    result = cli("tile", slide, "--sample-id", "toy", "-o", tmp_path / "a" / "t.h5", timeout=60)
+    line = error_line(result)
+    assert result.returncode == 2 and "metadata gives mpp 352.8" in line
+    assert "no resolution" not in line and not (tmp_path / "a").exists()
+    result = cli("tile", slide, "--sample-id", "toy", "--mpp", "0.5", "--tile-px", "96",
+                 "-o", tmp_path / "b" / "t.h5", timeout=60)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "metadata gives mpp 352.8" in result.stderr and "set aside" in result.stderr
+
+
+def test_sample_sheet_mpp_out_of_range_is_refused(tmp_path):
+    sheet = tmp_path / "samples.tsv"
+    sheet.write_text("sample_id\tslide\tmpp\nA\ta.png\t0.5\nB\tb.png\t1000\n")
+    expression = tmp_path / "expression.tsv"
+    expression.write_text("sample_id\tG0\nA\t1\nB\t2\n")
+    result = cli("join", sheet, "-f", tmp_path / "features", "-o", tmp_path / "out" / "d.h5ad",
+                 "--mode", "bulk", "--encoder", "toy", "--expression", expression, timeout=60)
+    line = error_line(result)
+    assert result.returncode == 2
+    assert str(sheet) in line and "B (1000)" in line and "plausible range 0.05-20" in line
+    assert not (tmp_path / "out").exists()

@@ -20,6 +20,7 @@ from pathlib import Path
 import pandas as pd
 
 from slide2expr.errors import InputError
+from slide2expr.inputs.mpp import MPP_FIX, PLAUSIBLE_MPP, is_plausible
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +132,13 @@ def read_sample_sheet(path: str | Path, *, mode: str = "spot", check_files: bool
         if bad.any():
             raise InputError(path, f"mpp is not a positive number for {', '.join(sheet['sample_id'][bad])}",
                              "give micrometres per pixel (e.g. 0.5) or leave the cell empty")
+        implausible = mpp.notna() & ~mpp.map(lambda v: pd.isna(v) or is_plausible(float(v)))
+        if implausible.any():
+            named = ", ".join(f"{sid} ({v:g})" for sid, v in
+                              zip(sheet["sample_id"][implausible], mpp[implausible], strict=True))
+            raise InputError(path, f"mpp outside the plausible range {PLAUSIBLE_MPP[0]:g}-"
+                             f"{PLAUSIBLE_MPP[1]:g} um/px for {named}",
+                             f"{MPP_FIX}, or leave the cell empty")
         sheet["mpp"] = mpp
     if "split" in sheet.columns:
         bad = ~sheet["split"].isin(SPLITS | {""})
