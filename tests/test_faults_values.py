@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import anndata as ad
@@ -233,3 +236,193 @@ def test_sample_sheet_mpp_out_of_range_is_refused(tmp_path):
     assert result.returncode == 2
     assert str(sheet) in line and "B (1000)" in line and "plausible range 0.05-20" in line
     assert not (tmp_path / "out").exists()
+
+
+# -- case 12 and case 10 (busy port): view --serve ---------------------------------------------
+
+def serve(folder: Path, port: int = 0) -> tuple[subprocess.Popen, str]:
+    """``slide2expr view --serve --no-build`` in a child process; returns it and its URL."""
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    proc = subprocess.Popen([sys.executable, "-m", "slide2expr", "view", "--serve", "--no-build",
+                             "-o", str(folder), "--port", str(port)], env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    line = proc.stdout.readline()
+    assert line.startswith("serving"), line + proc.stderr.read()
+    return proc, line.split(" at ")[1].split()[0].rsplit("/", 1)[0]
+
+
+def status(url: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, b""
+
+
+def test_serve_gives_only_regular_files_inside_the_folder(tmp_path):
+    folder = tmp_path / "viewer"
+    (folder / "slides" / "C2").mkdir(parents=True)
+    (folder / "index.html").write_text("<html>viewer</html>")
+    (folder / "slides" / "C2" / "0_0.jpeg").write_bytes(b"tile")
+    (folder / "inside.txt").write_text("ok")
+    secret = tmp_path / "secret.txt"
+    secret.write_text("not for the browser")
+    (folder / "leak").symlink_to(secret)
+    (folder / "passwd").symlink_to("/etc/passwd")
+    (folder / "outside").symlink_to(tmp_path, target_is_directory=True)
+    (folder / "alias.txt").symlink_to(folder / "inside.txt")
+    proc, base = serve(folder)
+    try:
+        assert status(f"{base}/index.html") == (200, b"<html>viewer</html>")
+        assert status(f"{base}/") == (200, b"<html>viewer</html>")
+        assert status(f"{base}/slides/C2/0_0.jpeg") == (200, b"tile")
+        assert status(f"{base}/alias.txt") == (200, b"ok")  # a link that stays inside
+        for path in ("leak", "passwd", "outside/secret.txt", "missing.txt"):
+            assert status(f"{base}/{path}")[0] == 404, path
+        for path in ("slides/", "slides/C2/", "outside/"):
+            code, body = status(f"{base}/{path}")
+            assert code in (403, 404) and b"0_0.jpeg" not in body, path
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_serve_on_a_busy_port_is_one_line(tmp_path):
+    folder = tmp_path / "viewer"
+    folder.mkdir()
+    (folder / "index.html").write_text("<html></html>")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = cli("view", "--serve", "--no-build", "-o", folder, "--port", port, timeout=60)
+    line = error_line(result)
+    assert result.returncode == 2
+    assert f"port {port}" in line and "in use" in line and "--port" in line
+    assert "OSError" not in result.stderr
+
+
+# -- case 10: one line each ---------------------------------------------------------------------
+
+def test_config_section_that_is_not_a_mapping(tmp_path):
+    slide = tissue_png(tmp_path / "toy.png")
+    config = tmp_path / "config.yaml"
+    config.write_text("tiling: 5\n")
+    result = cli("tile", slide, "--sample-id", "toy", "--mpp", 0.5, "--config", config,
+                 "-o", tmp_path / "out" / "t.h5", timeout=60)
+    line = error_line(result)
+    assert result.returncode == 2 and str(config) in line
+    assert "section 'tiling' is 5, not a mapping" in line and "Fix:" in line
+    assert not (tmp_path / "out").exists()
+    config.write_text("train: 5\n")
+    dataset = two_section_dataset(tmp_path / "dataset.h5ad", shift=1.0, near_constant=False)
+    result = cli("train", dataset, "--models-dir", tmp_path / "models", "--predictions",
+                 tmp_path / "p.h5ad", "--config", config, timeout=120)
+    line = error_line(result)
+    assert result.returncode == 2 and "section 'train' is 5, not a mapping" in line
+    assert not (tmp_path / "models").exists() and not (tmp_path / "p.h5ad").exists()
+
+
+@pytest.mark.parametrize("content", ["", "# only a comment\n"])
+def test_empty_sample_sheet(content, tmp_path):
+    sheet = tmp_path / "samples.tsv"
+    sheet.write_text(content)
+    result = cli("join", sheet, "-f", tmp_path / "features", "-o", tmp_path / "out" / "d.h5ad",
+                 "--mode", "bulk", "--encoder", "toy", "--expression", sheet, timeout=60)
+    line = error_line(result)
+    assert result.returncode == 2 and str(sheet) in line
+    assert ("is empty (0 bytes)" if not content else "has no header line") in line
+    assert not (tmp_path / "out").exists()
+
+
+def test_sample_id_too_long_for_a_file_name(tmp_path):
+    slide = tissue_png(tmp_path / "toy.png")
+    long_id = "s" * 300
+    result = cli("tile", slide, "--sample-id", long_id, "--mpp", 0.5,
+                 "-o", tmp_path / "out" / "t.h5", timeout=60)
+    line = error_line(result)
+    assert result.returncode == 2 and "300 characters" in line and "at most 128" in line
+    sheet = tmp_path / "samples.tsv"
+    sheet.write_text(f"sample_id\tslide\n{long_id}\ttoy.png\n")
+    result = cli("join", sheet, "-f", tmp_path / "features", "-o", tmp_path / "out" / "d.h5ad",
+                 "--mode", "bulk", "--encoder", "toy", "--expression", sheet, timeout=60)
+    line = error_line(result)
+    assert result.returncode == 2 and str(sheet) in line and "300 characters" in line
+    # an output name the file system refuses, given directly: named as too long, not a crash
+    result = cli("tile", slide, "--sample-id", "toy", "--mpp", 0.5,
+                 "-o", tmp_path / "out" / f"{long_id}.h5", timeout=60)
+    line = error_line(result)
+    assert result.returncode == 2 and f"{long_id}.h5: a file or folder name" in line
+    assert "too long (303 bytes" in line
+    assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
+
+
+def test_output_path_under_a_file(tmp_path):
+    slide = tissue_png(tmp_path / "toy.png")
+    blocker = tmp_path / "results"
+    blocker.write_text("a file, not a folder")
+    for out in (blocker / "t.h5", blocker / "tiles" / "t.h5"):
+        result = cli("tile", slide, "--sample-id", "toy", "--mpp", 0.5, "-o", out, timeout=60)
+        line = error_line(result)
+        assert result.returncode == 2
+        assert line.startswith(f"error: {blocker}: is a file") and "Fix:" in line
+    assert blocker.read_text() == "a file, not a folder"
+
+
+def test_models_dir_that_is_a_symlink(tmp_path):
+    dataset = two_section_dataset(tmp_path / "dataset.h5ad", shift=1.0, near_constant=False)
+    real = tmp_path / "real_models"
+    real.mkdir()
+    (real / "keep.txt").write_text("mine")
+    link = tmp_path / "models"
+    link.symlink_to(real, target_is_directory=True)
+    result = cli("train", dataset, "--models-dir", link, "--predictions", tmp_path / "p.h5ad",
+                 "--accelerator", "cpu", "--config-json",
+                 json.dumps({"train": FAST_TRAIN}), timeout=120)
+    line = error_line(result)
+    assert result.returncode == 2 and str(link) in line and "symbolic link" in line
+    assert str(real) in line  # the fix names the real folder
+    assert link.is_symlink() and sorted(p.name for p in real.iterdir()) == ["keep.txt"]
+    assert not (tmp_path / "p.h5ad").exists()
+
+
+def test_decompression_bomb_is_named_as_too_large(tmp_path):
+    """A PNG whose header claims 70,000 x 70,000 px (4,900 Mpx) in a few bytes."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(b"\x89PNG\r\n\x1a\n"
+                     + chunk(b"IHDR", struct.pack(">IIBBBBB", 70000, 70000, 8, 2, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b""))
+    result = cli("tile", bomb, "--sample-id", "bomb", "--mpp", 0.5,
+                 "-o", tmp_path / "out" / "t.h5", timeout=60)
+    line = error_line(result)
+    assert result.returncode == 2 and str(bomb) in line
+    assert "too large" in line and "4,900 Mpx" in line and "pyramidal TIFF" in line
+    assert "truncated" not in line and "corrupt" not in line and "re-copy" not in line
+    assert not (tmp_path / "out").exists()
+
+
+def test_view_with_an_unreadable_predictions_file(tmp_path):
+    from slide2expr.contracts.tilemaps import TileMap, write_tile_map
+
+    results = tmp_path / "results"
+    coords = np.array([[0, 0], [64, 0], [0, 64]], dtype=np.int64)
+    attrs = {"sample_id": "S1", "slide": str(tmp_path / "S1.tiff"), "slide_mpp": 0.5,
+             "mpp_source": "metadata", "level0_width": 128, "level0_height": 128,
+             "tile_px_level0": 64.0, "head": "mlp", "model_use": "fold 0"}
+    write_tile_map(results / "heatmaps" / "mlp" / "S1.h5ad",
+                   TileMap(values=np.ones((3, 2), np.float32), genes=["G0", "G1"],
+                           coords=coords, tile_size0=64.0, attrs=attrs))
+    predictions = results / "predictions" / "mlp.h5ad"
+    predictions.parent.mkdir(parents=True)
+    predictions.write_bytes(b"\x89HDF\r\n\x1a\n" + b"\x00" * 200)  # a truncated HDF5 file
+    result = cli("view", results, timeout=120)
+    line = error_line(result)
+    assert result.returncode == 2 and str(predictions) in line and "not a readable" in line
+    assert not (results / "viewer").exists()

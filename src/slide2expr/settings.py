@@ -127,11 +127,18 @@ def parse_config_json(text: str | None, *, option: str = "--config-json") -> dic
     if not isinstance(value, dict):
         raise InputError(source, f"{option} must be an object keyed by config section",
                          'e.g. {"tiling": {"tile_px": 224}}')
-    known = set(load_schema("config").get("properties", {}))
-    unknown = sorted(set(value) - known)
+    properties = load_schema("config").get("properties", {})
+    unknown = sorted(set(value) - set(properties))
     if unknown:
         raise InputError(source, f"unknown config key(s) {unknown}",
-                         f"use {', '.join(sorted(known))} (config/README.md)")
+                         f"use {', '.join(sorted(properties))} (config/README.md)")
+    for key, section_value in value.items():
+        if properties[key].get("type") == "object" and not isinstance(section_value,
+                                                                        dict | None):
+            raise InputError(source, f"config section '{key}' is {section_value!r}, not a "
+                             "mapping of settings",
+                             f"write its settings as 'key: value' lines indented under "
+                             f"'{key}:' (config/README.md), or remove the line")
     return value
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -588,6 +589,17 @@ def _rgba_on_white(rgba: np.ndarray) -> np.ndarray:
     return np.clip(out, 0, 255).astype(np.uint8)
 
 
+def _too_large(path: Path, exc: Exception) -> InputError:
+    """The error for a plain image whose header claims more pixels than PIL will decode."""
+    match = re.search(r"\((\d+) pixels\)", str(exc))
+    pixels = f"{int(match.group(1)) / 1e6:,.0f} Mpx, " if match else ""
+    limit = 2 * (Image.MAX_IMAGE_PIXELS or PLAIN_IMAGE_MAX_PIXELS)
+    return InputError(path, f"is too large to read as a plain image ({pixels}more than the "
+                      f"{limit / 1e6:,.0f} Mpx a JPEG/PNG may have; it would be decoded whole "
+                      "into memory)", "convert it to a tiled pyramidal TIFF (e.g. vips tiffsave "
+                      "IN OUT.tif --tile --pyramid --compression jpeg) and use that file")
+
+
 def open_slide(
     path: str | Path,
     *,
@@ -632,6 +644,8 @@ def open_slide(
     if suffix in PLAIN_IMAGE_SUFFIXES:
         try:
             slide = PlainImageSlide(path)
+        except Image.DecompressionBombError as exc:
+            raise _too_large(path, exc) from None
         except Exception as exc:  # PIL raises many types for broken files
             errors.append(f"PIL: {exc}")
     else:
