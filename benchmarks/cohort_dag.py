@@ -12,7 +12,7 @@ one `sbatch`).
     python benchmarks/cohort_dag.py WORKDIR --sizes 1000,2000,5000,10000 \
         --profiles local,slurm,slurm-tile-extract --timeout 1800
 
-Profiles: ``local`` (``--cores 2``), ``slurm`` (workflow/profiles/slurm as shipped), and
+Profiles: ``local`` (``--cores 2``), ``slurm`` (profiles/slurm as shipped), and
 ``slurm-tile-extract``, a copy of it written under WORKDIR with the settings docs/cluster.md
 recommends for large cohorts: tile and extract of a slide in one bundle (``extract: tile``),
 and the heatmap rules left ungrouped. Snakemake 9's group checks walk every group member's
@@ -68,7 +68,7 @@ def recommended_profile(workdir: Path) -> Path:
     """A copy of the SLURM profile with docs/cluster.md's large-cohort bundling: tile and
     extract of a slide share the group ``tile`` (16 slides a SLURM job, run in turn), the
     heatmap rules are not grouped."""
-    config = yaml.safe_load((REPO / "workflow" / "profiles" / "slurm" / "config.yaml").read_text())
+    config = yaml.safe_load((REPO / "profiles" / "slurm" / "config.yaml").read_text())
     config["groups"] = {"extract": "tile"}
     config["group-components"] = {"tile": 16}
     for rule in ("heatmap_map", "heatmap"):
@@ -85,14 +85,14 @@ def dry_run(root: Path, cfg: Path, profile: str | Path | None, extra: list[str],
             timeout: int = 0) -> dict[str, object]:
     """`snakemake -n` in a fresh process: wall time, peak RSS, jobs per rule, submissions.
 
-    ``profile`` is a folder of workflow/profiles, or a path; with ``timeout`` (s) a dry run
+    ``profile`` is a folder of profiles/, or a path; with ``timeout`` (s) a dry run
     still planning then is stopped (``finished: false``) and its CPU and memory reported.
     """
     cmd = ["/usr/bin/time", "-v", *(["timeout", "-s", "KILL", str(timeout)] if timeout else []),
-           str(SNAKEMAKE), "-n", "--snakefile", str(REPO / "workflow" / "Snakefile"),
+           str(SNAKEMAKE), "-n", "--snakefile", str(REPO / "Snakefile"),
            "--directory", str(root), "--configfile", str(cfg)]
     if profile:
-        path = Path(profile) if Path(profile).is_absolute() else REPO / "workflow" / "profiles" / profile
+        path = Path(profile) if Path(profile).is_absolute() else REPO / "profiles" / profile
         cmd += ["--profile", str(path)]
     else:
         cmd += ["--cores", "2"]

@@ -83,7 +83,7 @@ def demo_workflow_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, f
     shutil.copytree(repo / "config", workdir / "config")
     t0 = time.monotonic()
     result = subprocess.run(
-        [sys.executable, "-m", "snakemake", "-s", str(repo / "workflow" / "Snakefile"), "-d", str(workdir),
+        [sys.executable, "-m", "snakemake", "-s", str(repo / "Snakefile"), "-d", str(workdir),
          "--cores", "2", "--max-threads", "1"],
         capture_output=True, text=True, timeout=3600,
     )

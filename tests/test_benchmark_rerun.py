@@ -26,7 +26,7 @@ SECTIONS = ("C2", "C3", "C4")
 
 def snakemake(workdir: Path, *args: str, timeout: int = 3600) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        ["snakemake", "-s", str(REPO / "workflow" / "Snakefile"), "-d", str(workdir), "--cores", "2", *args],
+        ["snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir), "--cores", "2", *args],
         capture_output=True, text=True, timeout=timeout,
     )
 

@@ -107,3 +107,33 @@ def test_help_imports_no_heavy_library() -> None:
     assert "HEAVY []" in proc.stdout, proc.stdout[-500:]
     for command in ("tile", "extract", "join", "train", "report", "heatmap", "verify"):
         assert command in proc.stdout
+
+
+def test_dash_h_is_help_on_the_root_and_on_every_command() -> None:
+    for args in (("-h",), ("tile", "-h"), ("view", "-h")):
+        proc = run(*args)
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.startswith("Usage: ") and "Options:" in proc.stdout, proc.stdout[:200]
+
+
+def test_verbose_shows_our_debug_lines_but_not_h5py_s(slides_dir: Path, tmp_path: Path) -> None:
+    """``-v`` is DEBUG for slide2expr only: h5py's converter chatter (5 lines a run before)
+    must not appear, and slide2expr's own INFO/DEBUG lines still do."""
+    proc = run("-v", "tile", str(slides_dir / "cmu-1-small-region.svs"), "--sample-id", "s",
+               "--out", str(tmp_path / "t.h5"))
+    assert proc.returncode == 0, proc.stderr
+    assert "DEBUG h5py" not in proc.stderr
+    assert "INFO slide2expr.tile" in proc.stderr
+
+
+def test_quiet_draws_no_progress_bar(tmp_path: Path) -> None:
+    (tmp_path / "slide.png").write_bytes(b"not hashed for its content")
+    sheet = tmp_path / "samples.tsv"
+    sheet.write_text(f"sample_id\tslide\ns1\t{tmp_path / 'slide.png'}\n")
+    config = json.dumps({"samples": str(sheet), "mode": "bulk"})
+    args = ("manifest", "--config-json", config, "--out", str(tmp_path / "m.json"),
+            "--results", str(tmp_path / "results"))
+    loud, quiet = run(*args), run("-q", *args)
+    assert loud.returncode == 0 and quiet.returncode == 0, quiet.stderr
+    assert "hashing inputs" in loud.stderr  # the bar is drawn without -q ...
+    assert "hashing inputs" not in quiet.stderr  # ... and not with it

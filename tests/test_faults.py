@@ -466,7 +466,7 @@ def test_misspelt_top_level_config_key_stops_the_workflow(tmp_path):
     config = tmp_path / "config" / "config.yaml"
     config.write_text(config.read_text() + "defualt_slide_mpp: 0.5\n")
     proc = subprocess.run([sys.executable, "-m", "snakemake", "-s",
-                           str(REPO / "workflow" / "Snakefile"), "-d", str(tmp_path), "-n"],
+                           str(REPO / "Snakefile"), "-d", str(tmp_path), "-n"],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0
     assert "defualt_slide_mpp" in proc.stdout + proc.stderr

@@ -50,7 +50,7 @@ REPO = Path(__file__).resolve().parents[1]
 def _dry_run(workdir: Path, override: str) -> subprocess.CompletedProcess[str]:
     (workdir / "override.yaml").write_text(override)
     return subprocess.run(
-        ["snakemake", "-s", str(REPO / "workflow" / "Snakefile"), "-d", str(workdir), "-n", "-p",
+        ["snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir), "-n", "-p",
          "--cores", "2", "--configfile", str(REPO / "config" / "benchmarks" / "her2st.yaml"),
          str(workdir / "override.yaml")],
         capture_output=True, text=True, timeout=300,

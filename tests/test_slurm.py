@@ -2,7 +2,7 @@
 
 The slow tests start a one-node SLURM cluster on localhost with ``.ci/slurm-local.sh``
 (installs Debian's slurmctld/slurmd/munge with apt-get when missing; needs root), run the demo
-workflow with ``--profile`` = ``workflow/profiles/slurm`` adjusted for a CPU-only CI node (see
+workflow with ``--profile`` = ``profiles/slurm`` adjusted for a CPU-only CI node (see
 ``ci_profile``), check that the results equal a local run's, and that a corrupt slide fails its
 job without touching the other slides' outputs. Outside CI they skip without root or apt-get;
 under CI (``CI`` set) they must run.
@@ -29,8 +29,8 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / ".ci" / "slurm-local.sh"
-SLURM_PROFILE = REPO / "workflow" / "profiles" / "slurm" / "config.yaml"
-DEFAULT_PROFILE = REPO / "workflow" / "profiles" / "default" / "config.yaml"
+SLURM_PROFILE = REPO / "profiles" / "slurm" / "config.yaml"
+DEFAULT_PROFILE = REPO / "profiles" / "default" / "config.yaml"
 #: The one folder of the local cluster (config, state, logs, PID files); fixed, so that a
 #: cluster left by a killed test session is found and stopped (by PID) by the next one.
 CLUSTER_DIR = Path(os.environ.get("SLURM_LOCAL_DIR", "/tmp/slide2expr-slurm"))
@@ -110,7 +110,7 @@ def snakemake(
     workdir: Path, *args: str, env: dict[str, str] | None = None, timeout: int = RUN_TIMEOUT_S
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "snakemake", "-s", str(REPO / "workflow" / "Snakefile"), "-d", str(workdir),
+        [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir),
          *args],
         capture_output=True, text=True, timeout=timeout, env=env,
     )
@@ -235,7 +235,7 @@ def test_sdm_conda_builds_one_environment_that_installs_this_checkout(tmp_path: 
            "CONDA_STANDIN_LOG": str(log)}
     env.pop("SLIDE2EXPR_SRC", None)
     result = subprocess.run(
-        ["snakemake", "-s", str(REPO / "workflow" / "Snakefile"), "-d", str(work), "--cores", "1",
+        ["snakemake", "-s", str(REPO / "Snakefile"), "-d", str(work), "--cores", "1",
          "--sdm", "conda", "--conda-create-envs-only"],
         capture_output=True, text=True, timeout=300, env=env,
     )
@@ -243,7 +243,7 @@ def test_sdm_conda_builds_one_environment_that_installs_this_checkout(tmp_path: 
     calls = log.read_text().splitlines()
     created = [line.split(" ", 1)[1] for line in calls if line.startswith("file ")]
     assert len(created) == 1, calls  # one environment, shared by every rule
-    assert Path(created[0]).read_text() == (REPO / "workflow" / "envs" / "slide2expr.yaml").read_text()
+    assert Path(created[0]).read_text() == (REPO / "envs" / "slide2expr.yaml").read_text()
     src = next(line.split(" ", 1)[1] for line in calls if line.startswith("SLIDE2EXPR_SRC "))
     assert Path(src).resolve() == REPO
     pip_line = next(line for line in Path(created[0]).read_text().splitlines()
@@ -251,7 +251,7 @@ def test_sdm_conda_builds_one_environment_that_installs_this_checkout(tmp_path: 
     target = Path(pip_line.split('"')[1].replace("${SLIDE2EXPR_SRC}", src).split("[")[0])
     assert 'name = "slide2expr"' in (target / "pyproject.toml").read_text()
     # Every rule that runs a command declares the environment (Snakemake's linter agrees).
-    lint = subprocess.run(["snakemake", "-s", str(REPO / "workflow" / "Snakefile"), "-d", str(work), "--lint"],
+    lint = subprocess.run(["snakemake", "-s", str(REPO / "Snakefile"), "-d", str(work), "--lint"],
                           capture_output=True, text=True, timeout=300)
     assert lint.returncode == 0, (lint.stdout + lint.stderr)[-3000:]  # no lints at all
     assert "your workflow is in a good condition" in lint.stdout + lint.stderr

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -16,7 +17,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def snakemake(workdir: Path, *args: str, timeout: int = 1800) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        ["snakemake", "-s", str(REPO / "workflow" / "Snakefile"), "-d", str(workdir), "--cores", "2", *args],
+        ["snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir), "--cores", "2", *args],
         capture_output=True, text=True, timeout=timeout,
     )
 
@@ -53,6 +54,31 @@ def test_catalog_test_config_plans_every_stage(tmp_path: Path) -> None:
         assert counts[rule] == 1
     lint = snakemake(tmp_path, "--lint")
     assert lint.returncode == 0 and "good condition" in lint.stdout + lint.stderr
+
+
+def test_top_level_is_the_entry_point_and_loads_the_default_profile(tmp_path: Path) -> None:
+    """The Snakefile, envs/ and profiles/ sit at the root (workflow/ keeps rules, schemas and
+    report captions); Snakemake finds profiles/default beside the Snakefile by itself, and the
+    rule files are as snakefmt writes them."""
+    for path in ("Snakefile", "envs/slide2expr.yaml", "profiles/default/config.yaml",
+                 "profiles/slurm/config.yaml", "workflow/rules/common.smk", "workflow/schemas",
+                 "workflow/report/workflow.rst"):
+        assert (REPO / path).exists(), path
+    for moved in ("workflow/Snakefile", "workflow/envs", "workflow/profiles"):
+        assert not (REPO / moved).exists(), moved
+    shutil.copytree(REPO / "config", tmp_path / "config")
+    # run from the working directory, which has no profiles/ of its own
+    result = subprocess.run(["snakemake", "-s", str(REPO / "Snakefile"), "-n", "--quiet", "rules"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert f"workflow specific profile {REPO / 'profiles' / 'default'}" in result.stderr
+    snakefmt = Path(sys.executable).parent / "snakefmt"
+    if not snakefmt.exists():
+        pytest.skip("snakefmt is not installed (pip install -e '.[dev]')")
+    rule_files = [REPO / "Snakefile", *sorted((REPO / "workflow" / "rules").glob("*.smk"))]
+    check = subprocess.run([str(snakefmt), "--check", *map(str, rule_files)], cwd=REPO,
+                           capture_output=True, text=True, timeout=120)
+    assert check.returncode == 0, (check.stdout + check.stderr)[-3000:]
 
 
 @pytest.mark.slow

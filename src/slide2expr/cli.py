@@ -23,12 +23,12 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-import logging
 import signal
 import sys
 
 import typer
 
+from slide2expr import console
 from slide2expr.errors import InputError, environment_fault, path_fault
 
 app = typer.Typer(
@@ -39,12 +39,14 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     # plain click help: rich's formatter imports ~1 s of modules (pygments, markdown) per call
     rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
 
 #: Modules under ``slide2expr.commands`` whose ``register(app)`` adds their subcommands.
 COMMAND_MODULES = (
     "tile",
     "context_tiles",
+    "pseudobulk",
     "demo",
     "extract",
     "join",
@@ -67,16 +69,14 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="Warnings and errors only."),
+    verbose: bool = typer.Option(False, "--verbose", "-v",
+                                 help="Debug logging of slide2expr (other libraries stay at INFO)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q",
+                               help="Warnings and errors only; no progress bars."),
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
                                  help="Print the version and exit."),
 ) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    console.configure(verbose=verbose, quiet=quiet)
 
 
 for _name in COMMAND_MODULES:

@@ -7,6 +7,7 @@ import re
 import shlex
 from pathlib import Path
 
+import pandas as pd
 from snakemake.utils import validate
 
 from slide2expr.inputs.samples import read_sample_sheet
@@ -16,9 +17,10 @@ from slide2expr.settings import (
     put_openseadragon_in_env,
 )
 
-# The schemas beside this workflow (workflow/schemas); the CLI validates with the same files.
-SCHEMAS = Path(workflow.basedir) / "schemas"
-REPO = Path(workflow.basedir).parent
+# The checkout holding the Snakefile (the repository root), and the config schemas in its
+# workflow/schemas/; the CLI validates with the same files.
+REPO = Path(workflow.basedir)
+SCHEMAS = REPO / "workflow" / "schemas"
 
 
 validate(config, str(SCHEMAS / "config.schema.yaml"))
@@ -31,8 +33,8 @@ for _section in ("tiling", "extract", "join", "train", "report", "heatmap"):
 
 # Every rule runs the slide2expr CLI. With `--sdm conda`, Snakemake builds this environment
 # once per node setup; it pip-installs this checkout from ${SLIDE2EXPR_SRC}, which defaults to
-# the checkout holding this workflow (see workflow/envs/slide2expr.yaml and docs/cluster.md).
-CONDA_ENV = str(Path(workflow.basedir) / "envs" / "slide2expr.yaml")
+# the checkout holding this workflow (see envs/slide2expr.yaml and docs/cluster.md).
+CONDA_ENV = str(REPO / "envs" / "slide2expr.yaml")
 os.environ.setdefault("SLIDE2EXPR_SRC", str(REPO))
 # Rules call `slide2expr`: the folder of the interpreter Snakemake runs in (the venv) goes first
 # on PATH, so that `.venv/bin/snakemake` works without activating the venv.
@@ -56,8 +58,32 @@ if _GENE_LIST and "{data_root}" in _GENE_LIST:
             "set; set data_root (e.g. --config data_root=/data/her2st) or give the list's path"
         )
     config["train"]["genes"]["list"] = _GENE_LIST.replace("{data_root}", str(DATA_ROOT).rstrip("/"))
-SAMPLES = read_sample_sheet(
-    config["samples"], mode=MODE, check_files=not config.get("demo_data", False), root=DATA_ROOT
+# Pseudo-bulk (config `pseudobulk`, rules/pseudobulk.smk): windows of a spot-mode sheet's
+# sections become the run's region samples. Their sheet is the rule's output, so the first run
+# writes it and stops; the next run reads it and trains (see config/README.md, `pseudobulk`).
+config.setdefault("pseudobulk", {})
+validate(config["pseudobulk"], str(SCHEMAS / "pseudobulk.schema.yaml"))
+PSEUDOBULK = config["pseudobulk"]
+PSEUDOBULK_OUT = {
+    "sheet": f"{RESULTS}/pseudobulk/samples.tsv",
+    "expression": f"{RESULTS}/pseudobulk/expression.tsv",
+}
+if PSEUDOBULK.get("spots_samples"):
+    _wanted = {"samples": PSEUDOBULK_OUT["sheet"], "join.expression": PSEUDOBULK_OUT["expression"]}
+    _given = {"samples": config["samples"], "join.expression": config["join"].get("expression")}
+    if MODE != "bulk" or _given != _wanted:
+        raise ValueError(
+            f"config: pseudobulk.spots_samples is set, so set mode: bulk, samples: "
+            f"{_wanted['samples']} and join.expression: {_wanted['join.expression']} (the "
+            f"pseudobulk rule's outputs); got mode {MODE}, {_given}"
+        )
+PSEUDOBULK_PENDING = bool(PSEUDOBULK.get("spots_samples")) and not Path(config["samples"]).exists()
+SAMPLES = (
+    pd.DataFrame(columns=["sample_id", "slide", "patient"]).set_index("sample_id", drop=False)
+    if PSEUDOBULK_PENDING
+    else read_sample_sheet(
+        config["samples"], mode=MODE, check_files=not config.get("demo_data", False), root=DATA_ROOT
+    )
 )
 validate(SAMPLES.reset_index(drop=True), str(SCHEMAS / "samples.schema.yaml"), set_default=False)
 SAMPLE_IDS = list(SAMPLES.index)
@@ -66,8 +92,9 @@ UNIT_TILING = "spots" if MODE == "spot" else "grid"
 
 # Context tilings (tiling.context_um, spot mode): ctx{um} windows centred on each spot,
 # embedded by the extract stage and joined as obsm['X_{encoder}_ctx{um}'].
-CONTEXT_TILINGS = ([f"ctx{int(um)}" for um in config["tiling"].get("context_um") or []]
-                   if MODE == "spot" else [])
+CONTEXT_TILINGS = (
+    [f"ctx{int(um)}" for um in config["tiling"].get("context_um") or []] if MODE == "spot" else []
+)
 
 # Encoder sweep (extract.encoders). With one encoder (the default) the join, train, report
 # and heatmap outputs sit directly under results/ (dataset.h5ad, report/{head}/...). With
@@ -100,8 +127,10 @@ check_heads_fit_mode(HEADS, MODE)
 # (slide2expr.heatmap.context): ctx{um} from grid_ctx{um} windows centred on each grid tile
 # (tiles/grid_ctx{um}/, extracted once like any tiling), nbr{r} and slide from the grid
 # features (slide: the dataset's vector for a slide with spots).
-HEAD_INPUTS = {h: list((TRAIN.get("head_inputs") or {}).get(h) or TRAIN.get("inputs") or ["spot"])
-               for h in HEADS}
+HEAD_INPUTS = {
+    h: list((TRAIN.get("head_inputs") or {}).get(h) or TRAIN.get("inputs") or ["spot"])
+    for h in HEADS
+}
 
 
 def grid_context_tilings(head):
@@ -158,19 +187,26 @@ def config_json(*keys):
 
 def get_final_output(manifest=True):
     """Every final target of the run, in stage order; `rule all` requests these. The manifest
-    is written last, from all the others (``manifest=False`` lists what it waits for)."""
+    is written last, from all the others (``manifest=False`` lists what it waits for).
+    While a pseudo-bulk run's region sheet is not written yet, only it and its matrix."""
+    if PSEUDOBULK_PENDING:
+        return list(PSEUDOBULK_OUT.values())
     heads = list(config["train"]["heads"])
     targets = expand(f"{RESULTS}/qc/{{sample}}.png", sample=SAMPLE_IDS)
-    targets += expand(f"{RESULTS}/features/{{encoder}}/{UNIT_TILING}/{{sample}}.h5",
-                      encoder=SWEEP_ENCODERS, sample=SAMPLE_IDS)
+    targets += expand(
+        f"{RESULTS}/features/{{encoder}}/{UNIT_TILING}/{{sample}}.h5",
+        encoder=SWEEP_ENCODERS,
+        sample=SAMPLE_IDS,
+    )
     targets += expand_encoders(f"{ENC_RESULTS}/dataset.h5ad")
     targets += expand_encoders(f"{ENC_RESULTS}/predictions/{{head}}.h5ad", head=heads)
     targets += expand_encoders(f"{ENC_RESULTS}/report/{{head}}/index.html", head=heads)
     targets.append(f"{RESULTS}/report/compare.tsv")
     if config["heatmap"]["enabled"]:
         for pattern in ("{sample}.geojson", "{sample}"):
-            targets += expand_encoders(f"{ENC_RESULTS}/heatmaps/{{head}}/{pattern}",
-                                       head=heads, sample=SAMPLE_IDS)
+            targets += expand_encoders(
+                f"{ENC_RESULTS}/heatmaps/{{head}}/{pattern}", head=heads, sample=SAMPLE_IDS
+            )
         targets += expand_encoders(f"{ENC_RESULTS}/viewer")
     if manifest:
         targets.append(f"{RESULTS}/manifest.json")
@@ -192,6 +228,15 @@ def tile_spot_args(wildcards, input, output):
     if MODE != "spot":
         return ""
     return f"--spots {input.spots} --counts {input.counts} --spots-out {output.spots}"
+
+
+def tile_roi_args(wildcards):
+    """``--roi ... --roi-units ...`` for a region sample (the sheet's roi), else nothing."""
+    roi = sample_value(wildcards.sample, "roi")
+    if roi is None:
+        return ""
+    units = sample_value(wildcards.sample, "roi_units", "px")
+    return f"--roi {shlex.quote(str(roi))} --roi-units {units}"
 
 
 def extract_inputs(wildcards):
@@ -221,8 +266,10 @@ def join_inputs(wildcards):
         ),
     }
     for tiling in CONTEXT_TILINGS:
-        inputs[tiling] = expand(f"{RESULTS}/features/{join_encoder(wildcards)}/{tiling}/{{sample}}.h5",
-                                sample=SAMPLE_IDS)
+        inputs[tiling] = expand(
+            f"{RESULTS}/features/{join_encoder(wildcards)}/{tiling}/{{sample}}.h5",
+            sample=SAMPLE_IDS,
+        )
     if MODE == "spot":
         inputs["counts"] = [sample_value(s, "counts") for s in SAMPLE_IDS]
         inputs["spots"] = [sample_value(s, "spots") for s in SAMPLE_IDS]
@@ -279,21 +326,26 @@ def heatmap_draw_inputs(wildcards):
     measured vs predicted) and the cohort scale."""
     inputs = {"slide": sample_value(wildcards.sample, "slide"), **heatmap_report_input(wildcards)}
     if MODE == "spot":
-        inputs["predictions"] = fill_wildcards(f"{ENC_RESULTS}/predictions/{{head}}.h5ad",
-                                               wildcards)
+        inputs["predictions"] = fill_wildcards(
+            f"{ENC_RESULTS}/predictions/{{head}}.h5ad", wildcards
+        )
     if HEATMAP["shared_scale"]:
         inputs["scale"] = fill_wildcards(f"{ENC_RESULTS}/heatmaps/{{head}}/scale.tsv", wildcards)
     return inputs
 
 
 def heatmap_draw_args(wildcards, input):
-    return " ".join(f"--{name} {input[name]}" for name in ("report", "predictions", "scale")
-                    if name in input.keys())
+    return " ".join(
+        f"--{name} {input[name]}"
+        for name in ("report", "predictions", "scale")
+        if name in input.keys()
+    )
 
 
 def heatmap_scale_inputs(wildcards):
-    maps = [fill_wildcards(f"{ENC_RESULTS}/heatmaps/{{head}}/{s}.h5ad", wildcards)
-            for s in SAMPLE_IDS]
+    maps = [
+        fill_wildcards(f"{ENC_RESULTS}/heatmaps/{{head}}/{s}.h5ad", wildcards) for s in SAMPLE_IDS
+    ]
     return {"maps": maps, **heatmap_report_input(wildcards)}
 
 
@@ -302,14 +354,14 @@ def viewer_inputs(wildcards):
     name), the spot predictions (spot mode) and the cohort scale."""
     head = HEADS[0]
     inputs = {
-        "maps": [fill_wildcards(f"{ENC_RESULTS}/heatmaps/{head}/{s}.h5ad", wildcards)
-                 for s in SAMPLE_IDS],
+        "maps": [
+            fill_wildcards(f"{ENC_RESULTS}/heatmaps/{head}/{s}.h5ad", wildcards) for s in SAMPLE_IDS
+        ],
         "slides": [sample_value(s, "slide") for s in SAMPLE_IDS],
         "report": fill_wildcards(f"{ENC_RESULTS}/report/{head}/genes.tsv", wildcards),
     }
     if MODE == "spot":
-        inputs["predictions"] = fill_wildcards(f"{ENC_RESULTS}/predictions/{head}.h5ad",
-                                               wildcards)
+        inputs["predictions"] = fill_wildcards(f"{ENC_RESULTS}/predictions/{head}.h5ad", wildcards)
     if HEATMAP["shared_scale"]:
         inputs["scale"] = fill_wildcards(f"{ENC_RESULTS}/heatmaps/{head}/scale.tsv", wildcards)
     return inputs
@@ -318,8 +370,7 @@ def viewer_inputs(wildcards):
 def viewer_args(wildcards, input):
     args = [f"--report {input.report}"]
     args += [f"--slide {shlex.quote(f'{s}={p}')}" for s, p in zip(SAMPLE_IDS, input.slides)]
-    args += [f"--{name} {input[name]}" for name in ("predictions", "scale")
-             if name in input.keys()]
+    args += [f"--{name} {input[name]}" for name in ("predictions", "scale") if name in input.keys()]
     return " ".join(args)
 
 

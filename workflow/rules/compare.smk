@@ -4,6 +4,7 @@
 # Tiles are made once and features once per encoder; every head of an encoder reads the same
 # features and dataset (see the sweep paths in common.smk).
 
+
 rule compare:
     input:
         [path for _, _, path in compare_summaries()],
@@ -15,21 +16,20 @@ rule compare:
             category="Comparison",
             labels={"file": "compare.html"},
         ),
-    params:
-        runs=" ".join(f"--run {e}:{h}:{p}" for e, h, p in compare_summaries()),
-        benchmarks=f"{RESULTS}/benchmarks",
-        cfg=config_json("report.top_n", "report.n_hvg"),
     log:
         f"{RESULTS}/logs/compare/compare.log",
     benchmark:
         f"{RESULTS}/benchmarks/compare/compare.tsv"
+    conda:
+        CONDA_ENV
     threads: 1
     resources:
         mem_mb=2000,
         runtime=10,
-    conda:
-        CONDA_ENV
+    params:
+        runs=" ".join(f"--run {e}:{h}:{p}" for e, h, p in compare_summaries()),
+        benchmarks=f"{RESULTS}/benchmarks",
+        cfg=config_json("report.top_n", "report.n_hvg"),
     shell:
         "slide2expr compare {params.runs} --benchmarks {params.benchmarks} -o {output.tsv} "
         "--html {output.html} --config-json {params.cfg} > {log} 2>&1"
-

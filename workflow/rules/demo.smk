@@ -9,13 +9,13 @@ if config.get("demo_data", False):
             spots=expand("resources/demo/spots/{sample}.tsv", sample=SAMPLE_IDS),
             bulk="resources/demo/bulk_counts.tsv",
             truth="resources/demo/truth/genes.tsv",
-        params:
-            n=len(SAMPLE_IDS),
         log:
             "results/logs/demo_data.log",
         benchmark:
             "results/benchmarks/demo_data.tsv"
         conda:
             CONDA_ENV
+        params:
+            n=len(SAMPLE_IDS),
         shell:
             "slide2expr demo-data resources/demo --n-slides {params.n} > {log} 2>&1"

@@ -5,28 +5,35 @@
 #   set-resources: {extract: {gpu: 1, mem_mb: 32000, runtime: 240}}
 #   set-threads: {extract: 8}
 
+
 rule extract:
     input:
         unpack(extract_inputs),
     output:
         f"{RESULTS}/features/{{encoder}}/{{tiling}}/{{sample}}.h5",
-    params:
-        weights=extract_weights_arg,
-        # only what the command reads: adding an encoder to the sweep reruns no extraction
-        cfg=config_json("extract.batch_size", "extract.num_workers", "extract.device",
-                        "extract.dtype", "extract.stain_normalize", "extract.stain_reference",
-                        "extract.views"),
     log:
         f"{RESULTS}/logs/extract/{{encoder}}/{{tiling}}/{{sample}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/extract/{{encoder}}/{{tiling}}/{{sample}}.tsv"
+    conda:
+        CONDA_ENV
     threads: EXTRACT_THREADS
     resources:
         gpu=1 if EXTRACT["device"] == "cuda" else 0,
         mem_mb=8000,
         runtime=120,
-    conda:
-        CONDA_ENV
+    params:
+        weights=extract_weights_arg,
+        # only what the command reads: adding an encoder to the sweep reruns no extraction
+        cfg=config_json(
+            "extract.batch_size",
+            "extract.num_workers",
+            "extract.device",
+            "extract.dtype",
+            "extract.stain_normalize",
+            "extract.stain_reference",
+            "extract.views",
+        ),
     shell:
         "slide2expr extract {input.tiles} -o {output} --encoder {wildcards.encoder} "
         "{params.weights} --threads {threads} --config-json {params.cfg} > {log} 2>&1"

@@ -33,26 +33,26 @@ if not HEATMAP["shared_scale"]:
             unpack(heatmap_model_inputs),
             unpack(heatmap_draw_inputs),
         output:
-            tile_map=HEATMAP_MAP,
             **HEATMAP_OUTPUT,
+            tile_map=HEATMAP_MAP,
+        log:
+            HEATMAP_LOG,
+        benchmark:
+            HEATMAP_BENCH
         wildcard_constraints:
             **HEATMAP_WILDCARDS,
+        conda:
+            CONDA_ENV
+        threads: 1
+        resources:
+            mem_mb=4000,
+            runtime=30,
         params:
             models=lambda w: fill_wildcards(f"{ENC_RESULTS}/models/{{head}}", w),
             out=lambda w, output: os.path.dirname(output.geojson),
             args=heatmap_draw_args,
             dataset=heatmap_dataset_arg,
             cfg=HEATMAP_CONFIG,
-        log:
-            HEATMAP_LOG,
-        benchmark:
-            HEATMAP_BENCH
-        threads: 1
-        resources:
-            mem_mb=4000,
-            runtime=30,
-        conda:
-            CONDA_ENV
         shell:
             "slide2expr heatmap {input.features} --model-dir {params.models} "
             "--slide {input.slide} --sample-id {wildcards.sample} -o {params.out} "
@@ -66,22 +66,22 @@ else:
             unpack(heatmap_model_inputs),
         output:
             HEATMAP_MAP,
-        wildcard_constraints:
-            **HEATMAP_WILDCARDS,
-        params:
-            models=lambda w: fill_wildcards(f"{ENC_RESULTS}/models/{{head}}", w),
-            out=lambda w, output: os.path.dirname(output[0]),
-            dataset=heatmap_dataset_arg,
         log:
             f"{RESULTS}/logs/heatmap_map/{ENC_TAG}{{head}}/{{sample}}.log",
         benchmark:
             f"{RESULTS}/benchmarks/heatmap_map/{ENC_TAG}{{head}}/{{sample}}.tsv"
+        wildcard_constraints:
+            **HEATMAP_WILDCARDS,
+        conda:
+            CONDA_ENV
         threads: 1
         resources:
             mem_mb=4000,
             runtime=30,
-        conda:
-            CONDA_ENV
+        params:
+            models=lambda w: fill_wildcards(f"{ENC_RESULTS}/models/{{head}}", w),
+            out=lambda w, output: os.path.dirname(output[0]),
+            dataset=heatmap_dataset_arg,
         shell:
             "slide2expr heatmap {input.features} --model-dir {params.models} -o {params.out} "
             "--sample-id {wildcards.sample} {params.dataset} --map-only --threads {threads} "
@@ -92,21 +92,21 @@ else:
             unpack(heatmap_scale_inputs),
         output:
             f"{ENC_RESULTS}/heatmaps/{{head}}/scale.tsv",
-        wildcard_constraints:
-            head=HEATMAP_WILDCARDS["head"],
-        params:
-            report=heatmap_draw_args,
-            cfg=config_json("heatmap"),
         log:
             f"{RESULTS}/logs/heatmap_scale/{ENC_TAG}{{head}}.log",
         benchmark:
             f"{RESULTS}/benchmarks/heatmap_scale/{ENC_TAG}{{head}}.tsv"
+        wildcard_constraints:
+            head=HEATMAP_WILDCARDS["head"],
+        conda:
+            CONDA_ENV
         threads: 1
         resources:
             mem_mb=8000,
             runtime=30,
-        conda:
-            CONDA_ENV
+        params:
+            report=heatmap_draw_args,
+            cfg=config_json("heatmap"),
         shell:
             "slide2expr heatmap-scale {input.maps} -o {output} {params.report} "
             "--config-json {params.cfg} > {log} 2>&1"
@@ -117,22 +117,22 @@ else:
             tile_map=HEATMAP_MAP,
         output:
             **HEATMAP_OUTPUT,
-        wildcard_constraints:
-            **HEATMAP_WILDCARDS,
-        params:
-            out=lambda w, output: os.path.dirname(output.geojson),
-            args=heatmap_draw_args,
-            cfg=HEATMAP_CONFIG,
         log:
             HEATMAP_LOG,
         benchmark:
             HEATMAP_BENCH
+        wildcard_constraints:
+            **HEATMAP_WILDCARDS,
+        conda:
+            CONDA_ENV
         threads: 1
         resources:
             mem_mb=4000,
             runtime=30,
-        conda:
-            CONDA_ENV
+        params:
+            out=lambda w, output: os.path.dirname(output.geojson),
+            args=heatmap_draw_args,
+            cfg=HEATMAP_CONFIG,
         shell:
             "slide2expr heatmap {input.tile_map} --slide {input.slide} -o {params.out} "
             "{params.args} --config-json {params.cfg} > {log} 2>&1"

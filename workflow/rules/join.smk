@@ -2,25 +2,26 @@
 # Config: the `join` section (workflow/schemas/join.schema.yaml); the whole config is passed
 # because the dataset records it as provenance.
 
+
 rule join:
     input:
         unpack(join_inputs),
     output:
         f"{ENC_RESULTS}/dataset.h5ad",
-    params:
-        features_dir=lambda w: f"{RESULTS}/features/{join_encoder(w)}/{UNIT_TILING}",
-        encoder=join_encoder,
-        cfg=config_json("*"),
     log:
         f"{RESULTS}/logs/join/{ENC_TAG}join.log",
     benchmark:
         f"{RESULTS}/benchmarks/join/{ENC_TAG}join.tsv"
+    conda:
+        CONDA_ENV
     threads: 1
     resources:
         mem_mb=8000,
         runtime=60,
-    conda:
-        CONDA_ENV
+    params:
+        features_dir=lambda w: f"{RESULTS}/features/{join_encoder(w)}/{UNIT_TILING}",
+        encoder=join_encoder,
+        cfg=config_json("*"),
     shell:
         "slide2expr join {input.samples} --features-dir {params.features_dir} -o {output} "
         "--encoder {params.encoder} --config-json {params.cfg} > {log} 2>&1"

@@ -2,6 +2,7 @@
 # out-of-fold predictions. `snakemake --report report.zip` bundles every head's index.html.
 # Config: the `report` section (workflow/schemas/report.schema.yaml, config/README.md).
 
+
 rule report:
     input:
         f"{ENC_RESULTS}/predictions/{{head}}.h5ad",
@@ -12,21 +13,24 @@ rule report:
             f"{ENC_RESULTS}/report/{{head}}/index.html",
             caption="../report/report.rst",
             category="Per-gene report",
-            labels={"head": "{head}", "file": "index.html",
-                    **({"encoder": "{encoder}"} if SWEEP else {})},
+            labels={
+                "head": "{head}",
+                "file": "index.html",
+                **({"encoder": "{encoder}"} if SWEEP else {}),
+            },
         ),
-    params:
-        out=lambda w, output: os.path.dirname(output.genes),
-        cfg=config_json("report"),
     log:
         f"{RESULTS}/logs/report/{ENC_TAG}{{head}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/report/{ENC_TAG}{{head}}.tsv"
+    conda:
+        CONDA_ENV
     threads: 1
     resources:
         mem_mb=8000,
         runtime=30,
-    conda:
-        CONDA_ENV
+    params:
+        out=lambda w, output: os.path.dirname(output.genes),
+        cfg=config_json("report"),
     shell:
         "slide2expr report {input} -o {params.out} --config-json {params.cfg} > {log} 2>&1"

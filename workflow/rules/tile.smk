@@ -6,6 +6,7 @@ rule tile:
     input:
         unpack(tile_inputs),
     output:
+        **({"spots": f"{RESULTS}/tiles/spots/{{sample}}.h5"} if MODE == "spot" else {}),
         grid=f"{RESULTS}/tiles/grid/{{sample}}.h5",
         qc=report(
             f"{RESULTS}/qc/{{sample}}.png",
@@ -13,28 +14,28 @@ rule tile:
             category="QC",
             labels={"sample": "{sample}"},
         ),
-        **({"spots": f"{RESULTS}/tiles/spots/{{sample}}.h5"} if MODE == "spot" else {}),
-    params:
-        spot_args=tile_spot_args,
-        mpp=lambda w: cli_option("--mpp", sample_value(w.sample, "mpp")),
-        default_mpp=cli_option("--default-mpp", config.get("default_slide_mpp")),
-        # context_um is read by the context_tiles rule: changing it retiles nothing
-        cfg=config_json(*(f"tiling.{k}" for k in config["tiling"] if k != "context_um")),
     log:
         f"{RESULTS}/logs/tile/{{sample}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/tile/{{sample}}.tsv"
-    threads: 1
-    resources:
-        mem_mb=4000,
-        runtime=30,
     group:
         "tile"
     conda:
         CONDA_ENV
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    params:
+        spot_args=tile_spot_args,
+        mpp=lambda w: cli_option("--mpp", sample_value(w.sample, "mpp")),
+        roi=tile_roi_args,
+        default_mpp=cli_option("--default-mpp", config.get("default_slide_mpp")),
+        # context_um is read by the context_tiles rule: changing it retiles nothing
+        cfg=config_json(*(f"tiling.{k}" for k in config["tiling"] if k != "context_um")),
     shell:
         "slide2expr tile {input.slide} --sample-id {wildcards.sample} -o {output.grid} "
-        "--qc {output.qc} {params.spot_args} {params.mpp} {params.default_mpp} "
+        "--qc {output.qc} {params.spot_args} {params.mpp} {params.default_mpp} {params.roi} "
         "--config-json {params.cfg} > {log} 2>&1"
 
 
@@ -45,18 +46,18 @@ rule context_tiles:
         f"{RESULTS}/tiles/spots/{{sample}}.h5",
     output:
         f"{RESULTS}/tiles/ctx{{um}}/{{sample}}.h5",
-    wildcard_constraints:
-        um=r"[0-9]+",
     log:
         f"{RESULTS}/logs/tile/ctx{{um}}/{{sample}}.log",
-    threads: 1
-    resources:
-        mem_mb=1000,
-        runtime=5,
+    wildcard_constraints:
+        um=r"[0-9]+",
     group:
         "tile"
     conda:
         CONDA_ENV
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=5,
     shell:
         "slide2expr context-tiles {input} --um {wildcards.um} -o {output} > {log} 2>&1"
 
@@ -69,17 +70,17 @@ rule grid_context_tiles:
         f"{RESULTS}/tiles/grid/{{sample}}.h5",
     output:
         f"{RESULTS}/tiles/grid_ctx{{um}}/{{sample}}.h5",
-    wildcard_constraints:
-        um=r"[0-9]+",
     log:
         f"{RESULTS}/logs/tile/grid_ctx{{um}}/{{sample}}.log",
-    threads: 1
-    resources:
-        mem_mb=1000,
-        runtime=5,
+    wildcard_constraints:
+        um=r"[0-9]+",
     group:
         "tile"
     conda:
         CONDA_ENV
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=5,
     shell:
         "slide2expr context-tiles {input} --um {wildcards.um} -o {output} > {log} 2>&1"

@@ -13,21 +13,21 @@ rule viewer:
         unpack(viewer_inputs),
     output:
         directory(f"{ENC_RESULTS}/viewer"),
+    log:
+        f"{RESULTS}/logs/viewer/{ENC_TAG}viewer.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/viewer/{ENC_TAG}viewer.tsv"
+    conda:
+        CONDA_ENV
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=60,
     params:
         results=lambda w: fill_wildcards(ENC_RESULTS, w),
         args=viewer_args,
         head=HEADS[0],
         cfg=config_json("heatmap.clip_percentiles", "tiling.tissue", "default_slide_mpp"),
-    log:
-        f"{RESULTS}/logs/viewer/{ENC_TAG}viewer.log",
-    benchmark:
-        f"{RESULTS}/benchmarks/viewer/{ENC_TAG}viewer.tsv"
-    threads: 2
-    resources:
-        mem_mb=4000,
-        runtime=60,
-    conda:
-        CONDA_ENV
     shell:
         "VIPS_CONCURRENCY={threads} slide2expr view {params.results} --head {params.head} "
         "-o {output} {params.args} --config-json {params.cfg} > {log} 2>&1"

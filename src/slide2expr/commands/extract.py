@@ -48,6 +48,7 @@ def extract(
     config_json: str | None = config_json_option(),
 ) -> None:
     """Embed every tile of one slide with a pretrained encoder."""
+    from slide2expr.console import progress_wanted
     from slide2expr.extract.run import extract_features
 
     cfg = section(ctx, "extract", config_json, EXTRACT_FLAGS)
@@ -57,7 +58,7 @@ def extract(
         num_workers=cfg["num_workers"], threads=threads, device=cfg["device"], dtype=cfg["dtype"],
         stain_normalize=cfg["stain_normalize"], stain_reference=cfg["stain_reference"],
         views=cfg["views"],
-        resume=resume, progress=progress,
+        resume=resume, progress=progress_wanted(progress),
     )
     typer.echo(f"{result.path}: {result.n_tiles} tiles, {result.tiles_per_s:.1f} tiles/s "
                f"on {result.device}", err=True)

@@ -44,6 +44,9 @@ def tile(
     min_object_um2: float = typer.Option(20000.0, help="Smallest tissue fragment kept, um^2."),
     max_hole_um2: float = typer.Option(20000.0, help="Largest hole filled, um^2."),
     qc_max_px: int = typer.Option(2048, help="Longest side of the QC image."),
+    roi: str | None = typer.Option(None, "--roi", help="Tile only this region: x0,y0,x1,y1, a "
+                                   "WKT polygon or FILE.geojson:NAME (the sheet's roi)."),
+    roi_units: str = typer.Option("px", "--roi-units", help="Units of --roi: px (level 0) or um."),
     config_json: str | None = config_json_option(),
 ) -> None:
     """Detect tissue, tile it on a grid, and (spot mode) place a patch on every spot."""
@@ -56,7 +59,7 @@ def tile(
     )
     tile_slide(slide, sample_id=sample_id, out=out, params=params, qc=qc, spots=spots,
                counts=counts, spots_out=spots_out, sheet_mpp=mpp, default_mpp=default_mpp,
-               qc_max_px=cfg["qc_max_px"])
+               qc_max_px=cfg["qc_max_px"], roi=roi, roi_units=roi_units)
 
 
 def register(app: typer.Typer) -> None:

@@ -58,6 +58,7 @@ def manifest(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar."),
 ) -> None:
     """Write the run manifest: versions, commit, device, config, input sha256s, seeds, times."""
+    from slide2expr.console import progress_wanted
     from slide2expr.errors import InputError
     from slide2expr.repro.manifest import build_manifest, write_manifest
 
@@ -75,7 +76,7 @@ def manifest(
         values = yaml.safe_load(config.read_text(encoding="utf-8")) or {}
     else:
         raise InputError(None, "no config given", "pass --config-json or --config")
-    data = build_manifest(values, results=results, progress=progress)
+    data = build_manifest(values, results=results, progress=progress_wanted(progress))
     write_manifest(out, data)
     missing = [i for i in data["inputs"] if i["sha256"] is None]
     typer.echo(f"wrote {out}: {len(data['inputs'])} inputs hashed"

@@ -302,6 +302,8 @@ def make_heatmaps(tmap: TileMap, slide: Slide, out_dir: str | Path, *,
                          if mpp else (None, downsample))
     tissue = None if coarse is None else _resize_mask(coarse, shape)
     crop = tissue_box(tissue) if options.crop_to_tissue and tissue is not None else None
+    if options.crop_to_tissue and tmap.attrs.get("roi_bounds") is not None:
+        crop = region_box(tmap.attrs["roi_bounds"], downsample, shape)  # a region sample
     log.info("%s: drawing %d genes on a %d x %d thumbnail (downsample %.1f)", sample,
              len(genes), shape[1], shape[0], downsample)
 
@@ -397,6 +399,17 @@ def tissue_box(tissue: np.ndarray, margin: float = 0.04) -> tuple[slice, slice] 
     pad = int(round(margin * max(tissue.shape)))
     return (slice(max(0, rows[0] - pad), min(tissue.shape[0], rows[-1] + 1 + pad)),
             slice(max(0, cols[0] - pad), min(tissue.shape[1], cols[-1] + 1 + pad)))
+
+
+def region_box(bounds: Sequence[float], downsample: float, shape: tuple[int, int],
+               margin: float = 0.04) -> tuple[slice, slice]:
+    """Row and column slices of a region's bounding box (level-0 ``x0, y0, x1, y1``) on a
+    thumbnail of ``shape`` at ``downsample``, widened by ``margin`` of the region's longer
+    side: a region sample's overlays show its region, not the whole slide."""
+    x0, y0, x1, y1 = (float(v) / downsample for v in np.ravel(bounds)[:4])
+    pad = margin * max(x1 - x0, y1 - y0)
+    return (slice(max(0, int(y0 - pad)), min(shape[0], int(np.ceil(y1 + pad)))),
+            slice(max(0, int(x0 - pad)), min(shape[1], int(np.ceil(x1 + pad)))))
 
 
 def _draw_comparison(spot_values, predictions: str | Path, sample: str, genes: list[str], *,

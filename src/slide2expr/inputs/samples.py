@@ -2,7 +2,8 @@
 
 Columns: ``sample_id`` (letters, digits, ``._-``; it becomes a file name), ``slide``,
 optional ``patient`` (defaults to ``sample_id``), ``mpp``, ``split`` (``train``/``test``),
-and in spot mode ``counts`` and ``spots``. Relative paths are taken relative to the
+and in spot mode ``counts`` and ``spots``; ``roi`` and ``roi_units`` make a row a region of its
+slide (:mod:`slide2expr.inputs.regions`; several rows may then share a slide). Relative paths are taken relative to the
 directory the workflow runs in, or to ``root`` (the config's ``data_root``) when given.
 
 Other columns are kept and ignored with a warning, except near-misses of a known column
@@ -21,6 +22,7 @@ import pandas as pd
 
 from slide2expr.errors import InputError
 from slide2expr.inputs.mpp import MPP_FIX, PLAUSIBLE_MPP, is_plausible
+from slide2expr.inputs.regions import check_sheet_regions, with_root
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +34,8 @@ SPLITS = {"train", "test"}
 #: Columns that hold file paths (resolved against ``root`` when relative).
 FILE_COLUMNS = ("slide", "counts", "spots")
 #: Every column the sheet may have.
-KNOWN_COLUMNS = ("sample_id", "slide", "patient", "mpp", "split", "counts", "spots")
+KNOWN_COLUMNS = ("sample_id", "slide", "patient", "mpp", "split", "counts", "spots", "roi",
+                 "roi_units", "section")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f\x85\u2028\u2029]")
 
 
@@ -165,6 +168,8 @@ def read_sample_sheet(path: str | Path, *, mode: str = "spot", check_files: bool
         for col in [c for c in FILE_COLUMNS if c in sheet.columns]:
             sheet[col] = [str(Path(root) / p) if p and not Path(p).is_absolute() else p
                           for p in sheet[col]]
+        if "roi" in sheet.columns:
+            sheet["roi"] = [with_root(spec, root) for spec in sheet["roi"]]
     if check_files:
         file_cols = [c for c in FILE_COLUMNS if c in sheet.columns]
         absent = [f"{row.sample_id}: {getattr(row, c)}" for row in sheet.itertuples()
@@ -174,4 +179,5 @@ def read_sample_sheet(path: str | Path, *, mode: str = "spot", check_files: bool
             raise InputError(path, f"{len(absent)} file(s) not found: {shown}",
                              "fix the paths (relative paths are relative to the config's "
                              "data_root, else to the directory snakemake runs in)")
+    check_sheet_regions(sheet, source=path)
     return sheet.set_index("sample_id", drop=False)

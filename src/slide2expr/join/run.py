@@ -382,6 +382,8 @@ def _bulk_parts(sheet, features_dir, params, report, expression: Path, sheet_pat
             "n_slides": len(sids),
             "slide": ";".join(str(members.loc[s, "slide"]) for s in sids),
         }
+        if "section" in members.columns:  # region samples: folds may group by section
+            row["section"] = ";".join(dict.fromkeys(str(v) for v in members["section"]))
         if "split" in members.columns:
             splits = set(members["split"])
             if len(splits) > 1:

@@ -119,38 +119,6 @@ JS = r"""
       if (cells[i].getAttribute('data-col') === m[1]) sortBy(genes, i, m[2]);
     }
   }
-  // heatmap links: PNGs written after the page are found when it is opened (an image
-  // that loads gets a link), for the first PROBE shown rows, once each
-  var PROBE = 100;
-  function probe(){
-    if (!genes) return;
-    var base = genes.getAttribute('data-heatmaps');
-    var samples = (genes.getAttribute('data-samples') || '').split(' ').filter(Boolean);
-    if (!base || !samples.length) return;
-    var shown = 0;
-    Array.prototype.forEach.call(genes.tBodies[0].rows, function(row){
-      if (row.style.display === 'none' || shown >= PROBE) return;
-      shown++;
-      var cell = row.querySelector('td.maps');
-      if (!cell || cell.getAttribute('data-probed')) return;
-      cell.setAttribute('data-probed', '1');
-      var have = (cell.getAttribute('data-have') || '').split(' ');
-      var file = cell.getAttribute('data-file');
-      samples.forEach(function(s){
-        if (have.indexOf(s) >= 0) return;
-        var url = base + '/' + encodeURIComponent(s) + '/' + encodeURIComponent(file) + '.png';
-        var img = new Image();
-        img.onload = function(){
-          var a = document.createElement('a');
-          a.setAttribute('href', url);
-          a.setAttribute('class', 'heatmap');
-          a.textContent = s;
-          cell.insertBefore(a, cell.querySelector('a.viewer'));
-        };
-        img.src = url;
-      });
-    });
-  }
   var search = document.getElementById('gene-search');
   var count = document.getElementById('gene-count');
   function filter(){
@@ -163,7 +131,6 @@ JS = r"""
       if (hit) n++;
     });
     if (count) count.textContent = n + ' of ' + genes.tBodies[0].rows.length + ' genes';
-    probe();
   }
   if (search){
     search.addEventListener('input', filter);
@@ -309,13 +276,9 @@ def gene_table(genes: pd.DataFrame, links: ReportLinks | None = None) -> str:
         if links is not None:
             cells.insert(1, maps_cell(str(values["gene"][i]), links))
         parts.append("<tr>" + "".join(cells) + "</tr>")
-    data = ""
-    if links is not None:
-        data = (f" data-heatmaps='{esc(links.heatmaps)}' "
-                f"data-samples='{esc(' '.join(links.samples))}'")
     search = ("<p><input type='search' id='gene-search' placeholder='search genes' "
               "aria-label='search genes'><span id='gene-count' class='sub'></span></p>")
-    return (f"{search}<div class='scroll'><table id='genes' class='sortable'{data}><thead><tr>"
+    return (f"{search}<div class='scroll'><table id='genes' class='sortable'><thead><tr>"
             f"{''.join(heads)}</tr></thead><tbody>{''.join(parts)}</tbody></table></div>")
 
 

@@ -6,10 +6,12 @@ in an encoder sweep, ``results/{encoder}``); the heatmaps of a gene on a slide a
 ``results/qc/{sample}.png`` and the viewer ``{results}/viewer/index.html``. All links are
 relative, so the folder can be moved or zipped as a whole.
 
-The workflow writes the report *before* the heatmaps (they draw the report's best genes),
-so the page cannot know every PNG when it is written: it links those present then, and
-its script looks for the others when the page is opened (an image that loads gets a
-link; one that does not, none).
+The page links only files that exist when it is written: a link (or a script probe) to a
+picture never drawn is a console error when the page opens, one per missing file (342 on a
+785-gene report before). The workflow writes the report *before* the heatmaps (they draw the
+report's best genes), so there the heatmaps are reached through each gene's viewer link and
+the ``heatmaps`` folder of each slide; rerunning ``slide2expr report`` after the heatmaps
+links every PNG.
 """
 
 from __future__ import annotations

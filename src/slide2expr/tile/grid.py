@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -84,23 +85,44 @@ def _base_attrs(slide: Slide, sample_id: str, params: TilingParams) -> dict[str,
     }
 
 
-def grid_tiles(slide: Slide, tissue: TissueMap, sample_id: str, params: TilingParams) -> TileSet:
+def grid_tiles(slide: Slide, tissue: TissueMap, sample_id: str, params: TilingParams, *,
+               region: Any = None) -> TileSet:
     """Grid tiles that lie wholly inside the slide and are at least ``min_tissue`` tissue.
+
+    Parameters
+    ----------
+    region
+        A shapely polygon in level-0 pixels (a region sample, :mod:`slide2expr.inputs.regions`):
+        only tiles wholly inside it are kept. The grid is the whole slide's, so tiles of
+        several regions of one slide line up with each other and with the whole-slide grid.
 
     Raises
     ------
     InputError
-        When no tile qualifies (no tissue detected).
+        When no tile qualifies (no tissue detected, or none inside the region).
     """
     assert slide.mpp is not None
     size0 = params.tile_px * params.target_mpp / slide.mpp
     w0, h0 = slide.dimensions
     xs = np.arange(0, w0 - size0 + 1e-6, size0)
     ys = np.arange(0, h0 - size0 + 1e-6, size0)
+    if region is not None:
+        xs, ys = _within_bounds(xs, region.bounds[0::2], size0), _within_bounds(ys, region.bounds[1::2], size0)
     gx, gy = np.meshgrid(xs, ys)
     gx, gy = gx.ravel(), gy.ravel()
     frac = tissue_fraction_grid(tissue.mask, tissue.downsample, gx, gy, size0)
     keep = frac >= params.min_tissue
+    if region is not None:
+        keep &= tiles_inside(region, gx, gy, size0)
+        if not keep.any():
+            raise InputError(
+                slide.path,
+                f"the region of sample {sample_id} has no tissue tile: none of the "
+                f"{int(tiles_inside(region, gx, gy, size0).sum())} grid tiles wholly inside it "
+                f"is at least {params.min_tissue:.0%} tissue",
+                "move the region (roi) onto tissue or make it larger than one tile "
+                f"({size0:.0f} level-0 px); for faint stains lower tiling.min_tissue",
+            )
     if not keep.any():
         raise InputError(
             slide.path,
@@ -122,6 +144,35 @@ def grid_tiles(slide: Slide, tissue: TissueMap, sample_id: str, params: TilingPa
              100 * np.count_nonzero(tissue.mask) / max(tissue.mask.size, 1))
     return TileSet(coords=coords, attrs=attrs, spot_ids=None,
                    extra={"tissue_fraction": frac[keep].astype(np.float32)})
+
+
+#: A tile counts as inside a region when it is, give or take this many level-0 pixels: region
+#: boxes written with two decimals (``slide2expr pseudobulk``) fall on the grid's float edges.
+EDGE_TOLERANCE = 0.5
+
+
+def _within_bounds(starts: np.ndarray, bounds: tuple[float, float], size0: float) -> np.ndarray:
+    """The grid starts whose tiles can lie inside ``[lo, hi]``."""
+    lo, hi = bounds
+    return starts[(starts >= lo - EDGE_TOLERANCE) & (starts + size0 <= hi + EDGE_TOLERANCE)]
+
+
+def tiles_inside(region: Any, x: np.ndarray, y: np.ndarray, size0: float) -> np.ndarray:
+    """Which square tiles (top-left ``x, y``, edge ``size0``) lie wholly inside ``region``."""
+    import shapely
+
+    if len(x) == 0:
+        return np.zeros(0, dtype=bool)
+    tol = EDGE_TOLERANCE
+    boxes = shapely.box(x + tol, y + tol, x + size0 - tol, y + size0 - tol)
+    return np.asarray(shapely.covers(region, boxes), dtype=bool)
+
+
+def spots_inside(region: Any, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Which points (spot centres, level-0 px) lie inside ``region`` (boundary included)."""
+    import shapely
+
+    return np.asarray(shapely.covers(region, shapely.points(x, y)), dtype=bool)
 
 
 def spot_tiles(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -21,6 +22,7 @@ def draw_qc(
     grid: TileSet | None = None,
     spots: TileSet | None = None,
     max_px: int = 2048,
+    region: Any = None,
 ) -> None:
     """Write a PNG: thumbnail with the tissue outline (green), tiles (blue), spots (orange).
 
@@ -36,6 +38,8 @@ def draw_qc(
         Tilings to draw.
     max_px
         Longest side of the PNG.
+    region
+        A region sample's polygon (level-0 px, shapely), outlined in magenta.
     """
     scale = min(1.0, max_px / max(image.shape[:2]))
     canvas = Image.fromarray(image)
@@ -59,5 +63,14 @@ def draw_qc(
                 draw.ellipse((x, y, x + size, y + size), outline=colour, width=1)
             else:
                 draw.rectangle((x, y, x + size, y + size), outline=colour, width=1)
+    if region is not None:
+        for ring in _rings(region):
+            draw.line([(x / ds, y / ds) for x, y in ring], fill=(220, 0, 180), width=2)
     with atomic_output(out_path) as tmp:
         canvas.save(tmp, format="PNG")
+
+
+def _rings(region: Any) -> list[list[tuple[float, float]]]:
+    """The outer rings of a (Multi)Polygon."""
+    polygons = getattr(region, "geoms", [region])
+    return [list(p.exterior.coords) for p in polygons]

@@ -5,17 +5,54 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import Any
+
+import pandas as pd
 
 from slide2expr.atomic import atomic_outputs
 from slide2expr.contracts.tiles import write_tiles
 from slide2expr.errors import InputError
+from slide2expr.inputs.regions import check_region_inside, parse_region
 from slide2expr.inputs.samples import check_sample_id
-from slide2expr.inputs.slides import open_slide
+from slide2expr.inputs.slides import Slide, open_slide
 from slide2expr.inputs.spots import read_spot_positions
-from slide2expr.tile.grid import TilingParams, compute_tissue, grid_tiles, spot_tiles
+from slide2expr.tile.grid import (
+    TilingParams,
+    compute_tissue,
+    grid_tiles,
+    spot_tiles,
+    spots_inside,
+)
 from slide2expr.tile.qc import draw_qc
 
 log = logging.getLogger(__name__)
+
+
+def region_level0(slide: Slide, roi: str, units: str, *, sample_id: str) -> Any:
+    """The sample's region in level-0 pixels, refused unless it lies inside the slide."""
+    region = parse_region(roi, units=units, source=None).in_level0(slide.mpp)
+    w0, h0 = slide.dimensions
+    check_region_inside(region, width=int(w0), height=int(h0), sample=sample_id,
+                        slide=slide.path)
+    return region
+
+
+def spots_in_region(table: pd.DataFrame, region: Any, *, sample_id: str,
+                    source: Path) -> pd.DataFrame:
+    """The spots whose centres lie inside ``region``; refused when there are none."""
+    inside = spots_inside(region, table["x"].to_numpy(float), table["y"].to_numpy(float))
+    if not inside.any():
+        raise InputError(source, f"none of its {len(table)} spots lies inside the region of "
+                         f"sample {sample_id}", "check the roi (level-0 pixels) against the "
+                         "spot positions")
+    log.info("%s: %d of %d spots inside the region", sample_id, int(inside.sum()), len(table))
+    return table[inside].reset_index(drop=True)
+
+
+def region_attrs(region: Any, roi: str, units: str) -> dict[str, object]:
+    """Tiling attrs of a region sample: its polygon (WKT, level-0 px) and the sheet's cell."""
+    return {"roi": region.wkt, "roi_spec": roi, "roi_units": units,
+            "roi_bounds": [float(v) for v in region.bounds]}
 
 
 def tile_slide(
@@ -31,6 +68,8 @@ def tile_slide(
     sheet_mpp: float | None = None,
     default_mpp: float | None = None,
     qc_max_px: int = 2048,
+    roi: str | None = None,
+    roi_units: str = "px",
 ) -> None:
     """Detect tissue, tile it on a grid, and (spot mode) place a patch on every spot.
 
@@ -53,6 +92,11 @@ def tile_slide(
         The sample sheet's and the config's fallback um/px, used when the slide has none.
     qc_max_px
         Longest side of the QC image.
+    roi, roi_units
+        A region of the slide (the sample sheet's ``roi`` cell and its units,
+        :mod:`slide2expr.inputs.regions`): only grid tiles wholly inside it and spots whose
+        centre is inside it are kept, so the region is a sample of its own. The region must
+        lie inside the slide and hold at least one tissue tile.
 
     Raises
     ------
@@ -65,12 +109,19 @@ def tile_slide(
                          "give both (spot mode) or neither (grid only)")
     with open_slide(slide, sheet_mpp=sheet_mpp, default_mpp=default_mpp) as s:
         log.info("opened %s", json.dumps(s.describe()))
+        region = None if not roi else region_level0(s, roi, roi_units, sample_id=sample_id)
         tissue = compute_tissue(s, params.tissue)
-        grid = grid_tiles(s, tissue, sample_id, params)
+        grid = grid_tiles(s, tissue, sample_id, params, region=region)
         spot_set = None
         if spots is not None:
             table = read_spot_positions(spots, counts_path=counts)
+            if region is not None:
+                table = spots_in_region(table, region, sample_id=sample_id, source=spots)
             spot_set = spot_tiles(s, table, sample_id, params, source=str(spots))
+        if region is not None:
+            for tileset in (grid, spot_set):
+                if tileset is not None:
+                    tileset.attrs.update(region_attrs(region, roi, roi_units))
         grid.attrs["mask_downsample"] = float(tissue.downsample)
         outputs = [out] + ([spots_out] if spots_out is not None else [])
         with atomic_outputs(*outputs) as tmps:
@@ -79,4 +130,4 @@ def tile_slide(
                 write_tiles(tmps[1], spot_set)
             if qc is not None:
                 draw_qc(tissue.image, tissue.downsample, tissue.mask, qc, grid=grid,
-                        spots=spot_set, max_px=qc_max_px)
+                        spots=spot_set, max_px=qc_max_px, region=region)

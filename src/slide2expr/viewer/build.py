@@ -172,6 +172,7 @@ def build_viewer(results: str | Path, out: str | Path | None = None, *,
     page.openseadragon_dir()  # an installation fault stops the build before any work
     stats: list[SlideStats] = []
     entries: list[dict[str, Any]] = []
+    pyramids: dict[str, tuple[Any, str]] = {}
     with atomic_output(out) as tmp:
         tmp.mkdir(parents=True)
         page.copy_assets(tmp)
@@ -180,7 +181,7 @@ def build_viewer(results: str | Path, out: str | Path | None = None, *,
             entry, stat = build_slide(tmap, tmp / "slides", genes, options=options,
                                       predictions=predictions,
                                       explicit_predictions=options.predictions is not None,
-                                      source=path)
+                                      source=path, pyramids=pyramids)
             entries.append(entry)
             stats.append(stat)
         manifest = {
@@ -329,8 +330,13 @@ def _move_aside(out: Path) -> Path | None:
 
 def build_slide(tmap: TileMap, slides_dir: Path, genes: Sequence[str], *,
                 options: ViewerOptions, predictions: Path | None, explicit_predictions: bool,
-                source: Path) -> tuple[dict[str, Any], SlideStats]:
-    """Pyramid, outline, spots and gene layers of one slide; its manifest entry."""
+                source: Path, pyramids: dict[str, tuple[Any, str]] | None = None,
+                ) -> tuple[dict[str, Any], SlideStats]:
+    """Pyramid, outline, spots and gene layers of one slide; its manifest entry.
+
+    ``pyramids`` maps a slide file to the pyramid already written for it and that
+    pyramid's sample folder: region samples of one slide (:mod:`slide2expr.inputs.regions`)
+    share one pyramid, so the slide is read once per viewer build."""
     t0 = time.perf_counter()
     sample = tmap.sample_id or source.stem
     missing = [g for g in genes if g not in tmap.genes]
@@ -345,7 +351,12 @@ def build_slide(tmap: TileMap, slides_dir: Path, genes: Sequence[str], *,
     (folder / "genes").mkdir(parents=True)
     mpp, mpp_source, outline = slide_outline(slide_path, tmap, options)
     t_pyr = time.perf_counter()
-    pyr = write_pyramid(slide_path, folder, backend=options.pyramid_backend)
+    pyramids = {} if pyramids is None else pyramids
+    key = str(Path(slide_path).resolve())
+    if key not in pyramids:
+        pyramids[key] = (write_pyramid(slide_path, folder, backend=options.pyramid_backend),
+                         sample)
+    pyr, pyramid_owner = pyramids[key]
     pyramid_seconds = time.perf_counter() - t_pyr
     grid = layers.tile_grid(tmap)
     spots = read_spots(predictions, sample, genes, explicit=explicit_predictions)
@@ -374,13 +385,14 @@ def build_slide(tmap: TileMap, slides_dir: Path, genes: Sequence[str], *,
     entry = {
         "id": sample, "width": pyr.width, "height": pyr.height,
         "mpp": mpp, "mpp_source": mpp_source,
-        "dzi": {"url": f"slides/{sample}/slide_files/", "format": pyr.fmt,
+        "dzi": {"url": f"slides/{pyramid_owner}/slide_files/", "format": pyr.fmt,
                 "tile_size": pyr.tile_size, "overlap": pyr.overlap},
         "grid": grid.as_json(), "n_tiles": len(tmap.values),
         "has_spots": spots is not None, "has_spread": spread is not None,
         "model_use": str(tmap.attrs.get("model_use", "")),
     }
-    pyramid_bytes = _du(folder / "slide_files") + (folder / "slide.dzi").stat().st_size
+    pyramid_bytes = (_du(folder / "slide_files") + (folder / "slide.dzi").stat().st_size
+                     if pyramid_owner == sample else 0)
     stat = SlideStats(
         sample_id=sample, width=pyr.width, height=pyr.height, n_tiles=len(tmap.values),
         n_genes=len(genes), seconds=round(time.perf_counter() - t0, 2),

@@ -10,10 +10,10 @@ min_version("8.0")
 configfile: "config/config.yaml"
 
 
-report: "report/workflow.rst"
+report: "workflow/report/workflow.rst"
 
 
-include: "rules/common.smk"
+include: "workflow/rules/common.smk"
 
 
 wildcard_constraints:
@@ -22,19 +22,20 @@ wildcard_constraints:
     encoder=r"[A-Za-z0-9][A-Za-z0-9._-]*",
 
 
-include: "rules/demo.smk"
-include: "rules/tile.smk"
-include: "rules/extract.smk"
-include: "rules/join.smk"
-include: "rules/train.smk"
-include: "rules/report.smk"
-include: "rules/heatmap.smk"
-include: "rules/viewer.smk"
-include: "rules/compare.smk"
-include: "rules/manifest.smk"
+include: "workflow/rules/demo.smk"
+include: "workflow/rules/pseudobulk.smk"
+include: "workflow/rules/tile.smk"
+include: "workflow/rules/extract.smk"
+include: "workflow/rules/join.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/report.smk"
+include: "workflow/rules/heatmap.smk"
+include: "workflow/rules/viewer.smk"
+include: "workflow/rules/compare.smk"
+include: "workflow/rules/manifest.smk"
 
 
 rule all:
+    default_target: True
     input:
         get_final_output(),
-    default_target: True

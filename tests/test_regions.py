@@ -1,0 +1,196 @@
+"""Regions of a slide as samples (sample sheet ``roi``): tiling, features, and bad regions.
+
+The synthetic slide has three bands of known content: pink tissue on the left, purple tissue
+on the right, and a strip of green "tissue" between them that no region covers. Region A
+(a box in level-0 pixels) lies in the pink band, region B (a WKT polygon in micrometres) in
+the purple one. Each region must come back as its own sample whose tiles, and so features,
+come from inside the region only.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+from slide2expr.contracts.tiles import read_tiles
+
+MPP = 0.5  # level-0 um/px; grid tiles of 224 px at 0.5 um/px are 224 level-0 px
+PINK, GREEN, PURPLE = (225, 140, 180), (120, 200, 110), (120, 60, 160)
+BOX_A = (200, 200, 1150, 1150)  # level-0 px: 4 x 4 tiles of the 224-px grid fit
+# region B: a box given in micrometres (x 1780-2920 px, y 200-1150 px: 5 x 4 tiles)
+POLYGON_B_UM = "POLYGON ((890 100, 1460 100, 1460 575, 890 575, 890 100))"
+BOX_B = (1780, 200, 2920, 1150)
+
+
+def run_cli(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "slide2expr", *map(str, args)],
+                          capture_output=True, text=True, timeout=300)
+
+
+def _textured(colour: tuple[int, int, int], shape: tuple[int, int],
+              rng: np.random.Generator) -> np.ndarray:
+    noise = rng.normal(0, 12, (*shape, 3))
+    return np.clip(np.asarray(colour, float) + noise, 0, 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def banded_slide(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """3000 x 2400 px at 0.5 um/px, tissue in the top 1300 rows (glass below): pink for
+    x < 1300, green 1300-1600, purple from 1600."""
+    rng = np.random.default_rng(0)
+    h, w = 1300, 3000
+    image = np.full((2400, w, 3), 245, np.uint8)
+    image[:h, :1300] = _textured(PINK, (h, 1300), rng)
+    image[:h, 1300:1600] = _textured(GREEN, (h, 300), rng)
+    image[:h, 1600:] = _textured(PURPLE, (h, w - 1600), rng)
+    path = tmp_path_factory.mktemp("regions") / "banded.tif"
+    tifffile.imwrite(path, image, tile=(256, 256), photometric="rgb",
+                     resolution=(1e4 / MPP, 1e4 / MPP), resolutionunit="CENTIMETER")
+    return path
+
+
+def _tile(slide: Path, out: Path, sample: str, *extra: str) -> subprocess.CompletedProcess[str]:
+    return run_cli("-q", "tile", slide, "--sample-id", sample, "-o", out, "--qc",
+                   out.with_suffix(".png"), "--mpp", MPP, "--min-tissue", 0.5, *extra)
+
+
+@pytest.fixture(scope="module")
+def region_tiles(banded_slide: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    out = tmp_path_factory.mktemp("region_tiles")
+    runs = {"A": ("--roi", ",".join(map(str, BOX_A))),
+            "B": ("--roi", POLYGON_B_UM, "--roi-units", "um"),
+            "whole": ()}
+    paths = {}
+    for sample, extra in runs.items():
+        proc = _tile(banded_slide, out / f"{sample}.h5", sample, *extra)
+        assert proc.returncode == 0, proc.stderr
+        paths[sample] = out / f"{sample}.h5"
+    return paths
+
+
+def _inside(coords: np.ndarray, size: float, box: tuple[float, float, float, float]) -> bool:
+    x0, y0, x1, y1 = box
+    return bool(np.all((coords[:, 0] >= x0) & (coords[:, 1] >= y0)
+                       & (coords[:, 0] + size <= x1) & (coords[:, 1] + size <= y1)))
+
+
+def test_two_regions_are_two_samples_tiled_inside_their_regions(region_tiles):
+    a, b, whole = (read_tiles(region_tiles[s]) for s in ("A", "B", "whole"))
+    size = a.tile_px_level0
+    assert size == pytest.approx(224.0)
+    assert _inside(a.coords, size, BOX_A) and _inside(b.coords, size, BOX_B)
+    assert len(a) == 16 and len(b) == 20  # 4 x 4 and 5 x 4 tiles of the whole-slide grid fit
+    grid = {tuple(c) for c in whole.coords}
+    assert {tuple(c) for c in a.coords} <= grid and {tuple(c) for c in b.coords} <= grid
+    assert a.attrs["sample_id"] == "A" and a.attrs["roi_units"] == "px"
+    assert b.attrs["roi_units"] == "um"
+    assert np.allclose(np.ravel(b.attrs["roi_bounds"]), BOX_B)
+    assert "roi" not in whole.attrs
+
+
+def test_region_features_come_from_inside_each_region(region_tiles, tmp_path):
+    """Embedded, each region's tiles match its own band's colour and never the green strip
+    between the regions; a tile gives the same features as a region's or the slide's."""
+    from slide2expr.contracts.features import read_features
+    from slide2expr.contracts.tiles import TileSet, write_tiles
+    from slide2expr.extract.run import extract_features
+
+    whole, a = read_tiles(region_tiles["whole"]), read_tiles(region_tiles["A"])
+    x0, size = whole.coords[:, 0], whole.tile_px_level0
+    bands = {"pink": x0 + size <= 1300, "green": (x0 > 1300 - size) & (x0 < 1600),
+             "purple": x0 >= 1600}
+    picks = {name: np.flatnonzero(rows)[:4] for name, rows in bands.items()}
+    reference = np.concatenate([whole.coords[i] for i in picks.values()] + [a.coords[:2]])
+    write_tiles(tmp_path / "reference_tiles.h5", TileSet(coords=reference, attrs=whole.attrs))
+    region_tiles = {**region_tiles, "reference": tmp_path / "reference_tiles.h5"}
+    feats = {}
+    for sample in ("A", "B", "reference"):
+        out = tmp_path / f"{sample}.h5"
+        extract_features(region_tiles[sample], out, encoder="efficientnet_lite0",
+                         batch_size=32, num_workers=0, device="cpu", progress=False)
+        feats[sample] = read_features(out).features
+    ref = feats["reference"]
+    centroids = {name: ref[4 * k:4 * k + 4].mean(axis=0) for k, name in enumerate(picks)}
+
+    def nearest(rows: np.ndarray) -> set[str]:
+        names = list(centroids)
+        dist = np.stack([np.linalg.norm(rows - centroids[n], axis=1) for n in names], axis=1)
+        return {names[i] for i in dist.argmin(axis=1)}
+
+    assert nearest(feats["A"]) == {"pink"}
+    assert nearest(feats["B"]) == {"purple"}
+    assert np.allclose(feats["A"][:2], ref[-2:], atol=1e-4)
+
+
+@pytest.mark.parametrize("case", ["outside", "off_tissue", "malformed", "units"])
+def test_bad_region_is_one_line_and_writes_nothing(case, banded_slide, tmp_path):
+    white = tmp_path / "white_corner.tif"
+    slide = banded_slide
+    if case == "off_tissue":
+        image = np.full((2400, 3000, 3), 245, np.uint8)
+        image[:1300, 1600:] = PURPLE
+        tifffile.imwrite(white, image, tile=(256, 256), photometric="rgb")
+        slide = white
+    roi = {"outside": ("--roi", "2500,100,3400,900"), "off_tissue": ("--roi", "200,200,1150,1150"),
+           "malformed": ("--roi", "100,100,oops"), "units": ("--roi", "1,1,900,900",
+                                                             "--roi-units", "mm")}[case]
+    out = tmp_path / "out.h5"
+    proc = _tile(slide, out, "R", *roi)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Fix:" in lines[0], proc.stderr
+    expected = {"outside": "reaches past the slide", "off_tissue": "has no tissue tile",
+                "malformed": "is not a box", "units": "roi_units 'mm'"}[case]
+    assert expected in lines[0]
+    assert not out.exists() and not out.with_suffix(".png").exists()
+    assert not list(tmp_path.glob(".*partial*"))
+
+
+def _sheet(path: Path, slide: Path, rows: list[tuple[str, str, str]]) -> Path:
+    lines = ["sample_id\tslide\troi\troi_units"] + [f"{s}\t{slide}\t{roi}\t{u}" for s, roi, u in rows]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.mark.parametrize("case", ["overlap", "whole_and_region", "geojson_name"])
+def test_bad_region_sheet_is_refused_in_one_line(case, banded_slide, tmp_path):
+    geojson = tmp_path / "cores.geojson"
+    geojson.write_text('{"type": "FeatureCollection", "features": [{"type": "Feature", '
+                       '"properties": {"name": "core1"}, "geometry": {"type": "Polygon", '
+                       '"coordinates": [[[0, 0], [500, 0], [500, 500], [0, 0]]]}}]}')
+    rows = {"overlap": [("A", "100,100,1100,1100", "px"), ("B", "1000,100,2000,1100", "px")],
+            "whole_and_region": [("A", "100,100,1100,1100", ""), ("W", "", "")],
+            "geojson_name": [("A", f"{geojson}:core2", "")]}[case]
+    sheet = _sheet(tmp_path / "sheet.tsv", banded_slide, rows)
+    out = tmp_path / "dataset.h5ad"
+    proc = run_cli("join", sheet, "--features-dir", tmp_path, "-o", out, "--mode", "bulk",
+                   "--expression", tmp_path / "none.tsv", "--encoder", "efficientnet_lite0")
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Fix:" in lines[0], proc.stderr
+    assert sheet.name in lines[0] or "cores.geojson" in lines[0]
+    expected = {"overlap": "regions A and B of banded.tif overlap",
+                "whole_and_region": "sample W is the whole of banded.tif",
+                "geojson_name": "has no feature named 'core2' (names: core1)"}[case]
+    assert expected in lines[0], lines[0]
+    assert not out.exists()
+
+
+def test_geojson_region_and_wkt_parse_to_the_same_polygon(tmp_path):
+    from slide2expr.inputs.regions import parse_region
+
+    geojson = tmp_path / "cores.geojson"
+    geojson.write_text('{"type": "FeatureCollection", "features": [{"type": "Feature", '
+                       '"properties": {"classification": {"name": "core1"}}, "geometry": '
+                       '{"type": "Polygon", "coordinates": [[[10, 20], [510, 20], [510, 420], '
+                       '[10, 420], [10, 20]]]}}]}')
+    from_file = parse_region(f"{geojson}:core1").geometry
+    from_box = parse_region("10,20,510,420").geometry
+    assert from_file.equals(from_box) and from_box.area == 500 * 400
+    in_um = parse_region("5,10,255,210", units="um").in_level0(0.5)
+    assert in_um.equals(from_box)
