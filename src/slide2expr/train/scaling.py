@@ -5,17 +5,16 @@ barely fires in the training sections, a context block that is one value per sec
 training section) turns a modest shift in a held-out section into an enormous z-score: with
 an SD of 1e-4 a shift of 3.4 is a z-score of 34,000, and predictions follow (issue 21, case 6).
 
-scikit-learn's ``StandardScaler`` only guards against SDs that are zero up to rounding: it
-divides such a feature by 1, its raw units. Here the floor is *relative to the input block*
-(the whole matrix is one block unless the spot-mode inputs concatenate several, e.g. spot
-embedding + neighbour mean + section mean, whose scales differ): a feature whose SD is below
-``SD_FLOOR_FRACTION`` x the median SD of its block is *near constant* and is divided by that
-median SD instead, the scale of a typical feature of the block, so a held-out shift gives a
-z-score of the size an ordinary feature's shift would (3.4 / 0.3 = 11, not 34,000). Every
-other feature is divided by its own SD exactly as before, so numbers move only where a
-feature is near constant in training. A block that is constant in training (median SD 0)
-takes the median SD of the whole matrix, and 1 (scikit-learn's choice) when every feature
-is constant.
+scikit-learn's ``StandardScaler`` treats a feature whose variance is zero up to rounding as
+constant and divides it by 1 (its raw units) instead of its SD. Here the same is done with a
+tolerance *relative to the input block* (the whole matrix is one block unless the spot-mode
+inputs concatenate several, e.g. spot embedding + neighbour mean + section mean, whose scales
+differ): a feature whose SD is below ``SD_FLOOR_FRACTION`` x the median SD of its block is
+*near constant* and is divided by 1, so a held-out shift of 3.4 gives a z-score of 3.4, not
+34,000. Exactly constant features were already divided by 1; every other feature is divided
+by its own SD exactly as before, so numbers move only where a feature's training SD is
+positive but below the tolerance. A block that is constant in training (median SD 0) takes
+the tolerance from the median SD of the whole matrix.
 """
 
 from __future__ import annotations
@@ -24,12 +23,14 @@ from collections.abc import Sequence
 
 import numpy as np
 
-#: A feature is near constant when its SD is below this fraction of its block's median SD.
+#: A feature is near constant (divided by 1) when its SD is below this fraction of its
+#: block's median SD.
 SD_FLOOR_FRACTION = 0.01
 
 
 def typical_sd(sd: np.ndarray, blocks: Sequence[int] | None = None) -> np.ndarray:
-    """Each feature's block median SD (same shape as ``sd``; see the module docstring).
+    """Each feature's block median SD (same shape as ``sd``; see the module docstring), the
+    reference of the near-constant tolerance.
 
     Parameters
     ----------
@@ -59,9 +60,9 @@ def near_constant(sd: np.ndarray, blocks: Sequence[int] | None = None) -> np.nda
 
 
 def floored_sd(sd: np.ndarray, blocks: Sequence[int] | None = None) -> np.ndarray:
-    """Each feature's SD, near-constant ones replaced by their block's median SD; float64."""
+    """Each feature's SD, near-constant ones (zero included) replaced by 1; float64."""
     sd = np.asarray(sd, dtype=np.float64)
-    return np.where(near_constant(sd, blocks), typical_sd(sd, blocks), sd)
+    return np.where(near_constant(sd, blocks), 1.0, sd)
 
 
 def standardise(train: np.ndarray, *others: np.ndarray,
