@@ -29,7 +29,7 @@ FAST_TRAIN = {"folds": "loo", "max_epochs": 6, "min_epochs": 2, "patience": 3, "
                                           "min_mean": 0.0}}
 
 
-def cli(*args: object, cwd: Path | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+def cli(*args: object, cwd: Path | None = None, timeout: int = 900) -> subprocess.CompletedProcess:
     """``slide2expr ARGS`` in a child process, with this checkout's code first on the path."""
     env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}
     return subprocess.run([sys.executable, "-m", "slide2expr", *map(str, args)], cwd=cwd,
