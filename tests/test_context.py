@@ -271,7 +271,7 @@ def test_fold_statistics_of_the_context_head_ignore_the_held_out_sections(tmp_pa
 
     config = TrainConfig.from_dict({**FAST, "max_epochs": 2, "min_epochs": 1,
                                     "inputs": ["spot", "nbr150", "slide"], "input_pca": 4,
-                                    "output_rank": 2, "baselines": []})
+                                    "output_rank": 2, "baselines": [], "select": "off"})
     clean = neighbourhood_dataset(side=6)
     shifted = clean.copy()
     held = (shifted.obs["patient"] == "p1").to_numpy()

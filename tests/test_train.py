@@ -300,7 +300,8 @@ def test_spot_training_recovers_signal_not_noise_and_writes_the_contract(tmp_pat
     adata = planted_dataset()
     out, models, preds = _train(adata, tmp_path)
     assert preds.is_file() and list(out.obs_names) == list(adata.obs_names)
-    assert set(out.layers) == {"predicted", "baseline_ridge", "baseline_hest", "baseline_mean"}
+    assert set(out.layers) == {"predicted", "predicted_head", "baseline_ridge", "baseline_hest",
+                               "baseline_mean"}
     assert np.isfinite(out.layers["predicted"]).all()  # every unit exactly one OOF prediction
     splits = pd.read_csv(models / "splits.tsv", sep="\t")
     assert list(splits["unit"]) == list(adata.obs_names)
@@ -339,7 +340,7 @@ def test_two_cpu_runs_give_identical_predictions(tmp_path):
 
 def test_ensemble_members_and_refit_are_saved_and_reproduced(tmp_path):
     adata = planted_dataset(n_patients=3, per_patient=20)
-    out, models, _ = _train(adata, tmp_path, max_epochs=3, ensemble=2, refit=True)
+    out, models, _ = _train(adata, tmp_path, max_epochs=3, ensemble=2, refit=True, select="off")
     assert (models / "fold0" / "member1" / "head.safetensors").is_file()
     meta = json.loads((models / "fold0" / "head.json").read_text())
     assert meta["refit"] and meta["train_units"] == int((out.obs["fold"] != 0).sum())

@@ -32,6 +32,9 @@ class Key:
     #: The spread (standard deviation, ``ddof=0``) of the ensemble members' or fold models'
     #: predictions around ``predicted``: ``predictions/{head}.h5ad`` and the tile maps.
     PREDICTED_SD: Final = "predicted_sd"
+    #: The head's own out-of-fold predictions when ``train.select`` is on: ``predicted`` is
+    #: the shipped model's (ridge's in a fold where ridge won the inner selection).
+    PREDICTED_HEAD: Final = "predicted_head"
     # var
     GENE_IDS: Final = "gene_ids"
     # uns

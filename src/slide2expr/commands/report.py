@@ -28,6 +28,9 @@ def report(
                                  help="Baseline layer the model is tested against (baseline_{name})."),
     n_scatter: int = typer.Option(8, "--n-scatter", min=0,
                                   help="Best and worst genes drawn as scatter plots."),
+    models: Path | None = typer.Option(None, "--models", help="The head's fold models for the "
+                                       "map-versus-spots score (default: models/{head} beside "
+                                       "predictions/); used only when regions carry spot truth."),
     config_json: str | None = config_json_option(),
 ) -> None:
     """Evaluate out-of-fold predictions: genes.tsv, summary.json and a self-contained index.html."""
@@ -36,11 +39,15 @@ def report(
     cfg = section(ctx, "report", config_json, REPORT_FLAGS)
     data = write_report(predictions, out, top_n=cfg["top_n"], n_hvg=cfg["n_hvg"],
                         n_boot=cfg["bootstrap"], alpha=cfg["alpha"], seed=cfg["seed"],
-                        baseline=cfg["baseline"], n_scatter=cfg["n_scatter"])
+                        baseline=cfg["baseline"], n_scatter=cfg["n_scatter"], model_dir=models)
     m = data.summary["model"]["all"]
     mean = "n/a" if m["mean_r"] is None else f"{m['mean_r']:.3f}"
     typer.echo(f"wrote {out}/index.html: mean r {mean} over {m['n_defined']} genes, "
                f"{data.summary['counts']['n_significant']} significantly well predicted")
+    spots = data.summary.get("map_vs_spots")
+    if spots:
+        typer.echo("map vs spots, mean r top {n}: ".format(n=spots["top_n"]) + ", ".join(
+            f"{k} {v['mean_r_top']}" for k, v in spots["methods"].items()))
 
 
 def register(app: typer.Typer) -> None:

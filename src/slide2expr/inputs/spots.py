@@ -45,6 +45,7 @@ def read_spot_positions(
     spots_path: str | Path,
     *,
     counts_path: str | Path | None = None,
+    patch_um: float | None = None,
 ) -> pd.DataFrame:
     """Read a spot table into ``[spot_id, x, y]`` (spot centres, level-0 px).
 
@@ -60,6 +61,10 @@ def read_spot_positions(
         kept, in the order of the spot table; spots with a position but no counts are
         dropped (logged). Without it, Space Ranger spots outside the tissue
         (``in_tissue == 0``) are dropped.
+    patch_um
+        The patch edge (``tiling.spot_diameter_um``). For a Visium HD bin folder
+        (``binned_outputs/square_008um``) the bins are grouped into spots of this size
+        (:func:`slide2expr.inputs.spaceranger.block_bins`); ``None``: each bin is a spot.
 
     Returns
     -------
@@ -75,7 +80,12 @@ def read_spot_positions(
     path = Path(spots_path)
     if not path.exists():
         raise InputError(path, "spot table not found", "check the `spots` column of the sample sheet")
-    if path.is_dir() or path.name.startswith("tissue_positions") or path.suffix == ".parquet":
+    bin_um = _hd_bin_um(path, patch_um)
+    if bin_um is not None:
+        table = _read_hd_blocks(path, bin_um=bin_um, patch_um=float(patch_um or 0),
+                                counts_path=None if counts_path is None else Path(counts_path))
+        counts_path = None  # the blocks are those with counts already
+    elif path.is_dir() or path.name.startswith("tissue_positions") or path.suffix == ".parquet":
         table = _read_spaceranger_positions(path, keep_off_tissue=counts_path is not None)
     elif file_suffix(path) == ".h5ad":
         table = _read_h5ad_positions(path)
@@ -88,6 +98,18 @@ def read_spot_positions(
     table = table.reset_index(drop=True)
     table.attrs["source"] = str(source)
     return table
+
+
+def _hd_bin_um(path: Path, patch_um: float | None) -> float | None:
+    """The bin edge when ``path`` is a Visium HD bin folder and bins are to be grouped."""
+    if not patch_um:
+        return None
+    from slide2expr.inputs.spaceranger import bin_size_um, block_edge
+
+    bin_um = bin_size_um(path)
+    if bin_um is None or block_edge(bin_um, patch_um) < 2:
+        return None
+    return bin_um
 
 
 def read_count_spot_ids(counts_path: str | Path) -> pd.Index:
@@ -174,8 +196,12 @@ def read_scalefactors(spots_path: str | Path) -> dict[str, float] | None:
 
 # -- layouts ----------------------------------------------------------------------------------
 
-def _read_spaceranger_positions(path: Path, *, keep_off_tissue: bool) -> pd.DataFrame:
-    csv = _find_positions_csv(path)
+def read_spaceranger_frame(path: Path) -> pd.DataFrame:
+    """Space Ranger's positions table as read, with its six standard columns (all spots).
+
+    ``path`` is the table, its ``spatial/`` folder or the ``outs/`` (or bin) folder.
+    """
+    csv = _find_positions_csv(Path(path))
     if csv.suffix == ".parquet":
         frame = _read_positions_parquet(csv)
         has_header = True
@@ -197,6 +223,13 @@ def _read_spaceranger_positions(path: Path, *, keep_off_tissue: bool) -> pd.Data
     if missing:
         raise InputError(csv, f"lacks the Space Ranger column(s) {', '.join(missing)}",
                          "give tissue_positions.csv from Space Ranger")
+    frame.attrs["source"] = str(csv)
+    return frame
+
+
+def _read_spaceranger_positions(path: Path, *, keep_off_tissue: bool) -> pd.DataFrame:
+    frame = read_spaceranger_frame(path)
+    source = frame.attrs["source"]
     if not keep_off_tissue:
         frame = frame[frame["in_tissue"].astype(int) == 1]
     table = pd.DataFrame({
@@ -204,7 +237,19 @@ def _read_spaceranger_positions(path: Path, *, keep_off_tissue: bool) -> pd.Data
         "x": pd.to_numeric(frame["pxl_col_in_fullres"], errors="coerce").to_numpy(float),
         "y": pd.to_numeric(frame["pxl_row_in_fullres"], errors="coerce").to_numpy(float),
     })
-    table.attrs["source"] = str(csv)
+    table.attrs["source"] = source
+    return table
+
+
+def _read_hd_blocks(path: Path, *, bin_um: float, patch_um: float,
+                    counts_path: Path | None) -> pd.DataFrame:
+    """Visium HD bins of ``path`` grouped into spots of ``patch_um`` (spaceranger.block_bins)."""
+    from slide2expr.inputs.spaceranger import block_bins
+
+    frame = read_spaceranger_frame(path)
+    keep = read_count_spot_ids(counts_path) if counts_path is not None else None
+    table, _ = block_bins(frame, bin_um=bin_um, patch_um=patch_um, keep=keep)
+    table.attrs["source"] = frame.attrs["source"]
     return table
 
 

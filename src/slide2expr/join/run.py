@@ -52,6 +52,7 @@ from slide2expr.inputs.expression import (
     read_bulk_matrix,
     read_spot_counts,
 )
+from slide2expr.inputs.spaceranger import hd_scalefactors
 from slide2expr.inputs.spots import match_spots_to_counts, read_scalefactors, read_spot_positions
 from slide2expr.join.context import add_context, read_context_windows
 from slide2expr.join.scverse import add_log1p, add_spatial_metadata
@@ -221,13 +222,15 @@ def _spot_parts(sheet, features_dir, params, report, sheet_path):
     dropped_no_features: dict[str, int] = {}
     for sample_id, row in tqdm(sheet.iterrows(), total=len(sheet), desc="join spots",
                                unit="section", disable=None):
-        counts = read_spot_counts(row["counts"], values=params.values, gene_map=params.gene_map)
-        positions = read_spot_positions(row["spots"])
-        positions = match_spots_to_counts(positions, counts.ids, spots_source=row["spots"],
-                                          counts_source=row["counts"])
         fpath = features_dir / f"{sample_id}.h5"
         feats, fspots, attrs = _read_spot_features(fpath, params)
-        scalefactors = read_scalefactors(row["spots"])
+        patch_um = attrs.get("spot_diameter_um")  # Visium HD bins are grouped to the patches
+        counts = read_spot_counts(row["counts"], values=params.values, gene_map=params.gene_map,
+                                  patch_um=patch_um)
+        positions = read_spot_positions(row["spots"], patch_um=patch_um)
+        positions = match_spots_to_counts(positions, counts.ids, spots_source=row["spots"],
+                                          counts_source=row["counts"])
+        scalefactors = hd_scalefactors(read_scalefactors(row["spots"]), row["spots"], patch_um)
         if scalefactors:
             attrs = {**attrs, **{f"spaceranger_{k}": v for k, v in scalefactors.items()}}
         feature_attrs[sample_id] = attrs
@@ -382,8 +385,11 @@ def _bulk_parts(sheet, features_dir, params, report, expression: Path, sheet_pat
             "n_slides": len(sids),
             "slide": ";".join(str(members.loc[s, "slide"]) for s in sids),
         }
-        if "section" in members.columns:  # region samples: folds may group by section
-            row["section"] = ";".join(dict.fromkeys(str(v) for v in members["section"]))
+        # region samples: folds may group by section; a section's spot truth (counts,
+        # spots) lets the report score tile maps against the spots (report.map_vs_spots)
+        for column in ("section", "roi", "counts", "spots"):
+            if column in members.columns:
+                row[column] = ";".join(dict.fromkeys(str(v) for v in members[column]))
         if "split" in members.columns:
             splits = set(members["split"])
             if len(splits) > 1:

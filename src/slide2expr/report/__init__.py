@@ -22,11 +22,14 @@ log = logging.getLogger(__name__)
 __all__ = ["ReportData", "build_report", "load_predictions", "render_html", "write_report"]
 
 OUTPUT_NAMES = ("genes.tsv", "summary.json", "index.html")
+#: Written beside them when the run's regions carry spot truth.
+MAP_VS_SPOTS = "map_vs_spots.tsv"
 
 
 def write_report(predictions: str | Path, out_dir: str | Path, *, top_n: int = 50,
                  n_hvg: int = 50, n_boot: int = 1000, alpha: float = 0.05, seed: int = 0,
-                 baseline: str = "ridge", n_scatter: int = 8, viewer: str = VIEWER) -> ReportData:
+                 baseline: str = "ridge", n_scatter: int = 8, viewer: str = VIEWER,
+                 model_dir: str | Path | None = None) -> ReportData:
     """Evaluate a predictions file and write ``genes.tsv``, ``summary.json``, ``index.html``.
 
     Parameters
@@ -43,6 +46,11 @@ def write_report(predictions: str | Path, out_dir: str | Path, *, top_n: int = 5
         The viewer page relative to ``index.html`` (each gene links to ``{viewer}#gene=G``;
         empty: no viewer links). Heatmap and QC links follow the ``results/`` layout
         (:mod:`slide2expr.report.links`).
+    model_dir
+        The head's fold models (default: ``models/{head}`` beside ``predictions/``). When the
+        run's regions carry spot truth (``slide2expr pseudobulk``), the map-versus-spots
+        score (:mod:`slide2expr.report.map_vs_spots`) is added: ``map_vs_spots.tsv``,
+        ``summary['map_vs_spots']`` and its own section of the page.
 
     Returns
     -------
@@ -57,9 +65,15 @@ def write_report(predictions: str | Path, out_dir: str | Path, *, top_n: int = 5
     head = str(data.summary.get("head") or out.name)
     links = find_links(out, head=head, samples=adata.obs[Key.SAMPLE_ID].astype(str).unique(),
                        genes=data.genes["gene"].astype(str).tolist(), viewer=viewer)
-    page = render_html(data, n_scatter=n_scatter, seed=seed, links=links)
-    with atomic_outputs(*(out / name for name in OUTPUT_NAMES)) as (tsv, js, page_path):
+    map_scores = _map_scores(adata, predictions, data, model_dir, top_n=top_n, n_boot=n_boot,
+                             seed=seed)
+    page = render_html(data, n_scatter=n_scatter, seed=seed, links=links, map_scores=map_scores)
+    names = OUTPUT_NAMES + ((MAP_VS_SPOTS,) if map_scores is not None else ())
+    with atomic_outputs(*(out / name for name in names)) as (tsv, js, page_path, *extra):
         by_r(data.genes).to_csv(tsv, sep="\t", index=False, na_rep="NaN", float_format="%.8g")
+        if map_scores is not None:
+            map_scores.to_csv(extra[0], sep="\t", index=False, na_rep="NaN",
+                              float_format="%.6g")
         js.write_text(json.dumps(data.summary, indent=2, allow_nan=False) + "\n",
                       encoding="utf-8")
         page_path.write_text(page, encoding="utf-8")
@@ -67,3 +81,20 @@ def write_report(predictions: str | Path, out_dir: str | Path, *, top_n: int = 5
     log.info("wrote %s: mean r %s over %d genes, %d significantly well predicted", out,
              m["mean_r"], m["n_defined"], data.summary["counts"]["n_significant"])
     return data
+
+
+def _map_scores(adata, predictions: str | Path, data: ReportData,
+                model_dir: str | Path | None, *, top_n: int, n_boot: int, seed: int):
+    """The map-versus-spots table of a bulk run whose regions carry spot truth, else None;
+    its summary block goes into ``data.summary['map_vs_spots']``."""
+    from slide2expr.report.map_vs_spots import has_spot_truth, score_maps
+
+    if "features_path" not in adata.obs or not has_spot_truth(adata.obs):
+        return None
+    head = str(data.summary.get("head") or Path(predictions).stem)
+    model_dir = Path(model_dir) if model_dir is not None else \
+        Path(predictions).resolve().parent.parent / "models" / head
+    log.info("map versus spots: tile maps of %s read at the measured spots", model_dir)
+    table, block = score_maps(adata, model_dir, top_n=top_n, n_boot=n_boot, seed=seed)
+    data.summary["map_vs_spots"] = block
+    return table

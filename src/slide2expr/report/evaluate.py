@@ -21,6 +21,7 @@ import slide2expr.report.stats as st
 from slide2expr import __version__
 from slide2expr.contracts.predictions import read_predictions
 from slide2expr.keys import NOT_HELD_OUT, Key
+from slide2expr.report.uncertainty import spread_calibration
 
 log = logging.getLogger(__name__)
 
@@ -320,6 +321,12 @@ def build_report(adata, *, top_n: int = 50, n_hvg: int = 50, n_boot: int = 1000,
     spread = mean_spread(adata)
     if spread is not None:
         summary["mean_predicted_sd"] = spread
+    calibration = spread_calibration(adata)
+    if calibration is not None:
+        summary["uncertainty"] = calibration
+    selection = selection_summary(provenance)
+    if selection is not None:
+        summary["selection"] = selection
     if unit != "patient":
         summary["bootstrap"]["note"] = (
             f"fewer than {MIN_BOOTSTRAP_CLUSTERS} patients: the intervals resample {unit}s, "
@@ -344,6 +351,39 @@ def implausible_record(provenance: dict[str, Any]) -> dict[str, Any] | None:
             f"range ({record.get('rule')}); check the inputs of those units (features unlike "
             "the training ones) before trusting their maps.")
     return {"rule": record.get("rule"), "layers": layers, "note": note}
+
+
+def selection_summary(provenance: dict[str, Any]) -> dict[str, Any] | None:
+    """What ``train.select`` compared in each fold, the inner scores, what won, and one
+    plain sentence; None for predictions written before the selection existed."""
+    train = provenance.get("train") or {}
+    overall = train.get("selection")
+    if not overall:
+        return None
+    head = str(train.get("head", "head"))
+    folds = {name: {"inner_scores": info["selection"].get("inner_scores"),
+                    "winner": info["selection"].get("winner")}
+             for name, info in (train.get("folds") or {}).items()
+             if isinstance(info, dict) and info.get("selection")}
+    ridge_folds = [str(f) for f in overall.get("ridge_folds", [])]
+    shipped = str(overall.get("shipped"))
+    if overall.get("mode") == "off":
+        sentence = (f"train.select is off: every fold ships the {head} head, whatever inner "
+                    "validation says.")
+    elif shipped == "ridge":
+        sentence = (f"Ridge regression on the same inputs beat the {head} head on inner "
+                    f"validation in every fold ({len(folds)}): the shipped model and these "
+                    f"predictions are ridge's, not the {head} head's.")
+    elif ridge_folds:
+        sentence = (f"Ridge regression on the same inputs beat the {head} head on inner "
+                    f"validation in {len(ridge_folds)} of {len(folds)} folds "
+                    f"({', '.join(ridge_folds)}): those folds ship ridge's model and "
+                    f"predictions, the others the {head} head's.")
+    else:
+        sentence = (f"The {head} head beat ridge regression on the same inputs on inner "
+                    f"validation in every fold ({len(folds)}): it is the shipped model.")
+    return {"mode": overall.get("mode"), "head": head, "shipped": shipped,
+            "ridge_folds": ridge_folds, "folds": folds, "sentence": sentence}
 
 
 def mean_spread(adata) -> float | None:

@@ -203,6 +203,47 @@ def headline_table(summary: dict[str, Any]) -> str:
     return _table([esc(h) for h in header], rows, attrs="id='headline'")
 
 
+def selection_line(summary: dict[str, Any]) -> str:
+    """The one sentence saying which model ships (``train.select``), above the headline."""
+    sel = summary.get("selection")
+    return f"<p class='note'><b>Shipped model.</b> {esc(sel['sentence'])}</p>" if sel else ""
+
+
+def selection_section(summary: dict[str, Any]) -> str:
+    """Per fold: the inner validation scores of the head and ridge, and the winner."""
+    sel = summary.get("selection")
+    if not sel or not sel["folds"]:
+        return ""
+    rows = []
+    for fold, info in sel["folds"].items():
+        scores = info.get("inner_scores") or {}
+        rows.append([esc(fold), fmt(scores.get(sel["head"]), "r") or "n/a",
+                     fmt(scores.get("ridge"), "r") or "n/a", esc(info.get("winner"))])
+    head = esc(sel["head"])
+    return ("<h2>Model selection (inner validation)</h2><p class='sub'>Inside each fold the "
+            f"{head} head and ridge on the same inputs were scored on the training fold's "
+            "inner validation units only (mean per-gene r within each validation group); the "
+            "higher one ships.</p>"
+            + _table(["fold", f"{head} inner r", "ridge inner r", "shipped"], rows))
+
+
+def uncertainty_section(summary: dict[str, Any]) -> str:
+    """How well the ensemble spread ranks the held-out errors and how much +-2 SD covers."""
+    u = summary.get("uncertainty")
+    if not u:
+        return ""
+    rows = [[esc(section), fmt(u["spearman_sections"].get(section), "r") or "n/a",
+             fmt(cover, "r") or "n/a"] for section, cover in u["coverage_sections"].items()]
+    return ("<h2>Uncertainty: the ensemble spread vs the error</h2><p class='sub'>Per held-out "
+            "section and gene, Spearman rho between the members' spread (predicted_sd) and "
+            "the absolute error, averaged over genes: "
+            f"<b>{fmt(u['spearman_mean'], 'r') or 'n/a'}</b> over sections "
+            f"({fmt(u['share_genes_positive'], 'r') or 'n/a'} of genes positive). Share of "
+            f"observed values within predicted +-2 SD: <b>{fmt(u['coverage_2sd'], 'r')}</b> "
+            "(about 0.95 if the spread were a calibrated Gaussian error).</p>"
+            + _table(["section", "rho(spread, |error|)", "coverage +-2 SD"], rows))
+
+
 def counts_table(summary: dict[str, Any]) -> str:
     """The counts of genes passing each criterion."""
     c = summary["counts"]
@@ -234,6 +275,45 @@ def fold_table(summary: dict[str, Any]) -> str:
         row += [fmt(f.get(f"{b}_mean_r"), "r") for b in baselines]
         rows.append(row)
     return _table([esc(h) for h in header], rows, attrs="id='folds' class='sortable'")
+
+
+MAP_METHOD_LABELS = {
+    "head": "bulk head's tile map",
+    "ridge": "ridge on mean tile embeddings, applied tile by tile (linear bulk baseline)",
+    "floor": "region mean painted on every tile (floor)",
+    "ceiling": "ridge trained on the spots (ceiling)",
+}
+
+
+def map_vs_spots_section(table: pd.DataFrame | None, block: dict[str, Any] | None) -> str:
+    """The map-versus-spots section: per held-out section and method, mean per-gene r at the
+    spots with bootstrap CIs; empty when the run has no spot truth."""
+    if table is None or block is None:
+        return ""
+
+    def cell(row: pd.Series, key: str) -> str:
+        lo, hi = row[f"ci_{key}_low"], row[f"ci_{key}_high"]
+        ci = (f" <span class='ci'>[{fmt(lo, 'r')}, {fmt(hi, 'r')}]</span>"
+              if _finite(lo) and _finite(hi) else "")
+        return f"{fmt(row[f'mean_r_{key}'], 'r') or 'n/a'}{ci}"
+
+    rows = [[esc(r["section"]), esc(MAP_METHOD_LABELS.get(r["method"], r["method"])),
+             esc(r["n_regions"]), esc(r["n_spots"]), cell(r, "top"), cell(r, "all")]
+            for _, r in table.iterrows()]
+    header = ["section", "map", "regions", "spots", f"mean r, top {block['top_n']} [95% CI]",
+              "mean r, all genes [95% CI]"]
+    diffs = "; ".join(
+        f"head minus {k}: {fmt(block[f'head_minus_{k}_top']['value'], 'r')} "
+        f"[{fmt(block[f'head_minus_{k}_top']['ci'][0], 'r')}, "
+        f"{fmt(block[f'head_minus_{k}_top']['ci'][1], 'r')}]" for k in ("floor", "ridge"))
+    share = block.get("head_share_of_ceiling_top")
+    return (f"<h2>Map versus spots</h2><p class='sub'>Each held-out section's tile maps read at "
+            f"its measured spots (the tile holding each spot centre); per gene Pearson r over "
+            f"the section's spots, averaged over genes; CIs: {block['n_boot']} bootstrap "
+            f"resamples of the spots; 'all' = mean over sections. Top {block['top_n']}, paired: "
+            f"{esc(diffs)}; head / ceiling {fmt(share, 'r') or 'n/a'}. Also in "
+            f"map_vs_spots.tsv.</p>"
+            + _table([esc(h) for h in header], rows, attrs="id='map-vs-spots'"))
 
 
 def maps_cell(gene: str, links: ReportLinks) -> str:
@@ -337,7 +417,8 @@ def _maps_note(links: ReportLinks | None) -> str:
 
 
 def render_html(data: ReportData, *, title: str | None = None, n_scatter: int = 8,
-                seed: int = 0, links: ReportLinks | None = None) -> str:
+                seed: int = 0, links: ReportLinks | None = None,
+                map_scores: pd.DataFrame | None = None) -> str:
     """Build the report page.
 
     Parameters
@@ -353,6 +434,9 @@ def render_html(data: ReportData, *, title: str | None = None, n_scatter: int = 
     links
         Heatmap, QC and viewer links (:func:`~slide2expr.report.links.find_links`); None
         for none.
+    map_scores
+        The map-versus-spots table (:mod:`slide2expr.report.map_vs_spots`), shown in its own
+        section with ``summary['map_vs_spots']``; None: no such section.
 
     Returns
     -------
@@ -404,6 +488,7 @@ def render_html(data: ReportData, *, title: str | None = None, n_scatter: int = 
 <h1>{esc(title)}</h1>
 <p class="sub">{esc(' · '.join(facts))}</p>
 <h2>Headline</h2>
+{selection_line(s)}
 {headline_table(s)}
 {counts_table(s)}
 {notes}
@@ -413,6 +498,9 @@ def render_html(data: ReportData, *, title: str | None = None, n_scatter: int = 
 {''.join(figs)}
 <h2>Per fold</h2>
 {fold_table(s)}
+{selection_section(s)}
+{uncertainty_section(s)}
+{map_vs_spots_section(map_scores, s.get('map_vs_spots'))}
 <h2>Genes</h2>
 <p class="sub">Click a column header to sort; type in the box to find genes; a gene's viewer
 link opens the slide viewer at that gene. Also in genes.tsv beside this page.{_maps_note(links)}</p>

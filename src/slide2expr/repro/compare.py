@@ -127,12 +127,16 @@ def build_compare(runs: list[RunSummary], *, benchmarks: str | Path | None = Non
             blocks += [(name, block, None) for name, block in (s.get("baselines") or {}).items()]
         walls = stage_wall_times(records, encoders=encoders, heads=heads, encoder=run.encoder,
                                  head=run.head, stages=stages) if benchmarks is not None else {}
+        maps = (s.get("map_vs_spots") or {}).get("methods") or {}
+        if maps and len(blocks) > 1:  # the floor and ceiling once, beside the baselines
+            blocks += [(f"map_{name}", {}, None) for name in ("floor", "ceiling")]
         for model, block, sig in blocks:
             rows.append({
                 "encoder": run.encoder, "head": run.head, "model": model,
                 "n_genes": s.get("n_genes"),
                 "mean_r_all": _mean(block, "all"), "mean_r_top": _mean(block, "top_mean"),
-                "mean_r_hvg": _mean(block, "hvg"), "n_significant": sig, **walls,
+                "mean_r_hvg": _mean(block, "hvg"), "n_significant": sig,
+                **_map_scores(maps, "head" if model == run.head else model), **walls,
             })
     table = pd.DataFrame(rows)
     table["n_significant"] = table["n_significant"].astype("Int64")
@@ -198,3 +202,13 @@ def write_compare(table: pd.DataFrame, tsv: str | Path, html_path: str | Path | 
         if html_path is not None:
             tmps[1].write_text(render_compare_html(table, **page), encoding="utf-8")
     log.info("wrote %s (%d rows)", tsv, len(table))
+
+
+def _map_scores(maps: dict[str, Any], model: str) -> dict[str, Any]:
+    """Map-versus-spots mean r (top genes, all genes) of a model's tile map, when the run
+    scored maps against spots (``summary['map_vs_spots']``, bulk runs on pseudo-bulk
+    regions): ``head`` (the bulk head), ``ridge``, ``map_floor``, ``map_ceiling``."""
+    if not maps:
+        return {}
+    block = maps.get(model.removeprefix("map_")) or {}
+    return {"map_r_top": block.get("mean_r_top"), "map_r_all": block.get("mean_r_all")}

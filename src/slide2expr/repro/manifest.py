@@ -348,6 +348,22 @@ def _stain_summary(collected: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def model_selection(results: str | Path) -> dict[str, Any]:
+    """What each head's folds shipped (``train.select``), from ``models/{head}/fold*/head.json``:
+    per head and fold the models compared, their inner validation scores and the winner."""
+    out: dict[str, Any] = {}
+    for meta_path in sorted(Path(results, "models").glob("*/fold*/head.json")):
+        try:
+            selection = json.loads(meta_path.read_text(encoding="utf-8")).get("selection")
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            log.warning("%s: unreadable (%s)", meta_path, exc)
+            continue
+        if selection:
+            out.setdefault(meta_path.parent.parent.name, {})[meta_path.parent.name] = {
+                k: selection.get(k) for k in ("mode", "compared", "inner_scores", "winner")}
+    return out
+
+
 def build_manifest(config: dict[str, Any], *, results: str | Path = "results",
                    end_time: dt.datetime | None = None, progress: bool = True) -> dict[str, Any]:
     """Everything needed to rerun and audit a run (see the module docstring).
@@ -402,6 +418,7 @@ def build_manifest(config: dict[str, Any], *, results: str | Path = "results",
                      "hostname": socket.gethostname()},
         "libraries": {name: _dist_version(name) for name in LIBRARIES},
         "compute": compute,
+        "models": model_selection(results),
         "config": config,
         "seeds": collect_seeds(config),
         "inputs": hash_inputs(input_files(config, known_weights=extract), progress=progress),

@@ -82,6 +82,7 @@ def _base_attrs(slide: Slide, sample_id: str, params: TilingParams) -> dict[str,
         "level0_width": int(w0),
         "level0_height": int(h0),
         "min_tissue": float(params.min_tissue),
+        **slide.provenance_attrs(),
     }
 
 

@@ -14,7 +14,8 @@ from slide2expr.contracts.tiles import write_tiles
 from slide2expr.errors import InputError
 from slide2expr.inputs.regions import check_region_inside, parse_region
 from slide2expr.inputs.samples import check_sample_id
-from slide2expr.inputs.slides import Slide, open_slide
+from slide2expr.inputs.slides import Slide, SpaceRangerImageSlide, open_slide
+from slide2expr.inputs.spaceranger import image_limits
 from slide2expr.inputs.spots import read_spot_positions
 from slide2expr.tile.grid import (
     TilingParams,
@@ -109,12 +110,17 @@ def tile_slide(
                          "give both (spot mode) or neither (grid only)")
     with open_slide(slide, sheet_mpp=sheet_mpp, default_mpp=default_mpp) as s:
         log.info("opened %s", json.dumps(s.describe()))
+        if isinstance(s, SpaceRangerImageSlide):
+            log.warning("%s: no full-resolution image; %s", sample_id,
+                        image_limits(s.spaceranger, patch_um=params.spot_diameter_um,
+                                     tile_px=params.tile_px))
         region = None if not roi else region_level0(s, roi, roi_units, sample_id=sample_id)
         tissue = compute_tissue(s, params.tissue)
         grid = grid_tiles(s, tissue, sample_id, params, region=region)
         spot_set = None
         if spots is not None:
-            table = read_spot_positions(spots, counts_path=counts)
+            table = read_spot_positions(spots, counts_path=counts,
+                                        patch_um=params.spot_diameter_um)
             if region is not None:
                 table = spots_in_region(table, region, sample_id=sample_id, source=spots)
             spot_set = spot_tiles(s, table, sample_id, params, source=str(spots))

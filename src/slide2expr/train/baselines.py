@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
 from slide2expr.train.cv import assign_folds
-from slide2expr.train.scaling import standardise
+from slide2expr.train.scaling import floored_sd, standardise
 
 log = logging.getLogger(__name__)
 
@@ -119,3 +120,55 @@ def hest_baseline(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, 
 def mean_baseline(y_train: np.ndarray, n_test: int) -> np.ndarray:
     """The training mean of each gene, for every held-out unit."""
     return np.repeat(np.asarray(y_train, dtype=np.float64).mean(axis=0)[None], n_test, axis=0)
+
+
+def ridge_network(x_train: np.ndarray, y_train: np.ndarray, *, alpha: float,
+                  blocks: Sequence[int] | None = None) -> Any:
+    """Ridge on standardised features as a linear :class:`~slide2expr.train.nets.mlp.MLPNet`
+    (``hidden: 0``), so a fold whose selection chose ridge ships it like any head.
+
+    The network standardises its input with the training mean and standard deviation (near
+    constant ones replaced by 1, as :func:`ridge_baseline`; :mod:`slide2expr.train.scaling`,
+    ``blocks`` the input blocks' widths), applies the ridge coefficients and adds the
+    intercept; its ``target_mean``/``target_std`` are 0/1. Its predictions equal
+    :func:`ridge_path`'s for the same ``alpha`` up to float32 rounding.
+
+    Returns
+    -------
+    MLPNet
+        In eval mode, with an ``hparams`` attribute (what ``head.json`` records).
+    """
+    import torch
+
+    from slide2expr.train.nets import build_net
+
+    x = np.asarray(x_train, dtype=np.float64)
+    y = np.asarray(y_train, dtype=np.float64)
+    mean, std = x.mean(axis=0), floored_sd(x.std(axis=0), blocks)
+    xs = (x - mean) / std
+    xs_mean, y_mean = xs.mean(axis=0), y.mean(axis=0)
+    u, s, vt = np.linalg.svd(xs - xs_mean, full_matrices=False)
+    coef = vt.T @ ((s / (s ** 2 + alpha))[:, None] * (u.T @ (y - y_mean)))
+    intercept = y_mean - xs_mean @ coef
+    hparams = {"in_dim": x.shape[1], "n_genes": y.shape[1], "hidden": 0, "dropout": 0.0,
+               "input_dropout": 0.0}
+    net = build_net("mlp", **hparams)
+    net.set_standardisation(feature_mean=mean, feature_std=std,
+                            target_mean=np.zeros(y.shape[1]), target_std=np.ones(y.shape[1]))
+    linear = net.net[-1]
+    with torch.no_grad():
+        linear.weight.copy_(torch.as_tensor(coef.T, dtype=torch.float32))
+        linear.bias.copy_(torch.as_tensor(intercept, dtype=torch.float32))
+    net.eval()
+    net.hparams = hparams
+    return net
+
+
+def ridge_predict(net: Any, x: np.ndarray) -> np.ndarray:
+    """Predictions (expression units) of a :func:`ridge_network` for raw features ``x``."""
+    import torch
+
+    with torch.no_grad():
+        out = net.unstandardise(net.tile_outputs(torch.as_tensor(
+            np.asarray(x, dtype=np.float32))))
+    return out.numpy()

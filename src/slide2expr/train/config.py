@@ -88,6 +88,7 @@ class TrainConfig:
     num_workers: int = 0
     augment_views: list[str] = field(default_factory=list)
     tta: bool = False
+    select: str = "auto"
 
     @classmethod
     def from_dict(cls, values: dict[str, Any] | None, *, source: str | None = None) -> TrainConfig:
@@ -104,6 +105,8 @@ class TrainConfig:
         if bad:
             raise InputError(source, f"unknown train.genes setting(s) {bad}",
                              f"use only {sorted(gene_known)}")
+        if isinstance(values.get("select"), bool):  # YAML reads a bare off/on as a boolean
+            values["select"] = "auto" if values["select"] else "off"
         config = cls(**values, genes=GeneSelection(**genes))
         config.validate(source)
         return config
@@ -156,5 +159,8 @@ class TrainConfig:
                 where = f"train.head_inputs.{head}" if head else "train.inputs"
                 fail(f"{where} is {blocks}", "start with spot and name each block once, e.g. "
                      "[spot, ctx300, ctx1000]")
+        if self.select not in ("auto", "off"):
+            fail(f"train.select is {self.select!r}", "use auto (ship the head or its ridge, "
+                 "whichever wins inner validation) or off (always the head)")
         if self.ensemble < 1:
             fail("train.ensemble must be >= 1", "set it to 1 for a single model per fold")

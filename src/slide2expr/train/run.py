@@ -12,7 +12,9 @@ Outputs (paths chosen by the caller; the workflow uses these):
   mean); ``layers['predicted']`` and ``layers['baseline_ridge' | 'baseline_hest' | 'baseline_mean']``
   out-of-fold, ``layers['predicted_sd']`` (the ensemble members' spread, ``train.ensemble``
   > 1 only), NaN where a unit's fold did not model the gene (or a unit was never held
-  out, with a ``split`` column); ``uns['slide2expr']`` = the dataset's provenance plus
+  out, with a ``split`` column); with ``train.select: auto`` ``predicted`` is the shipped
+  model's (ridge's in a fold where ridge won the inner selection,
+  :mod:`slide2expr.train.selection`) and ``layers['predicted_head']`` the head's own; ``uns['slide2expr']`` = the dataset's provenance plus
   ``train`` (settings, per-fold genes, ridge alpha, epochs, best validation r); the
   dataset's ``uns['spatial']``, ``uns['log1p']``, ``obs['library_id']`` and
   ``var['gene_ids']`` are carried over, so ``sc.pl.spatial`` draws the predictions (a
@@ -59,6 +61,13 @@ from slide2expr.train.gene_selection import column_stats, select_genes
 from slide2expr.train.heads import HEADS, MONITOR, build_head
 from slide2expr.train.plausible import RangeCheck, plausible_bounds
 from slide2expr.train.scaling import block_widths, near_constant
+from slide2expr.train.selection import (
+    RIDGE,
+    Selection,
+    inner_score,
+    ridge_on_split,
+    shipped_summary,
+)
 from slide2expr.train.trained import save_head
 from slide2expr.train.views import ViewRows, view_rows
 
@@ -184,10 +193,15 @@ class FoldResult:
     baselines: dict[str, np.ndarray]
     info: dict[str, Any]
     train_mean: np.ndarray
-    #: Standard deviation (``ddof=0``) of the ensemble members' predictions; None with one.
+    #: Standard deviation (``ddof=0``) of the ensemble members' predictions; None with one
+    #: (or when ridge won the fold's selection).
     predicted_sd: np.ndarray | None = None
     #: Per-gene plausible range of a prediction (:mod:`slide2expr.train.plausible`).
     plausible: tuple[np.ndarray, np.ndarray] | None = None
+    #: The head's own held-out predictions (``predicted`` is ridge's when ridge won).
+    head_predicted: np.ndarray | None = None
+    #: What the fold shipped: the head's name or ``ridge`` (:mod:`slide2expr.train.selection`).
+    winner: str = ""
 
 
 def configure_determinism(seed: int) -> None:
@@ -240,6 +254,7 @@ def fit_member(head: str, hparams: dict, data: Any, *, config: TrainConfig, seed
             module.load_state_dict(ckpt["state_dict"])
             best_epoch = int(ckpt.get("epoch", best_epoch))
         epochs = int(trainer.current_epoch)
+        val_predicted = _predict_validation(trainer, module, data)
         if refit_idx is not None:
             # Same settings, all training-fold units, as many epochs as the best inner model.
             configure_determinism(seed)
@@ -261,10 +276,24 @@ def fit_member(head: str, hparams: dict, data: Any, *, config: TrainConfig, seed
         module.eval()
         predicted = torch.cat(trainer.predict(module, datamodule=data)).float().cpu().numpy()
     best = checkpoint.best_model_score
-    return {"module": module.cpu(), "predicted": predicted, "epochs": epochs,
+    return {"module": module.cpu(), "predicted": predicted, "val_predicted": val_predicted,
+            "epochs": epochs,
             "best_epoch": best_epoch, "best_val_pearson": None if best is None else float(best),
             "seconds": round(seconds, 2),
             "hparams": {k: v for k, v in hparams.items() if k in module.hparams}}
+
+
+def _predict_validation(trainer: Any, module: Any, data: Any) -> np.ndarray | None:
+    """The best inner checkpoint's predictions (expression units) on the inner validation
+    units, for model selection; None when there are none."""
+    import torch
+
+    if len(data.val_idx) == 0:
+        return None
+    module.eval()
+    out = trainer.predict(module, dataloaders=data.val_dataloader())
+    module.train()
+    return torch.cat(out).float().cpu().numpy()
 
 
 def _fit_bases(module: Any, data: Any) -> None:
@@ -327,7 +356,8 @@ def train_fold(*, head: str, config: TrainConfig, source: SpotFeatures | BagFeat
         members.append(fit_member(head, hparams, data, config=config, seed=seed,
                                   out_dir=member_dir,
                                   refit_idx=rows(train_idx) if config.refit else None))
-        meta = {
+        members[-1]["dir"] = member_dir
+        members[-1]["meta"] = {
             "head": head, "hparams": members[-1]["hparams"], "genes": gene_names, "fold": k,
             "member": m, "mode": source.kind, "encoder": provenance.get("encoder"),
             "supertiles": config.supertiles, "seed": seed, "inputs": input_names,
@@ -337,7 +367,14 @@ def train_fold(*, head: str, config: TrainConfig, source: SpotFeatures | BagFeat
             "train_units": len(train_idx) if config.refit else len(inner_train),
             "val_units": len(inner_val),
         }
-        save_head(members[-1]["module"], member_dir, meta=meta)
+    inner_all = np.empty(len(groups), dtype=object)
+    inner_all[train_idx] = inner
+    selection = select_model(head, config, members, fit_source, y_fit, y,
+                             splits=[(train_idx[~v], train_idx[v]) for v in val_masks],
+                             inner_all=inner_all, rows=rows)
+    for mem in members:
+        save_head(mem["module"], mem["dir"], meta={**mem["meta"],
+                                                   "selection": selection.record()})
     stacked = np.stack([mem["predicted"] for mem in members])
     if views is not None:  # each member's mean over the clean and TTA rows of a held-out unit
         stacked = np.stack([views.average(p, len(test_idx)) for p in stacked])
@@ -355,11 +392,10 @@ def train_fold(*, head: str, config: TrainConfig, source: SpotFeatures | BagFeat
         "tta_views": list(views.tta_views) if views is not None else [],
         "near_constant_features": int(near_constant(
             fit_source.moments(rows(train_idx))[1], block_widths(fit_source)).sum()),
+        "selection": selection.record(),
     }
 
     # ridge's alpha is chosen with the same inner grouping as early stopping
-    inner_all = np.empty(len(groups), dtype=object)
-    inner_all[train_idx] = inner
     out_baselines = fit_baselines(config, fit_source, y_fit, train_idx=rows(train_idx),
                                   test_idx=test_rows,
                                   groups=inner_all if views is None else views.tile(inner_all),
@@ -367,10 +403,76 @@ def train_fold(*, head: str, config: TrainConfig, source: SpotFeatures | BagFeat
     if views is not None:
         out_baselines = {n: views.average(p, len(test_idx)).astype(np.float32)
                          for n, p in out_baselines.items()}
+    head_predicted = predicted
+    if selection.winner == RIDGE:
+        ridge_pred, ridge_fit = ship_ridge(config, fit_source, y_fit, train_idx=rows(train_idx),
+                                           test_idx=test_rows, alpha=info.get("ridge_alpha"),
+                                           groups=inner_all if views is None
+                                           else views.tile(inner_all),
+                                           fold_dir=fold_dir, meta=members[0]["meta"],
+                                           selection=selection)
+        predicted = ridge_pred if views is None else views.average(ridge_pred, len(test_idx))
+        predicted = predicted.astype(np.float32)
+        predicted_sd = None  # ridge is one model: no members' spread to ship
+        info["ridge_model"] = ridge_fit
     return FoldResult(fold=k, genes=genes, test_idx=test_idx, predicted=predicted,
                       baselines=out_baselines, info=info,
                       train_mean=y[train_idx].astype(np.float64).mean(axis=0),
-                      predicted_sd=predicted_sd, plausible=plausible_bounds(y[train_idx]))
+                      predicted_sd=predicted_sd, head_predicted=head_predicted,
+                      winner=selection.winner, plausible=plausible_bounds(y[train_idx]))
+
+
+def select_model(head: str, config: TrainConfig, members: list[dict[str, Any]],
+                 source: SpotFeatures | BagFeatures, y_fit: np.ndarray, y: np.ndarray, *,
+                 splits: list[tuple[np.ndarray, np.ndarray]], inner_all: np.ndarray,
+                 rows: Any) -> Selection:
+    """Score the head (each member's best inner checkpoint) and ridge on the same inputs on
+    every member's inner validation units (:mod:`slide2expr.train.selection`).
+
+    Only training-fold units are read: ``splits`` are the members' (inner training,
+    inner validation) unit indices, all inside the fold's training units.
+    """
+    selection = Selection(head=head, mode=config.select)
+    if config.select == "off":
+        return selection
+    for mem, (inner_train, inner_val) in zip(members, splits, strict=True):
+        if mem.get("val_predicted") is None or len(inner_val) == 0:
+            continue
+        groups_val = inner_all[inner_val]
+        selection.head_scores.append(inner_score(mem["val_predicted"], y[inner_val],
+                                                 groups_val))
+        tr = rows(inner_train)
+        score, alpha = ridge_on_split(source.pooled(tr), y_fit[tr], source.pooled(inner_val),
+                                      y[inner_val], groups_val, alphas=config.ridge_alphas,
+                                      blocks=block_widths(source))
+        selection.ridge_scores.append(score)
+        selection.ridge_alphas.append(alpha)
+    log.info("selection (%s): inner score %s %.4f, ridge %.4f -> %s", config.select, head,
+             selection.head_score, selection.ridge_score, selection.winner)
+    return selection
+
+
+def ship_ridge(config: TrainConfig, source: SpotFeatures | BagFeatures, y: np.ndarray, *,
+               train_idx: np.ndarray, test_idx: np.ndarray, alpha: float | None,
+               groups: np.ndarray, fold_dir: Path, meta: dict[str, Any], selection: Selection
+               ) -> tuple[np.ndarray, dict[str, Any]]:
+    """Ridge won the fold's selection: fit it on the whole training fold (the ridge
+    baseline's alpha), save it as a linear network in ``fold_dir/ridge/`` (what
+    :func:`~slide2expr.train.trained.load_trained_head` loads for this fold), and return its
+    held-out predictions and a record of it."""
+    x_train = source.pooled(train_idx)
+    if alpha is None:  # ridge not among the baselines: choose alpha as the baseline would
+        alpha, _ = baselines.choose_alpha(x_train, y[train_idx], groups[train_idx],
+                                          config.ridge_alphas, seed=config.seed,
+                                          blocks=block_widths(source))
+    net = baselines.ridge_network(x_train, y[train_idx], alpha=float(alpha),
+                                  blocks=block_widths(source))
+    ridge_meta = {**meta, "head": "mlp", "hparams": net.hparams, "member": 0,
+                  "selection": selection.record(), "model": RIDGE, "ridge_alpha": float(alpha),
+                  "epochs": 0, "best_epoch": 0, "best_val_pearson": None}
+    save_head(net, fold_dir / RIDGE, meta=ridge_meta)
+    predicted = baselines.ridge_predict(net, source.pooled(test_idx))
+    return predicted, {"alpha": float(alpha), "dir": RIDGE}
 
 
 def fit_baselines(config: TrainConfig, source: SpotFeatures | BagFeatures, y: np.ndarray, *,
@@ -531,6 +633,8 @@ def assemble_predictions(adata: Any, results: list[FoldResult], *, fold: np.ndar
         layers[BASELINE_LAYERS[name]] = np.full((n, len(union)), np.nan, dtype=np.float32)
     if any(r.predicted_sd is not None for r in results):
         layers[Key.PREDICTED_SD] = np.full((n, len(union)), np.nan, dtype=np.float32)
+    if config.select != "off":
+        layers[Key.PREDICTED_HEAD] = np.full((n, len(union)), np.nan, dtype=np.float32)
     n_folds = np.zeros(len(union), dtype=np.int64)
     train_mean = np.zeros(len(union))
     check = RangeCheck(genes=[str(g) for g in np.asarray(adata.var_names)[union]])
@@ -542,6 +646,8 @@ def assemble_predictions(adata: Any, results: list[FoldResult], *, fold: np.ndar
         layers[Key.PREDICTED][rows, cols[None, :]] = r.predicted
         if r.predicted_sd is not None:
             layers[Key.PREDICTED_SD][rows, cols[None, :]] = r.predicted_sd
+        if Key.PREDICTED_HEAD in layers and r.head_predicted is not None:
+            layers[Key.PREDICTED_HEAD][rows, cols[None, :]] = r.head_predicted
         for name, pred in r.baselines.items():
             layers[BASELINE_LAYERS[name]][rows, cols[None, :]] = pred
         if r.plausible is not None:
@@ -566,6 +672,8 @@ def assemble_predictions(adata: Any, results: list[FoldResult], *, fold: np.ndar
         "inner_grouping": sorted({str(r.info["inner_grouping"]) for r in results
                                   if "inner_grouping" in r.info}),
         "folds": {f"fold{r.fold}": r.info for r in results},
+        "selection": shipped_summary({f"fold{r.fold}": r.info["selection"] for r in results
+                                      if "selection" in r.info}, head),
         "held_out_units": int((fold != NOT_HELD_OUT).sum()),
         "range_check": check.record(),
     })

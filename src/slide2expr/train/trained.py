@@ -20,6 +20,7 @@ from slide2expr.contracts.models import CONTRACT, META, VERSION, WEIGHTS, held_o
 from slide2expr.errors import InputError
 from slide2expr.train.features import make_supertiles
 from slide2expr.train.nets import HeadNet, build_net
+from slide2expr.train.selection import RIDGE
 
 
 def save_head(module: torch.nn.Module, fold_dir: str | Path, *, meta: dict) -> None:
@@ -272,8 +273,7 @@ def load_trained_head(model_dir: str | Path, *, fold: int | None = None,
             fold_dirs = [p for p in fold_dirs if _fold_number(p) == fold]
             if not fold_dirs:
                 raise InputError(model_dir, f"has no fold{fold}", "pick an existing fold")
-    member_dirs = [m for p in fold_dirs for m in (p, *sorted(p.glob("member*")))
-                   if (m / META).is_file()]
+    member_dirs = [m for p in fold_dirs for m in _shipped_dirs(p) if (m / META).is_file()]
     if not member_dirs:
         raise InputError(fold_dirs[0], f"has no {META}", RETRAIN)
     loaded = [load_fold_head(p) for p in member_dirs]
@@ -289,6 +289,14 @@ def load_trained_head(model_dir: str | Path, *, fold: int | None = None,
     first = loaded[0][1]
     return TrainedHead(genes=genes, head=first["head"], kind=loaded[0][0].kind, meta=first,
                        members=members, member_columns=columns)
+
+
+def _shipped_dirs(fold_dir: Path) -> list[Path]:
+    """The model directories a fold ships: ``ridge/`` when ridge won the fold's inner
+    selection (``train.select``), else the head's members (``fold_dir`` and ``member*/``)."""
+    if (fold_dir / RIDGE / META).is_file():
+        return [fold_dir / RIDGE]
+    return [fold_dir, *sorted(fold_dir.glob("member*"))]
 
 
 def _fold_number(path: Path) -> int:

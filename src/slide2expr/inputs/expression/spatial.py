@@ -38,6 +38,7 @@ def read_spot_counts(
     *,
     values: str = "counts",
     gene_map: str | Path | None = None,
+    patch_um: float | None = None,
 ) -> ExpressionTable:
     """Read the spot counts of one section.
 
@@ -49,6 +50,10 @@ def read_spot_counts(
         Declared value type (``counts`` for spatial data; ``log`` allows negatives).
     gene_map
         Optional mapping file (ID -> symbol) applied to the gene names.
+    patch_um
+        The patch edge (``tiling.spot_diameter_um``). For a Visium HD bin folder the bins'
+        counts are summed into spots of this size, named as
+        :func:`slide2expr.inputs.spots.read_spot_positions` names them; ``None``: bins.
 
     Returns
     -------
@@ -64,6 +69,7 @@ def read_spot_counts(
     path = Path(counts_path)
     if not path.exists():
         raise InputError(path, "counts file not found", "check the `counts` column of the sample sheet")
+    hd_folder = path
     if path.is_dir():
         path = find_spaceranger_matrix(path)
     suffix = file_suffix(path)
@@ -76,6 +82,7 @@ def read_spot_counts(
         table = ExpressionTable(sparse.csr_matrix(frame.to_numpy()), frame.index, frame.columns,
                                 str(path))
     check_values(table.matrix, source=path, values=values, ids=table.ids)
+    table = _hd_blocks(table, hd_folder, patch_um)
     mapping = None
     if gene_map is not None and str(gene_map) != "":
         if not Path(gene_map).is_file():
@@ -83,6 +90,20 @@ def read_spot_counts(
                              "mapping file, not a column name)", "fix join.gene_map")
         mapping = read_gene_map(gene_map)
     return rename_genes(table, mapping=mapping)
+
+
+def _hd_blocks(table: ExpressionTable, folder: Path, patch_um: float | None) -> ExpressionTable:
+    """Visium HD bins summed into spots of ``patch_um`` (unchanged for other layouts)."""
+    from slide2expr.inputs.spaceranger import bin_size_um, block_bins, block_edge, sum_into_blocks
+    from slide2expr.inputs.spots import read_spaceranger_frame
+
+    bin_um = bin_size_um(folder) if patch_um else None
+    if bin_um is None or block_edge(bin_um, float(patch_um)) < 2:
+        return table
+    frame = read_spaceranger_frame(folder if folder.is_dir() else folder.parent)
+    _, names = block_bins(frame, bin_um=bin_um, patch_um=float(patch_um), keep=table.ids)
+    matrix, blocks = sum_into_blocks(sparse.csr_matrix(table.matrix), table.ids, names)
+    return ExpressionTable(matrix, blocks, table.genes, table.source, table.gene_ids)
 
 
 def read_10x_h5(path: str | Path) -> ExpressionTable:

@@ -1,0 +1,190 @@
+"""The her2st bulk benchmark's tables and figure, from a finished run of
+``config/benchmarks/her2st_bulk.yaml``.
+
+    python benchmarks/her2st_bulk.py RESULTS_DIR [--figure docs/her2st-bulk-maps.png]
+        [--section C3] [--genes ERBB2 CD74]
+
+Prints (markdown) the region-level table (mean r over held-out regions, each head and ridge,
+with the report's bootstrap CIs) and the map-versus-spots table (per section and pooled, each
+head's map, ridge applied tile by tile, the region-mean floor and the spot-trained ridge
+ceiling) from ``report/{head}/summary.json`` and ``map_vs_spots.tsv``. With ``--figure``, draws
+for two genes of one held-out section the measured spots, the bulk-trained head's tile map
+and the spot-trained ridge's tile map (the ceiling of the score) side by side.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+
+def region_table(results: Path, heads: list[str]) -> str:
+    """Held-out region r of each head and of ridge on mean tile embeddings."""
+    lines = ["| model | regions | mean r top 50 [95% CI] | mean r all genes [95% CI] |",
+             "| --- | --- | --- | --- |"]
+
+    def cell(block: dict) -> str:
+        lo, hi = block.get("mean_r_ci95") or [None, None]
+        ci = f" [{lo:.3f}, {hi:.3f}]" if lo is not None and hi is not None else ""
+        return f"{block['mean_r']:.3f}{ci}" if block.get("mean_r") is not None else "n/a"
+
+    ridge_done = False
+    for head in heads:
+        summary = json.loads((results / "report" / head / "summary.json").read_text())
+        rows = [(head, summary["model"])]
+        if not ridge_done and "ridge" in summary.get("baselines", {}):
+            rows.append(("ridge on mean tile embeddings", summary["baselines"]["ridge"]))
+            ridge_done = True
+        for name, block in rows:
+            lines.append(f"| {name} | {summary['n_units']} | {cell(block['top_mean'])} | "
+                         f"{cell(block['all'])} |")
+    return "\n".join(lines)
+
+
+def map_table(results: Path, heads: list[str]) -> str:
+    """Map versus spots per section: each head, then ridge, floor and ceiling (from the first
+    head's report; they do not depend on the head)."""
+    tables = {h: pd.read_csv(results / "report" / h / "map_vs_spots.tsv", sep="\t")
+              for h in heads}
+    first = tables[heads[0]]
+    sections = list(dict.fromkeys(first["section"]))
+    columns = [*heads, "ridge", "floor", "ceiling"]
+    lines = ["| section | spots | " + " | ".join(columns) + " |",
+             "| --- | --- | " + " | ".join("---" for _ in columns) + " |"]
+
+    def cell(frame: pd.DataFrame, section: str, method: str) -> str:
+        row = frame[(frame["section"] == section) & (frame["method"] == method)].iloc[0]
+        return (f"{row['mean_r_top']:.3f} [{row['ci_top_low']:.3f}, {row['ci_top_high']:.3f}]"
+                f" / {row['mean_r_all']:.3f}")
+
+    for section in sections:
+        n = int(first[(first["section"] == section)]["n_spots"].iloc[0])
+        cells = [cell(tables[h], section, "head") for h in heads]
+        cells += [cell(first, section, m) for m in ("ridge", "floor", "ceiling")]
+        lines.append(f"| {section} | {n} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def paired(results: Path, heads: list[str]) -> str:
+    lines = []
+    for head in heads:
+        block = json.loads((results / "report" / head / "summary.json").read_text())
+        m = block["map_vs_spots"]
+        parts = [f"{head}: head - floor {m['head_minus_floor_top']['value']:.3f} "
+                 f"{m['head_minus_floor_top']['ci']}",
+                 f"head - ridge {m['head_minus_ridge_top']['value']:.3f} "
+                 f"{m['head_minus_ridge_top']['ci']}",
+                 f"head / ceiling {m['head_share_of_ceiling_top']}"]
+        lines.append("; ".join(parts))
+    return "\n".join(lines)
+
+
+def figure(results: Path, head: str, section: str, genes: list[str], out: Path) -> None:
+    """Measured spots | bulk-trained head map | spot-trained ridge map, for two genes."""
+    import anndata as ad
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.collections import PatchCollection
+    from matplotlib.patches import Rectangle
+
+    from slide2expr.keys import NOT_HELD_OUT, Key
+    from slide2expr.report.map_vs_spots import (
+        _read_region,
+        _section_spots,
+        _training_spots,
+    )
+    from slide2expr.train.baselines import ridge_baseline
+    from slide2expr.train.trained import load_trained_head
+
+    adata = ad.read_h5ad(results / "predictions" / f"{head}.h5ad")
+    obs = adata.obs
+    all_genes = [str(g) for g in adata.var_names]
+    measured = np.asarray(adata.X, dtype=np.float64)
+    folds = obs[Key.FOLD].astype(int).to_numpy()
+    sections = obs["section"].astype(str).to_numpy()
+    ids = obs[Key.SAMPLE_ID].astype(str).to_numpy()
+    regions = {sid: _read_region(obs.iloc[i], measured[i], int(folds[i]))
+               for i, sid in enumerate(ids)}
+    spot_rows, by_section = [], {}
+    for name in dict.fromkeys(sections):
+        members = np.flatnonzero(sections == name)
+        regs = [regions[ids[i]] for i in members]
+        spots = _section_spots(obs.iloc[members[0]], regs, all_genes)
+        by_section[name] = (members, regs, spots)
+        for k, region in enumerate(regs):
+            take = spots.region == k
+            spot_rows.append((region.fold, name, region.features[spots.tile[take]],
+                              spots.truth[take]))
+    members, regs, spots = by_section[section]
+    fold = regs[0].fold
+    assert fold != NOT_HELD_OUT
+    model = load_trained_head(results / "models" / head, fold=fold)
+    x_tr, y_tr, g_tr = _training_spots(spot_rows, fold)
+    tiles = np.concatenate([r.features for r in regs])
+    coords = np.concatenate([r.coords for r in regs])
+    size0 = regs[0].size0
+    columns = [all_genes.index(g) for g in genes]
+    head_map = np.asarray(model.predict_tiles(tiles))[:, [list(model.genes).index(g)
+                                                         for g in genes]]
+    ceiling_map, _ = ridge_baseline(x_tr, y_tr[:, columns], tiles, g_tr,
+                                    alphas=(1e1, 1e2, 1e3, 1e4, 1e5, 1e6), seed=0)
+    spot_xy = np.concatenate([r.coords[spots.tile[spots.region == k]] + size0 / 2
+                              for k, r in enumerate(regs)])
+    truth = np.concatenate([spots.truth[spots.region == k] for k in range(len(regs))])[:, columns]
+    fig, axes = plt.subplots(len(genes), 3, figsize=(12, 4 * len(genes)), squeeze=False)
+    for row, gene in enumerate(genes):
+        panels = [("measured spots", None, truth[:, row]),
+                  (f"{head} (bulk-trained) tile map", head_map[:, row], None),
+                  ("ridge trained on spots, tile map", ceiling_map[:, row], None)]
+        for ax, (title, tile_values, spot_values) in zip(axes[row], panels, strict=True):
+            if tile_values is not None:
+                patches = [Rectangle((x, y), size0, size0) for x, y in coords]
+                col = PatchCollection(patches, cmap="inferno")
+                col.set_array(tile_values)
+                ax.add_collection(col)
+                fig.colorbar(col, ax=ax, shrink=0.7)
+            else:
+                sc = ax.scatter(spot_xy[:, 0], spot_xy[:, 1], c=spot_values, cmap="inferno",
+                                s=40)
+                fig.colorbar(sc, ax=ax, shrink=0.7)
+            for r in regs:
+                x0, y0 = r.coords.min(axis=0)
+                x1, y1 = r.coords.max(axis=0) + size0
+                ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, lw=0.5,
+                                       ec="0.6"))
+            ax.set_xlim(coords[:, 0].min(), coords[:, 0].max() + size0)
+            ax.set_ylim(coords[:, 1].max() + size0, coords[:, 1].min())
+            ax.set_aspect("equal")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_title(f"{section} {gene}: {title}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out, dpi=90)
+    print(f"wrote {out}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("results", type=Path)
+    parser.add_argument("--heads", nargs="+", default=["he2rna", "abmil"])
+    parser.add_argument("--figure", type=Path)
+    parser.add_argument("--section", default="C3")
+    parser.add_argument("--genes", nargs=2, default=["ERBB2", "CD74"])
+    args = parser.parse_args()
+    print(region_table(args.results, args.heads))
+    print()
+    print(map_table(args.results, args.heads))
+    print()
+    print(paired(args.results, args.heads))
+    if args.figure:
+        figure(args.results, args.heads[0], args.section, args.genes, args.figure)
+
+
+if __name__ == "__main__":
+    main()

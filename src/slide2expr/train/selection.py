@@ -1,0 +1,160 @@
+"""Model selection inside a training fold: the head or its ridge baseline (``train.select``).
+
+Within each outer fold the head and ridge regression on the same input matrix are scored on
+the same inner validation units (the ensemble members' validation groups: patients, or
+sections when the fold holds one patient), and the better one is shipped as the fold's model.
+The outer fold's held-out units are never read: the head's score comes from its best inner
+checkpoint's predictions on its validation units, ridge's from a fit on the same member's
+inner training units. Each side tunes one setting on those validation units (the head its
+epoch by early stopping, ridge its alpha from ``train.ridge_alphas``), so neither score is
+more optimistic than the other by construction.
+
+The score is the mean per-gene Pearson r within each validation group (every gene the fold
+models), averaged over the groups of every member's validation split: the report's headline
+metric (per held-out unit) on inner data. Groups of fewer than :data:`MIN_GROUP_UNITS` units
+(bulk mode: one slide a patient) are pooled per member instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from slide2expr.train.baselines import pearson_columns, ridge_path
+from slide2expr.train.scaling import standardise
+
+#: ``train.select`` values: ``auto`` ships the winner, ``off`` always ships the head.
+SELECT_MODES = ("auto", "off")
+#: Name of the ridge candidate in the selection's records.
+RIDGE = "ridge"
+#: A validation group needs this many units for its own Pearson r; smaller ones are pooled.
+MIN_GROUP_UNITS = 3
+#: What the recorded score means (provenance, head.json, report).
+METRIC = ("mean per-gene Pearson r within each inner validation group, averaged over the "
+          "groups of every ensemble member's validation split")
+
+
+def inner_score(predicted: np.ndarray, observed: np.ndarray, groups: np.ndarray) -> float:
+    """Mean over validation groups of the mean per-gene Pearson r within each group.
+
+    Parameters
+    ----------
+    predicted, observed
+        ``(n, G)`` predictions and targets of one member's validation units.
+    groups
+        ``(n,)`` the units' inner groups (patients or sections).
+
+    Returns
+    -------
+    float
+        NaN when no gene varies (no r is defined). Groups smaller than
+        :data:`MIN_GROUP_UNITS` are scored together as one pooled group.
+    """
+    groups = np.asarray(groups).astype(str)
+    sizes = {g: int((groups == g).sum()) for g in np.unique(groups)}
+    big = [g for g, n in sizes.items() if n >= MIN_GROUP_UNITS]
+    parts = [groups == g for g in big]
+    small = ~np.isin(groups, big)
+    if small.sum() >= MIN_GROUP_UNITS or not parts:
+        parts.append(small if parts else np.ones(len(groups), dtype=bool))
+    scores = []
+    for mask in parts:
+        r = pearson_columns(np.asarray(predicted[mask], dtype=np.float64),
+                            np.asarray(observed[mask], dtype=np.float64))
+        if np.isfinite(r).any():
+            scores.append(float(np.nanmean(r)))
+    return float(np.mean(scores)) if scores else float("nan")
+
+
+def ridge_on_split(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray,
+                   y_val: np.ndarray, groups_val: np.ndarray, *,
+                   alphas: Sequence[float],
+                   blocks: Sequence[int] | None = None) -> tuple[float, float]:
+    """Ridge fitted on one member's inner training units, scored on its validation units
+    (``blocks``: the input blocks' widths, for the SD floor of :mod:`slide2expr.train.scaling`).
+
+    Returns
+    -------
+    tuple of (float, float)
+        The best score over ``alphas`` (:func:`inner_score`) and its alpha.
+    """
+    xs_tr, xs_val = standardise(np.asarray(x_train, dtype=np.float64),
+                                np.asarray(x_val, dtype=np.float64), blocks=blocks)
+    path = ridge_path(xs_tr, y_train, xs_val, alphas)
+    scores = np.array([inner_score(p, y_val, groups_val) for p in path])
+    if not np.isfinite(scores).any():
+        return float("nan"), float(alphas[len(alphas) // 2])
+    best = int(np.nanargmax(scores))
+    return float(scores[best]), float(alphas[best])
+
+
+@dataclass
+class Selection:
+    """The outcome of one fold's selection (recorded in the predictions and ``head.json``)."""
+
+    head: str
+    mode: str
+    head_scores: list[float] = field(default_factory=list)
+    ridge_scores: list[float] = field(default_factory=list)
+    ridge_alphas: list[float] = field(default_factory=list)
+
+    @property
+    def head_score(self) -> float:
+        """Mean of the members' head scores (NaN members skipped)."""
+        return _mean(self.head_scores)
+
+    @property
+    def ridge_score(self) -> float:
+        """Mean of the members' ridge scores (NaN members skipped)."""
+        return _mean(self.ridge_scores)
+
+    @property
+    def winner(self) -> str:
+        """``ridge`` when selection is on and ridge scored strictly higher; else the head."""
+        if self.mode != "auto" or not self.ridge_scores:
+            return self.head
+        head, ridge = self.head_score, self.ridge_score
+        if np.isnan(ridge):
+            return self.head
+        return RIDGE if np.isnan(head) or ridge > head else self.head
+
+    def record(self) -> dict[str, Any]:
+        """A JSON-ready summary: what was compared, the inner scores, what won."""
+        return {
+            "mode": self.mode, "compared": [self.head, RIDGE] if self.ridge_scores else
+            [self.head], "metric": METRIC,
+            "inner_scores": {self.head: _round(self.head_score),
+                             RIDGE: _round(self.ridge_score) if self.ridge_scores else None},
+            "member_scores": {self.head: [_round(s) for s in self.head_scores],
+                              RIDGE: [_round(s) for s in self.ridge_scores]},
+            "ridge_alphas": self.ridge_alphas, "winner": self.winner,
+        }
+
+
+def _mean(values: list[float]) -> float:
+    finite = [v for v in values if np.isfinite(v)]
+    return float(np.mean(finite)) if finite else float("nan")
+
+
+def _round(value: float) -> float | None:
+    return None if not np.isfinite(value) else round(float(value), 6)
+
+
+def shipped_summary(records: dict[str, dict[str, Any]], head: str) -> dict[str, Any]:
+    """The run-level summary of the folds' selections: which model each fold shipped.
+
+    Returns
+    -------
+    dict
+        ``shipped`` (``head``, ``ridge`` or ``mixed``), ``winners`` per fold, and
+        ``ridge_folds`` (the folds where ridge won).
+    """
+    winners = {fold: rec["winner"] for fold, rec in records.items()}
+    distinct = sorted(set(winners.values()))
+    shipped = distinct[0] if len(distinct) == 1 else "mixed"
+    return {"shipped": shipped if winners else head, "winners": winners,
+            "ridge_folds": sorted(f for f, w in winners.items() if w == RIDGE),
+            "mode": next(iter(records.values()))["mode"] if records else "off"}

@@ -1,0 +1,210 @@
+"""train.select: the head or its ridge, chosen on inner validation only, and shipped."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from test_train import planted_dataset
+
+import slide2expr.train.run as train_run
+from slide2expr.train.baselines import (
+    pearson_columns,
+    ridge_network,
+    ridge_path,
+    ridge_predict,
+)
+from slide2expr.train.config import TrainConfig
+from slide2expr.train.scaling import standardise
+from slide2expr.train.selection import Selection, inner_score
+from slide2expr.train.trained import load_trained_head
+
+QUICK = {"folds": 4, "max_epochs": 3, "min_epochs": 1, "hidden": 16, "patience": 3,
+         "batch_size": 32, "baselines": ["ridge", "mean"]}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    torch.set_num_threads(1)
+
+
+def _train(adata, tmp_path: Path, name: str, **settings):
+    config = TrainConfig.from_dict({**QUICK, **settings})
+    models = tmp_path / name / "models" / "mlp"
+    out = train_run.run_training(adata, head="mlp", config=config, models_dir=models,
+                                 predictions_path=tmp_path / name / "mlp.h5ad")
+    return out, models
+
+
+def _garble_patient(adata, patient: str, seed: int = 1):
+    """A copy whose ``patient`` units have shifted features and scrambled, shifted targets."""
+    rng = np.random.default_rng(seed)
+    out = adata.copy()
+    rows = np.flatnonzero((out.obs["patient"] == patient).to_numpy())
+    out.obsm["X_toy"][rows] = out.obsm["X_toy"][rows] * -3.0 + 5.0
+    x = np.asarray(out.X)
+    x[rows] = x[rng.permutation(rows)][:, ::-1] + 3.0
+    out.X = x
+    out.layers["counts"][rows] = np.round(np.expm1(x[rows]) * 10)
+    return out
+
+
+def _fold_of(out, patient: str) -> str:
+    return f"fold{int(out.obs.loc[out.obs['patient'] == patient, 'fold'].iloc[0])}"
+
+
+def _selection_of_fold(adata, tmp_path, name, patient="p0", **settings) -> dict:
+    """The selection record (head.json) of the fold that holds ``patient`` out."""
+    out, models = _train(adata, tmp_path, name, **settings)
+    return json.loads((models / _fold_of(out, patient) / "head.json").read_text())["selection"]
+
+
+def _leaky_select_model(head, config, members, source, y_fit, y, *, splits, inner_all, rows):
+    """A deliberately wrong selection that scores the head on the held-out units too."""
+    selection = _honest_select_model(head, config, members, source, y_fit, y, splits=splits,
+                                     inner_all=inner_all, rows=rows)
+    test = np.setdiff1d(np.arange(len(y)), np.union1d(*splits[0]))  # the held-out units
+    for mem in members:
+        selection.head_scores.append(inner_score(mem["predicted"], y[test],
+                                                 np.zeros(len(test))))
+    return selection
+
+
+_honest_select_model = train_run.select_model
+
+
+def test_selection_never_reads_the_held_out_units(tmp_path, monkeypatch):
+    """Garbling the held-out patient (features shifted, targets scrambled) changes nothing in
+    the selection of the fold that holds it out: not the inner scores, not the winner."""
+    adata = planted_dataset(n_patients=4, per_patient=15, n_signal=3, n_noise=2)
+    garbled = _garble_patient(adata, "p0")
+    clean = _selection_of_fold(adata, tmp_path, "clean", ensemble=2)
+    shifted = _selection_of_fold(garbled, tmp_path, "garbled", ensemble=2)
+    assert clean["inner_scores"]["mlp"] is not None and clean["inner_scores"]["ridge"] is not None
+    assert len(clean["member_scores"]["mlp"]) == 2
+    assert shifted == clean
+    # The control: a selection that did look at the held-out units would see the garbling,
+    # so the comparison above can fail.
+    monkeypatch.setattr(train_run, "select_model", _leaky_select_model)
+    leaky_clean = _selection_of_fold(adata, tmp_path, "leaky_clean", ensemble=2)
+    leaky_shifted = _selection_of_fold(garbled, tmp_path, "leaky_garbled", ensemble=2)
+    assert leaky_shifted["inner_scores"] != leaky_clean["inner_scores"]
+
+
+def test_ridge_ships_when_it_wins_inner_validation(tmp_path):
+    """A head that cannot learn (lr 1e-7) loses to ridge on linear signal: every fold ships
+    ridge, predictions equal the ridge baseline's, the saved model reproduces them, and the
+    head's own predictions stay in layers['predicted_head']."""
+    adata = planted_dataset(n_patients=4, per_patient=25, n_signal=3, n_noise=1)
+    out, models = _train(adata, tmp_path, "weak", lr=1e-7)
+    summary = out.uns["slide2expr"]["train"]["selection"]
+    assert summary["shipped"] == "ridge" and len(summary["ridge_folds"]) == 4
+    np.testing.assert_allclose(out.layers["predicted"], out.layers["baseline_ridge"],
+                               rtol=1e-4, atol=1e-4)
+    assert not np.allclose(out.layers["predicted_head"], out.layers["predicted"], atol=1e-3)
+    for k in range(4):
+        meta = json.loads((models / f"fold{k}" / "head.json").read_text())
+        sel = meta["selection"]
+        assert sel["winner"] == "ridge" and sel["compared"] == ["mlp", "ridge"]
+        assert sel["inner_scores"]["ridge"] > sel["inner_scores"]["mlp"]
+        rows = (out.obs["fold"] == k).to_numpy()
+        shipped = load_trained_head(models, fold=k)
+        np.testing.assert_allclose(shipped.predict_tiles(adata.obsm["X_toy"][rows]),
+                                   out.layers["predicted"][rows], rtol=1e-4, atol=1e-4)
+
+
+def test_select_off_always_ships_the_head(tmp_path):
+    adata = planted_dataset(n_patients=4, per_patient=25, n_signal=3, n_noise=1)
+    out, models = _train(adata, tmp_path, "off", lr=1e-7, select="off")
+    assert "predicted_head" not in out.layers
+    assert out.uns["slide2expr"]["train"]["selection"]["shipped"] == "mlp"
+    assert not (models / "fold0" / "ridge").exists()
+    assert not np.allclose(out.layers["predicted"], out.layers["baseline_ridge"], atol=1e-3)
+
+
+def test_yaml_off_means_off():
+    assert TrainConfig.from_dict({"select": False}).select == "off"
+    assert TrainConfig.from_dict({"select": True}).select == "auto"
+
+
+def test_ridge_network_equals_the_ridge_path():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(80, 30)) * rng.uniform(0.1, 5, size=30) + 2.0
+    x[:, 3] = 1.5  # a constant feature: std 0 -> 1 on both sides
+    y = x[:, :2] @ rng.normal(size=(2, 4)) + rng.normal(size=(80, 4))
+    new = rng.normal(size=(10, 30)) + 2.0
+    xs_tr, xs_new = standardise(x, new)
+    want = ridge_path(xs_tr, y, xs_new, [10.0])[0]
+    got = ridge_predict(ridge_network(x, y, alpha=10.0), new)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_inner_score_is_the_mean_of_per_group_gene_r():
+    rng = np.random.default_rng(0)
+    obs = rng.normal(size=(40, 3))
+    pred = obs + rng.normal(size=(40, 3))
+    groups = np.repeat(["a", "b"], 20)
+    want = np.mean([np.nanmean(pearson_columns(pred[groups == g], obs[groups == g]))
+                    for g in ("a", "b")])
+    assert inner_score(pred, obs, groups) == pytest.approx(want)
+
+
+def test_ties_and_missing_ridge_keep_the_head():
+    sel = Selection(head="context", mode="auto", head_scores=[0.3], ridge_scores=[0.3])
+    assert sel.winner == "context"
+    assert Selection(head="context", mode="auto", head_scores=[0.3]).winner == "context"
+    sel = Selection(head="context", mode="auto", head_scores=[0.3], ridge_scores=[0.31])
+    assert sel.winner == "ridge"
+    assert Selection(head="context", mode="off", head_scores=[0.1],
+                     ridge_scores=[0.9]).winner == "context"
+
+
+def test_report_says_plainly_when_ridge_won_and_the_manifest_records_it(tmp_path):
+    from slide2expr.report.evaluate import build_report
+    from slide2expr.report.html import render_html
+    from slide2expr.repro.manifest import model_selection
+
+    adata = planted_dataset(n_patients=4, per_patient=25, n_signal=3, n_noise=1)
+    out, _ = _train(adata, tmp_path, "weak", lr=1e-7, folds=2)
+    report = build_report(out, top_n=2, n_hvg=2, n_boot=10)
+    sel = report.summary["selection"]
+    assert sel["shipped"] == "ridge" and "predictions are ridge's" in sel["sentence"]
+    assert set(sel["folds"]) == {"fold0", "fold1"}
+    page = render_html(report)
+    assert "Shipped model." in page and "Model selection (inner validation)" in page
+    # the manifest reads the same records from the model folders
+    recorded = model_selection(tmp_path / "weak")
+    assert {f: v["winner"] for f, v in recorded["mlp"].items()} == {"fold0": "ridge",
+                                                                     "fold1": "ridge"}
+
+
+def _spread_adata(sd_of_error):
+    import anndata as ad
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    n, g = 40, 5
+    truth = rng.normal(size=(n, g))
+    err = rng.normal(size=(n, g))
+    adata = ad.AnnData(X=truth.astype(np.float32),
+                       obs=pd.DataFrame({"sample_id": np.repeat(["a", "b"], n // 2),
+                                         "fold": np.repeat([0, 1], n // 2)},
+                                        index=[f"u{i}" for i in range(n)]))
+    adata.layers["predicted"] = (truth + err).astype(np.float32)
+    adata.layers["predicted_sd"] = sd_of_error(np.abs(err)).astype(np.float32)
+    return adata
+
+
+def test_spread_that_tracks_the_error_ranks_it_and_covers_it():
+    from slide2expr.report.uncertainty import spread_calibration
+
+    exact = spread_calibration(_spread_adata(lambda e: e))  # spread = |error|
+    assert exact["spearman_mean"] == pytest.approx(1.0) and exact["coverage_2sd"] == 1.0
+    rng = np.random.default_rng(1)
+    blind = spread_calibration(_spread_adata(lambda e: 0.1 * rng.uniform(size=e.shape)))
+    assert abs(blind["spearman_mean"]) < 0.2  # a spread unrelated to the error ranks nothing
+    assert blind["coverage_2sd"] < 0.25       # and, too small, covers little
+    assert set(blind["spearman_sections"]) == {"a", "b"}
