@@ -651,9 +651,12 @@ def assemble_predictions(adata: Any, results: list[FoldResult], *, fold: np.ndar
         for name, pred in r.baselines.items():
             layers[BASELINE_LAYERS[name]][rows, cols[None, :]] = pred
         if r.plausible is not None:
-            for layer, pred in (("predicted", r.predicted),
+            head_layer = ([(Key.PREDICTED_HEAD, r.head_predicted)]
+                          if Key.PREDICTED_HEAD in layers and r.head_predicted is not None
+                          else [])
+            for layer, pred in ((Key.PREDICTED, r.predicted), *head_layer,
                                 *((BASELINE_LAYERS[n], p) for n, p in r.baselines.items())):
-                check.add(layer, pred, cols, *r.plausible)
+                check.add(str(layer), pred, cols, *r.plausible)
     x = adata.X[:, union]
     x = np.asarray(x.toarray() if sp.issparse(x) else x, dtype=np.float32)
     obs = adata.obs.copy()
