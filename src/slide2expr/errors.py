@@ -131,8 +131,10 @@ def _errno_filename(exc: BaseException, code: int) -> str | None:
     return None
 
 
-#: A hidden temporary name (``.{name}.partial-{host}-{pid}{suffix}``, :mod:`slide2expr.atomic`).
+#: The hidden names :mod:`slide2expr.atomic` writes beside an output ``{name}``: its
+#: temporary ``.{stem}.partial-{host}-{pid}{suffix}`` and its lock ``.{name}.lock``.
 _TEMPORARY_NAME = re.compile(r"^\.(?P<stem>.+)\.partial-[A-Za-z0-9-]+-\d+(?P<suffix>\.[^.]*)?$")
+_LOCK_NAME = re.compile(r"^\.(?P<stem>.+)\.lock$")
 
 
 def path_fault(exc: BaseException) -> InputError | None:
@@ -150,6 +152,8 @@ def path_fault(exc: BaseException) -> InputError | None:
         path = Path(name) if name else None
         if path is not None and (m := _TEMPORARY_NAME.match(path.name)):
             path = path.with_name(m["stem"] + (m["suffix"] or ""))
+        elif path is not None and (m := _LOCK_NAME.match(path.name)):
+            path = path.with_name(m["stem"])
         longest = max((len(p.encode()) for p in path.parts), default=0) if path else 0
         return InputError(path, f"a file or folder name in this path is too long ({longest} "
                           "bytes; the file system allows 255)",
