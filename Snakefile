@@ -7,7 +7,11 @@ from snakemake.utils import min_version
 min_version("8.0")
 
 
-configfile: "config/config.yaml"
+# The demo (config/config.yaml) when no --configfile is given; a --configfile of your own
+# starts from the schema defaults (workflow/schemas/), never from the demo's values.
+if not workflow.overwrite_configfiles:
+
+    configfile: "config/config.yaml"
 
 
 report: "workflow/report/workflow.rst"

@@ -57,8 +57,8 @@ def write_cohort(root: Path, n: int) -> Path:
     (root / "bulk.tsv").write_text("gene\t" + "\t".join(ids) + "\nG1\t" + "\t".join("1" * n) + "\n")
     config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     config.update(samples="samples.tsv", mode="bulk", demo_data=False)
-    config["join"]["expression"] = "bulk.tsv"
-    config["train"]["heads"] = ["he2rna"]
+    config.setdefault("join", {})["expression"] = "bulk.tsv"
+    config.setdefault("train", {})["heads"] = ["he2rna"]
     cfg = root / "config.yaml"
     cfg.write_text(yaml.safe_dump(config, sort_keys=False))
     return cfg

@@ -5,8 +5,8 @@ Run: ``python benchmarks/context_table.py results [HEAD ...]`` (default: every
 and the ridge baseline trained on the same inputs (``layers['baseline_ridge']``). Columns:
 the mean over held-out sections of the per-section mean Pearson r over the top 50 genes by
 training mean, all genes, and 50 HVGs (the report's gene sets), with a 95% bootstrap
-interval over sections for top 50; then the extraction cost per tiling (seconds summed over
-the extract jobs' benchmark files, feature-file MB) for the tilings the run has.
+interval over sections for top 50; then the extraction cost (wall seconds summed over the
+extract jobs' benchmark files, one job per slide) and feature-file MB per tiling.
 """
 
 from __future__ import annotations
@@ -67,17 +67,18 @@ def main() -> None:
                   f"| {t['all'].mean():.3f} | {t['hvg'].mean():.3f} | "
                   f"{' / '.join(f'{v:.3f}' for v in t['top50'])} |")
     print()
-    print("| tiling | extract seconds (sum over slides) | feature files MB | units |")
-    print("| --- | --- | --- | --- |")
-    for bench in sorted((results / "benchmarks" / "extract").glob("*/*")):
-        seconds = sum(pd.read_csv(f, sep="\t")["s"].iloc[0] for f in bench.glob("*.tsv"))
-        feats = results / "features" / bench.parent.name / bench.name
+    import h5py
+
+    jobs = sorted((results / "benchmarks" / "extract").rglob("*.tsv"))
+    seconds = sum(pd.read_csv(f, sep="\t")["s"].iloc[0] for f in jobs)
+    print(f"extract: {len(jobs)} jobs, {seconds:.0f} s wall in all (one job per slide embeds "
+          "every tiling)")
+    print("| tiling | feature files MB | units |")
+    print("| --- | --- | --- |")
+    for feats in sorted((results / "features").glob("*/*")):
         mb = sum(f.stat().st_size for f in feats.glob("*.h5")) / 1e6
-        import h5py
-
         units = sum(h5py.File(f, "r")["features"].shape[0] for f in feats.glob("*.h5"))
-        print(f"| {bench.name} | {seconds:.0f} | {mb:.1f} | {units} |")
-
+        print(f"| {feats.name} | {mb:.1f} | {units} |")
 
 if __name__ == "__main__":
     main()

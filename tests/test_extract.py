@@ -191,6 +191,80 @@ def test_interrupted_run_leaves_no_output_and_resumes(cmu_tiles, cmu_reference, 
     np.testing.assert_array_equal(read_features(out).features, cmu_reference.features)
 
 
+def test_tilings_of_a_slide_in_one_pass_resume_per_tiling(cmu_tiles, cmu_reference, lite0,
+                                                          tmp_path, monkeypatch):
+    """Two tilings of one slide (grid, grid_ctx300) in one run: the slide opened and the
+    stains fitted once, each file equal to its own single-tiling run; killed in the second
+    tiling, neither output exists, the first tiling's rows are kept whole in its partial file
+    and the rerun computes only the second tiling's missing rows."""
+    from slide2expr.contracts.tiles import read_tiles
+    from slide2expr.tile.context import grid_context_windows
+
+    ctx_tiles = tmp_path / "tiles" / "grid_ctx300" / "cmu.h5"
+    ctx_tiles.parent.mkdir(parents=True)
+    write_tiles(ctx_tiles, grid_context_windows(read_tiles(cmu_tiles), 300))
+    ctx_alone = extract_features(ctx_tiles, tmp_path / "alone.h5", encoder=lite0, batch_size=8,
+                                 num_workers=0, device="cpu", progress=False)
+    grid_out = tmp_path / "features" / "grid" / "cmu.h5"
+    ctx_out = tmp_path / "features" / "grid_ctx300" / "cmu.h5"
+    jobs = [(cmu_tiles, grid_out), (ctx_tiles, ctx_out)]
+
+    counts = {"open": 0, "fit": 0, "embed": 0}
+    real_open, real_fit, real_embed = (extract_mod.open_slide, extract_mod.build_normalizer,
+                                       extract_mod.embed_batch)
+
+    def counting_open(*args, **kwargs):
+        counts["open"] += 1
+        return real_open(*args, **kwargs)
+
+    def counting_fit(*args, **kwargs):
+        counts["fit"] += 1
+        return real_fit(*args, **kwargs)
+
+    def dying(*args, **kwargs):
+        counts["embed"] += 1
+        if counts["embed"] == 5:  # grid: 3 batches of 8, 8, 4; killed in grid_ctx300's second
+            raise KeyboardInterrupt
+        return real_embed(*args, **kwargs)
+
+    monkeypatch.setattr(extract_mod, "open_slide", counting_open)
+    monkeypatch.setattr(extract_mod, "build_normalizer", counting_fit)
+    monkeypatch.setattr(extract_mod, "embed_batch", dying)
+    with pytest.raises(KeyboardInterrupt):
+        extract_mod.extract_tilings(jobs, encoder=lite0, batch_size=8, num_workers=0,
+                                    device="cpu", stain_normalize="none", progress=False)
+    assert counts["open"] == 1 and counts["fit"] == 1
+    assert not grid_out.exists() and not ctx_out.exists()
+    assert partial_path(grid_out).exists() and partial_path(ctx_out).exists()
+
+    monkeypatch.setattr(extract_mod, "embed_batch", real_embed)
+    results = extract_mod.extract_tilings(jobs, encoder=lite0, batch_size=8, num_workers=0,
+                                          device="cpu", progress=False)
+    assert [(r.n_tiles, r.n_computed) for r in results] == [(20, 0), (20, 12)]
+    assert not partial_path(grid_out).exists() and not partial_path(ctx_out).exists()
+    np.testing.assert_array_equal(read_features(grid_out).features, cmu_reference.features)
+    np.testing.assert_array_equal(read_features(ctx_out).features,
+                                  read_features(ctx_alone.path).features)
+    assert read_features(ctx_out).attrs["tiling"] == "grid_ctx300"
+
+
+def test_extract_command_tilings_of_two_slides_fail_in_one_line(cmu_tiles, tmp_path):
+    """Tiles files of different slides, or a missing --out, are refused before any work."""
+    from slide2expr.contracts.tiles import read_tiles
+
+    tiles = read_tiles(cmu_tiles)
+    tiles.attrs["slide"] = str(tmp_path / "another_slide.svs")
+    other = tmp_path / "other.h5"
+    write_tiles(other, tiles)
+    proc = _cli("extract", cmu_tiles, other, "-o", tmp_path / "a.h5", "-o", tmp_path / "b.h5",
+                "--no-progress")
+    assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0, proc.stderr
+    assert "other.h5" in proc.stderr and "one slide per run" in proc.stderr
+    proc = _cli("extract", cmu_tiles, other, "-o", tmp_path / "a.h5", "--no-progress")
+    assert proc.returncode == 2 and "one --out per tiles file" in proc.stderr
+    assert not (tmp_path / "a.h5").exists() and not (tmp_path / "b.h5").exists()
+
+
 def test_partial_file_from_other_inputs_is_discarded(cmu_tiles, cmu_reference, lite0, tmp_path):
     from slide2expr.contracts.tiles import read_tiles
 

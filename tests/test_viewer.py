@@ -553,7 +553,8 @@ def test_browser_viewer_over_http(built, browser) -> None:
         changed = (np.abs(grady - home).max(axis=-1) > 30).mean()
         assert changed > 0.05, f"overlay did not change ({changed:.3f} of pixels)"
 
-        # spot mode: the measured values appear as discs in the colour of their value
+        # spot mode: the measured values appear as discs in the colour of their value, on
+        # their own scale with their own legend
         browser.find_element(By.ID, "spots").click()
         time.sleep(0.3)
         spots = _view_pixels(browser)
@@ -568,13 +569,16 @@ def test_browser_viewer_over_http(built, browser) -> None:
         codes = np.frombuffer(base64.b64decode(layer["spots"]["measured"]), np.uint8)
         measured = layer["spots"]["mlo"] + (codes - 1) / 254 * (layer["spots"]["mhi"] -
                                                                  layer["spots"]["mlo"])
-        lo, hi = layer["slide_limits"]
+        lo, hi = layer["spots"]["mlo"], layer["spots"]["mhi"]  # the measured values' own scale
         want = lut[np.rint(np.clip((measured - lo) / (hi - lo), 0, 1) * 255).astype(int)]
         ratio = browser.execute_script("return window.devicePixelRatio")
         got = np.array([spots[round(y * ratio), round(x * ratio)] for x, y in centres])
         assert len(got) > 5
         assert np.abs(got - want).max() < 12, "spot discs do not show the measured values"
         assert (np.abs(spots - grady).max(axis=-1) > 30).mean() > 0.01
+        legend = browser.find_element(By.ID, "legend-m-label").text
+        assert legend.startswith("measured GRADY at the spots") and "own scale" in legend
+        assert browser.find_element(By.ID, "legend-label").text.startswith("predicted GRADY")
 
         # hover readout: tile ID, predicted value, position in micrometres, the spot
         x, y = centres[0]
@@ -585,6 +589,64 @@ def test_browser_viewer_over_http(built, browser) -> None:
         assert re.search(r"x [\d.]+ µm, y [\d.]+ µm", text), text
         assert re.search(r"tile\d+: predicted GRADY [\d.]+ log1p CP10k", text), text
         assert "spot S1_0: measured" in text, text
+        assert _errors(browser) == []
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_browser_side_by_side_and_readout_follow_the_gene(built, browser) -> None:
+    """Side by side: measured spots left, predicted map right, pan and zoom synchronised;
+    the hover readout follows a gene switch without moving the mouse (before: it kept the
+    previous gene's values); no console error."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+
+    from slide2expr.viewer import serve_in_thread, viewer_url
+
+    server, _ = serve_in_thread(built.out)
+    try:
+        browser.get_log("browser")
+        browser.get(viewer_url(server) + "#slide=S1&gene=GRADX")
+        _ready(browser, "GRADX")
+        view = browser.find_element(By.ID, "view")
+        x, y = browser.execute_script(
+            "var p = S2E.state.detail.S1.spots.centres[0], b = S2E.state.base;"
+            "var q = b.imageToViewerElementCoordinates(new OpenSeadragon.Point(p[0], p[1]));"
+            "return [q.x, q.y]")
+        ActionChains(browser).move_to_element_with_offset(
+            view, round(x - view.size["width"] / 2), round(y - view.size["height"] / 2)).perform()
+        _wait(browser, "document.getElementById('readout').textContent.indexOf("
+                       "'predicted GRADX') >= 0")
+        browser.execute_script("S2E.chooseGene('GRADY')")
+        _ready(browser, "GRADY")
+        text = _wait(browser, "document.getElementById('readout').textContent.indexOf("
+                              "'predicted GRADY') >= 0 && "
+                              "document.getElementById('readout').textContent")
+        assert "GRADX" not in text
+
+        browser.find_element(By.ID, "split").click()
+        _wait(browser, "S2E.state.base2 && S2E.state.mapViewer === S2E.state.viewer2 && "
+                       "document.body.getAttribute('data-ready') === '1'")
+        left, right = (browser.find_element(By.ID, i) for i in ("view", "view2"))
+        assert abs(left.size["width"] - right.size["width"]) <= 3
+        assert right.location["x"] >= left.location["x"] + left.size["width"] - 3
+        counts = browser.execute_script("return [S2E.state.viewer.world.getItemCount(), "
+                                        "S2E.state.viewer2.world.getItemCount()]")
+        assert counts == [1, 2]  # the H&E left; the H&E and the predicted map right
+        assert not browser.find_element(By.ID, "legend-measured").get_attribute("hidden")
+        # zoom the left pane: the right one follows; pan the right: the left follows
+        browser.execute_script("S2E.state.viewer.viewport.zoomBy(3, null, true);"
+                               "S2E.state.viewer.viewport.applyConstraints(true)")
+        same = ("var a = S2E.state.viewer.viewport, b = S2E.state.viewer2.viewport;"
+                "return Math.abs(a.getZoom(true) - b.getZoom(true)) < 1e-6 * a.getZoom(true) &&"
+                " a.getCenter(true).distanceTo(b.getCenter(true)) < 1e-6")
+        _wait(browser, f"(function(){{{same}}})()")
+        zoom = browser.execute_script("return S2E.state.viewer2.viewport.getZoom(true)")
+        assert zoom > 2.5
+        browser.execute_script("S2E.state.viewer2.viewport.panBy(new OpenSeadragon.Point("
+                               "0.05, 0.02), true)")
+        _wait(browser, f"(function(){{{same}}})()")
         assert _errors(browser) == []
     finally:
         server.shutdown()

@@ -40,6 +40,28 @@ def test_dry_run_plans_every_stage(tmp_path: Path) -> None:
     assert int(tile_line.split()[-1]) == n_samples
 
 
+def test_one_extract_job_per_slide_and_a_job_for_an_unplanned_tiling(tmp_path: Path) -> None:
+    """The demo plans one extract job per slide for spots and grid; with heatmaps off, a grid
+    features file asked for by name still has a job (rule extract_tiling)."""
+    shutil.copytree(REPO / "config", tmp_path / "config")
+    result = snakemake(tmp_path, "-n", "-p")
+    assert result.returncode == 0, result.stderr
+    jobs = [line for line in result.stdout.splitlines() if "slide2expr extract " in line]
+    n_samples = len(pd.read_csv(REPO / "config" / "samples.tsv", sep="\t"))
+    assert len(jobs) == n_samples
+    assert all("tiles/spots/" in line and "tiles/grid/" in line and line.count(" -o ") == 2
+               for line in jobs)
+    off = tmp_path / "off.yaml"
+    off.write_text("heatmap:\n  enabled: false\n")
+    target = "results/features/efficientnet_lite0/grid/demo1.h5"
+    result = snakemake(tmp_path, "-n", "-p", "--configfile", "config/config.yaml", str(off),
+                       "--", target)
+    assert result.returncode == 0, result.stderr
+    jobs = [line for line in result.stdout.splitlines() if "slide2expr extract " in line]
+    assert jobs == [line for line in jobs if "tiles/grid/demo1.h5 -o " + target in line]
+    assert len(jobs) == 1 and "extract_tiling" in result.stdout
+
+
 def test_catalog_test_config_plans_every_stage(tmp_path: Path) -> None:
     """`.test/` (the catalog's small run) plans every stage for its three slides, and
     `snakemake --lint` finds nothing to say about the workflow."""
@@ -49,7 +71,8 @@ def test_catalog_test_config_plans_every_stage(tmp_path: Path) -> None:
     planned = result.stdout + result.stderr
     counts = {line.split()[0]: int(line.split()[-1]) for line in planned.splitlines()
               if len(line.split()) == 2 and line.split()[-1].isdigit()}
-    assert counts["tile"] == 3 and counts["heatmap"] == 3 and counts["extract"] == 6
+    # one extract job a slide embeds both its tilings (spots and grid)
+    assert counts["tile"] == 3 and counts["heatmap"] == 3 and counts["extract"] == 3
     for rule in ("demo_data", "join", "train", "report", "compare", "manifest"):
         assert counts[rule] == 1
     lint = snakemake(tmp_path, "--lint")
@@ -157,8 +180,10 @@ def test_her2st_with_heatmaps_plans_grid_context_for_the_context_head(tmp_path: 
     counts, out = plan(True)
     assert counts["grid_context_tiles"] == 2 * n          # ctx300 and ctx1000, per slide
     assert counts["heatmap"] == 2 * n                      # mlp and context, per slide
-    # spots, ctx300, ctx1000, grid, grid_ctx300, grid_ctx1000: one extraction each
-    assert counts["extract"] == 6 * n
+    # spots, ctx300, ctx1000, grid, grid_ctx300, grid_ctx1000: one extraction job per slide
+    assert counts["extract"] == n and "extract_tiling" not in counts
+    one_pass = [line for line in out.splitlines() if "slide2expr extract " in line]
+    assert len(one_pass) == n and all(line.count(" -o ") == 6 for line in one_pass)
     for um in (300, 1000):
         assert f"results/features/efficientnet_lite0/grid_ctx{um}/C2.h5" in out
     context_jobs = [line for line in out.splitlines()
@@ -171,4 +196,21 @@ def test_her2st_with_heatmaps_plans_grid_context_for_the_context_head(tmp_path: 
 
     counts, _ = plan(False)
     assert "grid_context_tiles" not in counts and "heatmap" not in counts
-    assert counts["extract"] == 3 * n
+    assert counts["extract"] == n  # spots, ctx300, ctx1000 in one job per slide
+
+
+@pytest.mark.slow
+def test_documented_report_command_works(demo_run: Path, tmp_path: Path) -> None:
+    """The `snakemake --report report.zip ...` line of config/README.md, run as written (in
+    the finished demo's working directory), bundles the report."""
+    import re
+    import shlex
+
+    doc = (REPO / "config" / "README.md").read_text()
+    command = shlex.split(re.search(r"`(snakemake --report report\.zip[^`]*)`", doc).group(1))
+    out = tmp_path / "report.zip"
+    args = [str(out) if a == "report.zip" else a for a in command[1:]]
+    result = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"),
+                             *args], cwd=demo_run, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    assert out.stat().st_size > 10_000

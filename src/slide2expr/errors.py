@@ -56,6 +56,18 @@ class EnvironmentFault(InputError):
     exit_code = 1
 
 
+class OutputBusy(EnvironmentFault):
+    """Another run is writing the same output right now (:func:`slide2expr.atomic.output_lock`).
+
+    Status 1, like the other faults of the machine: rerunning succeeds once that run ends.
+    """
+
+
+class ForeignFolder(InputError):
+    """An output folder holds files that slide2expr did not write: it is never emptied
+    (:func:`slide2expr.atomic.check_replaceable`)."""
+
+
 #: errno values that are the environment's fault, and how to say so.
 ENVIRONMENT_ERRNOS: dict[int, str] = {
     errno.ENOSPC: "the disk is full",

@@ -19,8 +19,16 @@ from typing import Any
 
 from slide2expr.errors import InputError
 
-#: Sections with a schema of their own (``workflow/schemas/{section}.schema.yaml``).
+#: The stages' sections, each with a schema of its own (``workflow/schemas/{section}.schema.yaml``).
 SECTIONS = ("tiling", "extract", "join", "train", "report", "heatmap")
+
+
+def schema_sections() -> list[str]:
+    """Every top-level key of the config that has a schema file of its own: the stages'
+    sections and any other (``pseudobulk``)."""
+    return [name for name, spec in load_schema("config").get("properties", {}).items()
+            if spec.get("type") == "object"
+            and (schema_dir() / f"{name}.schema.yaml").is_file()]
 
 
 def schema_dir() -> Path:
@@ -72,15 +80,138 @@ def validate_section(section: str, values: Mapping[str, Any] | None, *,
         the keys are documented.
     """
     data = json.loads(json.dumps(dict(values or {}), default=str))
-    errors = sorted(_validator(load_schema(section)).iter_errors(data),
-                    key=lambda e: list(e.absolute_path))
-    if errors:
-        err = errors[0]
-        where = ".".join([section, *(str(p) for p in err.absolute_path)])
-        raise InputError(source, f"config {where}: {err.message}",
-                         f"fix the {section} section (every key is documented in "
-                         "config/README.md)")
+    _raise_first_error(data, load_schema(section), [section], source=source)
     return _numbers_as_float(data, load_schema(section)) if as_flags else data
+
+
+def _raise_first_error(data: Any, schema: dict[str, Any], prefix: list[str], *,
+                       source: str | Path | None) -> None:
+    """Validate ``data`` (filling defaults) and raise the first problem as one line naming the
+    full key path (``train.lr: 'fast' is not of type 'number'``)."""
+    errors = sorted(_validator(schema).iter_errors(data), key=lambda e: list(e.absolute_path))
+    if not errors:
+        return
+    err = errors[0]
+    path = [*prefix, *(str(p) for p in err.absolute_path)]
+    if err.validator == "additionalProperties" and isinstance(err.instance, dict):
+        allowed = list(err.schema.get("properties", {}))
+        unknown = sorted(set(err.instance) - set(allowed))[0]
+        closest = _closest(unknown, allowed)
+        fix = f"rename it to {closest!r}" if closest else f"use one of {', '.join(allowed)}"
+        raise InputError(source, f"config {'.'.join([*path, unknown])}: unknown key",
+                         f"{fix} (every key is documented in config/README.md)")
+    where = ".".join(path) or "the config"
+    section = f"the {path[0]} section" if len(path) > 1 else "it"
+    raise InputError(source, f"config {where}: {_short(err.message)}",
+                     f"fix {section} (every key is documented in config/README.md)")
+
+
+def _closest(key: str, allowed: list[str]) -> str | None:
+    """The valid key nearest to a misspelt one (``lrr`` -> ``lr``), or None."""
+    import difflib
+
+    match = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
+    return match[0] if match else None
+
+
+def _short(message: str, limit: int = 200) -> str:
+    """A schema message on one line, cut to ``limit`` characters (a whole section's value
+    can be long)."""
+    line = " ".join(message.split())
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def check_run_config(config: dict[str, Any], *, source: str | Path | None = None) -> None:
+    """Check the whole run config in place, as the workflow starts: strings that Snakemake's
+    ``--config`` parsing leaves (``"32"``, ``"false"``, ``"null"``) become the types the
+    schema asks for, the top level and every section are validated, and the schema defaults
+    are filled in.
+
+    Raises
+    ------
+    InputError
+        For the first problem: one line with the full key path, and for a misspelt key the
+        closest valid one.
+    """
+    top = load_schema("config")
+    config.update(coerce_strings(config, top))
+    sections = schema_sections()
+    for section in sections:
+        if isinstance(config.get(section), dict):
+            config[section] = coerce_strings(config[section], load_schema(section),
+                                             same_keys=load_schema(section))
+    _raise_first_error(config, top, [], source=source)
+    for section in sections:
+        config.setdefault(section, {})
+        _raise_first_error(config[section], load_schema(section), [section], source=source)
+
+
+#: Strings that ``--config`` leaves for a YAML null or boolean.
+_NULLS = {"null", "none", "~", ""}
+_BOOLEANS = {"true": True, "false": False, "yes": True, "no": False}
+
+
+def coerce_strings(value: Any, schema: Mapping[str, Any], *,
+                   same_keys: Mapping[str, Any] | None = None) -> Any:
+    """``value`` with strings turned into what the schema's types ask for.
+
+    Snakemake parses ``--config train='{"batch_size": 32}'`` with YAML's base loader, so every
+    scalar inside arrives as a string (``"32"``), and ``demo_data=false`` as ``"false"``. A
+    string that the schema accepts as a string (no type, type string, or one of its enum) is
+    kept; otherwise it becomes an integer, number, boolean or null when one of those types is
+    allowed and the text reads as one. ``same_keys`` is the schema whose properties describe
+    the values of a per-name mapping without properties of its own (``train.head_settings``).
+    """
+    if isinstance(value, dict):
+        props = schema.get("properties")
+        if props is None and isinstance(schema.get("additionalProperties"), dict):
+            extra = schema["additionalProperties"]
+            return {k: coerce_strings(v, extra, same_keys=same_keys) for k, v in value.items()}
+        if props is None and same_keys is not None and schema.get("type") == "object":
+            props = same_keys.get("properties", {})
+        return {k: coerce_strings(v, (props or {}).get(k, {}), same_keys=same_keys)
+                for k, v in value.items()}
+    if isinstance(value, list) and isinstance(schema.get("items"), dict):
+        return [coerce_strings(v, schema["items"], same_keys=same_keys) for v in value]
+    if isinstance(value, str):
+        return _coerce_text(value, schema)
+    return value
+
+
+def _schema_types(schema: Mapping[str, Any]) -> tuple[set[str], list[Any] | None]:
+    """The types a schema allows (over ``oneOf``/``anyOf`` too) and the string enum, if any."""
+    kinds: set[str] = set()
+    enum: list[Any] | None = None
+    for alt in [schema, *schema.get("oneOf", []), *schema.get("anyOf", [])]:
+        kind = alt.get("type")
+        kinds |= set(kind) if isinstance(kind, list) else ({kind} if kind else set())
+        if "enum" in alt:
+            enum = [*(enum or []), *alt["enum"]]
+    return kinds, enum
+
+
+def _coerce_text(text: str, schema: Mapping[str, Any]) -> Any:
+    """One string as the schema's type: kept where a string is allowed, else null, boolean,
+    integer or number when the text reads as one (else kept, for validation to name)."""
+    kinds, enum = _schema_types(schema)
+    if not kinds or ("string" in kinds and (enum is None or text in enum)):
+        return text
+    word = text.strip().lower()
+    if "null" in kinds and word in _NULLS:
+        return None
+    if "boolean" in kinds and word in _BOOLEANS:
+        return _BOOLEANS[word]
+    if kinds & {"integer", "number"}:
+        try:
+            return int(text)
+        except ValueError:
+            pass
+    if "number" in kinds:
+        try:
+            return float(text)
+        except ValueError:
+            pass
+    return text
 
 
 def _numbers_as_float(value: Any, schema: Mapping[str, Any]) -> Any:
@@ -127,11 +258,12 @@ def parse_config_json(text: str | None, *, option: str = "--config-json") -> dic
     if not isinstance(value, dict):
         raise InputError(source, f"{option} must be an object keyed by config section",
                          'e.g. {"tiling": {"tile_px": 224}}')
-    known = set(load_schema("config").get("properties", {}))
-    unknown = sorted(set(value) - known)
+    known = list(load_schema("config").get("properties", {}))
+    unknown = sorted(set(value) - set(known))
     if unknown:
-        raise InputError(source, f"unknown config key(s) {unknown}",
-                         f"use {', '.join(sorted(known))} (config/README.md)")
+        closest = _closest(unknown[0], known)
+        fix = f"rename it to {closest!r}" if closest else f"use {', '.join(sorted(known))}"
+        raise InputError(source, f"unknown config key {unknown[0]!r}", f"{fix} (config/README.md)")
     return value
 
 

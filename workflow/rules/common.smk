@@ -8,11 +8,14 @@ import shlex
 from pathlib import Path
 
 import pandas as pd
+from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
+from slide2expr.errors import InputError
 from slide2expr.inputs.samples import read_sample_sheet
 from slide2expr.settings import (
     check_heads_fit_mode,
+    check_run_config,
     put_interpreter_on_path,
     put_openseadragon_in_env,
 )
@@ -23,13 +26,13 @@ REPO = Path(workflow.basedir)
 SCHEMAS = REPO / "workflow" / "schemas"
 
 
-validate(config, str(SCHEMAS / "config.schema.yaml"))
-# Each stage has its own section and schema; validation fills in the documented defaults.
-for _section in ("tiling", "extract", "join", "train", "report", "heatmap"):
-    config.setdefault(_section, {})
-    _schema = SCHEMAS / f"{_section}.schema.yaml"
-    if _schema.exists():
-        validate(config[_section], str(_schema))
+# The top level and each stage's section against their schemas (the CLI uses the same files):
+# --config strings ("32", "false") become the schema's types, the documented defaults are
+# filled in, and a problem stops the run with one line naming the key (slide2expr.settings).
+try:
+    check_run_config(config)
+except InputError as _error:
+    raise WorkflowError(_error.one_line()) from None
 
 # Every rule runs the slide2expr CLI. With `--sdm conda`, Snakemake builds this environment
 # once per node setup; it pip-installs this checkout from ${SLIDE2EXPR_SRC}, which defaults to
@@ -61,9 +64,7 @@ if _GENE_LIST and "{data_root}" in _GENE_LIST:
 # Pseudo-bulk (config `pseudobulk`, rules/pseudobulk.smk): windows of a spot-mode sheet's
 # sections become the run's region samples. Their sheet is the rule's output, so the first run
 # writes it and stops; the next run reads it and trains (see config/README.md, `pseudobulk`).
-config.setdefault("pseudobulk", {})
-validate(config["pseudobulk"], str(SCHEMAS / "pseudobulk.schema.yaml"))
-PSEUDOBULK = config["pseudobulk"]
+PSEUDOBULK = config["pseudobulk"]  # validated with the other sections (check_run_config)
 PSEUDOBULK_OUT = {
     "sheet": f"{RESULTS}/pseudobulk/samples.tsv",
     "expression": f"{RESULTS}/pseudobulk/expression.tsv",
@@ -108,13 +109,22 @@ ENC_RESULTS = f"{RESULTS}/{{encoder}}" if SWEEP else RESULTS
 ENC_TAG = "{encoder}/" if SWEEP else ""
 
 
+def given_cores():
+    """``--cores``, or None where none is needed and none was given (``snakemake --report``,
+    ``--lint``): ``workflow.cores`` itself refuses then."""
+    try:
+        return workflow.cores
+    except WorkflowError:
+        return None
+
+
 # Settings every stage reads.
 EXTRACT = config["extract"]
 # Threads of one extract job: up to 4, but never more than half the cores given to Snakemake,
 # so at least two slides embed side by side (their start-up, ~5 s of imports and model
 # build, overlaps; on the CPU two 1-thread jobs beat one 2-thread job: the demo's 12 extract
 # jobs took 110 s in turn, docs/benchmarks.md). A profile's set-threads still overrides it.
-EXTRACT_THREADS = max(1, min(4, (workflow.cores or 2) // 2))
+EXTRACT_THREADS = max(1, min(4, (given_cores() or 2) // 2))
 JOIN = config["join"]
 TRAIN = config["train"]
 REPORT = config["report"]
@@ -136,6 +146,23 @@ HEAD_INPUTS = {
 def grid_context_tilings(head):
     """The grid_ctx{um} tilings a head's heatmaps need (none for a spot-only head)."""
     return [f"grid_{b}" for b in HEAD_INPUTS.get(head, []) if re.fullmatch(r"ctx[0-9]+", b)]
+
+
+def planned_tilings():
+    """The tilings the run embeds for every slide, in the one-pass extract job: the training
+    units (spots or grid), the context windows (ctx{um}), and with heatmaps the grid and
+    the grid context windows of the heads that paint maps."""
+    tilings = [UNIT_TILING, *CONTEXT_TILINGS]
+    if config["heatmap"]["enabled"]:
+        tilings.append("grid")
+        for head in HEADS:
+            tilings += grid_context_tilings(head)
+    return list(dict.fromkeys(tilings))
+
+
+# One extract job per slide and encoder embeds all of these (rule extract); any other tiling
+# asked for by name (a heatmap target with heatmaps off) has a job of its own (extract_tiling).
+EXTRACT_TILINGS = planned_tilings()
 
 
 # The encoder whose features are joined: join.encoder, else the first of extract.encoders.
@@ -167,11 +194,18 @@ def cli_option(flag, value):
     return "" if value is None else f"{flag} {value}"
 
 
+def default_mpp_option():
+    """``--default-mpp`` with the config's ``default_slide_mpp``, or nothing: the one way the
+    fallback resolution reaches every command that opens a slide (tile, heatmap, viewer)."""
+    return cli_option("--default-mpp", config["default_slide_mpp"])
+
+
 def config_json(*keys):
     """The config sections a command reads, as one shell-quoted JSON object: the one way rules
     pass settings (``--config-json``). A dotted key takes a subsection (``tiling.tissue``);
-    ``"*"`` takes the whole config (for provenance). Only these sections are in the job's
-    params, so editing another section does not rerun the job."""
+    ``"*"`` takes the whole config (the manifest's provenance only). Only these keys are in
+    the job's params, so editing another key does not rerun the job (tests/test_config_slices.py
+    checks it for every key of the schemas)."""
     if "*" in keys:
         chosen = config
     else:
@@ -182,7 +216,9 @@ def config_json(*keys):
             for part in parents:
                 node, value = node.setdefault(part, {}), value[part]
             node[leaf] = value[leaf]
-    return shlex.quote(json.dumps(chosen, default=str))  # the config's own key order
+    # keys sorted: the same settings give the same params whatever order a config file or
+    # --config wrote them in (a job reruns when its params change)
+    return shlex.quote(json.dumps(chosen, default=str, sort_keys=True))
 
 
 def get_final_output(manifest=True):
@@ -240,7 +276,10 @@ def tile_roi_args(wildcards):
 
 
 def extract_inputs(wildcards):
-    inputs = {"tiles": f"{RESULTS}/tiles/{wildcards.tiling}/{wildcards.sample}.h5"}
+    """The tiles of every planned tiling of the slide (in EXTRACT_TILINGS order), or of the
+    one tiling of an extract_tiling job; the encoder's weights; the stain reference."""
+    tilings = [wildcards.tiling] if "tiling" in wildcards.keys() else EXTRACT_TILINGS
+    inputs = {"tiles": [f"{RESULTS}/tiles/{t}/{wildcards.sample}.h5" for t in tilings]}
     weights = (EXTRACT.get("weights") or {}).get(wildcards.encoder)
     if weights:
         inputs["weights"] = weights
@@ -251,6 +290,11 @@ def extract_inputs(wildcards):
 
 def extract_weights_arg(wildcards, input):
     return f"--weights {input.weights}" if "weights" in input.keys() else ""
+
+
+def extract_out_args(wildcards, output):
+    """``-o FILE`` per output, in the order of the tiles files."""
+    return " ".join(f"-o {shlex.quote(str(f))}" for f in output)
 
 
 def join_encoder(wildcards):

@@ -10,7 +10,10 @@
 # block, the dataset (heatmap_model_inputs in common.smk; slide2expr.heatmap.context).
 # Config: the `heatmap` section and tiling.tissue (workflow/schemas/, config/README.md).
 
-HEATMAP_CONFIG = config_json("heatmap", "tiling.tissue", "default_slide_mpp")
+HEATMAP_CONFIG = config_json(
+    *(f"heatmap.{key}" for key in HEATMAP if key not in ("enabled", "shared_scale")),
+    "tiling.tissue",
+)
 HEATMAP_OUTPUT = {
     "geojson": f"{ENC_RESULTS}/heatmaps/{{head}}/{{sample}}.geojson",
     "pngs": report(
@@ -52,11 +55,13 @@ if not HEATMAP["shared_scale"]:
             out=lambda w, output: os.path.dirname(output.geojson),
             args=heatmap_draw_args,
             dataset=heatmap_dataset_arg,
+            default_mpp=default_mpp_option(),
             cfg=HEATMAP_CONFIG,
         shell:
             "slide2expr heatmap {input.features} --model-dir {params.models} "
             "--slide {input.slide} --sample-id {wildcards.sample} -o {params.out} "
-            "{params.args} {params.dataset} --threads {threads} --config-json {params.cfg} "
+            "{params.args} {params.dataset} --threads {threads} {params.default_mpp} "
+            "--config-json {params.cfg} "
             "> {log} 2>&1"
 
 else:
@@ -106,7 +111,7 @@ else:
             runtime=30,
         params:
             report=heatmap_draw_args,
-            cfg=config_json("heatmap"),
+            cfg=config_json("heatmap.genes", "heatmap.n_genes", "heatmap.clip_percentiles"),
         shell:
             "slide2expr heatmap-scale {input.maps} -o {output} {params.report} "
             "--config-json {params.cfg} > {log} 2>&1"
@@ -132,7 +137,8 @@ else:
         params:
             out=lambda w, output: os.path.dirname(output.geojson),
             args=heatmap_draw_args,
+            default_mpp=default_mpp_option(),
             cfg=HEATMAP_CONFIG,
         shell:
             "slide2expr heatmap {input.tile_map} --slide {input.slide} -o {params.out} "
-            "{params.args} --config-json {params.cfg} > {log} 2>&1"
+            "{params.args} {params.default_mpp} --config-json {params.cfg} > {log} 2>&1"

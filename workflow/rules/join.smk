@@ -1,6 +1,7 @@
 # Join stage: expression (spot counts or a bulk matrix) + features -> results/dataset.h5ad.
-# Config: the `join` section (workflow/schemas/join.schema.yaml); the whole config is passed
-# because the dataset records it as provenance.
+# Config: the `join` section (workflow/schemas/join.schema.yaml), mode, data_root and
+# tiling.context_um: the keys it reads, which the dataset records; the whole config is
+# recorded once, in results/manifest.json.
 
 
 rule join:
@@ -21,7 +22,7 @@ rule join:
     params:
         features_dir=lambda w: f"{RESULTS}/features/{join_encoder(w)}/{UNIT_TILING}",
         encoder=join_encoder,
-        cfg=config_json("*"),
+        cfg=config_json("mode", "data_root", "join", "tiling.context_um"),
     shell:
         "slide2expr join {input.samples} --features-dir {params.features_dir} -o {output} "
         "--encoder {params.encoder} --config-json {params.cfg} > {log} 2>&1"

@@ -9,6 +9,14 @@ rule pseudobulk:
     output:
         sheet=PSEUDOBULK_OUT["sheet"],
         expression=PSEUDOBULK_OUT["expression"],
+    log:
+        f"{RESULTS}/logs/pseudobulk.log",
+    conda:
+        CONDA_ENV
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=30,
     params:
         root=cli_option("--data-root", DATA_ROOT),
         window=lambda w: PSEUDOBULK["window_um"],
@@ -17,14 +25,6 @@ rule pseudobulk:
         genes=lambda w: PSEUDOBULK["genes"],
         tile_um=config["tiling"]["tile_px"] * config["tiling"]["target_mpp"],
         tile_min_tissue=config["tiling"]["min_tissue"],
-    log:
-        f"{RESULTS}/logs/pseudobulk.log",
-    threads: 1
-    resources:
-        mem_mb=4000,
-        runtime=30,
-    conda:
-        CONDA_ENV
     shell:
         "slide2expr pseudobulk {input.sheet} --out-sheet {output.sheet} "
         "--out-expression {output.expression} {params.root} --window-um {params.window} "

@@ -30,7 +30,7 @@ rule tile:
         spot_args=tile_spot_args,
         mpp=lambda w: cli_option("--mpp", sample_value(w.sample, "mpp")),
         roi=tile_roi_args,
-        default_mpp=cli_option("--default-mpp", config.get("default_slide_mpp")),
+        default_mpp=default_mpp_option(),
         # context_um is read by the context_tiles rule: changing it retiles nothing
         cfg=config_json(*(f"tiling.{k}" for k in config["tiling"] if k != "context_um")),
     shell:

@@ -27,7 +27,8 @@ rule viewer:
         results=lambda w: fill_wildcards(ENC_RESULTS, w),
         args=viewer_args,
         head=HEADS[0],
-        cfg=config_json("heatmap.clip_percentiles", "tiling.tissue", "default_slide_mpp"),
+        default_mpp=default_mpp_option(),
+        cfg=config_json("heatmap.clip_percentiles", "tiling.tissue"),
     shell:
         "VIPS_CONCURRENCY={threads} slide2expr view {params.results} --head {params.head} "
-        "-o {output} {params.args} --config-json {params.cfg} > {log} 2>&1"
+        "-o {output} {params.args} {params.default_mpp} --config-json {params.cfg} > {log} 2>&1"

@@ -16,8 +16,12 @@ EXTRACT_FLAGS = {"batch_size": "batch_size", "num_workers": "num_workers", "devi
 
 def extract(
     ctx: typer.Context,
-    tiles: Path = typer.Argument(..., help="Tiles file from `slide2expr tile` (.h5)."),
-    out: Path = typer.Option(..., "--out", "-o", help="Features file to write (.h5)."),
+    tiles: list[Path] = typer.Argument(
+        ..., help="Tiles files of one slide from `slide2expr tile` / `context-tiles` (.h5): "
+                  "spots, ctxN, grid, grid_ctxN; all are embedded in one pass."),
+    out: list[Path] = typer.Option(
+        ..., "--out", "-o",
+        help="Features file to write (.h5), once per tiles file, in the same order."),
     encoder: str = typer.Option("efficientnet_lite0", "--encoder", "-e",
                                 help="Encoder name (see `slide2expr encoders`)."),
     weights: Path | None = typer.Option(
@@ -47,21 +51,36 @@ def extract(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
     config_json: str | None = config_json_option(),
 ) -> None:
-    """Embed every tile of one slide with a pretrained encoder."""
+    """Embed every tile of one slide with a pretrained encoder: all its tilings in one pass
+    (one slide read, one stain fit, one encoder start), one features file per tiling."""
+    import contextlib
+
+    from slide2expr.atomic import output_lock
     from slide2expr.console import progress_wanted
-    from slide2expr.extract.run import extract_features
+    from slide2expr.errors import InputError
 
     cfg = section(ctx, "extract", config_json, EXTRACT_FLAGS)
+    if len(tiles) != len(out):
+        raise InputError(tiles[0], f"{len(tiles)} tiles files but {len(out)} --out files",
+                         "give one --out per tiles file, in the same order")
+    # One run per output, taken before the slow set-up (torch, the encoder): a second run
+    # of the same output stops at once, naming the first one's process.
+    with contextlib.ExitStack() as locks:
+        for path in out:
+            locks.enter_context(output_lock(path))
+        from slide2expr.extract.run import extract_tilings
 
-    result = extract_features(
-        tiles, out, encoder=encoder, weights=weights, slide=slide, batch_size=cfg["batch_size"],
-        num_workers=cfg["num_workers"], threads=threads, device=cfg["device"], dtype=cfg["dtype"],
-        stain_normalize=cfg["stain_normalize"], stain_reference=cfg["stain_reference"],
-        views=cfg["views"],
-        resume=resume, progress=progress_wanted(progress),
-    )
-    typer.echo(f"{result.path}: {result.n_tiles} tiles, {result.tiles_per_s:.1f} tiles/s "
-               f"on {result.device}", err=True)
+        results = extract_tilings(
+            list(zip(tiles, out, strict=True)), encoder=encoder, weights=weights, slide=slide,
+            batch_size=cfg["batch_size"],
+            num_workers=cfg["num_workers"], threads=threads, device=cfg["device"],
+            dtype=cfg["dtype"], stain_normalize=cfg["stain_normalize"],
+            stain_reference=cfg["stain_reference"], views=cfg["views"],
+            resume=resume, progress=progress_wanted(progress),
+        )
+    for result in results:
+        typer.echo(f"{result.path}: {result.n_tiles} tiles ({result.n_computed} computed), "
+                   f"{result.tiles_per_s:.1f} tiles/s on {result.device}", err=True)
 
 
 def encoders(

@@ -20,6 +20,8 @@ HEATMAP_FLAGS = {name: name for name in ("n_genes", "clip_percentiles", "cmap", 
 #: Flag -> key of the ``tiling`` section (the heatmap outlines tissue as the tile stage does).
 TISSUE_FLAGS = {name: f"tissue.{name}" for name in ("mask_mpp", "min_saturation", "closing_um",
                                                      "min_object_um2", "max_hole_um2")}
+#: Flag -> key of the ``heatmap`` section, for ``heatmap-scale``.
+SCALE_FLAGS = {"n_genes": "n_genes", "clip_percentiles": "clip_percentiles"}
 
 
 def heatmap(
@@ -168,8 +170,7 @@ def heatmap_scale(
     from slide2expr.heatmap import cohort_scale, read_tile_map, select_genes, write_scale
     from slide2expr.heatmap.gene_choice import split_gene_args
 
-    cfg = section(ctx, "heatmap", config_json,
-                  {"n_genes": "n_genes", "clip_percentiles": "clip_percentiles"})
+    cfg = section(ctx, "heatmap", config_json, SCALE_FLAGS)
     first = read_tile_map(maps[0])
     chosen = select_genes(first.genes, genes=split_gene_args(genes) if genes else cfg.get("genes"),
                           report=report, n_genes=cfg["n_genes"], source=maps[0])

@@ -58,7 +58,7 @@ def join(
                                                      "the config's data_root)."),
     config_json: str | None = typer.Option(
         None, "--config-json", "--config",
-        help=CONFIG_JSON_HELP + " The whole config is recorded in the dataset as provenance."),
+        help=CONFIG_JSON_HELP + " What is given is recorded in the dataset as provenance."),
 ) -> None:
     """Join expression with features into one AnnData (spot or bulk mode)."""
     from slide2expr.contracts.dataset import write_dataset

@@ -13,6 +13,10 @@ from slide2expr.commands._config import config_json_option, section
 log = logging.getLogger(__name__)
 
 
+#: Flag -> key of the ``heatmap`` section (the viewer colours as the heatmaps do).
+VIEW_FLAGS = {"clip_percentiles": "clip_percentiles"}
+
+
 def _slide_overrides(values: list[str] | None) -> dict[str, Path]:
     from slide2expr.errors import InputError
 
@@ -76,7 +80,7 @@ def view(
     else:
         from slide2expr.settings import parse_config_json
 
-        cfg = section(ctx, "heatmap", config_json, {"clip_percentiles": "clip_percentiles"})
+        cfg = section(ctx, "heatmap", config_json, VIEW_FLAGS)
         # the outline's tissue settings: tiling.tissue of --config-json (as the heatmaps')
         tissue = section(ctx, "tiling", config_json, {})["tissue"]
         clip_percentiles = tuple(cfg["clip_percentiles"])
@@ -92,8 +96,7 @@ def view(
         try:
             result = build_viewer(results, out, options=options)
         except OSError as exc:  # disk full, I/O error: the machine, not the input
-            where = f"{exc.filename}: " if exc.filename else ""
-            typer.echo(f"error: {where}{exc.strerror or exc} while writing the viewer; nothing "
+            typer.echo(f"error: {out}: {exc.strerror or exc} while writing the viewer; nothing "
                        f"was left in {out}. Fix: free space or pass --out-dir elsewhere", err=True)
             sys.exit(1)
         total = sum(s.bytes for s in result.slides)

@@ -13,16 +13,24 @@ read of the whole slide (:mod:`slide2expr.extract.stain`), and the dataset norma
 tile to the reference as it reads it (in the DataLoader workers). Features are written batch by batch
 (:class:`~slide2expr.contracts.features.FeatureWriter`), so memory does not grow with the number of
 tiles, and an interrupted run resumes where it stopped.
+
+:func:`extract_tilings` embeds several tilings of one slide (spots, context windows, grid,
+grid context) in one pass: one slide handle per process, one stain fit, one encoder build and
+one DataLoader over all their tiles. Each tiling keeps its own features file and partial file;
+the outputs are renamed into place only when every tiling is done, so a run that stops keeps
+each tiling's rows (complete tilings included) in its partial file and the next run resumes
+each where it stopped.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +44,7 @@ from slide2expr.contracts.tiles import TileSet, read_tiles
 from slide2expr.errors import InputError
 from slide2expr.extract.encoders import Encoder, get_encoder, get_spec
 from slide2expr.extract.stain import StainNormalizer, apply_view, build_normalizer, check_views
+from slide2expr.hashing import file_fingerprint
 from slide2expr.inputs.slides import Slide, open_slide
 
 log = logging.getLogger(__name__)
@@ -110,6 +119,46 @@ def default_num_workers(device: torch.device | str = "cpu", cores: int | None = 
     return min(8, cores // 8)
 
 
+class SlideHandle:
+    """One open :class:`~slide2expr.inputs.slides.Slide` per process, opened lazily.
+
+    Shared by the datasets of every tiling of a slide: pickled into a DataLoader worker once
+    (pickle keeps shared references), it is opened there once, on first use.
+
+    Parameters
+    ----------
+    slide_path
+        The slide file.
+    slide_mpp
+        The mpp the tile stage resolved (used when the slide has none in its metadata).
+    """
+
+    def __init__(self, slide_path: str | Path, slide_mpp: float | None = None) -> None:
+        self.slide_path = Path(slide_path)
+        self.slide_mpp = slide_mpp
+        self._slide: Slide | None = None
+        self._pid: int | None = None
+
+    def __getstate__(self) -> dict[str, object]:
+        state = self.__dict__.copy()
+        state["_slide"], state["_pid"] = None, None  # each worker opens its own
+        return state
+
+    def get(self) -> Slide:
+        """This process's open slide."""
+        if self._slide is None or self._pid != os.getpid():
+            self._slide = open_slide(self.slide_path, sheet_mpp=self.slide_mpp,
+                                     require_mpp=False)
+            self._pid = os.getpid()
+        return self._slide
+
+    def close(self) -> None:
+        """Close this process's slide."""
+        if self._slide is not None:
+            self._slide.close()
+            self._slide = None
+
+
 class TileRegionDataset(Dataset):
     """Reads batches of tiles from a slide; an item is a ``(start, stop)`` row range.
 
@@ -133,11 +182,15 @@ class TileRegionDataset(Dataset):
     views
         Augmentation views (:data:`slide2expr.extract.stain.VIEWS`) returned beside each
         tile, made from the normalised tile.
+    handle
+        The slide handle to read through (shared by the tilings of one slide); default: its
+        own.
     """
 
     def __init__(self, slide_path: str | Path, coords: np.ndarray, *, tile_px_level0: float,
                  out_px: int, slide_mpp: float | None = None,
-                 stain: StainNormalizer | None = None, views: tuple[str, ...] = ()) -> None:
+                 stain: StainNormalizer | None = None, views: tuple[str, ...] = (),
+                 handle: SlideHandle | None = None) -> None:
         self.slide_path = Path(slide_path)
         self.coords = np.asarray(coords, dtype=np.int64).reshape(-1, 2)
         self.tile_px_level0 = float(tile_px_level0)
@@ -145,23 +198,14 @@ class TileRegionDataset(Dataset):
         self.slide_mpp = slide_mpp
         self.stain = stain
         self.views = views
-        self._slide: Slide | None = None
-        self._pid: int | None = None
+        self.handle = handle if handle is not None else SlideHandle(slide_path, slide_mpp)
 
     def __len__(self) -> int:
         return int(self.coords.shape[0])
 
-    def __getstate__(self) -> dict[str, object]:
-        state = self.__dict__.copy()
-        state["_slide"], state["_pid"] = None, None  # each worker opens its own
-        return state
-
     def slide(self) -> Slide:
         """This process's open slide."""
-        if self._slide is None or self._pid != os.getpid():
-            self._slide = open_slide(self.slide_path, sheet_mpp=self.slide_mpp, require_mpp=False)
-            self._pid = os.getpid()
-        return self._slide
+        return self.handle.get()
 
     def read(self, i: int) -> np.ndarray:
         """Tile ``i`` as ``(out_px, out_px, 3)`` uint8 RGB, stain-normalised if set."""
@@ -193,23 +237,47 @@ class TileRegionDataset(Dataset):
 
     def close(self) -> None:
         """Close this process's slide handle."""
-        if self._slide is not None:
-            self._slide.close()
-            self._slide = None
+        self.handle.close()
+
+
+class TilingsDataset(Dataset):
+    """The tilings of one slide as one dataset; an item is ``(tiling, start, stop)``.
+
+    Returns ``(tiling, start, batch)``: the batch of :class:`TileRegionDataset` ``tiling``.
+    """
+
+    def __init__(self, parts: list[TileRegionDataset]) -> None:
+        self.parts = parts
+
+    def __len__(self) -> int:
+        return sum(len(p) for p in self.parts)
+
+    def __getitem__(self, item: tuple[int, int, int]
+                    ) -> tuple[int, int, torch.Tensor | InputError]:
+        k, start, stop = item
+        return (k, *self.parts[k][start, stop])
+
+    def close(self) -> None:
+        """Close the slide handles."""
+        for part in self.parts:
+            part.close()
 
 
 class _RowRanges(Sampler):
-    """Consecutive ``(start, stop)`` ranges of ``batch_size`` rows from ``first`` to ``n``."""
+    """``(tiling, start, stop)`` ranges of ``batch_size`` rows: tiling ``k`` from ``firsts[k]``
+    to ``sizes[k]``, tilings in order."""
 
-    def __init__(self, first: int, n: int, batch_size: int) -> None:
-        self.first, self.n, self.batch_size = first, n, batch_size
+    def __init__(self, firsts: list[int], sizes: list[int], batch_size: int) -> None:
+        self.firsts, self.sizes, self.batch_size = firsts, sizes, batch_size
 
-    def __iter__(self) -> Iterator[tuple[int, int]]:
-        for start in range(self.first, self.n, self.batch_size):
-            yield start, min(start + self.batch_size, self.n)
+    def __iter__(self) -> Iterator[tuple[int, int, int]]:
+        for k, (first, n) in enumerate(zip(self.firsts, self.sizes, strict=True)):
+            for start in range(first, n, self.batch_size):
+                yield k, start, min(start + self.batch_size, n)
 
     def __len__(self) -> int:
-        return max(0, -(-(self.n - self.first) // self.batch_size))
+        return sum(max(0, -(-(n - first) // self.batch_size))
+                   for first, n in zip(self.firsts, self.sizes, strict=True))
 
 
 def prepare_module(encoder: Encoder, device: torch.device) -> torch.nn.Module:
@@ -303,84 +371,152 @@ def extract_features(
     ExtractResult
         Counts and throughput.
     """
+    return extract_tilings(
+        [(tiles, out_path)], encoder=encoder, weights=weights, slide=slide,
+        batch_size=batch_size, num_workers=num_workers, threads=threads, device=device,
+        dtype=dtype, stain_normalize=stain_normalize, stain_reference=stain_reference,
+        views=views, resume=resume, progress=progress,
+    )[0]
+
+
+def extract_tilings(
+    jobs: Sequence[tuple[str | Path | TileSet, str | Path]],
+    *,
+    encoder: str | Encoder = "efficientnet_lite0",
+    weights: str | Path | None = None,
+    slide: str | Path | None = None,
+    batch_size: int = 64,
+    num_workers: int | None = None,
+    threads: int | None = None,
+    device: str = "auto",
+    dtype: str = "float32",
+    stain_normalize: str = "none",
+    stain_reference: str | Path | None = None,
+    views: list[str] | tuple[str, ...] = (),
+    resume: bool = True,
+    progress: bool = True,
+) -> list[ExtractResult]:
+    """Embed several tilings of one slide in one pass and write one features file each.
+
+    The slide is opened once per process, its stains fitted once and the encoder built once;
+    one DataLoader reads the tilings' tiles in turn. Every output stays in its partial file
+    until all tilings are done, then each is renamed into place: a run that stops leaves no
+    output, and the next one resumes every tiling from its partial file (a complete one is
+    only renamed).
+
+    Parameters
+    ----------
+    jobs
+        ``(tiles, out_path)`` per tiling: a tiles file (or :class:`TileSet`) and the features
+        file to write. Every tiles file must name the same slide (attr ``slide``) and mpp.
+    encoder, weights, slide, batch_size, num_workers, threads, device, dtype
+        As in :func:`extract_features`.
+    stain_normalize, stain_reference, views, resume, progress
+        As in :func:`extract_features`; views are embedded for every tiling but grid ones.
+
+    Returns
+    -------
+    list of ExtractResult
+        One per tiling, in the order of ``jobs``.
+    """
+    if not jobs:
+        raise InputError(None, "no tiles file to extract", "pass at least one tiles file")
     if not isinstance(encoder, Encoder):
         get_spec(encoder)  # an unknown name fails before any file is read
-    tileset = tiles if isinstance(tiles, TileSet) else read_tiles(tiles)
-    slide_path = Path(slide) if slide is not None else _slide_from_attrs(tileset, tiles)
+    tilesets = [t if isinstance(t, TileSet) else read_tiles(t) for t, _ in jobs]
+    sources = [t for t, _ in jobs]
+    outs = [Path(o) for _, o in jobs]
+    if len(set(outs)) != len(outs):
+        raise InputError(outs[0].parent, "two tilings would write the same features file",
+                         "give each tiles file its own output")
+    slide_path = Path(slide) if slide is not None else _common_slide(tilesets, sources)
+    slide_mpp = _common_mpp(tilesets, sources)
+    for tileset, source in zip(tilesets, sources, strict=True):
+        check_same_slide(slide_path, tileset, source=source)
     if batch_size < 1:
         raise InputError(None, f"batch size {batch_size} is not positive", "use e.g. 64")
     dev = resolve_device(device)
-    enc = encoder if isinstance(encoder, Encoder) else get_encoder(encoder, weights=weights)
-    out_px = enc.preprocessing.input_px
-    tile_px0 = float(tileset.attrs["tile_px_level0"])
-    slide_mpp = _float_or_none(tileset.attrs.get("slide_mpp"))
-    attrs: dict[str, object] = {
-        "encoder": enc.name,
-        "weights": enc.weights,
-        "weights_source": enc.weights_source,
-        "input_px": out_px,
-        "device": str(dev),
-    }
-    if slide_mpp is not None:
-        attrs["input_mpp"] = slide_mpp * tile_px0 / out_px
-    stain, stain_attrs = build_normalizer(stain_normalize, slide_path,  # type: ignore[arg-type]
-                                          slide_mpp=slide_mpp, reference=stain_reference)
-    attrs.update(stain_attrs)
-    views = check_views(tuple(views))
-    if views and (tileset.attrs.get("mode") == "grid"
-                  or str(tileset.attrs.get("tiling", "")).startswith("grid")):
-        log.info("grid tiling: no augmentation views (they are for training units)")
-        views = ()
     if threads is not None:
         if threads < 1:
             raise InputError(None, f"threads {threads} is not positive", "use e.g. 4")
         torch.set_num_threads(int(threads))
+    checked_views = check_views(tuple(views))
+    enc = encoder if isinstance(encoder, Encoder) else get_encoder(encoder, weights=weights)
+    out_px = enc.preprocessing.input_px
+    stain, stain_attrs = build_normalizer(stain_normalize, slide_path,  # type: ignore[arg-type]
+                                          slide_mpp=slide_mpp, reference=stain_reference)
+    handle = SlideHandle(slide_path, slide_mpp)
     workers = (default_num_workers(dev, threads) if num_workers is None else int(num_workers))
 
-    with FeatureWriter(out_path, tileset, embed_dim=enc.embed_dim, attrs=attrs, dtype=dtype,
-                       resume=resume, views=views) as writer:
-        first = writer.n_done
-        n = len(tileset)
-        t0 = time.perf_counter()
-        if first < n:
-            dataset = TileRegionDataset(slide_path, tileset.coords, tile_px_level0=tile_px0,
-                                        out_px=out_px, slide_mpp=slide_mpp, stain=stain,
-                                        views=views)
-            open_slide(slide_path, sheet_mpp=slide_mpp, require_mpp=False).close()  # fail early
+    with contextlib.ExitStack() as stack:
+        writers, parts = [], []
+        for tileset, out in zip(tilesets, outs, strict=True):
+            tile_px0 = float(tileset.attrs["tile_px_level0"])
+            attrs: dict[str, object] = {
+                "encoder": enc.name, "weights": enc.weights,
+                "weights_source": enc.weights_source, "input_px": out_px, "device": str(dev),
+                **({"input_mpp": slide_mpp * tile_px0 / out_px} if slide_mpp is not None else {}),
+                **stain_attrs,
+            }
+            tiling_views = () if _is_grid(tileset) else checked_views
+            if checked_views and not tiling_views:
+                log.info("%s: grid tiling: no augmentation views (they are for training units)",
+                         out)
+            writers.append(stack.enter_context(FeatureWriter(
+                out, tileset, embed_dim=enc.embed_dim, attrs=attrs, dtype=dtype,
+                resume=resume, views=tiling_views)))
+            parts.append(TileRegionDataset(slide_path, tileset.coords, tile_px_level0=tile_px0,
+                                           out_px=out_px, slide_mpp=slide_mpp, stain=stain,
+                                           views=tiling_views, handle=handle))
+        firsts = [w.n_done for w in writers]
+        seconds = [0.0] * len(writers)
+        dataset = TilingsDataset(parts)
+        if any(w.n_done < len(t) for w, t in zip(writers, tilesets, strict=True)):
+            handle.get()  # an unreadable slide fails before any reader starts
             try:
-                _run(dataset, writer, enc, dev, first=first, batch_size=batch_size,
-                     workers=workers, progress=progress,
-                     label=str(tileset.attrs.get("sample_id", slide_path.stem)))
+                _run(dataset, writers, enc, dev, firsts=firsts, seconds=seconds,
+                     batch_size=batch_size, workers=workers, progress=progress,
+                     label=str(tilesets[0].attrs.get("sample_id", slide_path.stem)))
             finally:
                 dataset.close()
-        seconds = time.perf_counter() - t0
-        path = writer.finish()
-    result = ExtractResult(Path(path), n, n - first, seconds, str(dev))
-    log.info("%s: %d tiles (%d computed) in %.1f s, %.1f tiles/s on %s", path, n,
-             result.n_computed, seconds, result.tiles_per_s, dev)
-    return result
+        paths = [w.finish() for w in writers]
+    results = [ExtractResult(Path(path), len(t), len(t) - first, sec, str(dev))
+               for path, t, first, sec in zip(paths, tilesets, firsts, seconds, strict=True)]
+    for r in results:
+        log.info("%s: %d tiles (%d computed) in %.1f s, %.1f tiles/s on %s", r.path, r.n_tiles,
+                 r.n_computed, r.seconds, r.tiles_per_s, dev)
+    return results
 
 
-def _run(dataset: TileRegionDataset, writer: FeatureWriter, enc: Encoder, dev: torch.device, *,
-         first: int, batch_size: int, workers: int, progress: bool, label: str) -> None:
+def _is_grid(tileset: TileSet) -> bool:
+    return (tileset.attrs.get("mode") == "grid"
+            or str(tileset.attrs.get("tiling", "")).startswith("grid"))
+
+
+def _run(dataset: TilingsDataset, writers: list[FeatureWriter], enc: Encoder,
+         dev: torch.device, *, firsts: list[int], seconds: list[float], batch_size: int,
+         workers: int, progress: bool, label: str) -> None:
+    """Embed the remaining rows of every tiling; adds each batch's wall time to ``seconds``."""
     cuda = dev.type == "cuda"
     if cuda:
         torch.backends.cudnn.benchmark = True
     module = prepare_module(enc, dev)
     amp = autocast_dtype(dev)
+    sizes = [len(p) for p in dataset.parts]
     loader = DataLoader(
-        dataset, batch_size=None, sampler=_RowRanges(first, len(dataset), batch_size),
+        dataset, batch_size=None, sampler=_RowRanges(firsts, sizes, batch_size),
         num_workers=workers, pin_memory=cuda, prefetch_factor=4 if workers else None,
         persistent_workers=False,
     )
     # Outputs wait in a queue of depth 2 on CUDA: batch i is written while batch i+1 runs.
-    pending: deque[tuple[int, torch.Tensor, torch.cuda.Event | None]] = deque()
-    bar = tqdm(total=len(dataset), initial=first, unit="tile", desc=f"extract {label}",
+    pending: deque[tuple[int, int, torch.Tensor, torch.cuda.Event | None]] = deque()
+    bar = tqdm(total=sum(sizes), initial=sum(firsts), unit="tile", desc=f"extract {label}",
                disable=not progress, mininterval=1.0 if sys.stderr.isatty() else 30.0,
                smoothing=0.1)
+    tick = time.perf_counter()
     try:
         with torch.inference_mode():
-            for start, images in loader:
+            for k, start, images in loader:
                 if isinstance(images, InputError):
                     raise images  # the rows before it are written and resume from here
                 n_views = images.shape[1] if images.ndim == 5 else 1
@@ -392,27 +528,98 @@ def _run(dataset: TileRegionDataset, writer: FeatureWriter, enc: Encoder, dev: t
                     host.copy_(out, non_blocking=True)
                     event = torch.cuda.Event()
                     event.record()
-                    pending.append((start, host, event))
+                    pending.append((k, start, host, event))
                 else:
-                    pending.append((start, out, None))
+                    pending.append((k, start, out, None))
                 while len(pending) > (1 if cuda else 0):
-                    _drain(pending, writer, bar)
+                    tick = _drain(pending, writers, bar, seconds, tick)
             while pending:
-                _drain(pending, writer, bar)
+                tick = _drain(pending, writers, bar, seconds, tick)
     finally:
         bar.close()
 
 
-def _drain(pending: deque, writer: FeatureWriter, bar: tqdm) -> None:
-    start, host, event = pending.popleft()
+def _drain(pending: deque, writers: list[FeatureWriter], bar: tqdm, seconds: list[float],
+           tick: float) -> float:
+    """Write the oldest pending batch; returns the time it was written."""
+    k, start, host, event = pending.popleft()
     if event is not None:
         event.synchronize()
     rows = host.numpy()
+    writer = writers[k]
     if rows.ndim == 3:  # (B, 1 + V, D): the tile, then its views in the writer's order
         writer.write(start, rows[:, 0], {v: rows[:, 1 + j] for j, v in enumerate(writer.views)})
     else:
         writer.write(start, rows)
     bar.update(host.shape[0])
+    now = time.perf_counter()
+    seconds[k] += now - tick
+    return now
+
+
+def _common_slide(tilesets: list[TileSet], sources: list[object]) -> Path:
+    """The slide every tiles file names (attr ``slide``)."""
+    slides = [_slide_from_attrs(t, src) for t, src in zip(tilesets, sources, strict=True)]
+    for path, src in zip(slides[1:], sources[1:], strict=True):
+        if path != slides[0]:
+            raise InputError(src if isinstance(src, str | Path) else None,
+                             f"this tiles file is of slide {path}, the first one of {slides[0]}",
+                             "extract the tilings of one slide per run")
+    return slides[0]
+
+
+def _common_mpp(tilesets: list[TileSet], sources: list[object]) -> float | None:
+    """The slide mpp every tiles file records (attr ``slide_mpp``), or None."""
+    mpps = [_float_or_none(t.attrs.get("slide_mpp")) for t in tilesets]
+    for mpp, src in zip(mpps[1:], sources[1:], strict=True):
+        if mpp != mpps[0]:
+            raise InputError(src if isinstance(src, str | Path) else None,
+                             f"this tiles file records slide mpp {mpp}, the first one {mpps[0]}",
+                             "tile every tiling of the slide with the same mpp")
+    return mpps[0]
+
+
+#: Relative difference of mpp beyond which two slides are not the same scan.
+MPP_TOLERANCE = 0.01
+
+
+def check_same_slide(slide_path: Path, tiles: TileSet, *, source: object) -> None:
+    """Refuse a slide that is not the one the tiles were cut from.
+
+    Compared with what the tiles file recorded: the file's fingerprint
+    (``slide_fingerprint``, :func:`~slide2expr.hashing.file_fingerprint`), the level-0 size
+    and, when both come from the slides' metadata, the mpp. A missing record is not
+    checked (tiles files of other tools or older versions).
+
+    Raises
+    ------
+    InputError
+        Naming the slide, what differs and the fix.
+    """
+    attrs = tiles.attrs
+    made_from = f"the slide {source} was made from" if isinstance(source, str | Path) \
+        else "the tiles' slide"
+    fix = "pass the slide the tiles were made from with --slide, or tile this slide first"
+    recorded = str(attrs.get("slide_fingerprint") or "")
+    if recorded and slide_path.is_file() and file_fingerprint(slide_path) == recorded:
+        return  # the very file (moved or copied)
+    with open_slide(slide_path, sheet_mpp=_float_or_none(attrs.get("slide_mpp")),
+                    require_mpp=False) as s:
+        size, mpp, mpp_source = s.dimensions, s.mpp, s.mpp_source
+    width, height = attrs.get("level0_width"), attrs.get("level0_height")
+    if width is not None and height is not None and (int(width), int(height)) != tuple(size):
+        raise InputError(slide_path, f"is not {made_from}: its level-0 size is "
+                         f"{size[0]} x {size[1]} px, the tiles' slide's {int(width)} x "
+                         f"{int(height)} px", fix)
+    tiles_mpp = _float_or_none(attrs.get("slide_mpp"))
+    if (mpp is not None and tiles_mpp is not None and mpp_source == "metadata"
+            and attrs.get("mpp_source") == "metadata"
+            and abs(mpp - tiles_mpp) > MPP_TOLERANCE * tiles_mpp):
+        raise InputError(slide_path, f"is not {made_from}: its mpp is {mpp:g} um/px, the "
+                         f"tiles' slide's {tiles_mpp:g} um/px", fix)
+    if recorded and slide_path.is_file():
+        raise InputError(slide_path, f"is not {made_from}: its content differs (checksum of "
+                         "its first and last MiB and size, attr slide_fingerprint)", fix)
 
 
 def _slide_from_attrs(tiles: TileSet, source: object) -> Path:

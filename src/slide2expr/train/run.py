@@ -26,7 +26,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import shutil
 import time
 import warnings
 from collections.abc import Iterator
@@ -39,7 +38,7 @@ import scipy.sparse as sp
 from tqdm.auto import tqdm
 
 import slide2expr.train.baselines as baselines
-from slide2expr.atomic import atomic_output, remove_stale_temporaries, temporary_sibling
+from slide2expr.atomic import atomic_outputs
 from slide2expr.contracts._anndata import write_h5ad
 from slide2expr.contracts.models import write_splits
 from slide2expr.contracts.predictions import copy_scverse_entries, uns_value
@@ -503,7 +502,8 @@ def run_training(adata: Any, *, head: str, config: TrainConfig, models_dir: str 
     config
         Train settings.
     models_dir
-        ``results/models/{head}``: fold directories and ``splits.tsv`` (replaced atomically).
+        ``results/models/{head}``: fold directories and ``splits.tsv`` (replaced atomically,
+        and only if slide2expr made the folder: :func:`slide2expr.atomic.check_replaceable`).
     predictions_path
         ``results/predictions/{head}.h5ad``.
     dataset_path
@@ -541,12 +541,10 @@ def run_training(adata: Any, *, head: str, config: TrainConfig, models_dir: str 
                           dataset_path=dataset_path)
     sections = adata.obs[Key.SAMPLE_ID].astype(str).to_numpy()
 
-    models_dir = Path(models_dir)
-    tmp_dir = temporary_sibling(models_dir)
-    shutil.rmtree(tmp_dir, ignore_errors=True)
-    remove_stale_temporaries(models_dir)  # left by a killed run
     results: list[FoldResult] = []
-    try:
+    # Both outputs appear together or not at all; the models folder replaces an earlier one
+    # only if slide2expr made it (checked before training), and one run at a time writes them.
+    with atomic_outputs(models_dir, predictions_path) as (tmp_dir, predictions_tmp):
         for k in tqdm(fold_ids(fold), desc=f"training {head}", unit="fold", disable=None):
             result = train_fold(head=head, config=config, source=source, x=x, counts=counts,
                                 var_names=var_names, groups=groups, fold=fold, k=k,
@@ -561,14 +559,7 @@ def run_training(adata: Any, *, head: str, config: TrainConfig, models_dir: str 
                      groups=groups, fold=fold)
         predictions = assemble_predictions(adata, results, fold=fold, config=config,
                                            head=head, provenance=provenance)
-        with atomic_output(predictions_path) as tmp:
-            write_h5ad(predictions, tmp)  # uns['spatial'] images compressed
-            if models_dir.exists():
-                shutil.rmtree(models_dir)
-            os.replace(tmp_dir, models_dir)
-    except BaseException:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
-        raise
+        write_h5ad(predictions, predictions_tmp)  # uns['spatial'] images compressed
     return predictions
 
 

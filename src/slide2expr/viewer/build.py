@@ -21,7 +21,6 @@ import json
 import logging
 import math
 import os
-import shutil
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -35,7 +34,7 @@ import slide2expr.viewer.layers as layers
 import slide2expr.viewer.page as page
 from slide2expr.atomic import atomic_output
 from slide2expr.contracts.tilemaps import UNITS, TileMap, read_tile_map
-from slide2expr.errors import InputError
+from slide2expr.errors import NO_SPACE_ERRNOS, InputError, environment_fault, fault_errno
 from slide2expr.heatmap.gene_choice import gene_filename, select_genes
 from slide2expr.heatmap.geojson import mask_polygons
 from slide2expr.heatmap.run import open_matching_slide, tissue_mask
@@ -137,7 +136,8 @@ def build_viewer(results: str | Path, out: str | Path | None = None, *,
         The workflow's results folder (``heatmaps/{head}/{sample}.h5ad`` tile maps, and
         optionally ``report/{head}/genes.tsv`` and ``predictions/{head}.h5ad``).
     out
-        The viewer folder (default ``{results}/viewer``); replaced as a whole.
+        The viewer folder (default ``{results}/viewer``); replaced as a whole, and only if
+        slide2expr made it (:func:`slide2expr.atomic.check_replaceable`).
     options
         Head, genes, slides, scale, tissue detection.
 
@@ -193,9 +193,6 @@ def build_viewer(results: str | Path, out: str | Path | None = None, *,
         (tmp / "build.json").write_text(json.dumps(
             {"seconds": round(seconds, 2), "head": head, "n_genes": len(genes),
              "slides": [vars(s) for s in stats]}, indent=1), encoding="utf-8")
-        old = _move_aside(out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
     log.info("viewer of %d slides x %d genes written to %s in %.1f s", len(stats), len(genes),
              out, seconds)
     return ViewerResult(out=out, head=head, genes=genes, slides=stats, seconds=seconds)
@@ -303,7 +300,12 @@ def cohort_limits(maps: Sequence[Path], genes: Sequence[str],
 
 
 def check_writable(out: Path) -> None:
-    """Fail early, with the fix, when the viewer's parent folder cannot be written."""
+    """Fail early, with the fix, when the viewer's parent folder cannot be written.
+
+    A read-only or unwritable folder (or a full disk) is the machine's fault: an
+    :class:`~slide2expr.errors.EnvironmentFault` naming ``out`` (status 1, as in every other
+    command); a path that cannot be a folder (a file in the way) is an :class:`InputError`.
+    """
     parent = out.parent
     try:
         parent.mkdir(parents=True, exist_ok=True)
@@ -311,17 +313,12 @@ def check_writable(out: Path) -> None:
         probe.mkdir()
         probe.rmdir()
     except OSError as exc:
+        fault = environment_fault(exc, out, fix=None if fault_errno(exc) in NO_SPACE_ERRNOS
+                                  else "pass --out-dir a folder you can write to")
+        if fault is not None:
+            raise fault from exc
         raise InputError(parent, f"cannot be written ({exc.strerror or exc})",
                          "pass --out-dir a folder you can write to") from exc
-
-
-def _move_aside(out: Path) -> Path | None:
-    """Rename an existing viewer out of the way so the new one can take its name."""
-    if not out.exists():
-        return None
-    old = out.with_name(f".{out.name}.old-{os.getpid()}")
-    os.replace(out, old)
-    return old
 
 
 def build_slide(tmap: TileMap, slides_dir: Path, genes: Sequence[str], *,

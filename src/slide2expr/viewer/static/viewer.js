@@ -11,7 +11,8 @@ var S2E = (function () {
   var st = {
     data: null, slide: null, detail: {}, gene: null, genes: {}, layers: {}, pending: {},
     viewer: null, base: null, mapItem: null, mapKey: null, levels: {}, baseLoaded: false,
-    painted: null, cellIndex: null, luts: {}, decoded: {}, renders: 0, marks: {}
+    painted: null, cellIndex: null, luts: {}, decoded: {}, renders: 0, marks: {},
+    split: false, viewer2: null, base2: null, mapViewer: null, hover: null, syncing: false
   };
   function mark(name) { if (st.marks[name] === undefined) st.marks[name] = Math.round(performance.now()); }
   function $(id) { return document.getElementById(id); }
@@ -83,18 +84,30 @@ var S2E = (function () {
     var a = fade ? Math.min(1, t / FADE_TO) : 1;
     return [table[k], table[k + 1], table[k + 2], a];
   }
-  function drawLegend(lim, label) {
-    var c = $('legend-bar'), ctx = c.getContext('2d'), table = lut($('cmap').value);
-    var fade = $('fade').checked;
+  function drawLegend(lim, label, ids, noFade) {
+    ids = ids || ['legend-bar', 'legend-min', 'legend-max', 'legend-label'];
+    var c = $(ids[0]), ctx = c.getContext('2d'), table = lut($('cmap').value);
+    var fade = $('fade').checked && !noFade;
     ctx.clearRect(0, 0, c.width, c.height);
     for (var i = 0; i < 256; i++) {
       var a = fade ? Math.min(1, (i / 255) / FADE_TO) : 1;
       ctx.fillStyle = 'rgba(' + table[3 * i] + ',' + table[3 * i + 1] + ',' + table[3 * i + 2] + ',' + a + ')';
       ctx.fillRect(i, 0, 1, c.height);
     }
-    $('legend-min').textContent = '\u2264 ' + fmt(lim[0]);
-    $('legend-max').textContent = '\u2265 ' + fmt(lim[1]);
-    $('legend-label').textContent = label;
+    $(ids[1]).textContent = '\u2264 ' + fmt(lim[0]);
+    $(ids[2]).textContent = '\u2265 ' + fmt(lim[1]);
+    $(ids[3]).textContent = label;
+  }
+  // measured values at the spots have their own scale: this slide's measured range
+  function measuredLimits(layer) { return [layer.spots.mlo, layer.spots.mhi]; }
+  function showingSpots() { return st.split || $('spots').checked; }
+  function drawMeasuredLegend(layer) {
+    var box = $('legend-measured'), on = showingSpots() && layer && layer.spots;
+    box.hidden = !on;
+    if (!on) return;
+    drawLegend(measuredLimits(layer), 'measured ' + st.gene + ' at the spots, ' + st.data.units +
+      ' (this slide\'s measured range; its own scale, not the map\'s)',
+      ['legend-m-bar', 'legend-m-min', 'legend-m-max', 'legend-m-label'], true);
   }
 
   // ------------------------------------------------------------------ gene layers
@@ -136,9 +149,12 @@ var S2E = (function () {
       var what = control('map') === 'uncertainty' ? 'spread (SD) of the ensemble members or fold models' : 'predicted ' + gene;
       var how = control('map') === 'uncertainty' ? 'layer range' :
         (control('scale') === 'cohort' ? 'cohort-wide scale' : 'per-slide scale, ' + st.data.clip_percentiles.join('\u2013') + 'th percentiles');
-      drawLegend(lim, what + ', ' + st.data.units + ' (' + how + ')');
+      $('legend').hidden = !src;
+      if (src) drawLegend(lim, what + ', ' + st.data.units + ' (' + how + ')');
+      drawMeasuredLegend(layer);
       updateCurrent(layer);
       drawOverlay();
+      decodeForReadout(slide, gene, layer);
       if (!src) { removeMap(); finishPaint(); return; }
       var key = [slide.id, gene, src.kind].join('\u0000');
       decode(key, src.png, function (dec) {
@@ -146,13 +162,16 @@ var S2E = (function () {
         var url = colourise(dec, src, lim);
         var g = slide.grid;
         var mapKey = key + '|' + $('cmap').value + '|' + lim.join(',') + '|' + $('fade').checked;
-        st.viewer.addSimpleImage({
+        var target = st.split ? st.viewer2 : st.viewer;
+        target.addSimpleImage({
           url: url, x: 0, y: 0, width: (g.cols * g.step) / slide.width,
           opacity: $('opacity').value / 100,
           success: function (ev) {
-            if (slide !== st.slide) { st.viewer.world.removeItem(ev.item); return; }
+            if (slide !== st.slide || target !== (st.split ? st.viewer2 : st.viewer)) {
+              target.world.removeItem(ev.item); return;
+            }
             removeMap();
-            st.mapItem = ev.item; st.mapKey = mapKey; st.renders++;
+            st.mapItem = ev.item; st.mapKey = mapKey; st.mapViewer = target; st.renders++;
             finishPaint();
           }
         });
@@ -160,12 +179,19 @@ var S2E = (function () {
     });
   }
   function removeMap() {
-    if (st.mapItem) { st.viewer.world.removeItem(st.mapItem); st.mapItem = null; st.mapKey = null; }
+    if (st.mapItem) { (st.mapViewer || st.viewer).world.removeItem(st.mapItem); st.mapItem = null; st.mapKey = null; }
+  }
+  function decodeForReadout(slide, gene, layer) {
+    // the readout needs the predicted values (and the spread, when the model has one)
+    // whichever layer is shown
+    decode([slide.id, gene, 'predicted'].join('\u0000'), layer.png, function () { refreshReadout(); });
+    if (layer.spread) decode([slide.id, gene, 'spread'].join('\u0000'), layer.spread.png, function () { refreshReadout(); });
   }
   function finishPaint() {
     mark('layer_painted');
-    st.painted = st.slide.id + '/' + st.gene + '/' + control('map');
+    st.painted = st.slide.id + '/' + st.gene + '/' + control('map') + (st.split ? '/split' : '');
     if (st.baseLoaded) setReady(true);
+    refreshReadout();
   }
   function colourise(dec, src, lim) {
     var table = lut($('cmap').value), fade = $('fade').checked;
@@ -201,16 +227,21 @@ var S2E = (function () {
 
   // ------------------------------------------------------------------ overlay: outline, spots
   function drawOverlay() {
-    var c = $('overlay'), stage = $('stage');
-    if (c.width !== stage.clientWidth || c.height !== stage.clientHeight) {
-      c.width = stage.clientWidth; c.height = stage.clientHeight;
+    drawPane($('overlay'), st.base, showingSpots());
+    if (st.split) drawPane($('overlay2'), st.base2, false);
+    if (st.base && st.slide) drawScaleBar();
+  }
+  function drawPane(c, base, withSpots) {
+    // a canvas takes its size from its width/height attributes: one pane of the stage
+    var stage = $('stage'), w = st.split ? Math.floor(stage.clientWidth / 2) : stage.clientWidth;
+    if (c.width !== w || c.height !== stage.clientHeight) {
+      c.width = w; c.height = stage.clientHeight;
     }
     var ctx = c.getContext('2d');
     ctx.clearRect(0, 0, c.width, c.height);
-    if (!st.base || !st.slide) return;
+    if (!base || !st.slide) return;
     var det = st.detail[st.slide.id];
     if (!det) return;
-    var base = st.base;
     function pt(x, y) { return base.imageToViewerElementCoordinates(new OpenSeadragon.Point(x, y)); }
     if ($('outline').checked && det.outline) {
       ctx.lineWidth = 2; ctx.strokeStyle = 'rgba(0,160,200,0.9)'; ctx.setLineDash([6, 4]);
@@ -224,8 +255,8 @@ var S2E = (function () {
       ctx.setLineDash([]);
     }
     var layer = st.layers[st.slide.id + '\u0000' + st.gene];
-    if ($('spots').checked && det.spots && layer && layer.spots) {
-      var table = lut($('cmap').value), lim = control('scale') === 'cohort' ? st.data.cohort_limits[st.gene] : layer.slide_limits;
+    if (withSpots && det.spots && layer && layer.spots) {
+      var table = lut($('cmap').value), lim = measuredLimits(layer);
       var vals = spotValues(layer, 'measured');
       var rad = Math.max(2, pt(det.spots.diameter / 2, 0).x - pt(0, 0).x);
       ctx.lineWidth = 1; ctx.strokeStyle = 'rgba(0,0,0,0.8)';
@@ -239,7 +270,6 @@ var S2E = (function () {
         ctx.fill(); ctx.stroke();
       });
     }
-    drawScaleBar();
   }
   function spotValues(layer, which) {
     var s = layer.spots, k = which + 'Values';
@@ -271,10 +301,13 @@ var S2E = (function () {
     }
     return det.index;
   }
-  function readout(pos) {
-    if (!st.base || !st.slide) return;
+  function refreshReadout() { if (st.hover) readout(st.hover.pos, st.hover.pane); }
+  function readout(pos, pane) {
+    var base = pane === 2 ? st.base2 : st.base;
+    if (!base || !st.slide) return;
+    st.hover = { pos: pos, pane: pane };
     var det = st.detail[st.slide.id], layer = st.layers[st.slide.id + '\u0000' + st.gene];
-    var p = st.base.viewerElementToImageCoordinates(pos), s = st.slide, lines = [];
+    var p = base.viewerElementToImageCoordinates(pos), s = st.slide, lines = [];
     if (p.x < 0 || p.y < 0 || p.x >= s.width || p.y >= s.height) { $('readout').textContent = 'Outside the slide.'; return; }
     lines.push(s.mpp ? 'x ' + (p.x * s.mpp).toFixed(1) + ' \u00b5m, y ' + (p.y * s.mpp).toFixed(1) + ' \u00b5m' :
       'x ' + Math.round(p.x) + ' px, y ' + Math.round(p.y) + ' px (no mpp)');
@@ -307,6 +340,7 @@ var S2E = (function () {
       }
     }
     $('readout').textContent = lines.join('\n');
+    $('readout').setAttribute('data-gene', layer ? st.gene : '');
   }
 
   // ------------------------------------------------------------------ slides and genes
@@ -332,13 +366,8 @@ var S2E = (function () {
       if (st.slide !== slide) return;
       $('spots').disabled = !slide.has_spots;
       if (!slide.has_spots) $('spots').checked = false;
-      st.viewer.open({
-        Image: {
-          xmlns: DZ_NS, Url: slide.dzi.url, Format: slide.dzi.format,
-          Overlap: String(slide.dzi.overlap), TileSize: String(slide.dzi.tile_size),
-          Size: { Width: String(slide.width), Height: String(slide.height) }
-        }
-      });
+      st.viewer.open(tileSource(slide));
+      if (st.split) st.viewer2.open(tileSource(slide));
     };
     if (st.detail[slide.id]) go();
     else {
@@ -347,6 +376,57 @@ var S2E = (function () {
         note('Cannot load ' + src + ': rebuild the viewer.'); console.error('slide2expr: cannot load ' + src);
       });
     }
+  }
+  function tileSource(slide) {
+    return {
+      Image: {
+        xmlns: DZ_NS, Url: slide.dzi.url, Format: slide.dzi.format,
+        Overlap: String(slide.dzi.overlap), TileSize: String(slide.dzi.tile_size),
+        Size: { Width: String(slide.width), Height: String(slide.height) }
+      }
+    };
+  }
+
+  // ------------------------------------------------------------------ side by side
+  function sync(from, to) {
+    // the other pane shows the same region: same zoom, same centre (panes are equally wide)
+    if (!st.split || !to || st.syncing) return;
+    st.syncing = true;
+    to.viewport.zoomTo(from.viewport.getZoom(false), null, true);
+    to.viewport.panTo(from.viewport.getCenter(false), true);
+    st.syncing = false;
+  }
+  function setSplit(on) {
+    if (on && !st.slide.has_spots) { note('This slide has no measured spots to compare.'); $('split').checked = false; return; }
+    st.split = on;
+    $('split').checked = on;
+    $('stage').className = on ? 'split' : '';
+    ['view2', 'overlay2', 'pane-labels'].forEach(function (id) { $(id).hidden = !on; });
+    removeMap();
+    if (on) {
+      if (control('map') === 'off') document.querySelector('input[name=map][value=predicted]').checked = true;
+      if (!st.viewer2) {
+        st.viewer2 = OpenSeadragon({
+          element: $('view2'), prefixUrl: 'openseadragon/images/', drawer: 'canvas',
+          showNavigator: false, maxZoomPixelRatio: 2, visibilityRatio: 0.5,
+          constrainDuringPan: false, animationTime: 0.6,
+          gestureSettingsMouse: { clickToZoom: false }, crossOriginPolicy: false
+        });
+        st.viewer2.addHandler('open', function () {
+          st.base2 = st.viewer2.world.getItemAt(0);
+          sync(st.viewer, st.viewer2);
+          renderMap();
+        });
+        st.viewer2.addHandler('viewport-change', function () { sync(st.viewer2, st.viewer); });
+        ['animation', 'update-viewport', 'resize', 'open'].forEach(function (ev) { st.viewer2.addHandler(ev, drawOverlay); });
+        new OpenSeadragon.MouseTracker({ element: st.viewer2.canvas, moveHandler: function (e) { readout(e.position, 2); } });
+      }
+      setReady(false);
+      st.viewer2.open(tileSource(st.slide));
+    } else {
+      renderMap();
+    }
+    window.dispatchEvent(new Event('resize'));
   }
   function onOpen() {
     mark('open');
@@ -426,11 +506,17 @@ var S2E = (function () {
       if (e.tiledImage === st.base) { st.levels[e.tile.level] = true; mark('first_tile'); st.marks.last_tile = Math.round(performance.now()); }
     });
     ['animation', 'update-viewport', 'resize', 'open'].forEach(function (ev) { st.viewer.addHandler(ev, drawOverlay); });
-    new OpenSeadragon.MouseTracker({ element: st.viewer.canvas, moveHandler: function (e) { readout(e.position); } });
+    new OpenSeadragon.MouseTracker({ element: st.viewer.canvas, moveHandler: function (e) { readout(e.position, 1); } });
+    st.viewer.addHandler('viewport-change', function () { sync(st.viewer, st.viewer2); });
+    $('split').addEventListener('change', function () { setSplit($('split').checked); });
     $('slide').addEventListener('change', function () { openSlide($('slide').value, st.gene); });
     $('opacity').addEventListener('input', function () { if (st.mapItem) st.mapItem.setOpacity($('opacity').value / 100); });
     ['cmap', 'fade', 'spots', 'outline'].forEach(function (id) {
-      $(id).addEventListener('change', function () { if (id === 'spots' || id === 'outline') drawOverlay(); else renderMap(); });
+      $(id).addEventListener('change', function () {
+        if (id === 'spots' || id === 'outline') {
+          drawOverlay(); drawMeasuredLegend(st.layers[st.slide.id + '\u0000' + st.gene]);
+        } else renderMap();
+      });
     });
     Array.prototype.forEach.call(document.querySelectorAll('input[name=map],input[name=scale]'), function (el) {
       el.addEventListener('change', renderMap);
@@ -467,6 +553,6 @@ var S2E = (function () {
       (st.pending[key] || []).forEach(function (cb) { cb(layer); });
       delete st.pending[key];
     },
-    chooseGene: chooseGene, openSlide: openSlide
+    chooseGene: chooseGene, openSlide: openSlide, setSplit: setSplit
   };
 })();
