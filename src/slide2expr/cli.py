@@ -34,7 +34,7 @@ import sys
 import typer
 
 from slide2expr import console
-from slide2expr.errors import InputError, environment_fault
+from slide2expr.errors import InputError, environment_fault, path_fault
 
 app = typer.Typer(
     name="slide2expr",
@@ -147,7 +147,7 @@ def main() -> None:
     except typer.TyperException as exc:  # typer's own click: usage errors (exit code 2)
         _usage_error(exc)
     except Exception as exc:
-        fault = environment_fault(exc)
+        fault = environment_fault(exc) or path_fault(exc)
         if fault is None:
             if _stopped_by:
                 _stopped()

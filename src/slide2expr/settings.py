@@ -258,12 +258,20 @@ def parse_config_json(text: str | None, *, option: str = "--config-json") -> dic
     if not isinstance(value, dict):
         raise InputError(source, f"{option} must be an object keyed by config section",
                          'e.g. {"tiling": {"tile_px": 224}}')
-    known = list(load_schema("config").get("properties", {}))
+    properties = load_schema("config").get("properties", {})
+    known = list(properties)
     unknown = sorted(set(value) - set(known))
     if unknown:
         closest = _closest(unknown[0], known)
         fix = f"rename it to {closest!r}" if closest else f"use {', '.join(sorted(known))}"
         raise InputError(source, f"unknown config key {unknown[0]!r}", f"{fix} (config/README.md)")
+    for key, section_value in value.items():
+        if properties[key].get("type") == "object" and not isinstance(section_value,
+                                                                        dict | None):
+            raise InputError(source, f"config section '{key}' is {section_value!r}, not a "
+                             "mapping of settings",
+                             f"write its settings as 'key: value' lines indented under "
+                             f"'{key}:' (config/README.md), or remove the line")
     return value
 
 

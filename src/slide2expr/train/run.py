@@ -58,6 +58,8 @@ from slide2expr.train.data import FoldDataModule
 from slide2expr.train.features import BagFeatures, SpotFeatures
 from slide2expr.train.gene_selection import column_stats, select_genes
 from slide2expr.train.heads import HEADS, MONITOR, build_head
+from slide2expr.train.plausible import RangeCheck, plausible_bounds
+from slide2expr.train.scaling import block_widths, near_constant
 from slide2expr.train.selection import (
     RIDGE,
     Selection,
@@ -193,6 +195,8 @@ class FoldResult:
     #: Standard deviation (``ddof=0``) of the ensemble members' predictions; None with one
     #: (or when ridge won the fold's selection).
     predicted_sd: np.ndarray | None = None
+    #: Per-gene plausible range of a prediction (:mod:`slide2expr.train.plausible`).
+    plausible: tuple[np.ndarray, np.ndarray] | None = None
     #: The head's own held-out predictions (``predicted`` is ridge's when ridge won).
     head_predicted: np.ndarray | None = None
     #: What the fold shipped: the head's name or ``ridge`` (:mod:`slide2expr.train.selection`).
@@ -385,6 +389,8 @@ def train_fold(*, head: str, config: TrainConfig, source: SpotFeatures | BagFeat
         "inputs": input_names,
         "augment_views": list(views.train_views) if views is not None else [],
         "tta_views": list(views.tta_views) if views is not None else [],
+        "near_constant_features": int(near_constant(
+            fit_source.moments(rows(train_idx))[1], block_widths(fit_source)).sum()),
         "selection": selection.record(),
     }
 
@@ -412,7 +418,7 @@ def train_fold(*, head: str, config: TrainConfig, source: SpotFeatures | BagFeat
                       baselines=out_baselines, info=info,
                       train_mean=y[train_idx].astype(np.float64).mean(axis=0),
                       predicted_sd=predicted_sd, head_predicted=head_predicted,
-                      winner=selection.winner)
+                      winner=selection.winner, plausible=plausible_bounds(y[train_idx]))
 
 
 def select_model(head: str, config: TrainConfig, members: list[dict[str, Any]],
@@ -436,7 +442,8 @@ def select_model(head: str, config: TrainConfig, members: list[dict[str, Any]],
                                                  groups_val))
         tr = rows(inner_train)
         score, alpha = ridge_on_split(source.pooled(tr), y_fit[tr], source.pooled(inner_val),
-                                      y[inner_val], groups_val, alphas=config.ridge_alphas)
+                                      y[inner_val], groups_val, alphas=config.ridge_alphas,
+                                      blocks=block_widths(source))
         selection.ridge_scores.append(score)
         selection.ridge_alphas.append(alpha)
     log.info("selection (%s): inner score %s %.4f, ridge %.4f -> %s", config.select, head,
@@ -455,8 +462,10 @@ def ship_ridge(config: TrainConfig, source: SpotFeatures | BagFeatures, y: np.nd
     x_train = source.pooled(train_idx)
     if alpha is None:  # ridge not among the baselines: choose alpha as the baseline would
         alpha, _ = baselines.choose_alpha(x_train, y[train_idx], groups[train_idx],
-                                          config.ridge_alphas, seed=config.seed)
-    net = baselines.ridge_network(x_train, y[train_idx], alpha=float(alpha))
+                                          config.ridge_alphas, seed=config.seed,
+                                          blocks=block_widths(source))
+    net = baselines.ridge_network(x_train, y[train_idx], alpha=float(alpha),
+                                  blocks=block_widths(source))
     ridge_meta = {**meta, "head": "mlp", "hparams": net.hparams, "member": 0,
                   "selection": selection.record(), "model": RIDGE, "ridge_alpha": float(alpha),
                   "epochs": 0, "best_epoch": 0, "best_val_pearson": None}
@@ -473,16 +482,20 @@ def fit_baselines(config: TrainConfig, source: SpotFeatures | BagFeatures, y: np
 
     pooled_train = source.pooled(train_idx)
     pooled_test = source.pooled(test_idx)
+    blocks = block_widths(source)
+    info["near_constant_baseline_features"] = int(
+        near_constant(pooled_train.std(axis=0), blocks).sum())
     out: dict[str, np.ndarray] = {}
     for name in config.baselines:
         if name == "ridge":
             pred, alpha = baselines.ridge_baseline(
                 pooled_train, y[train_idx], pooled_test, groups[train_idx],
-                alphas=config.ridge_alphas, seed=config.seed + k)
+                alphas=config.ridge_alphas, seed=config.seed + k, blocks=blocks)
             info["ridge_alpha"] = alpha
         elif name == "hest":
             pred = baselines.hest_baseline(pooled_train, y[train_idx], pooled_test,
-                                           n_components=config.hest_pca, seed=config.seed)
+                                           n_components=config.hest_pca, seed=config.seed,
+                                           blocks=blocks)
         else:
             pred = baselines.mean_baseline(y[train_idx], len(test_idx))
         out[name] = pred.astype(np.float32)
@@ -559,8 +572,21 @@ def run_training(adata: Any, *, head: str, config: TrainConfig, models_dir: str 
                      groups=groups, fold=fold)
         predictions = assemble_predictions(adata, results, fold=fold, config=config,
                                            head=head, provenance=provenance)
+        warn_implausible(predictions, head)
         write_h5ad(predictions, predictions_tmp)  # uns['spatial'] images compressed
     return predictions
+
+
+def warn_implausible(predictions: Any, head: str) -> None:
+    """Log one warning when any written prediction lies outside its gene's plausible range."""
+    record = predictions.uns[Key.PROVENANCE]["train"]["range_check"]
+    parts = [f"{layer}: {v['outside']} of {v['checked']} values in {v['genes_affected']} "
+             f"gene(s) (e.g. {', '.join(v['genes'][:3])}), most extreme {v['most_extreme']:.4g}"
+             for layer, v in record["layers"].items() if v["outside"]]
+    if parts:
+        log.warning("%s: predictions outside the plausible range of their gene (%s): %s; kept "
+                    "and counted in uns['slide2expr']['train']['range_check']", head,
+                    record["rule"], "; ".join(parts))
 
 
 def _check_dataset(adata: Any, head: str, src: str | None) -> None:
@@ -602,6 +628,7 @@ def assemble_predictions(adata: Any, results: list[FoldResult], *, fold: np.ndar
         layers[Key.PREDICTED_HEAD] = np.full((n, len(union)), np.nan, dtype=np.float32)
     n_folds = np.zeros(len(union), dtype=np.int64)
     train_mean = np.zeros(len(union))
+    check = RangeCheck(genes=[str(g) for g in np.asarray(adata.var_names)[union]])
     for r in results:
         cols = np.array([column[g] for g in r.genes])
         n_folds[cols] += 1
@@ -614,6 +641,13 @@ def assemble_predictions(adata: Any, results: list[FoldResult], *, fold: np.ndar
             layers[Key.PREDICTED_HEAD][rows, cols[None, :]] = r.head_predicted
         for name, pred in r.baselines.items():
             layers[BASELINE_LAYERS[name]][rows, cols[None, :]] = pred
+        if r.plausible is not None:
+            head_layer = ([(Key.PREDICTED_HEAD, r.head_predicted)]
+                          if Key.PREDICTED_HEAD in layers and r.head_predicted is not None
+                          else [])
+            for layer, pred in ((Key.PREDICTED, r.predicted), *head_layer,
+                                *((BASELINE_LAYERS[n], p) for n, p in r.baselines.items())):
+                check.add(str(layer), pred, cols, *r.plausible)
     x = adata.X[:, union]
     x = np.asarray(x.toarray() if sp.issparse(x) else x, dtype=np.float32)
     obs = adata.obs.copy()
@@ -635,6 +669,7 @@ def assemble_predictions(adata: Any, results: list[FoldResult], *, fold: np.ndar
         "selection": shipped_summary({f"fold{r.fold}": r.info["selection"] for r in results
                                       if "selection" in r.info}, head),
         "held_out_units": int((fold != NOT_HELD_OUT).sum()),
+        "range_check": check.record(),
     })
     out.uns[Key.PROVENANCE] = prov
     stamp_predictions(out)

@@ -33,6 +33,7 @@ import pandas as pd
 import slide2expr.viewer.layers as layers
 import slide2expr.viewer.page as page
 from slide2expr.atomic import atomic_output
+from slide2expr.contracts.predictions import read_predictions
 from slide2expr.contracts.tilemaps import UNITS, TileMap, read_tile_map
 from slide2expr.errors import NO_SPACE_ERRNOS, InputError, environment_fault, fault_errno
 from slide2expr.heatmap.gene_choice import gene_filename, select_genes
@@ -40,6 +41,7 @@ from slide2expr.heatmap.geojson import mask_polygons
 from slide2expr.heatmap.run import open_matching_slide, tissue_mask
 from slide2expr.heatmap.scale import cohort_scale, read_scale, robust_limits
 from slide2expr.heatmap.spot_overlay import read_spot_values
+from slide2expr.keys import Key
 from slide2expr.tile.tissue import TissueParams
 from slide2expr.viewer.pyramid import write_pyramid
 
@@ -162,7 +164,9 @@ def build_viewer(results: str | Path, out: str | Path | None = None, *,
                          source=maps[0]) if options.genes else list(first.genes)
     report = _find(options.report, results / "report" / head / "genes.tsv")
     r_by_gene = read_report_r(report) if report else {}
-    predictions = _find(options.predictions, results / "predictions" / f"{head}.h5ad")
+    predictions = spot_predictions(_find(options.predictions,
+                                         results / "predictions" / f"{head}.h5ad"),
+                                   explicit=options.predictions is not None)
     cohort = cohort_limits(maps, genes, options)
     check_writable(out)
     page.openseadragon_dir()  # an installation fault stops the build before any work
@@ -414,6 +418,28 @@ def slide_outline(slide_path: Path, tmap: TileMap,
     outline = [[np.round(np.asarray(ring), 0).astype(int).tolist() for ring in poly]
                for poly in polygons]
     return float(mpp), str(source) if source else None, outline
+
+
+def spot_predictions(predictions: Path | None, *, explicit: bool) -> Path | None:
+    """``predictions`` when it is a readable spot-mode predictions file, ``None`` when there
+    is none or it was found by itself and is bulk mode (no spots: a note).
+
+    Raises
+    ------
+    InputError
+        When the file cannot be read, or was passed explicitly and is not spot mode: checked
+        before any work, so a broken file never yields a viewer without its spots.
+    """
+    if predictions is None:
+        return None
+    try:
+        read_predictions(predictions, need=(Key.SPATIAL,))
+    except InputError as exc:
+        if explicit or f"obsm['{Key.SPATIAL}']" not in exc.problem:
+            raise
+        log.info("no spots from %s (%s)", predictions, exc.problem)
+        return None
+    return predictions
 
 
 def read_spots(predictions: Path | None, sample: str, genes: Sequence[str], *,
