@@ -280,7 +280,8 @@ def fold_table(summary: dict[str, Any]) -> str:
 MAP_METHOD_LABELS = {
     "head": "bulk head's tile map",
     "ridge": "ridge on mean tile embeddings, applied tile by tile (linear bulk baseline)",
-    "floor": "region mean painted on every tile (floor)",
+    "floor": "the head's region prediction painted on every tile (floor)",
+    "region_truth": "the region's measured pseudo-bulk on every tile (flat oracle)",
     "ceiling": "ridge trained on the spots (ceiling)",
 }
 
