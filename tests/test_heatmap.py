@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from slide2expr.atomic import FOLDER_MARKER
 from slide2expr.draw import (
     OverlayStyle,
     blend_overlay,
@@ -607,7 +608,8 @@ def test_cli_draws_from_features_and_a_model_dir(toy_run, tmp_path):
         "heatmap", str(toy_run["features"]), "--model-dir", str(toy_run["models"]), "-o", str(out),
         "--report", str(toy_run["report"]), "--n-genes", "2", "--cmap", "magma", "--alpha", "0.5"])
     assert result.exit_code == 0, result.output
-    assert sorted(p.name for p in (out / "toy").iterdir()) == ["GB.png", "GC.png", "limits.tsv"]
+    assert sorted(p.name for p in (out / "toy").iterdir()) == [FOLDER_MARKER, "GB.png", "GC.png",
+                                                               "limits.tsv"]
     tmap = read_tile_map(out / "toy.h5ad")
     expected = load_trained_head(toy_run["models"]).predict_tiles(toy_run["feats"])
     np.testing.assert_allclose(tmap.values, expected, rtol=1e-5, atol=1e-6)

@@ -670,3 +670,30 @@ def test_browser_report_link_opens_the_gene(built, browser) -> None:
     assert browser.current_url.startswith((built.out / "index.html").resolve().as_uri())
     assert browser.find_element(By.ID, "current").get_attribute("data-gene") == "HLA-DRA"
     assert _errors(browser) == []
+
+
+def test_regions_of_one_slide_share_one_pyramid(cohort: Path, tmp_path: Path) -> None:
+    """Two region samples of one slide (sheet roi): each gets its own layers and tile cells,
+    the slide's pyramid is written once and both point at it."""
+    from slide2expr.contracts.tilemaps import TileMap, read_tile_map, write_tile_map
+    from slide2expr.viewer import build_viewer
+
+    whole = read_tile_map(cohort / "heatmaps" / "mlp" / "S1.h5ad")
+    results = tmp_path / "results"
+    left = whole.coords[:, 0] < W / 2
+    for sample, rows in (("S1_left", left), ("S1_right", ~left)):
+        attrs = {**whole.attrs, "sample_id": sample, "roi_bounds": [0.0, 0.0, W / 2, H]}
+        write_tile_map(results / "heatmaps" / "mlp" / f"{sample}.h5ad",
+                       TileMap(values=whole.values[rows], genes=list(whole.genes),
+                               coords=whole.coords[rows], tile_size0=whole.tile_size0,
+                               attrs=attrs))
+    res = build_viewer(results)
+    [data] = _call(res.out / "data.js", "data")
+    urls = {s["id"]: s["dzi"]["url"] for s in data["slides"]}
+    assert urls == {"S1_left": "slides/S1_left/slide_files/",
+                    "S1_right": "slides/S1_left/slide_files/"}
+    assert (res.out / "slides/S1_left/slide.dzi").is_file()
+    assert not (res.out / "slides/S1_right/slide_files").exists()
+    assert {s["id"]: s["n_tiles"] for s in data["slides"]} == {
+        "S1_left": int(left.sum()), "S1_right": int((~left).sum())}
+    assert (res.out / "slides/S1_right/slide.js").is_file()

@@ -95,8 +95,7 @@ def view(
         try:
             result = build_viewer(results, out, options=options)
         except OSError as exc:  # disk full, I/O error: the machine, not the input
-            where = f"{exc.filename}: " if exc.filename else ""
-            typer.echo(f"error: {where}{exc.strerror or exc} while writing the viewer; nothing "
+            typer.echo(f"error: {out}: {exc.strerror or exc} while writing the viewer; nothing "
                        f"was left in {out}. Fix: free space or pass --out-dir elsewhere", err=True)
             sys.exit(1)
         total = sum(s.bytes for s in result.slides)

@@ -16,7 +16,6 @@ All of them appear together or not at all.
 from __future__ import annotations
 
 import logging
-import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -248,8 +247,6 @@ def make_heatmaps(tmap: TileMap, slide: Slide, out_dir: str | Path, *,
                        spots=spot_values)
         if write_map:
             write_tile_map(tmps[2], tmap)
-        if sample_dir.exists():  # replaced as a whole on exit
-            shutil.rmtree(sample_dir)
     seconds = time.perf_counter() - start
     log.info("%s: heatmaps of %s written to %s in %.1f s", sample, ", ".join(genes), out_dir,
              seconds)

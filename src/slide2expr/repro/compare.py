@@ -120,7 +120,8 @@ def build_compare(runs: list[RunSummary], *, benchmarks: str | Path | None = Non
                                  head=run.head, stages=stages) if benchmarks is not None else {}
         maps = (s.get("map_vs_spots") or {}).get("methods") or {}
         if maps and len(blocks) > 1:  # the floor and ceiling once, beside the baselines
-            blocks += [(f"map_{name}", {}, None) for name in ("floor", "ceiling")]
+            blocks += [(f"map_{name}", {}, None) for name in ("floor", "region_truth",
+                                                               "ceiling")]
         for model, block, sig in blocks:
             rows.append({
                 "encoder": run.encoder, "head": run.head, "model": model,
@@ -198,7 +199,8 @@ def write_compare(table: pd.DataFrame, tsv: str | Path, html_path: str | Path | 
 def _map_scores(maps: dict[str, Any], model: str) -> dict[str, Any]:
     """Map-versus-spots mean r (top genes, all genes) of a model's tile map, when the run
     scored maps against spots (``summary['map_vs_spots']``, bulk runs on pseudo-bulk
-    regions): ``head`` (the bulk head), ``ridge``, ``map_floor``, ``map_ceiling``."""
+    regions): ``head`` (the bulk head), ``ridge``, ``map_floor``, ``map_region_truth``,
+    ``map_ceiling``."""
     if not maps:
         return {}
     block = maps.get(model.removeprefix("map_")) or {}
