@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import logging
 import math
-import shutil
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -35,7 +34,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from slide2expr.atomic import temporary_sibling
+from slide2expr.atomic import atomic_output
 from slide2expr.contracts.tilemaps import read_tile_map
 from slide2expr.errors import InputError
 from slide2expr.keys import Key
@@ -164,7 +163,7 @@ def build_spatialdata(predictions: Any, *, tile_maps: Sequence[Any] = ()) -> Any
     predictions
         ``predictions/{head}.h5ad`` as read by anndata.
     tile_maps
-        :class:`~slide2expr.heatmap.tilemap.TileMap` objects of the same run (optional).
+        :class:`~slide2expr.contracts.tilemaps.TileMap` objects of the same run (optional).
 
     Raises
     ------
@@ -239,7 +238,8 @@ def write_spatialdata(predictions_path: str | Path, out: str | Path, *,
     """Write the SpatialData zarr store of a predictions file (replacing ``out`` whole).
 
     The store is written to a hidden sibling and renamed when complete, so a failed export
-    leaves nothing that looks finished.
+    leaves nothing that looks finished; an existing ``out`` is replaced only if slide2expr
+    made it (:func:`slide2expr.atomic.check_replaceable`).
     """
     import anndata as ad
 
@@ -262,20 +262,12 @@ def write_spatialdata(predictions_path: str | Path, out: str | Path, *,
         sdata = build_spatialdata(adata, tile_maps=maps)
     except InputError as exc:
         raise InputError(predictions_path, exc.problem, exc.fix) from exc
-    tmp = temporary_sibling(out)
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        import dask
+    import dask
 
+    with atomic_output(out) as tmp:  # replaces ``out`` only if slide2expr made it
         # one block at a time: slide readers are not shared between threads
         with _quiet_library_warnings(), dask.config.set(scheduler="synchronous"):
             sdata.write(tmp)
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     log.info("wrote %s: %d images, %d shapes, tables %s", out, len(sdata.images),
              len(sdata.shapes), ", ".join(sdata.tables))
     return out
