@@ -220,7 +220,7 @@ def toy_model(folder: Path, genes: list[str], *, in_dim: int = 8) -> Path:
     import torch
 
     from slide2expr.train.heads import MLPHead
-    from slide2expr.train.trained import save_head
+    from slide2expr.train.save import save_head
 
     torch.manual_seed(0)
     module = MLPHead(in_dim=in_dim, n_genes=len(genes), hidden=0)
@@ -551,7 +551,7 @@ def test_quoted_gene_names_are_kept_as_pandas_parses_them(sep, tmp_path):
 def test_colliding_gene_file_names_are_made_unique(tmp_path, capsys, caplog):
     import logging
 
-    from slide2expr.heatmap import gene_filename, gene_filenames
+    from slide2expr.draw import gene_filename, gene_filenames
 
     genes = ["HLA/A", "HLA_A", "HLA A", "Gene", "GENE"]
     names = gene_filenames(genes)
@@ -743,7 +743,7 @@ def viewer_results(folder: Path) -> Path:
     """A results folder with one tile map (and its slide, S1.tiff): what `view` reads."""
     from test_viewer import make_tile_map, write_slide
 
-    from slide2expr.heatmap.tilemap import write_tile_map
+    from slide2expr.contracts.tilemaps import write_tile_map
 
     slide = folder / "S1.tiff"
     write_slide(slide)

@@ -198,7 +198,7 @@ def test_geojson_region_and_wkt_parse_to_the_same_polygon(tmp_path):
 
 def test_heatmap_overlays_of_a_region_crop_to_it():
     """A region sample's overlays show its region (with a 4% margin), not the whole slide."""
-    from slide2expr.heatmap.run import region_box
+    from slide2expr.draw import region_box
 
     rows, cols = region_box([1000, 400, 2000, 900], downsample=10.0, shape=(300, 400))
     assert (rows.start, rows.stop) == (36, 94)   # y 40-90 thumbnail px, margin 4

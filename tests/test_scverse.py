@@ -294,7 +294,7 @@ def test_spatialdata_export_round_trip(demo_dataset, tmp_path):
     import anndata as ad
 
     from slide2expr.cli import main
-    from slide2expr.heatmap.tilemap import TileMap, write_tile_map
+    from slide2expr.contracts.tilemaps import TileMap, write_tile_map
 
     adata = ad.read_h5ad(demo_dataset[0])
     pred = adata.copy()

@@ -11,6 +11,7 @@ import torch
 from test_train import planted_dataset
 
 import slide2expr.train.run as train_run
+from slide2expr.predict import load_trained_head
 from slide2expr.train.baselines import (
     pearson_columns,
     ridge_network,
@@ -20,7 +21,6 @@ from slide2expr.train.baselines import (
 from slide2expr.train.config import TrainConfig
 from slide2expr.train.scaling import standardise
 from slide2expr.train.selection import Selection, inner_score
-from slide2expr.train.trained import load_trained_head
 
 QUICK = {"folds": 4, "max_epochs": 3, "min_epochs": 1, "hidden": 16, "patience": 3,
          "batch_size": 32, "baselines": ["ridge", "mean"]}
@@ -208,3 +208,22 @@ def test_spread_that_tracks_the_error_ranks_it_and_covers_it():
     assert abs(blind["spearman_mean"]) < 0.2  # a spread unrelated to the error ranks nothing
     assert blind["coverage_2sd"] < 0.25       # and, too small, covers little
     assert set(blind["spearman_sections"]) == {"a", "b"}
+
+
+def test_a_users_config_gets_the_context_model_and_every_block_it_reads():
+    """With nothing set, the schema defaults train the context head, and the tiling and join
+    defaults produce every block its inputs name (a user config need not copy her2st's)."""
+    from slide2expr.settings import resolve_section
+
+    tiling, join = resolve_section("tiling", None), resolve_section("join", None)
+    train = resolve_section("train", None)
+    assert train["heads"] == ["context"] and train["select"] == "auto"
+    made = {"spot", *(f"ctx{int(um)}" for um in tiling["context_um"]),
+            *(f"nbr{int(r)}" for r in join["neighbour_um"]),
+            *(["slide"] if join["slide_mean"] else [])}
+    needed = set(train["head_inputs"]["context"])
+    assert needed <= made, needed - made
+    assert {"ctx300", "ctx1000", "nbr300", "slide"} <= needed
+    config = TrainConfig.from_dict(train)
+    assert config.for_head("context").ensemble == 4  # the spread layer is on by default
+    assert config.for_head("mlp").ensemble == 1 and config.inputs_for("mlp") == ["spot"]

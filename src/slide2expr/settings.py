@@ -1,12 +1,13 @@
 """The run configuration: one set of JSON Schemas for the workflow and the command line.
 
-The schemas live in ``workflow/schemas/`` (the Snakemake catalog layout); the workflow
-validates ``config.yaml`` with them through ``snakemake.utils.validate`` and every CLI command
-validates the sections it is given (``--config-json``) with the same files here, filling the
-same defaults. A wheel carries them as ``slide2expr/schemas`` (pyproject ``force-include``).
+The schemas live in ``workflow/schemas/`` (the Snakemake catalog layout) and hold the only
+defaults. The workflow checks its whole config with :func:`check_run_config` (``--config``
+strings read as the schema's types, one line naming the key for a bad value) and every CLI
+command validates the sections it is given (``--config-json``) with the same files here,
+filling the same defaults. A wheel carries them as ``slide2expr/schemas``.
 
-Rules pass settings one way: ``--config-json`` with the config sections the command reads,
-as an object keyed by section (``{"tiling": {...}}``); flags given on the command line win.
+Rules pass settings one way: ``--config-json`` with the config keys the command reads, as an
+object keyed by section (``{"tiling": {...}}``); flags given on the command line win.
 """
 
 from __future__ import annotations

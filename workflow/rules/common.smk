@@ -134,7 +134,7 @@ HEADS = list(TRAIN["heads"])
 check_heads_fit_mode(HEADS, MODE)
 # The input blocks of each head (train.head_inputs, else train.inputs). A head with context
 # blocks paints heatmaps from the same blocks built on the grid tiles
-# (slide2expr.heatmap.context): ctx{um} from grid_ctx{um} windows centred on each grid tile
+# (slide2expr.predict.inputs): ctx{um} from grid_ctx{um} windows centred on each grid tile
 # (tiles/grid_ctx{um}/, extracted once like any tiling), nbr{r} and slide from the grid
 # features (slide: the dataset's vector for a slide with spots).
 HEAD_INPUTS = {

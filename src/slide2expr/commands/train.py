@@ -106,7 +106,7 @@ def predict(
     """Predict expression for slides without RNA-seq from their feature files."""
     import torch
 
-    from slide2expr.train.predict import predict_files
+    from slide2expr.predict import predict_files
 
     torch.set_num_threads(max(1, threads))
     predict_files(features, model_dir=model, output=output, level=level, fold=fold)

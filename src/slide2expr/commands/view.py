@@ -65,9 +65,8 @@ def view(
     config_json: str | None = config_json_option(),
 ) -> None:
     """Zoomable slide viewer (OpenSeadragon): H&E pyramid + predicted-expression layers."""
+    from slide2expr.draw import check_percentiles, split_gene_args
     from slide2expr.errors import InputError
-    from slide2expr.heatmap.gene_choice import split_gene_args
-    from slide2expr.heatmap.scale import check_percentiles
     from slide2expr.tile.tissue import TissueParams
     from slide2expr.viewer import ViewerOptions, build_viewer
 

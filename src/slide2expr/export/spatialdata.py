@@ -163,7 +163,7 @@ def build_spatialdata(predictions: Any, *, tile_maps: Sequence[Any] = ()) -> Any
     predictions
         ``predictions/{head}.h5ad`` as read by anndata.
     tile_maps
-        :class:`~slide2expr.heatmap.tilemap.TileMap` objects of the same run (optional).
+        :class:`~slide2expr.contracts.tilemaps.TileMap` objects of the same run (optional).
 
     Raises
     ------

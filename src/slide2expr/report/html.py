@@ -21,7 +21,7 @@ import pandas as pd
 import yaml
 
 import slide2expr.report.plots as plots
-from slide2expr.heatmap.gene_choice import gene_filename
+from slide2expr.draw.names import gene_filename
 from slide2expr.report.evaluate import ReportData, by_r
 from slide2expr.report.links import ReportLinks, viewer_href
 

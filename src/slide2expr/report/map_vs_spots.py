@@ -106,7 +106,7 @@ def score_maps(adata: Any, model_dir: str | Path | None, *, top_n: int = 50,
         (``section`` = ``"all"``), and the summary block (pooled values, paired differences of
         the head against floor and ridge, and the head as a share of the ceiling).
     """
-    from slide2expr.train.trained import load_trained_head
+    from slide2expr.predict import load_trained_head
 
     obs = adata.obs
     genes = [str(g) for g in adata.var_names]

@@ -124,7 +124,7 @@ def mean_baseline(y_train: np.ndarray, n_test: int) -> np.ndarray:
 
 def ridge_network(x_train: np.ndarray, y_train: np.ndarray, *, alpha: float,
                   blocks: Sequence[int] | None = None) -> Any:
-    """Ridge on standardised features as a linear :class:`~slide2expr.train.nets.mlp.MLPNet`
+    """Ridge on standardised features as a linear :class:`~slide2expr.predict.nets.mlp.MLPNet`
     (``hidden: 0``), so a fold whose selection chose ridge ships it like any head.
 
     The network standardises its input with the training mean and standard deviation (near
@@ -140,7 +140,7 @@ def ridge_network(x_train: np.ndarray, y_train: np.ndarray, *, alpha: float,
     """
     import torch
 
-    from slide2expr.train.nets import build_net
+    from slide2expr.predict.nets import build_net
 
     x = np.asarray(x_train, dtype=np.float64)
     y = np.asarray(y_train, dtype=np.float64)

@@ -40,11 +40,12 @@ from tqdm.auto import tqdm
 import slide2expr.train.baselines as baselines
 from slide2expr.atomic import atomic_outputs
 from slide2expr.contracts._anndata import write_h5ad
-from slide2expr.contracts.models import write_splits
+from slide2expr.contracts.models import RIDGE_DIR, write_splits
 from slide2expr.contracts.predictions import copy_scverse_entries, uns_value
 from slide2expr.contracts.predictions import stamp as stamp_predictions
 from slide2expr.errors import InputError
 from slide2expr.keys import NOT_HELD_OUT, Key
+from slide2expr.predict import predict_batches
 from slide2expr.train.config import TrainConfig
 from slide2expr.train.cv import (
     assign_folds,
@@ -56,9 +57,10 @@ from slide2expr.train.cv import (
 )
 from slide2expr.train.data import FoldDataModule
 from slide2expr.train.features import BagFeatures, SpotFeatures
-from slide2expr.train.gene_selection import column_stats, select_genes
+from slide2expr.train.gene_selection import column_stats, select_training_genes
 from slide2expr.train.heads import HEADS, MONITOR, build_head
 from slide2expr.train.plausible import RangeCheck, plausible_bounds
+from slide2expr.train.save import save_head
 from slide2expr.train.scaling import block_widths, near_constant
 from slide2expr.train.selection import (
     RIDGE,
@@ -67,7 +69,6 @@ from slide2expr.train.selection import (
     ridge_on_split,
     shipped_summary,
 )
-from slide2expr.train.trained import save_head
 from slide2expr.train.views import ViewRows, view_rows
 
 log = logging.getLogger(__name__)
@@ -272,8 +273,9 @@ def fit_member(head: str, hparams: dict, data: Any, *, config: TrainConfig, seed
             trainer.fit(module, datamodule=data)
             trainer.save_checkpoint(out_dir / "best.ckpt", weights_only=True)
             seconds = time.perf_counter() - start
+        # out-of-fold: the held-out units through the network, as prediction runs it
+        predicted = predict_batches(module.network, data.predict_dataloader())
         module.eval()
-        predicted = torch.cat(trainer.predict(module, datamodule=data)).float().cpu().numpy()
     best = checkpoint.best_model_score
     return {"module": module.cpu(), "predicted": predicted, "val_predicted": val_predicted,
             "epochs": epochs,
@@ -285,14 +287,13 @@ def fit_member(head: str, hparams: dict, data: Any, *, config: TrainConfig, seed
 def _predict_validation(trainer: Any, module: Any, data: Any) -> np.ndarray | None:
     """The best inner checkpoint's predictions (expression units) on the inner validation
     units, for model selection; None when there are none."""
-    import torch
 
     if len(data.val_idx) == 0:
         return None
     module.eval()
-    out = trainer.predict(module, dataloaders=data.val_dataloader())
+    out = predict_batches(module.network, data.val_dataloader())
     module.train()
-    return torch.cat(out).float().cpu().numpy()
+    return out
 
 
 def _fit_bases(module: Any, data: Any) -> None:
@@ -318,9 +319,9 @@ def train_fold(*, head: str, config: TrainConfig, source: SpotFeatures | BagFeat
     train_idx = np.flatnonzero(train_mask)
     test_idx = np.flatnonzero(test_mask)
 
-    genes = select_genes(x[train_idx], var_names, settings=config.genes,
-                         counts_train=None if counts is None else counts[train_idx],
-                         source=source_path)
+    genes = select_training_genes(x[train_idx], var_names, settings=config.genes,
+                                  counts_train=None if counts is None else counts[train_idx],
+                                  source=source_path)
     y = x[:, genes]
     y = np.asarray(y.toarray() if sp.issparse(y) else y, dtype=np.float32)
     fit_source, y_fit = (source, y) if views is None else (views.source, views.tile(y))
@@ -457,7 +458,7 @@ def ship_ridge(config: TrainConfig, source: SpotFeatures | BagFeatures, y: np.nd
                ) -> tuple[np.ndarray, dict[str, Any]]:
     """Ridge won the fold's selection: fit it on the whole training fold (the ridge
     baseline's alpha), save it as a linear network in ``fold_dir/ridge/`` (what
-    :func:`~slide2expr.train.trained.load_trained_head` loads for this fold), and return its
+    :func:`~slide2expr.predict.load_trained_head` loads for this fold), and return its
     held-out predictions and a record of it."""
     x_train = source.pooled(train_idx)
     if alpha is None:  # ridge not among the baselines: choose alpha as the baseline would
@@ -469,9 +470,9 @@ def ship_ridge(config: TrainConfig, source: SpotFeatures | BagFeatures, y: np.nd
     ridge_meta = {**meta, "head": "mlp", "hparams": net.hparams, "member": 0,
                   "selection": selection.record(), "model": RIDGE, "ridge_alpha": float(alpha),
                   "epochs": 0, "best_epoch": 0, "best_val_pearson": None}
-    save_head(net, fold_dir / RIDGE, meta=ridge_meta)
+    save_head(net, fold_dir / RIDGE_DIR, meta=ridge_meta)
     predicted = baselines.ridge_predict(net, source.pooled(test_idx))
-    return predicted, {"alpha": float(alpha), "dir": RIDGE}
+    return predicted, {"alpha": float(alpha), "dir": RIDGE_DIR}
 
 
 def fit_baselines(config: TrainConfig, source: SpotFeatures | BagFeatures, y: np.ndarray, *,

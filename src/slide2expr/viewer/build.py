@@ -28,19 +28,19 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 import slide2expr.viewer.layers as layers
 import slide2expr.viewer.page as page
 from slide2expr.atomic import atomic_output
 from slide2expr.contracts.predictions import read_predictions
+from slide2expr.contracts.report import GENES_TSV, read_gene_r
 from slide2expr.contracts.tilemaps import UNITS, TileMap, read_tile_map
+from slide2expr.draw.genes import select_genes
+from slide2expr.draw.limits import cohort_scale, read_scale, robust_limits
+from slide2expr.draw.names import gene_filename
+from slide2expr.draw.spots import read_spot_values
+from slide2expr.draw.tissue import mask_polygons, open_matching_slide, tissue_mask
 from slide2expr.errors import NO_SPACE_ERRNOS, InputError, environment_fault, fault_errno
-from slide2expr.heatmap.gene_choice import gene_filename, select_genes
-from slide2expr.heatmap.geojson import mask_polygons
-from slide2expr.heatmap.run import open_matching_slide, tissue_mask
-from slide2expr.heatmap.scale import cohort_scale, read_scale, robust_limits
-from slide2expr.heatmap.spot_overlay import read_spot_values
 from slide2expr.keys import Key
 from slide2expr.tile.tissue import TissueParams
 from slide2expr.viewer.pyramid import write_pyramid
@@ -160,10 +160,11 @@ def build_viewer(results: str | Path, out: str | Path | None = None, *,
     out = Path(out) if out is not None else results / "viewer"
     head, maps = find_tile_maps(results, options.head, options.samples)
     first = read_tile_map(maps[0])
-    genes = select_genes(first.genes, genes=options.genes, n_genes=len(first.genes),
+    # the viewer shows every gene unless some are asked for
+    genes = select_genes(first.genes, genes=options.genes,
                          source=maps[0]) if options.genes else list(first.genes)
-    report = _find(options.report, results / "report" / head / "genes.tsv")
-    r_by_gene = read_report_r(report) if report else {}
+    report = _find(options.report, results / "report" / head / GENES_TSV)
+    r_by_gene = read_gene_r(report) if report else {}
     predictions = spot_predictions(_find(options.predictions,
                                          results / "predictions" / f"{head}.h5ad"),
                                    explicit=options.predictions is not None)
@@ -245,20 +246,6 @@ def _find(given: Path | None, default: Path) -> Path | None:
             raise InputError(given, "does not exist", "pass an existing file or leave it out")
         return Path(given)
     return default if default.is_file() else None
-
-
-def read_report_r(report: Path) -> dict[str, float]:
-    """``{gene: pearson_r}`` of the report's ``genes.tsv`` (NaN where undefined)."""
-    try:
-        table = pd.read_csv(report, sep="\t", dtype={"gene": str})
-    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
-        raise InputError(report, f"is not a readable report table ({exc})",
-                         "pass results/report/{head}/genes.tsv written by `slide2expr report`") from exc
-    if not {"gene", "pearson_r"} <= set(table.columns):
-        raise InputError(report, "has no gene and pearson_r columns",
-                         "pass the report's genes.tsv")
-    r = pd.to_numeric(table["pearson_r"], errors="coerce")
-    return {str(g): float(v) for g, v in zip(table["gene"], r, strict=True)}
 
 
 def gene_entries(genes: Sequence[str], r_by_gene: dict[str, float]) -> list[dict[str, Any]]:
