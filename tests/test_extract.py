@@ -265,6 +265,22 @@ def test_extract_command_tilings_of_two_slides_fail_in_one_line(cmu_tiles, tmp_p
     assert not (tmp_path / "a.h5").exists() and not (tmp_path / "b.h5").exists()
 
 
+def test_cpu_forward_in_chunks_equals_one_forward(lite0):
+    """A CPU batch larger than CPU_FORWARD_CHUNK is embedded chunk by chunk (memory): the
+    rows equal those of one forward of the whole batch, in order."""
+    gen = torch.Generator().manual_seed(0)
+    n = extract_mod.CPU_FORWARD_CHUNK * 2 + 3
+    images = torch.randint(0, 256, (n, 224, 224, 3), dtype=torch.uint8, generator=gen)
+    dev = torch.device("cpu")
+    module = extract_mod.prepare_module(lite0, dev)
+    with torch.inference_mode():
+        chunked = extract_mod.embed_batch(module, images, lite0, dev, None)
+        whole = extract_mod._embed(module, images, lite0, dev, None)
+    assert chunked.shape == (n, lite0.embed_dim)
+    np.testing.assert_allclose(chunked.numpy(), whole.numpy(), rtol=1e-4, atol=1e-5)
+    assert not np.allclose(chunked[0].numpy(), chunked[-1].numpy())  # rows are not one image
+
+
 def test_partial_file_from_other_inputs_is_discarded(cmu_tiles, cmu_reference, lite0, tmp_path):
     from slide2expr.contracts.tiles import read_tiles
 
