@@ -94,13 +94,13 @@ def figure(results: Path, head: str, section: str, genes: list[str], out: Path) 
     from matplotlib.patches import Rectangle
 
     from slide2expr.keys import NOT_HELD_OUT, Key
+    from slide2expr.predict import load_trained_head
     from slide2expr.report.map_vs_spots import (
         _read_region,
         _section_spots,
         _training_spots,
     )
     from slide2expr.train.baselines import ridge_baseline
-    from slide2expr.train.trained import load_trained_head
 
     adata = ad.read_h5ad(results / "predictions" / f"{head}.h5ad")
     obs = adata.obs

@@ -30,7 +30,7 @@ STAGE_IMPORTS = {
     "join": ["slide2expr.cli", "slide2expr.join", "slide2expr.contracts.dataset"],
     "train": ["slide2expr.cli", "slide2expr.train", "slide2expr.contracts.dataset"],
     "report": ["slide2expr.cli", "slide2expr.report"],
-    "heatmap": ["slide2expr.cli", "slide2expr.heatmap", "slide2expr.train.trained"],
+    "heatmap": ["slide2expr.cli", "slide2expr.heatmap", "slide2expr.predict"],
     "manifest": ["slide2expr.cli", "slide2expr.repro.manifest"],
 }
 

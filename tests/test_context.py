@@ -247,7 +247,7 @@ def test_ensemble_members_validate_on_different_sections():
 
 
 def test_context_head_with_input_pca_and_output_basis_trains_and_reloads(tmp_path):
-    from slide2expr.train.trained import load_trained_head
+    from slide2expr.predict import load_trained_head
 
     adata = neighbourhood_dataset(side=8)
     config = TrainConfig.from_dict({**FAST, "max_epochs": 4, "min_epochs": 1,

@@ -220,7 +220,7 @@ def toy_model(folder: Path, genes: list[str], *, in_dim: int = 8) -> Path:
     import torch
 
     from slide2expr.train.heads import MLPHead
-    from slide2expr.train.trained import save_head
+    from slide2expr.train.save import save_head
 
     torch.manual_seed(0)
     module = MLPHead(in_dim=in_dim, n_genes=len(genes), hidden=0)
@@ -551,7 +551,7 @@ def test_quoted_gene_names_are_kept_as_pandas_parses_them(sep, tmp_path):
 def test_colliding_gene_file_names_are_made_unique(tmp_path, capsys, caplog):
     import logging
 
-    from slide2expr.heatmap import gene_filename, gene_filenames
+    from slide2expr.draw import gene_filename, gene_filenames
 
     genes = ["HLA/A", "HLA_A", "HLA A", "Gene", "GENE"]
     names = gene_filenames(genes)
@@ -579,23 +579,55 @@ def test_colliding_gene_file_names_are_made_unique(tmp_path, capsys, caplog):
 
 # -- row: Ctrl-C ------------------------------------------------------------------------------------
 
-def test_ctrl_c_says_interrupted_and_keeps_the_partial_file(toy, tmp_path):
+def _many_tiles(toy: dict[str, Path], folder: Path, times: int) -> Path:
+    """The toy's tiles ``times`` over: as much work as needed to act in the middle of it."""
     from slide2expr.contracts.tiles import read_tiles, write_tiles
 
-    # the toy's tiles 200 times over: minutes of work, so the signal always lands mid-run
     tiles = read_tiles(toy["tiles"])
-    many = tmp_path / "tiles" / "toy.h5"
-    write_tiles(many, TileSet(coords=np.tile(tiles.coords, (200, 1)), attrs=tiles.attrs))
-    out = tmp_path / "features" / "toy.h5"
+    many = folder / "tiles" / "toy.h5"
+    write_tiles(many, TileSet(coords=np.tile(tiles.coords, (times, 1)), attrs=tiles.attrs))
+    return many
+
+
+def _extract(tiles: Path, out: Path, *, batch_size: int = 1) -> subprocess.Popen:
+    """``slide2expr extract`` in a child on one thread (one tile a batch: slow on purpose)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "slide2expr.cli", "extract", str(many), "-o", str(out),
-         "--device", "cpu", "--no-progress", "--num-workers", "0", "--batch-size", "1",
-         "--threads", "1"], stderr=subprocess.PIPE, text=True, env=env)
-    deadline = time.monotonic() + 60
-    while not partial_path(out).exists() and time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.05)
-    time.sleep(0.5)  # a few tiles in
+    return subprocess.Popen(
+        [sys.executable, "-m", "slide2expr.cli", "extract", str(tiles), "-o", str(out),
+         "--device", "cpu", "--no-progress", "--num-workers", "0", "--batch-size",
+         str(batch_size), "--threads", "1"], stderr=subprocess.PIPE, text=True, env=env)
+
+
+def _rows_done(partial: Path) -> int:
+    """``n_done`` of a partial features file (0 while it is absent or being created)."""
+    try:
+        with h5py.File(partial, "r", locking=False) as f:
+            return int(f.attrs.get("n_done", 0))
+    except (OSError, KeyError):
+        return 0
+
+
+def _wait_for_rows(proc: subprocess.Popen, partial: Path, rows: int, timeout: float = 120) -> int:
+    """Wait until the running extraction has written at least ``rows`` rows; return them."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        done = _rows_done(partial)
+        if done >= rows:
+            return done
+        time.sleep(0.1)
+    raise AssertionError(f"the extraction wrote fewer than {rows} rows (status {proc.poll()})")
+
+
+def test_ctrl_c_says_interrupted_and_keeps_the_partial_file(toy, tmp_path):
+    """The signal lands mid-run (rows written, rows to go); the partial file is valid and
+    the rerun resumes from it, keeping the rows written before bit for bit."""
+    from slide2expr.contracts.tiles import read_tiles
+
+    many = _many_tiles(toy, tmp_path, 4)
+    n = len(read_tiles(many))
+    out = tmp_path / "features" / "toy.h5"
+    proc = _extract(many, out)
+    _wait_for_rows(proc, partial_path(out), 2)
     assert proc.poll() is None, "the extraction ended before the signal"
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
@@ -603,9 +635,298 @@ def test_ctrl_c_says_interrupted_and_keeps_the_partial_file(toy, tmp_path):
     assert "Traceback" not in err
     assert err.strip().splitlines()[-1] == "interrupted; rerun to resume"
     assert not out.exists()
-    if partial_path(out).exists():  # rows were written: the partial file is valid
-        with h5py.File(partial_path(out), "r") as f:
-            assert 0 < int(f.attrs["n_done"]) < f["features"].shape[0]
+    with h5py.File(partial_path(out), "r") as f:  # rows were written: the partial file is valid
+        kept = int(f.attrs["n_done"])
+        assert 2 <= kept < n == f["features"].shape[0]
+        rows_before = f["features"][:kept]
+    # the rerun resumes after the rows kept and publishes the complete file
+    rerun = _extract(many, out, batch_size=16)
+    _, err = rerun.communicate(timeout=300)
+    assert rerun.returncode == 0, err
+    assert f"resuming after {kept} of {n} tiles" in err
+    with h5py.File(out, "r") as f:
+        assert f.attrs["complete"] and int(f.attrs["n_done"]) == n == f["features"].shape[0]
+        np.testing.assert_array_equal(f["features"][:kept], rows_before)
+    assert leftovers(out.parent) == []
+
+
+# -- issue 21: lost or corrupted data, and the environment ---------------------------------------
+# Every case runs the CLI as a subprocess (a crash at interpreter exit is invisible in-process):
+# one line, a non-zero status, the user's files byte-identical, nothing half-written visible.
+
+TINY_TRAIN = json.dumps({"train": {"folds": 2, "max_epochs": 2, "min_epochs": 1, "hidden": 8,
+                                   "batch_size": 32}})
+
+
+def cli(*args: object, timeout: float = 300) -> subprocess.CompletedProcess:
+    """``slide2expr ARGS`` in a child process: status and stderr as a user sees them."""
+    return subprocess.run([sys.executable, "-m", "slide2expr.cli", *map(str, args)],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    """Every file under ``folder`` (hidden ones too) with its bytes."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file()}
+
+
+def one_clean_error(proc: subprocess.CompletedProcess) -> str:
+    """The one ``error:`` line; no traceback, no HDF5 error stack, and nothing after it."""
+    assert "HDF5-DIAG" not in proc.stderr and "Segmentation" not in proc.stderr, proc.stderr
+    line = error_line(proc.stderr)
+    assert proc.stderr.strip().splitlines()[-1] == line, proc.stderr
+    return line
+
+
+@pytest.fixture(scope="module")
+def spot_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A spot-mode dataset for train: 3 patients x 20 spots, 8 features, 4 genes."""
+    import anndata as ad
+
+    rng = np.random.default_rng(0)
+    n = 60
+    feats = rng.normal(size=(n, 8)).astype(np.float32)
+    x = np.clip(2 + feats[:, :4] + 0.3 * rng.normal(size=(n, 4)), 0, None).astype(np.float32)
+    obs = pd.DataFrame({"sample_id": [f"s{i // 20}" for i in range(n)],
+                        "patient": [f"p{i // 20}" for i in range(n)]},
+                       index=[f"u{i}" for i in range(n)])
+    adata = ad.AnnData(X=x, obs=obs, var=pd.DataFrame(index=[f"G{j}" for j in range(4)]))
+    adata.obsm["X_toy"] = feats
+    adata.obsm["spatial"] = rng.uniform(0, 1000, size=(n, 2))
+    adata.uns["slide2expr"] = {"mode": "spot", "encoder": "toy"}
+    path = tmp_path_factory.mktemp("spot_dataset") / "dataset.h5ad"
+    adata.write_h5ad(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def spot_join(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Spot-mode join inputs: 3 sections of 40 spots (her2st layout), 30 genes."""
+    root = tmp_path_factory.mktemp("spot_join")
+    rng = np.random.default_rng(0)
+    rows = []
+    for k, sid in enumerate(("A", "B", "C")):
+        xs, ys = (a.ravel() for a in np.meshgrid(np.arange(8), np.arange(5)))
+        ids = [f"{x}x{y}" for x, y in zip(xs, ys, strict=True)]
+        spots, counts = root / "spots" / f"{sid}.tsv", root / "counts" / f"{sid}.tsv"
+        spots.parent.mkdir(exist_ok=True)
+        counts.parent.mkdir(exist_ok=True)
+        pd.DataFrame({"x": xs, "y": ys, "pixel_x": 100 + 200.0 * xs,
+                      "pixel_y": 100 + 200.0 * ys}).to_csv(spots, sep="\t", index=False)
+        pd.DataFrame(rng.integers(0, 30, size=(len(ids), 30)), index=ids,
+                     columns=[f"G{j}" for j in range(30)]).to_csv(counts, sep="\t")
+        write_toy_features(root / "features" / f"{sid}.h5", sid, n=len(ids), spot_ids=ids, seed=k)
+        rows.append({"sample_id": sid, "slide": f"{sid}.png", "patient": f"P{k}",
+                     "counts": counts, "spots": spots})
+    pd.DataFrame(rows).to_csv(root / "samples.tsv", sep="\t", index=False)
+    return {"samples": root / "samples.tsv", "features": root / "features"}
+
+
+# case 1: an output folder slide2expr did not make is never emptied
+
+def test_train_never_empties_a_models_dir_it_did_not_make(spot_dataset, tmp_path):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    shutil.copy(spot_dataset, mine / "dataset.h5ad")  # even the input dataset
+    (mine / "notes.txt").write_text("three weeks of notes\n")
+    before = snapshot(tmp_path)
+    proc = cli("train", mine / "dataset.h5ad", "--models-dir", mine, "--predictions",
+               tmp_path / "pred.h5ad", "--config-json", TINY_TRAIN)
+    line = one_clean_error(proc)
+    assert proc.returncode == 2, proc.stderr
+    assert str(mine) in line and "did not write" in line and "dataset.h5ad" in line
+    assert "Fix:" in line
+    assert snapshot(tmp_path) == before  # byte-identical, nothing added (no predictions either)
+
+
+def viewer_results(folder: Path) -> Path:
+    """A results folder with one tile map (and its slide, S1.tiff): what `view` reads."""
+    from test_viewer import make_tile_map, write_slide
+
+    from slide2expr.contracts.tilemaps import write_tile_map
+
+    slide = folder / "S1.tiff"
+    write_slide(slide)
+    results = folder / "results"
+    write_tile_map(results / "heatmaps" / "mlp" / "S1.h5ad", make_tile_map(slide))
+    return results
+
+
+def test_view_replaces_only_a_viewer_folder_it_made(tmp_path):
+    from slide2expr.atomic import FOLDER_MARKER
+
+    results = viewer_results(tmp_path)
+    theirs = tmp_path / "analysis"
+    theirs.mkdir()
+    (theirs / "figure1.svg").write_text("<svg/>")
+    before = snapshot(theirs)
+    proc = cli("view", results, "-o", theirs)
+    line = one_clean_error(proc)
+    assert proc.returncode == 2 and str(theirs) in line and "figure1.svg" in line
+    assert snapshot(theirs) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["S1.tiff", "analysis", "results"]
+    # its own folder (marked) is replaced whole by a rerun, a stray file included
+    ours = tmp_path / "viewer"
+    assert cli("view", results, "-o", ours).returncode == 0
+    assert (ours / FOLDER_MARKER).is_file() and (ours / "index.html").is_file()
+    (ours / "stray.txt").write_text("x")
+    proc = cli("view", results, "-o", ours)
+    assert proc.returncode == 0, proc.stderr
+    assert not (ours / "stray.txt").exists() and (ours / "index.html").is_file()
+    assert leftovers(tmp_path) == [f"viewer/{FOLDER_MARKER}"]
+
+
+def test_folder_outputs_follow_one_rule(tmp_path):
+    """:func:`check_replaceable`, through any atomic folder output: absent, empty or marked
+    folders are written; a foreign folder, a file or a symlink is refused before any work."""
+    from slide2expr.atomic import FOLDER_MARKER
+    from slide2expr.errors import ForeignFolder
+
+    def build(out: Path) -> list[str]:
+        ran = []
+        with atomic_output(out) as tmp:
+            ran.append("work")
+            tmp.mkdir()
+            (tmp / "a.png").write_bytes(b"png")
+        return ran
+
+    assert build(tmp_path / "new") == ["work"]
+    (tmp_path / "empty").mkdir()
+    assert build(tmp_path / "empty") == ["work"]
+    assert build(tmp_path / "new") == ["work"]  # marked by the first build
+    assert sorted(p.name for p in (tmp_path / "new").iterdir()) == [FOLDER_MARKER, "a.png"]
+    (tmp_path / "theirs").mkdir()
+    (tmp_path / "theirs" / "x.txt").write_text("x")
+    (tmp_path / "link").symlink_to(tmp_path / "new")
+    for foreign in ("theirs", "link"):
+        with pytest.raises(ForeignFolder):
+            build(tmp_path / foreign)
+    assert (tmp_path / "theirs" / "x.txt").read_text() == "x"
+    assert (tmp_path / "new" / "a.png").is_file()
+
+
+# case 2: one writer per output
+
+def test_a_second_extract_of_the_same_output_is_refused(toy, tmp_path):
+    many = _many_tiles(toy, tmp_path, 4)
+    out = tmp_path / "features" / "toy.h5"
+    first = _extract(many, out)
+    try:
+        _wait_for_rows(first, partial_path(out), 1)
+        second = cli("extract", many, "-o", out, "--device", "cpu", "--no-progress",
+                     "--num-workers", "0")
+        assert first.poll() is None, "the first run ended before the second one started"
+        line = one_clean_error(second)
+        assert second.returncode == 1, second.stderr
+        assert str(out) in line and f"process {first.pid}" in line and "Fix:" in line
+        _, err = first.communicate(timeout=300)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert first.returncode == 0, err
+    n = len(np.tile(toy_coords(toy), (4, 1)))
+    with h5py.File(out, "r") as f:  # the first run's file, whole
+        assert f.attrs["complete"] and int(f.attrs["n_done"]) == n == f["features"].shape[0]
+    assert leftovers(out.parent) == []
+
+
+def toy_coords(toy: dict[str, Path]) -> np.ndarray:
+    with h5py.File(toy["tiles"], "r") as f:
+        return f["coords"][()]
+
+
+# case 3: extract with a slide that is not the tiles' slide
+
+def test_extract_refuses_a_slide_that_is_not_the_tiles_slide(toy, tmp_path):
+    from slide2expr.contracts.tiles import read_tiles
+    from slide2expr.extract.run import check_same_slide
+
+    tiles = read_tiles(toy["tiles"])
+    other_size = tissue_png(tmp_path / "other.png", width=800, height=600)
+    same_size = tmp_path / "same_size.png"
+    pixels = np.asarray(Image.open(toy["slide"])).copy()
+    pixels[0, 0] = 0  # one pixel: same size and mpp, another file
+    Image.fromarray(pixels).save(same_size)
+    for slide, what in ((other_size, "level-0 size is 800 x 600"), (same_size, "content differs")):
+        out = tmp_path / "features" / f"{slide.stem}.h5"
+        proc = cli("extract", toy["tiles"], "-o", out, "--slide", slide, "--device", "cpu",
+                   "--no-progress", "--num-workers", "0")
+        line = one_clean_error(proc)
+        assert proc.returncode == 2, proc.stderr
+        assert str(slide) in line and "is not the slide" in line and what in line
+        assert not out.exists() and leftovers(out.parent) == []
+    moved = tmp_path / "moved.png"  # the very slide, moved: accepted
+    shutil.copy(toy["slide"], moved)
+    check_same_slide(moved, tiles, source=toy["tiles"])
+
+
+# case 7: a full disk during join (spot mode) and train
+
+def test_join_spot_mode_stops_at_a_full_disk(spot_join, small_disk):
+    disk = small_disk(16)
+    out = disk / "dataset.h5ad"
+    proc = cli("join", spot_join["samples"], "-f", spot_join["features"], "-o", out,
+               "--encoder", "toy")
+    line = one_clean_error(proc)
+    assert proc.returncode == 1, proc.stderr
+    assert str(out) in line and "disk is full" in line and "free space" in line
+    assert list(disk.iterdir()) == []
+
+
+@pytest.mark.parametrize("full", ["models", "predictions"])
+def test_train_stops_at_a_full_disk(full, spot_dataset, small_disk):
+    """One output on a 16 kB disk, the other on a roomy one: nothing is left on either."""
+    small, roomy = small_disk(16), small_disk(4096)
+    models = (small if full == "models" else roomy) / "models"
+    predictions = (small if full == "predictions" else roomy) / "pred.h5ad"
+    proc = cli("train", spot_dataset, "--models-dir", models, "--predictions", predictions,
+               "--config-json", TINY_TRAIN)
+    line = one_clean_error(proc)
+    assert proc.returncode == 1, proc.stderr
+    named = models if full == "models" else predictions
+    assert line.startswith(f"error: {named}: ") and "disk is full" in line
+    assert list(small.iterdir()) == [] and list(roomy.iterdir()) == []
+
+
+# case 8: Ctrl-C during train
+
+def test_ctrl_c_during_train_says_interrupted_and_leaves_nothing(spot_dataset, tmp_path):
+    slow = json.dumps({"train": {"folds": 2, "max_epochs": 1000, "min_epochs": 1000,
+                                 "patience": 1000, "hidden": 8, "batch_size": 4}})
+    models, predictions = tmp_path / "out" / "models", tmp_path / "out" / "pred.h5ad"
+    args = ["train", spot_dataset, "--models-dir", models, "--predictions", predictions]
+    proc = subprocess.Popen([sys.executable, "-m", "slide2expr.cli", *map(str, args),
+                             "--config-json", slow], stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not list(models.parent.glob(".models.partial-*/fold0/metrics.csv")):
+        assert proc.poll() is None and time.monotonic() < deadline, "training never started"
+        time.sleep(0.1)
+    assert proc.poll() is None, "training ended before the signal"  # a fold is being trained
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and err.strip().splitlines()[-1] == "interrupted; rerun to resume"
+    assert list(models.parent.iterdir()) == []  # no half-trained folder, no lock, no predictions
+    rerun = cli(*args, "--config-json", TINY_TRAIN)
+    assert rerun.returncode == 0, rerun.stderr
+    assert (models / "fold0" / "head.safetensors").is_file() and predictions.is_file()
+
+
+# case 13: a read-only output folder names the user's output; status 1 in every command
+
+def test_read_only_output_names_the_users_output(spot_dataset, read_only_dir, tmp_path):
+    models = read_only_dir / "models"
+    proc = cli("train", spot_dataset, "--models-dir", models, "--predictions",
+               read_only_dir / "pred.h5ad", "--config-json", TINY_TRAIN)
+    line = one_clean_error(proc)
+    assert proc.returncode == 1, proc.stderr
+    assert line.startswith(f"error: {models}: ") and "partial" not in line
+    viewer = read_only_dir / "viewer"
+    proc = cli("view", viewer_results(tmp_path), "-o", viewer)
+    line = one_clean_error(proc)
+    assert proc.returncode == 1, proc.stderr
+    assert line.startswith(f"error: {viewer}: ") and ("read-only" in line or "permission" in line)
+    assert list(read_only_dir.iterdir()) == []
 
 
 # -- row: extract on an unreadable slide ------------------------------------------------------------
@@ -651,7 +972,9 @@ def test_stray_temporaries_of_a_killed_run_are_cleaned_on_the_next_run(toy, tmp_
             "    tmp.write_bytes(b'half')\n    os.kill(os.getpid(), signal.SIGKILL)\n")
     killed = subprocess.Popen([sys.executable, "-c", code])
     assert killed.wait() == -signal.SIGKILL
-    strays = leftovers(out.parent)
+    lock = out.parent / ".toy.h5.lock"
+    assert lock.is_file()  # the kernel dropped the lock; the file stays until the next run
+    strays = [s for s in leftovers(out.parent) if s != lock.name]
     assert len(strays) == 1
     match = TEMPORARY_PATTERN.match(strays[0])
     assert match and match["stem"] == "toy" and int(match["pid"]) == killed.pid

@@ -11,7 +11,7 @@ import pytest
 
 from slide2expr.errors import InputError
 from slide2expr.train.config import GeneSelection, TrainConfig
-from slide2expr.train.gene_selection import select_genes
+from slide2expr.train.gene_selection import select_training_genes
 
 
 def test_the_list_restricts_the_candidates(tmp_path: Path) -> None:
@@ -21,20 +21,20 @@ def test_the_list_restricts_the_candidates(tmp_path: Path) -> None:
     names = np.array(["A", "B", "C", "D", "E", "F"])
     listed = tmp_path / "genes.txt"
     listed.write_text("# a published set\nB\nE\n\nF  # trailing comment\nNOT_IN_DATA\n")
-    chosen = select_genes(x, names, settings=GeneSelection(list=str(listed), min_fraction=0.0))
+    chosen = select_training_genes(x, names, settings=GeneSelection(list=str(listed), min_fraction=0.0))
     assert list(names[chosen]) == ["B", "F"]
-    everything = select_genes(x, names, settings=GeneSelection(min_fraction=0.0))
+    everything = select_training_genes(x, names, settings=GeneSelection(min_fraction=0.0))
     assert list(names[everything]) == ["A", "B", "C", "D", "F"]
 
 
 def test_a_missing_or_empty_list_is_an_input_error(tmp_path: Path) -> None:
     x = np.arange(12, dtype=float).reshape(4, 3)
     with pytest.raises(InputError, match="does not exist"):
-        select_genes(x, np.array(["A", "B", "C"]),
+        select_training_genes(x, np.array(["A", "B", "C"]),
                      settings=GeneSelection(list=str(tmp_path / "none.txt")))
     (tmp_path / "empty.txt").write_text("# nothing\n")
     with pytest.raises(InputError, match="empty"):
-        select_genes(x, np.array(["A", "B", "C"]),
+        select_training_genes(x, np.array(["A", "B", "C"]),
                      settings=GeneSelection(list=str(tmp_path / "empty.txt")))
 
 

@@ -14,22 +14,26 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from slide2expr.atomic import FOLDER_MARKER
+from slide2expr.draw import (
+    OverlayStyle,
+    blend_overlay,
+    cohort_scale,
+    colormap,
+    mask_polygons,
+    rasterize_tiles,
+    select_genes,
+    tile_pixel_boxes,
+)
 from slide2expr.errors import InputError
 from slide2expr.heatmap import (
     HeatmapOptions,
-    OverlayStyle,
     TileMap,
-    cohort_scale,
     make_heatmaps,
-    mask_polygons,
-    rasterize_tiles,
     read_image_box,
     read_tile_map,
-    select_genes,
-    tile_pixel_boxes,
     write_tile_map,
 )
-from slide2expr.heatmap.overlay import blend_overlay, colormap
 from slide2expr.inputs.slides import Slide
 
 REPO = Path(__file__).resolve().parents[1]
@@ -404,6 +408,12 @@ def test_genes_come_from_the_list_or_the_reports_top_r(tmp_path):
         select_genes(available, genes=["A", "NOPE"])
     values = np.stack([np.zeros(10), np.arange(10), np.ones(10), np.arange(10) * 3], axis=1)
     assert select_genes(available, values=values, n_genes=1) == ["D"]
+    # each caller's fallback is explicit: heatmaps the slide's most variable genes, the
+    # cohort scale the model's order
+    assert select_genes(available, values=values, n_genes=2, fallback="most_variable") == ["D", "B"]
+    assert select_genes(available, values=values, n_genes=2, fallback="model_order") == ["A", "B"]
+    with pytest.raises(ValueError, match="fallback"):
+        select_genes(available, values=values, fallback="random")
 
 
 def test_shared_scale_gives_every_slide_the_same_limits(tmp_path):
@@ -559,7 +569,7 @@ def toy_run(tmp_path):
     import torch
 
     from slide2expr.train.heads import MLPHead
-    from slide2expr.train.trained import save_head
+    from slide2expr.train.save import save_head
 
     rng = np.random.default_rng(0)
     img = np.full((1200, 1600, 3), 245, dtype=np.uint8)
@@ -591,14 +601,15 @@ def test_cli_draws_from_features_and_a_model_dir(toy_run, tmp_path):
     from typer.testing import CliRunner
 
     from slide2expr.cli import app
-    from slide2expr.train.trained import load_trained_head
+    from slide2expr.predict import load_trained_head
 
     out = tmp_path / "heatmaps" / "mlp"
     result = CliRunner().invoke(app, [
         "heatmap", str(toy_run["features"]), "--model-dir", str(toy_run["models"]), "-o", str(out),
         "--report", str(toy_run["report"]), "--n-genes", "2", "--cmap", "magma", "--alpha", "0.5"])
     assert result.exit_code == 0, result.output
-    assert sorted(p.name for p in (out / "toy").iterdir()) == ["GB.png", "GC.png", "limits.tsv"]
+    assert sorted(p.name for p in (out / "toy").iterdir()) == [FOLDER_MARKER, "GB.png", "GC.png",
+                                                               "limits.tsv"]
     tmap = read_tile_map(out / "toy.h5ad")
     expected = load_trained_head(toy_run["models"]).predict_tiles(toy_run["feats"])
     np.testing.assert_allclose(tmap.values, expected, rtol=1e-5, atol=1e-6)
@@ -630,8 +641,9 @@ def test_heatmap_of_a_slide_in_a_several_slide_unit_is_out_of_fold(toy_run, tmp_
     from typer.testing import CliRunner
 
     from slide2expr.cli import app
+    from slide2expr.predict import load_trained_head
     from slide2expr.train.heads import MLPHead
-    from slide2expr.train.trained import load_trained_head, save_head
+    from slide2expr.train.save import save_head
 
     models = toy_run["models"]
     torch.manual_seed(1)
@@ -691,8 +703,9 @@ def test_demo_tumour_gene_map_is_high_on_tumour_and_low_on_stroma(demo_dir, tmp_
 
     from slide2expr.contracts.tiles import write_tiles
     from slide2expr.demo.cohort import LABEL_DOWNSAMPLE, STROMA, TUMOUR
+    from slide2expr.draw import open_matching_slide
     from slide2expr.extract.run import extract_features
-    from slide2expr.heatmap import load_or_predict, open_matching_slide
+    from slide2expr.heatmap import load_or_predict
     from slide2expr.inputs.samples import read_sample_sheet
     from slide2expr.inputs.slides import open_slide
     from slide2expr.inputs.spots import read_spot_positions
@@ -767,7 +780,7 @@ def test_predictions_are_read_without_their_he_images_but_keep_the_scale_factors
 
     from slide2expr.contracts._anndata import write_anndata
     from slide2expr.contracts.predictions import read_predictions
-    from slide2expr.heatmap.spot_overlay import read_spot_values
+    from slide2expr.draw.spots import read_spot_values
 
     rng = np.random.default_rng(3)
     n = 12

@@ -19,7 +19,7 @@ from slide2expr.heatmap import load_or_predict, read_tile_map, write_tile_map
 from slide2expr.keys import Key
 from slide2expr.tile.context import context_windows, grid_context_windows
 from slide2expr.train.heads import MLPHead
-from slide2expr.train.trained import save_head
+from slide2expr.train.save import save_head
 
 MPP = 0.5
 TILE0 = 224.0           # level-0 px: 112 um tiles
@@ -292,10 +292,10 @@ def _two_patient_dataset(seed: int = 0, n: int = 40) -> ad.AnnData:
 
 
 def test_ensemble_spread_is_written_per_unit_and_reported(tmp_path):
+    from slide2expr.predict import load_fold_head
     from slide2expr.report.evaluate import build_report
     from slide2expr.train.config import TrainConfig
     from slide2expr.train.run import run_training
-    from slide2expr.train.trained import load_fold_head
 
     adata = _two_patient_dataset()
     settings = {"folds": 2, "max_epochs": 3, "min_epochs": 1, "hidden": 8, "batch_size": 32,
@@ -334,7 +334,7 @@ def test_ensemble_spread_is_written_per_unit_and_reported(tmp_path):
 def test_predict_builds_a_context_heads_blocks_on_a_new_slides_tiles(context_run):
     """`slide2expr predict` on grid features gives the heatmap's values for a context head
     (a new slide: the slide block is the grid tiles' mean)."""
-    from slide2expr.train.predict import predict_files
+    from slide2expr.predict import predict_files
 
     run = context_run
     out = predict_files([run["features"]], model_dir=run["models"] / "context",

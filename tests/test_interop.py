@@ -106,10 +106,10 @@ def test_bulk_join_train_inputs_and_tile_map_accept_trident_files(tmp_path, caps
     """TRIDENT files go through the bulk join, the train stage's bag reader and the tile map."""
     import anndata as ad
 
-    from slide2expr.heatmap.tilemap import predict_tile_map
     from slide2expr.inputs.samples import read_sample_sheet
     from slide2expr.join.run import JoinParams, build_dataset
-    from slide2expr.train.features import read_bag
+    from slide2expr.predict import predict_tile_map
+    from slide2expr.predict.bags import read_bag
 
     samples = ["S1", "S2", "S3"]
     for i, s in enumerate(samples):

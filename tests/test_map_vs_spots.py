@@ -4,7 +4,8 @@ Three synthetic sections of three regions each; every region is 4 x 4 tiles of 1
 spot at each tile centre. A tile's first feature is a gradient ``f`` across the section, and a
 spot's counts of gene GA grow with ``f`` (GB takes the rest of a fixed total), so a map that
 follows ``f`` inside each region localises and one painted with the region's mean does not.
-The floor's score is computed here independently from the spots and the regions' sums.
+The floor (the head's region prediction on every tile) and the flat oracle (the region's
+measured sum on every tile) are scored here independently from the spots.
 """
 
 from __future__ import annotations
@@ -77,6 +78,7 @@ def bulk_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[ad.AnnData, dict
     frame = pd.DataFrame(obs)
     frame.index = frame["sample_id"]
     adata = ad.AnnData(X=np.stack(bulk), obs=frame, var=pd.DataFrame(index=["GA", "GB"]))
+    adata.layers["predicted"] = np.stack(bulk) + rng.normal(0, 0.3, (len(bulk), 2))
     return adata, truth
 
 
@@ -88,11 +90,15 @@ def test_localising_map_beats_the_region_mean_floor(bulk_run):
     assert set(table["method"]) == set(METHODS)
     assert set(table["section"]) == {"S1", "S2", "S3", "all"}
     per = table[table["section"] != "all"].set_index(["section", "method"])
+    predicted = pd.DataFrame(adata.layers["predicted"], index=adata.obs_names)
     for section in ("S1", "S2", "S3"):
         spots = np.concatenate([truth[f"{section}_{k}"][0] for k in range(3)])
-        floor = np.concatenate([truth[f"{section}_{k}"][1] for k in range(3)])
-        expected_floor = np.mean([np.corrcoef(spots[:, g], floor[:, g])[0, 1] for g in (0, 1)])
-        assert per.loc[(section, "floor"), "mean_r_all"] == pytest.approx(expected_floor, abs=1e-9)
+        flat = np.concatenate([truth[f"{section}_{k}"][1] for k in range(3)])
+        floor = np.repeat(predicted.loc[[f"{section}_{k}" for k in range(3)]].to_numpy(),
+                          N * N, axis=0)
+        for method, painted in (("region_truth", flat), ("floor", floor)):
+            expected = np.mean([np.corrcoef(spots[:, g], painted[:, g])[0, 1] for g in (0, 1)])
+            assert per.loc[(section, method), "mean_r_all"] == pytest.approx(expected, abs=1e-9)
         assert per.loc[(section, "head"), "mean_r_all"] > 0.9
         assert per.loc[(section, "head"), "mean_r_all"] > per.loc[(section, "floor"), "mean_r_all"]
         assert per.loc[(section, "head"), "n_spots"] == 3 * N * N
@@ -116,8 +122,9 @@ def test_compare_table_carries_the_map_scores(bulk_run, tmp_path):
     path = tmp_path / "summary.json"
     path.write_text(json.dumps(summary))
     table = build_compare([parse_run(f"enc:he2rna:{path}")]).set_index("model")
-    assert list(table.index) == ["he2rna", "ridge", "map_floor", "map_ceiling"]
+    assert list(table.index) == ["he2rna", "ridge", "map_floor", "map_region_truth",
+                                 "map_ceiling"]
     for model, method in (("he2rna", "head"), ("ridge", "ridge"), ("map_floor", "floor"),
-                          ("map_ceiling", "ceiling")):
+                          ("map_region_truth", "region_truth"), ("map_ceiling", "ceiling")):
         assert table.loc[model, "map_r_top"] == block["methods"][method]["mean_r_top"]
     assert table.loc["he2rna", "map_r_top"] > table.loc["map_floor", "map_r_top"]

@@ -194,3 +194,14 @@ def test_geojson_region_and_wkt_parse_to_the_same_polygon(tmp_path):
     assert from_file.equals(from_box) and from_box.area == 500 * 400
     in_um = parse_region("5,10,255,210", units="um").in_level0(0.5)
     assert in_um.equals(from_box)
+
+
+def test_heatmap_overlays_of_a_region_crop_to_it():
+    """A region sample's overlays show its region (with a 4% margin), not the whole slide."""
+    from slide2expr.draw import region_box
+
+    rows, cols = region_box([1000, 400, 2000, 900], downsample=10.0, shape=(300, 400))
+    assert (rows.start, rows.stop) == (36, 94)   # y 40-90 thumbnail px, margin 4
+    assert (cols.start, cols.stop) == (96, 204)  # x 100-200
+    rows, cols = region_box([0, 0, 4000, 3000], downsample=10.0, shape=(300, 400))
+    assert (rows.start, rows.stop, cols.start, cols.stop) == (0, 300, 0, 400)  # kept inside

@@ -294,7 +294,7 @@ def test_spatialdata_export_round_trip(demo_dataset, tmp_path):
     import anndata as ad
 
     from slide2expr.cli import main
-    from slide2expr.heatmap.tilemap import TileMap, write_tile_map
+    from slide2expr.contracts.tilemaps import TileMap, write_tile_map
 
     adata = ad.read_h5ad(demo_dataset[0])
     pred = adata.copy()
@@ -311,27 +311,38 @@ def test_spatialdata_export_round_trip(demo_dataset, tmp_path):
     argv = sys.argv
     sys.argv = ["slide2expr", "export", "spatialdata", str(tmp_path / "mlp.h5ad"), "-o",
                 str(tmp_path / "run.zarr"), "--tile-map", str(tmp_path / "demo1.h5ad")]
+    import warnings
+
     try:
-        main()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            main()
     except SystemExit as exc:
         assert not exc.code
     finally:
         sys.argv = argv
+    assert [str(w.message)[:80] for w in caught] == []  # 24 zarr/ome-zarr warnings before
     back = sd.read_zarr(tmp_path / "run.zarr")
     assert set(back.images) == {"demo1_he", "demo2_he"}
     assert set(back.shapes) == {"demo1_spots", "demo2_spots", "demo1_tiles"}
     assert set(back.tables) == {"measured", "predicted", "predicted_tiles"}
-    # the image pyramid: full hires level, then / 2, / 4; in level-0 px through a scale
+    # the image pyramid is read from the slide: level 0 at full resolution (2048 px, not
+    # the 2000 px hires copy), then / 2 down to <= 1024 px, in level-0 px (identity)
     he = back.images["demo1_he"]
     levels = [he[k].image.shape for k in he]
     lib = adata.uns["spatial"]["demo1"]
-    assert levels[0] == (3, *lib["images"]["hires"].shape[:2])
-    assert [s[1] for s in levels] == [levels[0][1] // f for f in (1, 2, 4)]
+    assert levels == [(3, 2048, 2048), (3, 1024, 1024)]
     from spatialdata.transformations import get_transformation
 
     t = get_transformation(he["scale0"].image, to_coordinate_system="demo1")
     corner = t.to_affine_matrix(input_axes=("x", "y"), output_axes=("x", "y")) @ [2000, 0, 1]
-    assert corner[0] == pytest.approx(2000 / lib["scalefactors"]["tissue_hires_scalef"])
+    assert corner[0] == pytest.approx(2000)
+    from slide2expr.inputs.slides import open_slide
+
+    with open_slide(lib["metadata"]["source_image_path"]) as slide:
+        want = slide.read_region((1000, 700), 0, (64, 48))
+    got = np.moveaxis(np.asarray(he["scale0"].image[:, 700:748, 1000:1064]), 0, -1)
+    np.testing.assert_array_equal(got, want)
     # spots: circles at obsm['spatial'] with the spot radius; tables annotate them
     spots = back.shapes["demo1_spots"]
     one = adata[adata.obs.sample_id == "demo1"]

@@ -11,16 +11,16 @@ import torch
 from test_train import planted_dataset
 
 import slide2expr.train.run as train_run
+from slide2expr.predict import load_trained_head
 from slide2expr.train.baselines import (
-    _standardise,
     pearson_columns,
     ridge_network,
     ridge_path,
     ridge_predict,
 )
 from slide2expr.train.config import TrainConfig
+from slide2expr.train.scaling import standardise
 from slide2expr.train.selection import Selection, inner_score
-from slide2expr.train.trained import load_trained_head
 
 QUICK = {"folds": 4, "max_epochs": 3, "min_epochs": 1, "hidden": 16, "patience": 3,
          "batch_size": 32, "baselines": ["ridge", "mean"]}
@@ -136,7 +136,7 @@ def test_ridge_network_equals_the_ridge_path():
     x[:, 3] = 1.5  # a constant feature: std 0 -> 1 on both sides
     y = x[:, :2] @ rng.normal(size=(2, 4)) + rng.normal(size=(80, 4))
     new = rng.normal(size=(10, 30)) + 2.0
-    xs_tr, xs_new = _standardise(x, new)
+    xs_tr, xs_new = standardise(x, new)
     want = ridge_path(xs_tr, y, xs_new, [10.0])[0]
     got = ridge_predict(ridge_network(x, y, alpha=10.0), new)
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)

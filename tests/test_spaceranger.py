@@ -284,3 +284,21 @@ def test_the_space_ranger_page_runs_as_written(visium: Path, tmp_path: Path) -> 
     proc = subprocess.run([sys.executable, "-c", "import matplotlib; matplotlib.use('Agg')\n"
                            + snippet], cwd=work, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def test_viewer_pyramid_of_an_outs_folder_is_in_full_resolution_pixels(visium: Path,
+                                                                       tmp_path: Path) -> None:
+    """The viewer's Deep Zoom pyramid of a stand-in image has the full-resolution size, so
+    the spots (full-resolution px) land where they belong in the viewer."""
+    pytest.importorskip("pyvips")
+    from slide2expr.viewer.pyramid import write_pyramid
+
+    pyramid = write_pyramid(visium, tmp_path)
+    with open_slide(visium) as slide:
+        assert (pyramid.width, pyramid.height) == slide.dimensions
+    # Deep Zoom level max - 6 is 1/64 of full resolution: one tile of 209 x 209 px
+    top = Image.open(tmp_path / "slide_files" / str(pyramid.max_level - 6) / "0_0.jpeg")
+    assert top.size == (209, 209)
+    lowres = Image.open(visium / "spatial" / "tissue_lowres_image.png").convert("RGB")
+    small = np.asarray(lowres.resize(top.size, Image.BILINEAR), dtype=int)
+    assert np.abs(np.asarray(top.convert("RGB"), dtype=int) - small).mean() < 10

@@ -14,16 +14,16 @@ import torch
 import yaml
 
 from slide2expr.errors import InputError
+from slide2expr.predict import load_trained_head
 from slide2expr.train.baselines import choose_alpha, pearson_columns
 from slide2expr.train.config import GeneSelection, TrainConfig
 from slide2expr.train.cv import assign_folds
 from slide2expr.train.data import FoldDataModule
 from slide2expr.train.features import SpotFeatures
-from slide2expr.train.gene_selection import select_genes
+from slide2expr.train.gene_selection import select_training_genes
 from slide2expr.train.heads import ABMILHead, HE2RNAHead
 from slide2expr.train.heads.he2rna import topk_mean
 from slide2expr.train.run import run_training
-from slide2expr.train.trained import load_trained_head
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -228,11 +228,11 @@ def test_select_genes_filters_and_ranks():
     x = rng.gamma(2.0, size=(50, 6)).astype(np.float32) * np.array([1, 2, 3, 4, 5, 6])
     x[:, 0] = 0.0                      # constant: never selected
     x[:45, 1] = 0.0                    # detected in 10% of units
-    chosen = select_genes(x, np.arange(6), settings=GeneSelection(method="mean", n_top=2))
+    chosen = select_training_genes(x, np.arange(6), settings=GeneSelection(method="mean", n_top=2))
     assert list(chosen) == [4, 5]
-    everything = select_genes(x, np.arange(6), settings=GeneSelection(min_fraction=0.2))
+    everything = select_training_genes(x, np.arange(6), settings=GeneSelection(min_fraction=0.2))
     assert list(everything) == [2, 3, 4, 5]
-    hvg = select_genes(x, np.arange(6), settings=GeneSelection(method="hvg", n_top=3))
+    hvg = select_training_genes(x, np.arange(6), settings=GeneSelection(method="hvg", n_top=3))
     assert len(hvg) == 3 and 0 not in hvg
 
 
@@ -241,10 +241,10 @@ def test_gene_list_restricts_the_candidates(tmp_path):
     names = np.array(["A", "B", "C", "D"])
     listed = tmp_path / "genes.txt"
     listed.write_text("# a published set\nD\nB\nNOT_THERE\n")
-    chosen = select_genes(x, names, settings=GeneSelection(list=str(listed)))
+    chosen = select_training_genes(x, names, settings=GeneSelection(list=str(listed)))
     assert list(names[chosen]) == ["B", "D"]
     with pytest.raises(InputError, match="does not exist"):
-        select_genes(x, names, settings=GeneSelection(list=str(tmp_path / "missing.txt")))
+        select_training_genes(x, names, settings=GeneSelection(list=str(tmp_path / "missing.txt")))
 
 
 def test_standardisation_is_fitted_on_training_units_only():
@@ -457,7 +457,7 @@ def test_cli_train_and_predict(tmp_path):
     assert new.shape == (7, adata.n_vars) and list(new.obs["spot_id"]) == [f"sp{i}" for i in range(7)]
     np.testing.assert_allclose(new.obsm["spatial"], 50.0)
     # a new slide averages the fold models: their spread (SD, ddof=0) sits beside the mean
-    from slide2expr.train.trained import load_trained_head
+    from slide2expr.predict import load_trained_head
 
     folds = sorted((tmp_path / "models" / "mlp").glob("fold*"))
     assert len(folds) > 1
@@ -590,9 +590,10 @@ def test_saved_heads_hold_the_network_keys_of_before_and_load_without_lightning(
 
     from safetensors.torch import load_file
 
+    from slide2expr.predict import load_fold_head
+    from slide2expr.predict.nets import MLPNet
     from slide2expr.train.heads import MLPHead
-    from slide2expr.train.nets import MLPNet
-    from slide2expr.train.trained import load_fold_head, save_head
+    from slide2expr.train.save import save_head
 
     torch.manual_seed(0)
     head = MLPHead(in_dim=5, n_genes=3, hidden=4)
@@ -606,7 +607,7 @@ def test_saved_heads_hold_the_network_keys_of_before_and_load_without_lightning(
     assert isinstance(net, MLPNet) and not net.training
     x = torch.randn(7, 5)
     torch.testing.assert_close(net.tile_outputs(x), head.eval().tile_outputs(x))
-    code = ("import sys; from slide2expr.train.trained import load_trained_head; "
+    code = ("import sys; from slide2expr.predict import load_trained_head; "
             f"h = load_trained_head({str(tmp_path / 'fold0')!r}); "
             "print(sorted(m for m in ('pytorch_lightning', 'lightning', 'torchmetrics') "
             "if m in sys.modules))")

@@ -59,7 +59,7 @@ def write_slide(path: Path) -> None:
 
 
 def make_tile_map(slide: Path):
-    from slide2expr.heatmap.tilemap import TileMap
+    from slide2expr.contracts.tilemaps import TileMap
 
     xs, ys = np.meshgrid(np.arange(0, W - STEP + 1, STEP), np.arange(0, H - STEP + 1, STEP))
     coords = np.stack([xs.ravel(), ys.ravel()], axis=1).astype(np.int64)
@@ -101,7 +101,7 @@ def cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A results folder: heatmaps/mlp/S1.h5ad, report/mlp/genes.tsv, predictions/mlp.h5ad."""
     import pandas as pd
 
-    from slide2expr.heatmap.tilemap import write_tile_map
+    from slide2expr.contracts.tilemaps import write_tile_map
 
     root = tmp_path_factory.mktemp("viewer_cohort")
     slide = root / "S1.tiff"
@@ -152,7 +152,7 @@ def test_quantise_round_trip_error_is_bounded() -> None:
 
 def test_gene_layer_places_tiles_on_the_grid(cohort: Path) -> None:
     """Each tile lands in its grid cell; values decode to the tile map's within 1/508."""
-    from slide2expr.heatmap.tilemap import read_tile_map
+    from slide2expr.contracts.tilemaps import read_tile_map
     from slide2expr.viewer.layers import gene_layer, tile_cells, tile_grid
 
     tmap = read_tile_map(cohort / "heatmaps" / "mlp" / "S1.h5ad")
@@ -174,7 +174,7 @@ def test_gene_layer_places_tiles_on_the_grid(cohort: Path) -> None:
 
 
 def test_uncertainty_hook_gives_a_spread_layer(cohort: Path) -> None:
-    from slide2expr.heatmap.tilemap import read_tile_map
+    from slide2expr.contracts.tilemaps import read_tile_map
     from slide2expr.viewer.layers import gene_layer, tile_grid, tile_spread
 
     tmap = read_tile_map(cohort / "heatmaps" / "mlp" / "S1.h5ad")
@@ -234,7 +234,7 @@ def test_build_writes_pyramid_layers_and_manifest(built, cohort: Path) -> None:
 
 def test_cohort_limits_pool_the_slides(cohort: Path, tmp_path: Path) -> None:
     """A second slide with GRADX shifted by +10: cohort limits span both, slide limits not."""
-    from slide2expr.heatmap.tilemap import read_tile_map, write_tile_map
+    from slide2expr.contracts.tilemaps import read_tile_map, write_tile_map
     from slide2expr.viewer import ViewerOptions, build_viewer
 
     results = tmp_path / "results"
@@ -670,3 +670,30 @@ def test_browser_report_link_opens_the_gene(built, browser) -> None:
     assert browser.current_url.startswith((built.out / "index.html").resolve().as_uri())
     assert browser.find_element(By.ID, "current").get_attribute("data-gene") == "HLA-DRA"
     assert _errors(browser) == []
+
+
+def test_regions_of_one_slide_share_one_pyramid(cohort: Path, tmp_path: Path) -> None:
+    """Two region samples of one slide (sheet roi): each gets its own layers and tile cells,
+    the slide's pyramid is written once and both point at it."""
+    from slide2expr.contracts.tilemaps import TileMap, read_tile_map, write_tile_map
+    from slide2expr.viewer import build_viewer
+
+    whole = read_tile_map(cohort / "heatmaps" / "mlp" / "S1.h5ad")
+    results = tmp_path / "results"
+    left = whole.coords[:, 0] < W / 2
+    for sample, rows in (("S1_left", left), ("S1_right", ~left)):
+        attrs = {**whole.attrs, "sample_id": sample, "roi_bounds": [0.0, 0.0, W / 2, H]}
+        write_tile_map(results / "heatmaps" / "mlp" / f"{sample}.h5ad",
+                       TileMap(values=whole.values[rows], genes=list(whole.genes),
+                               coords=whole.coords[rows], tile_size0=whole.tile_size0,
+                               attrs=attrs))
+    res = build_viewer(results)
+    [data] = _call(res.out / "data.js", "data")
+    urls = {s["id"]: s["dzi"]["url"] for s in data["slides"]}
+    assert urls == {"S1_left": "slides/S1_left/slide_files/",
+                    "S1_right": "slides/S1_left/slide_files/"}
+    assert (res.out / "slides/S1_left/slide.dzi").is_file()
+    assert not (res.out / "slides/S1_right/slide_files").exists()
+    assert {s["id"]: s["n_tiles"] for s in data["slides"]} == {
+        "S1_left": int(left.sum()), "S1_right": int((~left).sum())}
+    assert (res.out / "slides/S1_right/slide.js").is_file()

@@ -10,11 +10,16 @@ Every failure a user can act on is one line on stderr (:func:`main`):
 failure                                                status
 =====================================================  ======
 bad input (:class:`~slide2expr.errors.InputError`)     2
+an output folder slide2expr did not make               2
+(:class:`~slide2expr.errors.ForeignFolder`)
 usage error (an unknown option, a missing argument)    2
 a full disk, an unwritable or read-only folder         1
 (:class:`~slide2expr.errors.EnvironmentFault`, or an
 ``OSError`` ENOSPC/EDQUOT/EFBIG/EACCES/EPERM/EROFS)
-Ctrl-C ("interrupted; rerun to resume")                130
+another run writes the same output now                 1
+(:class:`~slide2expr.errors.OutputBusy`)
+Ctrl-C ("interrupted; rerun to resume"), also when a   130
+library caught it and exited (Lightning)
 SIGTERM, e.g. ``scancel`` ("terminated; ...")          143
 =====================================================  ======
 """
@@ -29,7 +34,7 @@ import sys
 import typer
 
 from slide2expr import console
-from slide2expr.errors import InputError, environment_fault
+from slide2expr.errors import InputError, environment_fault, path_fault
 
 app = typer.Typer(
     name="slide2expr",
@@ -133,10 +138,16 @@ def main() -> None:
         code = exc.exit_code
     except (typer.Abort, KeyboardInterrupt):
         _stopped_or_fail("aborted", 130)
+    except SystemExit:
+        # A library that catches the interrupt itself and exits (Lightning's Trainer calls
+        # sys.exit(1) on Ctrl-C): the signal, not that status, says what happened.
+        if _stopped_by:
+            _stopped()
+        raise
     except typer.TyperException as exc:  # typer's own click: usage errors (exit code 2)
         _usage_error(exc)
     except Exception as exc:
-        fault = environment_fault(exc)
+        fault = environment_fault(exc) or path_fault(exc)
         if fault is None:
             if _stopped_by:
                 _stopped()

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import errno
 import re
+from collections.abc import Collection
 from os import PathLike
+from pathlib import Path
 
 
 class InputError(Exception):
@@ -56,6 +58,18 @@ class EnvironmentFault(InputError):
     exit_code = 1
 
 
+class OutputBusy(EnvironmentFault):
+    """Another run is writing the same output right now (:func:`slide2expr.atomic.output_lock`).
+
+    Status 1, like the other faults of the machine: rerunning succeeds once that run ends.
+    """
+
+
+class ForeignFolder(InputError):
+    """An output folder holds files that slide2expr did not write: it is never emptied
+    (:func:`slide2expr.atomic.check_replaceable`)."""
+
+
 #: errno values that are the environment's fault, and how to say so.
 ENVIRONMENT_ERRNOS: dict[int, str] = {
     errno.ENOSPC: "the disk is full",
@@ -79,6 +93,11 @@ def fault_errno(exc: BaseException) -> int | None:
     an :class:`OSError` with one of :data:`ENVIRONMENT_ERRNOS`, or an h5py/anndata error
     whose message carries HDF5's ``errno = N``.
     """
+    return _errno_among(exc, ENVIRONMENT_ERRNOS)
+
+
+def _errno_among(exc: BaseException, codes: Collection[int]) -> int | None:
+    """The first errno in ``codes`` behind ``exc`` or the exceptions it was raised from."""
     seen: set[int] = set()
     todo: list[BaseException | None] = [exc]
     while todo:
@@ -86,12 +105,73 @@ def fault_errno(exc: BaseException) -> int | None:
         if e is None or id(e) in seen:
             continue
         seen.add(id(e))
-        if isinstance(e, OSError) and e.errno in ENVIRONMENT_ERRNOS:
+        if isinstance(e, OSError) and e.errno in codes:
             return int(e.errno)
         for match in _HDF5_ERRNO.finditer(str(e)):
-            if int(match.group(1)) in ENVIRONMENT_ERRNOS:
+            if int(match.group(1)) in codes:
                 return int(match.group(1))
         todo += [e.__cause__, e.__context__]
+    return None
+
+
+def _errno_filename(exc: BaseException, code: int) -> str | None:
+    """The file name of the error with errno ``code`` behind ``exc``, if it names one."""
+    todo: list[BaseException | None] = [exc]
+    seen: set[int] = set()
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno == code and e.filename:
+            return str(e.filename)
+        if f"errno = {code}" in str(e):
+            return _hdf5_file_name(e)
+        todo += [e.__cause__, e.__context__]
+    return None
+
+
+#: The hidden names :mod:`slide2expr.atomic` writes beside an output ``{name}``: its
+#: temporary ``.{stem}.partial-{host}-{pid}{suffix}`` and its lock ``.{name}.lock``.
+_TEMPORARY_NAME = re.compile(r"^\.(?P<stem>.+)\.partial-[A-Za-z0-9-]+-\d+(?P<suffix>\.[^.]*)?$")
+_LOCK_NAME = re.compile(r"^\.(?P<stem>.+)\.lock$")
+
+
+def path_fault(exc: BaseException) -> InputError | None:
+    """An :class:`InputError` for an output path that cannot exist as given, else ``None``.
+
+    A name longer than the file system allows (``ENAMETOOLONG``), a path through a file
+    (``ENOTDIR``), or a folder to create where a file is (``EEXIST`` from ``mkdir``): the
+    user's path is at fault, not the machine, so the fix is another path.
+    """
+    code = _errno_among(exc, (errno.ENAMETOOLONG, errno.ENOTDIR, errno.EEXIST))
+    if code is None:
+        return None
+    name = _errno_filename(exc, code)
+    if code == errno.ENAMETOOLONG:
+        path = Path(name) if name else None
+        if path is not None and (m := _TEMPORARY_NAME.match(path.name)):
+            path = path.with_name(m["stem"] + (m["suffix"] or ""))
+        elif path is not None and (m := _LOCK_NAME.match(path.name)):
+            path = path.with_name(m["stem"])
+        longest = max((len(p.encode()) for p in path.parts), default=0) if path else 0
+        return InputError(path, f"a file or folder name in this path is too long ({longest} "
+                          "bytes; the file system allows 255)",
+                          "use a shorter file name")
+    blocking = _file_in_path(Path(name)) if name else None
+    if blocking is None:
+        return None if code == errno.EEXIST else InputError(
+            name, "a part of this path is a file, not a folder",
+            "choose an output path whose folders are folders")
+    return InputError(blocking, "is a file, so nothing can be written under it as a folder",
+                      "choose an output path whose folders are folders, or move the file")
+
+
+def _file_in_path(path: Path) -> Path | None:
+    """The first part of ``path`` (itself included) that exists and is not a folder."""
+    for part in (*reversed(path.parents), path):
+        if part.exists() and not part.is_dir():
+            return part
     return None
 
 

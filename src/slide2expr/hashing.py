@@ -20,3 +20,24 @@ def sha256_file(path: str | Path, *, chunk: int = 1 << 22) -> str:
                 digest.update(block)
         _HASH_CACHE[key] = digest.hexdigest()
     return _HASH_CACHE[key]
+
+
+#: Bytes read from each end of a file by :func:`file_fingerprint`.
+FINGERPRINT_BYTES = 1 << 20
+
+
+def file_fingerprint(path: str | Path) -> str:
+    """A quick identity of a (large) file: sha256 of its size, first and last MiB.
+
+    Enough to tell one slide from another without reading gigabytes; a moved or copied file
+    keeps it.
+    """
+    path = Path(path)
+    size = path.stat().st_size
+    digest = hashlib.sha256(str(size).encode())
+    with path.open("rb") as fh:
+        digest.update(fh.read(FINGERPRINT_BYTES))
+        if size > FINGERPRINT_BYTES:
+            fh.seek(max(FINGERPRINT_BYTES, size - FINGERPRINT_BYTES))
+            digest.update(fh.read(FINGERPRINT_BYTES))
+    return digest.hexdigest()

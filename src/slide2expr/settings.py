@@ -1,12 +1,13 @@
 """The run configuration: one set of JSON Schemas for the workflow and the command line.
 
-The schemas live in ``workflow/schemas/`` (the Snakemake catalog layout); the workflow
-validates ``config.yaml`` with them through ``snakemake.utils.validate`` and every CLI command
-validates the sections it is given (``--config-json``) with the same files here, filling the
-same defaults. A wheel carries them as ``slide2expr/schemas`` (pyproject ``force-include``).
+The schemas live in ``workflow/schemas/`` (the Snakemake catalog layout) and hold the only
+defaults. The workflow checks its whole config with :func:`check_run_config` (``--config``
+strings read as the schema's types, one line naming the key for a bad value) and every CLI
+command validates the sections it is given (``--config-json``) with the same files here,
+filling the same defaults. A wheel carries them as ``slide2expr/schemas``.
 
-Rules pass settings one way: ``--config-json`` with the config sections the command reads,
-as an object keyed by section (``{"tiling": {...}}``); flags given on the command line win.
+Rules pass settings one way: ``--config-json`` with the config keys the command reads, as an
+object keyed by section (``{"tiling": {...}}``); flags given on the command line win.
 """
 
 from __future__ import annotations
@@ -258,12 +259,20 @@ def parse_config_json(text: str | None, *, option: str = "--config-json") -> dic
     if not isinstance(value, dict):
         raise InputError(source, f"{option} must be an object keyed by config section",
                          'e.g. {"tiling": {"tile_px": 224}}')
-    known = list(load_schema("config").get("properties", {}))
+    properties = load_schema("config").get("properties", {})
+    known = list(properties)
     unknown = sorted(set(value) - set(known))
     if unknown:
         closest = _closest(unknown[0], known)
         fix = f"rename it to {closest!r}" if closest else f"use {', '.join(sorted(known))}"
         raise InputError(source, f"unknown config key {unknown[0]!r}", f"{fix} (config/README.md)")
+    for key, section_value in value.items():
+        if properties[key].get("type") == "object" and not isinstance(section_value,
+                                                                        dict | None):
+            raise InputError(source, f"config section '{key}' is {section_value!r}, not a "
+                             "mapping of settings",
+                             f"write its settings as 'key: value' lines indented under "
+                             f"'{key}:' (config/README.md), or remove the line")
     return value
 
 

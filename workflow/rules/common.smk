@@ -109,13 +109,22 @@ ENC_RESULTS = f"{RESULTS}/{{encoder}}" if SWEEP else RESULTS
 ENC_TAG = "{encoder}/" if SWEEP else ""
 
 
+def given_cores():
+    """``--cores``, or None where none is needed and none was given (``snakemake --report``,
+    ``--lint``): ``workflow.cores`` itself refuses then."""
+    try:
+        return workflow.cores
+    except WorkflowError:
+        return None
+
+
 # Settings every stage reads.
 EXTRACT = config["extract"]
 # Threads of one extract job: up to 4, but never more than half the cores given to Snakemake,
 # so at least two slides embed side by side (their start-up, ~5 s of imports and model
 # build, overlaps; on the CPU two 1-thread jobs beat one 2-thread job: the demo's 12 extract
 # jobs took 110 s in turn, docs/benchmarks.md). A profile's set-threads still overrides it.
-EXTRACT_THREADS = max(1, min(4, (workflow.cores or 2) // 2))
+EXTRACT_THREADS = max(1, min(4, (given_cores() or 2) // 2))
 JOIN = config["join"]
 TRAIN = config["train"]
 REPORT = config["report"]
@@ -125,7 +134,7 @@ HEADS = list(TRAIN["heads"])
 check_heads_fit_mode(HEADS, MODE)
 # The input blocks of each head (train.head_inputs, else train.inputs). A head with context
 # blocks paints heatmaps from the same blocks built on the grid tiles
-# (slide2expr.heatmap.context): ctx{um} from grid_ctx{um} windows centred on each grid tile
+# (slide2expr.predict.inputs): ctx{um} from grid_ctx{um} windows centred on each grid tile
 # (tiles/grid_ctx{um}/, extracted once like any tiling), nbr{r} and slide from the grid
 # features (slide: the dataset's vector for a slide with spots).
 HEAD_INPUTS = {
@@ -207,7 +216,9 @@ def config_json(*keys):
             for part in parents:
                 node, value = node.setdefault(part, {}), value[part]
             node[leaf] = value[leaf]
-    return shlex.quote(json.dumps(chosen, default=str))  # the config's own key order
+    # keys sorted: the same settings give the same params whatever order a config file or
+    # --config wrote them in (a job reruns when its params change)
+    return shlex.quote(json.dumps(chosen, default=str, sort_keys=True))
 
 
 def get_final_output(manifest=True):

@@ -7,7 +7,7 @@
 #   heatmap_map (tile map) -> heatmap_scale (heatmaps/{head}/scale.tsv) -> heatmap (draw)
 # A head with context inputs (train.head_inputs) also reads its blocks on the grid tiles:
 # features/{encoder}/grid_ctx{um}/ (rule grid_context_tiles + extract) and, for the slide
-# block, the dataset (heatmap_model_inputs in common.smk; slide2expr.heatmap.context).
+# block, the dataset (heatmap_model_inputs in common.smk; slide2expr.predict.inputs).
 # Config: the `heatmap` section and tiling.tissue (workflow/schemas/, config/README.md).
 
 HEATMAP_CONFIG = config_json(

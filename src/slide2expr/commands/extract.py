@@ -53,23 +53,31 @@ def extract(
 ) -> None:
     """Embed every tile of one slide with a pretrained encoder: all its tilings in one pass
     (one slide read, one stain fit, one encoder start), one features file per tiling."""
+    import contextlib
+
+    from slide2expr.atomic import output_lock
     from slide2expr.console import progress_wanted
     from slide2expr.errors import InputError
-    from slide2expr.extract.run import extract_tilings
 
     cfg = section(ctx, "extract", config_json, EXTRACT_FLAGS)
     if len(tiles) != len(out):
         raise InputError(tiles[0], f"{len(tiles)} tiles files but {len(out)} --out files",
                          "give one --out per tiles file, in the same order")
+    # One run per output, taken before the slow set-up (torch, the encoder): a second run
+    # of the same output stops at once, naming the first one's process.
+    with contextlib.ExitStack() as locks:
+        for path in out:
+            locks.enter_context(output_lock(path))
+        from slide2expr.extract.run import extract_tilings
 
-    results = extract_tilings(
-        list(zip(tiles, out, strict=True)), encoder=encoder, weights=weights, slide=slide,
-        batch_size=cfg["batch_size"],
-        num_workers=cfg["num_workers"], threads=threads, device=cfg["device"], dtype=cfg["dtype"],
-        stain_normalize=cfg["stain_normalize"], stain_reference=cfg["stain_reference"],
-        views=cfg["views"],
-        resume=resume, progress=progress_wanted(progress),
-    )
+        results = extract_tilings(
+            list(zip(tiles, out, strict=True)), encoder=encoder, weights=weights, slide=slide,
+            batch_size=cfg["batch_size"],
+            num_workers=cfg["num_workers"], threads=threads, device=cfg["device"],
+            dtype=cfg["dtype"], stain_normalize=cfg["stain_normalize"],
+            stain_reference=cfg["stain_reference"], views=cfg["views"],
+            resume=resume, progress=progress_wanted(progress),
+        )
     for result in results:
         typer.echo(f"{result.path}: {result.n_tiles} tiles ({result.n_computed} computed), "
                    f"{result.tiles_per_s:.1f} tiles/s on {result.device}", err=True)

@@ -113,10 +113,8 @@ def heatmap(
 def _options(ctx: typer.Context, config_json: str | None, genes: list[str] | None):
     """The drawing options from the heatmap and tiling sections and the given flags, checked
     before any work (a bad colour map or percentile fails at once)."""
-    from slide2expr.heatmap import HeatmapOptions, OverlayStyle
-    from slide2expr.heatmap.gene_choice import split_gene_args
-    from slide2expr.heatmap.overlay import colormap
-    from slide2expr.heatmap.scale import check_percentiles
+    from slide2expr.draw import OverlayStyle, check_percentiles, colormap, split_gene_args
+    from slide2expr.heatmap import HeatmapOptions
     from slide2expr.tile.tissue import TissueParams
 
     cfg = section(ctx, "heatmap", config_json, HEATMAP_FLAGS)
@@ -137,8 +135,9 @@ def _draw(tmap, options, *, slide: Path | None, out_dir: Path, report: Path | No
           scale: Path | None, predictions: Path | None, write_map: bool,
           default_mpp: float | None, source: Path) -> None:
     """Overlays, GeoJSON and (spot mode) the spot comparison of one slide's tile map."""
+    from slide2expr.draw import open_matching_slide, read_scale
     from slide2expr.errors import InputError
-    from slide2expr.heatmap import make_heatmaps, open_matching_slide, read_scale
+    from slide2expr.heatmap import make_heatmaps
 
     slide_path = slide or (Path(str(tmap.attrs["slide"])) if tmap.attrs.get("slide") else None)
     if slide_path is None:
@@ -167,13 +166,14 @@ def heatmap_scale(
     config_json: str | None = config_json_option(),
 ) -> None:
     """One colour scale a gene over all slides, for heatmaps that compare across a cohort."""
-    from slide2expr.heatmap import cohort_scale, read_tile_map, select_genes, write_scale
-    from slide2expr.heatmap.gene_choice import split_gene_args
+    from slide2expr.contracts.tilemaps import read_tile_map
+    from slide2expr.draw import cohort_scale, select_genes, split_gene_args, write_scale
 
     cfg = section(ctx, "heatmap", config_json, SCALE_FLAGS)
     first = read_tile_map(maps[0])
     chosen = select_genes(first.genes, genes=split_gene_args(genes) if genes else cfg.get("genes"),
-                          report=report, n_genes=cfg["n_genes"], source=maps[0])
+                          report=report, n_genes=cfg["n_genes"], fallback="model_order",
+                          source=maps[0])
 
     def load():
         yield str(maps[0]), first.genes, first.values

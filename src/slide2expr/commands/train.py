@@ -30,12 +30,33 @@ def _load_settings(config: Path | None, config_json: str | None, overrides: dict
                              "fix the file") from exc
         if not isinstance(data, dict):
             raise InputError(config, "is not a mapping", "give a config with a train: section")
-        values = dict(data.get("train", data))
+        section = data.get("train", data)
+        if not isinstance(section, dict | None):
+            raise InputError(config, f"config section 'train' is {section!r}, not a mapping "
+                             "of settings", "write its settings as 'key: value' lines "
+                             "indented under 'train:' (config/README.md)")
+        values = dict(section or {})
         source = str(config)
     values.update(parse_config_json(config_json).get("train") or {})
     values.update({k: v for k, v in overrides.items() if v is not None})
     return TrainConfig.from_dict(validate_section("train", values, source=source, as_flags=False),
                                  source=source)
+
+
+def _refuse_linked_models_dir(models_dir: Path) -> None:
+    """Refuse a ``--models-dir`` that is a symbolic link, before any training.
+
+    The folder is replaced as a whole at the end of the run, which would replace the link
+    (or fail on it) rather than fill the folder it points to: hours of training lost.
+    """
+    from slide2expr.errors import InputError
+
+    if models_dir.is_symlink():
+        raise InputError(models_dir, f"is a symbolic link (to {models_dir.readlink()}); "
+                         "train replaces this folder as a whole, so it would replace the "
+                         "link, not the folder it points to",
+                         f"pass the folder itself ({models_dir.resolve()}) as --models-dir, "
+                         "or remove the link")
 
 
 def train(
@@ -65,6 +86,7 @@ def train(
     settings = _load_settings(config, config_json, {"folds": fold_value, "seed": seed,
                                                     "max_epochs": max_epochs,
                                                     "accelerator": accelerator})
+    _refuse_linked_models_dir(models_dir)
     adata = read_dataset(dataset)
     run_training(adata, head=head, config=settings, models_dir=models_dir,
                  predictions_path=predictions, dataset_path=dataset)
@@ -84,7 +106,7 @@ def predict(
     """Predict expression for slides without RNA-seq from their feature files."""
     import torch
 
-    from slide2expr.train.predict import predict_files
+    from slide2expr.predict import predict_files
 
     torch.set_num_threads(max(1, threads))
     predict_files(features, model_dir=model, output=output, level=level, fold=fold)

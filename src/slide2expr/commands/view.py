@@ -65,9 +65,8 @@ def view(
     config_json: str | None = config_json_option(),
 ) -> None:
     """Zoomable slide viewer (OpenSeadragon): H&E pyramid + predicted-expression layers."""
+    from slide2expr.draw import check_percentiles, split_gene_args
     from slide2expr.errors import InputError
-    from slide2expr.heatmap.gene_choice import split_gene_args
-    from slide2expr.heatmap.scale import check_percentiles
     from slide2expr.tile.tissue import TissueParams
     from slide2expr.viewer import ViewerOptions, build_viewer
 
@@ -96,8 +95,7 @@ def view(
         try:
             result = build_viewer(results, out, options=options)
         except OSError as exc:  # disk full, I/O error: the machine, not the input
-            where = f"{exc.filename}: " if exc.filename else ""
-            typer.echo(f"error: {where}{exc.strerror or exc} while writing the viewer; nothing "
+            typer.echo(f"error: {out}: {exc.strerror or exc} while writing the viewer; nothing "
                        f"was left in {out}. Fix: free space or pass --out-dir elsewhere", err=True)
             sys.exit(1)
         total = sum(s.bytes for s in result.slides)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Any
 
@@ -63,24 +64,52 @@ def write_anndata(adata: Any, path: str | Path) -> Path:
 
 
 def write_h5ad(adata: Any, path: str | Path) -> None:
-    """``adata.write_h5ad(path)`` with the ``uns['spatial']`` images gzip-compressed.
+    """Write ``adata`` as anndata's ``write_h5ad`` does, the ``uns['spatial']`` images
+    gzip-compressed.
 
-    Everything else is written as anndata writes it, and reads back the same.
+    The HDF5 file is built in memory and reaches ``path`` in one plain write, so a full disk
+    fails as one :class:`OSError` (ENOSPC) at the first failed write. HDF5 itself never meets
+    a failed write: after one it leaves its state broken and the interpreter crashed at exit
+    (segmentation fault, exit 139, pages of HDF5 errors; issue 21). Everything is written as
+    anndata writes it, and reads back the same.
     """
-    import anndata as ad
     import h5py
 
-    spatial = adata.uns.pop(Key.SPATIAL_UNS, None)
+    buffer = io.BytesIO()
+    with h5py.File(buffer, "w") as f:
+        _write_anndata(f, adata)
     try:
-        adata.write_h5ad(path)
-    finally:
-        if spatial is not None:
-            adata.uns[Key.SPATIAL_UNS] = spatial
-    if spatial is None:
-        return
-    io = getattr(ad, "io", None)
-    write_elem = io.write_elem if io is not None and hasattr(io, "write_elem") \
+        with open(path, "wb") as out:
+            out.write(buffer.getbuffer())
+    except OSError as exc:
+        if exc.filename is None:  # a failed write names no file: name this one
+            exc.filename = str(path)
+        raise
+
+
+def _write_anndata(f: Any, adata: Any) -> None:
+    """``adata`` into the open HDF5 file ``f``, element by element as ``write_h5ad`` does."""
+    import anndata as ad
+
+    io_module = getattr(ad, "io", None)
+    write_elem = io_module.write_elem if io_module is not None and hasattr(io_module, "write_elem") \
         else ad.experimental.write_elem
-    with h5py.File(path, "r+") as f:
+    adata.strings_to_categoricals()  # as write_h5ad does
+    if adata.raw is not None:
+        adata.strings_to_categoricals(adata.raw.var)
+    f.attrs["encoding-type"] = "anndata"
+    f.attrs["encoding-version"] = "0.1.0"
+    if adata.X is not None:
+        write_elem(f, "X", adata.X)
+    if adata.raw is not None:
+        write_elem(f, "raw", adata.raw)
+    write_elem(f, "obs", adata.obs)
+    write_elem(f, "var", adata.var)
+    for name in ("obsm", "varm", "obsp", "varp", "layers"):
+        write_elem(f, name, dict(getattr(adata, name)))
+    uns = dict(adata.uns)
+    spatial = uns.pop(Key.SPATIAL_UNS, None)
+    write_elem(f, "uns", uns)
+    if spatial is not None:
         write_elem(f["uns"], Key.SPATIAL_UNS, {k: dict(v) for k, v in spatial.items()},
                    dataset_kwargs={"compression": "gzip", "compression_opts": 1})

@@ -27,7 +27,10 @@ The file is written batch by batch into a hidden partial file beside the output
 (``.{sample}.partial.h5``) that records how many rows are done (attr ``n_done``); it is
 renamed to the output name when complete. A run that is killed leaves only the partial
 file, and the next run with the same inputs and encoder resumes from it. The file is stamped
-``slide2expr_format = "features/1"``.
+``slide2expr_format = "features/1"``. One run at a time writes an output: the writer holds
+:func:`slide2expr.atomic.output_lock` on it from start to finish, and a second run for the
+same output stops at once with one line naming the first one's process (it never touches
+the first one's partial file).
 
 The ``features`` dataset is allocated in full when the partial file is created, so a disk
 that is too small fails at once, before any tile is embedded, and a disk that fills up
@@ -81,6 +84,7 @@ from typing import Any
 import h5py
 import numpy as np
 
+from slide2expr.atomic import output_lock
 from slide2expr.contracts._h5 import (
     FORMAT_ATTR,
     check_format,
@@ -201,31 +205,43 @@ class FeatureWriter:
         self._tiles = tiles
         self._resume = resume
         self._file: h5py.File | None = None
+        self._lock = contextlib.ExitStack()
         self.n_done = 0
 
     # -- context -------------------------------------------------------------------------
     def __enter__(self) -> FeatureWriter:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            # one run per output: a second one stops here, before touching the partial file
+            self._lock.enter_context(output_lock(self.path))
+        except OSError as exc:
+            self._raise_fault(exc)
+            raise
+        try:
             if self._resume and self.partial.exists():
                 self._file = self._open_matching_partial()
             if self._file is None:
                 with contextlib.suppress(FileNotFoundError):
                     self.partial.unlink()
                 self._file = self._create()
-        except Exception as exc:
+        except BaseException as exc:
             self._abandon()
-            self._raise_fault(exc)
+            self._lock.close()
+            if isinstance(exc, Exception):
+                self._raise_fault(exc)
             raise
         return self
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        if exc is None:
-            if self._file is not None:
-                self._file.close()
-                self._file = None
-            return
-        self._abandon()
+        try:
+            if exc is None:
+                if self._file is not None:
+                    self._file.close()
+                    self._file = None
+                return
+            self._abandon()
+        finally:
+            self._lock.close()
 
     # -- writing -------------------------------------------------------------------------
     def write(self, start: int, rows: np.ndarray,

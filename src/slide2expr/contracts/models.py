@@ -5,19 +5,23 @@ Contract: each fold directory (and each ensemble member, ``fold{k}/member{m}/``)
 hyperparameters, gene order, encoder, mode, fold, member, ``inputs``: the names of the input
 blocks in the order they were concatenated, e.g. ``["spot", "ctx300", "nbr300", "slide"]``,
 null in bulk mode; ``slide2expr_format`` = ``"model/1"``). Prediction rebuilds those blocks
-(on grid tiles: :mod:`slide2expr.heatmap.context`); a head without ``inputs`` (written
+(on grid tiles: :mod:`slide2expr.predict.inputs`); a head without ``inputs`` (written
 before they were recorded) is taken as ``["spot"]`` when it has one block. ``splits.tsv``
 beside the folds has one row per training unit: ``unit``, ``sample_id`` (a unit of several
 slides, a patient's averaged by the join, lists them ``;``-joined), ``group`` and ``fold``
 (the fold that held the unit out; :data:`~slide2expr.keys.NOT_HELD_OUT` for a unit that only
 trained).
 
-This module owns the file names and the one question every consumer asks of ``splits.tsv``:
-which fold's model did not see a slide (:func:`held_out_fold`).
+This module owns the file names, ``head.json`` (:func:`write_head_meta`,
+:func:`read_head_meta`), the fold and member folders (:func:`fold_dirs`,
+:func:`member_dirs`) and the one question every consumer asks of ``splits.tsv``: which fold's
+model did not see a slide (:func:`held_out_fold`). The tensors of ``head.safetensors`` are
+written by :mod:`slide2expr.train.save` and loaded by :mod:`slide2expr.predict.model`.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,6 +29,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from slide2expr.atomic import atomic_output
+from slide2expr.contracts._h5 import check_format, format_stamp
+from slide2expr.errors import InputError
 from slide2expr.keys import Key
 
 log = logging.getLogger(__name__)
@@ -32,8 +39,108 @@ log = logging.getLogger(__name__)
 WEIGHTS = "head.safetensors"
 META = "head.json"
 SPLITS = "splits.tsv"
+#: The folder of a fold's ridge model, shipped instead of the head when ridge won the fold's
+#: inner selection (``train.select``).
+RIDGE_DIR = "ridge"
 CONTRACT = "model"
 VERSION = "1"
+
+#: What to do about a damaged model folder.
+RETRAIN = "retrain the head (`slide2expr train`, or delete results/models and rerun the workflow)"
+
+
+def write_head_meta(fold_dir: str | Path, meta: dict) -> Path:
+    """Write ``head.json`` into ``fold_dir`` atomically, stamped ``model/1``.
+
+    ``meta`` must include ``head``, ``hparams`` and ``genes``; numpy scalars, arrays and
+    tuples are written as JSON numbers and lists.
+    """
+    path = Path(fold_dir) / META
+    with atomic_output(path) as tmp:
+        tmp.write_text(json.dumps({**format_stamp(CONTRACT, VERSION), **meta}, indent=2,
+                                  default=_json_default))
+    return path
+
+
+def _json_default(value: object) -> object:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray | tuple):
+        return list(value)
+    raise TypeError(f"not JSON serialisable: {type(value)}")
+
+
+def read_head_meta(path: str | Path) -> dict:
+    """``head.json``: a JSON object with ``head``, ``hparams`` (object) and ``genes`` (list).
+
+    Raises
+    ------
+    InputError
+        If it is not JSON, lacks a key, or is of another contract or version.
+    """
+    path = Path(path)
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(path, f"is not valid JSON ({exc})", RETRAIN) from exc
+    missing = [k for k in ("head", "hparams", "genes")
+               if not isinstance(meta, dict) or k not in meta]
+    if missing:
+        raise InputError(path, f"lacks {', '.join(missing)}", RETRAIN)
+    if not isinstance(meta["hparams"], dict) or not isinstance(meta["genes"], list):
+        raise InputError(path, "has hparams that are not an object or genes that are not a list",
+                         RETRAIN)
+    check_format(path, meta, CONTRACT, (VERSION,))
+    return meta
+
+
+def fold_number(path: Path) -> int:
+    """``k`` of a ``fold{k}`` folder (a name that is not one sorts last)."""
+    try:
+        return int(path.name.removeprefix("fold"))
+    except ValueError:
+        return 1 << 30
+
+
+def fold_dirs(model_dir: str | Path, fold: int | None = None) -> list[Path]:
+    """The model folders to load: ``model_dir`` itself when it is one fold's folder, else its
+    ``fold{k}/`` folders in fold order (only ``fold{fold}`` when ``fold`` is given).
+
+    Raises
+    ------
+    InputError
+        If there is no fold folder, or not the one asked for.
+    """
+    model_dir = Path(model_dir)
+    if (model_dir / META).is_file():
+        return [model_dir]
+    found = sorted(model_dir.glob("fold*"), key=fold_number)
+    if not found:
+        raise InputError(model_dir, "contains no fold*/ model directories",
+                         "pass results/models/{head} written by `slide2expr train`")
+    if fold is not None:
+        found = [p for p in found if fold_number(p) == fold]
+        if not found:
+            raise InputError(model_dir, f"has no fold{fold}", "pick an existing fold")
+    return found
+
+
+def shipped_dirs(fold_dir: Path) -> list[Path]:
+    """The model directories a fold ships: ``ridge/`` (:data:`RIDGE_DIR`) when ridge won the
+    fold's inner selection (``train.select``), else the head's members (``fold_dir`` and
+    ``member*/``, ``train.ensemble > 1``)."""
+    fold_dir = Path(fold_dir)
+    if (fold_dir / RIDGE_DIR / META).is_file():
+        return [fold_dir / RIDGE_DIR]
+    return [fold_dir, *sorted(fold_dir.glob("member*"))]
+
+
+def member_dirs(folds: Sequence[Path]) -> list[Path]:
+    """Every model ``folds`` ship (:func:`shipped_dirs`) that holds a ``head.json``."""
+    members = [m for p in folds for m in shipped_dirs(p) if (m / META).is_file()]
+    if not members:
+        raise InputError(folds[0], f"has no {META}", RETRAIN)
+    return members
 
 
 def write_splits(model_dir: Path, *, units: Sequence[str], sample_ids: Sequence[str],

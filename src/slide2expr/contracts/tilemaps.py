@@ -11,7 +11,7 @@ ensemble members of the fold that held the slide out, or of every fold model (an
 on a new slide; absent when one model painted the map (``TileMap.spread`` is None; the
 viewer's uncertainty layer is then unavailable). ``uns['slide2expr']['heatmap']``: sample,
 model directory, head, kind, folds used, ``n_models`` averaged, encoder, units, tiling attrs,
-and for a context head its ``inputs`` and ``slide_block`` (:mod:`slide2expr.heatmap.context`).
+and for a context head its ``inputs`` and ``slide_block`` (:mod:`slide2expr.predict.inputs`).
 """
 
 from __future__ import annotations

@@ -14,8 +14,10 @@ tiling's order, without ``spot_ids`` (attr ``tiling`` = ``"grid_ctx{um}"``). Gri
 the attrs
 ``tissue_mask_source`` (the image the tissue mask was computed on: ``"level N"``,
 ``"thumbnail"`` or ``"image, JPEG-decoded at 1/8"``, with ``", reduced Fx"`` after a box
-reduction), ``tissue_mask_mpp`` (the mask's resolution, um/px) and ``mask_downsample``. The
-file is stamped
+reduction), ``tissue_mask_mpp`` (the mask's resolution, um/px) and ``mask_downsample``.
+``slide_fingerprint`` (:func:`slide2expr.hashing.file_fingerprint`: sha256 of the slide
+file's size, first and last MiB; absent in older files) lets extract refuse a ``--slide``
+that is not the tiles' slide. The file is stamped
 ``slide2expr_format = "tiles/1"``.
 """
 

@@ -3,8 +3,13 @@
 One coordinate system per section, named by its sample ID, in the slide's level-0 pixels
 (the frame of ``obsm['spatial']`` and of every slide2expr file). Per section:
 
-- image ``{sample}_he``: the H&E as a multiscale image (``uns['spatial'][sample]``'s hires
-  image, with coarser levels by 2 and 4), scaled into level-0 pixels;
+- image ``{sample}_he``: the H&E as a multiscale image read from the slide itself (the path
+  in ``uns['spatial'][sample]['metadata']['source_image_path']``): level 0 at full resolution,
+  read lazily in :data:`CHUNK_PX` blocks, then coarser levels by 2 until the longer side is
+  at most :data:`SMALLEST_PX`, so napari zooms down to the cells. When the slide cannot be
+  opened (moved, another machine) or is a Space Ranger stand-in image, the ``hires`` image
+  of ``uns['spatial']`` (with levels by 2 and 4, scaled into level-0 pixels) is written
+  instead, with a warning;
 - shapes ``{sample}_spots``: the measured spots as circles (``radius`` = half the spot
   diameter in level-0 px), indexed ``0..n-1`` with the spot ID as a column;
 - shapes ``{sample}_tiles``: the grid tiles as squares, when the tile maps of
@@ -19,28 +24,47 @@ tiles when tile maps are given. Needs the ``spatialdata`` extra.
 from __future__ import annotations
 
 import logging
-import shutil
-from collections.abc import Sequence
+import math
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from slide2expr.atomic import temporary_sibling
+from slide2expr.atomic import atomic_output
 from slide2expr.contracts.tilemaps import read_tile_map
 from slide2expr.errors import InputError
 from slide2expr.keys import Key
 
 log = logging.getLogger(__name__)
 
-#: Coarser levels of the H&E image, each by this factor from the previous.
+#: Coarser levels of the hires stand-in image, each by this factor from the previous.
 SCALE_FACTORS = (2, 2)
+#: Level-0 blocks read from the slide (and zarr chunks), px.
+CHUNK_PX = 2048
+#: The slide pyramid's coarsest level has its longer side at most this, px.
+SMALLEST_PX = 1024
+#: Library warnings of a write that a user cannot act on: zarr announces a future default
+#: (once per array, 24 for two sections), ome-zarr a deprecated default of its own.
+QUIET_WARNINGS = (("zarr v3 autosharding", UserWarning),
+                  ("Call to deprecated class Scaler", DeprecationWarning))
+
+
+@contextmanager
+def _quiet_library_warnings() -> Iterator[None]:
+    with warnings.catch_warnings():
+        for message, category in QUIET_WARNINGS:
+            warnings.filterwarnings("ignore", message=f".*{message}", category=category)
+        yield
 
 
 def _require() -> Any:
     try:
-        import spatialdata
+        with _quiet_library_warnings():
+            import spatialdata
     except ImportError as exc:
         raise InputError(None, "the SpatialData export needs the spatialdata package",
                          "pip install 'slide2expr[spatialdata]'") from exc
@@ -56,6 +80,45 @@ def _image(hires: np.ndarray, scalef: float, cs: str) -> Any:
     return Image2DModel.parse(array, dims=("c", "y", "x"), c_coords=["r", "g", "b"],
                               scale_factors=list(SCALE_FACTORS),
                               transformations={cs: to_level0})
+
+
+def slide_levels(width: int, height: int) -> list[int]:
+    """Scale factors (2 each) from level 0 down to a longer side of at most SMALLEST_PX."""
+    n = max(0, math.ceil(math.log2(max(width, height) / SMALLEST_PX)))
+    return [2] * n
+
+
+def _slide_image(path: str, cs: str) -> Any | None:
+    """The slide as a lazily read multiscale image in level-0 px, or None when it cannot be
+    opened or holds no more than the stand-in (a Space Ranger ``spatial/`` image)."""
+    import dask.array as da
+    from spatialdata.models import Image2DModel
+    from spatialdata.transformations import Identity
+
+    from slide2expr.inputs.slides import SpaceRangerImageSlide, open_slide
+
+    try:
+        slide = open_slide(path, require_mpp=False)
+    except (InputError, OSError) as exc:
+        log.warning("%s: cannot open the slide (%s); the SpatialData image is the 2000 px "
+                    "hires copy", path, exc)
+        return None
+    if isinstance(slide, SpaceRangerImageSlide):
+        slide.close()
+        return None
+    width, height = slide.dimensions
+
+    def read(block: np.ndarray, block_info: dict | None = None) -> np.ndarray:
+        (_, _), (y0, y1), (x0, x1) = block_info[None]["array-location"]
+        region = slide.read_region((x0, y0), 0, (x1 - x0, y1 - y0))
+        return np.moveaxis(region, -1, 0)
+
+    template = da.zeros((3, height, width), dtype=np.uint8, chunks=(3, CHUNK_PX, CHUNK_PX))
+    level0 = template.map_blocks(read, dtype=np.uint8)
+    return Image2DModel.parse(level0, dims=("c", "y", "x"), c_coords=["r", "g", "b"],
+                              scale_factors=slide_levels(width, height) or None,
+                              chunks=(3, CHUNK_PX, CHUNK_PX),
+                              transformations={cs: Identity()})
 
 
 def _spots(xy: np.ndarray, diameter: float, spot_ids: Sequence[str], cs: str) -> Any:
@@ -100,7 +163,7 @@ def build_spatialdata(predictions: Any, *, tile_maps: Sequence[Any] = ()) -> Any
     predictions
         ``predictions/{head}.h5ad`` as read by anndata.
     tile_maps
-        :class:`~slide2expr.heatmap.tilemap.TileMap` objects of the same run (optional).
+        :class:`~slide2expr.contracts.tilemaps.TileMap` objects of the same run (optional).
 
     Raises
     ------
@@ -124,7 +187,11 @@ def build_spatialdata(predictions: Any, *, tile_maps: Sequence[Any] = ()) -> Any
         lib = predictions.uns[Key.SPATIAL_UNS].get(sid, {})
         sf = dict(lib.get("scalefactors", {}))
         hires = dict(lib.get("images", {})).get("hires")
-        if hires is not None and sf.get("tissue_hires_scalef"):
+        source = dict(lib.get("metadata", {})).get("source_image_path")
+        image = _slide_image(str(source), sid) if source else None
+        if image is not None:
+            images[f"{sid}_he"] = image
+        elif hires is not None and sf.get("tissue_hires_scalef"):
             images[f"{sid}_he"] = _image(hires, float(sf["tissue_hires_scalef"]), sid)
         idx = np.flatnonzero(obs_all[Key.SAMPLE_ID].astype(str).to_numpy() == sid)
         xy = np.asarray(predictions.obsm[Key.SPATIAL], dtype=np.float64)[idx]
@@ -171,7 +238,8 @@ def write_spatialdata(predictions_path: str | Path, out: str | Path, *,
     """Write the SpatialData zarr store of a predictions file (replacing ``out`` whole).
 
     The store is written to a hidden sibling and renamed when complete, so a failed export
-    leaves nothing that looks finished.
+    leaves nothing that looks finished; an existing ``out`` is replaced only if slide2expr
+    made it (:func:`slide2expr.atomic.check_replaceable`).
     """
     import anndata as ad
 
@@ -194,16 +262,12 @@ def write_spatialdata(predictions_path: str | Path, out: str | Path, *,
         sdata = build_spatialdata(adata, tile_maps=maps)
     except InputError as exc:
         raise InputError(predictions_path, exc.problem, exc.fix) from exc
-    tmp = temporary_sibling(out)
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        sdata.write(tmp)
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    import dask
+
+    with atomic_output(out) as tmp:  # replaces ``out`` only if slide2expr made it
+        # one block at a time: slide readers are not shared between threads
+        with _quiet_library_warnings(), dask.config.set(scheduler="synchronous"):
+            sdata.write(tmp)
     log.info("wrote %s: %d images, %d shapes, tables %s", out, len(sdata.images),
              len(sdata.shapes), ", ".join(sdata.tables))
     return out

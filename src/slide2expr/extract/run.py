@@ -44,6 +44,7 @@ from slide2expr.contracts.tiles import TileSet, read_tiles
 from slide2expr.errors import InputError
 from slide2expr.extract.encoders import Encoder, get_encoder, get_spec
 from slide2expr.extract.stain import StainNormalizer, apply_view, build_normalizer, check_views
+from slide2expr.hashing import file_fingerprint
 from slide2expr.inputs.slides import Slide, open_slide
 
 log = logging.getLogger(__name__)
@@ -451,6 +452,8 @@ def extract_tilings(
                          "give each tiles file its own output")
     slide_path = Path(slide) if slide is not None else _common_slide(tilesets, sources)
     slide_mpp = _common_mpp(tilesets, sources)
+    for tileset, source in zip(tilesets, sources, strict=True):
+        check_same_slide(slide_path, tileset, source=source)
     if batch_size < 1:
         raise InputError(None, f"batch size {batch_size} is not positive", "use e.g. 64")
     dev = resolve_device(device)
@@ -597,6 +600,49 @@ def _common_mpp(tilesets: list[TileSet], sources: list[object]) -> float | None:
                              f"this tiles file records slide mpp {mpp}, the first one {mpps[0]}",
                              "tile every tiling of the slide with the same mpp")
     return mpps[0]
+
+
+#: Relative difference of mpp beyond which two slides are not the same scan.
+MPP_TOLERANCE = 0.01
+
+
+def check_same_slide(slide_path: Path, tiles: TileSet, *, source: object) -> None:
+    """Refuse a slide that is not the one the tiles were cut from.
+
+    Compared with what the tiles file recorded: the file's fingerprint
+    (``slide_fingerprint``, :func:`~slide2expr.hashing.file_fingerprint`), the level-0 size
+    and, when both come from the slides' metadata, the mpp. A missing record is not
+    checked (tiles files of other tools or older versions).
+
+    Raises
+    ------
+    InputError
+        Naming the slide, what differs and the fix.
+    """
+    attrs = tiles.attrs
+    made_from = f"the slide {source} was made from" if isinstance(source, str | Path) \
+        else "the tiles' slide"
+    fix = "pass the slide the tiles were made from with --slide, or tile this slide first"
+    recorded = str(attrs.get("slide_fingerprint") or "")
+    if recorded and slide_path.is_file() and file_fingerprint(slide_path) == recorded:
+        return  # the very file (moved or copied)
+    with open_slide(slide_path, sheet_mpp=_float_or_none(attrs.get("slide_mpp")),
+                    require_mpp=False) as s:
+        size, mpp, mpp_source = s.dimensions, s.mpp, s.mpp_source
+    width, height = attrs.get("level0_width"), attrs.get("level0_height")
+    if width is not None and height is not None and (int(width), int(height)) != tuple(size):
+        raise InputError(slide_path, f"is not {made_from}: its level-0 size is "
+                         f"{size[0]} x {size[1]} px, the tiles' slide's {int(width)} x "
+                         f"{int(height)} px", fix)
+    tiles_mpp = _float_or_none(attrs.get("slide_mpp"))
+    if (mpp is not None and tiles_mpp is not None and mpp_source == "metadata"
+            and attrs.get("mpp_source") == "metadata"
+            and abs(mpp - tiles_mpp) > MPP_TOLERANCE * tiles_mpp):
+        raise InputError(slide_path, f"is not {made_from}: its mpp is {mpp:g} um/px, the "
+                         f"tiles' slide's {tiles_mpp:g} um/px", fix)
+    if recorded and slide_path.is_file():
+        raise InputError(slide_path, f"is not {made_from}: its content differs (checksum of "
+                         "its first and last MiB and size, attr slide_fingerprint)", fix)
 
 
 def _slide_from_attrs(tiles: TileSet, source: object) -> Path:

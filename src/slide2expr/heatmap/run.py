@@ -3,7 +3,7 @@ comparison.
 
 Outputs in ``out_dir`` (the workflow uses ``results/heatmaps/{head}``):
 
-- ``{sample}.h5ad``: tile predictions (see :mod:`slide2expr.heatmap.tilemap`), when the
+- ``{sample}.h5ad``: tile predictions (see :mod:`slide2expr.contracts.tilemaps`), when the
   input was a features file;
 - ``{sample}.geojson``: QuPath objects (see :mod:`slide2expr.heatmap.geojson`);
 - ``{sample}/{gene}.png``: overlays (see :mod:`slide2expr.heatmap.overlay`);
@@ -16,7 +16,6 @@ All of them appear together or not at all.
 from __future__ import annotations
 
 import logging
-import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -26,34 +25,33 @@ import numpy as np
 import pandas as pd
 
 from slide2expr.atomic import atomic_outputs
-from slide2expr.contracts.features import read_features
-from slide2expr.contracts.models import held_out_fold
+from slide2expr.contracts.tilemaps import UNITS, TileMap, read_tile_map, write_tile_map
+from slide2expr.draw.colours import OverlayStyle, blend_overlay
+from slide2expr.draw.genes import select_genes
+from slide2expr.draw.limits import check_percentiles, robust_limits
+from slide2expr.draw.names import gene_filenames
+from slide2expr.draw.raster import rasterize_tiles
+from slide2expr.draw.spots import read_spot_values
+from slide2expr.draw.tissue import (
+    mask_polygons,
+    region_box,
+    resize_mask,
+    tissue_box,
+    tissue_mask,
+)
 from slide2expr.errors import InputError
-from slide2expr.heatmap.context import grid_input_matrix, head_input_blocks
-from slide2expr.heatmap.gene_choice import gene_filenames, select_genes
 from slide2expr.heatmap.geojson import (
     CLIP_NOTE,
     SpotDetections,
     clip_predictions,
-    mask_polygons,
     measurement_name,
     write_qupath_geojson,
 )
-from slide2expr.heatmap.overlay import OverlayStyle, blend_overlay, save_overlay_png
-from slide2expr.heatmap.raster import rasterize_tiles
-from slide2expr.heatmap.scale import check_percentiles, robust_limits
-from slide2expr.heatmap.spot_overlay import draw_spot_comparison, read_spot_values
-from slide2expr.heatmap.tilemap import (
-    UNITS,
-    TileMap,
-    predict_tile_map,
-    read_tile_map,
-    write_tile_map,
-)
+from slide2expr.heatmap.overlay import save_overlay_png
+from slide2expr.heatmap.spot_overlay import draw_spot_comparison
 from slide2expr.inputs.samples import check_sample_id
-from slide2expr.inputs.slides import Slide, open_slide
-from slide2expr.keys import SPOT_BLOCK
-from slide2expr.tile.tissue import TissueParams, detect_tissue
+from slide2expr.inputs.slides import Slide
+from slide2expr.tile.tissue import TissueParams
 
 log = logging.getLogger(__name__)
 
@@ -122,18 +120,9 @@ def load_or_predict(input_path: str | Path, *, model_dir: str | Path | None,
                     dataset: str | Path | None = None) -> tuple[TileMap, bool]:
     """The tile map of one slide: read it (``.h5ad``) or predict it from features (``.h5``).
 
-    For a features file the model comes from ``model_dir`` (``load_trained_head``): on a
-    training slide the fold model that held it out (an out-of-fold map, see
-    ``splits.tsv``), on a new slide (or one every fold trained on) the average of the fold
-    models; ``fold`` forces one fold. How the model was used is recorded in the map's
-    ``attrs['model_use']`` and the overlay subtitles.
-
-    A head trained with context inputs (``head.json`` ``inputs``) gets the same blocks built
-    on the grid tiles (:mod:`slide2expr.heatmap.context`): the ``grid_ctx{um}`` features
-    beside ``input_path``, neighbour means of the grid tiles, and the slide vector, taken
-    from ``dataset`` (``dataset.h5ad``) when the slide has spots there. With several models
-    averaged (fold models, ensemble members) the map carries their spread
-    (``TileMap.spread``).
+    A features file is predicted by :func:`slide2expr.predict.predict_slide_map` (the fold
+    model that held a training slide out, else the fold models' average; ``fold`` forces
+    one; a context head's blocks; the spread of the averaged models).
 
     Returns
     -------
@@ -147,94 +136,10 @@ def load_or_predict(input_path: str | Path, *, model_dir: str | Path | None,
         raise InputError(input_path, "is a features file but no model was given",
                          "pass --model-dir results/models/{head}")
     # torch only here: drawing an existing tile map needs no model
-    from slide2expr.train.trained import load_trained_head
+    from slide2expr.predict import predict_slide_map
 
-    features = read_features(input_path)
-    sample = sample_id or str(features.attrs.get("sample_id") or "")
-    if not sample:
-        raise InputError(input_path, "names no sample_id", "pass --sample-id")
-    check_sample_id(sample, source=None)
-    features.attrs["sample_id"] = sample
-    if (Path(model_dir) / "head.json").is_file():  # one fold's directory
-        fold, use = None, f"the model in {Path(model_dir).name}"
-    elif fold is None:
-        fold, use = held_out_fold(model_dir, sample)
-    else:
-        use = f"fold {fold}"
-    head = load_trained_head(model_dir, fold=fold)
-    n_members = len(getattr(head, "members", [])) or 1
-    if n_members > 1:
-        use = f"{use}: average of {n_members} models (folds, ensemble members)"
-    provenance = {
-        "model_dir": str(Path(model_dir)), "head": getattr(head, "head", "model"),
-        "kind": getattr(head, "kind", ""), "model_use": use,
-        "features": str(input_path),
-    }
-    if getattr(head, "meta", {}).get("encoder") and features.attrs.get("encoder") and \
-            head.meta["encoder"] != features.attrs["encoder"]:
-        raise InputError(input_path, f"has {features.attrs['encoder']} features but the model "
-                         f"was trained on {head.meta['encoder']}",
-                         f"use features from the {head.meta['encoder']} encoder")
-    provenance["n_models"] = n_members
-    blocks = head_input_blocks(getattr(head, "meta", {}), source=model_dir)
-    inputs = None
-    if blocks != [SPOT_BLOCK]:
-        inputs, record = grid_input_matrix(features, blocks, features_path=input_path,
-                                           encoder=getattr(head, "meta", {}).get("encoder"),
-                                           dataset=dataset)
-        provenance.update(record)
-    log.info("%s: predicting %d genes on %d tiles with %s (%s)", sample, len(head.genes),
-             len(features), provenance["head"], use)
-    return predict_tile_map(features, head, provenance=provenance, source=input_path,
-                            inputs=inputs), True
-
-
-def tissue_mask(thumbnail: np.ndarray, downsample: float, *, mpp: float,
-                params: TissueParams) -> tuple[np.ndarray, float]:
-    """Tissue mask of a thumbnail, computed at (no finer than) ``params.mask_mpp``.
-
-    Morphology sizes are physical, so on a fine thumbnail they become large structuring
-    elements; the mask is therefore computed on the thumbnail shrunk to ``mask_mpp``.
-
-    Returns
-    -------
-    tuple of (numpy.ndarray, float)
-        The mask and its downsample (level-0 px per mask px).
-    """
-    image_mpp = mpp * downsample
-    factor = params.mask_mpp / image_mpp
-    image = thumbnail
-    if factor > 1.0:
-        from PIL import Image
-
-        h, w = thumbnail.shape[:2]
-        size = (max(1, round(w / factor)), max(1, round(h / factor)))
-        image = np.asarray(Image.fromarray(thumbnail).resize(size, Image.BILINEAR))
-    mask_ds = downsample * thumbnail.shape[1] / image.shape[1]
-    return detect_tissue(image, image_mpp=mpp * mask_ds, params=params), mask_ds
-
-
-def _resize_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Nearest-neighbour resize of a boolean mask to ``shape`` (rows, cols)."""
-    if mask.shape == tuple(shape):
-        return mask
-    rows = np.minimum((np.arange(shape[0]) + 0.5) * mask.shape[0] / shape[0], mask.shape[0] - 1)
-    cols = np.minimum((np.arange(shape[1]) + 0.5) * mask.shape[1] / shape[1], mask.shape[1] - 1)
-    return mask[rows.astype(int)[:, None], cols.astype(int)[None, :]]
-
-
-def open_matching_slide(slide_path: str | Path, tmap: TileMap, *,
-                        default_mpp: float | None = None) -> Slide:
-    """Open the slide and check it is the one the tiles came from (same level-0 size)."""
-    mpp = tmap.attrs.get("slide_mpp")
-    slide = open_slide(slide_path, sheet_mpp=float(mpp) if mpp else None, default_mpp=default_mpp)
-    want = (tmap.attrs.get("level0_width"), tmap.attrs.get("level0_height"))
-    if None not in want and tuple(int(v) for v in want) != tuple(slide.dimensions):
-        slide.close()
-        raise InputError(slide_path, f"is {slide.dimensions[0]} x {slide.dimensions[1]} px but the "
-                         f"tiles were made on a {want[0]} x {want[1]} px slide",
-                         "pass the slide the features file was extracted from")
-    return slide
+    return predict_slide_map(input_path, model_dir, sample_id=sample_id, fold=fold,
+                             dataset=dataset), True
 
 
 def _spot_detections(spots, head: str, sample: str) -> SpotDetections | None:
@@ -291,7 +196,8 @@ def make_heatmaps(tmap: TileMap, slide: Slide, out_dir: str | Path, *,
     sample = tmap.sample_id
     check_sample_id(sample, source=None)
     genes = select_genes(tmap.genes, genes=options.genes, report=report,
-                         n_genes=options.n_genes, values=tmap.values, source=source)
+                         n_genes=options.n_genes, fallback="most_variable",
+                         values=tmap.values, source=source)
     out_dir = Path(out_dir)
     sample_dir = out_dir / sample
 
@@ -300,7 +206,7 @@ def make_heatmaps(tmap: TileMap, slide: Slide, out_dir: str | Path, *,
     shape = thumb.shape[:2]
     coarse, coarse_ds = (tissue_mask(thumb, downsample, mpp=mpp, params=options.tissue)
                          if mpp else (None, downsample))
-    tissue = None if coarse is None else _resize_mask(coarse, shape)
+    tissue = None if coarse is None else resize_mask(coarse, shape)
     crop = tissue_box(tissue) if options.crop_to_tissue and tissue is not None else None
     if options.crop_to_tissue and tmap.attrs.get("roi_bounds") is not None:
         crop = region_box(tmap.attrs["roi_bounds"], downsample, shape)  # a region sample
@@ -341,8 +247,6 @@ def make_heatmaps(tmap: TileMap, slide: Slide, out_dir: str | Path, *,
                        spots=spot_values)
         if write_map:
             write_tile_map(tmps[2], tmap)
-        if sample_dir.exists():  # replaced as a whole on exit
-            shutil.rmtree(sample_dir)
     seconds = time.perf_counter() - start
     log.info("%s: heatmaps of %s written to %s in %.1f s", sample, ", ".join(genes), out_dir,
              seconds)
@@ -388,28 +292,6 @@ def _draw_gene(tmap: TileMap, gene: str, *, sample: str, folder: Path, file_name
            "min": float(values.min()), "max": float(values.max()),
            "mean": float(values.mean()), "n_tiles": len(values)}
     return name, row
-
-
-def tissue_box(tissue: np.ndarray, margin: float = 0.04) -> tuple[slice, slice] | None:
-    """Row and column slices of the tissue's bounding box in a mask, widened by ``margin`` of
-    the image's longer side and kept inside it; None when there is no tissue."""
-    rows, cols = np.flatnonzero(tissue.any(axis=1)), np.flatnonzero(tissue.any(axis=0))
-    if rows.size == 0:
-        return None
-    pad = int(round(margin * max(tissue.shape)))
-    return (slice(max(0, rows[0] - pad), min(tissue.shape[0], rows[-1] + 1 + pad)),
-            slice(max(0, cols[0] - pad), min(tissue.shape[1], cols[-1] + 1 + pad)))
-
-
-def region_box(bounds: Sequence[float], downsample: float, shape: tuple[int, int],
-               margin: float = 0.04) -> tuple[slice, slice]:
-    """Row and column slices of a region's bounding box (level-0 ``x0, y0, x1, y1``) on a
-    thumbnail of ``shape`` at ``downsample``, widened by ``margin`` of the region's longer
-    side: a region sample's overlays show its region, not the whole slide."""
-    x0, y0, x1, y1 = (float(v) / downsample for v in np.ravel(bounds)[:4])
-    pad = margin * max(x1 - x0, y1 - y0)
-    return (slice(max(0, int(y0 - pad)), min(shape[0], int(np.ceil(y1 + pad)))),
-            slice(max(0, int(x0 - pad)), min(shape[1], int(np.ceil(x1 + pad)))))
 
 
 def _draw_comparison(spot_values, predictions: str | Path, sample: str, genes: list[str], *,

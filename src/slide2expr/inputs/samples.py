@@ -21,11 +21,15 @@ from pathlib import Path
 import pandas as pd
 
 from slide2expr.errors import InputError
+from slide2expr.inputs.mpp import MPP_FIX, PLAUSIBLE_MPP, is_plausible
 from slide2expr.inputs.regions import check_sheet_regions, with_root
 
 log = logging.getLogger(__name__)
 
 SAMPLE_ID_PATTERN = re.compile(r"^[A-Za-z0-9._-]+$")
+#: A sample_id becomes file names with prefixes and suffixes (``.{id}.partial-{host}-{pid}.h5``,
+#: ``{id}.geojson``); file systems allow 255 bytes a name, so ids are kept well below that.
+MAX_SAMPLE_ID_CHARS = 128
 SPLITS = {"train", "test"}
 #: Columns that hold file paths (resolved against ``root`` when relative).
 FILE_COLUMNS = ("slide", "counts", "spots")
@@ -68,14 +72,20 @@ def _check_cells(sheet: pd.DataFrame, source: Path) -> None:
 def check_sample_id(sample_id: str, *, source: str | Path | None) -> None:
     """Raise :class:`InputError` unless ``sample_id`` is safe as a file name.
 
-    Rejects path separators, ``..``, names starting with a dot (hidden files, ``.``) and
-    anything outside letters, digits and ``._-``.
+    Rejects path separators, ``..``, names starting with a dot (hidden files, ``.``),
+    anything outside letters, digits and ``._-``, and names longer than
+    :data:`MAX_SAMPLE_ID_CHARS`.
     """
     if not sample_id or not SAMPLE_ID_PATTERN.match(sample_id) or sample_id.startswith(".") \
             or ".." in sample_id:
         raise InputError(source, f"sample_id {sample_id!r} is not allowed: it becomes a file name",
                          "use only letters, digits, '.', '_' and '-', not starting with '.' "
                          "and without '..'")
+    if len(sample_id) > MAX_SAMPLE_ID_CHARS:
+        raise InputError(source, f"sample_id {sample_id[:20]}... is {len(sample_id)} "
+                         f"characters long: it becomes file names, which the file system "
+                         f"limits to 255 bytes", f"use a sample_id of at most "
+                         f"{MAX_SAMPLE_ID_CHARS} characters")
 
 
 def read_sample_sheet(path: str | Path, *, mode: str = "spot", check_files: bool = True,
@@ -108,7 +118,14 @@ def read_sample_sheet(path: str | Path, *, mode: str = "spot", check_files: bool
     if not path.is_file():
         raise InputError(path, "the sample sheet does not exist",
                          "create it or set 'samples' in the config to its path")
-    sheet = pd.read_csv(path, sep="\t", dtype=str, comment="#", keep_default_na=False)
+    try:
+        sheet = pd.read_csv(path, sep="\t", dtype=str, comment="#", keep_default_na=False)
+    except pd.errors.EmptyDataError:
+        size = path.stat().st_size
+        raise InputError(path, "is empty (0 bytes)" if size == 0 else
+                         "has no header line (only comments or blank lines)",
+                         "write a tab-separated header (sample_id, slide, ...) and one row per "
+                         "slide (config/README.md)") from None
     check_columns([str(c) for c in sheet.columns], source=path)
     _check_cells(sheet, path)
     required = ["sample_id", "slide"] + (["counts", "spots"] if mode == "spot" else [])
@@ -134,6 +151,13 @@ def read_sample_sheet(path: str | Path, *, mode: str = "spot", check_files: bool
         if bad.any():
             raise InputError(path, f"mpp is not a positive number for {', '.join(sheet['sample_id'][bad])}",
                              "give micrometres per pixel (e.g. 0.5) or leave the cell empty")
+        implausible = mpp.notna() & ~mpp.map(lambda v: pd.isna(v) or is_plausible(float(v)))
+        if implausible.any():
+            named = ", ".join(f"{sid} ({v:g})" for sid, v in
+                              zip(sheet["sample_id"][implausible], mpp[implausible], strict=True))
+            raise InputError(path, f"mpp outside the plausible range {PLAUSIBLE_MPP[0]:g}-"
+                             f"{PLAUSIBLE_MPP[1]:g} um/px for {named}",
+                             f"{MPP_FIX}, or leave the cell empty")
         sheet["mpp"] = mpp
     if "split" in sheet.columns:
         bad = ~sheet["split"].isin(SPLITS | {""})

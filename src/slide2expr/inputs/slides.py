@@ -5,15 +5,17 @@ use them. Resolution is given in micrometres per pixel (mpp), never as a pyramid
 reader picks the best level for a requested mpp and resizes from there, so a thumbnail never
 decodes level 0 when a smaller level exists.
 
-The mpp policy (docs/architecture.md): the slide's metadata, else the sample sheet's ``mpp`` column,
-else the config's ``default_slide_mpp`` (with a warning); with none of these,
-:class:`~slide2expr.errors.InputError`. The source used is kept in :attr:`Slide.mpp_source`.
+The mpp policy (:mod:`slide2expr.inputs.mpp`): the slide's metadata, else the sample sheet's
+``mpp`` column, else the config's ``default_slide_mpp`` (with a warning), each within a
+plausible range; with none of these, :class:`~slide2expr.errors.InputError`. The source used
+is kept in :attr:`Slide.mpp_source`.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -26,6 +28,13 @@ import tifffile
 from PIL import Image
 
 from slide2expr.errors import InputError
+from slide2expr.inputs.mpp import (  # noqa: F401 - the policy's names, imported from here too
+    PLAUSIBLE_MPP,
+    MppChoice,
+    mpp_from_resolution,
+    resolve_mpp,
+    split_metadata_mpp,
+)
 
 try:  # at import, not in open_slide: loading the library is a third of a small slide's tiling
     import openslide
@@ -45,16 +54,6 @@ Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS or 0, PLAIN_IMAGE_MAX_PIXELS
 
 PLAIN_IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp"}
 TIFF_SUFFIXES = {".tif", ".tiff", ".btf", ".ome.tif", ".ome.tiff"}
-#: A resolution tag outside this range (um/px) is a placeholder such as 72 dpi, not a scan.
-PLAUSIBLE_MPP = (0.05, 20.0)
-
-
-@dataclass(frozen=True)
-class MppChoice:
-    """The slide's resolution and where it came from."""
-
-    mpp: float
-    source: str  # "metadata", "sample_sheet" or "config_default"
 
 
 #: A mask source may be up to this much coarser than the requested mask resolution: with
@@ -86,91 +85,6 @@ class MaskImage:
     source: str
 
 
-def resolve_mpp(
-    path: Path,
-    metadata_mpp: float | None,
-    *,
-    sheet_mpp: float | None = None,
-    default_mpp: float | None = None,
-) -> MppChoice:
-    """Apply the mpp policy of docs/architecture.md.
-
-    Parameters
-    ----------
-    path
-        The slide, named in warnings and errors.
-    metadata_mpp
-        The mpp found in the slide's own metadata, if any.
-    sheet_mpp
-        The sample sheet's ``mpp`` value for this slide, if any.
-    default_mpp
-        The config's ``default_slide_mpp``, if set.
-
-    Returns
-    -------
-    MppChoice
-        The mpp and its source.
-
-    Raises
-    ------
-    InputError
-        When no source gives an mpp.
-    """
-    sheet_mpp = _finite_or_none(sheet_mpp)
-    default_mpp = _finite_or_none(default_mpp)
-    if metadata_mpp is not None:
-        if sheet_mpp is not None and abs(sheet_mpp - metadata_mpp) > 0.05 * metadata_mpp:
-            log.warning(
-                "%s: the sample sheet says mpp %.4g but the slide metadata says %.4g; "
-                "using the metadata (remove the sheet value to silence this)",
-                path, sheet_mpp, metadata_mpp,
-            )
-        return MppChoice(float(metadata_mpp), "metadata")
-    if sheet_mpp is not None:
-        if sheet_mpp <= 0:
-            raise InputError(path, f"the sample sheet gives mpp {sheet_mpp}, which is not positive",
-                             "give the slide's micrometres per pixel, e.g. 0.5 for 20x")
-        return MppChoice(float(sheet_mpp), "sample_sheet")
-    if default_mpp is not None:
-        log.warning("%s: no mpp in the slide or the sample sheet; using default_slide_mpp=%g",
-                    path, default_mpp)
-        return MppChoice(float(default_mpp), "config_default")
-    raise InputError(
-        path,
-        "the slide has no resolution (mpp) in its metadata and none was given",
-        "add an 'mpp' column to the sample sheet for this slide (e.g. 0.5 for 20x, 0.25 for "
-        "40x) or set default_slide_mpp in the config",
-    )
-
-
-def _finite_or_none(value: float | None) -> float | None:
-    if value is None:
-        return None
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        return None
-    return value if math.isfinite(value) else None
-
-
-def _plausible(mpp: float | None) -> float | None:
-    if mpp is None or not math.isfinite(mpp):
-        return None
-    return mpp if PLAUSIBLE_MPP[0] <= mpp <= PLAUSIBLE_MPP[1] else None
-
-
-def mpp_from_resolution(resolution: float, unit: str | int | None) -> float | None:
-    """Convert a TIFF resolution (pixels per unit) to um/px; ``None`` if meaningless."""
-    if not resolution or resolution <= 0:
-        return None
-    unit_name = str(unit).lower() if unit is not None else ""
-    if unit_name in {"3", "centimeter", "resunit.centimeter"}:
-        return _plausible(1e4 / resolution)
-    if unit_name in {"2", "inch", "resunit.inch"}:
-        return _plausible(25400.0 / resolution)
-    return None
-
-
 class Slide(ABC):
     """A whole-slide image with a pyramid of levels and a resolution in um/px.
 
@@ -179,9 +93,12 @@ class Slide(ABC):
 
     backend: str = "abstract"
 
-    def __init__(self, path: Path, metadata_mpp: float | None) -> None:
+    def __init__(self, path: Path, metadata_mpp: float | None,
+                 implausible_metadata_mpp: float | None = None) -> None:
         self.path = Path(path)
         self.metadata_mpp = metadata_mpp
+        #: A metadata resolution outside the plausible range, set aside by the mpp policy.
+        self.implausible_metadata_mpp = implausible_metadata_mpp
         self.mpp: float | None = metadata_mpp
         self.mpp_source: str | None = "metadata" if metadata_mpp is not None else None
 
@@ -211,7 +128,8 @@ class Slide(ABC):
     ) -> MppChoice:
         """Resolve and store this slide's mpp (see :func:`resolve_mpp`)."""
         choice = resolve_mpp(self.path, self.metadata_mpp, sheet_mpp=sheet_mpp,
-                             default_mpp=default_mpp)
+                             default_mpp=default_mpp,
+                             implausible_metadata_mpp=self.implausible_metadata_mpp)
         self.mpp, self.mpp_source = choice.mpp, choice.source
         return choice
 
@@ -418,11 +336,10 @@ class OpenSlideSlide(Slide):
             raise ImportError("openslide-python is not installed")
         self._osr = openslide.OpenSlide(str(path))
         props = self._osr.properties
-        mpp = _plausible(_float_or_none(props.get(openslide.PROPERTY_NAME_MPP_X)))
-        if mpp is None:
-            res = _float_or_none(props.get("tiff.XResolution"))
-            mpp = mpp_from_resolution(res or 0.0, props.get("tiff.ResolutionUnit"))
-        super().__init__(path, mpp)
+        res = _float_or_none(props.get("tiff.XResolution"))
+        super().__init__(path, *split_metadata_mpp(
+            _float_or_none(props.get(openslide.PROPERTY_NAME_MPP_X)),
+            mpp_from_resolution(res or 0.0, props.get("tiff.ResolutionUnit"))))
         self.vendor = props.get(openslide.PROPERTY_NAME_VENDOR)
 
     @property
@@ -531,7 +448,7 @@ class TiffFileSlide(Slide):
             num, den = tags["XResolution"].value
             unit = tags["ResolutionUnit"].value if "ResolutionUnit" in tags else None
             mpp = mpp_from_resolution(num / den if den else 0.0, getattr(unit, "name", unit))
-        super().__init__(path, mpp)
+        super().__init__(path, *split_metadata_mpp(mpp))
         self._dims = [(int(p.imagewidth), int(p.imagelength)) for p in self._levels]
 
     @property
@@ -792,6 +709,17 @@ def _rgba_on_white(rgba: np.ndarray) -> np.ndarray:
     return np.clip(out, 0, 255).astype(np.uint8)
 
 
+def _too_large(path: Path, exc: Exception) -> InputError:
+    """The error for a plain image whose header claims more pixels than PIL will decode."""
+    match = re.search(r"\((\d+) pixels\)", str(exc))
+    pixels = f"{int(match.group(1)) / 1e6:,.0f} Mpx, " if match else ""
+    limit = 2 * (Image.MAX_IMAGE_PIXELS or PLAIN_IMAGE_MAX_PIXELS)
+    return InputError(path, f"is too large to read as a plain image ({pixels}more than the "
+                      f"{limit / 1e6:,.0f} Mpx a JPEG/PNG may have; it would be decoded whole "
+                      "into memory)", "convert it to a tiled pyramidal TIFF (e.g. vips tiffsave "
+                      "IN OUT.tif --tile --pyramid --compression jpeg) and use that file")
+
+
 def open_slide(
     path: str | Path,
     *,
@@ -843,6 +771,8 @@ def open_slide(
     if suffix in PLAIN_IMAGE_SUFFIXES:
         try:
             slide = PlainImageSlide(path)
+        except Image.DecompressionBombError as exc:
+            raise _too_large(path, exc) from None
         except Exception as exc:  # PIL raises many types for broken files
             errors.append(f"PIL: {exc}")
     else:

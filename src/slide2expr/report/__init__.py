@@ -7,11 +7,18 @@ atomically together.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
 from slide2expr.atomic import atomic_outputs
+from slide2expr.contracts.report import (
+    GENES_TSV,
+    MAP_VS_SPOTS_TSV,
+    SUMMARY_JSON,
+    write_genes_table,
+    write_map_vs_spots,
+    write_summary,
+)
 from slide2expr.keys import Key
 from slide2expr.report.evaluate import ReportData, build_report, by_r, load_predictions
 from slide2expr.report.html import render_html
@@ -21,9 +28,9 @@ log = logging.getLogger(__name__)
 
 __all__ = ["ReportData", "build_report", "load_predictions", "render_html", "write_report"]
 
-OUTPUT_NAMES = ("genes.tsv", "summary.json", "index.html")
+OUTPUT_NAMES = (GENES_TSV, SUMMARY_JSON, "index.html")
 #: Written beside them when the run's regions carry spot truth.
-MAP_VS_SPOTS = "map_vs_spots.tsv"
+MAP_VS_SPOTS = MAP_VS_SPOTS_TSV
 
 
 def write_report(predictions: str | Path, out_dir: str | Path, *, top_n: int = 50,
@@ -70,12 +77,10 @@ def write_report(predictions: str | Path, out_dir: str | Path, *, top_n: int = 5
     page = render_html(data, n_scatter=n_scatter, seed=seed, links=links, map_scores=map_scores)
     names = OUTPUT_NAMES + ((MAP_VS_SPOTS,) if map_scores is not None else ())
     with atomic_outputs(*(out / name for name in names)) as (tsv, js, page_path, *extra):
-        by_r(data.genes).to_csv(tsv, sep="\t", index=False, na_rep="NaN", float_format="%.8g")
+        write_genes_table(by_r(data.genes), tsv)
         if map_scores is not None:
-            map_scores.to_csv(extra[0], sep="\t", index=False, na_rep="NaN",
-                              float_format="%.6g")
-        js.write_text(json.dumps(data.summary, indent=2, allow_nan=False) + "\n",
-                      encoding="utf-8")
+            write_map_vs_spots(map_scores, extra[0])
+        write_summary(data.summary, js)
         page_path.write_text(page, encoding="utf-8")
     m = data.summary["model"]["all"]
     log.info("wrote %s: mean r %s over %d genes, %d significantly well predicted", out,

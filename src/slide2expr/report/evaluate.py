@@ -314,6 +314,10 @@ def build_report(adata, *, top_n: int = 50, n_hvg: int = 50, n_boot: int = 1000,
         "provenance": provenance,
         "report_version": __version__,
     }
+    implausible = implausible_record(provenance)
+    if implausible:
+        summary["implausible_predictions"] = implausible
+        log.warning("%s", implausible["note"])
     spread = mean_spread(adata)
     if spread is not None:
         summary["mean_predicted_sd"] = spread
@@ -329,6 +333,24 @@ def build_report(adata, *, top_n: int = 50, n_hvg: int = 50, n_boot: int = 1000,
             "so they do not include patient-to-patient variation")
     return ReportData(genes=table, summary=summary, truth=held.truth, preds=held.preds,
                       folds=held.folds, fold_r=fold_r)
+
+
+def implausible_record(provenance: dict[str, Any]) -> dict[str, Any] | None:
+    """The train stage's count of predictions outside their gene's plausible range
+    (:mod:`slide2expr.train.plausible`) with a one-line note, when there are any."""
+    record = (provenance.get("train") or {}).get("range_check")
+    if not isinstance(record, dict):
+        return None
+    layers = {name: v for name, v in (record.get("layers") or {}).items()
+              if isinstance(v, dict) and int(v.get("outside", 0)) > 0}
+    if not layers:
+        return None
+    parts = [f"{name} {int(v['outside'])} of {int(v['checked'])} values in "
+             f"{int(v['genes_affected'])} gene(s)" for name, v in layers.items()]
+    note = (f"Implausible predictions: {'; '.join(parts)} lie outside their gene's plausible "
+            f"range ({record.get('rule')}); check the inputs of those units (features unlike "
+            "the training ones) before trusting their maps.")
+    return {"rule": record.get("rule"), "layers": layers, "note": note}
 
 
 def selection_summary(provenance: dict[str, Any]) -> dict[str, Any] | None:

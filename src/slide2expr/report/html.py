@@ -21,7 +21,7 @@ import pandas as pd
 import yaml
 
 import slide2expr.report.plots as plots
-from slide2expr.heatmap.gene_choice import gene_filename
+from slide2expr.draw.names import gene_filename
 from slide2expr.report.evaluate import ReportData, by_r
 from slide2expr.report.links import ReportLinks, viewer_href
 
@@ -280,7 +280,8 @@ def fold_table(summary: dict[str, Any]) -> str:
 MAP_METHOD_LABELS = {
     "head": "bulk head's tile map",
     "ridge": "ridge on mean tile embeddings, applied tile by tile (linear bulk baseline)",
-    "floor": "region mean painted on every tile (floor)",
+    "floor": "the head's region prediction painted on every tile (floor)",
+    "region_truth": "the region's measured pseudo-bulk on every tile (flat oracle)",
     "ceiling": "ridge trained on the spots (ceiling)",
 }
 
@@ -474,6 +475,8 @@ def render_html(data: ReportData, *, title: str | None = None, n_scatter: int = 
     defs = "".join(f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in s["definitions"].items())
     note = s["bootstrap"].get("note")
     notes = f"<p class='note'>{esc(note)}</p>" if note else ""
+    if s.get("implausible_predictions"):
+        notes += f"<p class='note warning'>{esc(s['implausible_predictions']['note'])}</p>"
     if not ref:
         notes += ("<p class='note'>No reference baseline in the predictions: genes are not "
                   "tested against a baseline.</p>")

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
 
-from slide2expr.heatmap.gene_choice import gene_filename
+from slide2expr.draw.names import gene_filename
 
 #: The viewer page relative to the report page (``{results}/viewer/index.html``).
 VIEWER = "../../viewer/index.html"

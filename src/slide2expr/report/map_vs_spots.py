@@ -10,8 +10,11 @@ by gene, with the measured spot expression (log1p CP10k). Four maps, all on the 
 - ``ridge``: ridge on mean tile embeddings fitted on the fold's training regions (the train
   stage's ridge baseline, alpha chosen the same way), applied tile by tile: the linear bulk
   baseline;
-- ``floor``: every tile painted with its region's measured pseudo-bulk, i.e. what a bulk
-  model gets without localising anything inside a region;
+- ``floor``: every tile painted with the head's own out-of-fold prediction for its region
+  (``layers['predicted']``): what the bulk model gets without localising anything inside a
+  region;
+- ``region_truth``: every tile painted with its region's *measured* pseudo-bulk: the best any
+  map that is flat inside each region can do (an oracle, not a model);
 - ``ceiling``: ridge trained on the training regions' *spots* (each spot's tile embedding
   against its measured expression): a spot-trained model on the same tiles.
 
@@ -38,7 +41,7 @@ from slide2expr.keys import NOT_HELD_OUT, Key
 
 log = logging.getLogger(__name__)
 
-METHODS = ("head", "ridge", "floor", "ceiling")
+METHODS = ("head", "ridge", "floor", "region_truth", "ceiling")
 #: obs columns that hold a region's spot truth (``slide2expr pseudobulk``).
 TRUTH_COLUMNS = ("counts", "spots", "features_path")
 RIDGE_ALPHAS = (1e1, 1e2, 1e3, 1e4, 1e5, 1e6)
@@ -58,6 +61,7 @@ class _Region:
     coords: np.ndarray
     size0: float
     bulk: np.ndarray  # measured log1p CP10k, model genes
+    predicted: np.ndarray  # the head's out-of-fold prediction for the region
 
 
 @dataclass
@@ -102,7 +106,7 @@ def score_maps(adata: Any, model_dir: str | Path | None, *, top_n: int = 50,
         (``section`` = ``"all"``), and the summary block (pooled values, paired differences of
         the head against floor and ridge, and the head as a share of the ceiling).
     """
-    from slide2expr.train.trained import load_trained_head
+    from slide2expr.predict import load_trained_head
 
     obs = adata.obs
     genes = [str(g) for g in adata.var_names]
@@ -113,7 +117,8 @@ def score_maps(adata: Any, model_dir: str | Path | None, *, top_n: int = 50,
         heads = {int(f): load_trained_head(model_dir, fold=int(f)) for f in np.unique(folds)
                  if f != NOT_HELD_OUT}
     ids = obs[Key.SAMPLE_ID].astype(str).to_numpy()
-    regions = {sid: _read_region(obs.iloc[i], measured[i], int(folds[i]))
+    predicted = np.asarray(adata.layers[Key.PREDICTED], dtype=np.float64)
+    regions = {sid: _read_region(obs.iloc[i], measured[i], int(folds[i]), predicted[i])
                for i, sid in enumerate(ids)}
     section_of = dict(zip(ids, sections, strict=True))
     by_section, spot_rows = {}, []
@@ -152,14 +157,16 @@ def score_maps(adata: Any, model_dir: str | Path | None, *, top_n: int = 50,
     return table, _summary(table, boot_means, top_n=top_n, n_boot=n_boot)
 
 
-def _read_region(row: pd.Series, bulk: np.ndarray, fold: int) -> _Region:
+def _read_region(row: pd.Series, bulk: np.ndarray, fold: int,
+                 predicted: np.ndarray | None = None) -> _Region:
     from slide2expr.contracts.features import read_features
 
     fs = read_features(row["features_path"])
     return _Region(sample_id=str(row[Key.SAMPLE_ID]), fold=fold,
                    features=np.asarray(fs.features, dtype=np.float32),
                    coords=np.asarray(fs.coords, dtype=np.float64),
-                   size0=float(fs.attrs["tile_px_level0"]), bulk=bulk)
+                   size0=float(fs.attrs["tile_px_level0"]), bulk=bulk,
+                   predicted=bulk if predicted is None else predicted)
 
 
 def _section_spots(row: pd.Series, regions: list[_Region], genes: list[str]) -> _SectionSpots:
@@ -226,7 +233,10 @@ def _section_maps(section_regions: list[_Region], spots: _SectionSpots,
         groups = np.array([sections.get(r.sample_id, r.sample_id) for r in train])
         out["ridge"][order], _ = ridge_baseline(x_bulk, y_bulk, x_spots, groups,
                                                 alphas=alphas, seed=seed)
-        out["floor"][order] = np.stack([section_regions[spots.region[i]].bulk for i in order])
+        out["floor"][order] = np.stack([section_regions[spots.region[i]].predicted
+                                        for i in order])
+        out["region_truth"][order] = np.stack([section_regions[spots.region[i]].bulk
+                                               for i in order])
         x_tr, y_tr, g_tr = _training_spots(spot_rows, fold)
         out["ceiling"][order], _ = ridge_baseline(x_tr, y_tr, x_spots, g_tr, alphas=alphas,
                                                   seed=seed)

@@ -20,7 +20,6 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +28,7 @@ from typing import Any
 import pandas as pd
 
 from slide2expr.atomic import atomic_outputs
+from slide2expr.contracts.report import read_summary
 from slide2expr.errors import InputError
 from slide2expr.repro.manifest import read_benchmarks
 
@@ -56,15 +56,6 @@ def parse_run(text: str) -> RunSummary:
         raise InputError(None, f"--run {text!r} is not ENCODER:HEAD:SUMMARY_JSON",
                          "e.g. --run efficientnet_lite0:mlp:results/report/mlp/summary.json")
     return RunSummary(parts[0], parts[1], Path(parts[2]))
-
-
-def _load(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise InputError(path, "does not exist", "run the report stage first")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as exc:
-        raise InputError(path, f"is not valid JSON ({exc})", "re-run the report stage") from exc
 
 
 def _mean(block: dict[str, Any], gene_set: str) -> float | None:
@@ -117,7 +108,7 @@ def build_compare(runs: list[RunSummary], *, benchmarks: str | Path | None = Non
     rows = []
     baselines_done: set[str] = set()
     for run in runs:
-        s = _load(run.summary)
+        s = read_summary(run.summary)
         n_sig = (s.get("counts") or {}).get("n_significant")
         blocks = [(run.head, s.get("model") or {}, n_sig)]
         inputs = ((s.get("provenance") or {}).get("train") or {}).get("inputs")
@@ -129,7 +120,8 @@ def build_compare(runs: list[RunSummary], *, benchmarks: str | Path | None = Non
                                  head=run.head, stages=stages) if benchmarks is not None else {}
         maps = (s.get("map_vs_spots") or {}).get("methods") or {}
         if maps and len(blocks) > 1:  # the floor and ceiling once, beside the baselines
-            blocks += [(f"map_{name}", {}, None) for name in ("floor", "ceiling")]
+            blocks += [(f"map_{name}", {}, None) for name in ("floor", "region_truth",
+                                                               "ceiling")]
         for model, block, sig in blocks:
             rows.append({
                 "encoder": run.encoder, "head": run.head, "model": model,
@@ -207,7 +199,8 @@ def write_compare(table: pd.DataFrame, tsv: str | Path, html_path: str | Path | 
 def _map_scores(maps: dict[str, Any], model: str) -> dict[str, Any]:
     """Map-versus-spots mean r (top genes, all genes) of a model's tile map, when the run
     scored maps against spots (``summary['map_vs_spots']``, bulk runs on pseudo-bulk
-    regions): ``head`` (the bulk head), ``ridge``, ``map_floor``, ``map_ceiling``."""
+    regions): ``head`` (the bulk head), ``ridge``, ``map_floor``, ``map_region_truth``,
+    ``map_ceiling``."""
     if not maps:
         return {}
     block = maps.get(model.removeprefix("map_")) or {}

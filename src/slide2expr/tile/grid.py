@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -17,6 +18,7 @@ import pandas as pd
 
 from slide2expr.contracts.tiles import TileSet
 from slide2expr.errors import InputError
+from slide2expr.hashing import file_fingerprint
 from slide2expr.inputs.slides import Slide
 from slide2expr.tile.tissue import TissueParams, detect_tissue, tissue_fraction_grid
 
@@ -76,6 +78,7 @@ def _base_attrs(slide: Slide, sample_id: str, params: TilingParams) -> dict[str,
     return {
         "sample_id": sample_id,
         "slide": str(slide.path),
+        "slide_fingerprint": _fingerprint(slide.path),
         "slide_mpp": float(slide.mpp),
         "mpp_source": slide.mpp_source,
         "tile_px": int(params.tile_px),
@@ -84,6 +87,11 @@ def _base_attrs(slide: Slide, sample_id: str, params: TilingParams) -> dict[str,
         "min_tissue": float(params.min_tissue),
         **slide.provenance_attrs(),
     }
+
+
+def _fingerprint(path: Path) -> str | None:
+    """The slide file's :func:`~slide2expr.hashing.file_fingerprint` (None for a folder)."""
+    return file_fingerprint(path) if Path(path).is_file() else None
 
 
 def grid_tiles(slide: Slide, tissue: TissueMap, sample_id: str, params: TilingParams, *,

@@ -19,15 +19,9 @@ from typing import Any
 import numpy as np
 
 from slide2expr.train.cv import assign_folds
+from slide2expr.train.scaling import floored_sd, standardise
 
 log = logging.getLogger(__name__)
-
-
-def _standardise(train: np.ndarray, *others: np.ndarray) -> list[np.ndarray]:
-    mean = train.mean(axis=0)
-    std = train.std(axis=0)
-    std = np.where(std > 0, std, 1.0)
-    return [(a - mean) / std for a in (train, *others)]
 
 
 def ridge_path(x: np.ndarray, y: np.ndarray, x_new: np.ndarray,
@@ -61,7 +55,8 @@ def pearson_columns(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def choose_alpha(x: np.ndarray, y: np.ndarray, groups: np.ndarray, alphas: Sequence[float], *,
-                 seed: int, max_folds: int = 5) -> tuple[float, np.ndarray]:
+                 seed: int, max_folds: int = 5,
+                 blocks: Sequence[int] | None = None) -> tuple[float, np.ndarray]:
     """Alpha with the best mean per-gene Pearson r of pooled inner out-of-fold predictions.
 
     Inner folds split the training fold's groups (or, with one group, its units); the
@@ -82,7 +77,7 @@ def choose_alpha(x: np.ndarray, y: np.ndarray, groups: np.ndarray, alphas: Seque
         tr, te = inner != k, inner == k
         if te.sum() < 1 or tr.sum() < 2:
             continue
-        xs_tr, xs_te = _standardise(x[tr], x[te])
+        xs_tr, xs_te = standardise(x[tr], x[te], blocks=blocks)
         pooled[:, te] = ridge_path(xs_tr, y[tr], xs_te, alphas)
     done = ~np.isnan(pooled[0, :, 0])
     mean_r = np.array([
@@ -93,22 +88,28 @@ def choose_alpha(x: np.ndarray, y: np.ndarray, groups: np.ndarray, alphas: Seque
 
 
 def ridge_baseline(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray,
-                   groups_train: np.ndarray, *, alphas: Sequence[float],
-                   seed: int) -> tuple[np.ndarray, float]:
-    """Tuned ridge: predictions for ``x_test`` and the alpha chosen on the training fold."""
-    alpha, mean_r = choose_alpha(x_train, y_train, groups_train, alphas, seed=seed)
+                   groups_train: np.ndarray, *, alphas: Sequence[float], seed: int,
+                   blocks: Sequence[int] | None = None) -> tuple[np.ndarray, float]:
+    """Tuned ridge: predictions for ``x_test`` and the alpha chosen on the training fold
+    (``blocks``: widths of the input blocks, for the SD floor of
+    :mod:`slide2expr.train.scaling`)."""
+    alpha, mean_r = choose_alpha(x_train, y_train, groups_train, alphas, seed=seed,
+                                 blocks=blocks)
     log.info("ridge: inner-CV mean r by alpha %s -> alpha %g",
              dict(zip(alphas, np.round(mean_r, 3), strict=True)), alpha)
-    xs_tr, xs_te = _standardise(x_train, x_test)
+    xs_tr, xs_te = standardise(x_train, x_test, blocks=blocks)
     return ridge_path(xs_tr, y_train, xs_te, [alpha])[0], alpha
 
 
 def hest_baseline(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, *,
-                  n_components: int = 256, seed: int = 0) -> np.ndarray:
-    """HEST-Benchmark: standardise, PCA (256), ridge with alpha = 100 / (dim * genes)."""
+                  n_components: int = 256, seed: int = 0,
+                  blocks: Sequence[int] | None = None) -> np.ndarray:
+    """HEST-Benchmark: standardise (SD floored as in :mod:`slide2expr.train.scaling`), PCA
+    (256), ridge with alpha = 100 / (dim * genes)."""
     from sklearn.decomposition import PCA
 
-    xs_tr, xs_te = _standardise(x_train.astype(np.float64), x_test.astype(np.float64))
+    xs_tr, xs_te = standardise(x_train.astype(np.float64), x_test.astype(np.float64),
+                               blocks=blocks)
     dim = min(n_components, xs_tr.shape[0], xs_tr.shape[1])
     pca = PCA(n_components=dim, random_state=seed, svd_solver="full").fit(xs_tr)
     z_tr, z_te = pca.transform(xs_tr), pca.transform(xs_te)
@@ -121,12 +122,14 @@ def mean_baseline(y_train: np.ndarray, n_test: int) -> np.ndarray:
     return np.repeat(np.asarray(y_train, dtype=np.float64).mean(axis=0)[None], n_test, axis=0)
 
 
-def ridge_network(x_train: np.ndarray, y_train: np.ndarray, *, alpha: float) -> Any:
-    """Ridge on standardised features as a linear :class:`~slide2expr.train.nets.mlp.MLPNet`
+def ridge_network(x_train: np.ndarray, y_train: np.ndarray, *, alpha: float,
+                  blocks: Sequence[int] | None = None) -> Any:
+    """Ridge on standardised features as a linear :class:`~slide2expr.predict.nets.mlp.MLPNet`
     (``hidden: 0``), so a fold whose selection chose ridge ships it like any head.
 
-    The network standardises its input with the training mean and standard deviation (0
-    replaced by 1, as :func:`ridge_baseline`), applies the ridge coefficients and adds the
+    The network standardises its input with the training mean and standard deviation (near
+    constant ones replaced by 1, as :func:`ridge_baseline`; :mod:`slide2expr.train.scaling`,
+    ``blocks`` the input blocks' widths), applies the ridge coefficients and adds the
     intercept; its ``target_mean``/``target_std`` are 0/1. Its predictions equal
     :func:`ridge_path`'s for the same ``alpha`` up to float32 rounding.
 
@@ -137,12 +140,11 @@ def ridge_network(x_train: np.ndarray, y_train: np.ndarray, *, alpha: float) -> 
     """
     import torch
 
-    from slide2expr.train.nets import build_net
+    from slide2expr.predict.nets import build_net
 
     x = np.asarray(x_train, dtype=np.float64)
     y = np.asarray(y_train, dtype=np.float64)
-    mean, std = x.mean(axis=0), x.std(axis=0)
-    std = np.where(std > 0, std, 1.0)
+    mean, std = x.mean(axis=0), floored_sd(x.std(axis=0), blocks)
     xs = (x - mean) / std
     xs_mean, y_mean = xs.mean(axis=0), y.mean(axis=0)
     u, s, vt = np.linalg.svd(xs - xs_mean, full_matrices=False)

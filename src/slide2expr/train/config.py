@@ -127,7 +127,7 @@ class TrainConfig:
 
     def validate(self, source: str | None = None) -> None:
         """Check values a schema cannot (e.g. ``folds``)."""
-        from slide2expr.train.nets import NETS as HEADS  # torch (not Lightning): only here
+        from slide2expr.predict.nets import NETS as HEADS  # torch (not Lightning): only here
 
         def fail(problem: str, fix: str) -> None:
             raise InputError(source, problem, fix)

@@ -8,6 +8,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from slide2expr.train.features import BagFeatures, SpotFeatures, collate_bags
+from slide2expr.train.scaling import block_widths, floored_sd
 
 
 class FoldDataModule(pl.LightningDataModule):
@@ -48,8 +49,10 @@ class FoldDataModule(pl.LightningDataModule):
         self.num_workers = int(num_workers)
 
     def standardisation(self) -> dict[str, np.ndarray]:
-        """Feature and target mean/std fitted on the inner training units only."""
+        """Feature and target mean/std fitted on the inner training units only; the feature
+        SD of a near-constant feature is floored (:mod:`slide2expr.train.scaling`)."""
         feature_mean, feature_std = self.source.moments(self.train_idx)
+        feature_std = floored_sd(feature_std, block_widths(self.source))
         y = self.targets[self.train_idx].astype(np.float64)
         return {"feature_mean": feature_mean, "feature_std": feature_std,
                 "target_mean": y.mean(axis=0), "target_std": y.std(axis=0)}

@@ -25,7 +25,7 @@ def column_stats(x: np.ndarray | sp.spmatrix) -> tuple[np.ndarray, np.ndarray, n
     return x.mean(axis=0), x.var(axis=0), (x != 0).mean(axis=0)
 
 
-def select_genes(x_train: np.ndarray | sp.spmatrix, var_names: list[str] | np.ndarray, *,
+def select_training_genes(x_train: np.ndarray | sp.spmatrix, var_names: list[str] | np.ndarray, *,
                  settings: GeneSelection, counts_train: np.ndarray | sp.spmatrix | None = None,
                  source: str | None = None) -> np.ndarray:
     """Indices (into ``var_names``) of the genes a fold models, in dataset order.

@@ -26,7 +26,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import shutil
 import time
 import warnings
 from collections.abc import Iterator
@@ -39,13 +38,14 @@ import scipy.sparse as sp
 from tqdm.auto import tqdm
 
 import slide2expr.train.baselines as baselines
-from slide2expr.atomic import atomic_output, remove_stale_temporaries, temporary_sibling
+from slide2expr.atomic import atomic_outputs
 from slide2expr.contracts._anndata import write_h5ad
-from slide2expr.contracts.models import write_splits
+from slide2expr.contracts.models import RIDGE_DIR, write_splits
 from slide2expr.contracts.predictions import copy_scverse_entries, uns_value
 from slide2expr.contracts.predictions import stamp as stamp_predictions
 from slide2expr.errors import InputError
 from slide2expr.keys import NOT_HELD_OUT, Key
+from slide2expr.predict import predict_batches
 from slide2expr.train.config import TrainConfig
 from slide2expr.train.cv import (
     assign_folds,
@@ -57,8 +57,11 @@ from slide2expr.train.cv import (
 )
 from slide2expr.train.data import FoldDataModule
 from slide2expr.train.features import BagFeatures, SpotFeatures
-from slide2expr.train.gene_selection import column_stats, select_genes
+from slide2expr.train.gene_selection import column_stats, select_training_genes
 from slide2expr.train.heads import HEADS, MONITOR, build_head
+from slide2expr.train.plausible import RangeCheck, plausible_bounds
+from slide2expr.train.save import save_head
+from slide2expr.train.scaling import block_widths, near_constant
 from slide2expr.train.selection import (
     RIDGE,
     Selection,
@@ -66,7 +69,6 @@ from slide2expr.train.selection import (
     ridge_on_split,
     shipped_summary,
 )
-from slide2expr.train.trained import save_head
 from slide2expr.train.views import ViewRows, view_rows
 
 log = logging.getLogger(__name__)
@@ -194,6 +196,8 @@ class FoldResult:
     #: Standard deviation (``ddof=0``) of the ensemble members' predictions; None with one
     #: (or when ridge won the fold's selection).
     predicted_sd: np.ndarray | None = None
+    #: Per-gene plausible range of a prediction (:mod:`slide2expr.train.plausible`).
+    plausible: tuple[np.ndarray, np.ndarray] | None = None
     #: The head's own held-out predictions (``predicted`` is ridge's when ridge won).
     head_predicted: np.ndarray | None = None
     #: What the fold shipped: the head's name or ``ridge`` (:mod:`slide2expr.train.selection`).
@@ -269,8 +273,9 @@ def fit_member(head: str, hparams: dict, data: Any, *, config: TrainConfig, seed
             trainer.fit(module, datamodule=data)
             trainer.save_checkpoint(out_dir / "best.ckpt", weights_only=True)
             seconds = time.perf_counter() - start
+        # out-of-fold: the held-out units through the network, as prediction runs it
+        predicted = predict_batches(module.network, data.predict_dataloader())
         module.eval()
-        predicted = torch.cat(trainer.predict(module, datamodule=data)).float().cpu().numpy()
     best = checkpoint.best_model_score
     return {"module": module.cpu(), "predicted": predicted, "val_predicted": val_predicted,
             "epochs": epochs,
@@ -282,14 +287,13 @@ def fit_member(head: str, hparams: dict, data: Any, *, config: TrainConfig, seed
 def _predict_validation(trainer: Any, module: Any, data: Any) -> np.ndarray | None:
     """The best inner checkpoint's predictions (expression units) on the inner validation
     units, for model selection; None when there are none."""
-    import torch
 
     if len(data.val_idx) == 0:
         return None
     module.eval()
-    out = trainer.predict(module, dataloaders=data.val_dataloader())
+    out = predict_batches(module.network, data.val_dataloader())
     module.train()
-    return torch.cat(out).float().cpu().numpy()
+    return out
 
 
 def _fit_bases(module: Any, data: Any) -> None:
@@ -315,9 +319,9 @@ def train_fold(*, head: str, config: TrainConfig, source: SpotFeatures | BagFeat
     train_idx = np.flatnonzero(train_mask)
     test_idx = np.flatnonzero(test_mask)
 
-    genes = select_genes(x[train_idx], var_names, settings=config.genes,
-                         counts_train=None if counts is None else counts[train_idx],
-                         source=source_path)
+    genes = select_training_genes(x[train_idx], var_names, settings=config.genes,
+                                  counts_train=None if counts is None else counts[train_idx],
+                                  source=source_path)
     y = x[:, genes]
     y = np.asarray(y.toarray() if sp.issparse(y) else y, dtype=np.float32)
     fit_source, y_fit = (source, y) if views is None else (views.source, views.tile(y))
@@ -386,6 +390,8 @@ def train_fold(*, head: str, config: TrainConfig, source: SpotFeatures | BagFeat
         "inputs": input_names,
         "augment_views": list(views.train_views) if views is not None else [],
         "tta_views": list(views.tta_views) if views is not None else [],
+        "near_constant_features": int(near_constant(
+            fit_source.moments(rows(train_idx))[1], block_widths(fit_source)).sum()),
         "selection": selection.record(),
     }
 
@@ -413,7 +419,7 @@ def train_fold(*, head: str, config: TrainConfig, source: SpotFeatures | BagFeat
                       baselines=out_baselines, info=info,
                       train_mean=y[train_idx].astype(np.float64).mean(axis=0),
                       predicted_sd=predicted_sd, head_predicted=head_predicted,
-                      winner=selection.winner)
+                      winner=selection.winner, plausible=plausible_bounds(y[train_idx]))
 
 
 def select_model(head: str, config: TrainConfig, members: list[dict[str, Any]],
@@ -437,7 +443,8 @@ def select_model(head: str, config: TrainConfig, members: list[dict[str, Any]],
                                                  groups_val))
         tr = rows(inner_train)
         score, alpha = ridge_on_split(source.pooled(tr), y_fit[tr], source.pooled(inner_val),
-                                      y[inner_val], groups_val, alphas=config.ridge_alphas)
+                                      y[inner_val], groups_val, alphas=config.ridge_alphas,
+                                      blocks=block_widths(source))
         selection.ridge_scores.append(score)
         selection.ridge_alphas.append(alpha)
     log.info("selection (%s): inner score %s %.4f, ridge %.4f -> %s", config.select, head,
@@ -451,19 +458,21 @@ def ship_ridge(config: TrainConfig, source: SpotFeatures | BagFeatures, y: np.nd
                ) -> tuple[np.ndarray, dict[str, Any]]:
     """Ridge won the fold's selection: fit it on the whole training fold (the ridge
     baseline's alpha), save it as a linear network in ``fold_dir/ridge/`` (what
-    :func:`~slide2expr.train.trained.load_trained_head` loads for this fold), and return its
+    :func:`~slide2expr.predict.load_trained_head` loads for this fold), and return its
     held-out predictions and a record of it."""
     x_train = source.pooled(train_idx)
     if alpha is None:  # ridge not among the baselines: choose alpha as the baseline would
         alpha, _ = baselines.choose_alpha(x_train, y[train_idx], groups[train_idx],
-                                          config.ridge_alphas, seed=config.seed)
-    net = baselines.ridge_network(x_train, y[train_idx], alpha=float(alpha))
+                                          config.ridge_alphas, seed=config.seed,
+                                          blocks=block_widths(source))
+    net = baselines.ridge_network(x_train, y[train_idx], alpha=float(alpha),
+                                  blocks=block_widths(source))
     ridge_meta = {**meta, "head": "mlp", "hparams": net.hparams, "member": 0,
                   "selection": selection.record(), "model": RIDGE, "ridge_alpha": float(alpha),
                   "epochs": 0, "best_epoch": 0, "best_val_pearson": None}
-    save_head(net, fold_dir / RIDGE, meta=ridge_meta)
+    save_head(net, fold_dir / RIDGE_DIR, meta=ridge_meta)
     predicted = baselines.ridge_predict(net, source.pooled(test_idx))
-    return predicted, {"alpha": float(alpha), "dir": RIDGE}
+    return predicted, {"alpha": float(alpha), "dir": RIDGE_DIR}
 
 
 def fit_baselines(config: TrainConfig, source: SpotFeatures | BagFeatures, y: np.ndarray, *,
@@ -474,16 +483,20 @@ def fit_baselines(config: TrainConfig, source: SpotFeatures | BagFeatures, y: np
 
     pooled_train = source.pooled(train_idx)
     pooled_test = source.pooled(test_idx)
+    blocks = block_widths(source)
+    info["near_constant_baseline_features"] = int(
+        near_constant(pooled_train.std(axis=0), blocks).sum())
     out: dict[str, np.ndarray] = {}
     for name in config.baselines:
         if name == "ridge":
             pred, alpha = baselines.ridge_baseline(
                 pooled_train, y[train_idx], pooled_test, groups[train_idx],
-                alphas=config.ridge_alphas, seed=config.seed + k)
+                alphas=config.ridge_alphas, seed=config.seed + k, blocks=blocks)
             info["ridge_alpha"] = alpha
         elif name == "hest":
             pred = baselines.hest_baseline(pooled_train, y[train_idx], pooled_test,
-                                           n_components=config.hest_pca, seed=config.seed)
+                                           n_components=config.hest_pca, seed=config.seed,
+                                           blocks=blocks)
         else:
             pred = baselines.mean_baseline(y[train_idx], len(test_idx))
         out[name] = pred.astype(np.float32)
@@ -503,7 +516,8 @@ def run_training(adata: Any, *, head: str, config: TrainConfig, models_dir: str 
     config
         Train settings.
     models_dir
-        ``results/models/{head}``: fold directories and ``splits.tsv`` (replaced atomically).
+        ``results/models/{head}``: fold directories and ``splits.tsv`` (replaced atomically,
+        and only if slide2expr made the folder: :func:`slide2expr.atomic.check_replaceable`).
     predictions_path
         ``results/predictions/{head}.h5ad``.
     dataset_path
@@ -541,12 +555,10 @@ def run_training(adata: Any, *, head: str, config: TrainConfig, models_dir: str 
                           dataset_path=dataset_path)
     sections = adata.obs[Key.SAMPLE_ID].astype(str).to_numpy()
 
-    models_dir = Path(models_dir)
-    tmp_dir = temporary_sibling(models_dir)
-    shutil.rmtree(tmp_dir, ignore_errors=True)
-    remove_stale_temporaries(models_dir)  # left by a killed run
     results: list[FoldResult] = []
-    try:
+    # Both outputs appear together or not at all; the models folder replaces an earlier one
+    # only if slide2expr made it (checked before training), and one run at a time writes them.
+    with atomic_outputs(models_dir, predictions_path) as (tmp_dir, predictions_tmp):
         for k in tqdm(fold_ids(fold), desc=f"training {head}", unit="fold", disable=None):
             result = train_fold(head=head, config=config, source=source, x=x, counts=counts,
                                 var_names=var_names, groups=groups, fold=fold, k=k,
@@ -561,15 +573,21 @@ def run_training(adata: Any, *, head: str, config: TrainConfig, models_dir: str 
                      groups=groups, fold=fold)
         predictions = assemble_predictions(adata, results, fold=fold, config=config,
                                            head=head, provenance=provenance)
-        with atomic_output(predictions_path) as tmp:
-            write_h5ad(predictions, tmp)  # uns['spatial'] images compressed
-            if models_dir.exists():
-                shutil.rmtree(models_dir)
-            os.replace(tmp_dir, models_dir)
-    except BaseException:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
-        raise
+        warn_implausible(predictions, head)
+        write_h5ad(predictions, predictions_tmp)  # uns['spatial'] images compressed
     return predictions
+
+
+def warn_implausible(predictions: Any, head: str) -> None:
+    """Log one warning when any written prediction lies outside its gene's plausible range."""
+    record = predictions.uns[Key.PROVENANCE]["train"]["range_check"]
+    parts = [f"{layer}: {v['outside']} of {v['checked']} values in {v['genes_affected']} "
+             f"gene(s) (e.g. {', '.join(v['genes'][:3])}), most extreme {v['most_extreme']:.4g}"
+             for layer, v in record["layers"].items() if v["outside"]]
+    if parts:
+        log.warning("%s: predictions outside the plausible range of their gene (%s): %s; kept "
+                    "and counted in uns['slide2expr']['train']['range_check']", head,
+                    record["rule"], "; ".join(parts))
 
 
 def _check_dataset(adata: Any, head: str, src: str | None) -> None:
@@ -611,6 +629,7 @@ def assemble_predictions(adata: Any, results: list[FoldResult], *, fold: np.ndar
         layers[Key.PREDICTED_HEAD] = np.full((n, len(union)), np.nan, dtype=np.float32)
     n_folds = np.zeros(len(union), dtype=np.int64)
     train_mean = np.zeros(len(union))
+    check = RangeCheck(genes=[str(g) for g in np.asarray(adata.var_names)[union]])
     for r in results:
         cols = np.array([column[g] for g in r.genes])
         n_folds[cols] += 1
@@ -623,6 +642,13 @@ def assemble_predictions(adata: Any, results: list[FoldResult], *, fold: np.ndar
             layers[Key.PREDICTED_HEAD][rows, cols[None, :]] = r.head_predicted
         for name, pred in r.baselines.items():
             layers[BASELINE_LAYERS[name]][rows, cols[None, :]] = pred
+        if r.plausible is not None:
+            head_layer = ([(Key.PREDICTED_HEAD, r.head_predicted)]
+                          if Key.PREDICTED_HEAD in layers and r.head_predicted is not None
+                          else [])
+            for layer, pred in ((Key.PREDICTED, r.predicted), *head_layer,
+                                *((BASELINE_LAYERS[n], p) for n, p in r.baselines.items())):
+                check.add(str(layer), pred, cols, *r.plausible)
     x = adata.X[:, union]
     x = np.asarray(x.toarray() if sp.issparse(x) else x, dtype=np.float32)
     obs = adata.obs.copy()
@@ -644,6 +670,7 @@ def assemble_predictions(adata: Any, results: list[FoldResult], *, fold: np.ndar
         "selection": shipped_summary({f"fold{r.fold}": r.info["selection"] for r in results
                                       if "selection" in r.info}, head),
         "held_out_units": int((fold != NOT_HELD_OUT).sum()),
+        "range_check": check.record(),
     })
     out.uns[Key.PROVENANCE] = prov
     stamp_predictions(out)

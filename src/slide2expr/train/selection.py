@@ -23,7 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from slide2expr.train.baselines import _standardise, pearson_columns, ridge_path
+from slide2expr.train.baselines import pearson_columns, ridge_path
+from slide2expr.train.scaling import standardise
 
 #: ``train.select`` values: ``auto`` ships the winner, ``off`` always ships the head.
 SELECT_MODES = ("auto", "off")
@@ -70,16 +71,18 @@ def inner_score(predicted: np.ndarray, observed: np.ndarray, groups: np.ndarray)
 
 def ridge_on_split(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray,
                    y_val: np.ndarray, groups_val: np.ndarray, *,
-                   alphas: Sequence[float]) -> tuple[float, float]:
-    """Ridge fitted on one member's inner training units, scored on its validation units.
+                   alphas: Sequence[float],
+                   blocks: Sequence[int] | None = None) -> tuple[float, float]:
+    """Ridge fitted on one member's inner training units, scored on its validation units
+    (``blocks``: the input blocks' widths, for the SD floor of :mod:`slide2expr.train.scaling`).
 
     Returns
     -------
     tuple of (float, float)
         The best score over ``alphas`` (:func:`inner_score`) and its alpha.
     """
-    xs_tr, xs_val = _standardise(np.asarray(x_train, dtype=np.float64),
-                                 np.asarray(x_val, dtype=np.float64))
+    xs_tr, xs_val = standardise(np.asarray(x_train, dtype=np.float64),
+                                np.asarray(x_val, dtype=np.float64), blocks=blocks)
     path = ridge_path(xs_tr, y_train, xs_val, alphas)
     scores = np.array([inner_score(p, y_val, groups_val) for p in path])
     if not np.isfinite(scores).any():

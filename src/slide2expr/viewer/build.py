@@ -21,7 +21,6 @@ import json
 import logging
 import math
 import os
-import shutil
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -29,18 +28,20 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 import slide2expr.viewer.layers as layers
 import slide2expr.viewer.page as page
 from slide2expr.atomic import atomic_output
+from slide2expr.contracts.predictions import read_predictions
+from slide2expr.contracts.report import GENES_TSV, read_gene_r
 from slide2expr.contracts.tilemaps import UNITS, TileMap, read_tile_map
-from slide2expr.errors import InputError
-from slide2expr.heatmap.gene_choice import gene_filename, select_genes
-from slide2expr.heatmap.geojson import mask_polygons
-from slide2expr.heatmap.run import open_matching_slide, tissue_mask
-from slide2expr.heatmap.scale import cohort_scale, read_scale, robust_limits
-from slide2expr.heatmap.spot_overlay import read_spot_values
+from slide2expr.draw.genes import select_genes
+from slide2expr.draw.limits import cohort_scale, read_scale, robust_limits
+from slide2expr.draw.names import gene_filename
+from slide2expr.draw.spots import read_spot_values
+from slide2expr.draw.tissue import mask_polygons, open_matching_slide, tissue_mask
+from slide2expr.errors import NO_SPACE_ERRNOS, InputError, environment_fault, fault_errno
+from slide2expr.keys import Key
 from slide2expr.tile.tissue import TissueParams
 from slide2expr.viewer.pyramid import write_pyramid
 
@@ -137,7 +138,8 @@ def build_viewer(results: str | Path, out: str | Path | None = None, *,
         The workflow's results folder (``heatmaps/{head}/{sample}.h5ad`` tile maps, and
         optionally ``report/{head}/genes.tsv`` and ``predictions/{head}.h5ad``).
     out
-        The viewer folder (default ``{results}/viewer``); replaced as a whole.
+        The viewer folder (default ``{results}/viewer``); replaced as a whole, and only if
+        slide2expr made it (:func:`slide2expr.atomic.check_replaceable`).
     options
         Head, genes, slides, scale, tissue detection.
 
@@ -158,11 +160,14 @@ def build_viewer(results: str | Path, out: str | Path | None = None, *,
     out = Path(out) if out is not None else results / "viewer"
     head, maps = find_tile_maps(results, options.head, options.samples)
     first = read_tile_map(maps[0])
-    genes = select_genes(first.genes, genes=options.genes, n_genes=len(first.genes),
+    # the viewer shows every gene unless some are asked for
+    genes = select_genes(first.genes, genes=options.genes,
                          source=maps[0]) if options.genes else list(first.genes)
-    report = _find(options.report, results / "report" / head / "genes.tsv")
-    r_by_gene = read_report_r(report) if report else {}
-    predictions = _find(options.predictions, results / "predictions" / f"{head}.h5ad")
+    report = _find(options.report, results / "report" / head / GENES_TSV)
+    r_by_gene = read_gene_r(report) if report else {}
+    predictions = spot_predictions(_find(options.predictions,
+                                         results / "predictions" / f"{head}.h5ad"),
+                                   explicit=options.predictions is not None)
     cohort = cohort_limits(maps, genes, options)
     check_writable(out)
     page.openseadragon_dir()  # an installation fault stops the build before any work
@@ -193,9 +198,6 @@ def build_viewer(results: str | Path, out: str | Path | None = None, *,
         (tmp / "build.json").write_text(json.dumps(
             {"seconds": round(seconds, 2), "head": head, "n_genes": len(genes),
              "slides": [vars(s) for s in stats]}, indent=1), encoding="utf-8")
-        old = _move_aside(out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
     log.info("viewer of %d slides x %d genes written to %s in %.1f s", len(stats), len(genes),
              out, seconds)
     return ViewerResult(out=out, head=head, genes=genes, slides=stats, seconds=seconds)
@@ -246,20 +248,6 @@ def _find(given: Path | None, default: Path) -> Path | None:
     return default if default.is_file() else None
 
 
-def read_report_r(report: Path) -> dict[str, float]:
-    """``{gene: pearson_r}`` of the report's ``genes.tsv`` (NaN where undefined)."""
-    try:
-        table = pd.read_csv(report, sep="\t", dtype={"gene": str})
-    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
-        raise InputError(report, f"is not a readable report table ({exc})",
-                         "pass results/report/{head}/genes.tsv written by `slide2expr report`") from exc
-    if not {"gene", "pearson_r"} <= set(table.columns):
-        raise InputError(report, "has no gene and pearson_r columns",
-                         "pass the report's genes.tsv")
-    r = pd.to_numeric(table["pearson_r"], errors="coerce")
-    return {str(g): float(v) for g, v in zip(table["gene"], r, strict=True)}
-
-
 def gene_entries(genes: Sequence[str], r_by_gene: dict[str, float]) -> list[dict[str, Any]]:
     """The search list: every gene with its r (None when unknown) and its layer file."""
     used: set[str] = set()
@@ -303,7 +291,12 @@ def cohort_limits(maps: Sequence[Path], genes: Sequence[str],
 
 
 def check_writable(out: Path) -> None:
-    """Fail early, with the fix, when the viewer's parent folder cannot be written."""
+    """Fail early, with the fix, when the viewer's parent folder cannot be written.
+
+    A read-only or unwritable folder (or a full disk) is the machine's fault: an
+    :class:`~slide2expr.errors.EnvironmentFault` naming ``out`` (status 1, as in every other
+    command); a path that cannot be a folder (a file in the way) is an :class:`InputError`.
+    """
     parent = out.parent
     try:
         parent.mkdir(parents=True, exist_ok=True)
@@ -311,17 +304,12 @@ def check_writable(out: Path) -> None:
         probe.mkdir()
         probe.rmdir()
     except OSError as exc:
+        fault = environment_fault(exc, out, fix=None if fault_errno(exc) in NO_SPACE_ERRNOS
+                                  else "pass --out-dir a folder you can write to")
+        if fault is not None:
+            raise fault from exc
         raise InputError(parent, f"cannot be written ({exc.strerror or exc})",
                          "pass --out-dir a folder you can write to") from exc
-
-
-def _move_aside(out: Path) -> Path | None:
-    """Rename an existing viewer out of the way so the new one can take its name."""
-    if not out.exists():
-        return None
-    old = out.with_name(f".{out.name}.old-{os.getpid()}")
-    os.replace(out, old)
-    return old
 
 
 def build_slide(tmap: TileMap, slides_dir: Path, genes: Sequence[str], *,
@@ -417,6 +405,28 @@ def slide_outline(slide_path: Path, tmap: TileMap,
     outline = [[np.round(np.asarray(ring), 0).astype(int).tolist() for ring in poly]
                for poly in polygons]
     return float(mpp), str(source) if source else None, outline
+
+
+def spot_predictions(predictions: Path | None, *, explicit: bool) -> Path | None:
+    """``predictions`` when it is a readable spot-mode predictions file, ``None`` when there
+    is none or it was found by itself and is bulk mode (no spots: a note).
+
+    Raises
+    ------
+    InputError
+        When the file cannot be read, or was passed explicitly and is not spot mode: checked
+        before any work, so a broken file never yields a viewer without its spots.
+    """
+    if predictions is None:
+        return None
+    try:
+        read_predictions(predictions, need=(Key.SPATIAL,))
+    except InputError as exc:
+        if explicit or f"obsm['{Key.SPATIAL}']" not in exc.problem:
+            raise
+        log.info("no spots from %s (%s)", predictions, exc.problem)
+        return None
+    return predictions
 
 
 def read_spots(predictions: Path | None, sample: str, genes: Sequence[str], *,

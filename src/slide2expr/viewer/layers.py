@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from slide2expr.contracts.tilemaps import TileMap
-from slide2expr.heatmap.raster import rasterize_tiles
+from slide2expr.draw.raster import rasterize_tiles
 
 #: Quantisation levels above the "no value" code 0.
 LEVELS = 254

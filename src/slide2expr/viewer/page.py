@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from slide2expr.draw.colours import colormap
 from slide2expr.errors import EnvironmentFault
-from slide2expr.heatmap.overlay import colormap
 
 STATIC = Path(__file__).with_name("static")
 #: The page's own files, copied as they are.

@@ -101,6 +101,10 @@ def write_pyramid(slide_path: str | Path, out_dir: str | Path, *, name: str = "s
         raise InputError(None, f"unknown pyramid backend {backend!r}",
                          f"use one of auto, {', '.join(BACKENDS)}")
     slide_path, out_dir = Path(slide_path), Path(out_dir)
+    from slide2expr.inputs.spaceranger import is_spaceranger_image
+
+    if is_spaceranger_image(slide_path):
+        return _write_spaceranger(slide_path, out_dir, name, quality)
     auto = backend == "auto"
     if auto:
         backend = "vips" if vips_can_read(slide_path) else "deepzoom"
@@ -150,6 +154,31 @@ def _write_vips(slide_path: Path, out_dir: Path, name: str, quality: int) -> Pyr
     image.dzsave(str(out_dir / name), tile_size=TILE_SIZE, overlap=OVERLAP,
                  suffix=f".jpeg[Q={quality}]", depth="onepixel", layout="dz", strip=True)
     # libvips' metadata dump (paths, loader options): not part of Deep Zoom, not served
+    (out_dir / f"{name}_files" / "vips-properties.xml").unlink(missing_ok=True)
+    return Pyramid(dzi=out_dir / f"{name}.dzi", width=image.width, height=image.height,
+                   tile_size=TILE_SIZE, overlap=OVERLAP, fmt="jpeg", backend="vips")
+
+
+def _write_spaceranger(slide_path: Path, out_dir: Path, name: str, quality: int) -> Pyramid:
+    """A Space Ranger stand-in image (``outs/`` without the full-resolution image): its PNG
+    enlarged by ``1 / scalef`` to the full-resolution frame, so a viewer pixel is a level-0
+    pixel as for any slide (:class:`~slide2expr.inputs.slides.SpaceRangerImageSlide`)."""
+    from slide2expr.inputs.slides import SpaceRangerImageSlide
+
+    with SpaceRangerImageSlide(slide_path) as slide:
+        png, (width, height) = slide.spaceranger.image, slide.dimensions
+    try:
+        import pyvips
+    except Exception as exc:  # ImportError, or OSError when libvips itself is missing
+        raise InputError(slide_path, f"the viewer of a Space Ranger image needs pyvips ({exc})",
+                         "pip install pyvips pyvips-binary, or give the full-resolution image "
+                         "as the slide") from exc
+    image = pyvips.Image.new_from_file(str(png))
+    if image.hasalpha():
+        image = image.flatten(background=[255, 255, 255])
+    image = image.resize(width / image.width, vscale=height / image.height, kernel="linear")
+    image.dzsave(str(out_dir / name), tile_size=TILE_SIZE, overlap=OVERLAP,
+                 suffix=f".jpeg[Q={quality}]", depth="onepixel", layout="dz", strip=True)
     (out_dir / f"{name}_files" / "vips-properties.xml").unlink(missing_ok=True)
     return Pyramid(dzi=out_dir / f"{name}.dzi", width=image.width, height=image.height,
                    tile_size=TILE_SIZE, overlap=OVERLAP, fmt="jpeg", backend="vips")

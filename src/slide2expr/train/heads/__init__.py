@@ -1,11 +1,11 @@
-"""Regression heads (LightningModules that train the networks of :mod:`slide2expr.train.nets`).
+"""Regression heads (LightningModules that train the networks of :mod:`slide2expr.predict.nets`).
 
 Registry: ``mlp`` and ``context`` (spot mode; ``context`` fuses the blocks of
 ``train.inputs``), ``he2rna`` and ``abmil`` (bulk mode, multiple-instance).
 Every head predicts standardised expression and carries its standardisation statistics, so a
 trained head takes raw encoder features and returns expression in the dataset's units.
 
-For heatmaps and new slides use :func:`slide2expr.train.trained.load_trained_head`::
+For heatmaps and new slides use :func:`slide2expr.predict.load_trained_head`::
 
     head = load_trained_head("results/models/mlp")          # ensemble of the fold models
     head = load_trained_head("results/models/mlp", sample_id="demo1")  # the fold that held demo1 out
@@ -16,12 +16,12 @@ For heatmaps and new slides use :func:`slide2expr.train.trained.load_trained_hea
 
 from __future__ import annotations
 
+from slide2expr.predict.nets import net_kwargs
 from slide2expr.train.heads.abmil import ABMILHead
 from slide2expr.train.heads.base import MONITOR, RegressionHead
 from slide2expr.train.heads.context import ContextHead
 from slide2expr.train.heads.he2rna import HE2RNAHead
 from slide2expr.train.heads.mlp import MLPHead
-from slide2expr.train.nets import net_kwargs
 
 #: Head name -> class.
 HEADS: dict[str, type[RegressionHead]] = {

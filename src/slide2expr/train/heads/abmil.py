@@ -1,23 +1,23 @@
 """``abmil``: gated-attention multiple-instance regression (Ilse et al., ICML 2018).
 
-The network is :class:`~slide2expr.train.nets.abmil.ABMILNet`; this module only trains it.
+The network is :class:`~slide2expr.predict.nets.abmil.ABMILNet`; this module only trains it.
 """
 
 from __future__ import annotations
 
 import torch
 
+from slide2expr.predict.nets.abmil import ABMILNet
 from slide2expr.train.heads.base import RegressionHead
-from slide2expr.train.nets.abmil import ABMILNet
 
 
 class ABMILHead(RegressionHead):
-    """Trains an :class:`~slide2expr.train.nets.abmil.ABMILNet`.
+    """Trains an :class:`~slide2expr.predict.nets.abmil.ABMILNet`.
 
     Parameters
     ----------
     in_dim, n_genes, hidden, attention_dim, dropout
-        See :class:`~slide2expr.train.nets.abmil.ABMILNet`.
+        See :class:`~slide2expr.predict.nets.abmil.ABMILNet`.
     lr, weight_decay
         See :class:`~slide2expr.train.heads.base.RegressionHead`.
     """

@@ -1,6 +1,6 @@
 """The shared LightningModule that trains every head's network.
 
-A head wraps one plain-PyTorch network (:mod:`slide2expr.train.nets`: layers and the
+A head wraps one plain-PyTorch network (:mod:`slide2expr.predict.nets`: layers and the
 standardisation buffers) and adds what only training needs: the optimiser, the shared
 ``step`` with its loss, and per-gene Pearson metrics (torchmetrics). ``head.safetensors``
 holds the network's ``state_dict`` only, so prediction builds the network without importing
@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torchmetrics.regression import PearsonCorrCoef
 
-from slide2expr.train.nets.base import HeadNet, mlp_block
+from slide2expr.predict.nets.base import HeadNet, mlp_block
 
 #: Metric logged on validation; EarlyStopping and ModelCheckpoint monitor it.
 MONITOR = "val_pearson"

@@ -1,7 +1,7 @@
 """``context``: a spot-mode head that fuses the spot with its spatial context.
 
 The network (TRIPLEX-style block projections and attention fusion) is
-:class:`~slide2expr.train.nets.context.ContextNet`. This module trains it, with TRIPLEX's
+:class:`~slide2expr.predict.nets.context.ContextNet`. This module trains it, with TRIPLEX's
 multi-branch loss: each block's own linear read-out is an auxiliary target (weight
 ``aux_weight``), so every branch learns on its own; prediction uses the fused token only.
 """
@@ -14,17 +14,17 @@ import numpy as np
 import torch
 from torch import nn
 
+from slide2expr.predict.nets.context import ContextNet
 from slide2expr.train.heads.base import RegressionHead
-from slide2expr.train.nets.context import ContextNet
 
 
 class ContextHead(RegressionHead):
-    """Trains a :class:`~slide2expr.train.nets.context.ContextNet`.
+    """Trains a :class:`~slide2expr.predict.nets.context.ContextNet`.
 
     Parameters
     ----------
     in_dim, n_genes, blocks, hidden, dropout, input_dropout, heads, input_pca, output_rank
-        See :class:`~slide2expr.train.nets.context.ContextNet`.
+        See :class:`~slide2expr.predict.nets.context.ContextNet`.
     aux_weight
         Weight of the per-block auxiliary losses (0: fused output only).
     lr, weight_decay
@@ -47,7 +47,7 @@ class ContextHead(RegressionHead):
 
     def fit_bases(self, x_train: np.ndarray, y_train: np.ndarray) -> None:
         """Fit the network's fixed input PCA and output basis on the training fold
-        (:meth:`~slide2expr.train.nets.context.ContextNet.fit_bases`)."""
+        (:meth:`~slide2expr.predict.nets.context.ContextNet.fit_bases`)."""
         self.network.fit_bases(x_train, y_train)
 
     def step(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:

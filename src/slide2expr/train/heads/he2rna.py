@@ -1,6 +1,6 @@
 """``he2rna``: the HE2RNA bulk head (Schmauch et al., Nat. Commun. 2020).
 
-The network (per-tile MLP + top-k mean) is :class:`~slide2expr.train.nets.he2rna.HE2RNANet`;
+The network (per-tile MLP + top-k mean) is :class:`~slide2expr.predict.nets.he2rna.HE2RNANet`;
 this module only trains it.
 """
 
@@ -10,19 +10,19 @@ from collections.abc import Sequence
 
 import torch
 
+from slide2expr.predict.nets.he2rna import DEFAULT_KS, HE2RNANet, topk_mean
 from slide2expr.train.heads.base import RegressionHead
-from slide2expr.train.nets.he2rna import DEFAULT_KS, HE2RNANet, topk_mean
 
 __all__ = ["DEFAULT_KS", "HE2RNAHead", "topk_mean"]
 
 
 class HE2RNAHead(RegressionHead):
-    """Trains an :class:`~slide2expr.train.nets.he2rna.HE2RNANet`.
+    """Trains an :class:`~slide2expr.predict.nets.he2rna.HE2RNANet`.
 
     Parameters
     ----------
     in_dim, n_genes, hidden, dropout, ks
-        See :class:`~slide2expr.train.nets.he2rna.HE2RNANet`.
+        See :class:`~slide2expr.predict.nets.he2rna.HE2RNANet`.
     lr, weight_decay
         See :class:`~slide2expr.train.heads.base.RegressionHead`.
     """

@@ -1,21 +1,21 @@
 """``mlp``: the spot-mode head (ST-Net/HEST style): one embedding -> one profile.
 
-The network is :class:`~slide2expr.train.nets.mlp.MLPNet`; this module only trains it.
+The network is :class:`~slide2expr.predict.nets.mlp.MLPNet`; this module only trains it.
 """
 
 from __future__ import annotations
 
+from slide2expr.predict.nets.mlp import MLPNet
 from slide2expr.train.heads.base import RegressionHead
-from slide2expr.train.nets.mlp import MLPNet
 
 
 class MLPHead(RegressionHead):
-    """Trains an :class:`~slide2expr.train.nets.mlp.MLPNet`.
+    """Trains an :class:`~slide2expr.predict.nets.mlp.MLPNet`.
 
     Parameters
     ----------
     in_dim, n_genes, hidden, dropout, input_dropout
-        See :class:`~slide2expr.train.nets.mlp.MLPNet`.
+        See :class:`~slide2expr.predict.nets.mlp.MLPNet`.
     lr, weight_decay
         See :class:`~slide2expr.train.heads.base.RegressionHead`.
     """

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from slide2expr.train.nets.base import HeadNet
+from slide2expr.predict.nets.base import HeadNet
 
 
 class ABMILNet(HeadNet):
@@ -22,7 +22,7 @@ class ABMILNet(HeadNet):
     Parameters
     ----------
     in_dim, n_genes
-        See :class:`~slide2expr.train.nets.base.HeadNet`.
+        See :class:`~slide2expr.predict.nets.base.HeadNet`.
     hidden
         Tile embedding width.
     attention_dim

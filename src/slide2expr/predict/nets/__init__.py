@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import inspect
 
-from slide2expr.train.nets.abmil import ABMILNet
-from slide2expr.train.nets.base import HeadNet
-from slide2expr.train.nets.context import ContextNet
-from slide2expr.train.nets.he2rna import HE2RNANet
-from slide2expr.train.nets.mlp import MLPNet
+from slide2expr.predict.nets.abmil import ABMILNet
+from slide2expr.predict.nets.base import HeadNet
+from slide2expr.predict.nets.context import ContextNet
+from slide2expr.predict.nets.he2rna import HE2RNANet
+from slide2expr.predict.nets.mlp import MLPNet
 
 #: Head name -> network class (the same names as :data:`slide2expr.train.heads.HEADS`).
 NETS: dict[str, type[HeadNet]] = {

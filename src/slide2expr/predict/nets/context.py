@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from slide2expr.train.nets.base import HeadNet
+from slide2expr.predict.nets.base import HeadNet
 
 
 class ContextNet(HeadNet):
@@ -28,7 +28,7 @@ class ContextNet(HeadNet):
     Parameters
     ----------
     in_dim, n_genes
-        See :class:`~slide2expr.train.nets.base.HeadNet`; ``in_dim`` must equal
+        See :class:`~slide2expr.predict.nets.base.HeadNet`; ``in_dim`` must equal
         ``sum(blocks)``.
     blocks
         Width of each input block, the spot embedding first.

@@ -1,69 +1,38 @@
-"""Save trained heads and load them back for prediction (``predict``, heatmaps).
+"""Load trained heads for prediction: one fold's model, a fold's ensemble, or all folds
+averaged, and which of them a slide gets (the fold that held it out, else all).
 
-A fold directory holds ``head.safetensors`` (the module's weights and standardisation
-buffers) and ``head.json`` (head name, hyperparameters, gene order, encoder, mode, fold).
-Nothing is unpickled: weights come from safetensors, metadata from JSON.
+A fold directory (:mod:`slide2expr.contracts.models`, written by
+:func:`slide2expr.train.save.save_head`) holds ``head.safetensors`` (the network's weights
+and standardisation buffers) and ``head.json`` (head name, hyperparameters, gene order,
+encoder, mode, fold). Nothing is unpickled: weights come from safetensors, metadata from JSON.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from slide2expr.atomic import atomic_output
-from slide2expr.contracts._h5 import check_format, format_stamp
-from slide2expr.contracts.models import CONTRACT, META, VERSION, WEIGHTS, held_out_fold
+from slide2expr.contracts.models import (
+    META,
+    RETRAIN,
+    WEIGHTS,
+    fold_dirs,
+    held_out_fold,
+    member_dirs,
+    read_head_meta,
+)
 from slide2expr.errors import InputError
-from slide2expr.train.features import make_supertiles
-from slide2expr.train.nets import HeadNet, build_net
-from slide2expr.train.selection import RIDGE
-
-
-def save_head(module: torch.nn.Module, fold_dir: str | Path, *, meta: dict) -> None:
-    """Write ``head.safetensors`` and ``head.json`` into ``fold_dir``.
-
-    Parameters
-    ----------
-    module
-        A trained :class:`~slide2expr.train.heads.base.RegressionHead` (its network is
-        saved) or a :class:`~slide2expr.train.nets.base.HeadNet`.
-    fold_dir
-        Destination directory.
-    meta
-        JSON-serialisable metadata; must include ``head``, ``hparams`` and ``genes``.
-    """
-    from safetensors.torch import save_file
-
-    fold_dir = Path(fold_dir)
-    network = getattr(module, "network", module)
-    state = {k: v.detach().cpu().contiguous() for k, v in network.state_dict().items()}
-    with atomic_output(fold_dir / WEIGHTS) as tmp:
-        save_file(state, str(tmp))
-    meta = {**format_stamp(CONTRACT, VERSION), **meta}
-    with atomic_output(fold_dir / META) as tmp:
-        tmp.write_text(json.dumps(meta, indent=2, default=_json_default))
-
-
-def _json_default(value: object) -> object:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray | tuple):
-        return list(value)
-    raise TypeError(f"not JSON serialisable: {type(value)}")
-
-
-#: What to do about a damaged model folder.
-RETRAIN = "retrain the head (`slide2expr train`, or delete results/models and rerun the workflow)"
+from slide2expr.predict.bags import make_supertiles
+from slide2expr.predict.nets import HeadNet, build_net
 
 
 def load_fold_head(fold_dir: str | Path) -> tuple[HeadNet, dict]:
     """Load one fold's head network (eval mode, CPU) and its metadata.
 
-    Only the plain network is built (:mod:`slide2expr.train.nets`), never the Lightning
+    Only the plain network is built (:mod:`slide2expr.predict.nets`), never the Lightning
     training wrapper, so prediction does not import Lightning or torchmetrics. The weights
     are loaded strictly: every tensor of the network must be in ``head.safetensors`` with its
     shape, so a damaged file never predicts from initial weights.
@@ -78,7 +47,7 @@ def load_fold_head(fold_dir: str | Path) -> tuple[HeadNet, dict]:
     if not meta_path.is_file() or not weights_path.is_file():
         raise InputError(fold_dir, f"has no {META} and {WEIGHTS}",
                          "pass a model directory written by `slide2expr train`")
-    meta = _read_meta(meta_path)
+    meta = read_head_meta(meta_path)
     try:
         module = build_net(meta["head"], **meta["hparams"])
     except InputError:
@@ -88,25 +57,9 @@ def load_fold_head(fold_dir: str | Path) -> tuple[HeadNet, dict]:
     except (TypeError, ValueError) as exc:
         raise InputError(meta_path, f"does not describe a head ({exc})", RETRAIN) from exc
     _load_weights_strictly(module, weights_path)
+    check_genes_match_outputs(meta["genes"], module.n_genes, source=meta_path)
     module.eval()
     return module, meta
-
-
-def _read_meta(path: Path) -> dict:
-    """``head.json``: a JSON object with ``head``, ``hparams`` and ``genes``."""
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(path, f"is not valid JSON ({exc})", RETRAIN) from exc
-    missing = [k for k in ("head", "hparams", "genes")
-               if not isinstance(meta, dict) or k not in meta]
-    if missing:
-        raise InputError(path, f"lacks {', '.join(missing)}", RETRAIN)
-    if not isinstance(meta["hparams"], dict) or not isinstance(meta["genes"], list):
-        raise InputError(path, "has hparams that are not an object or genes that are not a list",
-                         RETRAIN)
-    check_format(path, meta, CONTRACT, (VERSION,))
-    return meta
 
 
 def _load_weights_strictly(module: torch.nn.Module, path: Path) -> None:
@@ -129,7 +82,52 @@ def _load_weights_strictly(module: torch.nn.Module, path: Path) -> None:
                                      ("tensor(s) of the wrong shape", wrong)) if keys]
         raise InputError(path, f"does not match the {module.__class__.__name__} "
                          f"described in {META}: {'; '.join(parts)}", RETRAIN)
+    nonfinite = sorted(k for k, v in state.items()
+                       if v.is_floating_point() and not bool(torch.isfinite(v).all()))
+    if nonfinite:
+        raise InputError(path, f"holds NaN or infinite weights ({', '.join(nonfinite[:3])}"
+                         f"{' ...' if len(nonfinite) > 3 else ''}): the file is damaged", RETRAIN)
     module.load_state_dict(state)
+
+
+def check_genes_match_outputs(genes: list, n_outputs: int, *, source: str | Path) -> None:
+    """A head's gene list names each of its network's outputs once, in order.
+
+    Raises
+    ------
+    InputError
+        If ``genes`` is empty, has duplicates, or its length is not ``n_outputs``: the
+        predictions' columns would be named wrongly (or there would be none).
+    """
+    names = [str(g) for g in genes]
+    if len(names) != n_outputs:
+        raise InputError(source, f"lists {len(names)} genes but the network in {WEIGHTS} "
+                         f"predicts {n_outputs}", RETRAIN)
+    if not names:
+        raise InputError(source, "lists no genes", RETRAIN)
+    duplicated = sorted({g for g in names if names.count(g) > 1})
+    if duplicated:
+        raise InputError(source, f"lists gene(s) more than once: {', '.join(duplicated[:3])}",
+                         RETRAIN)
+
+
+def check_encoder(head: TrainedHead, features_encoder: object, *,
+                  source: str | Path | None) -> None:
+    """The one check that features suit a head: both name the same encoder.
+
+    ``slide2expr predict``, heatmaps and the viewer's predictions go through it. A features
+    file or ``head.json`` that names no encoder is not refused here (its width is checked
+    when the rows reach the network).
+
+    Raises
+    ------
+    InputError
+        If the head (``head.json`` ``encoder``) was trained on another encoder's features.
+    """
+    wanted = head.meta.get("encoder")
+    if wanted and features_encoder and str(features_encoder) != str(wanted):
+        raise InputError(source, f"has {features_encoder} features but the model was trained "
+                         f"on {wanted}", f"use features from the {wanted} encoder")
 
 
 @dataclass
@@ -259,24 +257,10 @@ def load_trained_head(model_dir: str | Path, *, fold: int | None = None,
         models over the genes every fold predicts. Ensemble members of a fold
         (``fold{k}/member{m}/``, ``train.ensemble > 1``) are averaged too.
     """
-    model_dir = Path(model_dir)
-    if (model_dir / META).is_file():
-        fold_dirs = [model_dir]
-    else:
-        fold_dirs = sorted(model_dir.glob("fold*"), key=lambda p: _fold_number(p))
-        if not fold_dirs:
-            raise InputError(model_dir, "contains no fold*/ model directories",
-                             "pass results/models/{head} written by `slide2expr train`")
-        if sample_id is not None and fold is None:
-            fold, _ = held_out_fold(model_dir, sample_id)
-        if fold is not None:
-            fold_dirs = [p for p in fold_dirs if _fold_number(p) == fold]
-            if not fold_dirs:
-                raise InputError(model_dir, f"has no fold{fold}", "pick an existing fold")
-    member_dirs = [m for p in fold_dirs for m in _shipped_dirs(p) if (m / META).is_file()]
-    if not member_dirs:
-        raise InputError(fold_dirs[0], f"has no {META}", RETRAIN)
-    loaded = [load_fold_head(p) for p in member_dirs]
+    if sample_id is not None and fold is None and not (Path(model_dir) / META).is_file():
+        fold, _ = held_out_fold(model_dir, sample_id)
+    members = member_dirs(fold_dirs(model_dir, fold))
+    loaded = [load_fold_head(p) for p in members]
     genes = list(loaded[0][1]["genes"])
     for _, meta in loaded[1:]:
         keep = set(meta["genes"])
@@ -291,16 +275,35 @@ def load_trained_head(model_dir: str | Path, *, fold: int | None = None,
                        members=members, member_columns=columns)
 
 
-def _shipped_dirs(fold_dir: Path) -> list[Path]:
-    """The model directories a fold ships: ``ridge/`` when ridge won the fold's inner
-    selection (``train.select``), else the head's members (``fold_dir`` and ``member*/``)."""
-    if (fold_dir / RIDGE / META).is_file():
-        return [fold_dir / RIDGE]
-    return [fold_dir, *sorted(fold_dir.glob("member*"))]
+def choose_fold(model_dir: str | Path, sample_id: str, *,
+                fold: int | None = None) -> tuple[int | None, str]:
+    """Which fold model a slide gets (None: every fold's, averaged), and why, in words.
+
+    ``model_dir`` one fold's directory: that model. Else ``fold`` when given; else the fold
+    whose held-out units contain ``sample_id`` (``splits.tsv``,
+    :func:`slide2expr.contracts.models.held_out_fold`), so a training slide gets an
+    out-of-fold prediction; a new slide (or one every fold trained on) gets the average of
+    every fold model (and their ensemble members).
+    """
+    model_dir = Path(model_dir)
+    if (model_dir / META).is_file():
+        return None, f"the model in {model_dir.name}"
+    if fold is None:
+        return held_out_fold(model_dir, sample_id)
+    return fold, f"fold {fold}"
 
 
-def _fold_number(path: Path) -> int:
-    try:
-        return int(path.name.removeprefix("fold"))
-    except ValueError:
-        return 1 << 30
+def describe_use(use: str, head: TrainedHead) -> str:
+    """``use`` with how many models are averaged, when several."""
+    if len(head.members) > 1:
+        return f"{use}: average of {len(head.members)} models (folds, ensemble members)"
+    return use
+
+
+def load_model_for_sample(model_dir: str | Path, sample_id: str, *,
+                          fold: int | None = None) -> tuple[TrainedHead, str]:
+    """The model a slide gets (:func:`choose_fold`), and how it is used, in words (for
+    provenance and figure subtitles)."""
+    fold, use = choose_fold(model_dir, sample_id, fold=fold)
+    head = load_trained_head(model_dir, fold=fold)
+    return head, describe_use(use, head)

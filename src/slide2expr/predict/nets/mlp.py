@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from slide2expr.train.nets.base import HeadNet, mlp_block
+from slide2expr.predict.nets.base import HeadNet, mlp_block
 
 
 class MLPNet(HeadNet):
@@ -17,7 +17,7 @@ class MLPNet(HeadNet):
     Parameters
     ----------
     in_dim, n_genes
-        See :class:`~slide2expr.train.nets.base.HeadNet`.
+        See :class:`~slide2expr.predict.nets.base.HeadNet`.
     hidden
         Hidden width; 0 gives a linear model.
     dropout

@@ -1,29 +1,27 @@
 """Apply a trained head to every tile of a slide: the tile map of predicted expression.
 
-The file is owned by :mod:`slide2expr.contracts.tilemaps`; its names are re-exported here.
+:func:`predict_slide_map` is the whole step for one features file (the model the slide gets,
+its input blocks, the prediction and its spread); :func:`predict_tile_map` applies a given
+model. The tile map file is owned by :mod:`slide2expr.contracts.tilemaps`.
 """
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
 from slide2expr.contracts._h5 import FORMAT_ATTR
-from slide2expr.contracts.features import FeatureSet
-from slide2expr.contracts.tilemaps import (
-    UNITS,
-    TileMap,
-    read_tile_map,
-    subset_genes,
-    tile_map_to_anndata,
-    write_tile_map,
-)
+from slide2expr.contracts.features import FeatureSet, read_features
+from slide2expr.contracts.tilemaps import UNITS, TileMap
 from slide2expr.errors import InputError
+from slide2expr.inputs.samples import check_sample_id
+from slide2expr.predict.inputs import model_inputs
+from slide2expr.predict.model import check_encoder, load_model_for_sample
 
-__all__ = ["UNITS", "TileMap", "TileModel", "predict_tile_map", "read_tile_map", "subset_genes",
-           "tile_map_to_anndata", "write_tile_map"]
+log = logging.getLogger(__name__)
 
 
 class TileModel(Protocol):
@@ -37,7 +35,7 @@ class TileModel(Protocol):
 
 def _predict(model: TileModel, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
     """The model's predictions and, when it averages several models
-    (``predict_tiles_spread``, e.g. :class:`slide2expr.train.trained.TrainedHead`), their
+    (``predict_tiles_spread``, e.g. :class:`slide2expr.predict.TrainedHead`), their
     spread; None otherwise."""
     if hasattr(model, "predict_tiles_spread"):
         values, spread = model.predict_tiles_spread(x)
@@ -64,7 +62,7 @@ def predict_tile_map(features: FeatureSet, model: TileModel, *,
         The features file, named in errors.
     inputs
         The model's ``(N, D')`` input matrix when it is not the features themselves (a
-        context head: :func:`slide2expr.heatmap.context.grid_input_matrix`).
+        context head: :func:`slide2expr.predict.inputs.model_inputs`).
 
     Raises
     ------
@@ -98,3 +96,46 @@ def predict_tile_map(features: FeatureSet, model: TileModel, *,
                    coords=np.asarray(features.coords, dtype=np.int64).reshape(-1, 2),
                    tile_size0=float(attrs["tile_px_level0"]), attrs=attrs,
                    spot_ids=features.spot_ids, spread=spread)
+
+
+def predict_slide_map(features_path: str | Path, model_dir: str | Path, *,
+                      sample_id: str | None = None, fold: int | None = None,
+                      dataset: str | Path | None = None) -> TileMap:
+    """The tile map of one slide predicted from its features file.
+
+    The model is the one the slide gets (:func:`~slide2expr.predict.model.load_model_for_sample`:
+    on a training slide the fold model that held it out, an out-of-fold map; on a new slide
+    the average of the fold models); ``fold`` forces one fold. How the model was used is
+    recorded in ``attrs['model_use']``. A head trained with context inputs (``head.json``
+    ``inputs``) gets the same blocks built on the tiles
+    (:func:`~slide2expr.predict.inputs.model_inputs`): the ``grid_ctx{um}`` features beside
+    ``features_path``, neighbour means of the tiles, and the slide vector, taken from
+    ``dataset`` (``dataset.h5ad``) when the slide has spots there. With several models
+    averaged (fold models, ensemble members) the map carries their spread (``TileMap.spread``).
+
+    Raises
+    ------
+    InputError
+        If the file names no sample, the model was trained on another encoder, the features
+        have NaN rows, or a block cannot be built.
+    """
+    features_path = Path(features_path)
+    features = read_features(features_path)
+    sample = sample_id or str(features.attrs.get("sample_id") or "")
+    if not sample:
+        raise InputError(features_path, "names no sample_id", "pass --sample-id")
+    check_sample_id(sample, source=None)
+    features.attrs["sample_id"] = sample
+    head, use = load_model_for_sample(model_dir, sample, fold=fold)
+    check_encoder(head, features.attrs.get("encoder"), source=features_path)
+    provenance: dict[str, Any] = {
+        "model_dir": str(Path(model_dir)), "head": head.head, "kind": head.kind,
+        "model_use": use, "features": str(features_path), "n_models": len(head.members),
+    }
+    inputs, record = model_inputs(head.meta, features, features_path=features_path,
+                                  dataset=dataset, model_source=model_dir)
+    provenance.update(record)
+    log.info("%s: predicting %d genes on %d tiles with %s (%s)", sample, len(head.genes),
+             len(features), provenance["head"], use)
+    return predict_tile_map(features, head, provenance=provenance, source=features_path,
+                            inputs=inputs)

@@ -7,15 +7,16 @@ n_slides``; the heatmap stage reads it to draw every slide of a cohort on the sa
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from slide2expr.atomic import atomic_output
+from slide2expr.contracts.report import SCALE_COLUMNS, read_scale, write_scale
 from slide2expr.errors import InputError
 
-SCALE_COLUMNS = ("gene", "vmin", "vmax", "n_tiles", "n_slides")
+__all__ = ["SCALE_COLUMNS", "check_percentiles", "cohort_scale", "read_scale", "robust_limits",
+           "write_scale"]
+
 
 
 def check_percentiles(percentiles: Sequence[float]) -> tuple[float, float]:
@@ -80,29 +81,3 @@ def cohort_scale(maps: Iterable[tuple[str, Sequence[str], np.ndarray]], genes: S
         rows.append({"gene": g, "vmin": vmin, "vmax": vmax, "n_tiles": int(v.size),
                      "n_slides": n_slides})
     return pd.DataFrame(rows, columns=list(SCALE_COLUMNS))
-
-
-def write_scale(path: str | Path, table: pd.DataFrame) -> None:
-    """Write a scale table (TSV) atomically."""
-    with atomic_output(path) as tmp:
-        table.to_csv(tmp, sep="\t", index=False, float_format="%.6g")
-
-
-def read_scale(path: str | Path) -> dict[str, tuple[float, float]]:
-    """``{gene: (vmin, vmax)}`` from a scale table."""
-    path = Path(path)
-    try:
-        table = pd.read_csv(path, sep="\t", dtype={"gene": str})
-    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
-        raise InputError(path, f"is not a readable scale table ({exc})",
-                         "pass heatmaps/{head}/scale.tsv written by `slide2expr heatmap-scale`") from exc
-    missing = {"gene", "vmin", "vmax"} - set(table.columns)
-    if missing:
-        raise InputError(path, f"has no column(s) {', '.join(sorted(missing))}",
-                         "pass a scale table written by `slide2expr heatmap-scale`")
-    bad = ~(np.isfinite(table["vmin"]) & np.isfinite(table["vmax"]) & (table["vmax"] > table["vmin"]))
-    if bad.any():
-        raise InputError(path, f"gene {table.loc[bad, 'gene'].iloc[0]!r} has no valid vmin < vmax",
-                         "re-run `slide2expr heatmap-scale`")
-    return {str(g): (float(a), float(b)) for g, a, b in
-            zip(table["gene"], table["vmin"], table["vmax"], strict=True)}

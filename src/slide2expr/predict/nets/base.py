@@ -6,7 +6,7 @@ so a saved network is self-contained: it takes raw encoder features and, through
 :meth:`HeadNet.unstandardise`, returns expression in the dataset's units (log1p CP10k).
 
 The Lightning wrappers in :mod:`slide2expr.train.heads` train these networks; prediction
-(:mod:`slide2expr.train.trained`, heatmaps) builds only the network, so it never imports
+(:mod:`slide2expr.predict.model`, heatmaps) builds only the network, so it never imports
 Lightning or torchmetrics. The network's ``state_dict`` is what ``head.safetensors`` holds.
 
 Subclasses implement :meth:`forward` (batch -> standardised predictions) and

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import torch
 
-from slide2expr.train.nets.base import HeadNet, mlp_block
+from slide2expr.predict.nets.base import HeadNet, mlp_block
 
 DEFAULT_KS = (1, 2, 5, 10, 20, 50, 100)
 
@@ -25,7 +25,7 @@ class HE2RNANet(HeadNet):
     Parameters
     ----------
     in_dim, n_genes
-        See :class:`~slide2expr.train.nets.base.HeadNet`.
+        See :class:`~slide2expr.predict.nets.base.HeadNet`.
     hidden, dropout
         The per-tile MLP.
     ks

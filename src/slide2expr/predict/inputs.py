@@ -1,4 +1,9 @@
-"""The input blocks of a context head on grid tiles, so that it paints dense maps.
+"""A head's input matrix on a slide's tiles: the spot block, or a context head's blocks.
+
+:func:`model_inputs` is what prediction calls: the features themselves for a head trained on
+one block, else the blocks below concatenated.
+
+The input blocks of a context head on grid tiles, so that it paints dense maps:
 
 A head trained on spots with context inputs (``train.inputs`` / ``train.head_inputs``, e.g.
 ``[spot, ctx300, ctx1000, nbr300, slide]``) records its block names in ``head.json``
@@ -34,15 +39,17 @@ from typing import Any
 
 import numpy as np
 
+from slide2expr.contracts.dataset import read_section_rows
 from slide2expr.contracts.features import FeatureSet, read_features
 from slide2expr.errors import InputError
+from slide2expr.join.context import neighbour_mean
 from slide2expr.keys import SLIDE_BLOCK, SPOT_BLOCK, Key
 
 log = logging.getLogger(__name__)
 
 _CTX = re.compile(r"^ctx(\d+)$")
 _NBR = re.compile(r"^nbr([0-9p]+)$")
-RETRAIN = "retrain the head with this version of slide2expr (head.json records its inputs)"
+RETRAIN_FOR_INPUTS = "retrain the head with this version of slide2expr (head.json records its inputs)"
 
 
 def head_input_blocks(meta: dict[str, Any], *, source: str | Path | None = None) -> list[str]:
@@ -57,8 +64,48 @@ def head_input_blocks(meta: dict[str, Any], *, source: str | Path | None = None)
     widths = (meta.get("hparams") or {}).get("blocks") or []
     if len(widths) > 1:
         raise InputError(source, f"the head takes {len(widths)} input blocks but its head.json "
-                         "does not name them", RETRAIN)
+                         "does not name them", RETRAIN_FOR_INPUTS)
     return [SPOT_BLOCK]
+
+
+def check_finite_rows(x: np.ndarray, *, source: str | Path | None) -> None:
+    """Refuse features with NaN or infinite values (as the join does): a model fed them
+    would write NaN predictions without a word.
+
+    Raises
+    ------
+    InputError
+        Naming how many rows are affected and the fix (re-extract).
+    """
+    bad = int((~np.isfinite(x)).any(axis=1).sum()) if x.ndim == 2 else 0
+    if bad:
+        raise InputError(source, f"{bad} feature row(s) of {len(x)} have NaN or infinite values",
+                         "re-run the extract stage for this slide (delete the file first)")
+
+
+def model_inputs(meta: dict[str, Any], features: FeatureSet, *, features_path: str | Path,
+                 dataset: str | Path | None = None,
+                 model_source: str | Path | None = None
+                 ) -> tuple[np.ndarray | None, dict[str, Any]]:
+    """The input matrix of a head (``head.json`` as ``meta``) on one slide's tiles.
+
+    Returns
+    -------
+    tuple of (numpy.ndarray or None, dict)
+        None for a head trained on the tile's own embedding (the features are its input),
+        else the blocks concatenated (:func:`grid_input_matrix`); and what to record.
+
+    Raises
+    ------
+    InputError
+        If the features have NaN or infinite rows, or a block cannot be built.
+    """
+    check_finite_rows(np.asarray(features.features), source=features_path)
+    blocks = head_input_blocks(meta, source=model_source)
+    if blocks == [SPOT_BLOCK]:
+        return None, {}
+    return grid_input_matrix(features, blocks, features_path=features_path,
+                             encoder=meta.get("encoder"), dataset=dataset)
 
 
 def grid_context_path(grid_features: str | Path, um: int, sample_id: str) -> Path:
@@ -117,7 +164,7 @@ def grid_input_matrix(features: FeatureSet, blocks: Sequence[str], *,
                                                        dataset=dataset)
         else:
             raise InputError(features_path, f"the head takes an input block {block!r} that "
-                             "grid tiles cannot provide", RETRAIN)
+                             "grid tiles cannot provide", RETRAIN_FOR_INPUTS)
         if not np.isfinite(part).all():
             raise InputError(features_path, f"the {block} block has NaN or infinite values",
                              "re-run the extract stage")
@@ -154,8 +201,6 @@ def _context_block(features: FeatureSet, um: int, *, features_path: str | Path,
 def _neighbour_block(features: FeatureSet, radius_um: float, *,
                      source: str | Path) -> np.ndarray:
     """Mean grid-tile embedding within ``radius_um`` of each tile (the tile included)."""
-    from slide2expr.join.context import neighbour_mean
-
     mpp = features.attrs.get("slide_mpp")
     if not mpp:
         raise InputError(source, "records no slide_mpp, which a neighbour block needs",
@@ -168,8 +213,6 @@ def _slide_block(x: np.ndarray, sample: str, *, encoder: str | None,
                  dataset: str | Path | None) -> tuple[np.ndarray, str]:
     """The slide vector: the dataset's for a slide with spots, else the grid tiles' mean."""
     if dataset is not None and encoder:
-        from slide2expr.contracts.dataset import read_section_rows
-
         rows = read_section_rows(dataset, Key.context(encoder, SLIDE_BLOCK), sample)
         if rows is not None:
             vector = rows[0]
