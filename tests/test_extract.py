@@ -210,12 +210,12 @@ def test_tilings_of_a_slide_in_one_pass_resume_per_tiling(cmu_tiles, cmu_referen
     jobs = [(cmu_tiles, grid_out), (ctx_tiles, ctx_out)]
 
     counts = {"open": 0, "fit": 0, "embed": 0}
-    real_open, real_fit, real_embed = (extract_mod.open_slide, extract_mod.build_normalizer,
-                                       extract_mod.embed_batch)
+    real_get, real_fit, real_embed = (extract_mod.SlideHandle.get, extract_mod.build_normalizer,
+                                      extract_mod.embed_batch)
 
-    def counting_open(*args, **kwargs):
-        counts["open"] += 1
-        return real_open(*args, **kwargs)
+    def counting_get(self):  # the handle tiles are read through: opened on first use
+        counts["open"] += self._slide is None
+        return real_get(self)
 
     def counting_fit(*args, **kwargs):
         counts["fit"] += 1
@@ -227,7 +227,7 @@ def test_tilings_of_a_slide_in_one_pass_resume_per_tiling(cmu_tiles, cmu_referen
             raise KeyboardInterrupt
         return real_embed(*args, **kwargs)
 
-    monkeypatch.setattr(extract_mod, "open_slide", counting_open)
+    monkeypatch.setattr(extract_mod.SlideHandle, "get", counting_get)
     monkeypatch.setattr(extract_mod, "build_normalizer", counting_fit)
     monkeypatch.setattr(extract_mod, "embed_batch", dying)
     with pytest.raises(KeyboardInterrupt):
