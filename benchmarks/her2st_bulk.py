@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -46,13 +47,15 @@ def region_table(results: Path, heads: list[str]) -> str:
 
 
 def map_table(results: Path, heads: list[str]) -> str:
-    """Map versus spots per section: each head, then ridge, floor and ceiling (from the first
-    head's report; they do not depend on the head)."""
+    """Map versus spots per section: each head, ridge, each head's floor (its region
+    prediction painted flat), the flat oracle and the ceiling (ridge, oracle and ceiling do not
+    depend on the head: from the first head's report)."""
     tables = {h: pd.read_csv(results / "report" / h / "map_vs_spots.tsv", sep="\t")
               for h in heads}
     first = tables[heads[0]]
     sections = list(dict.fromkeys(first["section"]))
-    columns = [*heads, "ridge", "floor", "ceiling"]
+    columns = [*heads, "ridge", *(f"{h} floor" for h in heads), "region truth (flat oracle)",
+               "ceiling"]
     lines = ["| section | spots | " + " | ".join(columns) + " |",
              "| --- | --- | " + " | ".join("---" for _ in columns) + " |"]
 
@@ -64,7 +67,9 @@ def map_table(results: Path, heads: list[str]) -> str:
     for section in sections:
         n = int(first[(first["section"] == section)]["n_spots"].iloc[0])
         cells = [cell(tables[h], section, "head") for h in heads]
-        cells += [cell(first, section, m) for m in ("ridge", "floor", "ceiling")]
+        cells += [cell(first, section, "ridge")]
+        cells += [cell(tables[h], section, "floor") for h in heads]
+        cells += [cell(first, section, m) for m in ("region_truth", "ceiling")]
         lines.append(f"| {section} | {n} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -183,7 +188,9 @@ def main() -> None:
     print()
     print(paired(args.results, args.heads))
     if args.figure:
-        figure(args.results, args.heads[0], args.section, args.genes, args.figure)
+        out = args.figure.resolve()
+        os.chdir(args.results.resolve().parent)  # obs['features_path'] is relative to the run
+        figure(Path(args.results.resolve().name), args.heads[0], args.section, args.genes, out)
 
 
 if __name__ == "__main__":

@@ -197,7 +197,7 @@ def test_ridge_and_the_head_receive_the_same_input_matrix(tmp_path, monkeypatch)
     monkeypatch.setattr(baselines, "ridge_baseline", ridge)
     monkeypatch.setattr(run, "FoldDataModule", Module)
     adata = neighbourhood_dataset(side=6)
-    config = TrainConfig.from_dict({**FAST, "max_epochs": 2, "min_epochs": 1,
+    config = TrainConfig.from_dict({**FAST, "max_epochs": 2, "min_epochs": 1, "ensemble": 1,
                                     "head_inputs": {"context": ["spot", "nbr150"]}})
     run_training(adata, head="context", config=config, models_dir=tmp_path / "m",
                  predictions_path=tmp_path / "p.h5ad")

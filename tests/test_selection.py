@@ -208,3 +208,22 @@ def test_spread_that_tracks_the_error_ranks_it_and_covers_it():
     assert abs(blind["spearman_mean"]) < 0.2  # a spread unrelated to the error ranks nothing
     assert blind["coverage_2sd"] < 0.25       # and, too small, covers little
     assert set(blind["spearman_sections"]) == {"a", "b"}
+
+
+def test_a_users_config_gets_the_context_model_and_every_block_it_reads():
+    """With nothing set, the schema defaults train the context head, and the tiling and join
+    defaults produce every block its inputs name (a user config need not copy her2st's)."""
+    from slide2expr.settings import resolve_section
+
+    tiling, join = resolve_section("tiling", None), resolve_section("join", None)
+    train = resolve_section("train", None)
+    assert train["heads"] == ["context"] and train["select"] == "auto"
+    made = {"spot", *(f"ctx{int(um)}" for um in tiling["context_um"]),
+            *(f"nbr{int(r)}" for r in join["neighbour_um"]),
+            *(["slide"] if join["slide_mean"] else [])}
+    needed = set(train["head_inputs"]["context"])
+    assert needed <= made, needed - made
+    assert {"ctx300", "ctx1000", "nbr300", "slide"} <= needed
+    config = TrainConfig.from_dict(train)
+    assert config.for_head("context").ensemble == 4  # the spread layer is on by default
+    assert config.for_head("mlp").ensemble == 1 and config.inputs_for("mlp") == ["spot"]

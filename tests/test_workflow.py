@@ -41,15 +41,17 @@ def test_dry_run_plans_every_stage(tmp_path: Path) -> None:
 
 
 def test_one_extract_job_per_slide_and_a_job_for_an_unplanned_tiling(tmp_path: Path) -> None:
-    """The demo plans one extract job per slide for spots and grid; with heatmaps off, a grid
-    features file asked for by name still has a job (rule extract_tiling)."""
+    """The demo plans one extract job per slide for every tiling (spots, grid and, for the
+    default context head, the ctx300/ctx1000 windows around spots and grid tiles); with heatmaps
+    off, a grid features file asked for by name still has a job (rule extract_tiling)."""
     shutil.copytree(REPO / "config", tmp_path / "config")
     result = snakemake(tmp_path, "-n", "-p")
     assert result.returncode == 0, result.stderr
     jobs = [line for line in result.stdout.splitlines() if "slide2expr extract " in line]
     n_samples = len(pd.read_csv(REPO / "config" / "samples.tsv", sep="\t"))
     assert len(jobs) == n_samples
-    assert all("tiles/spots/" in line and "tiles/grid/" in line and line.count(" -o ") == 2
+    tilings = ("spots", "grid", "ctx300", "ctx1000", "grid_ctx300", "grid_ctx1000")
+    assert all(all(f"tiles/{t}/" in line for t in tilings) and line.count(" -o ") == 6
                for line in jobs)
     off = tmp_path / "off.yaml"
     off.write_text("heatmap:\n  enabled: false\n")
@@ -127,7 +129,7 @@ def test_rerun_does_nothing(demo_run: Path) -> None:
 @pytest.mark.slow
 def test_demo_report_finds_planted_genes_not_noise(demo_run: Path) -> None:
     """The end of the pipeline: planted genes lead the report, noise genes do not."""
-    genes = pd.read_csv(demo_run / "results" / "report" / "mlp" / "genes.tsv", sep="\t")
+    genes = pd.read_csv(demo_run / "results" / "report" / "context" / "genes.tsv", sep="\t")
     truth = pd.read_csv(demo_run / "resources" / "demo" / "truth" / "genes.tsv", sep="\t")
     kind = truth.set_index("gene")["kind"]
     genes["kind"] = genes["gene"].map(kind)
@@ -143,9 +145,9 @@ def test_demo_report_finds_planted_genes_not_noise(demo_run: Path) -> None:
 def test_demo_heatmaps_and_manifest(demo_run: Path) -> None:
     samples = pd.read_csv(demo_run / "config" / "samples.tsv", sep="\t")["sample_id"]
     for sample in samples:
-        pngs = list((demo_run / "results" / "heatmaps" / "mlp" / sample).glob("*.png"))
+        pngs = list((demo_run / "results" / "heatmaps" / "context" / sample).glob("*.png"))
         assert len(pngs) >= 4
-        geojson = demo_run / "results" / "heatmaps" / "mlp" / f"{sample}.geojson"
+        geojson = demo_run / "results" / "heatmaps" / "context" / f"{sample}.geojson"
         assert geojson.stat().st_size > 1000
     import json
 

@@ -45,10 +45,10 @@ def join(
                                                    "patient."),
     target_sum: float = typer.Option(1e4, help="Counts are scaled to this total before log1p."),
     sparse: bool = typer.Option(False, "--sparse/--dense", help="Store X and counts as CSR."),
-    neighbour_um: list[float] = typer.Option([], "--neighbour-um",
+    neighbour_um: list[float] = typer.Option([300.0], "--neighbour-um",
                                              help="Spot mode: neighbour-mean radius, um "
                                                   "(repeatable); obsm X_{encoder}_nbr{r}."),
-    slide_mean: bool = typer.Option(False, "--slide-mean/--no-slide-mean",
+    slide_mean: bool = typer.Option(True, "--slide-mean/--no-slide-mean",
                                     help="Spot mode: add obsm X_{encoder}_slide."),
     context_um: list[int] = typer.Option([], "--context-um",
                                          help="Spot mode: context windows to join, um "

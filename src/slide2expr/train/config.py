@@ -46,11 +46,20 @@ HEAD_SETTINGS = ("hidden", "dropout", "input_dropout", "lr", "weight_decay", "au
                  "batch_size", "max_epochs", "min_epochs", "patience", "ensemble", "refit")
 
 
+#: The default context head's input blocks (spot mode): the spot, two context windows, the
+#: 300 um neighbour mean and the section mean (docs/benchmarks.md, "Two patients").
+CONTEXT_INPUTS = ("spot", "ctx300", "ctx1000", "nbr300", "slide")
+#: The default context head's settings: narrow tokens, each block reduced to 64 PCs, 32 PCA
+#: output axes, input dropout, and 4 members cross-fitted over the inner validation groups.
+CONTEXT_SETTINGS = {"hidden": 64, "input_dropout": 0.5, "input_pca": 64, "output_rank": 32,
+                    "lr": 0.002, "patience": 6, "max_epochs": 60, "ensemble": 4}
+
+
 @dataclass
 class TrainConfig:
     """Every setting of the train stage; see ``config/README.md``."""
 
-    heads: list[str] = field(default_factory=lambda: ["mlp"])
+    heads: list[str] = field(default_factory=lambda: ["context"])
     folds: int | str = 5
     group_by: str = "patient"
     seed: int = 0
@@ -78,8 +87,10 @@ class TrainConfig:
     hest_pca: int = 256
     features_key: str | None = None
     inputs: list[str] = field(default_factory=lambda: ["spot"])
-    head_inputs: dict[str, list[str]] = field(default_factory=dict)
-    head_settings: dict[str, dict[str, Any]] = field(default_factory=dict)
+    head_inputs: dict[str, list[str]] = field(
+        default_factory=lambda: {"context": list(CONTEXT_INPUTS)})
+    head_settings: dict[str, dict[str, Any]] = field(
+        default_factory=lambda: {"context": dict(CONTEXT_SETTINGS)})
     aux_weight: float = 0.5
     pearson_weight: float = 0.0
     input_pca: int = 0
@@ -92,7 +103,12 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any] | None, *, source: str | None = None) -> TrainConfig:
-        """Build from a (possibly partial) ``train:`` mapping; unknown keys are an error."""
+        """Build from a (possibly partial) ``train:`` mapping; unknown keys are an error.
+
+        Without ``head_settings`` the context head's defaults (:data:`CONTEXT_SETTINGS`) apply
+        except for the keys the mapping sets itself; without ``head_inputs`` but with
+        ``inputs``, every head reads ``inputs``.
+        """
         values = dict(values or {})
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
@@ -105,6 +121,11 @@ class TrainConfig:
         if bad:
             raise InputError(source, f"unknown train.genes setting(s) {bad}",
                              f"use only {sorted(gene_known)}")
+        if "head_settings" not in values:  # the default context settings yield to keys set
+            values["head_settings"] = {"context": {k: v for k, v in CONTEXT_SETTINGS.items()
+                                                   if k not in values}}
+        if "head_inputs" not in values and "inputs" in values:  # explicit inputs: every head
+            values["head_inputs"] = {}
         if isinstance(values.get("select"), bool):  # YAML reads a bare off/on as a boolean
             values["select"] = "auto" if values["select"] else "off"
         config = cls(**values, genes=GeneSelection(**genes))

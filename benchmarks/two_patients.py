@@ -1,0 +1,276 @@
+"""her2st, two patients: C leave-one-section-out, A -> C and C -> A, on one dataset.
+
+Runs on the ``dataset.h5ad`` of ``config/benchmarks/her2st_2patients.yaml`` (sections C2-C6
+of patient C and A1, A2 of patient A), so every row reads the same features:
+
+    python benchmarks/two_patients.py train results/dataset.h5ad OUT loso_C context mlp
+    python benchmarks/two_patients.py train results/dataset.h5ad OUT cross context mlp
+    python benchmarks/two_patients.py table OUT
+
+``loso_C``: patient C's five sections, one fold per section (inner validation grouped by
+section). ``cross``: one fold per patient: trained on C, tested on A1 and A2 (C -> A), and
+trained on A, tested on C2-C6 (A -> C); inner validation grouped by section. The train
+settings are the config's ``train:`` section (``--set key=yaml`` overrides one, e.g.
+``--set select=off``).
+
+The table: per held-out section, the mean per-gene Pearson r over a gene set (top 50 by the
+fold's training mean; every modelled gene; 50 HVGs of the held-out observed values), then the
+mean over sections with a 95% percentile bootstrap over sections (1000 draws, seed 0); and the
+difference to ridge on the same inputs with a 95% bootstrap over the top-50 genes (sections
+fixed), since two held-out sections (C -> A) give no interval over sections worth the name.
+Rows: the shipped model (``predicted``: the head, or ridge in folds where ridge won
+``train.select``), the head's own predictions (``predicted_head``) and ridge on the same
+inputs (``baseline_ridge``). Uncertainty: the report's spread calibration on the shipped
+predictions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from slide2expr.report.evaluate import _top_mask, select_hvg
+from slide2expr.report.uncertainty import spread_calibration
+from slide2expr.train.baselines import pearson_columns
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG = REPO / "config" / "benchmarks" / "her2st_2patients.yaml"
+SCENARIOS = {"loso_C": "C leave-one-section-out", "cross": "one patient -> the other"}
+
+
+def train_settings(data_root: str, overrides: list[str]) -> dict[str, Any]:
+    """The config's train section, gene list resolved, ``key=yaml`` overrides applied."""
+    train = dict(yaml.safe_load(CONFIG.read_text())["train"])
+    genes = dict(train.get("genes") or {})
+    if genes.get("list"):
+        genes["list"] = genes["list"].replace("{data_root}", data_root)
+    train["genes"] = genes
+    for item in overrides:
+        key, _, value = item.partition("=")
+        train[key] = yaml.safe_load(value)
+    return train
+
+
+def scenario_data(adata: Any, scenario: str) -> tuple[Any, dict[str, Any]]:
+    """The units and fold settings of a scenario."""
+    if scenario == "loso_C":
+        sub = adata[(adata.obs["patient"].astype(str) == "C").to_numpy()].copy()
+        return sub, {"folds": "loo", "group_by": "sample_id"}
+    return adata, {"folds": "loo", "group_by": "patient"}
+
+
+def train(args: argparse.Namespace) -> None:
+    import anndata as ad
+
+    from slide2expr.train.config import TrainConfig
+    from slide2expr.train.run import run_training
+
+    adata = ad.read_h5ad(args.dataset)
+    data, folds = scenario_data(adata, args.scenario)
+    settings = {**train_settings(args.data_root, args.set), **folds}
+    config = TrainConfig.from_dict(settings)
+    out = Path(args.out) / args.scenario
+    for head in args.heads:
+        start = time.perf_counter()
+        cpu = time.process_time()
+        run_training(data, head=head, config=config, models_dir=out / "models" / head,
+                     predictions_path=out / f"{head}.h5ad", dataset_path=args.dataset)
+        cost = {"wall_s": round(time.perf_counter() - start, 1),
+                "cpu_s": round(time.process_time() - cpu, 1)}
+        (out / f"{head}.cost.json").write_text(json.dumps(cost))
+        print(f"{args.scenario} {head}: {cost}", flush=True)
+
+
+def section_table(pred: Any, layer: str) -> pd.DataFrame:
+    """Per held-out section: mean r over top 50 (the fold's training mean), all, HVG."""
+    held = (pred.obs["fold"].to_numpy() >= 0)
+    truth = np.asarray(pred.X, float)
+    values = np.asarray(pred.layers[layer], float)
+    hvg = select_hvg(truth[held], 50)[0]
+    sections = pred.obs["sample_id"].astype(str).to_numpy()
+    folds = pred.obs["fold"].to_numpy()
+    rows, top_r = {}, {}
+    for s in pd.unique(sections[held]):
+        m = sections == s
+        train_mean = truth[folds != folds[m][0]].mean(axis=0)
+        modelled = np.isfinite(values[m]).all(axis=0)
+        top = _top_mask(np.where(modelled, train_mean, -np.inf), 50)
+        r = pearson_columns(values[m], truth[m])
+        rows[s] = {"top50": float(np.nanmean(r[top])), "all": float(np.nanmean(r[modelled])),
+                   "hvg": float(np.nanmean(r[hvg & modelled]))}
+        top_r[s] = r[top]
+    table = pd.DataFrame(rows).T
+    table.attrs["top_r"] = top_r
+    return table
+
+
+def bootstrap(values: np.ndarray, n: int = 1000, seed: int = 0) -> tuple[float, float]:
+    rng = np.random.default_rng(seed)
+    draws = rng.choice(values, size=(n, len(values)), replace=True).mean(axis=1)
+    return float(np.quantile(draws, 0.025)), float(np.quantile(draws, 0.975))
+
+
+def gene_bootstrap_difference(a: dict[str, np.ndarray], b: dict[str, np.ndarray],
+                              n: int = 1000, seed: int = 0) -> tuple[float, float, float]:
+    """Mean over sections of the top-50 mean r difference a - b, with a 95% bootstrap over
+    the genes (the same draw of gene positions in every section; sections fixed)."""
+    rng = np.random.default_rng(seed)
+    diffs = np.stack([a[s] - b[s] for s in a])  # sections x 50
+    point = float(np.nanmean(diffs, axis=1).mean())
+    idx = rng.integers(0, diffs.shape[1], size=(n, diffs.shape[1]))
+    draws = np.array([np.nanmean(diffs[:, i], axis=1).mean() for i in idx])
+    return point, float(np.quantile(draws, 0.025)), float(np.quantile(draws, 0.975))
+
+
+def split_label(pred: Any, sections: list[str]) -> str:
+    patients = sorted(set(pred.obs.loc[pred.obs["sample_id"].astype(str).isin(sections),
+                                       "patient"].astype(str)))
+    train_patient = sorted(set(pred.obs["patient"].astype(str)) - set(patients))
+    return f"{'+'.join(train_patient)} -> {'+'.join(patients)}"
+
+
+def table(args: argparse.Namespace) -> None:
+    import anndata as ad
+
+    out = Path(args.out)
+    print("| split | model | top 50 (95% CI, sections) | all | 50 HVG | minus ridge, top 50 "
+          "(95% CI, genes) | per section, top 50 | shipped |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    notes = []
+    for scenario in SCENARIOS:
+        for path in sorted((out / scenario).glob("*.h5ad")):
+            pred = ad.read_h5ad(path)
+            head = path.stem
+            sel = pred.uns["slide2expr"]["train"].get("selection", {})
+            winners = sel.get("winners", {})
+            fold_of = {str(s): f"fold{int(f)}" for s, f in
+                       pred.obs.groupby("sample_id", observed=True)["fold"].first().items()}
+            groups = ([list(fold_of)] if scenario == "loso_C" else
+                      [[s for s, f in fold_of.items() if f == k] for k in sorted(set(fold_of.values()))])
+            tables = {layer: section_table(pred, layer) for layer in
+                      ("predicted", "predicted_head", "baseline_ridge") if layer in pred.layers}
+            for sections in groups:
+                label = ("C LOSO" if scenario == "loso_C" else split_label(pred, sections))
+                shipped = ", ".join(f"{s}: {winners.get(fold_of[s], '?')}" for s in sections)
+                for layer, name in (("predicted", f"shipped ({head} + select)"),
+                                    ("predicted_head", f"{head} head"),
+                                    ("baseline_ridge", f"ridge ({head}'s inputs)")):
+                    if layer not in tables:
+                        continue
+                    t = tables[layer].loc[sections]
+                    lo, hi = bootstrap(t["top50"].to_numpy())
+                    diff = ""
+                    if layer != "baseline_ridge":
+                        ridge_r = {s: tables["baseline_ridge"].attrs["top_r"][s] for s in sections}
+                        mine = {s: tables[layer].attrs["top_r"][s] for s in sections}
+                        d, dlo, dhi = gene_bootstrap_difference(mine, ridge_r)
+                        diff = f"{d:+.3f} ({dlo:+.3f} to {dhi:+.3f})"
+                    print(f"| {label} | {name} | {t['top50'].mean():.3f} ({lo:.3f}-{hi:.3f}) | "
+                          f"{t['all'].mean():.3f} | {t['hvg'].mean():.3f} | {diff} | "
+                          f"{' / '.join(f'{v:.3f}' for v in t['top50'])} | "
+                          f"{shipped if layer == 'predicted' else ''} |")
+            cal = spread_calibration(pred)
+            if cal:
+                notes.append(f"{scenario} {head}: spread vs |error| Spearman "
+                             f"{cal['spearman_mean']} (per section {cal['spearman_sections']}), "
+                             f"genes positive {cal['share_genes_positive']}, coverage +-2 SD "
+                             f"{cal['coverage_2sd']} (per section {cal['coverage_sections']})")
+            scores = {f: (info["selection"]["inner_scores"]) for f, info in
+                      pred.uns["slide2expr"]["train"]["folds"].items()}
+            notes.append(f"{scenario} {head}: inner scores {json.dumps(_plain(scores))}")
+            cost = path.with_suffix(".cost.json")
+            if cost.is_file():
+                notes.append(f"{scenario} {head}: cost {cost.read_text()}")
+    print()
+    for note in notes:
+        print(f"- {note}")
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+BLOCK_SETS = (("spot",), ("ctx1000",), ("ctx1000", "slide"), ("ctx300", "ctx1000"),
+              ("spot", "ctx300", "ctx1000", "nbr300", "slide"))
+
+
+def ridge_blocks(args: argparse.Namespace) -> None:
+    """Ridge (alpha by section-grouped inner CV) on each block set, every split: which
+    blocks carry across patients, and what each costs on C's leave-one-section-out."""
+    import anndata as ad
+
+    from slide2expr.train.baselines import ridge_baseline
+    from slide2expr.train.config import TrainConfig
+    from slide2expr.train.gene_selection import select_genes
+
+    adata = ad.read_h5ad(args.dataset)
+    settings = train_settings(args.data_root, [])
+    config = TrainConfig.from_dict(settings)
+    key = "X_efficientnet_lite0"
+    wanted = ([tuple(b.split("+")) for b in args.sets.split(",")] if args.sets else BLOCK_SETS)
+    sets = [b for b in wanted if all(
+        (key if n == "spot" else f"{key}_{n}") in adata.obsm for n in b)]
+    print("| blocks | " + " | ".join(["C LOSO", "A -> C", "C -> A"]) + " |")
+    print("| --- | --- | --- | --- |")
+    obs = adata.obs
+    sections = obs["sample_id"].astype(str).to_numpy()
+    patients = obs["patient"].astype(str).to_numpy()
+    var_names = np.asarray(adata.var_names.astype(str))
+    x_all = np.asarray(adata.X.toarray() if hasattr(adata.X, "toarray") else adata.X, float)
+    splits = [("C LOSO", [(sections != s) & (patients == "C"), sections == s])
+              for s in sorted(set(sections[patients == "C"]))]
+    splits += [("A -> C", [patients == "A", patients == "C"]),
+               ("C -> A", [patients == "C", patients == "A"])]
+    for blocks in sets:
+        feats = np.concatenate([np.asarray(adata.obsm[key if n == "spot" else f"{key}_{n}"],
+                                           np.float64) for n in blocks], axis=1)
+        scores: dict[str, list[float]] = {}
+        for label, (train_mask, test_mask) in splits:
+            tr, te = np.flatnonzero(train_mask), np.flatnonzero(test_mask)
+            genes = select_genes(x_all[tr], var_names, settings=config.genes)
+            y = x_all[:, genes]
+            pred, _ = ridge_baseline(feats[tr], y[tr], feats[te], sections[tr],
+                                     alphas=config.ridge_alphas, seed=0)
+            top = _top_mask(y[tr].mean(axis=0), 50)
+            for s in pd.unique(sections[te]):
+                m = sections[te] == s
+                r = pearson_columns(pred[m], y[te][m])
+                scores.setdefault(label, []).append(float(np.nanmean(r[top])))
+        print(f"| {' + '.join(blocks)} | " + " | ".join(
+            f"{np.mean(scores[k]):.3f}" for k in ("C LOSO", "A -> C", "C -> A")) + " |",
+            flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    t = sub.add_parser("train")
+    t.add_argument("dataset")
+    t.add_argument("out")
+    t.add_argument("scenario", choices=sorted(SCENARIOS))
+    t.add_argument("heads", nargs="+")
+    t.add_argument("--data-root", default=str(REPO.parent / "shared" / "data"))
+    t.add_argument("--set", action="append", default=[], metavar="KEY=YAML")
+    s = sub.add_parser("table")
+    s.add_argument("out")
+    r = sub.add_parser("ridge-blocks")
+    r.add_argument("dataset")
+    r.add_argument("--data-root", default=str(REPO.parent / "shared" / "data"))
+    r.add_argument("--sets", default="", help="block sets, e.g. spot,ctx1000+slide")
+    args = parser.parse_args()
+    {"train": train, "table": table, "ridge-blocks": ridge_blocks}[args.command](args)
+
+
+if __name__ == "__main__":
+    main()
