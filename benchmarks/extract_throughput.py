@@ -1,23 +1,29 @@
-"""Extraction throughput and memory, in one run on this machine.
+"""Extraction throughput and memory, in one run on this machine, this checkout beside another.
 
-Prints:
+Prints, for this checkout's ``src`` and (``--before-src DIR``) another one, side by side:
 
 1. bare forward throughput of the encoder on random tensors (images/s), same batch size,
-   threads, device and precision as the pipeline;
-2. full pipeline throughput on a real slide (tiles/s): read from the slide in DataLoader
-   workers, normalise, embed, write the h5 file;
-3. their ratio (target >= 0.8: reading is never the bottleneck);
-4. peak RSS (main process + reader workers) for a slide with 10x more tiles than another
-   (must stay flat: features stream to disk).
+   threads, device and precision as the pipeline, in a process of its own;
+2. full pipeline throughput on a real slide (tiles/s): read from the slide, normalise, embed,
+   write the h5 file; each pipeline run sits between two bare-forward runs;
+3. their ratio (goal >= 0.95 on the CPU: reading and writing cost next to nothing);
+4. peak PSS (main process + reader workers) on the pyramid for a slide with 10x more tiles than
+   another (must stay flat: features stream to disk);
+5. peak PSS of extracting a her2st section read from its JPEG (``--jpeg-tiles`` tiles of each
+   of spots, ctx300 and ctx1000, Macenko): one job for all three tilings where the checkout has
+   ``extract_tilings``, else one process per tiling (the largest counts);
 
-The slides are pyramidal, tiled, JPEG-compressed TIFFs (read by OpenSlide) cut from a real
-her2st H&E image at 0.69 um/px; tiles are 224 px at 0.5 um/px, as the tile stage makes them.
+and, for this checkout, where a pipeline tile's time goes: decode, resize, stain
+normalisation, collation (the rest of reading a batch), forward, h5 writes, the rest.
+
+The pyramids are tiled, JPEG-compressed TIFFs (read by OpenSlide) cut from a real her2st H&E
+image at 0.69 um/px; tiles are 224 px at 0.5 um/px, as the tile stage makes them.
 
 Usage::
 
     python benchmarks/extract_throughput.py [--encoder efficientnet_lite0] [--device auto]
-        [--batch-size 32] [--threads T] [--num-workers N [N ...]] [--small 100]
-        [--data ../shared/data]
+        [--batch-size 32] [--threads T] [--num-workers N] [--small 100] [--jpeg-tiles 64]
+        [--before-src DIR] [--data ../shared/data]
 """
 
 from __future__ import annotations
@@ -117,54 +123,177 @@ def _pss(proc) -> int:
     return proc.memory_info().rss
 
 
-def child(args: argparse.Namespace) -> None:
-    """Run one extraction and report throughput and peak RSS of this process tree."""
-    import psutil
+class PeakPss:
+    """Peak PSS of this process and its children, sampled every 0.1 s in a thread."""
 
-    from slide2expr.extract.run import extract_features
+    def __init__(self) -> None:
+        import psutil
 
-    me = psutil.Process()
-    peak = {"rss": 0}
-    stop = threading.Event()
+        self.me = psutil.Process()
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
 
-    def sample() -> None:
-        while not stop.is_set():
+    def _sample(self) -> None:
+        import psutil
+
+        while not self._stop.is_set():
             total = 0
-            for p in [me, *me.children(recursive=True)]:
+            for p in [self.me, *self.me.children(recursive=True)]:
                 try:
                     total += _pss(p)
                 except (psutil.Error, OSError):
                     pass
-            peak["rss"] = max(peak["rss"], total)
-            time.sleep(0.2)
+            self.peak = max(self.peak, total)
+            time.sleep(0.1)
 
-    thread = threading.Thread(target=sample, daemon=True)
-    thread.start()
-    cpu0 = me.cpu_times()
-    result = extract_features(args.tiles, args.out, encoder=args.encoder,
-                              batch_size=args.batch_size, num_workers=args.num_workers,
-                              device=args.device, progress=False, resume=False)
-    stop.set()
-    thread.join()
-    cpu1 = me.cpu_times()  # reader workers are joined by now: their time is in children_*
+    def __enter__(self) -> PeakPss:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def child(args: argparse.Namespace) -> None:
+    """Run one extraction and report throughput and peak PSS of this process tree."""
+    from slide2expr.extract.run import extract_features
+
+    timers = install_stage_timers() if args.stages else None
+    with PeakPss() as pss:
+        cpu0 = pss.me.cpu_times()
+        result = extract_features(args.tiles, args.out, encoder=args.encoder,
+                                  batch_size=args.batch_size, num_workers=args.num_workers,
+                                  device=args.device, progress=False, resume=False,
+                                  stain_normalize=args.stain)
+    cpu1 = pss.me.cpu_times()  # reader workers are joined by now: their time is in children_*
     cpu = sum(getattr(cpu1, f) - getattr(cpu0, f)
               for f in ("user", "system", "children_user", "children_system"))
-    print(json.dumps({"tiles": result.n_tiles, "tiles_per_s": result.tiles_per_s,
-                      "cpu_s_per_tile": cpu / result.n_tiles,
-                      "seconds": result.seconds, "device": result.device,
-                      "peak_rss_mb": peak["rss"] / 2**20}))
+    out = {"tiles": result.n_tiles, "tiles_per_s": result.tiles_per_s,
+           "cpu_s_per_tile": cpu / result.n_tiles, "seconds": result.seconds,
+           "device": result.device, "peak_rss_mb": pss.peak / 2**20}
+    if timers is not None:
+        out["stages_s"] = dict(timers)
+    print(json.dumps(out))
 
 
-def run_child(tiles: Path, out: Path, args: argparse.Namespace, workers: int) -> dict:
-    cmd = [sys.executable, __file__, "--child", "--tiles", str(tiles), "--out", str(out),
-           "--encoder", args.encoder, "--batch-size", str(args.batch_size), "--device",
-           args.device, "--num-workers", str(workers)]
-    if args.threads:
-        cmd += ["--threads", str(args.threads)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+def install_stage_timers() -> dict[str, float]:
+    """Wrap the pipeline's steps with wall-clock timers (0 reader workers: one process)."""
+    from slide2expr.contracts import features
+    from slide2expr.extract import run, stain
+    from slide2expr.inputs import slides
+
+    timers: dict[str, float] = dict.fromkeys(
+        ("decode", "read_region_mpp", "stain", "getitem", "forward", "h5_write"), 0.0)
+
+    def timed(owner: object, name: str, key: str) -> None:
+        real = getattr(owner, name)
+
+        def wrapper(*a: object, **k: object) -> object:
+            t0 = time.perf_counter()
+            try:
+                return real(*a, **k)
+            finally:
+                timers[key] += time.perf_counter() - t0
+
+        setattr(owner, name, wrapper)
+
+    timed(slides.Slide, "_checked_read", "decode")
+    timed(slides.Slide, "read_region_mpp", "read_region_mpp")
+    timed(stain.StainNormalizer, "__call__", "stain")
+    timed(run.TileRegionDataset, "__getitem__", "getitem")
+    timed(run, "embed_batch", "forward")
+    timed(features.FeatureWriter, "write", "h5_write")
+    return timers
+
+
+def bare_child(args: argparse.Namespace) -> None:
+    """Bare forward in a process of its own (the checkout on PYTHONPATH)."""
+    rate, cpu = bare_forward(args.encoder, args.device, args.batch_size, args.forward_seconds)
+    print(json.dumps({"images_per_s": rate, "cpu_s_per_image": cpu}))
+
+
+def jpeg_child(args: argparse.Namespace) -> None:
+    """Extract the given tilings of one her2st section from its JPEG; print the peak PSS."""
+    from slide2expr.extract import run
+
+    jobs = [(t, args.out.parent / f"{t.stem}.features.h5") for t in args.jpeg_tiling]
+    kw = {"encoder": args.encoder, "batch_size": 64, "num_workers": args.num_workers,
+          "device": args.device, "progress": False, "resume": False, "stain_normalize": "macenko"}
+    with PeakPss() as pss:
+        t0 = time.perf_counter()
+        if len(jobs) > 1:
+            run.extract_tilings(jobs, **kw)
+        else:
+            run.extract_features(*jobs[0], **kw)
+        seconds = time.perf_counter() - t0
+    print(json.dumps({"peak_pss_mb": pss.peak / 2**20, "seconds": seconds}))
+
+
+def _child_cmd(args: argparse.Namespace, *extra: str) -> list[str]:
+    cmd = [sys.executable, __file__, "--encoder", args.encoder, "--batch-size",
+           str(args.batch_size), "--device", args.device, "--forward-seconds",
+           str(args.forward_seconds), *extra]
+    return cmd + (["--threads", str(args.threads)] if args.threads else [])
+
+
+def _run_json(cmd: list[str], src: Path) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(src)}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode:
-        sys.exit(proc.stderr)
+        sys.exit(proc.stderr[-3000:])
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def run_child(tiles: Path, out: Path, args: argparse.Namespace, workers: int, src: Path,
+              *, stages: bool = False, stain: str = "none") -> dict:
+    extra = ["--child", "--tiles", str(tiles), "--out", str(out), "--num-workers", str(workers),
+             "--stain", stain] + (["--stages"] if stages else [])
+    return _run_json(_child_cmd(args, *extra), src)
+
+
+def run_bare(args: argparse.Namespace, src: Path) -> dict:
+    return _run_json(_child_cmd(args, "--bare-child"), src)
+
+
+def has_tilings(src: Path) -> bool:
+    return "def extract_tilings" in (src / "slide2expr" / "extract" / "run.py").read_text()
+
+
+def jpeg_peak(args: argparse.Namespace, src: Path, tiles: list[Path], workers: int) -> dict:
+    """Peak PSS of the section's tilings: one job, or (older checkouts) one job each."""
+    groups = [tiles] if has_tilings(src) else [[t] for t in tiles]
+    runs = []
+    for group in groups:
+        extra = ["--jpeg-child", "--out", str(group[0].parent / "x.h5"), "--num-workers",
+                 str(workers), "--jpeg-tiling", *map(str, group)]
+        runs.append(_run_json(_child_cmd(args, *extra), src))
+    return {"peak_pss_mb": max(r["peak_pss_mb"] for r in runs),
+            "seconds": sum(r["seconds"] for r in runs), "jobs": len(runs)}
+
+
+def make_jpeg_tiles(data: Path, tmp: Path, n: int) -> list[Path]:
+    """``n`` spots of her2st C2 (read from its JPEG) and their 300 and 1000 um windows."""
+    from slide2expr.contracts.tiles import TileSet, write_tiles
+    from slide2expr.inputs.slides import open_slide
+    from slide2expr.inputs.spots import read_spot_positions
+    from slide2expr.tile.context import context_windows
+    from slide2expr.tile.grid import TilingParams, spot_tiles
+
+    her2st = data / "her2st"
+    with open_slide(her2st / "C2_HE.jpg", sheet_mpp=HER2ST_MPP) as slide:
+        table = read_spot_positions(her2st / "C2_selection.tsv",
+                                    counts_path=her2st / "C2.tsv.gz")
+        spots = spot_tiles(slide, table, "C2", TilingParams(), source="C2")
+    spots = TileSet(spots.coords[:n], spots.attrs, spot_ids=spots.spot_ids[:n])
+    paths = []
+    for name, tiles in (("spots", spots), ("ctx300", context_windows(spots, 300)),
+                        ("ctx1000", context_windows(spots, 1000))):
+        (tmp / "jpeg").mkdir(exist_ok=True)
+        paths.append(tmp / "jpeg" / f"{name}.h5")
+        write_tiles(paths[-1], tiles)
+    return paths
 
 
 def main() -> None:
@@ -173,13 +302,22 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
-    parser.add_argument("--num-workers", type=int, nargs="*", default=None,
-                        help="reader workers to compare (default: the pipeline's default)")
+    parser.add_argument("--num-workers", type=int, default=None,
+                        help="reader workers (default: the pipeline's default)")
     parser.add_argument("--small", type=int, default=100, help="tiles of the small slide")
+    parser.add_argument("--jpeg-tiles", type=int, default=64,
+                        help="spots of her2st C2 (and as many windows of each size)")
     parser.add_argument("--forward-seconds", type=float, default=15.0)
+    parser.add_argument("--before-src", type=Path, default=None,
+                        help="another checkout's src folder, measured side by side")
     parser.add_argument("--data", type=Path, default=Path(os.environ.get(
         "SLIDE2EXPR_TEST_DATA", REPO.parent / "shared" / "data")))
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--bare-child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--jpeg-child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--stages", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--stain", default="none", help=argparse.SUPPRESS)
+    parser.add_argument("--jpeg-tiling", type=Path, nargs="*", help=argparse.SUPPRESS)
     parser.add_argument("--tiles", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -187,9 +325,9 @@ def main() -> None:
         import torch
 
         torch.set_num_threads(args.threads)
-    if args.child:
-        args.num_workers = args.num_workers[0]
-        child(args)
+    if args.child or args.bare_child or args.jpeg_child:
+        {"child": child, "bare_child": bare_child, "jpeg_child": jpeg_child}[
+            next(k for k in ("child", "bare_child", "jpeg_child") if getattr(args, k))](args)
         return
 
     import torch
@@ -199,13 +337,16 @@ def main() -> None:
 
     Image.MAX_IMAGE_PIXELS = None
     dev = resolve_device(args.device)
-    default_workers = default_num_workers(dev, args.threads or available_cores())
-    worker_counts = args.num_workers or [default_workers]
+    workers = (default_num_workers(dev, args.threads or available_cores())
+               if args.num_workers is None else args.num_workers)
+    srcs = {"this checkout": REPO / "src"}
+    if args.before_src:
+        srcs = {"before": args.before_src.resolve(), **srcs}
     print(f"machine: {available_cores()} cores, torch threads {torch.get_num_threads()}, "
           f"device {dev}"
           f"{' (' + torch.cuda.get_device_name(dev) + ')' if dev.type == 'cuda' else ''}; "
-          f"encoder {args.encoder}, batch {args.batch_size}; load average "
-          f"{os.getloadavg()[0]:.1f}")
+          f"encoder {args.encoder}, batch {args.batch_size}, {workers} reader worker(s); "
+          f"load average {os.getloadavg()[0]:.1f}")
     with tempfile.TemporaryDirectory(prefix="s2e-bench-") as tmp_dir:
         tmp = Path(tmp_dir)
         image = np.asarray(Image.open(args.data / "her2st" / "C2_HE.jpg").convert("RGB"))
@@ -224,36 +365,75 @@ def main() -> None:
             limit = args.small * (10 if name == "big" else 1)
             counts[name] = make_tiles(tmp / f"{name}.tiff", tiles[name], max_tiles=limit)
         del image
+        jpeg_tiles = make_jpeg_tiles(args.data, tmp, args.jpeg_tiles)
 
-        # Throughput: each pipeline run sits between two bare-forward runs, so a machine
-        # shared with other jobs loads both sides of the ratio alike.
-        big = {}
-        for workers in worker_counts:
-            before = bare_forward(args.encoder, args.device, args.batch_size, args.forward_seconds)
-            big[workers] = run_child(tiles["big"], tmp / "big.h5", args, workers)
-            after = bare_forward(args.encoder, args.device, args.batch_size, args.forward_seconds)
-            fwd = (before[0] + after[0]) / 2
-            fwd_cpu = (before[1] + after[1]) / 2
-            run = big[workers]
-            print(f"\n[{workers} reader worker(s)]")
-            print(f"bare forward ({args.encoder}, random tensors): {fwd:.1f} images/s "
-                  f"({before[0]:.1f} before, {after[0]:.1f} after; "
-                  f"{1000 * fwd_cpu:.1f} ms CPU per image)")
-            print(f"full pipeline, real slide ({counts['big']} tiles): "
-                  f"{run['tiles_per_s']:.1f} tiles/s")
-            print(f"ratio pipeline / bare forward: {run['tiles_per_s'] / fwd:.2f}  (target >= 0.8)")
-            print(f"CPU time per tile: pipeline {1000 * run['cpu_s_per_tile']:.1f} ms (all "
-                  f"processes) vs bare forward {1000 * fwd_cpu:.1f} ms: reading and writing add "
-                  f"{100 * (run['cpu_s_per_tile'] / fwd_cpu - 1):.0f}%")
+        rows: dict[str, dict[str, float]] = {}
+        for label, src in srcs.items():
+            before = run_bare(args, src)
+            big = run_child(tiles["big"], tmp / "big.h5", args, workers, src)
+            after = run_bare(args, src)
+            small = run_child(tiles["small"], tmp / "small.h5", args, workers, src)
+            jpeg = jpeg_peak(args, src, jpeg_tiles, workers)
+            fwd = (before["images_per_s"] + after["images_per_s"]) / 2
+            fwd_cpu = (before["cpu_s_per_image"] + after["cpu_s_per_image"]) / 2
+            rows[label] = {
+                "bare forward, images/s": fwd,
+                f"pipeline, tiles/s ({counts['big']} tiles, pyramid)": big["tiles_per_s"],
+                "ratio pipeline / bare forward": big["tiles_per_s"] / fwd,
+                "CPU ms per tile, pipeline": 1000 * big["cpu_s_per_tile"],
+                "CPU ms per image, bare forward": 1000 * fwd_cpu,
+                f"peak PSS MB, pyramid, {counts['small']} tiles": small["peak_rss_mb"],
+                f"peak PSS MB, pyramid, {counts['big']} tiles": big["peak_rss_mb"],
+                f"peak PSS MB, her2st C2 JPEG, 3 x {len(read_rows(jpeg_tiles[0]))} tiles "
+                "(spots, ctx300, ctx1000; Macenko)": jpeg["peak_pss_mb"],
+                "her2st C2 JPEG: extract jobs (processes)": float(jpeg["jobs"]),
+                "her2st C2 JPEG: wall s, all jobs": jpeg["seconds"],
+            }
+            print(f"[{label}: {src}] done, load average {os.getloadavg()[0]:.1f}", flush=True)
+        print_table(rows)
 
-        workers = worker_counts[0]
-        small = run_child(tiles["small"], tmp / "small.h5", args, workers)
-        print(f"\npeak memory (PSS, main + {workers} worker(s)): {small['peak_rss_mb']:.0f} MB for "
-              f"{counts['small']} tiles, {big[workers]['peak_rss_mb']:.0f} MB for {counts['big']} "
-              f"tiles (x{big[workers]['peak_rss_mb'] / small['peak_rss_mb']:.2f} for "
-              f"x{counts['big'] / counts['small']:.0f} tiles); load average now "
-              f"{os.getloadavg()[0]:.1f}")
+        stages = run_child(tiles["big"], tmp / "stages.h5", args, 0, REPO / "src", stages=True,
+                           stain="macenko")
+        print_stages(stages)
+        print(f"\nload average now {os.getloadavg()[0]:.1f}")
 
+
+def read_rows(path: Path) -> np.ndarray:
+    from slide2expr.contracts.tiles import read_tiles
+
+    return read_tiles(path).coords
+
+
+def print_table(rows: dict[str, dict[str, float]]) -> None:
+    labels = list(rows)
+    print("\n| measure | " + " | ".join(labels) + " |")
+    print("| --- |" + " --- |" * len(labels))
+    for key in rows[labels[0]]:
+        cells = " | ".join(f"{rows[label][key]:.2f}" if "ratio" in key else
+                           f"{rows[label][key]:.1f}" for label in labels)
+        print(f"| {key} | {cells} |")
+
+
+def print_stages(run: dict) -> None:
+    """Per-tile wall ms of each step of one pipeline run (0 workers, Macenko on)."""
+    st, n = run["stages_s"], run["tiles"]
+    decode, region = st["decode"], st["read_region_mpp"]
+    parts = {
+        "decode (slide read)": decode,
+        "resize to 224 px": region - decode,
+        "stain normalisation (Macenko)": st["stain"],
+        "collation (rest of reading a batch)": st["getitem"] - region - st["stain"],
+        "forward (normalise + encoder)": st["forward"],
+        "h5 writes": st["h5_write"],
+    }
+    parts["the rest (DataLoader, loop)"] = run["seconds"] - st["getitem"] - st["forward"] \
+        - st["h5_write"]
+    print(f"\nwhere a pipeline tile's wall time goes (this checkout, {n} tiles, 0 workers, "
+          "Macenko on):")
+    print("| step | ms per tile | share |")
+    print("| --- | --- | --- |")
+    for name, seconds in parts.items():
+        print(f"| {name} | {1000 * seconds / n:.2f} | {100 * seconds / run['seconds']:.1f}% |")
 
 if __name__ == "__main__":
     main()

@@ -210,12 +210,12 @@ def test_tilings_of_a_slide_in_one_pass_resume_per_tiling(cmu_tiles, cmu_referen
     jobs = [(cmu_tiles, grid_out), (ctx_tiles, ctx_out)]
 
     counts = {"open": 0, "fit": 0, "embed": 0}
-    real_open, real_fit, real_embed = (extract_mod.open_slide, extract_mod.build_normalizer,
-                                       extract_mod.embed_batch)
+    real_get, real_fit, real_embed = (extract_mod.SlideHandle.get, extract_mod.build_normalizer,
+                                      extract_mod.embed_batch)
 
-    def counting_open(*args, **kwargs):
-        counts["open"] += 1
-        return real_open(*args, **kwargs)
+    def counting_get(self):  # the handle tiles are read through: opened on first use
+        counts["open"] += self._slide is None
+        return real_get(self)
 
     def counting_fit(*args, **kwargs):
         counts["fit"] += 1
@@ -227,7 +227,7 @@ def test_tilings_of_a_slide_in_one_pass_resume_per_tiling(cmu_tiles, cmu_referen
             raise KeyboardInterrupt
         return real_embed(*args, **kwargs)
 
-    monkeypatch.setattr(extract_mod, "open_slide", counting_open)
+    monkeypatch.setattr(extract_mod.SlideHandle, "get", counting_get)
     monkeypatch.setattr(extract_mod, "build_normalizer", counting_fit)
     monkeypatch.setattr(extract_mod, "embed_batch", dying)
     with pytest.raises(KeyboardInterrupt):
@@ -263,6 +263,22 @@ def test_extract_command_tilings_of_two_slides_fail_in_one_line(cmu_tiles, tmp_p
     proc = _cli("extract", cmu_tiles, other, "-o", tmp_path / "a.h5", "--no-progress")
     assert proc.returncode == 2 and "one --out per tiles file" in proc.stderr
     assert not (tmp_path / "a.h5").exists() and not (tmp_path / "b.h5").exists()
+
+
+def test_cpu_forward_in_chunks_equals_one_forward(lite0):
+    """A CPU batch larger than CPU_FORWARD_CHUNK is embedded chunk by chunk (memory): the
+    rows equal those of one forward of the whole batch, in order."""
+    gen = torch.Generator().manual_seed(0)
+    n = extract_mod.CPU_FORWARD_CHUNK * 2 + 3
+    images = torch.randint(0, 256, (n, 224, 224, 3), dtype=torch.uint8, generator=gen)
+    dev = torch.device("cpu")
+    module = extract_mod.prepare_module(lite0, dev)
+    with torch.inference_mode():
+        chunked = extract_mod.embed_batch(module, images, lite0, dev, None)
+        whole = extract_mod._embed(module, images, lite0, dev, None)
+    assert chunked.shape == (n, lite0.embed_dim)
+    np.testing.assert_allclose(chunked.numpy(), whole.numpy(), rtol=1e-4, atol=1e-5)
+    assert not np.allclose(chunked[0].numpy(), chunked[-1].numpy())  # rows are not one image
 
 
 def test_partial_file_from_other_inputs_is_discarded(cmu_tiles, cmu_reference, lite0, tmp_path):

@@ -128,3 +128,16 @@ def test_compare_table_carries_the_map_scores(bulk_run, tmp_path):
                           ("map_region_truth", "region_truth"), ("map_ceiling", "ceiling")):
         assert table.loc[model, "map_r_top"] == block["methods"][method]["mean_r_top"]
     assert table.loc["he2rna", "map_r_top"] > table.loc["map_floor", "map_r_top"]
+
+
+def test_report_page_has_its_own_map_vs_spots_section(bulk_run):
+    from slide2expr.report.html import map_vs_spots_section
+
+    adata, _ = bulk_run
+    heads = {0: GradientHead(), 1: GradientHead(), 2: GradientHead()}
+    table, block = score_maps(adata, None, top_n=1, n_boot=50, seed=0, heads=heads)
+    page = map_vs_spots_section(table, block)
+    assert "<h2>Map versus spots</h2>" in page and "id='map-vs-spots'" in page
+    assert page.count("<tr>") == 1 + len(table)  # header + one row a section and map
+    assert "region prediction painted on every tile (floor)" in page
+    assert map_vs_spots_section(None, None) == ""  # no spot truth: no section

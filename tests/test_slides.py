@@ -130,3 +130,27 @@ def test_copy_is_not_needed(slides_dir: Path, tmp_path: Path) -> None:
         slide.thumbnail(128)
     assert sorted(p.name for p in slides_dir.iterdir()) == before
     assert shutil.which("slide2expr") is not None
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
+def test_plain_image_decoded_once_into_the_pixels_pil_reads(fmt: str, tmp_path: Path) -> None:
+    """A plain JPEG (imagecodecs, straight into one array) and PNG (PIL, copied in bands)
+    give the pixels PIL's own decoder gives, and a region read cuts them unchanged; a
+    handle that adopts the decoded pixels (a forked reader) shares the same array."""
+    rng = np.random.default_rng(0)
+    ys, xs = np.mgrid[0:700, 0:530]
+    image = np.stack([(xs * 255 // 529), (ys * 255 // 699), rng.integers(0, 255, xs.shape)],
+                     axis=-1).astype(np.uint8)
+    path = tmp_path / f"plain.{fmt.lower()}"
+    Image.fromarray(image).save(path, format=fmt)
+    with Image.open(path) as im:
+        expected = np.asarray(im.convert("RGB"))
+    with open_slide(path, sheet_mpp=0.5) as slide:
+        assert slide.backend == "pil"
+        slide.preload()
+        np.testing.assert_array_equal(slide._decoded(), expected)
+        region = slide.read_region((100, 300), 0, (64, 32))
+        np.testing.assert_array_equal(region, expected[300:332, 100:164])
+        with open_slide(path, sheet_mpp=0.5) as child:
+            child.adopt(slide)
+            assert child._decoded() is slide._decoded()

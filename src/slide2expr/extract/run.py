@@ -145,10 +145,14 @@ class SlideHandle:
         return state
 
     def get(self) -> Slide:
-        """This process's open slide."""
+        """This process's open slide. In a forked reader process, the new handle adopts what
+        the parent's had decoded (a plain image's pixels: shared pages, not a copy)."""
         if self._slide is None or self._pid != os.getpid():
+            inherited = self._slide
             self._slide = open_slide(self.slide_path, sheet_mpp=self.slide_mpp,
                                      require_mpp=False)
+            if inherited is not None:
+                self._slide.adopt(inherited)
             self._pid = os.getpid()
         return self._slide
 
@@ -292,9 +296,26 @@ def autocast_dtype(device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
+#: Images per forward pass on the CPU. A batch is embedded in chunks of this size: the
+#: activations of EfficientNet-Lite0's 112 px stages take ~10 MB an image, so a forward of
+#: 64 held ~0.7 GB on top of the job (her2st extract jobs peaked at 1.8-1.9 GB PSS), while the
+#: CPU's throughput is the same from 16 images on (benchmarks/extract_throughput.py).
+CPU_FORWARD_CHUNK = 16
+
+
 def embed_batch(module: torch.nn.Module, images: torch.Tensor, encoder: Encoder,
                 device: torch.device, amp: torch.dtype | None) -> torch.Tensor:
-    """Embed uint8 ``(B, H, W, 3)`` images; returns float32 ``(B, D)`` on ``device``."""
+    """Embed uint8 ``(B, H, W, 3)`` images; returns float32 ``(B, D)`` on ``device``.
+
+    On the CPU the forward runs in chunks of :data:`CPU_FORWARD_CHUNK` images (memory)."""
+    if device.type == "cpu" and images.shape[0] > CPU_FORWARD_CHUNK:
+        return torch.cat([_embed(module, chunk, encoder, device, amp)
+                          for chunk in images.split(CPU_FORWARD_CHUNK)])
+    return _embed(module, images, encoder, device, amp)
+
+
+def _embed(module: torch.nn.Module, images: torch.Tensor, encoder: Encoder,
+           device: torch.device, amp: torch.dtype | None) -> torch.Tensor:
     x = images.to(device, non_blocking=True).permute(0, 3, 1, 2)  # a channels-last view
     x = encoder.preprocessing.normalize(x)
     if amp is not None:
@@ -472,7 +493,9 @@ def extract_tilings(
         seconds = [0.0] * len(writers)
         dataset = TilingsDataset(parts)
         if any(w.n_done < len(t) for w, t in zip(writers, tilesets, strict=True)):
-            handle.get()  # an unreadable slide fails before any reader starts
+            slide_now = handle.get()  # an unreadable slide fails before any reader starts
+            if workers:
+                slide_now.preload()  # a plain image is decoded once, here, not per reader
             try:
                 _run(dataset, writers, enc, dev, firsts=firsts, seconds=seconds,
                      batch_size=batch_size, workers=workers, progress=progress,
