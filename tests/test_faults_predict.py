@@ -179,3 +179,74 @@ def test_nan_weights_are_refused(tmp_path):
     result = slide2expr("predict", features, "--model", model, "-o", out, cwd=tmp_path)
     line = assert_refused(result, out, names=weights, says="NaN or infinite weights")
     assert "retrain" in line
+
+
+def set_bounds(model: Path, low: list[float], high: list[float]) -> None:
+    """Record a plausible range in ``head.json``, as training does."""
+    meta_path = model / "fold0" / "head.json"
+    meta = json.loads(meta_path.read_text())
+    meta["plausible"] = {"rule": "test", "low": low, "high": high}
+    meta_path.write_text(json.dumps(meta))
+
+
+def own_predictions(model: Path, features: Path) -> np.ndarray:
+    """What the model predicts for the file's tiles (in this process)."""
+    from slide2expr.contracts.features import read_features
+    from slide2expr.predict import load_trained_head
+
+    return load_trained_head(model).predict_tiles(read_features(features).features)
+
+
+@pytest.mark.parametrize("command", ["predict", "heatmap"])
+def test_values_outside_the_training_range_are_counted_and_logged(tmp_path, command):
+    """Issue 21 case 6 for new slides: G1's bounds sit above every value the model gives, so
+    all 6 tiles' G1 values are implausible; G0's bounds hold its values exactly (0 outside).
+    Both ``predict`` and the heatmap's tile map record the count and log one warning; the
+    values themselves are kept."""
+    import anndata as ad
+
+    from slide2expr.contracts.tilemaps import read_tile_map
+
+    features = write_features(tmp_path / "features" / "S1.h5")
+    model = write_model(tmp_path / "models")
+    values = own_predictions(model, features)
+    low = [float(v) for v in values.min(0)]
+    high = [float(v) for v in values.max(0)]
+    low[1], high[1] = float(values[:, 1].max()) + 1.0, float(values[:, 1].max()) + 2.0
+    set_bounds(model, low, high)
+    if command == "predict":
+        out = tmp_path / "out" / "pred.h5ad"
+        out.parent.mkdir()
+        result = slide2expr("predict", features, "--model", model, "-o", out, cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        adata = ad.read_h5ad(out)
+        record = adata.uns["slide2expr"]["range_check"]
+        assert int(record["outside"]) == 6 and list(record["genes"]) == ["G1"]
+        assert int(record["checked"]) == 6 * len(GENES)
+        np.testing.assert_allclose(np.asarray(adata.X), values, rtol=1e-5)  # kept, not clipped
+    else:
+        result = slide2expr("heatmap", features, "--model-dir", model, "-o", tmp_path / "maps",
+                            "--map-only", cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        tmap = read_tile_map(tmp_path / "maps" / "S1.h5ad")
+        assert int(tmap.attrs["implausible_values"]) == 6
+        assert int(tmap.attrs["plausible_checked"]) == 6 * len(GENES)
+    warnings = [line for line in result.stderr.splitlines() if "plausible range" in line]
+    assert len(warnings) == 1 and "6 predicted values" in warnings[0] and "G1" in warnings[0]
+
+
+def test_values_inside_the_training_range_give_no_warning(tmp_path):
+    """The control: bounds that hold every value give a count of 0 and no warning."""
+    import anndata as ad
+
+    features = write_features(tmp_path / "features" / "S1.h5")
+    model = write_model(tmp_path / "models")
+    values = own_predictions(model, features)
+    set_bounds(model, [float(v) - 1 for v in values.min(0)],
+               [float(v) + 1 for v in values.max(0)])
+    out = tmp_path / "out" / "pred.h5ad"
+    out.parent.mkdir()
+    result = slide2expr("predict", features, "--model", model, "-o", out, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert int(ad.read_h5ad(out).uns["slide2expr"]["range_check"]["outside"]) == 0
+    assert "plausible range" not in result.stderr

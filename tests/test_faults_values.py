@@ -136,6 +136,15 @@ def test_out_of_range_predictions_are_counted_logged_and_reported(tmp_path):
         p = np.asarray(out.layers["baseline_ridge"])[~train_rows]
         counted += int(((p < lo) | (p > hi)).sum())
     assert ridge["outside"] == counted
+    # every fold's head.json keeps its bounds, for the maps and `slide2expr predict`
+    for k in np.unique(out.obs["fold"]):
+        y = np.asarray(out.X)[np.asarray(out.obs["fold"] != k)]
+        meta = json.loads((tmp_path / "run" / "models" / "mlp" / f"fold{int(k)}"
+                           / "head.json").read_text())
+        cols = [list(out.var_names).index(g) for g in meta["genes"]]
+        lo, hi = y.min(0) - 0.5 * np.ptp(y, 0), y.max(0) + 0.5 * np.ptp(y, 0)
+        np.testing.assert_allclose(meta["plausible"]["low"], lo[cols], rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(meta["plausible"]["high"], hi[cols], rtol=1e-5, atol=1e-5)
     warning = [line for line in result.stderr.splitlines() if "plausible range" in line]
     assert len(warning) == 1 and "baseline_ridge" in warning[0], result.stderr[-3000:]
 

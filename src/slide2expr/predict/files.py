@@ -20,6 +20,7 @@ from slide2expr.predict.model import (
     describe_use,
     load_trained_head,
 )
+from slide2expr.predict.plausible import check_range
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +112,9 @@ def predict_files(features: list[Path], *, model_dir: Path, output: Path, level:
         adata.layers[Key.PREDICTED_SD] = np.concatenate(spreads).astype(np.float32)
     adata.uns[Key.PROVENANCE] = {"model_dir": str(model_dir), "head": head.head,
                                  "level": level, "encoder": str(head.meta.get("encoder"))}
+    range_check = check_range(adata.X, head.plausible, head.genes, what=str(output))
+    if range_check is not None:
+        adata.uns[Key.PROVENANCE]["range_check"] = _json_safe(range_check)
     write_predictions(adata, output)
     return adata
 
@@ -139,3 +143,8 @@ def _obs(frames: list[pd.DataFrame], level: str) -> pd.DataFrame:
                                                          + frame["spot_id"].astype(str))
     frame.index = index.astype(str)
     return frame
+
+
+def _json_safe(record: dict) -> dict:
+    """``record`` without None values (h5ad cannot store them)."""
+    return {k: v for k, v in record.items() if v is not None}

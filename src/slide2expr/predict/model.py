@@ -27,6 +27,7 @@ from slide2expr.contracts.models import (
 from slide2expr.errors import InputError
 from slide2expr.predict.bags import make_supertiles
 from slide2expr.predict.nets import HeadNet, build_net
+from slide2expr.predict.plausible import Bounds, bounds_from_metas
 
 
 def load_fold_head(fold_dir: str | Path) -> tuple[HeadNet, dict]:
@@ -152,6 +153,9 @@ class TrainedHead:
     meta: dict
     members: list[HeadNet] = field(repr=False, default_factory=list)
     member_columns: list[np.ndarray] = field(repr=False, default_factory=list)
+    #: Per-gene ``(low, high)`` plausible range (:mod:`slide2expr.predict.plausible`): the
+    #: union over the averaged models; None for a model trained before it was recorded.
+    plausible: Bounds | None = field(repr=False, default=None)
 
     def predict_tiles(self, features: np.ndarray, *, batch_size: int = 8192) -> np.ndarray:
         """Per-tile (or per-spot) predicted expression.
@@ -272,7 +276,8 @@ def load_trained_head(model_dir: str | Path, *, fold: int | None = None,
         columns.append(np.array([index[g] for g in genes], dtype=np.int64))
     first = loaded[0][1]
     return TrainedHead(genes=genes, head=first["head"], kind=loaded[0][0].kind, meta=first,
-                       members=members, member_columns=columns)
+                       members=members, member_columns=columns,
+                       plausible=bounds_from_metas([meta for _, meta in loaded], genes))
 
 
 def choose_fold(model_dir: str | Path, sample_id: str, *,

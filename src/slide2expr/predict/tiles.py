@@ -20,6 +20,7 @@ from slide2expr.errors import InputError
 from slide2expr.inputs.samples import check_sample_id
 from slide2expr.predict.inputs import model_inputs
 from slide2expr.predict.model import check_encoder, load_model_for_sample
+from slide2expr.predict.plausible import check_range
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,17 @@ def _predict(model: TileModel, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | 
         values, spread = model.predict_tiles_spread(x)
         return values, None if spread is None else np.asarray(spread, dtype=np.float32)
     return model.predict_tiles(x), None
+
+
+def range_attrs(values: np.ndarray, model: TileModel, *, what: str) -> dict[str, Any]:
+    """The map's count of values outside their gene's plausible range (attributes
+    ``implausible_values``, ``plausible_checked``, ``plausible_rule``), logged as a warning
+    when any; empty for a model without recorded bounds."""
+    record = check_range(values, getattr(model, "plausible", None), model.genes, what=what)
+    if record is None:
+        return {}
+    return {"implausible_values": record["outside"], "plausible_checked": record["checked"],
+            "plausible_rule": record["rule"]}
 
 
 def predict_tile_map(features: FeatureSet, model: TileModel, *,
@@ -92,6 +104,7 @@ def predict_tile_map(features: FeatureSet, model: TileModel, *,
                          "check the features (NaN rows) and the model")
     attrs.update(provenance or {})
     attrs["units"] = UNITS
+    attrs.update(range_attrs(values, model, what=str(source or attrs.get("sample_id", ""))))
     return TileMap(values=values, genes=genes,
                    coords=np.asarray(features.coords, dtype=np.int64).reshape(-1, 2),
                    tile_size0=float(attrs["tile_px_level0"]), attrs=attrs,

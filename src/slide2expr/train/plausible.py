@@ -1,16 +1,8 @@
-"""The plausible range of a predicted value, and the count of predictions outside it.
+"""The count of training's out-of-fold predictions outside their plausible range
+(the rule: :mod:`slide2expr.predict.plausible`).
 
-A model that is fed features unlike its training ones (a near-constant feature that shifts in
-a held-out section, another encoder) can predict values its target never takes: 355 on a
-log1p CP10k scale whose measured maximum is 7.2 (issue 21, case 6). Such values are kept (they
-are what the model says) but counted, logged and recorded in the predictions file, so the
-report, the maps and the exports can warn.
-
-The rule, per gene and per fold: a prediction is *implausible* when it lies outside
-``[train min - RANGE_MARGIN x range, train max + RANGE_MARGIN x range]``, where min, max and
-range (max - min) are the gene's values over the fold's training units. A margin of half the
-training range leaves room for a held-out section that truly expresses a gene more than any
-training section did, and is far below the tens-of-ranges excursions of a broken input.
+Training checks every fold's held-out predictions (head, baselines) and records the counts in
+the predictions file, so the report and the maps can warn.
 """
 
 from __future__ import annotations
@@ -20,28 +12,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-#: How far beyond the training range (as a fraction of it) a prediction is still plausible.
-RANGE_MARGIN = 0.5
-#: The rule in words, recorded beside the counts.
-RULE = (f"per gene and fold: outside [train min - {RANGE_MARGIN:g} x range, train max + "
-        f"{RANGE_MARGIN:g} x range] of the fold's training units (range = max - min)")
+from slide2expr.predict.plausible import RANGE_MARGIN, RULE, outside, plausible_bounds
+
 #: Genes named per layer in the record (the most affected first).
 NAMED_GENES = 10
-
-
-def plausible_bounds(y_train: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-gene ``(low, high)`` bounds from training targets ``(n, G)`` (NaN ignored)."""
-    y = np.asarray(y_train, dtype=np.float64)
-    low, high = np.nanmin(y, axis=0), np.nanmax(y, axis=0)
-    margin = RANGE_MARGIN * (high - low)
-    return low - margin, high + margin
-
-
-def outside(predicted: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
-    """Mask of the finite predictions ``(n, G)`` below ``low`` or above ``high`` (per gene)."""
-    p = np.asarray(predicted, dtype=np.float64)
-    with np.errstate(invalid="ignore"):
-        return np.isfinite(p) & ((p < low[None, :]) | (p > high[None, :]))
 
 
 @dataclass
@@ -87,3 +61,6 @@ def implausible_total(record: Mapping[str, object] | None, layer: str = "predict
     """The count of ``layer``'s implausible values in a record (0 when absent)."""
     layers = (record or {}).get("layers") or {}
     return int((layers.get(layer) or {}).get("outside", 0))  # type: ignore[union-attr]
+
+__all__ = ["NAMED_GENES", "RANGE_MARGIN", "RULE", "RangeCheck", "implausible_total",
+           "outside", "plausible_bounds"]

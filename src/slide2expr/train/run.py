@@ -46,6 +46,8 @@ from slide2expr.contracts.predictions import stamp as stamp_predictions
 from slide2expr.errors import InputError
 from slide2expr.keys import NOT_HELD_OUT, Key
 from slide2expr.predict import predict_batches
+from slide2expr.predict.plausible import META_KEY as PLAUSIBLE_KEY
+from slide2expr.predict.plausible import bounds_record
 from slide2expr.train.config import TrainConfig
 from slide2expr.train.cv import (
     assign_folds,
@@ -343,6 +345,7 @@ def train_fold(*, head: str, config: TrainConfig, source: SpotFeatures | BagFeat
                "input_pca": config.input_pca, "output_rank": config.output_rank,
                "blocks": [dim for _, dim in getattr(source, "blocks", [])] or None}
     gene_names = [str(g) for g in var_names[genes]]
+    plausible = plausible_bounds(y[train_idx])
     input_names = [name for name, _ in getattr(source, "blocks", [])] or None
     members = []
     for m in range(config.ensemble):
@@ -366,6 +369,7 @@ def train_fold(*, head: str, config: TrainConfig, source: SpotFeatures | BagFeat
             "refit": config.refit,
             "train_units": len(train_idx) if config.refit else len(inner_train),
             "val_units": len(inner_val),
+            PLAUSIBLE_KEY: bounds_record(*plausible),
         }
     inner_all = np.empty(len(groups), dtype=object)
     inner_all[train_idx] = inner
@@ -419,7 +423,7 @@ def train_fold(*, head: str, config: TrainConfig, source: SpotFeatures | BagFeat
                       baselines=out_baselines, info=info,
                       train_mean=y[train_idx].astype(np.float64).mean(axis=0),
                       predicted_sd=predicted_sd, head_predicted=head_predicted,
-                      winner=selection.winner, plausible=plausible_bounds(y[train_idx]))
+                      winner=selection.winner, plausible=plausible)
 
 
 def select_model(head: str, config: TrainConfig, members: list[dict[str, Any]],
