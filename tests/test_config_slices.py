@@ -56,7 +56,7 @@ NEW_VALUES: dict[str, Any] = {
     "tiling.tissue.mask_mpp": 4.0,
     "extract.views": ["rot90"],
     "join.gene_map": "gene_map.tsv",
-    "join.neighbour_um": [300],
+    "join.neighbour_um": [200],
     "train.group_by": "sample_id",
     "train.genes.n_top": 100,
     "train.he2rna_ks": [1, 2],
