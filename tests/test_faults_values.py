@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
+from test_faults import tissue_png
 
 REPO = Path(__file__).resolve().parents[1]
 #: Small, fast training (the planted signal is linear, so a few epochs suffice).
@@ -185,14 +186,8 @@ def test_sd_floor_leaves_ordinary_features_alone_and_bounds_near_constant_ones()
 
 # -- case 9: implausible mpp from any source ---------------------------------------------------
 
-def tissue_png(path: Path, *, width: int = 640, height: int = 480) -> Path:
-    """A white 'slide' with a pink block of tissue and no resolution in its metadata."""
-    rng = np.random.default_rng(0)
-    img = np.full((height, width, 3), 245, dtype=np.uint8)
-    block = rng.normal((190, 100, 160), 12, size=(height - 128, width - 128, 3))
-    img[64:height - 64, 64:width - 64] = np.clip(block, 0, 255).astype(np.uint8)
-    Image.fromarray(img).save(path)
-    return path
+# tissue_png: the white 'slide' with a pink block of tissue, without a resolution in its
+# metadata (a PNG written by PIL carries none), shared with the other fault tests.
 
 
 @pytest.mark.parametrize(("flags", "source", "problem"), [
