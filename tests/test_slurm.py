@@ -162,15 +162,12 @@ def test_slurm_profile_dry_run_plans_one_gpu_extract_job_per_slide(tmp_path: Pat
         resources = next(line for line in block.splitlines() if "resources:" in line)
         assert "gpu=1" in resources and "slurm_partition=gpu" in resources
         assert "mem_mb=32000" in resources and "cpus_per_task=8" in resources
-    # One job per slide (for each tiling that is extracted: spot patches, tissue grid).
-    planned = [
-        (b.split(" tiling=")[1].split(",")[0], b.split(" sample=")[1].split()[0].rstrip(","))
-        for b in extract
-    ]
-    assert len(planned) == len(set(planned))
-    for tiling in {t for t, _ in planned}:
-        assert sorted(s for t, s in planned if t == tiling) == sorted(samples)
-    assert "spots" in {t for t, _ in planned}
+    # One job per slide, embedding every tiling of the slide in one pass (spot patches, the
+    # context windows, the tissue grid and its context windows).
+    planned = [b.split(" sample=")[1].split()[0].rstrip(",") for b in extract]
+    assert sorted(planned) == sorted(samples)
+    outputs = next(line for line in extract[0].splitlines() if "output:" in line)
+    assert "/spots/" in outputs and "/grid/" in outputs
     # Tile jobs are bundled: one group job, not one SLURM job a slide.
     assert out.count("Group job tile") == 1
 
