@@ -21,6 +21,22 @@ def _test_data_root() -> Path:
 
 
 @pytest.fixture(autouse=True)
+def _restore_environment():
+    """Put ``os.environ`` back after every test.
+
+    Code run in-process can set variables (training sets ``CUBLAS_WORKSPACE_CONFIG`` for
+    deterministic cuBLAS); every later subprocess (the CLI, snakemake, SLURM jobs) would
+    inherit them, and the run manifest records them, so two runs of one workflow in one
+    session would differ by which tests ran between them.
+    """
+    before = dict(os.environ)
+    yield
+    if os.environ != before:
+        os.environ.clear()
+        os.environ.update(before)
+
+
+@pytest.fixture(autouse=True)
 def _restore_torch_threads():
     """Put torch's intra-op thread count back after every test.
 
