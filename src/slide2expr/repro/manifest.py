@@ -307,12 +307,14 @@ def feature_compute(results: str | Path) -> dict[str, Any]:
         except InputError as exc:
             log.warning("%s", exc.one_line())
             continue
-        enc = str(meta.attrs.get("encoder", path.parts[-3]))
-        devices.setdefault(enc, set()).add(str(meta.attrs.get("device", "unknown")))
+        attrs = meta.attrs
+        enc = str(attrs.encoder if attrs.encoder is not None else path.parts[-3])
+        devices.setdefault(enc, set()).add(str(attrs.device if attrs.device is not None
+                                               else "unknown"))
         dtypes.setdefault(enc, set()).add(meta.dtype)
-        if meta.attrs.get("weights"):
-            weights.setdefault(enc, {"sha256": str(meta.attrs["weights"]),
-                                     "source": str(meta.attrs.get("weights_source", ""))})
+        if attrs.weights:
+            weights.setdefault(enc, {"sha256": str(attrs.weights),
+                                     "source": str(attrs.weights_source or "")})
         views.setdefault(enc, set()).update(meta.views)
         _add_stain(stains.setdefault(enc, {}), stain_record(meta.attrs),
                    f"{path.parent.name}/{path.stem}")
