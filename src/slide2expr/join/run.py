@@ -63,7 +63,7 @@ from slide2expr.inputs.spots import match_spots_to_counts, read_scalefactors, re
 from slide2expr.join.context import add_context, read_context_windows
 from slide2expr.join.scverse import add_log1p, add_spatial_metadata
 from slide2expr.join.views import read_section_views, stack_views
-from slide2expr.keys import Key
+from slide2expr.keys import Key, join_unit
 
 log = logging.getLogger(__name__)
 
@@ -385,18 +385,18 @@ def _bulk_parts(sheet, features_dir, params, report, expression: Path, sheet_pat
         profiles.append(values)
         sids = list(members.index)
         row = {
-            "sample_id": ";".join(sids),
+            "sample_id": join_unit(sids),
             "patient": str(members["patient"].iloc[0]),
-            "features_path": ";".join(str(features_dir / f"{s}.h5") for s in sids),
+            "features_path": join_unit(features_dir / f"{s}.h5" for s in sids),
             "n_tiles": int(sum(meta[s].n_tiles for s in sids)),  # type: ignore[misc]
             "n_slides": len(sids),
-            "slide": ";".join(str(members.loc[s, "slide"]) for s in sids),
+            "slide": join_unit(members.loc[s, "slide"] for s in sids),
         }
         # region samples: folds may group by section; a section's spot truth (counts,
         # spots) lets the report score tile maps against the spots (report.map_vs_spots)
         for column in ("section", "roi", "counts", "spots"):
             if column in members.columns:
-                row[column] = ";".join(dict.fromkeys(str(v) for v in members[column]))
+                row[column] = join_unit(dict.fromkeys(str(v) for v in members[column]))
         if "split" in members.columns:
             splits = set(members["split"])
             if len(splits) > 1:

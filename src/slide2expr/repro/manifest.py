@@ -353,12 +353,18 @@ def _stain_summary(collected: dict[str, Any]) -> dict[str, Any]:
 def model_selection(results: str | Path) -> dict[str, Any]:
     """What each head's folds shipped (``train.select``), from ``models/{head}/fold*/head.json``:
     per head and fold the models compared, their inner validation scores and the winner."""
+    from slide2expr.contracts.models import META as HEAD_META  # pandas: not at import
+    from slide2expr.contracts.models import read_head_meta
+
     out: dict[str, Any] = {}
-    for meta_path in sorted(Path(results, "models").glob("*/fold*/head.json")):
+    for meta_path in sorted(Path(results, "models").glob(f"*/fold*/{HEAD_META}")):
         try:
-            selection = json.loads(meta_path.read_text(encoding="utf-8")).get("selection")
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            selection = read_head_meta(meta_path).get("selection")
+        except OSError as exc:
             log.warning("%s: unreadable (%s)", meta_path, exc)
+            continue
+        except InputError as exc:
+            log.warning("%s", exc.one_line())
             continue
         if selection:
             out.setdefault(meta_path.parent.parent.name, {})[meta_path.parent.name] = {

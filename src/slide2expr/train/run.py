@@ -44,7 +44,7 @@ from slide2expr.contracts.models import RIDGE_DIR, write_splits
 from slide2expr.contracts.predictions import copy_scverse_entries, uns_value
 from slide2expr.contracts.predictions import stamp as stamp_predictions
 from slide2expr.errors import InputError
-from slide2expr.keys import NOT_HELD_OUT, Key
+from slide2expr.keys import NOT_HELD_OUT, Key, split_unit
 from slide2expr.predict import predict_batches
 from slide2expr.predict.plausible import META_KEY as PLAUSIBLE_KEY
 from slide2expr.predict.plausible import bounds_record
@@ -98,8 +98,8 @@ def feature_source(adata: Any, *, config: TrainConfig, dataset_path: Path | None
         if "features_path" not in adata.obs:
             raise InputError(dataset_path, "a bulk-mode dataset has no obs['features_path']",
                              "re-run the join stage")
-        # ";"-joined when the join averaged a patient's slides into one unit
-        paths = [tuple(_resolve(p, dataset_path) for p in value.split(";"))
+        # several when the join averaged a patient's slides into one unit
+        paths = [tuple(_resolve(p, dataset_path) for p in split_unit(value))
                  for value in adata.obs[Key.FEATURES_PATH].astype(str)]
         return BagFeatures(paths, supertiles=config.supertiles, seed=config.seed).scan()
     key = spot_key(adata, config=config, dataset_path=dataset_path)
