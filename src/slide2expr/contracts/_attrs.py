@@ -26,7 +26,7 @@ from slide2expr.contracts._h5 import FORMAT_ATTR
 R = TypeVar("R", bound="AttrRecord")
 
 
-@dataclasses.dataclass(kw_only=True)
+@dataclasses.dataclass(kw_only=True, repr=False)
 class AttrRecord:
     """Base of the typed attribute records (see the module docstring).
 
@@ -65,6 +65,9 @@ class AttrRecord:
             names = frozenset(f.name for f in dataclasses.fields(cls)) - {"extra"}
             type.__setattr__(cls, "_field_names", names)
         return names
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.to_attrs()!r})"
 
     # -- conversion -----------------------------------------------------------------------
     @classmethod

@@ -4,7 +4,8 @@ Contract (docs/architecture.md): dataset ``features`` ``(N, D)`` float32 or floa
 ``(N, 2)`` (level-0 x, y of each tile's top-left corner, as in the tiles file), ``spot_ids``
 ``(N,)`` in spot mode; attrs ``encoder``, ``weights`` (sha256 of the weights file, or
 ``"random-init"``), ``weights_source``, ``embed_dim``, ``input_px`` and ``input_mpp`` (the
-pixels the encoder saw), and every attr of the tiles file.
+pixels the encoder saw), and every attr of the tiles file; read and written as a
+:class:`FeatureAttrs` record (a field each; others kept in ``extra``).
 
 Stain normalisation (:mod:`slide2expr.extract.stain`) is recorded in attrs (:data:`STAIN_ATTRS`,
 read back with :func:`stain_record`): ``stain_normalize`` (``none``, ``macenko`` or
@@ -112,7 +113,7 @@ STAIN_ATTRS = ("stain_normalize", "stain_reference", "stain_reference_sha256",
                "stain_reference_fit", "stain_fit", "stain_fit_source", "stain_status")
 
 
-@dataclass(kw_only=True)
+@dataclass(kw_only=True, repr=False)
 class FeatureAttrs(TileAttrs):
     """The attributes of a features file (module docstring), typed; the rest in ``extra``.
 

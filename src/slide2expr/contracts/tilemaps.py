@@ -11,7 +11,8 @@ ensemble members of the fold that held the slide out, or of every fold model (an
 on a new slide; absent when one model painted the map (``TileMap.spread`` is None; the
 viewer's uncertainty layer is then unavailable). ``uns['slide2expr']['heatmap']``: sample,
 model directory, head, kind, folds used, ``n_models`` averaged, encoder, units, tiling attrs,
-and for a context head its ``inputs`` and ``slide_block`` (:mod:`slide2expr.predict.inputs`).
+and for a context head its ``inputs`` and ``slide_block`` (:mod:`slide2expr.predict.inputs`),
+read and written as a :class:`TileMapAttrs` record (a field each; others kept in ``extra``).
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ VERSION = "1"
 UNITS = "log1p CP10k"
 
 
-@dataclass(kw_only=True)
+@dataclass(kw_only=True, repr=False)
 class TileMapAttrs(FeatureAttrs):
     """The provenance of a tile map (``uns['slide2expr']['heatmap']``), typed; the rest in
     ``extra``: the features file's attributes (:class:`FeatureAttrs`) and how the map was

@@ -18,7 +18,8 @@ reduction), ``tissue_mask_mpp`` (the mask's resolution, um/px) and ``mask_downsa
 ``slide_fingerprint`` (:func:`slide2expr.hashing.file_fingerprint`: sha256 of the slide
 file's size, first and last MiB; absent in older files) lets extract refuse a ``--slide``
 that is not the tiles' slide. The file is stamped
-``slide2expr_format = "tiles/1"``.
+``slide2expr_format = "tiles/1"``. The attributes are read and written as a
+:class:`TileAttrs` record (a field each; others kept in ``extra``).
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ TILING_ATTRS = (
 TISSUE_MASK_ATTRS = ("tissue_mask_source", "tissue_mask_mpp", "mask_downsample")
 
 
-@dataclass(kw_only=True)
+@dataclass(kw_only=True, repr=False)
 class TileAttrs(AttrRecord):
     """The attributes of a tiles file (module docstring), typed; the rest in ``extra``.
 
