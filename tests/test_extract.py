@@ -304,7 +304,7 @@ def test_float16_storage_and_reader_workers_on_openslide(cmu_tiles, cmu_referenc
     extract_features(cmu_tiles, out, encoder=lite0, batch_size=6, num_workers=2,
                      device="cpu", dtype="float16", progress=False)
     half = read_features(out)
-    assert half.features.dtype == np.float16 and half.attrs["dtype"] == "float16"
+    assert half.features.dtype == np.float16 and half.attrs.dtype == "float16"
     ref = cmu_reference.features
     np.testing.assert_allclose(half.features.astype(np.float32), ref, rtol=2e-3, atol=2e-3)
 

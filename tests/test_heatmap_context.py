@@ -89,7 +89,7 @@ def test_grid_context_windows_are_centred_on_the_grid_tiles_and_padded():
     # is padded (white, recorded)
     big = grid_context_windows(grid, 1000)
     assert big.extra["pad_fraction"][0] == pytest.approx(1 - 0.668 * 0.600, abs=1e-3)
-    assert big.attrs["n_padded"] == len(grid) and big.attrs["padding"] == "white"
+    assert big.attrs.n_padded == len(grid) and big.attrs.padding == "white"
     with pytest.raises(InputError, match="grid tiling"):
         grid_context_windows(TileSet(coords=grid.coords, attrs=grid.attrs.to_attrs() | {"mode": "spots"},
                                      spot_ids=np.arange(len(grid)).astype(str)), 300)
