@@ -27,7 +27,10 @@ peak RSS of the child from ``wait4``):
         python benchmarks/train_scale.py scale /work/wt/model-runs/mac_dataset.h5ad \\
             --patient C --scales 1 10 100 --out /tmp/train-scale
 
-The old path (Lightning) is skipped at a scale above ``--lightning-max-scale``. Threads:
+With ``--before-src DIR`` (e.g. ``git archive 9684622 src | tar -x -C DIR``, then
+``DIR/src``) that tree's code runs as a third path, ``before``: the code before the plain
+loop, the Gram-matrix ridge and the eigendecomposition bases. The Lightning and before paths
+are skipped at a scale above ``--lightning-max-scale``. Threads:
 ``--threads`` (default 1) for torch, numpy and BLAS in every child.
 """
 
@@ -45,13 +48,18 @@ from typing import Any
 import numpy as np
 
 PATHS = ("lightning", "plain")
+#: The third path, with ``--before-src``: that source tree's code (no ``train.loop`` key).
+BEFORE = "before"
 
 
 # -- children -------------------------------------------------------------------------------
-def run_child(args: list[str], *, threads: int) -> dict[str, Any]:
-    """Run this script's ``args`` in a child; its JSON result plus CPU s, wall, peak RSS."""
+def run_child(args: list[str], *, threads: int, src: Path | None = None) -> dict[str, Any]:
+    """Run this script's ``args`` in a child (``src``: the ``slide2expr`` source tree on its
+    ``PYTHONPATH``); its JSON result plus CPU s, wall, peak RSS."""
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
            "OPENBLAS_NUM_THREADS": str(threads)}
+    if src is not None:
+        env["PYTHONPATH"] = str(src)
     start = time.perf_counter()
     proc = subprocess.Popen([sys.executable, __file__, *args, "--threads", str(threads)],
                             stdout=subprocess.PIPE, env=env, text=True)
@@ -80,8 +88,10 @@ def settings(args: argparse.Namespace, loop: str) -> Any:
     """The train settings: the defaults (context head, its default settings), the loop."""
     from slide2expr.train.config import TrainConfig
 
-    values = {"loop": loop, "heads": ["context"], "baselines": ["ridge", "mean"],
+    values = {"heads": ["context"], "baselines": ["ridge", "mean"],
               "group_by": args.group_by, "folds": args.folds}
+    if loop != BEFORE:
+        values["loop"] = loop
     if args.genes:
         values["genes"] = {"method": "all", "list": str(args.genes)}
     return TrainConfig.from_dict(values).for_head("context")
@@ -232,44 +242,52 @@ def table(rows: list[dict[str, Any]], columns: list[str]) -> str:
     return "\n".join(lines)
 
 
-def ratio(rows: list[dict[str, Any]], key: str, **where: Any) -> str:
-    """Lightning's ``key`` over the plain loop's for the rows matching ``where``."""
+def ratio(rows: list[dict[str, Any]], key: str, old: str = "lightning", **where: Any) -> str:
+    """Path ``old``'s ``key`` over the plain loop's for the rows matching ``where``."""
     pick = {r["path"]: r.get(key) for r in rows
             if all(r.get(k) == v for k, v in where.items())}
-    if not pick.get("lightning") or not pick.get("plain"):
+    if not pick.get(old) or not pick.get("plain"):
         return ""
-    return f"{pick['lightning'] / pick['plain']:.1f}x"
+    return f"{pick[old] / pick['plain']:.1f}x"
+
+
+def paths(args: argparse.Namespace) -> list[tuple[str, Path | None]]:
+    """The paths compared: ``before`` (with ``--before-src``), Lightning, plain."""
+    return ([(BEFORE, args.before_src)] if args.before_src else []) + \
+        [(loop, None) for loop in PATHS]
 
 
 def main_full(args: argparse.Namespace) -> None:
-    rows = [run_child(["_full", *common(args), "--loop", loop], threads=args.threads)
-            for loop in PATHS]
+    rows = [run_child(["_full", *common(args), "--loop", loop], threads=args.threads, src=src)
+            for loop, src in paths(args)]
     for r in rows:
         r["winners"] = "/".join(sorted(set(r["winners"].values())))
     print(table(rows, ["path", "units", "folds", "cpu_s", "wall_s", "peak_rss_mb",
                        "mean_epochs", "shipped_r", "head_r", "ridge_r", "winners"]))
     print(f"CPU ratio lightning/plain: {ratio(rows, 'cpu_s')}, wall "
-          f"{ratio(rows, 'wall_s')}")
+          f"{ratio(rows, 'wall_s')}; before/plain: {ratio(rows, 'cpu_s', old=BEFORE)}")
 
 
 def main_scale(args: argparse.Namespace) -> None:
     rows = []
     for scale in args.scales:
-        for loop in PATHS:
-            if loop == "lightning" and scale > args.lightning_max_scale:
+        for loop, src in paths(args):
+            if loop != "plain" and scale > args.lightning_max_scale:
                 continue
             extra = ["--scale", str(scale), "--loop", loop, "--epochs", str(args.epochs)]
             if loop == "plain" and args.ridge:
                 extra.append("--ridge")
-            r = run_child(["_scale", *common(args), *extra], threads=args.threads)
+            r = run_child(["_scale", *common(args), *extra], threads=args.threads, src=src)
             r["s_per_epoch"] = round(r["member_cpu_s"] / max(r["epochs"], 1), 2)
             rows.append(r)
             print(json.dumps(r), flush=True)
     for r in rows:
         r["cpu_ratio"] = ratio(rows, "member_cpu_s", scale=r["scale"]) if r["path"] == "plain" \
             else ""
+        r["before_ratio"] = ratio(rows, "member_cpu_s", old=BEFORE, scale=r["scale"]) \
+            if r["path"] == "plain" else ""
     print(table(rows, ["scale", "rows", "train_rows", "path", "epochs", "member_cpu_s",
-                       "member_wall_s", "s_per_epoch", "cpu_ratio", "cpu_s", "wall_s",
+                       "member_wall_s", "s_per_epoch", "cpu_ratio", "before_ratio", "cpu_s", "wall_s",
                        "peak_rss_mb", "ridge_cpu_s"]))
 
 
@@ -303,7 +321,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--ridge", action="store_true", help="Time ridge's selection fit too.")
     p.add_argument("--ridge-max-rows", type=int, default=20000)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--loop", choices=PATHS, default="plain")
+    p.add_argument("--loop", choices=[*PATHS, BEFORE], default="plain")
+    p.add_argument("--before-src", type=Path, default=None,
+                   help="A slide2expr source tree (its src/) run as a third path, 'before'.")
     p.add_argument("--scale", type=int, default=1)
     return p
 

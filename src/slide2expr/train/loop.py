@@ -210,15 +210,16 @@ def predict_rows(network: nn.Module, x: torch.Tensor, chunk: int = 4096) -> np.n
 
 
 def build_member(head: str, hparams: dict, data: Any, *, pearson_weight: float,
-                 train_idx: np.ndarray) -> Any:
-    """A fresh head with the standardisation (and fixed bases) of ``train_idx``."""
+                 train_idx: np.ndarray, x: torch.Tensor, y: torch.Tensor) -> Any:
+    """A fresh head with the standardisation (and fixed bases) of ``train_idx``, whose
+    rows are ``x``/``y``."""
     from slide2expr.train.heads import build_head
 
     module = build_head(head, **hparams)
     module.pearson_weight = pearson_weight
     module.set_standardisation(**data.refit_on(train_idx).standardisation())
     if hasattr(module, "fit_bases"):
-        module.fit_bases(data.source.matrix[train_idx], data.targets[train_idx])
+        module.fit_bases(x.cpu(), y.cpu())
     use_mask_dropout(module.network)
     return module
 
@@ -254,10 +255,10 @@ def fit_member_plain(head: str, hparams: dict, data: Any, *, config: Any, seed: 
     out_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     device = device_for(config.accelerator)
-    module = build_member(head, hparams, data, pearson_weight=config.pearson_weight,
-                          train_idx=data.train_idx).to(device)
     x, y = rows(data, data.train_idx, device)
     x_val, y_val = rows(data, data.val_idx, device)
+    module = build_member(head, hparams, data, pearson_weight=config.pearson_weight,
+                          train_idx=data.train_idx, x=x, y=y).to(device)
     batch_size = data.batch_size
     history = train_epochs(module, x, y, batch_size=batch_size, max_epochs=config.max_epochs,
                            seed=seed, x_val=x_val, y_val=y_val,
@@ -270,9 +271,10 @@ def fit_member_plain(head: str, hparams: dict, data: Any, *, config: Any, seed: 
     if refit_idx is not None:
         # Same settings, all training-fold units, as many epochs as the best inner model.
         seed_everything(seed)
-        module = build_member(head, hparams, data, pearson_weight=config.pearson_weight,
-                              train_idx=refit_idx).to(device)
+        del x, y
         x_all, y_all = rows(data, refit_idx, device)
+        module = build_member(head, hparams, data, pearson_weight=config.pearson_weight,
+                              train_idx=refit_idx, x=x_all, y=y_all).to(device)
         refit = train_epochs(module, x_all, y_all, batch_size=batch_size,
                              max_epochs=best_epoch + 1, seed=seed)
         refit.write_csv(out_dir / "refit" / "metrics.csv")

@@ -83,11 +83,14 @@ class ContextNet(HeadNet):
     def fit_bases(self, x_train: np.ndarray, y_train: np.ndarray) -> None:
         """Fit the fixed input PCA (per block) and output basis on the training fold's raw
         features and targets, after :meth:`set_standardisation`."""
-        x = (torch.as_tensor(x_train, dtype=torch.float32) - self.feature_mean) / self.feature_std
-        for i, (part, r, b) in enumerate(zip(torch.split(x, self.blocks, dim=-1), self.reduced,
-                                             self.blocks, strict=True)):
-            if r < b:
+        x = torch.as_tensor(x_train, dtype=torch.float32)
+        start = 0
+        for i, (r, b) in enumerate(zip(self.reduced, self.blocks, strict=True)):
+            if r < b:  # one block standardised at a time: no copy of the whole matrix
+                cols = slice(start, start + b)
+                part = (x[:, cols] - self.feature_mean[cols]) / self.feature_std[cols]
                 getattr(self, f"pca_{i}").copy_(principal_axes(part, r).T)
+            start += b
         if self.rank:
             y = (torch.as_tensor(y_train, dtype=torch.float32) - self.target_mean) / self.target_std
             self.target_basis.copy_(principal_axes(y, self.rank))
@@ -128,7 +131,8 @@ def principal_axes(x: torch.Tensor, r: int) -> torch.Tensor:
     to sign), at a cost linear in the rows (an SVD of 9,000 x 1,280 rows took seconds a
     block). Signs are fixed so that each axis' largest-magnitude entry is positive.
     """
-    xc = (x - x.mean(0)).double()
+    xc = x.double()
+    xc -= xc.mean(0)
     n, d = xc.shape
     if n < d:
         evals, u = torch.linalg.eigh(xc @ xc.T)
