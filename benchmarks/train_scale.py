@@ -74,13 +74,17 @@ def run_child(args: list[str], *, threads: int, src: Path | None = None) -> dict
     return result
 
 
-def load(dataset: Path, patient: str | None) -> Any:
-    """The dataset, restricted to one patient's sections when asked."""
+def load(dataset: Path, patient: str | None, test_section: str | None = None) -> Any:
+    """The dataset, restricted to one patient's sections when asked; with ``test_section``
+    one fold (``obs['split']``: that section held out, the others train)."""
     import anndata as ad
 
     adata = ad.read_h5ad(dataset)
     if patient is not None:
         adata = adata[adata.obs["patient"].astype(str) == patient].copy()
+    if test_section is not None:
+        held = adata.obs["sample_id"].astype(str) == test_section
+        adata.obs["split"] = np.where(held, "test", "train")
     return adata
 
 
@@ -101,7 +105,7 @@ def child_full(args: argparse.Namespace) -> dict[str, Any]:
     """The whole train stage with ``args.loop``; quality of the shipped, head and ridge."""
     from slide2expr.train.run import run_training
 
-    adata = load(args.dataset, args.patient)
+    adata = load(args.dataset, args.patient, args.test_section)
     out = Path(args.out) / f"full-{args.loop}"
     config = settings(args, args.loop)
     start = time.process_time()
@@ -300,6 +304,8 @@ def common(args: argparse.Namespace) -> list[str]:
         out += ["--patient", args.patient]
     if args.genes:
         out += ["--genes", str(args.genes)]
+    if args.test_section:
+        out += ["--test-section", args.test_section]
     return out
 
 
@@ -310,6 +316,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("/tmp/train-scale"))
     p.add_argument("--patient", default=None, help="Train on this patient's sections only.")
     p.add_argument("--group-by", default="patient", help="train.group_by (full).")
+    p.add_argument("--test-section", default=None,
+                   help="full: one fold, this section held out (obs['split']).")
     p.add_argument("--folds", default="loo", help="train.folds (full).")
     p.add_argument("--genes", type=Path, default=None, help="A gene list (full).")
     p.add_argument("--n-genes", type=int, default=785, help="Targets of the scale runs.")
