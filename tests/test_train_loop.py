@@ -62,8 +62,8 @@ def test_early_stopping_keeps_the_first_best_epoch_and_stops_after_patience():
     y = x[:, :2] + 0.3 * torch.as_tensor(rng.normal(size=(120, 2)), dtype=torch.float32)
     torch.manual_seed(0)
     head = build_head("mlp", in_dim=6, n_genes=2, hidden=8, lr=0.05)
-    history = train_epochs(head, x[:90], y[:90], batch_size=16, max_epochs=40, seed=0,
-                           x_val=x[90:], y_val=y[90:], min_epochs=3, patience=2)
+    history = train_epochs(head, x, y, torch.arange(90), batch_size=16, max_epochs=40,
+                           seed=0, val_rows=torch.arange(90, 120), min_epochs=3, patience=2)
     scores = [row["val_pearson"] for row in history.rows]
     assert history.best_epoch == int(np.argmax(scores))  # argmax: the first of equal maxima
     assert history.best_score == max(scores)
