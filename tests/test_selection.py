@@ -11,6 +11,7 @@ import torch
 from test_train import planted_dataset
 
 import slide2expr.train.run as train_run
+from slide2expr.errors import InputError
 from slide2expr.predict import load_trained_head
 from slide2expr.train.baselines import (
     pearson_columns,
@@ -62,10 +63,11 @@ def _selection_of_fold(adata, tmp_path, name, patient="p0", **settings) -> dict:
     return json.loads((models / _fold_of(out, patient) / "head.json").read_text())["selection"]
 
 
-def _leaky_select_model(head, config, members, source, y_fit, y, *, splits, inner_all, rows):
+def _leaky_select_model(head, config, members, source, y_fit, y, *, splits, inner_all, rows,
+                        **kwargs):
     """A deliberately wrong selection that scores the head on the held-out units too."""
     selection = _honest_select_model(head, config, members, source, y_fit, y, splits=splits,
-                                     inner_all=inner_all, rows=rows)
+                                     inner_all=inner_all, rows=rows, **kwargs)
     test = np.setdiff1d(np.arange(len(y)), np.union1d(*splits[0]))  # the held-out units
     for mem in members:
         selection.head_scores.append(inner_score(mem["predicted"], y[test],
@@ -312,3 +314,29 @@ def test_a_users_config_gets_the_context_model_and_every_block_it_reads():
     config = TrainConfig.from_dict(train)
     assert config.for_head("context").ensemble == 4  # the spread layer is on by default
     assert config.for_head("mlp").ensemble == 1 and config.inputs_for("mlp") == ["spot"]
+
+
+def test_the_blend_is_compared_only_where_inner_validation_sees_a_new_patient():
+    """``select_blend: patients`` (default): a fold whose inner validation is grouped by
+    section (one training patient, or sample-grouped folds) compares head and ridge only."""
+    from slide2expr.train.selection import blend_compared
+
+    assert blend_compared("patients", "patient", "patient")
+    assert not blend_compared("patients", "sample_id", "patient")  # one training patient
+    assert not blend_compared("patients", "sample_id", "sample_id")  # folds by section
+    assert not blend_compared("patients", "units", "patient")
+    assert blend_compared("always", "sample_id", "patient")
+    assert not blend_compared("never", "patient", "patient")
+    with pytest.raises(InputError, match="select_blend"):
+        TrainConfig.from_dict({"select_blend": "sometimes"})
+
+
+def test_select_blend_never_compares_head_and_ridge_only(tmp_path):
+    adata = planted_dataset(n_patients=4, per_patient=25, n_signal=3, n_noise=1)
+    out, models = _train(adata, tmp_path, "never", lr=1e-7, folds=2, select_blend="never")
+    for k in range(2):
+        sel = json.loads((models / f"fold{k}" / "head.json").read_text())["selection"]
+        assert sel["compared"] == ["mlp", "ridge"] and sel["winner"] == "ridge"
+        assert "blend" not in sel["inner_scores"]
+    np.testing.assert_allclose(out.layers["predicted"], out.layers["baseline_ridge"],
+                               rtol=1e-4, atol=1e-4)

@@ -68,6 +68,7 @@ from slide2expr.train.selection import (
     BLEND,
     RIDGE,
     Selection,
+    blend_compared,
     blend_scores,
     inner_score,
     ridge_candidate,
@@ -377,7 +378,9 @@ def train_fold(*, head: str, config: TrainConfig, source: SpotFeatures | BagFeat
     inner_all[train_idx] = inner
     selection = select_model(head, config, members, fit_source, y_fit, y,
                              splits=[(train_idx[~v], train_idx[v]) for v in val_masks],
-                             inner_all=inner_all, rows=rows)
+                             inner_all=inner_all, rows=rows,
+                             blend=blend_compared(config.select_blend, grouping,
+                                                  config.group_by))
     for mem in members:
         save_head(mem["module"], mem["dir"], meta={**mem["meta"],
                                                    "selection": selection.record()})
@@ -434,12 +437,13 @@ def train_fold(*, head: str, config: TrainConfig, source: SpotFeatures | BagFeat
 def select_model(head: str, config: TrainConfig, members: list[dict[str, Any]],
                  source: SpotFeatures | BagFeatures, y_fit: np.ndarray, y: np.ndarray, *,
                  splits: list[tuple[np.ndarray, np.ndarray]], inner_all: np.ndarray,
-                 rows: Any) -> Selection:
+                 rows: Any, blend: bool = True) -> Selection:
     """Score the head (each member's best inner checkpoint) and ridge on the same inputs on
     every member's inner validation units (:mod:`slide2expr.train.selection`).
 
     Only training-fold units are read: ``splits`` are the members' (inner training,
-    inner validation) unit indices, all inside the fold's training units.
+    inner validation) unit indices, all inside the fold's training units. With ``blend``
+    the blend of the two is scored too (:func:`~slide2expr.train.selection.blend_compared`).
     """
     selection = Selection(head=head, mode=config.select)
     if config.select == "off":
@@ -456,8 +460,9 @@ def select_model(head: str, config: TrainConfig, members: list[dict[str, Any]],
             alphas=config.ridge_alphas, blocks=block_widths(source))
         selection.ridge_scores.append(score)
         selection.ridge_alphas.append(alpha)
-        selection.blend_member_scores.append(
-            blend_scores(mem["val_predicted"], ridge_val, y[inner_val], groups_val))
+        if blend:
+            selection.blend_member_scores.append(
+                blend_scores(mem["val_predicted"], ridge_val, y[inner_val], groups_val))
     log.info("selection (%s): inner score %s %.4f, blend %.4f (ridge weight %s), ridge %.4f "
              "-> %s", config.select, head, selection.head_score, selection.blend_score,
              selection.blend_weight, selection.ridge_score, selection.winner)

@@ -106,6 +106,22 @@ def ridge_candidate(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray,
     return score, float(alphas[best]), np.asarray(path[best])
 
 
+def blend_compared(mode: str, grouping: str, group_by: str) -> bool:
+    """Whether the fold's selection compares the blend (``train.select_blend``).
+
+    ``patients`` compares it only when the inner validation groups are the run's own
+    groups (``grouping == group_by``) and those are not sections: ridge on the same inputs
+    can extrapolate on a new patient (its per-gene spread 4-15x the context head's across
+    her2st's patients) where validation on another section of the same patient cannot see
+    it, and a blend then follows ridge.
+    """
+    if mode == "always":
+        return True
+    if mode == "never":
+        return False
+    return grouping == group_by and group_by != "sample_id"
+
+
 def blend(head: np.ndarray, ridge: np.ndarray, weight: float) -> np.ndarray:
     """The blend's prediction: ``(1 - weight) * head + weight * ridge``."""
     return (1.0 - weight) * np.asarray(head) + weight * np.asarray(ridge)
