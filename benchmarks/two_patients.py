@@ -154,12 +154,16 @@ def table(args: argparse.Namespace) -> None:
                        pred.obs.groupby("sample_id", observed=True)["fold"].first().items()}
             groups = ([list(fold_of)] if scenario == "loso_C" else
                       [[s for s, f in fold_of.items() if f == k] for k in sorted(set(fold_of.values()))])
+            add_head_or_ridge(pred)
             tables = {layer: section_table(pred, layer) for layer in
-                      ("predicted", "predicted_head", "baseline_ridge") if layer in pred.layers}
+                      ("predicted", HEAD_OR_RIDGE, "predicted_head", "baseline_ridge")
+                      if layer in pred.layers}
             for sections in groups:
                 label = ("C LOSO" if scenario == "loso_C" else split_label(pred, sections))
                 shipped = ", ".join(f"{s}: {winners.get(fold_of[s], '?')}" for s in sections)
-                for layer, name in (("predicted", f"shipped ({head} + select)"),
+                for layer, name in (("predicted", f"shipped ({head} + select, as run)"),
+                                    (HEAD_OR_RIDGE, f"{head} or ridge by inner score "
+                                     "(select_blend: patients here)"),
                                     ("predicted_head", f"{head} head"),
                                     ("baseline_ridge", f"ridge ({head}'s inputs)")):
                     if layer not in tables:
@@ -191,6 +195,30 @@ def table(args: argparse.Namespace) -> None:
     print()
     for note in notes:
         print(f"- {note}")
+
+
+HEAD_OR_RIDGE = "head_or_ridge"
+
+
+def add_head_or_ridge(pred: Any) -> None:
+    """``layers[HEAD_OR_RIDGE]``: per fold the head's predictions or ridge's, whichever
+    scored higher on the run's inner validation (a tie keeps the head): what
+    ``train.select: auto`` ships when the blend is not compared (``select_blend: patients``
+    with section-grouped inner validation, as in every split here). Exact for a run that
+    compared the blend too: the head's training and ridge's fit do not depend on it, and a
+    fold that ships ridge ships the ridge baseline's model (same alpha, same units)."""
+    if "predicted_head" not in pred.layers or "baseline_ridge" not in pred.layers:
+        return
+    out = np.array(pred.layers["predicted_head"], dtype=np.float32, copy=True)
+    folds = pred.obs["fold"].to_numpy()
+    for name, info in pred.uns["slide2expr"]["train"]["folds"].items():
+        scores = info["selection"]["inner_scores"]
+        head = pred.uns["slide2expr"]["train"]["head"]
+        ridge, mine = scores.get("ridge"), scores.get(head)
+        if ridge is not None and (mine is None or ridge > mine):
+            rows = folds == int(str(name).removeprefix("fold"))
+            out[rows] = pred.layers["baseline_ridge"][rows]
+    pred.layers[HEAD_OR_RIDGE] = out
 
 
 def _plain(value: Any) -> Any:

@@ -340,3 +340,17 @@ def test_select_blend_never_compares_head_and_ridge_only(tmp_path):
         assert "blend" not in sel["inner_scores"]
     np.testing.assert_allclose(out.layers["predicted"], out.layers["baseline_ridge"],
                                rtol=1e-4, atol=1e-4)
+
+
+def test_members_that_share_a_validation_split_are_scored_as_their_average(tmp_path):
+    """Four members on a training fold of two patients validate on one patient each, two
+    members per patient: the selection scores two splits, each the average of its two
+    members (what the fold ships), not four single members."""
+    from slide2expr.train.selection import shared_splits
+
+    a, b = np.arange(5), np.arange(5, 9)
+    assert shared_splits([a, b, a[::-1], b]) == [[0, 2], [1, 3]]
+    adata = planted_dataset(n_patients=3, per_patient=20, n_signal=2, n_noise=1)
+    _, models = _train(adata, tmp_path, "shared", folds=3, ensemble=4, max_epochs=2)
+    sel = json.loads((models / "fold0" / "head.json").read_text())["selection"]
+    assert len(sel["member_scores"]["mlp"]) == 2 and len(sel["member_scores"]["ridge"]) == 2

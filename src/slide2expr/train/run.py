@@ -72,6 +72,7 @@ from slide2expr.train.selection import (
     blend_scores,
     inner_score,
     ridge_candidate,
+    shared_splits,
     shipped_summary,
 )
 from slide2expr.train.views import ViewRows, view_rows
@@ -438,8 +439,9 @@ def select_model(head: str, config: TrainConfig, members: list[dict[str, Any]],
                  source: SpotFeatures | BagFeatures, y_fit: np.ndarray, y: np.ndarray, *,
                  splits: list[tuple[np.ndarray, np.ndarray]], inner_all: np.ndarray,
                  rows: Any, blend: bool = True) -> Selection:
-    """Score the head (each member's best inner checkpoint) and ridge on the same inputs on
-    every member's inner validation units (:mod:`slide2expr.train.selection`).
+    """Score the head (the best inner checkpoints of the members that share a validation
+    split, averaged) and ridge on the same inputs on every distinct inner validation split
+    (:mod:`slide2expr.train.selection`).
 
     Only training-fold units are read: ``splits`` are the members' (inner training,
     inner validation) unit indices, all inside the fold's training units. With ``blend``
@@ -448,12 +450,13 @@ def select_model(head: str, config: TrainConfig, members: list[dict[str, Any]],
     selection = Selection(head=head, mode=config.select)
     if config.select == "off":
         return selection
-    for mem, (inner_train, inner_val) in zip(members, splits, strict=True):
-        if mem.get("val_predicted") is None or len(inner_val) == 0:
-            continue
+    usable = [m for m, mem in enumerate(members)
+              if mem.get("val_predicted") is not None and len(splits[m][1])]
+    for group in shared_splits([splits[m][1] for m in usable]):
+        inner_train, inner_val = splits[usable[group[0]]]
+        head_val = np.mean([members[usable[i]]["val_predicted"] for i in group], axis=0)
         groups_val = inner_all[inner_val]
-        selection.head_scores.append(inner_score(mem["val_predicted"], y[inner_val],
-                                                 groups_val))
+        selection.head_scores.append(inner_score(head_val, y[inner_val], groups_val))
         tr = rows(inner_train)
         score, alpha, ridge_val = ridge_candidate(
             source.pooled(tr), y_fit[tr], source.pooled(inner_val), y[inner_val], groups_val,
@@ -462,7 +465,7 @@ def select_model(head: str, config: TrainConfig, members: list[dict[str, Any]],
         selection.ridge_alphas.append(alpha)
         if blend:
             selection.blend_member_scores.append(
-                blend_scores(mem["val_predicted"], ridge_val, y[inner_val], groups_val))
+                blend_scores(head_val, ridge_val, y[inner_val], groups_val))
     log.info("selection (%s): inner score %s %.4f, blend %.4f (ridge weight %s), ridge %.4f "
              "-> %s", config.select, head, selection.head_score, selection.blend_score,
              selection.blend_weight, selection.ridge_score, selection.winner)

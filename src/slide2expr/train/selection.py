@@ -13,7 +13,8 @@ from ``train.ridge_alphas``, the blend its weight from :data:`BLEND_WEIGHTS`), s
 is much more optimistic than another by construction.
 
 The score is the mean per-gene Pearson r within each validation group (every gene the fold
-models), averaged over the groups of every member's validation split: the report's headline
+models), averaged over the groups of every distinct validation split (members that share a
+split are averaged first, :func:`shared_splits`): the report's headline
 metric (per held-out unit) on inner data. Groups of fewer than :data:`MIN_GROUP_UNITS` units
 (bulk mode: one slide a patient) are pooled per member instead.
 """
@@ -41,7 +42,8 @@ BLEND_WEIGHTS = (0.25, 0.5, 0.75)
 MIN_GROUP_UNITS = 3
 #: What the recorded score means (provenance, head.json, report).
 METRIC = ("mean per-gene Pearson r within each inner validation group, averaged over the "
-          "groups of every ensemble member's validation split")
+          "groups of every distinct validation split of the ensemble members (members sharing "
+          "a split averaged first)")
 
 
 def inner_score(predicted: np.ndarray, observed: np.ndarray, groups: np.ndarray) -> float:
@@ -104,6 +106,23 @@ def ridge_candidate(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray,
     best = (int(np.nanargmax(scores)) if np.isfinite(scores).any() else len(alphas) // 2)
     score = float(scores[best]) if np.isfinite(scores).any() else float("nan")
     return score, float(alphas[best]), np.asarray(path[best])
+
+
+def shared_splits(validation: Sequence[np.ndarray]) -> list[list[int]]:
+    """Group the ensemble members by their inner validation units: members with the same
+    units (e.g. two of four members on a two-section patient) are averaged before scoring,
+    as the fold averages them when it ships the head; a single member's score would
+    understate the ensemble against ridge (one deterministic model).
+
+    Returns
+    -------
+    list of list of int
+        Member positions per distinct validation split, in order of first appearance.
+    """
+    groups: dict[bytes, list[int]] = {}
+    for i, units in enumerate(validation):
+        groups.setdefault(np.sort(np.asarray(units)).tobytes(), []).append(i)
+    return list(groups.values())
 
 
 def blend_compared(mode: str, grouping: str, group_by: str) -> bool:
