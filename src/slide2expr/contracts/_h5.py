@@ -88,11 +88,19 @@ def format_stamp(contract: str, version: str) -> dict[str, str]:
     return {FORMAT_ATTR: f"{contract}/{version}"}
 
 
+#: The command that writes each contract's files: what to re-run for a file of another version.
+WRITTEN_BY = {"tiles": "slide2expr tile", "features": "slide2expr extract",
+              "dataset": "slide2expr join", "model": "slide2expr train",
+              "predictions": "slide2expr train", "tilemaps": "slide2expr heatmap"}
+
+
 def check_format(path: str | Path, attrs: Mapping[str, Any], contract: str,
                  supported: tuple[str, ...]) -> None:
     """Refuse a file stamped as another contract or an unsupported version of this one.
 
     Files written before format stamps existed carry none and are accepted as version 1.
+    A refusal is one line naming the file, its version, the versions this slide2expr reads
+    and the command to re-run with it (:func:`version_refusal`).
     """
     stamp = attrs.get(FORMAT_ATTR)
     if stamp is None:
@@ -102,6 +110,23 @@ def check_format(path: str | Path, attrs: Mapping[str, Any], contract: str,
         raise InputError(path, f"is a {name} file, not a {contract} file",
                          f"pass the {contract} file the workflow wrote")
     if version not in supported:
-        raise InputError(path, f"has {contract} format version {version}; this slide2expr "
-                               f"reads {', '.join(supported)}",
-                         "re-run the stage that wrote it with this version of slide2expr")
+        raise version_refusal(path, contract, version, supported)
+
+
+def version_refusal(path: str | Path, contract: str, version: str,
+                    supported: tuple[str, ...]) -> InputError:
+    """The error for a ``contract`` file at a ``version`` this slide2expr does not read: its
+    version, what this slide2expr reads, and the command to re-run (a newer file may also be
+    read with the slide2expr that wrote it)."""
+    from slide2expr import __version__
+
+    reads = ", ".join(f"{contract}/{v}" for v in supported)
+    newer = version.isdigit() and all(v.isdigit() and int(version) > int(v) for v in supported)
+    problem = (f"has {contract} format version {version}"
+               f"{', from a newer slide2expr' if newer else ''}; "
+               f"this slide2expr ({__version__}) reads {reads}")
+    command = WRITTEN_BY.get(contract, "the stage that wrote it")
+    fix = f"re-run `{command}` for it with this slide2expr (it writes {contract}/{supported[-1]})"
+    if newer:
+        fix += ", or read it with the slide2expr that wrote it"
+    return InputError(path, problem, fix)

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from slide2expr.contracts._anndata import read_anndata, write_anndata
-from slide2expr.contracts._h5 import check_format
+from slide2expr.contracts._h5 import FORMAT_ATTR, check_format, format_stamp
 from slide2expr.errors import InputError
 from slide2expr.keys import Key
 
@@ -42,10 +42,20 @@ VERSION = "1"
 
 
 def write_dataset(adata: Any, out: str | Path) -> Path:
-    """Write ``adata`` to ``out`` atomically (nothing is left behind on failure)."""
+    """Write ``adata`` to ``out`` atomically (nothing is left behind on failure), its
+    ``uns['slide2expr']`` stamped ``dataset/1`` (:func:`stamp`)."""
+    stamp(adata)
     out = write_anndata(adata, out)
     log.info("wrote %s: %d units x %d genes", out, adata.n_obs, adata.n_vars)
     return out
+
+
+def stamp(adata: Any) -> None:
+    """Stamp ``uns['slide2expr']`` as this contract, first of its entries (where the join
+    puts it, so a dataset the join stamped is written with the same bytes)."""
+    prov = dict(adata.uns.get(Key.PROVENANCE, {}))
+    prov.pop(FORMAT_ATTR, None)
+    adata.uns[Key.PROVENANCE] = {**format_stamp(CONTRACT, VERSION), **prov}
 
 
 def read_dataset(path: str | Path) -> Any:

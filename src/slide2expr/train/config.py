@@ -104,6 +104,7 @@ class TrainConfig:
     tta: bool = False
     select: str = "auto"
     select_blend: str = "patients"
+    loop: str = "plain"
 
     @classmethod
     def from_dict(cls, values: dict[str, Any] | None, *, source: str | None = None) -> TrainConfig:
@@ -190,5 +191,8 @@ class TrainConfig:
         if self.select_blend not in BLEND_MODES:
             fail(f"train.select_blend is {self.select_blend!r}", "use patients (compare the "
                  "blend only when inner validation is grouped by patient), always or never")
+        if self.loop not in ("plain", "lightning"):
+            fail(f"train.loop is {self.loop!r}", "use plain (the fast spot-mode loop) or "
+                 "lightning (the Lightning Trainer)")
         if self.ensemble < 1:
             fail("train.ensemble must be >= 1", "set it to 1 for a single model per fold")
