@@ -58,11 +58,15 @@ def extract(
     from slide2expr.atomic import output_lock
     from slide2expr.console import progress_wanted
     from slide2expr.errors import InputError
+    from slide2expr.extract.options import ExtractOptions
 
     cfg = section(ctx, "extract", config_json, EXTRACT_FLAGS)
     if len(tiles) != len(out):
         raise InputError(tiles[0], f"{len(tiles)} tiles files but {len(out)} --out files",
                          "give one --out per tiles file, in the same order")
+    options = ExtractOptions(
+        encoder=encoder, weights=weights, slide=slide, threads=threads, resume=resume,
+        progress=progress_wanted(progress), **{key: cfg[key] for key in EXTRACT_FLAGS.values()})
     # One run per output, taken before the slow set-up (torch, the encoder): a second run
     # of the same output stops at once, naming the first one's process.
     with contextlib.ExitStack() as locks:
@@ -70,14 +74,7 @@ def extract(
             locks.enter_context(output_lock(path))
         from slide2expr.extract.run import extract_tilings
 
-        results = extract_tilings(
-            list(zip(tiles, out, strict=True)), encoder=encoder, weights=weights, slide=slide,
-            batch_size=cfg["batch_size"],
-            num_workers=cfg["num_workers"], threads=threads, device=cfg["device"],
-            dtype=cfg["dtype"], stain_normalize=cfg["stain_normalize"],
-            stain_reference=cfg["stain_reference"], views=cfg["views"],
-            resume=resume, progress=progress_wanted(progress),
-        )
+        results = extract_tilings(list(zip(tiles, out, strict=True)), options)
     for result in results:
         typer.echo(f"{result.path}: {result.n_tiles} tiles ({result.n_computed} computed), "
                    f"{result.tiles_per_s:.1f} tiles/s on {result.device}", err=True)
