@@ -1,9 +1,10 @@
 """Small functions with one job: no function or method in src/ runs over 60 lines.
 
 A function's length is counted from its ``def`` line to its last line, docstring included
-(decorators not). Functions not yet split are listed in ``NOT_YET_SPLIT`` with their length
-today: the test fails when one grows, when a new long function appears, and when a listed
-one has been split (so the list only shrinks).
+(decorators not). ``ALLOWED`` holds the functions that stay long, each with its reason.
+Functions not yet split are listed in ``NOT_YET_SPLIT`` with their length today: the test
+fails when one grows, when a new long function appears, and when a listed one has been
+split (so the list only shrinks).
 """
 
 from __future__ import annotations
@@ -14,23 +15,22 @@ from pathlib import Path
 SRC = Path(__file__).resolve().parents[1] / "src" / "slide2expr"
 MAX_LINES = 60
 
+#: ``module path (relative to src/slide2expr) :: qualified name`` -> (its length, why).
+ALLOWED: dict[str, tuple[int, str]] = {
+    "commands/heatmap.py :: heatmap": (84, "typer declares each of its 20 flags as a "
+                                       "parameter: the signature alone is 57 lines; the body "
+                                       "(26 lines) calls _options and _draw"),
+}
+
 #: ``module path (relative to src/slide2expr) :: qualified name`` -> its length today.
 NOT_YET_SPLIT: dict[str, int] = {
-    "commands/heatmap.py :: heatmap": 84,
-    "commands/join.py :: join": 69,
-    "commands/view.py :: view": 84,
-    "export/spatialdata.py :: build_spatialdata": 76,
-    "heatmap/overlay.py :: save_overlay_png": 84,
     "heatmap/run.py :: make_heatmaps": 93,
-    "heatmap/spot_overlay.py :: draw_spot_comparison": 63,
     "join/run.py :: _bulk_parts": 65,
     "join/run.py :: _spot_parts": 85,
     "predict/files.py :: predict_files": 75,
     "report/evaluate.py :: build_report": 112,
     "report/html.py :: render_html": 97,
     "report/map_vs_spots.py :: score_maps": 82,
-    "report/plots.py :: scatter_grid": 65,
-    "report/stats.py :: bootstrap_mean_r": 73,
     "repro/manifest.py :: build_manifest": 65,
     "tile/run.py :: tile_slide": 81,
     "viewer/build.py :: build_slide": 75,
@@ -64,7 +64,8 @@ def _functions(tree: ast.AST, prefix: str = ""):
 
 
 def test_no_function_over_60_lines():
-    found = long_functions()
+    found = {k: v for k, v in long_functions().items()
+             if k not in ALLOWED or v > ALLOWED[k][0]}
     new = {k: v for k, v in found.items() if k not in NOT_YET_SPLIT}
     grown = {k: (NOT_YET_SPLIT[k], v) for k, v in found.items()
              if k in NOT_YET_SPLIT and v > NOT_YET_SPLIT[k]}
