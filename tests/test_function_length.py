@@ -27,7 +27,6 @@ NOT_YET_SPLIT: dict[str, int] = {
     "heatmap/run.py :: make_heatmaps": 93,
     "join/run.py :: _bulk_parts": 65,
     "join/run.py :: _spot_parts": 85,
-    "predict/files.py :: predict_files": 75,
     "report/evaluate.py :: build_report": 112,
     "report/html.py :: render_html": 97,
     "report/map_vs_spots.py :: score_maps": 82,
