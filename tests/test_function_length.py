@@ -31,8 +31,6 @@ NOT_YET_SPLIT: dict[str, int] = {
     "report/html.py :: render_html": 97,
     "report/map_vs_spots.py :: score_maps": 82,
     "repro/manifest.py :: build_manifest": 65,
-    "viewer/build.py :: build_slide": 75,
-    "viewer/build.py :: build_viewer": 73,
 }
 
 
