@@ -53,11 +53,19 @@ def fit_member(head: str, hparams: dict, data: Any, *, config: TrainConfig, seed
                out_dir: Path, refit_idx: np.ndarray | None = None) -> dict[str, Any]:
     """Train one head on ``data`` (early stopping on validation r) and predict its test units.
 
+    Spot-mode heads with ``train.loop: plain`` (the default) train in
+    :func:`slide2expr.train.loop.fit_member_plain`; the rest with the Lightning Trainer.
+
     With ``refit_idx`` (all units of the training fold), a fresh head is then trained on them
     for the best inner model's number of epochs, and that one is kept.
     Writes ``best.ckpt`` and ``metrics.csv`` into ``out_dir``; returns the module (eval
     mode), its predictions in expression units, epochs, best validation r and seconds.
     """
+    if config.loop == "plain" and getattr(data.source, "kind", "") == "spot":
+        from slide2expr.train.loop import fit_member_plain
+
+        return fit_member_plain(head, hparams, data, config=config, seed=seed,
+                                out_dir=out_dir, refit_idx=refit_idx)
     with quiet_lightning():
         start = time.perf_counter()
         module, fit = _fit_early_stopped(head, hparams, data, config=config, seed=seed,
