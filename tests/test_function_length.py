@@ -27,7 +27,6 @@ NOT_YET_SPLIT: dict[str, int] = {
     "report/evaluate.py :: build_report": 112,
     "report/html.py :: render_html": 97,
     "report/map_vs_spots.py :: score_maps": 82,
-    "repro/manifest.py :: build_manifest": 65,
 }
 
 
