@@ -40,7 +40,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
-from slide2expr.contracts.features import FeatureWriter
+from slide2expr.contracts.features import FeatureAttrs, FeatureWriter
 from slide2expr.contracts.tiles import TileSet, read_tiles
 from slide2expr.errors import InputError
 from slide2expr.extract.encoders import Encoder, get_encoder, get_spec
@@ -436,7 +436,7 @@ class _SlideTilings:
 
 def _open_tilings(stack: contextlib.ExitStack, tilings: _SlideTilings, enc: Encoder,
                   dev: torch.device, *, opts: ExtractOptions, stain: StainNormalizer | None,
-                  stain_attrs: dict[str, object], views: tuple[str, ...],
+                  stain_attrs: FeatureAttrs, views: tuple[str, ...],
                   handle: SlideHandle) -> tuple[list[FeatureWriter], list[TileRegionDataset]]:
     """Per tiling, its features writer (opened on ``stack``: resumed or allocated) and the
     dataset reading its tiles from the slide."""
@@ -446,13 +446,14 @@ def _open_tilings(stack: contextlib.ExitStack, tilings: _SlideTilings, enc: Enco
         if views and not tiling_views:
             log.info("%s: grid tiling: no augmentation views (they are for training units)",
                      out)
-        attrs = {**_encoder_attrs(enc, dev, tileset, tilings.slide_mpp), **stain_attrs}
+        attrs = _encoder_attrs(enc, dev, tileset, tilings.slide_mpp)
+        attrs.update(stain_attrs.to_attrs())
         writers.append(stack.enter_context(FeatureWriter(
             out, tileset, embed_dim=enc.embed_dim, attrs=attrs, dtype=opts.dtype,
             resume=opts.resume, views=tiling_views)))
         parts.append(TileRegionDataset(
             tilings.slide_path, tileset.coords,
-            tile_px_level0=float(tileset.attrs["tile_px_level0"]),
+            tile_px_level0=tileset.tile_px_level0,
             out_px=enc.preprocessing.input_px, slide_mpp=tilings.slide_mpp, stain=stain,
             views=tiling_views, handle=handle))
     return writers, parts
@@ -472,13 +473,14 @@ def _torch_device(opts: ExtractOptions) -> torch.device:
 
 
 def _encoder_attrs(enc: Encoder, dev: torch.device, tileset: TileSet,
-                   slide_mpp: float | None) -> dict[str, object]:
+                   slide_mpp: float | None) -> FeatureAttrs:
     """What a features file records about its encoder and input resolution."""
     out_px = enc.preprocessing.input_px
-    tile_px0 = float(tileset.attrs["tile_px_level0"])
-    return {"encoder": enc.name, "weights": enc.weights, "weights_source": enc.weights_source,
-            "input_px": out_px, "device": str(dev),
-            **({"input_mpp": slide_mpp * tile_px0 / out_px} if slide_mpp is not None else {})}
+    tile_px0 = tileset.tile_px_level0
+    return FeatureAttrs(
+        encoder=enc.name, weights=enc.weights, weights_source=enc.weights_source,
+        input_px=out_px, device=str(dev),
+        input_mpp=slide_mpp * tile_px0 / out_px if slide_mpp is not None else None)
 
 
 def _embed_remaining(dataset: TilingsDataset, writers: list[FeatureWriter],
@@ -494,14 +496,13 @@ def _embed_remaining(dataset: TilingsDataset, writers: list[FeatureWriter],
     try:
         _run(dataset, writers, enc, dev, firsts=firsts, seconds=seconds,
              batch_size=opts.batch_size, workers=workers, progress=opts.progress,
-             label=str(tilings.tilesets[0].attrs.get("sample_id", tilings.slide_path.stem)))
+             label=str(tilings.tilesets[0].attrs.sample_id or tilings.slide_path.stem))
     finally:
         dataset.close()
 
 
 def _is_grid(tileset: TileSet) -> bool:
-    return (tileset.attrs.get("mode") == "grid"
-            or str(tileset.attrs.get("tiling", "")).startswith("grid"))
+    return tileset.attrs.is_grid
 
 
 def _run(dataset: TilingsDataset, writers: list[FeatureWriter], enc: Encoder,
@@ -581,7 +582,7 @@ def _common_slide(tilesets: list[TileSet], sources: list[object]) -> Path:
 
 def _common_mpp(tilesets: list[TileSet], sources: list[object]) -> float | None:
     """The slide mpp every tiles file records (attr ``slide_mpp``), or None."""
-    mpps = [_float_or_none(t.attrs.get("slide_mpp")) for t in tilesets]
+    mpps = [_float_or_none(t.attrs.slide_mpp) for t in tilesets]
     for mpp, src in zip(mpps[1:], sources[1:], strict=True):
         if mpp != mpps[0]:
             raise InputError(src if isinstance(src, str | Path) else None,
@@ -611,20 +612,20 @@ def check_same_slide(slide_path: Path, tiles: TileSet, *, source: object) -> Non
     made_from = f"the slide {source} was made from" if isinstance(source, str | Path) \
         else "the tiles' slide"
     fix = "pass the slide the tiles were made from with --slide, or tile this slide first"
-    recorded = str(attrs.get("slide_fingerprint") or "")
+    recorded = str(attrs.slide_fingerprint or "")
     if recorded and slide_path.is_file() and file_fingerprint(slide_path) == recorded:
         return  # the very file (moved or copied)
-    with open_slide(slide_path, sheet_mpp=_float_or_none(attrs.get("slide_mpp")),
+    with open_slide(slide_path, sheet_mpp=_float_or_none(attrs.slide_mpp),
                     require_mpp=False) as s:
         size, mpp, mpp_source = s.dimensions, s.mpp, s.mpp_source
-    width, height = attrs.get("level0_width"), attrs.get("level0_height")
+    width, height = attrs.level0_width, attrs.level0_height
     if width is not None and height is not None and (int(width), int(height)) != tuple(size):
         raise InputError(slide_path, f"is not {made_from}: its level-0 size is "
                          f"{size[0]} x {size[1]} px, the tiles' slide's {int(width)} x "
                          f"{int(height)} px", fix)
-    tiles_mpp = _float_or_none(attrs.get("slide_mpp"))
+    tiles_mpp = _float_or_none(attrs.slide_mpp)
     if (mpp is not None and tiles_mpp is not None and mpp_source == "metadata"
-            and attrs.get("mpp_source") == "metadata"
+            and attrs.mpp_source == "metadata"
             and abs(mpp - tiles_mpp) > MPP_TOLERANCE * tiles_mpp):
         raise InputError(slide_path, f"is not {made_from}: its mpp is {mpp:g} um/px, the "
                          f"tiles' slide's {tiles_mpp:g} um/px", fix)
@@ -634,7 +635,7 @@ def check_same_slide(slide_path: Path, tiles: TileSet, *, source: object) -> Non
 
 
 def _slide_from_attrs(tiles: TileSet, source: object) -> Path:
-    slide = tiles.attrs.get("slide")
+    slide = tiles.attrs.slide
     if not slide:
         raise InputError(source if isinstance(source, str | Path) else None,
                          "the tiles file does not name its slide (attr 'slide')",
