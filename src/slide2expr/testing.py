@@ -100,7 +100,7 @@ def make_tiles(path: str | Path, **kwargs: Any) -> TileSet:
     return tiles
 
 
-def make_features(path: str | Path, *, features: np.ndarray | None = None, n: int = 6,
+def make_features(path: str | Path, *, features: np.ndarray | None = None, n: int | None = None,
                   dim: int = 8, seed: int = 0, tiles: TileSet | None = None,
                   encoder: str | None = TOY_ENCODER, weights: str = "random-init",
                   dtype: str = "float32", views: Mapping[str, np.ndarray] | None = None,
@@ -115,7 +115,8 @@ def make_features(path: str | Path, *, features: np.ndarray | None = None, n: in
     features
         ``(N, D)`` embeddings; default standard normal ``(n, dim)`` from ``seed``.
     n, dim, seed
-        Size and seed of the default embeddings.
+        Size and seed of the default embeddings; ``n`` defaults to the tiles given (``tiles``,
+        ``coords`` or ``spot_ids``), else 6.
     tiles
         The tiles embedded; default :func:`tile_set` of ``tile_kwargs`` with one tile a row
         of ``features``.
@@ -136,17 +137,14 @@ def make_features(path: str | Path, *, features: np.ndarray | None = None, n: in
     FeatureSet
         The file read back with :func:`slide2expr.contracts.features.read_features`.
     """
+    if tiles is not None and tile_kwargs:
+        raise TypeError(f"tile arguments {sorted(tile_kwargs)} given with tiles")
     if features is None:
+        n = n if n is not None else _n_tiles(tiles, tile_kwargs)
         features = np.random.default_rng(seed).normal(size=(n, dim)).astype(np.float32)
     features = np.asarray(features)
     if tiles is None:
-        if "coords" not in tile_kwargs and "spot_ids" in tile_kwargs \
-                and tile_kwargs["spot_ids"] is not None:
-            tile_kwargs.setdefault("n", len(tile_kwargs["spot_ids"]))
-        tile_kwargs.setdefault("n", len(features))
-        tiles = tile_set(**tile_kwargs)
-    elif tile_kwargs:
-        raise TypeError(f"tile arguments {sorted(tile_kwargs)} given with tiles")
+        tiles = tile_set(n=len(features), **tile_kwargs)
     if len(tiles) != len(features):
         raise ValueError(f"{len(features)} feature rows for {len(tiles)} tiles")
     attrs = {"encoder": encoder, "weights": weights, **(encoder_attrs or {})}
@@ -158,6 +156,16 @@ def make_features(path: str | Path, *, features: np.ndarray | None = None, n: in
         writer.write(0, features, views or None)
         writer.finish()
     return read_features(path)
+
+
+def _n_tiles(tiles: TileSet | None, tile_kwargs: Mapping[str, Any]) -> int:
+    """How many tiles ``tiles`` or the :func:`tile_set` arguments describe (6 if neither)."""
+    if tiles is not None:
+        return len(tiles)
+    for key in ("coords", "spot_ids"):
+        if tile_kwargs.get(key) is not None:
+            return len(tile_kwargs[key])
+    return 6
 
 
 def make_tile_map(path: str | Path, *, values: np.ndarray | None = None,
