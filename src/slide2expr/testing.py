@@ -139,12 +139,13 @@ def make_features(path: str | Path, *, features: np.ndarray | None = None, n: in
     """
     if tiles is not None and tile_kwargs:
         raise TypeError(f"tile arguments {sorted(tile_kwargs)} given with tiles")
+    n_tiles = _n_tiles(tiles, tile_kwargs)
     if features is None:
-        n = n if n is not None else _n_tiles(tiles, tile_kwargs)
-        features = np.random.default_rng(seed).normal(size=(n, dim)).astype(np.float32)
+        rows = n or n_tiles or 6
+        features = np.random.default_rng(seed).normal(size=(rows, dim)).astype(np.float32)
     features = np.asarray(features)
     if tiles is None:
-        tiles = tile_set(n=len(features), **tile_kwargs)
+        tiles = tile_set(n=n_tiles or len(features), **tile_kwargs)
     if len(tiles) != len(features):
         raise ValueError(f"{len(features)} feature rows for {len(tiles)} tiles")
     attrs = {"encoder": encoder, "weights": weights, **(encoder_attrs or {})}
@@ -158,14 +159,15 @@ def make_features(path: str | Path, *, features: np.ndarray | None = None, n: in
     return read_features(path)
 
 
-def _n_tiles(tiles: TileSet | None, tile_kwargs: Mapping[str, Any]) -> int:
-    """How many tiles ``tiles`` or the :func:`tile_set` arguments describe (6 if neither)."""
+def _n_tiles(tiles: TileSet | None, tile_kwargs: Mapping[str, Any]) -> int | None:
+    """How many tiles ``tiles`` or the :func:`tile_set` arguments describe (None: they do not
+    say)."""
     if tiles is not None:
         return len(tiles)
     for key in ("coords", "spot_ids"):
         if tile_kwargs.get(key) is not None:
             return len(tile_kwargs[key])
-    return 6
+    return None
 
 
 def make_tile_map(path: str | Path, *, values: np.ndarray | None = None,
