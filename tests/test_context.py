@@ -179,10 +179,10 @@ def test_context_head_beats_the_spot_head_when_the_signal_is_in_the_neighbourhoo
 
 def test_ridge_and_the_head_receive_the_same_input_matrix(tmp_path, monkeypatch):
     import slide2expr.train.baselines as baselines
-    import slide2expr.train.run as run
+    import slide2expr.train.folds as folds
 
     seen: dict[str, list[np.ndarray]] = {"ridge": [], "head": []}
-    real_ridge, real_module = baselines.ridge_baseline, run.FoldDataModule
+    real_ridge, real_module = baselines.ridge_baseline, folds.FoldDataModule
 
     def ridge(x_train, y_train, x_test, groups_train, **kw):
         seen["ridge"].append(np.concatenate([x_train, x_test]))
@@ -195,7 +195,7 @@ def test_ridge_and_the_head_receive_the_same_input_matrix(tmp_path, monkeypatch)
             seen["head"].append(source.matrix[np.sort(idx)])
 
     monkeypatch.setattr(baselines, "ridge_baseline", ridge)
-    monkeypatch.setattr(run, "FoldDataModule", Module)
+    monkeypatch.setattr(folds, "FoldDataModule", Module)
     adata = neighbourhood_dataset(side=6)
     config = TrainConfig.from_dict({**FAST, "max_epochs": 2, "min_epochs": 1, "ensemble": 1,
                                     "head_inputs": {"context": ["spot", "nbr150"]}})

@@ -10,6 +10,7 @@ import pytest
 import torch
 from test_train import planted_dataset
 
+import slide2expr.train.folds as train_folds
 import slide2expr.train.run as train_run
 from slide2expr.predict import load_trained_head
 from slide2expr.train.baselines import (
@@ -73,7 +74,7 @@ def _leaky_select_model(head, config, members, source, y_fit, y, *, splits, inne
     return selection
 
 
-_honest_select_model = train_run.select_model
+_honest_select_model = train_folds.select_model
 
 
 def test_selection_never_reads_the_held_out_units(tmp_path, monkeypatch):
@@ -88,7 +89,7 @@ def test_selection_never_reads_the_held_out_units(tmp_path, monkeypatch):
     assert shifted == clean
     # The control: a selection that did look at the held-out units would see the garbling,
     # so the comparison above can fail.
-    monkeypatch.setattr(train_run, "select_model", _leaky_select_model)
+    monkeypatch.setattr(train_folds, "select_model", _leaky_select_model)
     leaky_clean = _selection_of_fold(adata, tmp_path, "leaky_clean", ensemble=2)
     leaky_shifted = _selection_of_fold(garbled, tmp_path, "leaky_garbled", ensemble=2)
     assert leaky_shifted["inner_scores"] != leaky_clean["inner_scores"]

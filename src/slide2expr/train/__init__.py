@@ -5,8 +5,10 @@ Modules: :mod:`.config` (settings), :mod:`.cv` (patient-grouped folds),
 bulk feature files), :mod:`.data` (LightningDataModule), :mod:`.baselines` (ridge, HEST,
 mean), :mod:`.heads` (the Lightning wrappers that train the networks of
 :mod:`slide2expr.predict.nets`), :mod:`.save` (the fold folders' ``head.safetensors`` and
-``head.json``) and :mod:`.run` (the whole stage; its out-of-fold predictions go through
-:func:`slide2expr.predict.predict_batches`). Applying a trained head to slides is
+``head.json``), :mod:`.sources` (the dataset's feature blocks and checks), :mod:`.members`
+(one head trained), :mod:`.folds` (one fold: genes, members, selection, baselines),
+:mod:`.assembly` (the predictions file) and :mod:`.run` (the whole stage; its out-of-fold
+predictions go through :func:`slide2expr.predict.predict_batches`). Applying a trained head to slides is
 :mod:`slide2expr.predict`.
 
 The entry point is imported on first use, so that importing this package does not import

@@ -26,7 +26,11 @@ log = logging.getLogger(__name__)
 
 def ridge_path(x: np.ndarray, y: np.ndarray, x_new: np.ndarray,
                alphas: Sequence[float]) -> np.ndarray:
-    """Ridge predictions for every alpha at once (SVD; intercept fitted by centring).
+    """Ridge predictions for every alpha at once (intercept fitted by centring).
+
+    One eigendecomposition serves every alpha: of the ``n x n`` Gram matrix of the centred
+    rows when there are fewer rows than features (the dual form), else of the ``D x D``
+    one (the primal form); either is cheaper than the SVD of the ``n x D`` matrix.
 
     Returns
     -------
@@ -36,13 +40,34 @@ def ridge_path(x: np.ndarray, y: np.ndarray, x_new: np.ndarray,
     x = np.asarray(x, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)
     x_mean, y_mean = x.mean(axis=0), y.mean(axis=0)
-    u, s, vt = np.linalg.svd(x - x_mean, full_matrices=False)
-    uty = u.T @ (y - y_mean)
-    z = (np.asarray(x_new, dtype=np.float64) - x_mean) @ vt.T
-    out = np.empty((len(alphas), len(x_new), y.shape[1]))
+    xc = x - x_mean
+    yc = y - y_mean
+    z = np.asarray(x_new, dtype=np.float64) - x_mean
+    evals, proj, rhs = _ridge_basis(xc, yc, z)
+    out = np.empty((len(alphas), len(z), y.shape[1]))
     for i, alpha in enumerate(alphas):
-        out[i] = z @ ((s / (s ** 2 + alpha))[:, None] * uty) + y_mean
+        out[i] = proj @ (rhs / (evals + alpha)[:, None]) + y_mean
     return out
+
+
+def _ridge_basis(xc: np.ndarray, yc: np.ndarray,
+                 z: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Eigenvalues ``e``, ``P`` and ``R`` with ridge predictions ``P diag(1/(e+alpha)) R``
+    for the centred rows ``z`` (``z`` None: the coefficients, ``(D, G)``).
+
+    Dual (``n <= D``): ``K = Xc Xc^T = U diag(e) U^T``, ``P = z Xc^T U``, ``R = U^T yc``.
+    Primal: ``Xc^T Xc = V diag(e) V^T``, ``P = z V``, ``R = V^T Xc^T yc``.
+    """
+    n, d = xc.shape
+    if n <= d:
+        evals, basis = np.linalg.eigh(xc @ xc.T)
+        proj = xc.T @ basis if z is None else (z @ xc.T) @ basis
+        rhs = basis.T @ yc
+    else:
+        evals, basis = np.linalg.eigh(xc.T @ xc)
+        proj = basis if z is None else z @ basis
+        rhs = basis.T @ (xc.T @ yc)
+    return np.clip(evals, 0.0, None), proj, rhs
 
 
 def pearson_columns(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -147,8 +172,9 @@ def ridge_network(x_train: np.ndarray, y_train: np.ndarray, *, alpha: float,
     mean, std = x.mean(axis=0), floored_sd(x.std(axis=0), blocks)
     xs = (x - mean) / std
     xs_mean, y_mean = xs.mean(axis=0), y.mean(axis=0)
-    u, s, vt = np.linalg.svd(xs - xs_mean, full_matrices=False)
-    coef = vt.T @ ((s / (s ** 2 + alpha))[:, None] * (u.T @ (y - y_mean)))
+    xc = xs - xs_mean
+    evals, proj, rhs = _ridge_basis(xc, y - y_mean, None)
+    coef = proj @ (rhs / (evals + alpha)[:, None])
     intercept = y_mean - xs_mean @ coef
     hparams = {"in_dim": x.shape[1], "n_genes": y.shape[1], "hidden": 0, "dropout": 0.0,
                "input_dropout": 0.0}

@@ -100,6 +100,7 @@ class TrainConfig:
     augment_views: list[str] = field(default_factory=list)
     tta: bool = False
     select: str = "auto"
+    loop: str = "plain"
 
     @classmethod
     def from_dict(cls, values: dict[str, Any] | None, *, source: str | None = None) -> TrainConfig:
@@ -183,5 +184,8 @@ class TrainConfig:
         if self.select not in ("auto", "off"):
             fail(f"train.select is {self.select!r}", "use auto (ship the head or its ridge, "
                  "whichever wins inner validation) or off (always the head)")
+        if self.loop not in ("plain", "lightning"):
+            fail(f"train.loop is {self.loop!r}", "use plain (the fast spot-mode loop) or "
+                 "lightning (the Lightning Trainer)")
         if self.ensemble < 1:
             fail("train.ensemble must be >= 1", "set it to 1 for a single model per fold")

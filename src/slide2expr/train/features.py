@@ -77,10 +77,19 @@ class SpotFeatures:
     def __len__(self) -> int:
         return int(self.matrix.shape[0])
 
-    def moments(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Feature mean and std over the units ``indices``."""
-        x = self.matrix[indices].astype(np.float64)
-        return x.mean(axis=0), x.std(axis=0)
+    def moments(self, indices: np.ndarray,
+                chunk: int = 8192) -> tuple[np.ndarray, np.ndarray]:
+        """Feature mean and std over the units ``indices`` (float64, two passes over chunks
+        of ``chunk`` rows: no float64 copy of the whole matrix)."""
+        indices = np.asarray(indices)
+        parts = [indices[i:i + chunk] for i in range(0, len(indices), chunk)]
+        if not parts:
+            return np.full(self.dim, np.nan), np.full(self.dim, np.nan)
+        total = sum(self.matrix[p].astype(np.float64).sum(axis=0) for p in parts)
+        mean = total / len(indices)
+        squares = sum(((self.matrix[p].astype(np.float64) - mean) ** 2).sum(axis=0)
+                      for p in parts)
+        return mean, np.sqrt(squares / len(indices))
 
     def pooled(self, indices: np.ndarray) -> np.ndarray:
         """One feature vector per unit (the embedding itself)."""

@@ -83,16 +83,17 @@ class ContextNet(HeadNet):
     def fit_bases(self, x_train: np.ndarray, y_train: np.ndarray) -> None:
         """Fit the fixed input PCA (per block) and output basis on the training fold's raw
         features and targets, after :meth:`set_standardisation`."""
-        x = (torch.as_tensor(x_train, dtype=torch.float32) - self.feature_mean) / self.feature_std
-        for i, (part, r, b) in enumerate(zip(torch.split(x, self.blocks, dim=-1), self.reduced,
-                                             self.blocks, strict=True)):
-            if r < b:
-                _, _, vt = torch.linalg.svd(part - part.mean(0), full_matrices=False)
-                getattr(self, f"pca_{i}").copy_(vt[:r].T)
+        x = torch.as_tensor(x_train, dtype=torch.float32)
+        start = 0
+        for i, (r, b) in enumerate(zip(self.reduced, self.blocks, strict=True)):
+            if r < b:  # one block standardised at a time: no copy of the whole matrix
+                cols = slice(start, start + b)
+                part = (x[:, cols] - self.feature_mean[cols]) / self.feature_std[cols]
+                getattr(self, f"pca_{i}").copy_(principal_axes(part, r).T)
+            start += b
         if self.rank:
             y = (torch.as_tensor(y_train, dtype=torch.float32) - self.target_mean) / self.target_std
-            _, _, vt = torch.linalg.svd(y - y.mean(0), full_matrices=False)
-            self.target_basis.copy_(vt[: self.rank])
+            self.target_basis.copy_(principal_axes(y, self.rank))
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Output-basis coefficients -> standardised genes (identity without a basis)."""
@@ -120,3 +121,26 @@ class ContextNet(HeadNet):
     def tile_outputs(self, features: torch.Tensor) -> torch.Tensor:
         """Per-unit standardised predictions for concatenated block features ``(N, D)``."""
         return self.forward({"x": features})
+
+
+def principal_axes(x: torch.Tensor, r: int) -> torch.Tensor:
+    """The top ``r`` principal axes ``(r, D)`` of the rows of ``x`` (centred here).
+
+    One symmetric eigendecomposition in float64 of the smaller Gram matrix (``D x D``, or
+    ``n x n`` with fewer rows than columns): the same axes as an SVD of the centred rows (up
+    to sign), at a cost linear in the rows (an SVD of 9,000 x 1,280 rows took seconds a
+    block). Signs are fixed so that each axis' largest-magnitude entry is positive.
+    """
+    xc = x.double()
+    xc -= xc.mean(0)
+    n, d = xc.shape
+    if n < d:
+        evals, u = torch.linalg.eigh(xc @ xc.T)
+        order = torch.argsort(evals, descending=True)[:r]
+        axes = (xc.T @ u[:, order]) / evals[order].clamp_min(1e-12).sqrt()
+        axes = axes.T
+    else:
+        evals, v = torch.linalg.eigh(xc.T @ xc)
+        axes = v[:, torch.argsort(evals, descending=True)[:r]].T
+    signs = torch.sign(axes.gather(1, axes.abs().argmax(dim=1, keepdim=True)))
+    return (axes * torch.where(signs == 0, 1.0, signs)).float()

@@ -78,13 +78,24 @@ class RegressionHead(pl.LightningModule):
         """Shared by training, validation and test: loss, metric update and logging."""
         pred = self(batch)
         target = self.network.standardise_targets(batch["y"])
-        loss = nn.functional.mse_loss(pred, target)
-        if self.pearson_weight > 0 and target.shape[0] > 2:
-            loss = loss + self.pearson_weight * (1.0 - batch_pearson(pred, target))
+        loss = self.fitted_loss(pred, batch)
         self.metrics[f"{stage}_"].update(pred.detach().float(), target.float())
         self.log(f"{stage}_loss", loss, on_step=False, on_epoch=True,
                  batch_size=target.shape[0], prog_bar=stage == "val")
         return loss
+
+    def fitted_loss(self, pred: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """MSE on standardised targets, plus the weighted ``1 - mean per-gene r`` term."""
+        target = self.network.standardise_targets(batch["y"])
+        loss = nn.functional.mse_loss(pred, target)
+        if self.pearson_weight > 0 and target.shape[0] > 2:
+            loss = loss + self.pearson_weight * (1.0 - batch_pearson(pred, target))
+        return loss
+
+    def training_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The training loss of one batch without Lightning's logging and metrics (the plain
+        loop, :mod:`slide2expr.train.loop`)."""
+        return self.fitted_loss(self(batch), batch)
 
     def _log_pearson(self, stage: str) -> None:
         metric = self.metrics[f"{stage}_"]

@@ -61,3 +61,17 @@ class ContextHead(RegressionHead):
         aux = torch.stack([nn.functional.mse_loss(net.decode(out(tokens[:, b])), target)
                            for b, out in enumerate(net.block_out)]).mean()
         return loss + self.aux_weight * aux
+
+    def training_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The plain loop's loss: the fused output's loss plus the per-block auxiliary
+        losses, all from one set of block tokens (one input dropout mask and one pass
+        through the projections, where :meth:`step` runs them twice)."""
+        net = self.network
+        tokens = net.tokens(batch["x"])
+        loss = self.fitted_loss(net.decode(net.fused_out(net.fuse(tokens))), batch)
+        if self.aux_weight <= 0:
+            return loss
+        target = net.standardise_targets(batch["y"])
+        aux = torch.stack([nn.functional.mse_loss(net.decode(out(tokens[:, b])), target)
+                           for b, out in enumerate(net.block_out)]).mean()
+        return loss + self.aux_weight * aux

@@ -1,0 +1,260 @@
+"""One cross-validation fold: genes chosen on its training units, the head's ensemble
+members, the inner selection between the head and ridge, and the baselines."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+import slide2expr.train.baselines as baselines
+from slide2expr.contracts.models import RIDGE_DIR
+from slide2expr.predict.plausible import META_KEY as PLAUSIBLE_KEY
+from slide2expr.predict.plausible import bounds_record
+from slide2expr.train.config import TrainConfig
+from slide2expr.train.cv import check_training_units, inner_groups, inner_split
+from slide2expr.train.data import FoldDataModule
+from slide2expr.train.features import BagFeatures, SpotFeatures
+from slide2expr.train.gene_selection import select_training_genes
+from slide2expr.train.members import fit_member
+from slide2expr.train.plausible import plausible_bounds
+from slide2expr.train.save import save_head
+from slide2expr.train.scaling import block_widths, near_constant
+from slide2expr.train.selection import (
+    RIDGE,
+    Selection,
+    inner_score,
+    ridge_on_split,
+)
+from slide2expr.train.views import ViewRows
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FoldResult:
+    """What one fold produced."""
+
+    fold: int
+    genes: np.ndarray
+    test_idx: np.ndarray
+    predicted: np.ndarray
+    baselines: dict[str, np.ndarray]
+    info: dict[str, Any]
+    train_mean: np.ndarray
+    #: Standard deviation (``ddof=0``) of the ensemble members' predictions; None with one
+    #: (or when ridge won the fold's selection).
+    predicted_sd: np.ndarray | None = None
+    #: Per-gene plausible range of a prediction (:mod:`slide2expr.train.plausible`).
+    plausible: tuple[np.ndarray, np.ndarray] | None = None
+    #: The head's own held-out predictions (``predicted`` is ridge's when ridge won).
+    head_predicted: np.ndarray | None = None
+    #: What the fold shipped: the head's name or ``ridge`` (:mod:`slide2expr.train.selection`).
+    winner: str = ""
+
+
+
+def train_fold(*, head: str, config: TrainConfig, source: SpotFeatures | BagFeatures,
+               x: Any, counts: Any, var_names: np.ndarray, groups: np.ndarray, fold: np.ndarray,
+               k: int, fold_dir: Path, provenance: dict, source_path: str | None,
+               sections: np.ndarray | None = None, views: ViewRows | None = None) -> FoldResult:
+    """Gene selection, head training (``config.ensemble`` seeds, averaged) and baselines for
+    fold ``k``; writes ``fold_dir`` (member 0 in it, further members in ``member{m}/``).
+
+    With ``views`` (:mod:`slide2expr.train.views`), the training units' view rows are extra
+    training rows (never the held-out units'), and held-out predictions are averaged over
+    the test-time views."""
+    test_mask = fold == k
+    train_mask = ~test_mask
+    check_training_units(train_mask, k, source=source_path)
+    train_idx = np.flatnonzero(train_mask)
+    test_idx = np.flatnonzero(test_mask)
+
+    genes = select_training_genes(x[train_idx], var_names, settings=config.genes,
+                                  counts_train=None if counts is None else counts[train_idx],
+                                  source=source_path)
+    y = x[:, genes]
+    y = np.asarray(y.toarray() if sp.issparse(y) else y, dtype=np.float32)
+    fit_source, y_fit = (source, y) if views is None else (views.source, views.tile(y))
+    rows = (lambda idx: idx) if views is None else views.train_rows
+    test_rows = test_idx if views is None else views.test_rows(test_idx)
+
+    sections = groups if sections is None else sections
+    inner, grouping = inner_groups(groups[train_idx], sections[train_idx],
+                                   group_by=config.group_by)
+    val_masks = [inner_split(inner, fraction=config.val_fraction, seed=config.seed + k, member=m)
+                 for m in range(config.ensemble)]
+    inner_train, inner_val = train_idx[~val_masks[0]], train_idx[val_masks[0]]
+
+    batch_size = config.batch_size if source.kind == "spot" else config.bag_batch_size
+    hparams = {"in_dim": source.dim, "n_genes": len(genes), "hidden": config.hidden,
+               "dropout": config.dropout, "input_dropout": config.input_dropout, "lr": config.lr,
+               "weight_decay": config.weight_decay, "ks": list(config.he2rna_ks),
+               "attention_dim": config.attention_dim, "aux_weight": config.aux_weight,
+               "input_pca": config.input_pca, "output_rank": config.output_rank,
+               "blocks": [dim for _, dim in getattr(source, "blocks", [])] or None}
+    gene_names = [str(g) for g in var_names[genes]]
+    plausible = plausible_bounds(y[train_idx])
+    input_names = [name for name, _ in getattr(source, "blocks", [])] or None
+    members = []
+    for m in range(config.ensemble):
+        seed = config.seed + k + 1000 * m
+        inner_train, inner_val = train_idx[~val_masks[m]], train_idx[val_masks[m]]
+        data = FoldDataModule(fit_source, y_fit, train_idx=rows(inner_train), val_idx=inner_val,
+                              test_idx=test_rows, batch_size=batch_size,
+                              max_tiles=config.max_tiles, seed=seed,
+                              num_workers=config.num_workers)
+        member_dir = fold_dir if m == 0 else fold_dir / f"member{m}"
+        members.append(fit_member(head, hparams, data, config=config, seed=seed,
+                                  out_dir=member_dir,
+                                  refit_idx=rows(train_idx) if config.refit else None))
+        members[-1]["dir"] = member_dir
+        members[-1]["meta"] = {
+            "head": head, "hparams": members[-1]["hparams"], "genes": gene_names, "fold": k,
+            "member": m, "mode": source.kind, "encoder": provenance.get("encoder"),
+            "supertiles": config.supertiles, "seed": seed, "inputs": input_names,
+            "best_val_pearson": members[-1]["best_val_pearson"],
+            "epochs": members[-1]["epochs"], "best_epoch": members[-1]["best_epoch"],
+            "refit": config.refit,
+            "train_units": len(train_idx) if config.refit else len(inner_train),
+            "val_units": len(inner_val),
+            PLAUSIBLE_KEY: bounds_record(*plausible),
+        }
+    inner_all = np.empty(len(groups), dtype=object)
+    inner_all[train_idx] = inner
+    selection = select_model(head, config, members, fit_source, y_fit, y,
+                             splits=[(train_idx[~v], train_idx[v]) for v in val_masks],
+                             inner_all=inner_all, rows=rows)
+    for mem in members:
+        save_head(mem["module"], mem["dir"], meta={**mem["meta"],
+                                                   "selection": selection.record()})
+    stacked = np.stack([mem["predicted"] for mem in members])
+    if views is not None:  # each member's mean over the clean and TTA rows of a held-out unit
+        stacked = np.stack([views.average(p, len(test_idx)) for p in stacked])
+    predicted = stacked.mean(axis=0)
+    predicted_sd = stacked.std(axis=0) if len(members) > 1 else None
+    info: dict[str, Any] = {
+        "fold": k, "n_train": len(inner_train), "n_val": len(inner_val), "n_test": len(test_idx),
+        "genes": gene_names, "epochs": [mem["epochs"] for mem in members],
+        "best_epoch": [mem["best_epoch"] for mem in members],
+        "best_val_pearson": [mem["best_val_pearson"] for mem in members],
+        "seconds": round(sum(mem["seconds"] for mem in members), 2),
+        "inner_grouping": grouping,
+        "inputs": input_names,
+        "augment_views": list(views.train_views) if views is not None else [],
+        "tta_views": list(views.tta_views) if views is not None else [],
+        "near_constant_features": int(near_constant(
+            fit_source.moments(rows(train_idx))[1], block_widths(fit_source)).sum()),
+        "selection": selection.record(),
+    }
+
+    # ridge's alpha is chosen with the same inner grouping as early stopping
+    out_baselines = fit_baselines(config, fit_source, y_fit, train_idx=rows(train_idx),
+                                  test_idx=test_rows,
+                                  groups=inner_all if views is None else views.tile(inner_all),
+                                  k=k, info=info)
+    if views is not None:
+        out_baselines = {n: views.average(p, len(test_idx)).astype(np.float32)
+                         for n, p in out_baselines.items()}
+    head_predicted = predicted
+    if selection.winner == RIDGE:
+        ridge_pred, ridge_fit = ship_ridge(config, fit_source, y_fit, train_idx=rows(train_idx),
+                                           test_idx=test_rows, alpha=info.get("ridge_alpha"),
+                                           groups=inner_all if views is None
+                                           else views.tile(inner_all),
+                                           fold_dir=fold_dir, meta=members[0]["meta"],
+                                           selection=selection)
+        predicted = ridge_pred if views is None else views.average(ridge_pred, len(test_idx))
+        predicted = predicted.astype(np.float32)
+        predicted_sd = None  # ridge is one model: no members' spread to ship
+        info["ridge_model"] = ridge_fit
+    return FoldResult(fold=k, genes=genes, test_idx=test_idx, predicted=predicted,
+                      baselines=out_baselines, info=info,
+                      train_mean=y[train_idx].astype(np.float64).mean(axis=0),
+                      predicted_sd=predicted_sd, head_predicted=head_predicted,
+                      winner=selection.winner, plausible=plausible)
+
+
+def select_model(head: str, config: TrainConfig, members: list[dict[str, Any]],
+                 source: SpotFeatures | BagFeatures, y_fit: np.ndarray, y: np.ndarray, *,
+                 splits: list[tuple[np.ndarray, np.ndarray]], inner_all: np.ndarray,
+                 rows: Any) -> Selection:
+    """Score the head (each member's best inner checkpoint) and ridge on the same inputs on
+    every member's inner validation units (:mod:`slide2expr.train.selection`).
+
+    Only training-fold units are read: ``splits`` are the members' (inner training,
+    inner validation) unit indices, all inside the fold's training units.
+    """
+    selection = Selection(head=head, mode=config.select)
+    if config.select == "off":
+        return selection
+    for mem, (inner_train, inner_val) in zip(members, splits, strict=True):
+        if mem.get("val_predicted") is None or len(inner_val) == 0:
+            continue
+        groups_val = inner_all[inner_val]
+        selection.head_scores.append(inner_score(mem["val_predicted"], y[inner_val],
+                                                 groups_val))
+        tr = rows(inner_train)
+        score, alpha = ridge_on_split(source.pooled(tr), y_fit[tr], source.pooled(inner_val),
+                                      y[inner_val], groups_val, alphas=config.ridge_alphas,
+                                      blocks=block_widths(source))
+        selection.ridge_scores.append(score)
+        selection.ridge_alphas.append(alpha)
+    log.info("selection (%s): inner score %s %.4f, ridge %.4f -> %s", config.select, head,
+             selection.head_score, selection.ridge_score, selection.winner)
+    return selection
+
+
+def ship_ridge(config: TrainConfig, source: SpotFeatures | BagFeatures, y: np.ndarray, *,
+               train_idx: np.ndarray, test_idx: np.ndarray, alpha: float | None,
+               groups: np.ndarray, fold_dir: Path, meta: dict[str, Any], selection: Selection
+               ) -> tuple[np.ndarray, dict[str, Any]]:
+    """Ridge won the fold's selection: fit it on the whole training fold (the ridge
+    baseline's alpha), save it as a linear network in ``fold_dir/ridge/`` (what
+    :func:`~slide2expr.predict.load_trained_head` loads for this fold), and return its
+    held-out predictions and a record of it."""
+    x_train = source.pooled(train_idx)
+    if alpha is None:  # ridge not among the baselines: choose alpha as the baseline would
+        alpha, _ = baselines.choose_alpha(x_train, y[train_idx], groups[train_idx],
+                                          config.ridge_alphas, seed=config.seed,
+                                          blocks=block_widths(source))
+    net = baselines.ridge_network(x_train, y[train_idx], alpha=float(alpha),
+                                  blocks=block_widths(source))
+    ridge_meta = {**meta, "head": "mlp", "hparams": net.hparams, "member": 0,
+                  "selection": selection.record(), "model": RIDGE, "ridge_alpha": float(alpha),
+                  "epochs": 0, "best_epoch": 0, "best_val_pearson": None}
+    save_head(net, fold_dir / RIDGE_DIR, meta=ridge_meta)
+    predicted = baselines.ridge_predict(net, source.pooled(test_idx))
+    return predicted, {"alpha": float(alpha), "dir": RIDGE_DIR}
+
+
+def fit_baselines(config: TrainConfig, source: SpotFeatures | BagFeatures, y: np.ndarray, *,
+                  train_idx: np.ndarray, test_idx: np.ndarray, groups: np.ndarray, k: int,
+                  info: dict[str, Any]) -> dict[str, np.ndarray]:
+    """The configured baselines (ridge, HEST, mean) of fold ``k`` on pooled features; the
+    ridge alpha chosen by grouped inner CV is recorded in ``info``."""
+
+    pooled_train = source.pooled(train_idx)
+    pooled_test = source.pooled(test_idx)
+    blocks = block_widths(source)
+    info["near_constant_baseline_features"] = int(
+        near_constant(pooled_train.std(axis=0), blocks).sum())
+    out: dict[str, np.ndarray] = {}
+    for name in config.baselines:
+        if name == "ridge":
+            pred, alpha = baselines.ridge_baseline(
+                pooled_train, y[train_idx], pooled_test, groups[train_idx],
+                alphas=config.ridge_alphas, seed=config.seed + k, blocks=blocks)
+            info["ridge_alpha"] = alpha
+        elif name == "hest":
+            pred = baselines.hest_baseline(pooled_train, y[train_idx], pooled_test,
+                                           n_components=config.hest_pca, seed=config.seed,
+                                           blocks=blocks)
+        else:
+            pred = baselines.mean_baseline(y[train_idx], len(test_idx))
+        out[name] = pred.astype(np.float32)
+    return out
