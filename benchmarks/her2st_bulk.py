@@ -15,12 +15,18 @@ and the spot-trained ridge's tile map (the ceiling of the score) side by side.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from slide2expr.contracts.report import (
+    MAP_VS_SPOTS_TSV,
+    SUMMARY_JSON,
+    read_map_vs_spots,
+    read_summary,
+)
 
 
 def region_table(results: Path, heads: list[str]) -> str:
@@ -35,7 +41,7 @@ def region_table(results: Path, heads: list[str]) -> str:
 
     ridge_done = False
     for head in heads:
-        summary = json.loads((results / "report" / head / "summary.json").read_text())
+        summary = read_summary(results / "report" / head / SUMMARY_JSON)
         rows = [(head, summary["model"])]
         if not ridge_done and "ridge" in summary.get("baselines", {}):
             rows.append(("ridge on mean tile embeddings", summary["baselines"]["ridge"]))
@@ -50,8 +56,7 @@ def map_table(results: Path, heads: list[str]) -> str:
     """Map versus spots per section: each head, ridge, each head's floor (its region
     prediction painted flat), the flat oracle and the ceiling (ridge, oracle and ceiling do not
     depend on the head: from the first head's report)."""
-    tables = {h: pd.read_csv(results / "report" / h / "map_vs_spots.tsv", sep="\t")
-              for h in heads}
+    tables = {h: read_map_vs_spots(results / "report" / h / MAP_VS_SPOTS_TSV) for h in heads}
     first = tables[heads[0]]
     sections = list(dict.fromkeys(first["section"]))
     columns = [*heads, "ridge", *(f"{h} floor" for h in heads), "region truth (flat oracle)",
@@ -77,7 +82,7 @@ def map_table(results: Path, heads: list[str]) -> str:
 def paired(results: Path, heads: list[str]) -> str:
     lines = []
     for head in heads:
-        block = json.loads((results / "report" / head / "summary.json").read_text())
+        block = read_summary(results / "report" / head / SUMMARY_JSON)
         m = block["map_vs_spots"]
         parts = [f"{head}: head - floor {m['head_minus_floor_top']['value']:.3f} "
                  f"{m['head_minus_floor_top']['ci']}",

@@ -48,14 +48,14 @@ def test_windows_are_centred_on_the_spots_and_padded_past_the_edge(tmp_path):
     assert pad[0] == 0.0
     assert pad[1] == pytest.approx(100 / 300, abs=0.01)   # 100 of 300 px left of x = 0
     assert pad[2] > 0.5
-    assert windows.attrs["n_padded"] == 2 and windows.attrs["padding"] == "white"
-    assert windows.attrs["target_mpp"] == pytest.approx(300 / 224)
+    assert windows.attrs.n_padded == 2 and windows.attrs.padding == "white"
+    assert windows.attrs.target_mpp == pytest.approx(300 / 224)
     # a real slide's mpp (her2st 0.69) gives a fractional window edge: inside stays unpadded
     her2st = context_windows(_spot_tiles(np.array([[500.0, 500.0]]) , mpp=0.69), 300)
-    assert her2st.extra["pad_fraction"][0] == 0.0 and her2st.attrs["n_padded"] == 0
+    assert her2st.extra["pad_fraction"][0] == 0.0 and her2st.attrs.n_padded == 0
     write_tiles(tmp_path / "ctx300.h5", windows)
     back = read_tiles(tmp_path / "ctx300.h5")
-    assert back.attrs["mode"] == "context" and list(back.spot_ids) == list(spots.spot_ids)
+    assert back.attrs.mode == "context" and list(back.spot_ids) == list(spots.spot_ids)
 
 
 def test_the_slide_reader_pads_windows_past_the_edge_white(tmp_path):
@@ -72,7 +72,7 @@ def test_the_slide_reader_pads_windows_past_the_edge_white(tmp_path):
 
 def test_context_windows_refuse_a_grid_tiling():
     spots = _spot_tiles(np.array([[500.0, 500.0]]))
-    spots.attrs["mode"] = "grid"
+    spots.attrs.mode = "grid"
     with pytest.raises(InputError, match="spot tiling"):
         context_windows(spots, 300)
 

@@ -69,7 +69,7 @@ def c2_mixed(her2st: Path, tmp_path_factory) -> tuple[Path, int]:
     assert len(bg) == 24
     tiles = TileSet(
         coords=np.concatenate([spots.coords[keep], bg]),
-        attrs=dict(spots.attrs),
+        attrs=spots.attrs.to_attrs(),
         spot_ids=np.concatenate([spots.spot_ids[keep], [f"bg{i}" for i in range(len(bg))]]),
     )
     path = tmp_path_factory.mktemp("c2") / "C2.h5"
@@ -104,14 +104,15 @@ def test_her2st_features_have_the_documented_layout(c2_features, c2_mixed):
     assert np.isfinite(a.features).all()
     assert np.array_equal(a.coords, tiles.coords)
     assert list(a.spot_ids) == list(tiles.spot_ids)
-    assert a.attrs["encoder"] == "efficientnet_lite0" and a.attrs["embed_dim"] == 1280
-    assert a.attrs["weights"] == sha256_file(efficientnet_lite0_weights_file())
+    assert a.attrs.encoder == "efficientnet_lite0" and a.attrs.embed_dim == 1280
+    assert a.attrs.weights == sha256_file(efficientnet_lite0_weights_file())
+    carried = a.attrs.to_attrs()
     for key, value in tiles.attrs.items():  # every tiling attr is carried over
         if key != FORMAT_ATTR:  # each contract stamps its own format
-            assert a.attrs[key] == value
-    assert a.attrs[FORMAT_ATTR] == "features/1" and tiles.attrs[FORMAT_ATTR] == "tiles/1"
-    assert a.attrs["input_px"] == 224
-    assert a.attrs["input_mpp"] == pytest.approx(112.0 / 224, rel=1e-6)
+            assert carried[key] == value
+    assert a.attrs.slide2expr_format == "features/1" and tiles.attrs.slide2expr_format == "tiles/1"
+    assert a.attrs.input_px == 224
+    assert a.attrs.input_mpp == pytest.approx(112.0 / 224, rel=1e-6)
 
 
 def test_tissue_and_background_patches_separate(c2_features, c2_mixed):
@@ -245,7 +246,7 @@ def test_tilings_of_a_slide_in_one_pass_resume_per_tiling(cmu_tiles, cmu_referen
     np.testing.assert_array_equal(read_features(grid_out).features, cmu_reference.features)
     np.testing.assert_array_equal(read_features(ctx_out).features,
                                   read_features(ctx_alone.path).features)
-    assert read_features(ctx_out).attrs["tiling"] == "grid_ctx300"
+    assert read_features(ctx_out).attrs.tiling == "grid_ctx300"
 
 
 def test_extract_command_tilings_of_two_slides_fail_in_one_line(cmu_tiles, tmp_path):
@@ -253,7 +254,7 @@ def test_extract_command_tilings_of_two_slides_fail_in_one_line(cmu_tiles, tmp_p
     from slide2expr.contracts.tiles import read_tiles
 
     tiles = read_tiles(cmu_tiles)
-    tiles.attrs["slide"] = str(tmp_path / "another_slide.svs")
+    tiles.attrs.slide = str(tmp_path / "another_slide.svs")
     other = tmp_path / "other.h5"
     write_tiles(other, tiles)
     proc = _cli("extract", cmu_tiles, other, "-o", tmp_path / "a.h5", "-o", tmp_path / "b.h5",
@@ -303,7 +304,7 @@ def test_float16_storage_and_reader_workers_on_openslide(cmu_tiles, cmu_referenc
     extract_features(cmu_tiles, out, encoder=lite0, batch_size=6, num_workers=2,
                      device="cpu", dtype="float16", progress=False)
     half = read_features(out)
-    assert half.features.dtype == np.float16 and half.attrs["dtype"] == "float16"
+    assert half.features.dtype == np.float16 and half.attrs.dtype == "float16"
     ref = cmu_reference.features
     np.testing.assert_allclose(half.features.astype(np.float32), ref, rtol=2e-3, atol=2e-3)
 

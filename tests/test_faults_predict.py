@@ -229,8 +229,8 @@ def test_values_outside_the_training_range_are_counted_and_logged(tmp_path, comm
                             "--map-only", cwd=tmp_path)
         assert result.returncode == 0, result.stderr
         tmap = read_tile_map(tmp_path / "maps" / "S1.h5ad")
-        assert int(tmap.attrs["implausible_values"]) == 6
-        assert int(tmap.attrs["plausible_checked"]) == 6 * len(GENES)
+        assert int(tmap.attrs.implausible_values) == 6
+        assert int(tmap.attrs.plausible_checked) == 6 * len(GENES)
     warnings = [line for line in result.stderr.splitlines() if "plausible range" in line]
     assert len(warnings) == 1 and "6 predicted values" in warnings[0] and "G1" in warnings[0]
 

@@ -655,7 +655,7 @@ def test_heatmap_of_a_slide_in_a_several_slide_unit_is_out_of_fold(toy_run, tmp_
         "--genes", "GA", "--map-only"])
     assert result.exit_code == 0, result.output
     tmap = read_tile_map(out / "toy.h5ad")
-    assert "fold 1" in str(tmap.attrs["model_use"])
+    assert "fold 1" in str(tmap.attrs.model_use)
     fold1 = load_trained_head(models, fold=1).predict_tiles(toy_run["feats"])
     np.testing.assert_allclose(tmap.values, fold1, rtol=1e-5, atol=1e-6)
     both = load_trained_head(models).predict_tiles(toy_run["feats"])
@@ -739,7 +739,7 @@ def test_demo_tumour_gene_map_is_high_on_tumour_and_low_on_stroma(demo_dir, tmp_
                  predictions_path=predictions)
 
     tmap, _ = load_or_predict(feats / "grid" / f"{target}.h5", model_dir=models)
-    assert tmap.attrs["model_use"] == f"fold 0, which held {target} out"
+    assert tmap.attrs.model_use == f"fold 0, which held {target} out"
     out = tmp_path / "heatmaps" / "mlp"
     with open_matching_slide(sheet.loc[target, "slide"], tmap) as slide:
         result = make_heatmaps(tmap, slide, out, predictions=predictions,
@@ -765,7 +765,7 @@ def test_demo_tumour_gene_map_is_high_on_tumour_and_low_on_stroma(demo_dir, tmp_
     # the outputs a pathologist opens exist and are consistent
     assert result.comparison is not None and result.comparison_r["TUMOUR1"] > 0.5
     collection = json.loads(result.geojson.read_text())
-    w, h = tmap.attrs["level0_width"], tmap.attrs["level0_height"]
+    w, h = tmap.attrs.level0_width, tmap.attrs.level0_height
     assert validate_geojson(collection, width=w, height=h) == []
 
 

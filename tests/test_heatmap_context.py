@@ -56,18 +56,18 @@ def test_grid_context_windows_are_centred_on_the_grid_tiles_and_padded():
     windows = grid_context_windows(grid, 300)
     size0 = 300 / MPP
     assert windows.tile_px_level0 == pytest.approx(size0)
-    assert windows.attrs["tiling"] == "grid_ctx300" and windows.attrs["mode"] == "context"
+    assert windows.attrs.tiling == "grid_ctx300" and windows.attrs.mode == "context"
     np.testing.assert_allclose(windows.coords + size0 / 2, grid.coords + TILE0 / 2, atol=1.0)
-    assert windows.attrs["target_mpp"] == pytest.approx(300 / 224)
-    assert windows.attrs["n_padded"] == 0  # 300 um around centres >= 168 um from the edge
+    assert windows.attrs.target_mpp == pytest.approx(300 / 224)
+    assert windows.attrs.n_padded == 0  # 300 um around centres >= 168 um from the edge
     # 1000 um windows reach past the top-left corner: centre (168, 168) um, window from
     # -332 um on a 1200 x 600 um slide, so 668 x 600 um of it lies on the slide, the rest
     # is padded (white, recorded)
     big = grid_context_windows(grid, 1000)
     assert big.extra["pad_fraction"][0] == pytest.approx(1 - 0.668 * 0.600, abs=1e-3)
-    assert big.attrs["n_padded"] == len(grid) and big.attrs["padding"] == "white"
+    assert big.attrs.n_padded == len(grid) and big.attrs.padding == "white"
     with pytest.raises(InputError, match="grid tiling"):
-        grid_context_windows(TileSet(coords=grid.coords, attrs={**grid.attrs, "mode": "spots"},
+        grid_context_windows(TileSet(coords=grid.coords, attrs=grid.attrs.to_attrs() | {"mode": "spots"},
                                      spot_ids=np.arange(len(grid)).astype(str)), 300)
     with pytest.raises(InputError, match="spot tiling"):
         context_windows(grid, 300)
@@ -85,7 +85,7 @@ def test_context_tiles_command_takes_a_grid_tiles_file(tmp_path):
                                       "-o", str(out)])
     assert result.exit_code == 0, result.output
     back = read_tiles(out)
-    assert back.attrs["tiling"] == "grid_ctx1000" and len(back) == NX * NY
+    assert back.attrs.tiling == "grid_ctx1000" and len(back) == NX * NY
     assert back.spot_ids is None
 
 
@@ -107,7 +107,7 @@ def context_run(tmp_path):
     ctx = np.zeros_like(feats)
     ctx[:, 0] = 5.0 + col
     _write_features(tmp_path / "features" / "toy" / "grid_ctx300" / "toy.h5", windows, ctx,
-                    n_padded=windows.attrs["n_padded"])
+                    n_padded=windows.attrs.n_padded)
     dataset = tmp_path / "dataset.h5ad"
     obs = pd.DataFrame({"sample_id": ["other", "toy", "toy"]}, index=["u0", "u1", "u2"])
     data = ad.AnnData(X=np.zeros((3, 1), dtype=np.float32), obs=obs)
@@ -152,15 +152,15 @@ def test_a_context_head_paints_a_map_from_its_blocks_on_the_grid(context_run):
     assert (nbr[col == 0] == pytest.approx(1.0)) and (nbr[col == NX - 1] == pytest.approx(0.0))
     # slide: the vector the spot model saw (the dataset's, for a slide with spots)
     np.testing.assert_allclose(values["G_slide"], 7.0, atol=1e-6)
-    assert "dataset" in tmap.attrs["slide_block"]
-    assert list(tmap.attrs["inputs"]) == ["spot", "ctx300", "nbr300", "slide"]
+    assert "dataset" in tmap.attrs.slide_block
+    assert list(tmap.attrs.inputs) == ["spot", "ctx300", "nbr300", "slide"]
 
 
 def test_a_new_slide_gets_the_grid_mean_as_its_slide_vector(context_run):
     run = context_run
     tmap, _ = load_or_predict(run["features"], model_dir=run["models"] / "context")
     np.testing.assert_allclose(tmap.column("G_slide"), run["feats"][:, 0].mean(), atol=1e-6)
-    assert "grid tiles" in tmap.attrs["slide_block"]
+    assert "grid tiles" in tmap.attrs.slide_block
 
 
 def test_missing_or_misaligned_grid_context_features_are_one_clear_error(context_run):
@@ -220,7 +220,7 @@ def test_tile_map_spread_equals_the_members_disagreement(context_run, tmp_path):
     step = run["feats"][:, :1]
     np.testing.assert_allclose(tmap.values, np.repeat(step, 2, axis=1), atol=1e-6)
     np.testing.assert_allclose(tmap.spread, np.broadcast_to(d, tmap.values.shape), atol=1e-5)
-    assert tmap.attrs["n_models"] == 2
+    assert tmap.attrs.n_models == 2
     write_tile_map(tmp_path / "map.h5ad", tmap)
     back = read_tile_map(tmp_path / "map.h5ad")
     np.testing.assert_allclose(back.spread, tmap.spread)
@@ -228,7 +228,7 @@ def test_tile_map_spread_equals_the_members_disagreement(context_run, tmp_path):
     np.testing.assert_allclose(tile_spread(back), tmap.spread)  # the viewer's hook sees it
 
     single, _ = load_or_predict(run["features"], model_dir=models / "fold0" / "member1")
-    assert single.spread is None and single.attrs["n_models"] == 1
+    assert single.spread is None and single.attrs.n_models == 1
     write_tile_map(tmp_path / "one.h5ad", single)
     assert read_tile_map(tmp_path / "one.h5ad").spread is None
     assert Key.PREDICTED_SD not in ad.read_h5ad(tmp_path / "one.h5ad").layers

@@ -59,11 +59,11 @@ def test_trident_layout_is_read_and_mapped(tmp_path):
     np.testing.assert_array_equal(fs.coords, coords)
     assert fs.coords.dtype == np.int64 and fs.spot_ids is None
     a = fs.attrs
-    assert a["source_layout"] == "trident" and a["mode"] == "grid"
-    assert a["tile_px_level0"] == 512.0 and a["tile_px"] == 256
-    assert a["embed_dim"] == 16 and a["n_tiles"] == 30
-    assert a["level0_magnification"] == 40 and a["slide_name"] == "S1"
-    assert "sample_id" not in a and "encoder" not in a and "slide_mpp" not in a
+    assert a.source_layout == "trident" and a.mode == "grid"
+    assert a.tile_px_level0 == 512.0 and a.tile_px == 256
+    assert a.embed_dim == 16 and a.n_tiles == 30
+    assert a.level0_magnification == 40 and a.slide_name == "S1"
+    assert a.sample_id is None and a.encoder is None and a.slide_mpp is None
     meta = read_feature_meta(tmp_path / "S1.h5")
     assert meta.shape == (30, 16) and meta.attrs == a == features_attrs(tmp_path / "S1.h5")
 
@@ -74,20 +74,20 @@ def test_trident_leading_axis_and_encoder_attr(tmp_path):
         f["features"].attrs["encoder"] = "uni_v1"
     fs = read_features(tmp_path / "S2.h5")
     np.testing.assert_array_equal(fs.features, feats)
-    assert fs.attrs["encoder"] == "uni_v1"
+    assert fs.attrs.encoder == "uni_v1"
     assert read_feature_meta(tmp_path / "S2.h5").shape == (30, 16)
 
 
 def test_clam_layout_patch_size_from_level_downsample(tmp_path):
     write_clam(tmp_path / "c1.h5", level=1, downsample=(4.0, 4.0))
     attrs = read_features(tmp_path / "c1.h5").attrs
-    assert attrs["source_layout"] == "clam"
-    assert attrs["tile_px_level0"] == 1024.0 and attrs["tile_px"] == 256
-    assert "level0_width" not in attrs  # level_dim is at patch_level 1, not level 0
+    assert attrs.source_layout == "clam"
+    assert attrs.tile_px_level0 == 1024.0 and attrs.tile_px == 256
+    assert attrs.level0_width is None  # level_dim is at patch_level 1, not level 0
     write_clam(tmp_path / "c0.h5", level=0, downsample=None)
     attrs0 = read_features(tmp_path / "c0.h5").attrs
-    assert attrs0["tile_px_level0"] == 256.0
-    assert (attrs0["level0_width"], attrs0["level0_height"]) == (20000, 15000)
+    assert attrs0.tile_px_level0 == 256.0
+    assert (attrs0.level0_width, attrs0.level0_height) == (20000, 15000)
     write_clam(tmp_path / "bad.h5", level=2, downsample=None)
     with pytest.raises(InputError, match="patch_level 2 without a 'downsample'"):
         read_features(tmp_path / "bad.h5")
@@ -102,7 +102,7 @@ def test_own_files_are_not_remapped(tmp_path):
         f.attrs.update({"slide2expr_format": "features/1", "tile_px_level0": 224.0,
                         "encoder": "toy"})
     attrs = read_features(tmp_path / "ours.h5").attrs
-    assert attrs["tile_px_level0"] == 224.0 and "source_layout" not in attrs
+    assert attrs.tile_px_level0 == 224.0 and attrs.source_layout is None
 
 
 def test_bulk_join_train_inputs_and_tile_map_accept_trident_files(tmp_path, capsys):

@@ -87,10 +87,10 @@ def test_two_regions_are_two_samples_tiled_inside_their_regions(region_tiles):
     assert len(a) == 16 and len(b) == 20  # 4 x 4 and 5 x 4 tiles of the whole-slide grid fit
     grid = {tuple(c) for c in whole.coords}
     assert {tuple(c) for c in a.coords} <= grid and {tuple(c) for c in b.coords} <= grid
-    assert a.attrs["sample_id"] == "A" and a.attrs["roi_units"] == "px"
-    assert b.attrs["roi_units"] == "um"
-    assert np.allclose(np.ravel(b.attrs["roi_bounds"]), BOX_B)
-    assert "roi" not in whole.attrs
+    assert a.attrs.sample_id == "A" and a.attrs.roi_units == "px"
+    assert b.attrs.roi_units == "um"
+    assert np.allclose(np.ravel(b.attrs.roi_bounds), BOX_B)
+    assert whole.attrs.roi is None
 
 
 def test_region_features_come_from_inside_each_region(region_tiles, tmp_path):

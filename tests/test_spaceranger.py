@@ -87,10 +87,10 @@ def test_tile_from_an_outs_folder_records_the_resolution_and_its_limits(visium: 
     assert "a 112 um patch holds 7 x 7 image px" in proc.stderr
     spots = read_tiles(tmp_path / "spots.h5")
     assert len(spots.spot_ids) == 100
-    assert spots.attrs["mpp_source"] == "spaceranger"
-    assert spots.attrs["slide_mpp"] == pytest.approx(0.7246, abs=1e-3)
-    assert spots.attrs["spaceranger_image_mpp"] == pytest.approx(16.1, abs=0.05)
-    assert spots.attrs["spaceranger_image"].endswith("tissue_lowres_image.png")
+    assert spots.attrs.mpp_source == "spaceranger"
+    assert spots.attrs.slide_mpp == pytest.approx(0.7246, abs=1e-3)
+    assert spots.attrs.extra["spaceranger_image_mpp"] == pytest.approx(16.1, abs=0.05)
+    assert spots.attrs.extra["spaceranger_image"].endswith("tissue_lowres_image.png")
 
 
 # -- Visium HD --------------------------------------------------------------------------------
@@ -194,8 +194,8 @@ def test_tile_and_join_from_hd_bins(tmp_path: Path) -> None:
     from slide2expr.contracts.tiles import read_tiles
 
     tiles = read_tiles(tmp_path / "spots.h5")
-    assert len(tiles.spot_ids) == 9 and tiles.attrs["slide_mpp"] == HD_MPP
-    assert tiles.attrs["mpp_source"] == "spaceranger"
+    assert len(tiles.spot_ids) == 9 and tiles.attrs.slide_mpp == HD_MPP
+    assert tiles.attrs.mpp_source == "spaceranger"
     # the join, on features as the extract stage writes them for these spots
     import anndata as ad
 

@@ -155,11 +155,11 @@ def test_a_slides_normalisation_depends_on_that_slide_only(tmp_path):
     b = write_slide(tmp_path / "B.png", *shifted_stains(), seed=5)
     norm_a, attrs_a = build_normalizer("macenko", a, slide_mpp=0.5)
     _, attrs_b = build_normalizer("macenko", b, slide_mpp=0.5)
-    assert attrs_a["stain_status"] == attrs_b["stain_status"] == "normalised"
-    assert attrs_a["stain_fit"] != attrs_b["stain_fit"]
+    assert attrs_a.stain_status == attrs_b.stain_status == "normalised"
+    assert attrs_a.stain_fit != attrs_b.stain_fit
     # B's stains are recovered from B alone, A's from A alone
-    assert np.allclose(json.loads(attrs_b["stain_fit"])["stains"], shifted_stains()[0], atol=0.03)
-    assert np.allclose(json.loads(attrs_a["stain_fit"])["stains"], ref.stains, atol=0.03)
+    assert np.allclose(json.loads(attrs_b.stain_fit)["stains"], shifted_stains()[0], atol=0.03)
+    assert np.allclose(json.loads(attrs_a.stain_fit)["stains"], ref.stains, atol=0.03)
     # A held-out slide changing (B restained) changes nothing about A's normalisation
     write_slide(b, np.array([[0.3, 0.9, 0.3], [0.6, 0.2, 0.77]]), np.array([2.5, 0.4]), seed=9)
     again_a, again_attrs = build_normalizer("macenko", a, slide_mpp=0.5)
@@ -204,7 +204,7 @@ def test_extract_cli_records_the_stain_normalisation(her2st, tmp_path):
         spots = spot_tiles(slide, table, "C3", TilingParams(), source="C3")
     keep = np.arange(8)
     tiles_path = tmp_path / "tiles.h5"
-    write_tiles(tiles_path, TileSet(coords=spots.coords[keep], attrs=dict(spots.attrs),
+    write_tiles(tiles_path, TileSet(coords=spots.coords[keep], attrs=spots.attrs.to_attrs(),
                                     spot_ids=spots.spot_ids[keep]))
     results = tmp_path / "results"
     raw = results / "features" / "efficientnet_lite0" / "spots" / "C2.h5"

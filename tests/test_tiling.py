@@ -28,12 +28,12 @@ def test_svs_tiles_only_on_tissue(slides_dir: Path, tmp_path: Path) -> None:
     result = run_cli("tile", slide_path, "--sample-id", "cmu1", "-o", out, "--qc", qc)
     assert result.returncode == 0, result.stderr
     tiles = read_tiles(out)
-    assert tiles.attrs["mode"] == "grid"
-    assert tiles.attrs["slide_mpp"] == pytest.approx(0.499, abs=1e-3)
-    assert tiles.attrs["mpp_source"] == "metadata"
-    assert tiles.attrs["target_mpp"] == 0.5
-    assert tiles.attrs["tissue_mask_source"] == "thumbnail, reduced 4x"  # Aperio's thumbnail
-    assert tiles.attrs["tissue_mask_mpp"] == pytest.approx(7.69, abs=0.01)
+    assert tiles.attrs.mode == "grid"
+    assert tiles.attrs.slide_mpp == pytest.approx(0.499, abs=1e-3)
+    assert tiles.attrs.mpp_source == "metadata"
+    assert tiles.attrs.target_mpp == 0.5
+    assert tiles.attrs.tissue_mask_source == "thumbnail, reduced 4x"  # Aperio's thumbnail
+    assert tiles.attrs.tissue_mask_mpp == pytest.approx(7.69, abs=0.01)
     assert tiles.tile_px_level0 == pytest.approx(224 * 0.5 / 0.499, rel=1e-6)
     # Recompute the mask independently and check every tile against it, and the converse.
     params = TilingParams()
@@ -66,15 +66,15 @@ def test_her2st_spot_patches(her2st: Path, tmp_path: Path) -> None:
     counts_ids = pd.read_csv(her2st / "C4.tsv.gz", sep="\t", index_col=0, usecols=[0]).index
     assert len(spots) == len(counts_ids)
     assert set(spots.spot_ids) == set(counts_ids)
-    assert spots.attrs["mpp_source"] == "sample_sheet"
-    assert spots.attrs["slide_mpp"] == 0.69
+    assert spots.attrs.mpp_source == "sample_sheet"
+    assert spots.attrs.slide_mpp == 0.69
     size0 = 112 / 0.69
     assert spots.tile_px_level0 == pytest.approx(size0)
     sel = pd.read_csv(her2st / "C4_selection.tsv", sep="\t")
     sel.index = sel["x"].astype(str) + "x" + sel["y"].astype(str)
     centres = sel.loc[spots.spot_ids, ["pixel_x", "pixel_y"]].to_numpy()
     np.testing.assert_allclose(spots.coords + size0 / 2, centres, atol=1.0)
-    assert read_tiles(grid).attrs["mode"] == "grid"
+    assert read_tiles(grid).attrs.mode == "grid"
 
 
 def _white_slide(path: Path) -> None:

@@ -93,8 +93,8 @@ def test_mask_from_smallest_sufficient_level_same_tiles_at_any_level0_size(tmp_p
     # 4 um/px asked: levels at 4 (x20 level 3) and 4 (x40 level 4) exist.
     assert t20.source == "level 3" and t40.source == "level 4"
     assert t20.mask.shape == t40.mask.shape == (192, 240)
-    assert g20.attrs["tissue_mask_source"] == "level 3"
-    assert g20.attrs["tissue_mask_mpp"] == pytest.approx(4.0)
+    assert g20.attrs.tissue_mask_source == "level 3"
+    assert g20.attrs.tissue_mask_mpp == pytest.approx(4.0)
     np.testing.assert_array_equal(t20.mask, t40.mask)
     np.testing.assert_array_equal(g20.coords * 2, g40.coords)
     assert 5 < len(g20.coords) < 48 * 0.8

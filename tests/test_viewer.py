@@ -242,7 +242,7 @@ def test_cohort_limits_pool_the_slides(cohort: Path, tmp_path: Path) -> None:
     write_tile_map(results / "heatmaps" / "mlp" / "S1.h5ad", tmap)
     tmap.values = tmap.values.copy()
     tmap.values[:, 0] += 10
-    tmap.attrs = dict(tmap.attrs, sample_id="S2")
+    tmap.attrs.sample_id = "S2"
     write_tile_map(results / "heatmaps" / "mlp" / "S2.h5ad", tmap)
     res = build_viewer(results, options=ViewerOptions(genes=["GRADX"]))
     [data] = _call(res.out / "data.js", "data")
@@ -684,7 +684,7 @@ def test_regions_of_one_slide_share_one_pyramid(cohort: Path, tmp_path: Path) ->
     results = tmp_path / "results"
     left = whole.coords[:, 0] < W / 2
     for sample, rows in (("S1_left", left), ("S1_right", ~left)):
-        attrs = {**whole.attrs, "sample_id": sample, "roi_bounds": [0.0, 0.0, W / 2, H]}
+        attrs = whole.attrs.to_attrs() | {"sample_id": sample, "roi_bounds": [0.0, 0.0, W / 2, H]}
         write_tile_map(results / "heatmaps" / "mlp" / f"{sample}.h5ad",
                        TileMap(values=whole.values[rows], genes=list(whole.genes),
                                coords=whole.coords[rows], tile_size0=whole.tile_size0,

@@ -118,7 +118,7 @@ def c3_tiles(her2st: Path, tmp_path_factory) -> Path:
         table = read_spot_positions(her2st / "C3_selection.tsv", counts_path=her2st / "C3.tsv.gz")
         spots = spot_tiles(slide, table, "C3", TilingParams(), source="C3")
     path = tmp_path_factory.mktemp("tiles") / "C3.h5"
-    write_tiles(path, TileSet(coords=spots.coords[:5], attrs=dict(spots.attrs),
+    write_tiles(path, TileSet(coords=spots.coords[:5], attrs=spots.attrs.to_attrs(),
                               spot_ids=spots.spot_ids[:5]))
     return path
 
@@ -157,7 +157,7 @@ def test_grid_tilings_get_no_views(c3_tiles, tmp_path):
 
     tiles = read_tiles(c3_tiles)
     grid = tmp_path / "grid.h5"
-    write_tiles(grid, TileSet(coords=tiles.coords[:2], attrs={**tiles.attrs, "mode": "grid"}))
+    write_tiles(grid, TileSet(coords=tiles.coords[:2], attrs=tiles.attrs.to_attrs() | {"mode": "grid"}))
     out = extract_features(grid, tmp_path / "g.h5", encoder=get_encoder("efficientnet_lite0"),
                            device="cpu", progress=False, num_workers=0, views=["rot90"])
     assert read_feature_meta(out.path).views == ()

@@ -113,7 +113,7 @@ def test_demo_tiles_and_qc_for_every_sample(demo_run: Path) -> None:
     for sample in samples:
         grid = read_tiles(demo_run / "results" / "tiles" / "grid" / f"{sample}.h5")
         spots = read_tiles(demo_run / "results" / "tiles" / "spots" / f"{sample}.h5")
-        assert len(grid) > 50 and grid.attrs["mpp_source"] == "metadata"
+        assert len(grid) > 50 and grid.attrs.mpp_source == "metadata"
         assert sorted(spots.spot_ids) == sorted(truth.loc[truth.sample_id == sample, "spot_id"])
         assert (demo_run / "results" / "qc" / f"{sample}.png").stat().st_size > 10_000
         assert (demo_run / "results" / "logs" / "tile" / f"{sample}.log").exists()

@@ -7,6 +7,7 @@ rather than spelling the strings, so a rename is one edit.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Final
 
 
@@ -75,3 +76,19 @@ SLIDE_BLOCK: Final = "slide"
 
 #: ``obs['fold']`` of a unit that no fold held out (it only ever trained).
 NOT_HELD_OUT: Final = -1
+
+#: Between the slides of a unit of several slides (a patient's, averaged by the join in bulk
+#: mode): its ``sample_id`` (``s1;s2``), ``features_path``, ``slide`` and sheet columns in
+#: ``dataset.h5ad`` and ``splits.tsv``. :func:`join_unit` writes it, :func:`split_unit` reads it.
+UNIT_SEP: Final = ";"
+
+
+def join_unit(values: Iterable[object]) -> str:
+    """The slides' values of one unit as one cell (``s1;s2``)."""
+    return UNIT_SEP.join(str(v) for v in values)
+
+
+def split_unit(value: object) -> list[str]:
+    """The slides' values of one unit's cell (``s1;s2`` -> ``[s1, s2]``; a unit of one slide
+    is a list of one; empty parts are dropped)."""
+    return [part for part in str(value).split(UNIT_SEP) if part]

@@ -21,11 +21,11 @@ def context_tiles(
     from slide2expr.tile.context import context_windows, grid_context_windows
 
     tiles = read_tiles(spots)
-    make = grid_context_windows if tiles.attrs.get("mode") == "grid" else context_windows
+    make = grid_context_windows if tiles.attrs.mode == "grid" else context_windows
     windows = make(tiles, um)
     write_tiles(out, windows)
     typer.echo(f"{out}: {len(windows)} windows of {um:g} um, "
-               f"{windows.attrs['n_padded']} padded past the slide edge")
+               f"{windows.attrs.n_padded} padded past the slide edge")
 
 
 def register(app: typer.Typer) -> None:

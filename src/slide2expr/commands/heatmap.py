@@ -139,7 +139,7 @@ def _draw(tmap, options, *, slide: Path | None, out_dir: Path, report: Path | No
     from slide2expr.errors import InputError
     from slide2expr.heatmap import make_heatmaps
 
-    slide_path = slide or (Path(str(tmap.attrs["slide"])) if tmap.attrs.get("slide") else None)
+    slide_path = slide or (Path(str(tmap.attrs.slide)) if tmap.attrs.slide else None)
     if slide_path is None:
         raise InputError(source, "names no slide", "pass --slide")
     with open_matching_slide(slide_path, tmap, default_mpp=default_mpp) as s:

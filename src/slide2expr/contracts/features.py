@@ -4,7 +4,8 @@ Contract (docs/architecture.md): dataset ``features`` ``(N, D)`` float32 or floa
 ``(N, 2)`` (level-0 x, y of each tile's top-left corner, as in the tiles file), ``spot_ids``
 ``(N,)`` in spot mode; attrs ``encoder``, ``weights`` (sha256 of the weights file, or
 ``"random-init"``), ``weights_source``, ``embed_dim``, ``input_px`` and ``input_mpp`` (the
-pixels the encoder saw), and every attr of the tiles file.
+pixels the encoder saw), and every attr of the tiles file; read and written as a
+:class:`FeatureAttrs` record (a field each; others kept in ``extra``).
 
 Stain normalisation (:mod:`slide2expr.extract.stain`) is recorded in attrs (:data:`STAIN_ATTRS`,
 read back with :func:`stain_record`): ``stain_normalize`` (``none``, ``macenko`` or
@@ -76,7 +77,7 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -93,7 +94,7 @@ from slide2expr.contracts._h5 import (
     plain_attr,
     read_attrs,
 )
-from slide2expr.contracts.tiles import TileSet
+from slide2expr.contracts.tiles import TileAttrs, TileSet
 from slide2expr.errors import NO_SPACE_ERRNOS, InputError, environment_fault, fault_errno
 
 CONTRACT = "features"
@@ -110,6 +111,56 @@ _SIGNATURE = ("encoder", "weights", "embed_dim", "dtype", "n_tiles", "coords_sha
 #: Attrs recording the stain normalisation (module docstring).
 STAIN_ATTRS = ("stain_normalize", "stain_reference", "stain_reference_sha256",
                "stain_reference_fit", "stain_fit", "stain_fit_source", "stain_status")
+
+
+@dataclass(kw_only=True, repr=False)
+class FeatureAttrs(TileAttrs):
+    """The attributes of a features file (module docstring), typed; the rest in ``extra``.
+
+    A features file carries its tiles file's attributes (the :class:`TileAttrs` fields) and
+    the encoder's, declared in the order the extract stage sets them.
+    """
+
+    encoder: str | None = None
+    weights: str | None = None
+    weights_source: str | None = None
+    input_px: int | None = None
+    device: str | None = None
+    input_mpp: float | None = None
+    stain_normalize: str | None = None
+    stain_reference: str | None = None
+    stain_reference_sha256: str | None = None
+    stain_reference_fit: str | None = None
+    stain_status: str | None = None
+    stain_fit_source: str | None = None
+    stain_fit: str | None = None
+    embed_dim: int | None = None
+    dtype: str | None = None
+    n_tiles: int | None = None
+    coords_sha1: str | None = None
+    views: str | None = None
+    n_done: int | None = None
+    complete: bool | None = None
+    # files of other tools (TRIDENT, CLAM): :func:`foreign_layout_attrs`
+    source_layout: str | None = None
+    level0_magnification: Any = None
+    target_magnification: Any = None
+    overlap: Any = None
+    slide_name: str | None = None
+
+    @property
+    def view_names(self) -> tuple[str, ...]:
+        """The augmentation views the file holds (attr ``views``; none if absent)."""
+        return tuple(json.loads(str(self.views))) if self.views not in (None, "") else ()
+
+
+def as_feature_attrs(attrs: FeatureAttrs | TileAttrs | Mapping[str, Any]) -> FeatureAttrs:
+    """``attrs`` as a :class:`FeatureAttrs` (a mapping or tile record is converted)."""
+    if isinstance(attrs, FeatureAttrs):
+        return attrs
+    if isinstance(attrs, TileAttrs):
+        return attrs.to_record(FeatureAttrs)
+    return FeatureAttrs.from_attrs(attrs)
 
 
 @dataclass
@@ -132,9 +183,12 @@ class FeatureSet:
 
     features: np.ndarray
     coords: np.ndarray
-    attrs: dict[str, object]
+    attrs: FeatureAttrs
     spot_ids: np.ndarray | None = None
     views: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.attrs = as_feature_attrs(self.attrs)
 
     def __len__(self) -> int:
         return int(self.features.shape[0])
@@ -142,7 +196,9 @@ class FeatureSet:
     @property
     def centres(self) -> np.ndarray:
         """``(N, 2)`` float64 tile centres in level-0 px (attr ``tile_px_level0``)."""
-        return self.coords.astype(np.float64) + float(self.attrs["tile_px_level0"]) / 2.0
+        if self.attrs.tile_px_level0 is None:
+            raise KeyError("tile_px_level0")
+        return self.coords.astype(np.float64) + float(self.attrs.tile_px_level0) / 2.0
 
 
 def partial_path(path: str | Path) -> Path:
@@ -172,7 +228,7 @@ class FeatureWriter:
     embed_dim
         ``D``.
     attrs
-        Encoder attrs: at least ``encoder`` and ``weights``.
+        Encoder attrs: at least ``encoder`` and ``weights`` (a mapping given is converted).
     dtype
         ``"float32"`` or ``"float16"``.
     resume
@@ -182,7 +238,8 @@ class FeatureWriter:
     """
 
     def __init__(self, path: str | Path, tiles: TileSet, *, embed_dim: int,
-                 attrs: dict[str, object], dtype: str = "float32", resume: bool = True,
+                 attrs: FeatureAttrs | Mapping[str, Any], dtype: str = "float32",
+                 resume: bool = True,
                  views: Sequence[str] = ()) -> None:
         if dtype not in FEATURE_DTYPES:
             raise InputError(None, f"unknown feature dtype {dtype!r}",
@@ -192,16 +249,14 @@ class FeatureWriter:
         self.n_tiles = len(tiles)
         self.dtype = dtype
         self.views = tuple(views)
-        self.attrs = {
-            **{k: v for k, v in tiles.attrs.items() if v is not None},
-            **attrs,
-            "embed_dim": int(embed_dim),
-            "dtype": dtype,
-            "n_tiles": self.n_tiles,
-            "coords_sha1": coords_digest(tiles.coords),
-            "views": json.dumps(list(self.views)),
-            **format_stamp(CONTRACT, VERSION),
-        }
+        self.attrs = as_feature_attrs(tiles.attrs).copy()
+        self.attrs.update(as_feature_attrs(attrs).to_attrs())
+        self.attrs.embed_dim = int(embed_dim)
+        self.attrs.dtype = dtype
+        self.attrs.n_tiles = self.n_tiles
+        self.attrs.coords_sha1 = coords_digest(tiles.coords)
+        self.attrs.views = json.dumps(list(self.views))
+        self.attrs.update(format_stamp(CONTRACT, VERSION))
         self._tiles = tiles
         self._resume = resume
         self._file: h5py.File | None = None
@@ -304,7 +359,7 @@ class FeatureWriter:
         elif self.n_done:
             fix = f"free space and rerun; it resumes after tile {self.n_done} of {self.n_tiles}"
         else:
-            size = (self.n_tiles * int(self.attrs["embed_dim"]) * np.dtype(self.dtype).itemsize
+            size = (self.n_tiles * int(self.attrs.embed_dim or 0) * np.dtype(self.dtype).itemsize
                     * (1 + len(self.views)))
             fix = f"free space (the file needs about {size / 1e6:.1f} MB) and rerun"
         fault = environment_fault(exc, self.path, fix=fix)
@@ -327,7 +382,7 @@ class FeatureWriter:
         return f
 
     def _fill_new(self, f: h5py.File) -> None:
-        n, d = self.n_tiles, int(self.attrs["embed_dim"])
+        n, d = self.n_tiles, int(self.attrs.embed_dim or 0)
         chunk_rows = max(1, min(n, max(1, (1 << 20) // (4 * d))))  # about 1 MB chunks
         # Allocated (and written) in full now: a too-small disk fails before any work.
         dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
@@ -355,8 +410,8 @@ class FeatureWriter:
             log.warning("%s: unreadable partial file (%s); starting over", self.partial, exc)
             return None
         try:
-            same = all(plain_attr(f.attrs.get(k)) == self.attrs[k] for k in _SIGNATURE
-                       if k in self.attrs)
+            mine = self.attrs.to_attrs()
+            same = all(plain_attr(f.attrs.get(k)) == mine[k] for k in _SIGNATURE if k in mine)
             n_done = int(f.attrs.get("n_done", 0))
             if same and 0 <= n_done <= self.n_tiles and f["features"].shape[0] == self.n_tiles:
                 self.n_done = n_done
@@ -386,7 +441,7 @@ class FeatureMeta:
     """
 
     shape: tuple[int, ...]
-    attrs: dict[str, object]
+    attrs: FeatureAttrs
     spot_ids: np.ndarray | None
     n_coords: int
     dtype: str = "float32"
@@ -395,14 +450,14 @@ class FeatureMeta:
     @property
     def sample_id(self) -> str:
         """The sample the file belongs to."""
-        return str(self.attrs.get("sample_id", ""))
+        return str(self.attrs.sample_id or "")
 
 
-def _read_checked_attrs(path: Path, f: h5py.File) -> dict[str, object]:
+def _read_checked_attrs(path: Path, f: h5py.File) -> FeatureAttrs:
     attrs = read_attrs(f)
     check_format(path, attrs, CONTRACT, (VERSION,))
     foreign = foreign_layout_attrs(path, f, attrs)
-    return attrs if foreign is None else foreign
+    return FeatureAttrs.from_attrs(attrs if foreign is None else foreign)
 
 
 def foreign_layout_attrs(path: Path, f: h5py.File,
@@ -482,17 +537,11 @@ def read_features(path: str | Path) -> FeatureSet:
         features = _feature_rows(f)
         coords = np.asarray(f["coords"][:]).reshape(-1, 2).astype(np.int64, copy=False)
         spot_ids = f["spot_ids"].asstr()[:] if "spot_ids" in f else None
-        views = {name: f["views"][name][:] for name in view_names(attrs)}
-    if attrs.get("n_done", len(features)) != len(features):
+        views = {name: f["views"][name][:] for name in attrs.view_names}
+    if attrs.n_done is not None and attrs.n_done != len(features):
         raise InputError(path, "is an incomplete features file", REDO)
     return FeatureSet(features=features, coords=coords, attrs=attrs, spot_ids=spot_ids,
                       views=views)
-
-
-def view_names(attrs: dict[str, object]) -> tuple[str, ...]:
-    """The augmentation views a features file holds (its ``views`` attr; none if absent)."""
-    raw = attrs.get("views")
-    return tuple(json.loads(str(raw))) if raw not in (None, "") else ()
 
 
 def read_feature_meta(path: str | Path) -> FeatureMeta:
@@ -513,25 +562,25 @@ def read_feature_meta(path: str | Path) -> FeatureMeta:
         n_coords = int(f["coords"].shape[0]) if "coords" in f else shape[0]
         dtype = str(f["features"].dtype)
     return FeatureMeta(shape=shape, attrs=attrs, spot_ids=spot_ids, n_coords=n_coords,
-                       dtype=dtype, views=view_names(attrs))
+                       dtype=dtype, views=attrs.view_names)
 
 
-def features_attrs(path: str | Path) -> dict[str, object]:
+def features_attrs(path: str | Path) -> FeatureAttrs:
     """Only the attrs of a features file (cheap: no feature rows are read)."""
     path = Path(path)
     with open_h5(path, what="features file", fix=REDO) as f:
         return _read_checked_attrs(path, f)
 
 
-def stain_record(attrs: dict[str, object]) -> dict[str, object]:
+def stain_record(attrs: FeatureAttrs) -> dict[str, object]:
     """The stain normalisation recorded in a features file's attrs, JSON fields decoded.
 
     A file without ``stain_normalize`` (written before the option existed, or by another
     tool) is ``{"stain_normalize": "none"}``.
     """
-    out: dict[str, object] = {"stain_normalize": str(attrs.get("stain_normalize") or "none")}
+    out: dict[str, object] = {"stain_normalize": str(attrs.stain_normalize or "none")}
     for key in STAIN_ATTRS[1:]:
-        value = attrs.get(key)
+        value = getattr(attrs, key)
         if value is None or value == "":
             continue
         out[key] = json.loads(str(value)) if key in ("stain_fit", "stain_reference_fit") \
@@ -539,19 +588,44 @@ def stain_record(attrs: dict[str, object]) -> dict[str, object]:
     return out
 
 
-def spot_diameter_level0(attrs: dict[str, Any]) -> float | None:
+#: The per-section tiling record the join keeps in ``dataset.h5ad`` (:func:`section_record`).
+SECTION_RECORD = ("slide_mpp", "mpp_source", "target_mpp", "tile_px", "tile_px_level0",
+                  "level0_width", "level0_height", "spot_diameter_um", "n_tiles", "weights")
+#: Prefix of the Space Ranger facts a section's attrs carry (the stand-in image's, the
+#: tile stage; the scale factors, the join: :func:`with_scalefactors`).
+SPACERANGER_PREFIX = "spaceranger_"
+
+
+def with_scalefactors(attrs: FeatureAttrs, scalefactors: Mapping[str, Any]) -> FeatureAttrs:
+    """A copy of ``attrs`` with Space Ranger's scale factors as ``spaceranger_{name}``."""
+    out = attrs.copy()
+    out.update({f"{SPACERANGER_PREFIX}{k}": v for k, v in scalefactors.items()})
+    return out
+
+
+def section_record(attrs: FeatureAttrs) -> dict[str, Any]:
+    """What the dataset records of one section's features: :data:`SECTION_RECORD` where
+    set, then every Space Ranger fact (``spaceranger_*``)."""
+    values = attrs.to_attrs()
+    return ({k: values[k] for k in SECTION_RECORD if k in values}
+            | {k: v for k, v in values.items() if k.startswith(SPACERANGER_PREFIX)})
+
+
+def spot_diameter_level0(attrs: FeatureAttrs | Mapping[str, Any]) -> float | None:
     """The spot diameter in level-0 px from a sample's feature attrs.
 
     Space Ranger's own ``spot_diameter_fullres`` (kept as ``spaceranger_*`` attrs by the
-    join) wins; else ``spot_diameter_um / slide_mpp``; else the spot patch edge
-    ``tile_px_level0`` (a spot patch is ``spot_diameter_um`` across).
+    join, :func:`with_scalefactors`) wins; else ``spot_diameter_um / slide_mpp``; else the
+    spot patch edge ``tile_px_level0`` (a spot patch is ``spot_diameter_um`` across).
+    ``attrs`` may be the dataset's record of a section (:func:`section_record`).
     """
-    for key in ("spaceranger_spot_diameter_fullres",):
-        if attrs.get(key):
-            return float(attrs[key])
-    um, mpp = attrs.get("spot_diameter_um"), attrs.get("slide_mpp")
+    attrs = as_feature_attrs(attrs)
+    fullres = attrs.extra.get(f"{SPACERANGER_PREFIX}spot_diameter_fullres")
+    if fullres:
+        return float(fullres)
+    um, mpp = attrs.spot_diameter_um, attrs.slide_mpp
     if um and mpp:
         return float(um) / float(mpp)
-    if attrs.get("tile_px_level0"):
-        return float(attrs["tile_px_level0"])
+    if attrs.tile_px_level0:
+        return float(attrs.tile_px_level0)
     return None

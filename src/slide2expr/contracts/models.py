@@ -32,7 +32,7 @@ import pandas as pd
 from slide2expr.atomic import atomic_output
 from slide2expr.contracts._h5 import check_format, format_stamp
 from slide2expr.errors import InputError
-from slide2expr.keys import Key
+from slide2expr.keys import Key, split_unit
 
 log = logging.getLogger(__name__)
 
@@ -185,7 +185,7 @@ def held_out_fold(model_dir: str | Path, sample_id: str) -> tuple[int | None, st
     table = read_splits(model_dir)
     if table is None:
         return None, "all folds"
-    members = table[Key.SAMPLE_ID].astype(str).str.split(";")
+    members = table[Key.SAMPLE_ID].astype(str).map(split_unit)
     holds = members.apply(lambda ids: sample_id in ids)
     folds = sorted(set(table.loc[holds, Key.FOLD].astype(int)))
     if not folds:

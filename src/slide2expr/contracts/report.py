@@ -14,7 +14,7 @@ Contract:
 - ``map_vs_spots.tsv``: the report's map-versus-spots table (bulk regions with spot truth),
   written beside ``genes.tsv`` by ``slide2expr report``.
 
-This module owns the file names and every reader and writer of the three, so a column is
+This module owns the file names and every reader and writer of the four, so a column is
 named, parsed and checked in one place.
 """
 
@@ -87,6 +87,23 @@ def write_map_vs_spots(table: pd.DataFrame, path: str | Path) -> None:
     """Write ``map_vs_spots.tsv`` (tile maps read at the spot centres of held-out sections,
     :mod:`slide2expr.report.map_vs_spots`; NaN as ``NaN``, 6 significant digits)."""
     table.to_csv(path, sep="\t", index=False, na_rep="NaN", float_format="%.6g")
+
+
+def read_map_vs_spots(path: str | Path) -> pd.DataFrame:
+    """``map_vs_spots.tsv`` as a table (``NaN`` as missing).
+
+    Raises
+    ------
+    InputError
+        If the file is missing or unreadable.
+    """
+    path = Path(path)
+    try:
+        return pd.read_csv(path, sep="\t")
+    except (OSError, UnicodeDecodeError, pd.errors.ParserError,
+            pd.errors.EmptyDataError) as exc:
+        raise InputError(path, f"is not a readable map-versus-spots table ({exc})",
+                         "rerun `slide2expr report` on bulk regions with spot truth") from exc
 
 
 def write_summary(summary: dict[str, Any], path: str | Path) -> None:

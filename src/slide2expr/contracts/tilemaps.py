@@ -11,13 +11,14 @@ ensemble members of the fold that held the slide out, or of every fold model (an
 on a new slide; absent when one model painted the map (``TileMap.spread`` is None; the
 viewer's uncertainty layer is then unavailable). ``uns['slide2expr']['heatmap']``: sample,
 model directory, head, kind, folds used, ``n_models`` averaged, encoder, units, tiling attrs,
-and for a context head its ``inputs`` and ``slide_block`` (:mod:`slide2expr.predict.inputs`).
+and for a context head its ``inputs`` and ``slide_block`` (:mod:`slide2expr.predict.inputs`),
+read and written as a :class:`TileMapAttrs` record (a field each; others kept in ``extra``).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,8 @@ from slide2expr.contracts._h5 import (
     plain_attr,
     storable_attrs,
 )
+from slide2expr.contracts.features import FeatureAttrs
+from slide2expr.contracts.tiles import TileAttrs
 from slide2expr.errors import InputError
 from slide2expr.keys import Key
 
@@ -42,6 +45,36 @@ CONTRACT = "tilemaps"
 VERSION = "1"
 #: Units of every predicted value (the dataset's X).
 UNITS = "log1p CP10k"
+
+
+@dataclass(kw_only=True, repr=False)
+class TileMapAttrs(FeatureAttrs):
+    """The provenance of a tile map (``uns['slide2expr']['heatmap']``), typed; the rest in
+    ``extra``: the features file's attributes (:class:`FeatureAttrs`) and how the map was
+    predicted, declared in the order :mod:`slide2expr.predict.tiles` sets them."""
+
+    model_dir: str | None = None
+    head: str | None = None
+    kind: str | None = None
+    model_use: str | None = None
+    features: str | None = None
+    n_models: int | None = None
+    inputs: Any = None
+    slide_block: str | None = None
+    units: str | None = None
+    implausible_values: int | None = None
+    plausible_checked: int | None = None
+    plausible_rule: str | None = None
+    tile_size0: float | None = None
+
+
+def as_tile_map_attrs(attrs: TileMapAttrs | TileAttrs | Mapping[str, Any]) -> TileMapAttrs:
+    """``attrs`` as a :class:`TileMapAttrs` (a mapping or another record is converted)."""
+    if isinstance(attrs, TileMapAttrs):
+        return attrs
+    if isinstance(attrs, TileAttrs):
+        return attrs.to_record(TileMapAttrs)
+    return TileMapAttrs.from_attrs(attrs)
 
 
 @dataclass
@@ -71,9 +104,12 @@ class TileMap:
     genes: list[str]
     coords: np.ndarray
     tile_size0: float
-    attrs: dict[str, Any]
+    attrs: TileMapAttrs
     spot_ids: np.ndarray | None = None
     spread: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        self.attrs = as_tile_map_attrs(self.attrs)
 
     @property
     def centres(self) -> np.ndarray:
@@ -82,7 +118,7 @@ class TileMap:
 
     @property
     def sample_id(self) -> str:
-        return str(self.attrs.get("sample_id", ""))
+        return str(self.attrs.sample_id or "")
 
     def column(self, gene: str) -> np.ndarray:
         """The values of one gene, ``(N,)``."""
@@ -109,8 +145,10 @@ def tile_map_to_anndata(tmap: TileMap) -> Any:
     adata.obsm[Key.COORDS] = tmap.coords
     if tmap.spread is not None:
         adata.layers[Key.PREDICTED_SD] = np.ascontiguousarray(tmap.spread, dtype=np.float32)
-    adata.uns[Key.PROVENANCE] = {"heatmap": storable_attrs(
-        tmap.attrs | {"tile_size0": tmap.tile_size0} | format_stamp(CONTRACT, VERSION))}
+    attrs = tmap.attrs.copy()
+    attrs.tile_size0 = tmap.tile_size0
+    attrs.update(format_stamp(CONTRACT, VERSION))
+    adata.uns[Key.PROVENANCE] = {"heatmap": storable_attrs(attrs.to_attrs())}
     return adata
 
 
@@ -138,11 +176,14 @@ def read_tile_map(path: str | Path) -> TileMap:
     attrs = {k: plain_attr(v, arrays_as_lists=True) for k, v in attrs.items()}
     check_format(path, attrs, CONTRACT, (VERSION,))
     attrs.pop(FORMAT_ATTR, None)
+    if "tile_size0" not in attrs:
+        raise InputError(path, "is not a tile-prediction file (no tile_size0)", FIX)
     spot_ids = adata.obs[Key.SPOT_ID].to_numpy(str) if "spot_id" in adata.obs else None
     spread = (np.asarray(adata.layers[Key.PREDICTED_SD], dtype=np.float32)
               if Key.PREDICTED_SD in adata.layers else None)
     return TileMap(values=np.asarray(adata.X, dtype=np.float32), genes=list(map(str, adata.var_names)),
-                   coords=coords, tile_size0=float(attrs["tile_size0"]), attrs=attrs,
+                   coords=coords, tile_size0=float(attrs["tile_size0"]),
+                   attrs=TileMapAttrs.from_attrs(attrs),
                    spot_ids=spot_ids, spread=spread)
 
 
@@ -150,5 +191,5 @@ def subset_genes(tmap: TileMap, genes: Sequence[str]) -> TileMap:
     """A copy of ``tmap`` with only ``genes`` (in that order)."""
     idx = [tmap.genes.index(g) for g in genes]
     return TileMap(values=tmap.values[:, idx], genes=list(genes), coords=tmap.coords,
-                   tile_size0=tmap.tile_size0, attrs=tmap.attrs, spot_ids=tmap.spot_ids,
+                   tile_size0=tmap.tile_size0, attrs=tmap.attrs.copy(), spot_ids=tmap.spot_ids,
                    spread=None if tmap.spread is None else tmap.spread[:, idx])

@@ -18,18 +18,22 @@ reduction), ``tissue_mask_mpp`` (the mask's resolution, um/px) and ``mask_downsa
 ``slide_fingerprint`` (:func:`slide2expr.hashing.file_fingerprint`: sha256 of the slide
 file's size, first and last MiB; absent in older files) lets extract refuse a ``--slide``
 that is not the tiles' slide. The file is stamped
-``slide2expr_format = "tiles/1"``.
+``slide2expr_format = "tiles/1"``. The attributes are read and written as a
+:class:`TileAttrs` record (a field each; others kept in ``extra``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
 
 from slide2expr.atomic import atomic_output
+from slide2expr.contracts._attrs import AttrRecord
 from slide2expr.contracts._h5 import check_format, format_stamp, open_h5, read_attrs
 
 CONTRACT = "tiles"
@@ -44,6 +48,51 @@ TILING_ATTRS = (
 TISSUE_MASK_ATTRS = ("tissue_mask_source", "tissue_mask_mpp", "mask_downsample")
 
 
+@dataclass(kw_only=True, repr=False)
+class TileAttrs(AttrRecord):
+    """The attributes of a tiles file (module docstring), typed; the rest in ``extra``.
+
+    Fields are declared in the order the tile stage sets them, so that a file it writes
+    keeps the attribute order (and bytes) of the dict it used to fill.
+    """
+
+    sample_id: str | None = None
+    slide: str | None = None
+    slide_fingerprint: str | None = None
+    slide_mpp: float | None = None
+    mpp_source: str | None = None
+    tile_px: int | None = None
+    level0_width: int | None = None
+    level0_height: int | None = None
+    min_tissue: float | None = None
+    mode: str | None = None
+    target_mpp: float | None = None
+    tile_px_level0: float | None = None
+    tissue_mask_source: str | None = None
+    tissue_mask_mpp: float | None = None
+    spot_diameter_um: float | None = None
+    spots_table: str | None = None
+    roi: str | None = None
+    roi_spec: str | None = None
+    roi_units: str | None = None
+    roi_bounds: Any = None
+    mask_downsample: float | None = None
+    tiling: str | None = None
+    context_um: float | None = None
+    padding: str | None = None
+    n_padded: int | None = None
+
+    @property
+    def is_grid(self) -> bool:
+        """Grid tiles, or windows centred on them (tiling ``grid_ctx{um}``)."""
+        return self.mode == "grid" or str(self.tiling or "").startswith("grid")
+
+
+def as_tile_attrs(attrs: TileAttrs | Mapping[str, Any]) -> TileAttrs:
+    """``attrs`` as a :class:`TileAttrs` (a mapping of attribute names is converted)."""
+    return attrs if isinstance(attrs, TileAttrs) else TileAttrs.from_attrs(attrs)
+
+
 @dataclass
 class TileSet:
     """Tiles of one slide.
@@ -53,15 +102,18 @@ class TileSet:
     coords
         ``(N, 2)`` int64 level-0 ``x, y`` of each tile's top-left corner.
     attrs
-        The tiling attributes (see module docstring).
+        The tiling attributes (see module docstring); a mapping given is converted.
     spot_ids
         Spot identifiers in spot mode, aligned with ``coords``; ``None`` in grid mode.
     """
 
     coords: np.ndarray
-    attrs: dict[str, object]
+    attrs: TileAttrs
     spot_ids: np.ndarray | None = None
     extra: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.attrs = as_tile_attrs(self.attrs)
 
     def __len__(self) -> int:
         return int(self.coords.shape[0])
@@ -69,7 +121,9 @@ class TileSet:
     @property
     def tile_px_level0(self) -> float:
         """Tile edge in level-0 pixels."""
-        return float(self.attrs["tile_px_level0"])
+        if self.attrs.tile_px_level0 is None:
+            raise KeyError("tile_px_level0")
+        return float(self.attrs.tile_px_level0)
 
 
 def write_tiles(path: str | Path, tiles: TileSet) -> None:
@@ -99,5 +153,5 @@ def read_tiles(path: str | Path) -> TileSet:
         check_format(path, attrs, CONTRACT, (VERSION,))
         coords = f["coords"][:]
         spot_ids = f["spot_ids"].asstr()[:] if "spot_ids" in f else None
-    return TileSet(coords=coords, attrs=attrs, spot_ids=spot_ids)
+    return TileSet(coords=coords, attrs=TileAttrs.from_attrs(attrs), spot_ids=spot_ids)
 

@@ -91,4 +91,4 @@ def _spot_diameter(adata: Any, sample_id: str) -> float | None:
     if value:
         return float(value)
     samples = dict(dict(adata.uns.get(Key.PROVENANCE, {})).get("samples", {}))
-    return spot_diameter_level0(dict(samples.get(sample_id, {})))
+    return spot_diameter_level0(dict(samples.get(sample_id, {})))  # a section_record

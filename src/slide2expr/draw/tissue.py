@@ -55,9 +55,9 @@ def resize_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 def open_matching_slide(slide_path: str | Path, tmap: TileMap, *,
                         default_mpp: float | None = None) -> Slide:
     """Open the slide and check it is the one the tiles came from (same level-0 size)."""
-    mpp = tmap.attrs.get("slide_mpp")
+    mpp = tmap.attrs.slide_mpp
     slide = open_slide(slide_path, sheet_mpp=float(mpp) if mpp else None, default_mpp=default_mpp)
-    want = (tmap.attrs.get("level0_width"), tmap.attrs.get("level0_height"))
+    want = (tmap.attrs.level0_width, tmap.attrs.level0_height)
     if None not in want and tuple(int(v) for v in want) != tuple(slide.dimensions):
         slide.close()
         raise InputError(slide_path, f"is {slide.dimensions[0]} x {slide.dimensions[1]} px but the "

@@ -39,7 +39,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
-from slide2expr.contracts.features import FeatureWriter
+from slide2expr.contracts.features import FeatureAttrs, FeatureWriter
 from slide2expr.contracts.tiles import TileSet, read_tiles
 from slide2expr.errors import InputError
 from slide2expr.extract.encoders import Encoder, get_encoder, get_spec
@@ -472,13 +472,12 @@ def extract_tilings(
     with contextlib.ExitStack() as stack:
         writers, parts = [], []
         for tileset, out in zip(tilesets, outs, strict=True):
-            tile_px0 = float(tileset.attrs["tile_px_level0"])
-            attrs: dict[str, object] = {
-                "encoder": enc.name, "weights": enc.weights,
-                "weights_source": enc.weights_source, "input_px": out_px, "device": str(dev),
-                **({"input_mpp": slide_mpp * tile_px0 / out_px} if slide_mpp is not None else {}),
-                **stain_attrs,
-            }
+            tile_px0 = tileset.tile_px_level0
+            attrs = FeatureAttrs(
+                encoder=enc.name, weights=enc.weights, weights_source=enc.weights_source,
+                input_px=out_px, device=str(dev),
+                input_mpp=slide_mpp * tile_px0 / out_px if slide_mpp is not None else None)
+            attrs.update(stain_attrs.to_attrs())
             tiling_views = () if _is_grid(tileset) else checked_views
             if checked_views and not tiling_views:
                 log.info("%s: grid tiling: no augmentation views (they are for training units)",
@@ -499,7 +498,7 @@ def extract_tilings(
             try:
                 _run(dataset, writers, enc, dev, firsts=firsts, seconds=seconds,
                      batch_size=batch_size, workers=workers, progress=progress,
-                     label=str(tilesets[0].attrs.get("sample_id", slide_path.stem)))
+                     label=str(tilesets[0].attrs.sample_id or slide_path.stem))
             finally:
                 dataset.close()
         paths = [w.finish() for w in writers]
@@ -512,8 +511,7 @@ def extract_tilings(
 
 
 def _is_grid(tileset: TileSet) -> bool:
-    return (tileset.attrs.get("mode") == "grid"
-            or str(tileset.attrs.get("tiling", "")).startswith("grid"))
+    return tileset.attrs.is_grid
 
 
 def _run(dataset: TilingsDataset, writers: list[FeatureWriter], enc: Encoder,
@@ -593,7 +591,7 @@ def _common_slide(tilesets: list[TileSet], sources: list[object]) -> Path:
 
 def _common_mpp(tilesets: list[TileSet], sources: list[object]) -> float | None:
     """The slide mpp every tiles file records (attr ``slide_mpp``), or None."""
-    mpps = [_float_or_none(t.attrs.get("slide_mpp")) for t in tilesets]
+    mpps = [_float_or_none(t.attrs.slide_mpp) for t in tilesets]
     for mpp, src in zip(mpps[1:], sources[1:], strict=True):
         if mpp != mpps[0]:
             raise InputError(src if isinstance(src, str | Path) else None,
@@ -623,20 +621,20 @@ def check_same_slide(slide_path: Path, tiles: TileSet, *, source: object) -> Non
     made_from = f"the slide {source} was made from" if isinstance(source, str | Path) \
         else "the tiles' slide"
     fix = "pass the slide the tiles were made from with --slide, or tile this slide first"
-    recorded = str(attrs.get("slide_fingerprint") or "")
+    recorded = str(attrs.slide_fingerprint or "")
     if recorded and slide_path.is_file() and file_fingerprint(slide_path) == recorded:
         return  # the very file (moved or copied)
-    with open_slide(slide_path, sheet_mpp=_float_or_none(attrs.get("slide_mpp")),
+    with open_slide(slide_path, sheet_mpp=_float_or_none(attrs.slide_mpp),
                     require_mpp=False) as s:
         size, mpp, mpp_source = s.dimensions, s.mpp, s.mpp_source
-    width, height = attrs.get("level0_width"), attrs.get("level0_height")
+    width, height = attrs.level0_width, attrs.level0_height
     if width is not None and height is not None and (int(width), int(height)) != tuple(size):
         raise InputError(slide_path, f"is not {made_from}: its level-0 size is "
                          f"{size[0]} x {size[1]} px, the tiles' slide's {int(width)} x "
                          f"{int(height)} px", fix)
-    tiles_mpp = _float_or_none(attrs.get("slide_mpp"))
+    tiles_mpp = _float_or_none(attrs.slide_mpp)
     if (mpp is not None and tiles_mpp is not None and mpp_source == "metadata"
-            and attrs.get("mpp_source") == "metadata"
+            and attrs.mpp_source == "metadata"
             and abs(mpp - tiles_mpp) > MPP_TOLERANCE * tiles_mpp):
         raise InputError(slide_path, f"is not {made_from}: its mpp is {mpp:g} um/px, the "
                          f"tiles' slide's {tiles_mpp:g} um/px", fix)
@@ -646,7 +644,7 @@ def check_same_slide(slide_path: Path, tiles: TileSet, *, source: object) -> Non
 
 
 def _slide_from_attrs(tiles: TileSet, source: object) -> Path:
-    slide = tiles.attrs.get("slide")
+    slide = tiles.attrs.slide
     if not slide:
         raise InputError(source if isinstance(source, str | Path) else None,
                          "the tiles file does not name its slide (attr 'slide')",

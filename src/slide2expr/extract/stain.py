@@ -37,6 +37,7 @@ from typing import Literal
 
 import numpy as np
 
+from slide2expr.contracts.features import FeatureAttrs
 from slide2expr.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -352,7 +353,7 @@ def fit_slide(method: Method, image: np.ndarray) -> tuple[Fit | None, str]:
 
 def build_normalizer(method: Method, slide_path: str | Path, *, slide_mpp: float | None = None,
                      reference: str | Path | None = None
-                     ) -> tuple[StainNormalizer | None, dict[str, object]]:
+                     ) -> tuple[StainNormalizer | None, FeatureAttrs]:
     """The normaliser of one slide and the attributes that record it.
 
     Parameters
@@ -366,7 +367,7 @@ def build_normalizer(method: Method, slide_path: str | Path, *, slide_mpp: float
 
     Returns
     -------
-    tuple of (StainNormalizer or None, dict)
+    tuple of (StainNormalizer or None, FeatureAttrs)
         None when ``method`` is ``"none"`` or the slide has too little tissue (a warning is
         logged). Attrs: ``stain_normalize``, and with a method ``stain_reference``,
         ``stain_reference_sha256`` (a file), ``stain_reference_fit``, ``stain_status``,
@@ -375,20 +376,21 @@ def build_normalizer(method: Method, slide_path: str | Path, *, slide_mpp: float
     if method not in METHODS:
         raise InputError(None, f"unknown stain normalisation {method!r}",
                          f"use one of {', '.join(METHODS)}")
-    attrs: dict[str, object] = {"stain_normalize": method}
+    attrs = FeatureAttrs(stain_normalize=method)
     if method == "none":
         return None, attrs
     ref, ref_attrs = reference_fit(method, reference)
     image, source = slide_fit_image(slide_path, slide_mpp)
     fit, status = fit_slide(method, image)
     attrs.update(ref_attrs)
-    attrs.update({"stain_reference_fit": json.dumps(ref.to_dict()), "stain_status": status,
-                  "stain_fit_source": source})
+    attrs.stain_reference_fit = json.dumps(ref.to_dict())
+    attrs.stain_status = status
+    attrs.stain_fit_source = source
     if fit is None:
         log.warning("%s: %s; its tiles are embedded without stain normalisation",
                     slide_path, status.removeprefix("not normalised: "))
         return None, attrs
-    attrs["stain_fit"] = json.dumps(fit.to_dict())
+    attrs.stain_fit = json.dumps(fit.to_dict())
     return StainNormalizer(method, ref, fit), attrs
 
 

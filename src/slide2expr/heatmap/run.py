@@ -202,14 +202,14 @@ def make_heatmaps(tmap: TileMap, slide: Slide, out_dir: str | Path, *,
     sample_dir = out_dir / sample
 
     thumb, downsample = slide.thumbnail(options.thumbnail_px)
-    mpp = slide.mpp or (float(tmap.attrs["slide_mpp"]) if tmap.attrs.get("slide_mpp") else None)
+    mpp = slide.mpp or (float(tmap.attrs.slide_mpp) if tmap.attrs.slide_mpp else None)
     shape = thumb.shape[:2]
     coarse, coarse_ds = (tissue_mask(thumb, downsample, mpp=mpp, params=options.tissue)
                          if mpp else (None, downsample))
     tissue = None if coarse is None else resize_mask(coarse, shape)
     crop = tissue_box(tissue) if options.crop_to_tissue and tissue is not None else None
-    if options.crop_to_tissue and tmap.attrs.get("roi_bounds") is not None:
-        crop = region_box(tmap.attrs["roi_bounds"], downsample, shape)  # a region sample
+    if options.crop_to_tissue and tmap.attrs.roi_bounds is not None:
+        crop = region_box(tmap.attrs.roi_bounds, downsample, shape)  # a region sample
     log.info("%s: drawing %d genes on a %d x %d thumbnail (downsample %.1f)", sample,
              len(genes), shape[1], shape[0], downsample)
 
@@ -239,7 +239,7 @@ def make_heatmaps(tmap: TileMap, slide: Slide, out_dir: str | Path, *,
             comparison_r = _draw_comparison(spot_values, predictions, sample, genes,
                                             folder=dir_tmp, thumb=thumb, downsample=downsample,
                                             percentiles=percentiles, style=options.style,
-                                            model=str(tmap.attrs.get("head", "")))
+                                            model=str(tmap.attrs.head or ""))
             comparison = sample_dir / COMPARISON_PNG if comparison_r is not None else None
             comparison_r = comparison_r or {}
 
@@ -278,8 +278,8 @@ def _draw_gene(tmap: TileMap, gene: str, *, sample: str, folder: Path, file_name
         blended = blended[crop]
         origin = (crop[1].start, crop[0].start)
     name = file_name
-    model = tmap.attrs.get("head", "model")
-    use = tmap.attrs.get("model_use", "")
+    model = tmap.attrs.head if tmap.attrs.head is not None else "model"
+    use = tmap.attrs.model_use or ""
     save_overlay_png(
         folder / name, blended, downsample=downsample, vmin=vmin, vmax=vmax,
         title=f"{gene} \u2014 {sample}",
@@ -318,10 +318,10 @@ def _write_geojson(path: Path, tmap: TileMap, *, genes: list[str], coarse: np.nd
     """The QuPath GeoJSON of the slide: tiles with the predictions of ``genes`` as
     measurements named ``"{head}: {gene} ({units})"`` (clipped at 0, see ``CLIP_NOTE``), the
     tissue outline, and in spot mode the spots with measured and predicted values."""
-    width, height = tmap.attrs.get("level0_width"), tmap.attrs.get("level0_height")
+    width, height = tmap.attrs.level0_width, tmap.attrs.level0_height
     bounds = (float(width), float(height)) if width and height else None
     outline = mask_polygons(coarse, coarse_ds, bounds=bounds) if coarse is not None else []
-    head = str(tmap.attrs.get("head", "") or "predicted")
+    head = str(tmap.attrs.head or "predicted")
     values = clip_predictions(tmap.values[:, [tmap.genes.index(g) for g in genes]])
     write_qupath_geojson(
         path, coords=tmap.coords, size0=tmap.tile_size0, values=values,
@@ -329,5 +329,5 @@ def _write_geojson(path: Path, tmap: TileMap, *, genes: list[str], coarse: np.nd
         names=list(tmap.spot_ids) if tmap.spot_ids is not None else None,
         spots=_spot_detections(spots, head, tmap.sample_id),
         metadata={"sample_id": tmap.sample_id, "units": UNITS, "coordinates": "level-0 pixels",
-                  "model": str(tmap.attrs.get("head", "")), "predictions": CLIP_NOTE,
+                  "model": str(tmap.attrs.head or ""), "predictions": CLIP_NOTE,
                   "level0_width": width, "level0_height": height})

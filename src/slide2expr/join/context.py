@@ -114,8 +114,8 @@ def read_context_windows(features_dir: Path, sample_id: str, spot_ids: Sequence[
         name = context_tiling(um)
         path = Path(features_dir).parent / name / f"{sample_id}.h5"
         fs = read_features(path)
-        if fs.attrs.get("encoder") not in (None, encoder):
-            raise InputError(path, f"holds {fs.attrs.get('encoder')!r} features, not {encoder!r}",
+        if fs.attrs.encoder not in (None, encoder):
+            raise InputError(path, f"holds {fs.attrs.encoder!r} features, not {encoder!r}",
                              "re-run the extract stage for this tiling")
         if fs.spot_ids is None or fs.features.ndim != 2 or fs.features.shape[1] != embed_dim:
             raise InputError(path, f"is not a {embed_dim}-d context features file with spot IDs",
@@ -129,8 +129,9 @@ def read_context_windows(features_dir: Path, sample_id: str, spot_ids: Sequence[
         if not np.isfinite(feats).all():
             raise InputError(path, "has NaN or infinite values", "re-run the extract stage")
         blocks[name] = feats
-        record[name] = {"context_um": float(um), "n_padded": int(fs.attrs.get("n_padded", 0)),
-                        "padding": str(fs.attrs.get("padding", "white"))}
+        record[name] = {"context_um": float(um), "n_padded": int(fs.attrs.n_padded or 0),
+                        "padding": str(fs.attrs.padding if fs.attrs.padding is not None
+                                       else "white")}
     return blocks, record
 
 

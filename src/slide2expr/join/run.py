@@ -43,7 +43,13 @@ from slide2expr.contracts._h5 import format_stamp
 from slide2expr.contracts.dataset import CONTRACT as DATASET_CONTRACT
 from slide2expr.contracts.dataset import VERSION as DATASET_VERSION
 from slide2expr.contracts.dataset import uns_storable
-from slide2expr.contracts.features import read_feature_meta, read_features
+from slide2expr.contracts.features import (
+    FeatureAttrs,
+    read_feature_meta,
+    read_features,
+    section_record,
+    with_scalefactors,
+)
 from slide2expr.errors import InputError
 from slide2expr.inputs.expression import (
     ORIENTATIONS,
@@ -57,7 +63,7 @@ from slide2expr.inputs.spots import match_spots_to_counts, read_scalefactors, re
 from slide2expr.join.context import add_context, read_context_windows
 from slide2expr.join.scverse import add_log1p, add_spatial_metadata
 from slide2expr.join.views import read_section_views, stack_views
-from slide2expr.keys import Key
+from slide2expr.keys import Key, join_unit
 
 log = logging.getLogger(__name__)
 
@@ -224,7 +230,7 @@ def _spot_parts(sheet, features_dir, params, report, sheet_path):
                                unit="section", disable=None):
         fpath = features_dir / f"{sample_id}.h5"
         feats, fspots, attrs = _read_spot_features(fpath, params)
-        patch_um = attrs.get("spot_diameter_um")  # Visium HD bins are grouped to the patches
+        patch_um = attrs.spot_diameter_um  # Visium HD bins are grouped to the patches
         counts = read_spot_counts(row["counts"], values=params.values, gene_map=params.gene_map,
                                   patch_um=patch_um)
         positions = read_spot_positions(row["spots"], patch_um=patch_um)
@@ -232,7 +238,7 @@ def _spot_parts(sheet, features_dir, params, report, sheet_path):
                                           counts_source=row["counts"])
         scalefactors = hd_scalefactors(read_scalefactors(row["spots"]), row["spots"], patch_um)
         if scalefactors:
-            attrs = {**attrs, **{f"spaceranger_{k}": v for k, v in scalefactors.items()}}
+            attrs = with_scalefactors(attrs, scalefactors)
         feature_attrs[sample_id] = attrs
         _check_inside(positions, attrs, spots_path=row["spots"], features_path=fpath)
 
@@ -263,7 +269,7 @@ def _spot_parts(sheet, features_dir, params, report, sheet_path):
                                               positions["spot_id"].to_list(), params.context_um,
                                               encoder=params.encoder)
         # micrometres for the neighbour radii; NaN when the features record no slide mpp
-        mpp = float(attrs["slide_mpp"]) if attrs.get("slide_mpp") else float("nan")
+        mpp = float(attrs.slide_mpp) if attrs.slide_mpp else float("nan")
         spatial_um.append(positions[["x", "y"]].to_numpy(np.float64) * mpp)
         tables.append(counts.select(positions["spot_id"].to_list()))
         spatial.append(positions[["x", "y"]].to_numpy(np.float64))
@@ -318,12 +324,13 @@ def _read_spot_features(path: Path, params: JoinParams):
     return feats, spot_ids, attrs
 
 
-def _check_inside(positions: pd.DataFrame, attrs: dict, *, spots_path, features_path) -> None:
-    if "level0_width" not in attrs or "level0_height" not in attrs:
+def _check_inside(positions: pd.DataFrame, attrs: FeatureAttrs, *, spots_path,
+                  features_path) -> None:
+    if attrs.level0_width is None or attrs.level0_height is None:
         log.warning("%s: no level0_width/height attrs; spot centres not checked against the slide",
                     features_path)
         return
-    w, h = float(attrs["level0_width"]), float(attrs["level0_height"])
+    w, h = float(attrs.level0_width), float(attrs.level0_height)
     x, y = positions["x"].to_numpy(), positions["y"].to_numpy()
     outside = (x < 0) | (y < 0) | (x >= w) | (y >= h)
     if outside.any():
@@ -378,18 +385,18 @@ def _bulk_parts(sheet, features_dir, params, report, expression: Path, sheet_pat
         profiles.append(values)
         sids = list(members.index)
         row = {
-            "sample_id": ";".join(sids),
+            "sample_id": join_unit(sids),
             "patient": str(members["patient"].iloc[0]),
-            "features_path": ";".join(str(features_dir / f"{s}.h5") for s in sids),
-            "n_tiles": int(sum(meta[s]["n_tiles"] for s in sids)),
+            "features_path": join_unit(features_dir / f"{s}.h5" for s in sids),
+            "n_tiles": int(sum(meta[s].n_tiles for s in sids)),  # type: ignore[misc]
             "n_slides": len(sids),
-            "slide": ";".join(str(members.loc[s, "slide"]) for s in sids),
+            "slide": join_unit(members.loc[s, "slide"] for s in sids),
         }
         # region samples: folds may group by section; a section's spot truth (counts,
         # spots) lets the report score tile maps against the spots (report.map_vs_spots)
         for column in ("section", "roi", "counts", "spots"):
             if column in members.columns:
-                row[column] = ";".join(dict.fromkeys(str(v) for v in members[column]))
+                row[column] = join_unit(dict.fromkeys(str(v) for v in members[column]))
         if "split" in members.columns:
             splits = set(members["split"])
             if len(splits) > 1:
@@ -403,39 +410,43 @@ def _bulk_parts(sheet, features_dir, params, report, expression: Path, sheet_pat
     return obs, matrix, table.genes, gene_ids, {}, feature_attrs
 
 
-def _bulk_feature_meta(path: Path, params: JoinParams) -> dict[str, Any]:
-    """Shape and attrs of a features file; the feature rows are never read."""
+def _bulk_feature_meta(path: Path, params: JoinParams) -> FeatureAttrs:
+    """The attrs of a features file, ``n_tiles`` and ``embed_dim`` from its shape; the
+    feature rows are never read."""
     meta = read_feature_meta(path)
-    shape, attrs = meta.shape, meta.attrs
+    shape, attrs = meta.shape, meta.attrs.copy()
     _check_feature_attrs(path, attrs, params)
     if len(shape) != 2 or shape[0] == 0:
         raise InputError(path, f"features have shape {shape}, expected (n_tiles > 0, D)",
                          "re-run the tile and extract stages for this sample")
-    if "n_done" in attrs and int(attrs["n_done"]) != shape[0]:
+    if attrs.n_done is not None and int(attrs.n_done) != shape[0]:
         raise InputError(path, "is an incomplete features file", "re-run the extract stage")
-    return {**attrs, "n_tiles": int(shape[0]), "embed_dim": int(shape[1])}
+    attrs.n_tiles = int(shape[0])
+    attrs.embed_dim = int(shape[1])
+    return attrs
 
 
 # -- shared ---------------------------------------------------------------------------------
 
-def _check_feature_attrs(path: Path, attrs: dict, params: JoinParams) -> None:
-    sid = attrs.get("sample_id")
+def _check_feature_attrs(path: Path, attrs: FeatureAttrs, params: JoinParams) -> None:
+    sid = attrs.sample_id
     if sid not in (None, "") and str(sid) != path.stem:
         raise InputError(path, f"holds the features of sample {sid!r}, not {path.stem!r}",
                          "re-run the extract stage for this sample")
-    enc = attrs.get("encoder")
+    enc = attrs.encoder
     if enc not in (None, "") and str(enc) != params.encoder:
         raise InputError(path, f"was made with encoder {enc!r}, but the join uses "
                          f"{params.encoder!r}", "use the features folder of that encoder")
 
 
-def _check_embed_dims(attrs: dict[str, dict], embeddings: list[np.ndarray] | None, ids) -> None:
+def _check_embed_dims(attrs: dict[str, FeatureAttrs], embeddings: list[np.ndarray] | None,
+                      ids) -> None:
     dims = {}
     for i, sid in enumerate(ids):
         if embeddings is not None:
             dims[sid] = int(embeddings[i].shape[1])
         else:
-            dims[sid] = int(attrs[sid]["embed_dim"])
+            dims[sid] = int(attrs[sid].embed_dim or 0)
     if len(set(dims.values())) > 1:
         first = next(iter(dims))
         odd = next(s for s, d in dims.items() if d != dims[first])
@@ -549,14 +560,8 @@ _TRANSFORMS = {"counts": "log1p(CP10k)", "tpm": "log1p", "fpkm": "log1p", "log":
 
 def _provenance(params, report, feature_attrs, adata, *, expression, run_config, sheet_path,
                 features_dir) -> dict[str, Any]:
-    first = next(iter(feature_attrs.values()), {})
-    per_sample = {
-        sid: {k: a[k] for k in ("slide_mpp", "mpp_source", "target_mpp", "tile_px",
-                                "tile_px_level0", "level0_width", "level0_height",
-                                "spot_diameter_um", "n_tiles", "weights") if k in a}
-        | {k: v for k, v in a.items() if k.startswith("spaceranger_")}
-        for sid, a in feature_attrs.items()
-    }
+    first = next(iter(feature_attrs.values()), FeatureAttrs())
+    per_sample = {sid: section_record(a) for sid, a in feature_attrs.items()}
     transform_name = _TRANSFORMS[params.values]
     if params.values == "counts" and params.target_sum != 1e4:
         transform_name = f"log1p(counts per {params.target_sum:g})"
@@ -566,13 +571,14 @@ def _provenance(params, report, feature_attrs, adata, *, expression, run_config,
         "stage": "join",
         "mode": params.mode,
         "encoder": params.encoder,
-        "weights": first.get("weights"),
-        "embed_dim": int(first.get("embed_dim", adata.obsm[params.obsm_key].shape[1]
-                                   if params.obsm_key in adata.obsm else 0)),
+        "weights": first.weights,
+        "embed_dim": int(first.embed_dim if first.embed_dim is not None
+                         else adata.obsm[params.obsm_key].shape[1]
+                         if params.obsm_key in adata.obsm else 0),
         "obsm_key": params.obsm_key if params.mode == "spot" else None,
-        "target_mpp": first.get("target_mpp"),
-        "tile_px": first.get("tile_px"),
-        "spot_diameter_um": first.get("spot_diameter_um"),
+        "target_mpp": first.target_mpp,
+        "tile_px": first.tile_px,
+        "spot_diameter_um": first.spot_diameter_um,
         "tiling": "spots" if params.mode == "spot" else "grid",
         "values": params.values,
         "transform": transform_name,

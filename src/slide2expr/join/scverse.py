@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from slide2expr import __version__
-from slide2expr.contracts.features import spot_diameter_level0
+from slide2expr.contracts.features import FeatureAttrs, as_feature_attrs, spot_diameter_level0
 from slide2expr.errors import InputError
 from slide2expr.inputs.slides import open_slide
 from slide2expr.keys import Key
@@ -71,7 +71,7 @@ def slide_images(slide_path: str | Path, *, hires_px: int = HIRES_PX,
     return {"hires": hires, "lowres": lowres}, scalefactors, (int(w0), int(h0))
 
 
-def spatial_entry(slide_path: str | Path | None, attrs: dict[str, Any], *,
+def spatial_entry(slide_path: str | Path | None, attrs: FeatureAttrs | dict[str, Any], *,
                   sample_id: str) -> dict[str, Any]:
     """``uns['spatial'][sample_id]`` for one section.
 
@@ -86,6 +86,7 @@ def spatial_entry(slide_path: str | Path | None, attrs: dict[str, Any], *,
     sample_id
         Named in the warning.
     """
+    attrs = as_feature_attrs(attrs)
     scalefactors: dict[str, float] = {}
     images: dict[str, np.ndarray] = {}
     metadata: dict[str, Any] = {"software_version": f"slide2expr {__version__}",
@@ -95,7 +96,7 @@ def spatial_entry(slide_path: str | Path | None, attrs: dict[str, Any], *,
         try:
             images, scalefactors, (w0, h0) = slide_images(slide_path)
             metadata.update(level0_width=w0, level0_height=h0)
-            want = (attrs.get("level0_width"), attrs.get("level0_height"))
+            want = (attrs.level0_width, attrs.level0_height)
             if None not in want and (int(want[0]), int(want[1])) != (w0, h0):
                 log.warning("%s: the slide is %d x %d px but sample %s's features were made on "
                             "a %s x %s px slide; its images may not match the spots", slide_path,
@@ -106,13 +107,13 @@ def spatial_entry(slide_path: str | Path | None, attrs: dict[str, Any], *,
     diameter = spot_diameter_level0(attrs)
     if diameter:
         scalefactors["spot_diameter_fullres"] = diameter
-    if attrs.get("slide_mpp"):
-        metadata["slide_mpp"] = float(attrs["slide_mpp"])
+    if attrs.slide_mpp:
+        metadata["slide_mpp"] = float(attrs.slide_mpp)
     return {"images": images, "scalefactors": scalefactors, "metadata": metadata}
 
 
 def add_spatial_metadata(adata: Any, slides: dict[str, str | None],
-                         feature_attrs: dict[str, dict[str, Any]]) -> None:
+                         feature_attrs: dict[str, FeatureAttrs]) -> None:
     """Add ``uns['spatial']``, ``obs['library_id']`` to a spot-mode dataset, in place.
 
     Parameters
@@ -128,7 +129,8 @@ def add_spatial_metadata(adata: Any, slides: dict[str, str | None],
     adata.obs[Key.LIBRARY_ID] = pd.Categorical(adata.obs[Key.SAMPLE_ID].astype(str),
                                                categories=samples)
     adata.uns[Key.SPATIAL_UNS] = {
-        sid: spatial_entry(slides.get(sid), feature_attrs.get(sid, {}), sample_id=sid)
+        sid: spatial_entry(slides.get(sid), feature_attrs.get(sid) or FeatureAttrs(),
+                           sample_id=sid)
         for sid in samples
     }
 

@@ -84,9 +84,9 @@ def predict_files(features: list[Path], *, model_dir: Path, output: Path, level:
     head = None
     for path in features:
         fs = read_features(path)
-        sample = str(fs.attrs.get("sample_id") or "") or Path(path).stem
+        sample = str(fs.attrs.sample_id or "") or Path(path).stem
         head, use = models.for_sample(sample)
-        check_encoder(head, fs.attrs.get("encoder"), source=path)
+        check_encoder(head, fs.attrs.encoder, source=path)
         if level == "auto":
             level = "slide" if head.kind == "bulk" else "tile"
         x = _checked_rows(fs, path)
@@ -102,7 +102,7 @@ def predict_files(features: list[Path], *, model_dir: Path, output: Path, level:
             obs.append(pd.DataFrame({"sample_id": sample, "spot_id": _spot_ids(fs),
                                      "model_use": use}))
             spatial.append(fs.coords.astype(np.float64)
-                           + float(fs.attrs.get("tile_px_level0", 0.0)) / 2.0)
+                           + float(fs.attrs.tile_px_level0 or 0.0) / 2.0)
         log.info("predicted %s (%d tiles; %s)", sample, len(fs), use)
     adata = ad.AnnData(X=np.concatenate(rows).astype(np.float32), obs=_obs(obs, level),
                        var=pd.DataFrame(index=pd.Index(head.genes)))

@@ -148,7 +148,7 @@ def grid_input_matrix(features: FeatureSet, blocks: Sequence[str], *,
         without the slide's mpp, or non-finite values.
     """
     x = np.asarray(features.features, dtype=np.float32)
-    sample = str(features.attrs.get("sample_id") or "")
+    sample = str(features.attrs.sample_id or "")
     record: dict[str, Any] = {"inputs": list(blocks)}
     parts = []
     for block in blocks:
@@ -176,15 +176,15 @@ def grid_input_matrix(features: FeatureSet, blocks: Sequence[str], *,
 def _context_block(features: FeatureSet, um: int, *, features_path: str | Path,
                    encoder: str | None) -> tuple[np.ndarray, dict[str, Any]]:
     """The ``grid_ctx{um}`` embeddings, checked to be centred on the grid tiles in order."""
-    sample = str(features.attrs.get("sample_id") or "")
+    sample = str(features.attrs.sample_id or "")
     path = grid_context_path(features_path, um, sample)
     fix = (f"run `slide2expr context-tiles tiles/grid/{sample}.h5 --um {um}` and extract "
            "it (the workflow does when a context head paints heatmaps)")
     if not path.is_file():
         raise InputError(path, f"grid context features ({um} um windows) not found", fix)
     ctx = read_features(path)
-    if encoder and ctx.attrs.get("encoder") not in (None, encoder):
-        raise InputError(path, f"holds {ctx.attrs.get('encoder')!r} features, not {encoder!r}",
+    if encoder and ctx.attrs.encoder not in (None, encoder):
+        raise InputError(path, f"holds {ctx.attrs.encoder!r} features, not {encoder!r}",
                          "extract it with the head's encoder")
     dim = features.features.shape[1]
     if ctx.features.ndim != 2 or ctx.features.shape != (len(features), dim):
@@ -194,14 +194,14 @@ def _context_block(features: FeatureSet, um: int, *, features_path: str | Path,
         raise InputError(path, "its windows are not centred on the grid tiles (another "
                          "tiling of the slide)", fix)
     return ctx.features, {"context_um": float(um),
-                          "n_padded": int(ctx.attrs.get("n_padded", 0)),
-                          "padding": str(ctx.attrs.get("padding", "white"))}
+                          "n_padded": int(ctx.attrs.n_padded or 0),
+                          "padding": str(ctx.attrs.padding or "white")}
 
 
 def _neighbour_block(features: FeatureSet, radius_um: float, *,
                      source: str | Path) -> np.ndarray:
     """Mean grid-tile embedding within ``radius_um`` of each tile (the tile included)."""
-    mpp = features.attrs.get("slide_mpp")
+    mpp = features.attrs.slide_mpp
     if not mpp:
         raise InputError(source, "records no slide_mpp, which a neighbour block needs",
                          "re-run the tile and extract stages (they record the slide's mpp)")

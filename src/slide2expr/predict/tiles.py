@@ -13,9 +13,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from slide2expr.contracts._h5 import FORMAT_ATTR
 from slide2expr.contracts.features import FeatureSet, read_features
-from slide2expr.contracts.tilemaps import UNITS, TileMap
+from slide2expr.contracts.tilemaps import UNITS, TileMap, TileMapAttrs
 from slide2expr.errors import InputError
 from slide2expr.inputs.samples import check_sample_id
 from slide2expr.predict.inputs import model_inputs
@@ -83,10 +82,10 @@ def predict_tile_map(features: FeatureSet, model: TileModel, *,
         wrong shape or non-finite values.
     """
     # the features file's own format stamp does not describe the map
-    attrs = {k: v for k, v in features.attrs.items() if k != FORMAT_ATTR}
+    attrs = features.attrs.without_format().to_record(TileMapAttrs)
     if len(features) == 0:
         raise InputError(source, "has no tiles", "re-run the tile stage: no tissue was found")
-    if "tile_px_level0" not in attrs:
+    if attrs.tile_px_level0 is None:
         raise InputError(source, "has no tile_px_level0 attribute",
                          "use a features file written by `slide2expr extract`")
     values, spread = _predict(model, features.features if inputs is None else inputs)
@@ -103,11 +102,11 @@ def predict_tile_map(features: FeatureSet, model: TileModel, *,
         raise InputError(source, f"{int(bad.any(axis=1).sum())} tiles got non-finite predictions",
                          "check the features (NaN rows) and the model")
     attrs.update(provenance or {})
-    attrs["units"] = UNITS
-    attrs.update(range_attrs(values, model, what=str(source or attrs.get("sample_id", ""))))
+    attrs.units = UNITS
+    attrs.update(range_attrs(values, model, what=str(source or attrs.sample_id or "")))
     return TileMap(values=values, genes=genes,
                    coords=np.asarray(features.coords, dtype=np.int64).reshape(-1, 2),
-                   tile_size0=float(attrs["tile_px_level0"]), attrs=attrs,
+                   tile_size0=float(attrs.tile_px_level0), attrs=attrs,
                    spot_ids=features.spot_ids, spread=spread)
 
 
@@ -119,7 +118,7 @@ def predict_slide_map(features_path: str | Path, model_dir: str | Path, *,
     The model is the one the slide gets (:func:`~slide2expr.predict.model.load_model_for_sample`:
     on a training slide the fold model that held it out, an out-of-fold map; on a new slide
     the average of the fold models); ``fold`` forces one fold. How the model was used is
-    recorded in ``attrs['model_use']``. A head trained with context inputs (``head.json``
+    recorded in ``attrs.model_use``. A head trained with context inputs (``head.json``
     ``inputs``) gets the same blocks built on the tiles
     (:func:`~slide2expr.predict.inputs.model_inputs`): the ``grid_ctx{um}`` features beside
     ``features_path``, neighbour means of the tiles, and the slide vector, taken from
@@ -134,13 +133,13 @@ def predict_slide_map(features_path: str | Path, model_dir: str | Path, *,
     """
     features_path = Path(features_path)
     features = read_features(features_path)
-    sample = sample_id or str(features.attrs.get("sample_id") or "")
+    sample = sample_id or str(features.attrs.sample_id or "")
     if not sample:
         raise InputError(features_path, "names no sample_id", "pass --sample-id")
     check_sample_id(sample, source=None)
-    features.attrs["sample_id"] = sample
+    features.attrs.sample_id = sample
     head, use = load_model_for_sample(model_dir, sample, fold=fold)
-    check_encoder(head, features.attrs.get("encoder"), source=features_path)
+    check_encoder(head, features.attrs.encoder, source=features_path)
     provenance: dict[str, Any] = {
         "model_dir": str(Path(model_dir)), "head": head.head, "kind": head.kind,
         "model_use": use, "features": str(features_path), "n_models": len(head.members),

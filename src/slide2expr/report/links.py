@@ -23,6 +23,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from slide2expr.draw.names import gene_filename
+from slide2expr.keys import split_unit
 
 #: The viewer page relative to the report page (``{results}/viewer/index.html``).
 VIEWER = "../../viewer/index.html"
@@ -89,7 +90,7 @@ def find_links(out_dir: str | Path, *, head: str, samples: Sequence[str],
     """
     out = Path(out_dir).resolve()
     results = out.parent.parent
-    ids = list(dict.fromkeys(s for v in samples for s in str(v).split(";") if s))
+    ids = list(dict.fromkeys(s for v in samples for s in split_unit(v)))
     heat_dir = results / "heatmaps" / head
     present: dict[str, list[str]] = {}
     if heat_dir.is_dir():

@@ -165,7 +165,7 @@ def _read_region(row: pd.Series, bulk: np.ndarray, fold: int,
     return _Region(sample_id=str(row[Key.SAMPLE_ID]), fold=fold,
                    features=np.asarray(fs.features, dtype=np.float32),
                    coords=np.asarray(fs.coords, dtype=np.float64),
-                   size0=float(fs.attrs["tile_px_level0"]), bulk=bulk,
+                   size0=float(fs.attrs.tile_px_level0), bulk=bulk,  # type: ignore[arg-type]
                    predicted=bulk if predicted is None else predicted)
 
 

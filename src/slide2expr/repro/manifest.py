@@ -307,12 +307,14 @@ def feature_compute(results: str | Path) -> dict[str, Any]:
         except InputError as exc:
             log.warning("%s", exc.one_line())
             continue
-        enc = str(meta.attrs.get("encoder", path.parts[-3]))
-        devices.setdefault(enc, set()).add(str(meta.attrs.get("device", "unknown")))
+        attrs = meta.attrs
+        enc = str(attrs.encoder if attrs.encoder is not None else path.parts[-3])
+        devices.setdefault(enc, set()).add(str(attrs.device if attrs.device is not None
+                                               else "unknown"))
         dtypes.setdefault(enc, set()).add(meta.dtype)
-        if meta.attrs.get("weights"):
-            weights.setdefault(enc, {"sha256": str(meta.attrs["weights"]),
-                                     "source": str(meta.attrs.get("weights_source", ""))})
+        if attrs.weights:
+            weights.setdefault(enc, {"sha256": str(attrs.weights),
+                                     "source": str(attrs.weights_source or "")})
         views.setdefault(enc, set()).update(meta.views)
         _add_stain(stains.setdefault(enc, {}), stain_record(meta.attrs),
                    f"{path.parent.name}/{path.stem}")
@@ -351,12 +353,18 @@ def _stain_summary(collected: dict[str, Any]) -> dict[str, Any]:
 def model_selection(results: str | Path) -> dict[str, Any]:
     """What each head's folds shipped (``train.select``), from ``models/{head}/fold*/head.json``:
     per head and fold the models compared, their inner validation scores and the winner."""
+    from slide2expr.contracts.models import META as HEAD_META  # pandas: not at import
+    from slide2expr.contracts.models import read_head_meta
+
     out: dict[str, Any] = {}
-    for meta_path in sorted(Path(results, "models").glob("*/fold*/head.json")):
+    for meta_path in sorted(Path(results, "models").glob(f"*/fold*/{HEAD_META}")):
         try:
-            selection = json.loads(meta_path.read_text(encoding="utf-8")).get("selection")
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            selection = read_head_meta(meta_path).get("selection")
+        except OSError as exc:
             log.warning("%s: unreadable (%s)", meta_path, exc)
+            continue
+        except InputError as exc:
+            log.warning("%s", exc.one_line())
             continue
         if selection:
             out.setdefault(meta_path.parent.parent.name, {})[meta_path.parent.name] = {

@@ -84,9 +84,9 @@ def context_windows(spots: TileSet, um: float) -> TileSet:
         When ``spots`` is not a spot tiling or lacks the slide's mpp.
     """
     name = context_tiling(um)
-    if spots.attrs.get("mode") != "spots" or spots.spot_ids is None:
-        raise InputError(spots.attrs.get("slide"), "context windows need a spot tiling "
-                         f"(tiles/spots), got mode {spots.attrs.get('mode')!r}",
+    if spots.attrs.mode != "spots" or spots.spot_ids is None:
+        raise InputError(spots.attrs.slide, "context windows need a spot tiling "
+                         f"(tiles/spots), got mode {spots.attrs.mode!r}",
                          "pass the spot tiles file of the sample")
     return _windows(spots, um, name)
 
@@ -104,36 +104,38 @@ def grid_context_windows(grid: TileSet, um: float) -> TileSet:
         When ``grid`` is not a grid tiling or lacks the slide's mpp.
     """
     name = grid_context_tiling(um)
-    if grid.attrs.get("mode") != "grid":
-        raise InputError(grid.attrs.get("slide"), "grid context windows need a grid tiling "
-                         f"(tiles/grid), got mode {grid.attrs.get('mode')!r}",
+    if grid.attrs.mode != "grid":
+        raise InputError(grid.attrs.slide, "grid context windows need a grid tiling "
+                         f"(tiles/grid), got mode {grid.attrs.mode!r}",
                          "pass the grid tiles file of the sample")
     return _windows(grid, um, name)
 
 
 def _windows(tiles: TileSet, um: float, name: str) -> TileSet:
     """Windows of ``um`` micrometres centred on each tile of ``tiles`` (same order)."""
-    if not tiles.attrs.get("slide_mpp"):
-        raise InputError(tiles.attrs.get("slide"), "the tiles file records no slide_mpp",
+    known = tiles.attrs
+    if not known.slide_mpp:
+        raise InputError(known.slide, "the tiles file records no slide_mpp",
                          "re-run the tile stage (it records the slide's mpp)")
-    mpp = float(tiles.attrs["slide_mpp"])
-    tile_px = int(tiles.attrs["tile_px"])
-    width, height = int(tiles.attrs["level0_width"]), int(tiles.attrs["level0_height"])
+    if known.tile_px is None or known.level0_width is None or known.level0_height is None:
+        raise InputError(known.slide, "the tiles file records no tile_px or level-0 size",
+                         "re-run the tile stage")
+    mpp = float(known.slide_mpp)
+    tile_px = int(known.tile_px)
+    width, height = int(known.level0_width), int(known.level0_height)
     centres = tiles.coords.astype(np.float64) + tiles.tile_px_level0 / 2.0
     size0 = float(um) / mpp
     coords = np.floor(centres - size0 / 2.0).astype(np.int64)
     padded = pad_fraction(coords, size0, width, height)
-    attrs = dict(tiles.attrs) | {
-        "mode": "context",
-        "tiling": name,
-        "context_um": float(um),
-        "target_mpp": float(um) / tile_px,
-        "tile_px_level0": size0,
-        "padding": "white",
-        "n_padded": int((padded > 0).sum()),
-    }
+    attrs = tiles.attrs.copy()
+    attrs.mode = "context"
+    attrs.tiling = name
+    attrs.context_um = float(um)
+    attrs.target_mpp = float(um) / tile_px
+    attrs.tile_px_level0 = size0
+    attrs.padding = "white"
+    attrs.n_padded = int((padded > 0).sum())
     log.info("%s: %d %s windows of %.0f um (%.1f px level 0), %d reach past the slide edge "
-             "(padded white)", attrs.get("sample_id"), len(coords), name, um, size0,
-             attrs["n_padded"])
+             "(padded white)", attrs.sample_id, len(coords), name, um, size0, attrs.n_padded)
     return TileSet(coords=coords, attrs=attrs, spot_ids=tiles.spot_ids,
                    extra={"pad_fraction": padded})

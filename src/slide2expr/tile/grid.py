@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from slide2expr.contracts.tiles import TileSet
+from slide2expr.contracts.tiles import TileAttrs, TileSet
 from slide2expr.errors import InputError
 from slide2expr.hashing import file_fingerprint
 from slide2expr.inputs.slides import Slide
@@ -73,20 +73,21 @@ def compute_tissue(slide: Slide, params: TissueParams) -> TissueMap:
                      mpp=mpp)
 
 
-def _base_attrs(slide: Slide, sample_id: str, params: TilingParams) -> dict[str, object]:
+def _base_attrs(slide: Slide, sample_id: str, params: TilingParams) -> TileAttrs:
     w0, h0 = slide.dimensions
-    return {
-        "sample_id": sample_id,
-        "slide": str(slide.path),
-        "slide_fingerprint": _fingerprint(slide.path),
-        "slide_mpp": float(slide.mpp),
-        "mpp_source": slide.mpp_source,
-        "tile_px": int(params.tile_px),
-        "level0_width": int(w0),
-        "level0_height": int(h0),
-        "min_tissue": float(params.min_tissue),
-        **slide.provenance_attrs(),
-    }
+    attrs = TileAttrs(
+        sample_id=sample_id,
+        slide=str(slide.path),
+        slide_fingerprint=_fingerprint(slide.path),
+        slide_mpp=float(slide.mpp),
+        mpp_source=slide.mpp_source,
+        tile_px=int(params.tile_px),
+        level0_width=int(w0),
+        level0_height=int(h0),
+        min_tissue=float(params.min_tissue),
+    )
+    attrs.update(slide.provenance_attrs())
+    return attrs
 
 
 def _fingerprint(path: Path) -> str | None:
@@ -141,13 +142,12 @@ def grid_tiles(slide: Slide, tissue: TissueMap, sample_id: str, params: TilingPa
             "tiling.tissue.min_saturation or tiling.min_tissue in the config",
         )
     coords = np.stack([np.floor(gx[keep]), np.floor(gy[keep])], axis=1).astype(np.int64)
-    attrs = _base_attrs(slide, sample_id, params) | {
-        "mode": "grid",
-        "target_mpp": float(params.target_mpp),
-        "tile_px_level0": float(size0),
-        "tissue_mask_source": tissue.source,
-        "tissue_mask_mpp": float(tissue.mpp),
-    }
+    attrs = _base_attrs(slide, sample_id, params)
+    attrs.mode = "grid"
+    attrs.target_mpp = float(params.target_mpp)
+    attrs.tile_px_level0 = float(size0)
+    attrs.tissue_mask_source = tissue.source
+    attrs.tissue_mask_mpp = float(tissue.mpp)
     log.info("%s: %d grid tiles of %d px at %.3g um/px (%.1f px level 0), %.1f%% tissue",
              sample_id, len(coords), params.tile_px, params.target_mpp, size0,
              100 * np.count_nonzero(tissue.mask) / max(tissue.mask.size, 1))
@@ -219,13 +219,12 @@ def spot_tiles(
                          "level-0 pixels")
     size0 = params.spot_diameter_um / slide.mpp
     coords = np.stack([np.floor(x - size0 / 2), np.floor(y - size0 / 2)], axis=1).astype(np.int64)
-    attrs = _base_attrs(slide, sample_id, params) | {
-        "mode": "spots",
-        "target_mpp": float(params.spot_diameter_um / params.tile_px),
-        "tile_px_level0": float(size0),
-        "spot_diameter_um": float(params.spot_diameter_um),
-        "spots_table": str(source),
-    }
+    attrs = _base_attrs(slide, sample_id, params)
+    attrs.mode = "spots"
+    attrs.target_mpp = float(params.spot_diameter_um / params.tile_px)
+    attrs.tile_px_level0 = float(size0)
+    attrs.spot_diameter_um = float(params.spot_diameter_um)
+    attrs.spots_table = str(source)
     log.info("%s: %d spot patches of %.0f um (%.1f px level 0)", sample_id, len(coords),
              params.spot_diameter_um, size0)
     return TileSet(coords=coords, attrs=attrs, spot_ids=spots["spot_id"].astype(str).to_numpy(),

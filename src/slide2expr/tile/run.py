@@ -10,7 +10,7 @@ from typing import Any
 import pandas as pd
 
 from slide2expr.atomic import atomic_outputs
-from slide2expr.contracts.tiles import write_tiles
+from slide2expr.contracts.tiles import TileAttrs, write_tiles
 from slide2expr.errors import InputError
 from slide2expr.inputs.regions import check_region_inside, parse_region
 from slide2expr.inputs.samples import check_sample_id
@@ -50,10 +50,13 @@ def spots_in_region(table: pd.DataFrame, region: Any, *, sample_id: str,
     return table[inside].reset_index(drop=True)
 
 
-def region_attrs(region: Any, roi: str, units: str) -> dict[str, object]:
-    """Tiling attrs of a region sample: its polygon (WKT, level-0 px) and the sheet's cell."""
-    return {"roi": region.wkt, "roi_spec": roi, "roi_units": units,
-            "roi_bounds": [float(v) for v in region.bounds]}
+def set_region_attrs(attrs: TileAttrs, region: Any, roi: str, units: str) -> None:
+    """Record a region sample in its tiling attrs: its polygon (WKT, level-0 px) and the
+    sheet's cell."""
+    attrs.roi = region.wkt
+    attrs.roi_spec = roi
+    attrs.roi_units = units
+    attrs.roi_bounds = [float(v) for v in region.bounds]
 
 
 def tile_slide(
@@ -127,8 +130,8 @@ def tile_slide(
         if region is not None:
             for tileset in (grid, spot_set):
                 if tileset is not None:
-                    tileset.attrs.update(region_attrs(region, roi, roi_units))
-        grid.attrs["mask_downsample"] = float(tissue.downsample)
+                    set_region_attrs(tileset.attrs, region, roi, roi_units)
+        grid.attrs.mask_downsample = float(tissue.downsample)
         outputs = [out] + ([spots_out] if spots_out is not None else [])
         with atomic_outputs(*outputs) as tmps:
             write_tiles(tmps[0], grid)

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from slide2expr.errors import InputError
-from slide2expr.keys import Key
+from slide2expr.keys import Key, split_unit
 from slide2expr.train.config import TrainConfig
 from slide2expr.train.features import BagFeatures, SpotFeatures
 from slide2expr.train.gene_selection import column_stats
@@ -37,8 +37,8 @@ def feature_source(adata: Any, *, config: TrainConfig, dataset_path: Path | None
         if "features_path" not in adata.obs:
             raise InputError(dataset_path, "a bulk-mode dataset has no obs['features_path']",
                              "re-run the join stage")
-        # ";"-joined when the join averaged a patient's slides into one unit
-        paths = [tuple(resolve_path(p, dataset_path) for p in value.split(";"))
+        # several when the join averaged a patient's slides into one unit
+        paths = [tuple(resolve_path(p, dataset_path) for p in split_unit(value))
                  for value in adata.obs[Key.FEATURES_PATH].astype(str)]
         return BagFeatures(paths, supertiles=config.supertiles, seed=config.seed).scan()
     key = spot_key(adata, config=config, dataset_path=dataset_path)

@@ -327,8 +327,8 @@ def build_slide(tmap: TileMap, slides_dir: Path, genes: Sequence[str], *,
     if missing:
         raise InputError(source, f"has no prediction for {', '.join(missing[:5])}",
                          "make every tile map with the same model")
-    slide_path = options.slides.get(sample) or (Path(str(tmap.attrs["slide"]))
-                                                if tmap.attrs.get("slide") else None)
+    slide_path = options.slides.get(sample) or (Path(str(tmap.attrs.slide))
+                                                if tmap.attrs.slide else None)
     if slide_path is None:
         raise InputError(source, "names no slide", f"pass --slide {sample}=PATH")
     folder = slides_dir / sample
@@ -373,7 +373,7 @@ def build_slide(tmap: TileMap, slides_dir: Path, genes: Sequence[str], *,
                 "tile_size": pyr.tile_size, "overlap": pyr.overlap},
         "grid": grid.as_json(), "n_tiles": len(tmap.values),
         "has_spots": spots is not None, "has_spread": spread is not None,
-        "model_use": str(tmap.attrs.get("model_use", "")),
+        "model_use": str(tmap.attrs.model_use if tmap.attrs.model_use is not None else ""),
     }
     pyramid_bytes = (_du(folder / "slide_files") + (folder / "slide.dzi").stat().st_size
                      if pyramid_owner == sample else 0)

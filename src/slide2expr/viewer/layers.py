@@ -58,8 +58,8 @@ class SpotTable:
 def tile_grid(tmap: TileMap) -> Grid:
     """The grid that holds every tile of ``tmap`` (one cell per tile)."""
     step = float(tmap.tile_size0)
-    width = float(tmap.attrs.get("level0_width") or (tmap.coords[:, 0].max() + step))
-    height = float(tmap.attrs.get("level0_height") or (tmap.coords[:, 1].max() + step))
+    width = float(tmap.attrs.level0_width or (tmap.coords[:, 0].max() + step))
+    height = float(tmap.attrs.level0_height or (tmap.coords[:, 1].max() + step))
     return Grid(step=step, cols=max(1, math.ceil(width / step)),
                 rows=max(1, math.ceil(height / step)))
 
