@@ -21,11 +21,6 @@ from slide2expr.testing import (
 )
 
 
-def attr(attrs, key):
-    """An attribute of a reader's record (a mapping or a typed record)."""
-    return attrs[key] if isinstance(attrs, dict) else getattr(attrs, key)
-
-
 def test_tiles_and_features_read_back_with_what_was_chosen(tmp_path):
     coords = np.array([[0, 0], [100, 0], [0, 100]])
     make_tiles(tmp_path / "t.h5", coords=coords, spot_ids=["a", "b", "c"], sample_id="S1",
@@ -33,8 +28,8 @@ def test_tiles_and_features_read_back_with_what_was_chosen(tmp_path):
     tiles = read_tiles(tmp_path / "t.h5")
     np.testing.assert_array_equal(tiles.coords, coords)
     assert list(tiles.spot_ids) == ["a", "b", "c"]
-    assert attr(tiles.attrs, "mode") == "spots" and attr(tiles.attrs, "slide") == "S1.tif"
-    assert attr(tiles.attrs, FORMAT_ATTR) == "tiles/1"
+    assert tiles.attrs.mode == "spots" and tiles.attrs.slide == "S1.tif"
+    assert tiles.attrs.slide2expr_format == "tiles/1"
 
     rows = np.arange(12, dtype=np.float32).reshape(3, 4)
     rotated = rows[::-1].copy()
@@ -45,8 +40,8 @@ def test_tiles_and_features_read_back_with_what_was_chosen(tmp_path):
     np.testing.assert_array_equal(back.views["rot90"], rotated)
     np.testing.assert_array_equal(back.coords, coords)
     assert list(back.spot_ids) == ["a", "b", "c"] and back.features.dtype == np.float16
-    assert attr(back.attrs, "encoder") == "enc" and attr(back.attrs, "sample_id") == "S1"
-    assert attr(back.attrs, FORMAT_ATTR) == "features/1"
+    assert back.attrs.encoder == "enc" and back.attrs.sample_id == "S1"
+    assert back.attrs.slide2expr_format == "features/1"
     np.testing.assert_array_equal(made.features, back.features)
 
 
