@@ -6,7 +6,11 @@ Prints, for this checkout's ``src`` and (``--before-src DIR``) another one, side
    threads, device and precision as the pipeline, in a process of its own;
 2. full pipeline throughput on a real slide (tiles/s): read from the slide, normalise, embed,
    write the h5 file; each pipeline run sits between two bare-forward runs;
-3. their ratio (goal >= 0.95 on the CPU: reading and writing cost next to nothing);
+3. their ratio (goal >= 0.95 on the CPU: reading and writing cost next to nothing), and the
+   same ratio measured interleaved in one process (``--rounds`` rounds, each a bare forward
+   of ``2 x batch`` random images and a pipeline run over ``2 x batch`` tiles of the pyramid,
+   their order alternating; the encoder built once): on a shared machine the load moves
+   between the processes of the sandwich above, not between the halves of a round;
 4. peak PSS (main process + reader workers) on the pyramid for a slide with 10x more tiles than
    another (must stay flat: features stream to disk);
 5. peak PSS of extracting a her2st section read from its JPEG (``--jpeg-tiles`` tiles of each
@@ -23,7 +27,7 @@ Usage::
 
     python benchmarks/extract_throughput.py [--encoder efficientnet_lite0] [--device auto]
         [--batch-size 32] [--threads T] [--num-workers N] [--small 100] [--jpeg-tiles 64]
-        [--before-src DIR] [--data ../shared/data]
+        [--rounds 6] [--before-src DIR] [--data ../shared/data]
 """
 
 from __future__ import annotations
@@ -179,7 +183,8 @@ def child(args: argparse.Namespace) -> None:
 
 
 def install_stage_timers() -> dict[str, float]:
-    """Wrap the pipeline's steps with wall-clock timers (0 reader workers: one process)."""
+    """Wrap the pipeline's steps with wall-clock timers (0 reader workers, no reader thread:
+    one thread does every step in turn)."""
     from slide2expr.contracts import features
     from slide2expr.extract import run, stain
     from slide2expr.inputs import slides
@@ -199,6 +204,7 @@ def install_stage_timers() -> dict[str, float]:
 
         setattr(owner, name, wrapper)
 
+    run.READ_AHEAD = 0  # steps in turn, each timed (a reader thread would overlap them)
     timed(slides.Slide, "_checked_read", "decode")
     timed(slides.Slide, "read_region_mpp", "read_region_mpp")
     timed(stain.StainNormalizer, "__call__", "stain")
@@ -206,6 +212,55 @@ def install_stage_timers() -> dict[str, float]:
     timed(run, "embed_batch", "forward")
     timed(features.FeatureWriter, "write", "h5_write")
     return timers
+
+
+def interleaved_child(args: argparse.Namespace) -> None:
+    """Bare forward and pipeline in alternation in this process; print their rates."""
+    import torch
+
+    from slide2expr.contracts.tiles import TileSet, read_tiles
+    from slide2expr.extract.encoders import get_encoder
+    from slide2expr.extract.run import (
+        autocast_dtype,
+        embed_batch,
+        extract_features,
+        prepare_module,
+        resolve_device,
+    )
+
+    dev = resolve_device(args.device)
+    enc = get_encoder(args.encoder)
+    module = prepare_module(enc, dev)
+    amp = autocast_dtype(dev)
+    n = 2 * args.batch_size
+    images = torch.randint(0, 256, (args.batch_size, 224, 224, 3), dtype=torch.uint8,
+                           generator=torch.Generator().manual_seed(0))
+    tiles = read_tiles(args.tiles)
+
+    def bare() -> tuple[float, float]:
+        t0, c0 = time.perf_counter(), time.process_time()
+        with torch.inference_mode():
+            for _ in range(n // args.batch_size):
+                embed_batch(module, images, enc, dev, amp).cpu()
+        return time.perf_counter() - t0, time.process_time() - c0
+
+    def pipeline(r: int) -> tuple[float, float]:
+        rows = slice((r * n) % (len(tiles.coords) - n + 1), None)
+        part = TileSet(tiles.coords[rows][:n], tiles.attrs)
+        t0, c0 = time.perf_counter(), time.process_time()
+        extract_features(part, args.out.parent / f"round{r}.h5", encoder=enc,
+                         batch_size=args.batch_size, num_workers=args.num_workers,
+                         device=args.device, progress=False, resume=False)
+        return time.perf_counter() - t0, time.process_time() - c0
+
+    bare()  # warm-up: the chunk shapes' kernels
+    rounds = []
+    for r in range(args.rounds):
+        first, second = (bare, pipeline) if r % 2 == 0 else (pipeline, bare)
+        a = first() if first is bare else first(r)
+        b = second() if second is bare else second(r)
+        rounds.append((a, b) if first is bare else (b, a))
+    print(json.dumps({"n": n, "rounds": rounds}))
 
 
 def bare_child(args: argparse.Namespace) -> None:
@@ -229,6 +284,23 @@ def jpeg_child(args: argparse.Namespace) -> None:
             run.extract_features(*jobs[0], **kw)
         seconds = time.perf_counter() - t0
     print(json.dumps({"peak_pss_mb": pss.peak / 2**20, "seconds": seconds}))
+
+
+def run_interleaved(tiles: Path, out: Path, args: argparse.Namespace, workers: int,
+                    src: Path) -> dict[str, float]:
+    """Ratio pipeline / bare forward from alternating rounds in one process."""
+    extra = ["--interleaved-child", "--tiles", str(tiles), "--out", str(out), "--num-workers",
+             str(workers), "--rounds", str(args.rounds)]
+    res = _run_json(_child_cmd(args, *extra), src)
+    ratios = [bare[0] / pipe[0] for bare, pipe in res["rounds"]]
+    bare_s = sum(bare[0] for bare, _ in res["rounds"])
+    pipe_s = sum(pipe[0] for _, pipe in res["rounds"])
+    n_all = res["n"] * len(res["rounds"])
+    return {"ratio": bare_s / pipe_s, "median": float(np.median(ratios)),
+            "min": min(ratios), "max": max(ratios), "bare": n_all / bare_s,
+            "pipe": n_all / pipe_s,
+            "bare_cpu_ms": 1000 * sum(b[1] for b, _ in res["rounds"]) / n_all,
+            "pipe_cpu_ms": 1000 * sum(p[1] for _, p in res["rounds"]) / n_all}
 
 
 def _child_cmd(args: argparse.Namespace, *extra: str) -> list[str]:
@@ -308,6 +380,10 @@ def main() -> None:
     parser.add_argument("--jpeg-tiles", type=int, default=64,
                         help="spots of her2st C2 (and as many windows of each size)")
     parser.add_argument("--forward-seconds", type=float, default=15.0)
+    parser.add_argument("--rounds", type=int, default=6,
+                        help="rounds of the interleaved ratio (0: skip it)")
+    parser.add_argument("--skip-sandwich", action="store_true",
+                        help="only the interleaved ratio and the stage times (no PSS runs)")
     parser.add_argument("--before-src", type=Path, default=None,
                         help="another checkout's src folder, measured side by side")
     parser.add_argument("--data", type=Path, default=Path(os.environ.get(
@@ -315,6 +391,7 @@ def main() -> None:
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--bare-child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--jpeg-child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--interleaved-child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--stages", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--stain", default="none", help=argparse.SUPPRESS)
     parser.add_argument("--jpeg-tiling", type=Path, nargs="*", help=argparse.SUPPRESS)
@@ -325,9 +402,11 @@ def main() -> None:
         import torch
 
         torch.set_num_threads(args.threads)
-    if args.child or args.bare_child or args.jpeg_child:
-        {"child": child, "bare_child": bare_child, "jpeg_child": jpeg_child}[
-            next(k for k in ("child", "bare_child", "jpeg_child") if getattr(args, k))](args)
+    children = {"child": child, "bare_child": bare_child, "jpeg_child": jpeg_child,
+                "interleaved_child": interleaved_child}
+    chosen = [name for name in children if getattr(args, name)]
+    if chosen:
+        children[chosen[0]](args)
         return
 
     import torch
@@ -367,8 +446,15 @@ def main() -> None:
         del image
         jpeg_tiles = make_jpeg_tiles(args.data, tmp, args.jpeg_tiles)
 
+        if args.rounds:
+            (tmp / "inter").mkdir()
+            inter = {label: run_interleaved(tiles["big"], tmp / "inter" / "x.h5", args,
+                                            workers, src) for label, src in srcs.items()}
+            print_interleaved(inter, args)
         rows: dict[str, dict[str, float]] = {}
         for label, src in srcs.items():
+            if args.skip_sandwich:
+                break
             before = run_bare(args, src)
             big = run_child(tiles["big"], tmp / "big.h5", args, workers, src)
             after = run_bare(args, src)
@@ -390,7 +476,8 @@ def main() -> None:
                 "her2st C2 JPEG: wall s, all jobs": jpeg["seconds"],
             }
             print(f"[{label}: {src}] done, load average {os.getloadavg()[0]:.1f}", flush=True)
-        print_table(rows)
+        if rows:
+            print_table(rows)
 
         stages = run_child(tiles["big"], tmp / "stages.h5", args, 0, REPO / "src", stages=True,
                            stain="macenko")
@@ -412,6 +499,23 @@ def print_table(rows: dict[str, dict[str, float]]) -> None:
         cells = " | ".join(f"{rows[label][key]:.2f}" if "ratio" in key else
                            f"{rows[label][key]:.1f}" for label in labels)
         print(f"| {key} | {cells} |")
+
+
+def print_interleaved(inter: dict[str, dict[str, float]], args: argparse.Namespace) -> None:
+    """The interleaved ratios, one column per checkout."""
+    labels = list(inter)
+    print(f"\ninterleaved in one process, {args.rounds} rounds of {2 * args.batch_size} tiles "
+          f"(load average now {os.getloadavg()[0]:.1f}):")
+    print("| measure | " + " | ".join(labels) + " |")
+    print("| --- |" + " --- |" * len(labels))
+    for key, name, fmt in (
+            ("ratio", "ratio pipeline / bare forward (all rounds pooled)", "{:.3f}"),
+            ("median", "ratio, median of the rounds", "{:.3f}"),
+            ("min", "ratio, lowest round", "{:.3f}"), ("max", "ratio, highest round", "{:.3f}"),
+            ("bare", "bare forward, images/s", "{:.1f}"), ("pipe", "pipeline, tiles/s", "{:.1f}"),
+            ("bare_cpu_ms", "CPU ms per image, bare forward", "{:.1f}"),
+            ("pipe_cpu_ms", "CPU ms per tile, pipeline", "{:.1f}")):
+        print(f"| {name} | " + " | ".join(fmt.format(inter[lb][key]) for lb in labels) + " |")
 
 
 def print_stages(run: dict) -> None:

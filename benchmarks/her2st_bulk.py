@@ -6,10 +6,11 @@
 
 Prints (markdown) the region-level table (mean r over held-out regions, each head and ridge,
 with the report's bootstrap CIs) and the map-versus-spots table (per section and pooled, each
-head's map, ridge applied tile by tile, the region-mean floor and the spot-trained ridge
-ceiling) from ``report/{head}/summary.json`` and ``map_vs_spots.tsv``. With ``--figure``, draws
-for two genes of one held-out section the measured spots, the bulk-trained head's tile map
-and the spot-trained ridge's tile map (the ceiling of the score) side by side.
+head's map, ridge applied tile by tile, the region-mean floor, the spot ridge on grid tiles and
+the ceiling: the spot-trained default model) from ``report/{head}/summary.json`` and
+``map_vs_spots.tsv``. With ``--figure``, draws for two genes of one held-out section the
+measured spots, the bulk-trained head's tile map and the spot-trained default model's
+predictions at the spots (``--ceiling``) side by side.
 """
 
 from __future__ import annotations
@@ -60,12 +61,15 @@ def map_table(results: Path, heads: list[str]) -> str:
     first = tables[heads[0]]
     sections = list(dict.fromkeys(first["section"]))
     columns = [*heads, "ridge", *(f"{h} floor" for h in heads), "region truth (flat oracle)",
-               "ceiling"]
+               "spot ridge (grid tiles)", "ceiling (default spot model)"]
     lines = ["| section | spots | " + " | ".join(columns) + " |",
              "| --- | --- | " + " | ".join("---" for _ in columns) + " |"]
 
     def cell(frame: pd.DataFrame, section: str, method: str) -> str:
-        row = frame[(frame["section"] == section) & (frame["method"] == method)].iloc[0]
+        match = frame[(frame["section"] == section) & (frame["method"] == method)]
+        if match.empty:
+            return "n/a"
+        row = match.iloc[0]
         return (f"{row['mean_r_top']:.3f} [{row['ci_top_low']:.3f}, {row['ci_top_high']:.3f}]"
                 f" / {row['mean_r_all']:.3f}")
 
@@ -74,7 +78,7 @@ def map_table(results: Path, heads: list[str]) -> str:
         cells = [cell(tables[h], section, "head") for h in heads]
         cells += [cell(first, section, "ridge")]
         cells += [cell(tables[h], section, "floor") for h in heads]
-        cells += [cell(first, section, m) for m in ("region_truth", "ceiling")]
+        cells += [cell(first, section, m) for m in ("region_truth", "spot_ridge", "ceiling")]
         lines.append(f"| {section} | {n} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -88,13 +92,16 @@ def paired(results: Path, heads: list[str]) -> str:
                  f"{m['head_minus_floor_top']['ci']}",
                  f"head - ridge {m['head_minus_ridge_top']['value']:.3f} "
                  f"{m['head_minus_ridge_top']['ci']}",
-                 f"head / ceiling {m['head_share_of_ceiling_top']}"]
+                 f"head / {m.get('ceiling_method', 'ceiling')} "
+                 f"{m['head_share_of_ceiling_top']}"]
         lines.append("; ".join(parts))
     return "\n".join(lines)
 
 
-def figure(results: Path, head: str, section: str, genes: list[str], out: Path) -> None:
-    """Measured spots | bulk-trained head map | spot-trained ridge map, for two genes."""
+def figure(results: Path, head: str, section: str, genes: list[str], out: Path,
+           ceiling: Path) -> None:
+    """Measured spots | bulk-trained head's tile map | the spot-trained default model at the
+    spots (the ceiling run's out-of-fold predictions), for two genes of one held-out section."""
     import anndata as ad
     import matplotlib
 
@@ -103,55 +110,34 @@ def figure(results: Path, head: str, section: str, genes: list[str], out: Path) 
     from matplotlib.collections import PatchCollection
     from matplotlib.patches import Rectangle
 
-    from slide2expr.keys import NOT_HELD_OUT, Key
+    from slide2expr.keys import NOT_HELD_OUT
     from slide2expr.predict import load_trained_head
-    from slide2expr.report.map_vs_spots import (
-        _read_region,
-        _section_spots,
-        _training_spots,
-    )
-    from slide2expr.train.baselines import ridge_baseline
+    from slide2expr.report.map_vs_spots import read_ceiling, read_spot_truth
 
     adata = ad.read_h5ad(results / "predictions" / f"{head}.h5ad")
-    obs = adata.obs
-    all_genes = [str(g) for g in adata.var_names]
-    measured = np.asarray(adata.X, dtype=np.float64)
-    folds = obs[Key.FOLD].astype(int).to_numpy()
-    sections = obs["section"].astype(str).to_numpy()
-    ids = obs[Key.SAMPLE_ID].astype(str).to_numpy()
-    regions = {sid: _read_region(obs.iloc[i], measured[i], int(folds[i]))
-               for i, sid in enumerate(ids)}
-    spot_rows, by_section = [], {}
-    for name in dict.fromkeys(sections):
-        members = np.flatnonzero(sections == name)
-        regs = [regions[ids[i]] for i in members]
-        spots = _section_spots(obs.iloc[members[0]], regs, all_genes)
-        by_section[name] = (members, regs, spots)
-        for k, region in enumerate(regs):
-            take = spots.region == k
-            spot_rows.append((region.fold, name, region.features[spots.tile[take]],
-                              spots.truth[take]))
-    members, regs, spots = by_section[section]
+    truth = read_spot_truth(adata)
+    _, regs, spots = truth.by_section[section]
+    spot_run = read_ceiling(ceiling, truth.genes, [section])[section]
+    spots = spots.subset(np.isin(spots.spot_id, spot_run.index))
     fold = regs[0].fold
-    assert fold != NOT_HELD_OUT
+    if fold == NOT_HELD_OUT:
+        raise SystemExit(f"section {section} was never held out")
     model = load_trained_head(results / "models" / head, fold=fold)
-    x_tr, y_tr, g_tr = _training_spots(spot_rows, fold)
     tiles = np.concatenate([r.features for r in regs])
     coords = np.concatenate([r.coords for r in regs])
     size0 = regs[0].size0
-    columns = [all_genes.index(g) for g in genes]
+    columns = [truth.genes.index(g) for g in genes]
     head_map = np.asarray(model.predict_tiles(tiles))[:, [list(model.genes).index(g)
                                                          for g in genes]]
-    ceiling_map, _ = ridge_baseline(x_tr, y_tr[:, columns], tiles, g_tr,
-                                    alphas=(1e1, 1e2, 1e3, 1e4, 1e5, 1e6), seed=0)
-    spot_xy = np.concatenate([r.coords[spots.tile[spots.region == k]] + size0 / 2
-                              for k, r in enumerate(regs)])
-    truth = np.concatenate([spots.truth[spots.region == k] for k in range(len(regs))])[:, columns]
+    spot_xy = np.stack([regs[k].coords[t] + size0 / 2
+                        for k, t in zip(spots.region, spots.tile, strict=True)])
+    measured = spots.truth[:, columns]
+    spot_model = spot_run.loc[spots.spot_id, genes].to_numpy()
     fig, axes = plt.subplots(len(genes), 3, figsize=(12, 4 * len(genes)), squeeze=False)
     for row, gene in enumerate(genes):
-        panels = [("measured spots", None, truth[:, row]),
-                  (f"{head} (bulk-trained) tile map", head_map[:, row], None),
-                  ("ridge trained on spots, tile map", ceiling_map[:, row], None)]
+        panels = [("measured spots", None, measured[:, row]),
+                  (f"{head} (trained on pseudo-bulk), tile map", head_map[:, row], None),
+                  ("default model trained on spots, at the spots", None, spot_model[:, row])]
         for ax, (title, tile_values, spot_values) in zip(axes[row], panels, strict=True):
             if tile_values is not None:
                 patches = [Rectangle((x, y), size0, size0) for x, y in coords]
@@ -186,6 +172,9 @@ def main() -> None:
     parser.add_argument("--figure", type=Path)
     parser.add_argument("--section", default="C3")
     parser.add_argument("--genes", nargs=2, default=["ERBB2", "CD74"])
+    parser.add_argument("--ceiling", type=Path,
+                        help="the ceiling run's spot predictions (the figure's right column; "
+                        "default RESULTS_DIR/ceiling/results/predictions/context.h5ad)")
     args = parser.parse_args()
     print(region_table(args.results, args.heads))
     print()
@@ -194,8 +183,11 @@ def main() -> None:
     print(paired(args.results, args.heads))
     if args.figure:
         out = args.figure.resolve()
+        ceiling = (args.ceiling or args.results / "ceiling" / "results" / "predictions"
+                   / "context.h5ad").resolve()
         os.chdir(args.results.resolve().parent)  # obs['features_path'] is relative to the run
-        figure(Path(args.results.resolve().name), args.heads[0], args.section, args.genes, out)
+        figure(Path(args.results.resolve().name), args.heads[0], args.section, args.genes, out,
+               ceiling=ceiling)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from slide2expr.extract.encoders import (
     sha256_file,
 )
 from slide2expr.extract.encoders.builders import efficientnet_lite0_weights_file, hf_vit_to_timm
+from slide2expr.extract.encoders.weights import load_into
 
 BUILTIN_DIMS = {
     "efficientnet_lite0": 1280, "resnet50_trunc": 1024, "resnet50": 2048, "uni": 1024,
@@ -124,6 +125,33 @@ def test_efficientnet_lite0_carries_the_real_imagenet_weights(lite0):
     assert ours.shape == (1, 1280)
     assert torch.allclose(ours, theirs, atol=1e-4)
     assert int(logits.argmax()) == 652  # "military uniform"
+
+
+def test_efficientnet_lite0_equals_timms_model_without_importing_timm():
+    """The plain-torch build gives timm's tf_efficientnet_lite0 outputs bit for bit (same
+    parameter names, same packaged weights), and building it imports no timm."""
+    code = ("import sys; from slide2expr.extract.encoders import get_encoder; "
+            "get_encoder('efficientnet_lite0'); print('timm' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == "False"
+
+    import timm
+
+    state = load_state_dict_file(efficientnet_lite0_weights_file())
+    reference = timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=1000)
+    load_into(reference, state, source="test", in_order=True)
+    reference.reset_classifier(0)
+    ours = get_encoder("efficientnet_lite0").module
+    assert list(ours.state_dict()) == list(reference.state_dict())
+    x = torch.randn(4, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        for fmt in (torch.contiguous_format, torch.channels_last):
+            a = ours.eval().to(memory_format=fmt)(x.contiguous(memory_format=fmt))
+            b = reference.eval().to(memory_format=fmt)(x.contiguous(memory_format=fmt))
+            assert torch.equal(a, b)
+        odd = torch.randn(1, 3, 131, 97)  # 'same' padding of odd sizes, stride 2
+        assert torch.equal(ours(odd), reference(odd))
 
 
 def test_safetensors_round_trip(tmp_path, random_lite0):

@@ -442,3 +442,35 @@ def test_ridge_on_her2st_features_beats_shuffled(her2st: Path, lite0, tmp_path):
     assert real.mean() > 0.2
     assert real.mean() - null.mean() > 0.15
     assert (real > null).sum() >= 4
+
+
+def test_read_ahead_keeps_order_raises_in_the_consumer_and_stops_its_thread():
+    """The reader thread hands items over in order, a failure while reading reaches the
+    consumer as the same exception, and leaving early stops the thread (no read after)."""
+    import threading
+
+    with extract_mod.read_ahead(range(50), 2) as items:
+        assert list(items) == list(range(50))
+
+    def failing():
+        yield 1
+        raise InputError("slide.tiff", "cannot decode", "copy it again")
+
+    with pytest.raises(InputError, match="cannot decode"), \
+            extract_mod.read_ahead(failing(), 2) as items:
+        assert next(items) == 1
+        next(items)
+
+    produced = []
+
+    def counting():
+        for i in range(1000):
+            produced.append(i)
+            yield i
+
+    with extract_mod.read_ahead(counting(), 2) as items:
+        assert next(items) == 0
+    n_after_exit = len(produced)
+    assert n_after_exit <= 5  # the item taken, 2 buffered, at most one being put, one read
+    assert not any(t.name == "slide2expr-tile-reader" for t in threading.enumerate())
+    assert len(produced) == n_after_exit

@@ -5,7 +5,8 @@ spot at each tile centre. A tile's first feature is a gradient ``f`` across the 
 spot's counts of gene GA grow with ``f`` (GB takes the rest of a fixed total), so a map that
 follows ``f`` inside each region localises and one painted with the region's mean does not.
 The floor (the head's region prediction on every tile) and the flat oracle (the region's
-measured sum on every tile) are scored here independently from the spots.
+measured sum on every tile) are scored here independently from the spots; the ceiling (a spot
+run's out-of-fold predictions) on the spots that run predicted.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ import pytest
 
 from slide2expr.contracts.features import FeatureWriter
 from slide2expr.contracts.tiles import TileSet
-from slide2expr.report.map_vs_spots import METHODS, has_spot_truth, score_maps
+from slide2expr.errors import InputError
+from slide2expr.report.map_vs_spots import CEILING, METHODS, has_spot_truth, score_maps
 
 TILE, N = 100.0, 4
 TOTAL = 200
@@ -104,7 +106,8 @@ def test_localising_map_beats_the_region_mean_floor(bulk_run):
         assert per.loc[(section, "head"), "n_spots"] == 3 * N * N
         low, high = per.loc[(section, "head"), ["ci_top_low", "ci_top_high"]]
         assert low <= per.loc[(section, "head"), "mean_r_top"] <= high
-    assert per.loc[("S1", "ceiling"), "mean_r_all"] > 0.8  # spots are linear in the features
+    assert per.loc[("S1", "spot_ridge"), "mean_r_all"] > 0.8  # spots are linear in the features
+    assert CEILING not in set(table["method"]) and block["ceiling_method"] == "spot_ridge"
     diff = block["head_minus_floor_top"]
     assert diff["value"] > 0 and diff["ci"][0] > 0
     json.dumps(block, allow_nan=False)
@@ -123,9 +126,9 @@ def test_compare_table_carries_the_map_scores(bulk_run, tmp_path):
     path.write_text(json.dumps(summary))
     table = build_compare([parse_run(f"enc:he2rna:{path}")]).set_index("model")
     assert list(table.index) == ["he2rna", "ridge", "map_floor", "map_region_truth",
-                                 "map_ceiling"]
+                                 "map_spot_ridge"]
     for model, method in (("he2rna", "head"), ("ridge", "ridge"), ("map_floor", "floor"),
-                          ("map_region_truth", "region_truth"), ("map_ceiling", "ceiling")):
+                          ("map_region_truth", "region_truth"), ("map_spot_ridge", "spot_ridge")):
         assert table.loc[model, "map_r_top"] == block["methods"][method]["mean_r_top"]
     assert table.loc["he2rna", "map_r_top"] > table.loc["map_floor", "map_r_top"]
 
@@ -141,3 +144,64 @@ def test_report_page_has_its_own_map_vs_spots_section(bulk_run):
     assert page.count("<tr>") == 1 + len(table)  # header + one row a section and map
     assert "region prediction painted on every tile (floor)" in page
     assert map_vs_spots_section(None, None) == ""  # no spot truth: no section
+
+
+def _spot_run(adata: ad.AnnData, truth: dict, path: Path, *, folds: dict[str, int],
+              noise: float, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """A spot run's predictions of S1-S3 (every other spot of each region, measured values
+    plus noise; gene GB only, GA missing) written to ``path``; returns them by section."""
+    rows, values, by_section = [], [], {}
+    for section in ("S1", "S2", "S3"):
+        kept = []
+        for k in range(3):
+            sample = f"{section}_{k}"
+            spots = truth[sample][0]
+            for i in range(0, len(spots), 2):
+                rows.append({"sample_id": section, "spot_id": f"{sample}_{i}",
+                             "fold": folds[section]})
+                kept.append(spots[i, 1] + rng.normal(0, noise))
+        values += kept
+        by_section[section] = np.asarray(kept)
+    obs = pd.DataFrame(rows)
+    obs.index = [f"{r['sample_id']}_{r['spot_id']}" for r in rows]
+    spot = ad.AnnData(X=np.zeros((len(rows), 1)), obs=obs, var=pd.DataFrame(index=["GB"]))
+    spot.layers["predicted"] = np.asarray(values)[:, None]
+    spot.write_h5ad(path)
+    return by_section
+
+
+def test_ceiling_is_the_spot_runs_prediction_on_the_spots_it_predicted(bulk_run, tmp_path):
+    adata, truth = bulk_run
+    rng = np.random.default_rng(1)
+    path = tmp_path / "spot_predictions.h5ad"
+    predicted = _spot_run(adata, truth, path, folds={"S1": 2, "S2": 0, "S3": 1}, noise=0.2,
+                          rng=rng)
+    heads = {0: GradientHead(), 1: GradientHead(), 2: GradientHead()}
+    table, block = score_maps(adata, None, top_n=2, n_boot=50, seed=0, heads=heads,
+                              ceiling=path)
+    per = table.set_index(["section", "method"])
+    assert block["ceiling_method"] == CEILING
+    for section in ("S1", "S2", "S3"):
+        measured = np.concatenate([truth[f"{section}_{k}"][0][::2, 1] for k in range(3)])
+        expected = np.corrcoef(measured, predicted[section])[0, 1]
+        row = per.loc[(section, CEILING)]
+        # GA is missing from the spot run (NaN r), so the mean over genes is GB's r
+        assert row["mean_r_all"] == pytest.approx(expected, abs=1e-9)
+        assert row["n_spots"] == len(measured) == 3 * N * N // 2
+        assert per.loc[(section, "head"), "n_spots"] == row["n_spots"]  # same spots for all
+    share = block["head_share_of_ceiling_top"]
+    assert share == pytest.approx(block["methods"]["head"]["mean_r_top"]
+                                  / block["methods"][CEILING]["mean_r_top"], abs=1e-3)
+
+
+def test_ceiling_whose_fold_holds_out_two_sections_is_refused(bulk_run, tmp_path):
+    adata, truth = bulk_run
+    path = tmp_path / "two_per_fold.h5ad"
+    _spot_run(adata, truth, path, folds={"S1": 0, "S2": 0, "S3": 1}, noise=0.2,
+              rng=np.random.default_rng(2))
+    heads = {0: GradientHead(), 1: GradientHead(), 2: GradientHead()}
+    with pytest.raises(InputError) as error:
+        score_maps(adata, None, top_n=1, n_boot=0, seed=0, heads=heads, ceiling=path)
+    line = error.value.one_line()
+    assert "fold 0 of the spot run holds out S1 and S2" in line and str(path) in line
+    assert "group_by: sample_id" in line and "\n" not in line

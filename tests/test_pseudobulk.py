@@ -104,9 +104,44 @@ def test_no_window_qualifies_is_one_line_and_writes_nothing(section, tmp_path):
     assert not sheet.exists() and not matrix.exists()
 
 
+@pytest.mark.slow
+def test_one_run_writes_the_regions_and_runs_them(section, tmp_path):
+    """The pseudobulk rule is a checkpoint: a single snakemake invocation cuts the section
+    into regions (896 um windows: 2 x 2, all on enough tissue, so four) and then plans and runs
+    everything else on them, up to each region's held-out prediction."""
+    import anndata as ad
+
+    config = tmp_path / "bulk.yaml"
+    config.write_text(
+        f"samples: results/pseudobulk/samples.tsv\ndata_root: {section}\nmode: bulk\n"
+        "demo_data: false\n"
+        f"pseudobulk: {{spots_samples: {section / 'spots.tsv'}, window_um: 896, min_spots: 8}}\n"
+        "join: {expression: results/pseudobulk/expression.tsv}\n"
+        "train: {heads: [he2rna], folds: 2, group_by: sample_id, max_epochs: 1, min_epochs: 0,"
+        " baselines: [mean], genes: {min_fraction: 0.0}}\n"
+        "report: {bootstrap: 0}\nheatmap: {enabled: false}\n")
+    repo = Path(__file__).resolve().parents[1]
+    proc = subprocess.run(
+        ["snakemake", "-s", str(repo / "Snakefile"), "-d", str(tmp_path), "--cores", "2",
+         "--configfile", str(config)], capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    sheet = read_sample_sheet(tmp_path / "results" / "pseudobulk" / "samples.tsv", mode="bulk",
+                              check_files=False)
+    assert len(sheet) == 4
+    predictions = ad.read_h5ad(tmp_path / "results" / "predictions" / "he2rna.h5ad")
+    assert sorted(predictions.obs["sample_id"]) == sorted(sheet.index)
+    assert (predictions.obs["fold"].astype(int) >= 0).all()
+    for sample in sheet.index:
+        assert (tmp_path / "results" / "tiles" / "grid" / f"{sample}.h5").is_file()
+    assert "checkpoint pseudobulk" in proc.stderr and proc.stderr.count("rule tile:") == 4
+    assert (tmp_path / "results" / "manifest.json").is_file()
+
+
 def test_bulk_benchmark_config_plans_regions_first_then_the_run(tmp_path, test_data):
-    """The her2st bulk config: the first plan is only the pseudobulk rule; once its region
-    sheet exists, every region is tiled inside its roi and the bulk heads train on them."""
+    """The her2st bulk config: before the region sheet exists the plan is the pseudobulk
+    checkpoint (the rest is planned when it has run); once it exists, every region is tiled
+    inside its roi, the bulk heads train on them, and the ceiling (the spot-trained default
+    model, a nested run) is scored by the report."""
     import shutil
 
     repo = Path(__file__).resolve().parents[1]
@@ -124,8 +159,9 @@ def test_bulk_benchmark_config_plans_regions_first_then_the_run(tmp_path, test_d
                   if len(line.split()) == 2 and line.split()[-1].isdigit()}
         return counts, out
 
-    counts, _ = plan()
+    counts, out = plan()
     assert counts.get("pseudobulk") == 1 and "tile" not in counts
+    assert "DAG of jobs will be updated after completion" in out
     out_dir = tmp_path / "results" / "pseudobulk"
     out_dir.mkdir(parents=True)
     (out_dir / "samples.tsv").write_text(
@@ -138,3 +174,6 @@ def test_bulk_benchmark_config_plans_regions_first_then_the_run(tmp_path, test_d
     assert "pseudobulk" not in counts
     assert counts["tile"] == 3 and counts["extract"] == 3 and counts["train"] == 2
     assert "--roi 3000,3000,4000,4000 --roi-units px" in out
+    assert counts["ceiling"] == 1
+    assert "--ceiling results/ceiling/results/predictions/context.h5ad" in out
+    assert "-d results/ceiling --configfile" in out

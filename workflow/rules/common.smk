@@ -62,14 +62,39 @@ if _GENE_LIST and "{data_root}" in _GENE_LIST:
         )
     config["train"]["genes"]["list"] = _GENE_LIST.replace("{data_root}", str(DATA_ROOT).rstrip("/"))
 # Pseudo-bulk (config `pseudobulk`, rules/pseudobulk.smk): windows of a spot-mode sheet's
-# sections become the run's region samples. Their sheet is the rule's output, so the first run
-# writes it and stops; the next run reads it and trains (see config/README.md, `pseudobulk`).
+# sections become the run's region samples. Their sheet is the output of the pseudobulk
+# checkpoint, so one run writes it and then plans the regions' jobs: every use of the sample
+# sheet goes through sample_table(), which waits for the checkpoint (see config/README.md).
 PSEUDOBULK = config["pseudobulk"]  # validated with the other sections (check_run_config)
+PSEUDOBULK_ON = bool(PSEUDOBULK.get("spots_samples"))
 PSEUDOBULK_OUT = {
     "sheet": f"{RESULTS}/pseudobulk/samples.tsv",
     "expression": f"{RESULTS}/pseudobulk/expression.tsv",
 }
-if PSEUDOBULK.get("spots_samples"):
+# The ceiling of the map-versus-spots score (pseudobulk.ceiling_config): a spot-mode run of
+# the same sections in results/ceiling/ (rule ceiling); the report reads its first head's
+# out-of-fold predictions.
+CEILING_DIR = f"{RESULTS}/ceiling"
+
+
+def _ceiling_head():
+    """The first head of the ceiling config (its schema defaults filled in)."""
+    import yaml
+
+    ceiling = yaml.safe_load(Path(PSEUDOBULK["ceiling_config"]).read_text()) or {}
+    try:
+        check_run_config(ceiling, source=PSEUDOBULK["ceiling_config"])
+    except InputError as error:
+        raise WorkflowError(error.one_line()) from None
+    return ceiling["train"]["heads"][0]
+
+
+CEILING_PREDICTIONS = (
+    f"{CEILING_DIR}/{RESULTS}/predictions/{_ceiling_head()}.h5ad"
+    if PSEUDOBULK_ON and PSEUDOBULK.get("ceiling_config")
+    else None
+)
+if PSEUDOBULK_ON:
     _wanted = {"samples": PSEUDOBULK_OUT["sheet"], "join.expression": PSEUDOBULK_OUT["expression"]}
     _given = {"samples": config["samples"], "join.expression": config["join"].get("expression")}
     if MODE != "bulk" or _given != _wanted:
@@ -78,16 +103,42 @@ if PSEUDOBULK.get("spots_samples"):
             f"{_wanted['samples']} and join.expression: {_wanted['join.expression']} (the "
             f"pseudobulk rule's outputs); got mode {MODE}, {_given}"
         )
-PSEUDOBULK_PENDING = bool(PSEUDOBULK.get("spots_samples")) and not Path(config["samples"]).exists()
-SAMPLES = (
-    pd.DataFrame(columns=["sample_id", "slide", "patient"]).set_index("sample_id", drop=False)
-    if PSEUDOBULK_PENDING
-    else read_sample_sheet(
+
+
+def _read_samples():
+    table = read_sample_sheet(
         config["samples"], mode=MODE, check_files=not config.get("demo_data", False), root=DATA_ROOT
     )
-)
-validate(SAMPLES.reset_index(drop=True), str(SCHEMAS / "samples.schema.yaml"), set_default=False)
-SAMPLE_IDS = list(SAMPLES.index)
+    validate(table.reset_index(drop=True), str(SCHEMAS / "samples.schema.yaml"), set_default=False)
+    return table
+
+
+# A sheet of your own is read once, as the workflow is parsed; a pseudo-bulk region sheet when
+# the checkpoint has written it (sample_table), and again whenever it is rewritten.
+SAMPLES = None if PSEUDOBULK_ON else _read_samples()
+_REGION_SHEET = {"stamp": None, "table": None}
+
+
+def sample_table():
+    """The sample sheet. With pseudo-bulk on, the checkpoint's region sheet: before the
+    checkpoint has run, asking for it raises Snakemake's IncompleteCheckpointException, and
+    Snakemake runs the checkpoint and asks again (only inside input functions and params)."""
+    if not PSEUDOBULK_ON:
+        return SAMPLES
+    sheet = Path(checkpoints.pseudobulk.get().output.sheet)
+    stamp = (sheet.stat().st_mtime_ns, sheet.stat().st_size)
+    if _REGION_SHEET["stamp"] != stamp:
+        _REGION_SHEET.update(stamp=stamp, table=_read_samples())
+    return _REGION_SHEET["table"]
+
+
+def sample_ids():
+    """The sheet's sample IDs (see sample_table)."""
+    return list(sample_table().index)
+
+
+# parse-time uses (the demo's files); empty while regions come from the checkpoint
+SAMPLE_IDS = [] if PSEUDOBULK_ON else list(SAMPLES.index)
 # The tiling that holds the training units: spots in spot mode, the tissue grid in bulk mode.
 UNIT_TILING = "spots" if MODE == "spot" else "grid"
 
@@ -181,9 +232,10 @@ def expand_encoders(pattern, **wildcards):
 
 def sample_value(sample, column, default=None):
     """A sample sheet cell, or ``default`` when the column is absent or the cell empty."""
-    if column not in SAMPLES.columns:
+    table = sample_table()
+    if column not in table.columns:
         return default
-    value = SAMPLES.loc[sample, column]
+    value = table.loc[sample, column]
     if value is None or (isinstance(value, float) and value != value) or value == "":
         return default
     return value
@@ -224,15 +276,14 @@ def config_json(*keys):
 def get_final_output(manifest=True):
     """Every final target of the run, in stage order; `rule all` requests these. The manifest
     is written last, from all the others (``manifest=False`` lists what it waits for).
-    While a pseudo-bulk run's region sheet is not written yet, only it and its matrix."""
-    if PSEUDOBULK_PENDING:
-        return list(PSEUDOBULK_OUT.values())
+    Call it inside input functions only: with pseudo-bulk on it waits for the region sheet."""
+    ids = sample_ids()
     heads = list(config["train"]["heads"])
-    targets = expand(f"{RESULTS}/qc/{{sample}}.png", sample=SAMPLE_IDS)
+    targets = expand(f"{RESULTS}/qc/{{sample}}.png", sample=ids)
     targets += expand(
         f"{RESULTS}/features/{{encoder}}/{UNIT_TILING}/{{sample}}.h5",
         encoder=SWEEP_ENCODERS,
-        sample=SAMPLE_IDS,
+        sample=ids,
     )
     targets += expand_encoders(f"{ENC_RESULTS}/dataset.h5ad")
     targets += expand_encoders(f"{ENC_RESULTS}/predictions/{{head}}.h5ad", head=heads)
@@ -241,9 +292,11 @@ def get_final_output(manifest=True):
     if config["heatmap"]["enabled"]:
         for pattern in ("{sample}.geojson", "{sample}"):
             targets += expand_encoders(
-                f"{ENC_RESULTS}/heatmaps/{{head}}/{pattern}", head=heads, sample=SAMPLE_IDS
+                f"{ENC_RESULTS}/heatmaps/{{head}}/{pattern}", head=heads, sample=ids
             )
         targets += expand_encoders(f"{ENC_RESULTS}/viewer")
+    if PSEUDOBULK_ON and PSEUDOBULK.get("ceiling_config"):
+        targets.append(CEILING_PREDICTIONS)
     if manifest:
         targets.append(f"{RESULTS}/manifest.json")
     return list(dict.fromkeys(targets))
@@ -302,23 +355,24 @@ def join_encoder(wildcards):
 
 
 def join_inputs(wildcards):
+    ids = sample_ids()
     inputs = {
         "samples": config["samples"],
         "features": expand(
             f"{RESULTS}/features/{join_encoder(wildcards)}/{UNIT_TILING}/{{sample}}.h5",
-            sample=SAMPLE_IDS,
+            sample=ids,
         ),
     }
     for tiling in CONTEXT_TILINGS:
         inputs[tiling] = expand(
             f"{RESULTS}/features/{join_encoder(wildcards)}/{tiling}/{{sample}}.h5",
-            sample=SAMPLE_IDS,
+            sample=ids,
         )
     if MODE == "spot":
-        inputs["counts"] = [sample_value(s, "counts") for s in SAMPLE_IDS]
-        inputs["spots"] = [sample_value(s, "spots") for s in SAMPLE_IDS]
+        inputs["counts"] = [sample_value(s, "counts") for s in ids]
+        inputs["spots"] = [sample_value(s, "spots") for s in ids]
         # the join reads each slide's thumbnail for uns['spatial'] (scanpy/squidpy plots)
-        inputs["slides"] = [sample_value(s, "slide") for s in SAMPLE_IDS]
+        inputs["slides"] = [sample_value(s, "slide") for s in ids]
     else:
         inputs["expression"] = JOIN["expression"]
     return inputs
@@ -387,8 +441,9 @@ def heatmap_draw_args(wildcards, input):
 
 
 def heatmap_scale_inputs(wildcards):
+    ids = sample_ids()
     maps = [
-        fill_wildcards(f"{ENC_RESULTS}/heatmaps/{{head}}/{s}.h5ad", wildcards) for s in SAMPLE_IDS
+        fill_wildcards(f"{ENC_RESULTS}/heatmaps/{{head}}/{s}.h5ad", wildcards) for s in ids
     ]
     return {"maps": maps, **heatmap_report_input(wildcards)}
 
@@ -396,12 +451,13 @@ def heatmap_scale_inputs(wildcards):
 def viewer_inputs(wildcards):
     """Every slide's tile map of the first head, the slides, the report's genes (r beside each
     name), the spot predictions (spot mode) and the cohort scale."""
+    ids = sample_ids()
     head = HEADS[0]
     inputs = {
         "maps": [
-            fill_wildcards(f"{ENC_RESULTS}/heatmaps/{head}/{s}.h5ad", wildcards) for s in SAMPLE_IDS
+            fill_wildcards(f"{ENC_RESULTS}/heatmaps/{head}/{s}.h5ad", wildcards) for s in ids
         ],
-        "slides": [sample_value(s, "slide") for s in SAMPLE_IDS],
+        "slides": [sample_value(s, "slide") for s in ids],
         "report": fill_wildcards(f"{ENC_RESULTS}/report/{head}/genes.tsv", wildcards),
     }
     if MODE == "spot":
@@ -412,15 +468,21 @@ def viewer_inputs(wildcards):
 
 
 def viewer_args(wildcards, input):
+    ids = sample_ids()
     args = [f"--report {input.report}"]
-    args += [f"--slide {shlex.quote(f'{s}={p}')}" for s, p in zip(SAMPLE_IDS, input.slides)]
+    args += [f"--slide {shlex.quote(f'{s}={p}')}" for s, p in zip(ids, input.slides)]
     args += [f"--{name} {input[name]}" for name in ("predictions", "scale") if name in input.keys()]
     return " ".join(args)
 
 
 # {sample} is one of the sheet's IDs, so "{sample}" (a heatmap's PNG folder) never matches
 # "{sample}.h5ad", "{sample}.geojson" or "scale.tsv" beside it.
+# (Region samples of a pseudo-bulk run are not known when the workflow is parsed: any name.)
 HEATMAP_WILDCARDS = {
-    "sample": "|".join(re.escape(s) for s in SAMPLE_IDS),
+    "sample": (
+        r"[A-Za-z0-9_-][A-Za-z0-9._-]*"
+        if PSEUDOBULK_ON
+        else "|".join(re.escape(s) for s in SAMPLE_IDS)
+    ),
     "head": r"[A-Za-z0-9_-]+",
 }

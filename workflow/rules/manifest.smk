@@ -7,7 +7,7 @@
 rule manifest:
     input:
         # everything the other stages produce, so the manifest sees all their benchmark files
-        get_final_output(manifest=False),
+        lambda w: get_final_output(manifest=False),
     output:
         f"{RESULTS}/manifest.json",
     log:

@@ -5,7 +5,9 @@
 
 rule report:
     input:
-        f"{ENC_RESULTS}/predictions/{{head}}.h5ad",
+        predictions=f"{ENC_RESULTS}/predictions/{{head}}.h5ad",
+        # pseudo-bulk with pseudobulk.ceiling_config: the spot run scored as the ceiling
+        **({"ceiling": CEILING_PREDICTIONS} if CEILING_PREDICTIONS else {}),
     output:
         genes=f"{ENC_RESULTS}/report/{{head}}/genes.tsv",
         summary=f"{ENC_RESULTS}/report/{{head}}/summary.json",
@@ -32,5 +34,7 @@ rule report:
     params:
         out=lambda w, output: os.path.dirname(output.genes),
         cfg=config_json("report"),
+        ceiling=lambda w, input: f"--ceiling {input.ceiling}" if "ceiling" in input.keys() else "",
     shell:
-        "slide2expr report {input} -o {params.out} --config-json {params.cfg} > {log} 2>&1"
+        "slide2expr report {input.predictions} -o {params.out} {params.ceiling} "
+        "--config-json {params.cfg} > {log} 2>&1"

@@ -31,6 +31,9 @@ def report(
     models: Path | None = typer.Option(None, "--models", help="The head's fold models for the "
                                        "map-versus-spots score (default: models/{head} beside "
                                        "predictions/); used only when regions carry spot truth."),
+    ceiling: Path | None = typer.Option(None, "--ceiling", help="A spot run's predictions of "
+                                        "the same sections, one held out a fold: the "
+                                        "map-versus-spots ceiling (regions with spot truth)."),
     config_json: str | None = config_json_option(),
 ) -> None:
     """Evaluate out-of-fold predictions: genes.tsv, summary.json and a self-contained index.html."""
@@ -39,7 +42,8 @@ def report(
     cfg = section(ctx, "report", config_json, REPORT_FLAGS)
     data = write_report(predictions, out, top_n=cfg["top_n"], n_hvg=cfg["n_hvg"],
                         n_boot=cfg["bootstrap"], alpha=cfg["alpha"], seed=cfg["seed"],
-                        baseline=cfg["baseline"], n_scatter=cfg["n_scatter"], model_dir=models)
+                        baseline=cfg["baseline"], n_scatter=cfg["n_scatter"], model_dir=models,
+                        ceiling=ceiling)
     m = data.summary["model"]["all"]
     mean = "n/a" if m["mean_r"] is None else f"{m['mean_r']:.3f}"
     typer.echo(f"wrote {out}/index.html: mean r {mean} over {m['n_defined']} genes, "

@@ -7,7 +7,8 @@ to the device as uint8 (4x less traffic than float), becomes a channels-last
 ``(B, 3, H, W)`` view there, is normalised, and runs through the encoder under
 ``torch.inference_mode``. On CUDA: bf16 autocast where supported (else fp16), pinned host
 memory, non-blocking copies both ways, and the next batch computes while the previous one is
-written. On the CPU the same code runs in float32. With ``stain_normalize`` set, the
+written. On the CPU the same code runs in float32, and without reader processes a reader
+thread reads the next batches while the encoder runs (:func:`read_ahead`). With ``stain_normalize`` set, the
 slide's own stain statistics are fitted once, before any tile is read, on a low-resolution
 read of the whole slide (:mod:`slide2expr.extract.stain`), and the dataset normalises each
 tile to the reference as it reads it (in the DataLoader workers). Features are written batch by batch
@@ -27,10 +28,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import queue
 import sys
+import threading
 import time
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -536,8 +539,8 @@ def _run(dataset: TilingsDataset, writers: list[FeatureWriter], enc: Encoder,
                smoothing=0.1)
     tick = time.perf_counter()
     try:
-        with torch.inference_mode():
-            for k, start, images in loader:
+        with torch.inference_mode(), read_ahead(loader, 0 if workers else READ_AHEAD) as batches:
+            for k, start, images in batches:
                 if isinstance(images, InputError):
                     raise images  # the rows before it are written and resume from here
                 n_views = images.shape[1] if images.ndim == 5 else 1
@@ -558,6 +561,71 @@ def _run(dataset: TilingsDataset, writers: list[FeatureWriter], enc: Encoder,
                 tick = _drain(pending, writers, bar, seconds, tick)
     finally:
         bar.close()
+
+
+#: Batches a reader thread reads ahead of the forward pass when there are no reader processes
+#: (the CPU default below 8 cores): the slide is decoded, resized and stain-normalised while
+#: the encoder's threads run (OpenSlide, PIL and numpy release the GIL, and so does torch), so
+#: reading costs no wall time of its own. Two batches of 64 tiles are 19 MB.
+READ_AHEAD = 2
+
+
+@contextlib.contextmanager
+def read_ahead(items: Iterable, depth: int) -> Iterator[Iterator]:
+    """Iterate ``items`` in a thread of its own, up to ``depth`` items ahead (0: inline).
+
+    Items come in order; an exception raised while producing one is raised here, in the
+    consumer, when it gets there. Leaving the block (done, or an error in the consumer) stops
+    the thread and waits for it, so nothing reads the slide after the block.
+    """
+    if depth < 1:
+        yield iter(items)
+        return
+    buffer: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    thread = threading.Thread(target=_produce, args=(items, buffer, stop), daemon=True,
+                              name="slide2expr-tile-reader")
+    thread.start()
+    try:
+        yield _consume(buffer)
+    finally:
+        stop.set()
+        thread.join()
+
+
+_END = object()
+
+
+def _produce(items: Iterable, buffer: queue.Queue, stop: threading.Event) -> None:
+    """Put ``(True, item)`` for each item, then ``(True, _END)``; ``(False, exc)`` on an error."""
+    try:
+        for item in items:
+            if not _put(buffer, stop, (True, item)):
+                return
+        _put(buffer, stop, (True, _END))
+    except BaseException as exc:  # handed to the consumer, raised there
+        _put(buffer, stop, (False, exc))
+
+
+def _put(buffer: queue.Queue, stop: threading.Event, entry: tuple[bool, object]) -> bool:
+    """Put ``entry`` unless told to stop first; False when stopped."""
+    while not stop.is_set():
+        try:
+            buffer.put(entry, timeout=0.05)
+            return True
+        except queue.Full:
+            continue
+    return False
+
+
+def _consume(buffer: queue.Queue) -> Iterator:
+    while True:
+        ok, item = buffer.get()
+        if not ok:
+            raise item
+        if item is _END:
+            return
+        yield item
 
 
 def _drain(pending: deque, writers: list[FeatureWriter], bar: tqdm, seconds: list[float],

@@ -36,7 +36,8 @@ MAP_VS_SPOTS = MAP_VS_SPOTS_TSV
 def write_report(predictions: str | Path, out_dir: str | Path, *, top_n: int = 50,
                  n_hvg: int = 50, n_boot: int = 1000, alpha: float = 0.05, seed: int = 0,
                  baseline: str = "ridge", n_scatter: int = 8, viewer: str = VIEWER,
-                 model_dir: str | Path | None = None) -> ReportData:
+                 model_dir: str | Path | None = None,
+                 ceiling: str | Path | None = None) -> ReportData:
     """Evaluate a predictions file and write ``genes.tsv``, ``summary.json``, ``index.html``.
 
     Parameters
@@ -58,6 +59,9 @@ def write_report(predictions: str | Path, out_dir: str | Path, *, top_n: int = 5
         run's regions carry spot truth (``slide2expr pseudobulk``), the map-versus-spots
         score (:mod:`slide2expr.report.map_vs_spots`) is added: ``map_vs_spots.tsv``,
         ``summary['map_vs_spots']`` and its own section of the page.
+    ceiling
+        A spot run's predictions of the same sections (one held out a fold), scored at the
+        spots as the map-versus-spots ceiling (:func:`~slide2expr.report.map_vs_spots.read_ceiling`).
 
     Returns
     -------
@@ -73,7 +77,7 @@ def write_report(predictions: str | Path, out_dir: str | Path, *, top_n: int = 5
     links = find_links(out, head=head, samples=adata.obs[Key.SAMPLE_ID].astype(str).unique(),
                        genes=data.genes["gene"].astype(str).tolist(), viewer=viewer)
     map_scores = _map_scores(adata, predictions, data, model_dir, top_n=top_n, n_boot=n_boot,
-                             seed=seed)
+                             seed=seed, ceiling=ceiling)
     page = render_html(data, n_scatter=n_scatter, seed=seed, links=links, map_scores=map_scores)
     names = OUTPUT_NAMES + ((MAP_VS_SPOTS,) if map_scores is not None else ())
     with atomic_outputs(*(out / name for name in names)) as (tsv, js, page_path, *extra):
@@ -89,7 +93,8 @@ def write_report(predictions: str | Path, out_dir: str | Path, *, top_n: int = 5
 
 
 def _map_scores(adata, predictions: str | Path, data: ReportData,
-                model_dir: str | Path | None, *, top_n: int, n_boot: int, seed: int):
+                model_dir: str | Path | None, *, top_n: int, n_boot: int, seed: int,
+                ceiling: str | Path | None = None):
     """The map-versus-spots table of a bulk run whose regions carry spot truth, else None;
     its summary block goes into ``data.summary['map_vs_spots']``."""
     from slide2expr.report.map_vs_spots import has_spot_truth, score_maps
@@ -100,6 +105,7 @@ def _map_scores(adata, predictions: str | Path, data: ReportData,
     model_dir = Path(model_dir) if model_dir is not None else \
         Path(predictions).resolve().parent.parent / "models" / head
     log.info("map versus spots: tile maps of %s read at the measured spots", model_dir)
-    table, block = score_maps(adata, model_dir, top_n=top_n, n_boot=n_boot, seed=seed)
+    table, block = score_maps(adata, model_dir, top_n=top_n, n_boot=n_boot, seed=seed,
+                              ceiling=ceiling)
     data.summary["map_vs_spots"] = block
     return table

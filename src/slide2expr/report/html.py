@@ -282,7 +282,8 @@ MAP_METHOD_LABELS = {
     "ridge": "ridge on mean tile embeddings, applied tile by tile (linear bulk baseline)",
     "floor": "the head's region prediction painted on every tile (floor)",
     "region_truth": "the region's measured pseudo-bulk on every tile (flat oracle)",
-    "ceiling": "ridge trained on the spots (ceiling)",
+    "spot_ridge": "ridge trained on the spots, applied to the grid tiles",
+    "ceiling": "the spot-trained default model at the spots (ceiling)",
 }
 
 

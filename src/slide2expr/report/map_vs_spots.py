@@ -15,8 +15,12 @@ by gene, with the measured spot expression (log1p CP10k). Four maps, all on the 
   region;
 - ``region_truth``: every tile painted with its region's *measured* pseudo-bulk: the best any
   map that is flat inside each region can do (an oracle, not a model);
-- ``ceiling``: ridge trained on the training regions' *spots* (each spot's tile embedding
-  against its measured expression): a spot-trained model on the same tiles.
+- ``spot_ridge``: ridge trained on the training regions' *spots* (each spot's tile embedding
+  against its measured expression): a linear spot-trained model on the same grid tiles;
+- ``ceiling`` (when a spot run's predictions are given): the spot-trained default model's
+  out-of-fold prediction at each spot (its own spot-centred patches and context), from a spot
+  run of the same sections whose folds hold out the same sections (one section a fold).
+  Only spots that run predicted are scored (every method on the same spots).
 
 A spot is read at the grid tile that contains its centre (else the nearest tile of its region
 within one tile edge; spots farther from any tile are left out). Per section and method: the
@@ -41,7 +45,9 @@ from slide2expr.keys import NOT_HELD_OUT, Key
 
 log = logging.getLogger(__name__)
 
-METHODS = ("head", "ridge", "floor", "region_truth", "ceiling")
+#: The maps scored on every run; ``ceiling`` joins them when a spot run's predictions are given.
+METHODS = ("head", "ridge", "floor", "region_truth", "spot_ridge")
+CEILING = "ceiling"
 #: obs columns that hold a region's spot truth (``slide2expr pseudobulk``).
 TRUTH_COLUMNS = ("counts", "spots", "features_path")
 RIDGE_ALPHAS = (1e1, 1e2, 1e3, 1e4, 1e5, 1e6)
@@ -71,11 +77,118 @@ class _SectionSpots:
     region: np.ndarray  # index into the section's regions
     tile: np.ndarray  # index into that region's tiles
     truth: np.ndarray  # (n_spots, G) log1p CP10k
+    spot_id: np.ndarray  # the spots' ids (counts table rows)
+
+    def subset(self, keep: np.ndarray) -> _SectionSpots:
+        """These spots where ``keep`` (a boolean mask) holds."""
+        return _SectionSpots(region=self.region[keep], tile=self.tile[keep],
+                             truth=self.truth[keep], spot_id=self.spot_id[keep])
+
+
+#: One spot set's training rows: (fold, section, tile embeddings, measured expression).
+SpotRows = list[tuple[int, str, np.ndarray, np.ndarray]]
+
+
+@dataclass
+class SpotTruth:
+    """A bulk run's regions read with their sections' spots (:func:`read_spot_truth`)."""
+
+    regions: dict[str, _Region]  # by sample id
+    by_section: dict[str, tuple[np.ndarray, list[_Region], _SectionSpots]]
+    spot_rows: SpotRows  # every region's spots on its tiles, for spot-trained ridge
+    genes: list[str]
+
+
+def read_spot_truth(adata: Any, *, predicted: np.ndarray | None = None) -> SpotTruth:
+    """Read every region's tiles and its section's spots that fall on them.
+
+    Parameters
+    ----------
+    adata
+        A bulk run's dataset or predictions (obs ``sample_id``, ``fold``, ``features_path``,
+        ``counts``, ``spots``, ``section``; X measured log1p CP10k).
+    predicted
+        ``(n_regions, G)`` region predictions (the floor); default: the measured values.
+
+    Returns
+    -------
+    SpotTruth
+        Regions by sample id; per section (in order of appearance) its members' row numbers,
+        its regions and its spots on their tiles; and each region's spots as training rows.
+    """
+    obs = adata.obs
+    genes = [str(g) for g in adata.var_names]
+    measured = np.asarray(adata.X, dtype=np.float64)
+    folds = obs[Key.FOLD].astype(int).to_numpy()
+    sections = _sections(obs)
+    ids = obs[Key.SAMPLE_ID].astype(str).to_numpy()
+    regions = {sid: _read_region(obs.iloc[i], measured[i], int(folds[i]),
+                                 None if predicted is None else predicted[i])
+               for i, sid in enumerate(ids)}
+    by_section, spot_rows = {}, []
+    for section in dict.fromkeys(sections):
+        members = np.flatnonzero(sections == section)
+        regs = [regions[ids[i]] for i in members]
+        spots = _section_spots(obs.iloc[members[0]], regs, genes)
+        by_section[section] = (members, regs, spots)
+        for k, region in enumerate(regs):
+            take = spots.region == k
+            spot_rows.append((region.fold, section, region.features[spots.tile[take]],
+                              spots.truth[take]))
+    return SpotTruth(regions=regions, by_section=by_section, spot_rows=spot_rows, genes=genes)
+
+
+def _sections(obs: pd.DataFrame) -> np.ndarray:
+    return (obs["section"] if "section" in obs else obs["counts"]).astype(str).to_numpy()
+
+
+def read_ceiling(path: str | Path, genes: list[str],
+                 sections: list[str]) -> dict[str, pd.DataFrame]:
+    """A spot run's out-of-fold predictions (the ceiling), per section: spots x ``genes``.
+
+    The spot run's sample ids must be the bulk run's sections and each of its folds must hold
+    out exactly one of them (``train.folds: loo``, ``group_by: sample_id``), so that a
+    section's spots were predicted by a model that never saw that section, as the bulk heads'
+    maps were. Genes the spot run lacks are NaN.
+    """
+    import anndata as ad
+
+    spot = ad.read_h5ad(path)
+    obs = spot.obs
+    if Key.PREDICTED not in spot.layers or Key.SPOT_ID not in obs or Key.FOLD not in obs:
+        raise InputError(path, "is not a spot run's predictions (needs obs spot_id and fold "
+                         "and layers['predicted'])",
+                         "give results/predictions/{head}.h5ad of a spot-mode run")
+    samples = obs[Key.SAMPLE_ID].astype(str).to_numpy()
+    folds = obs[Key.FOLD].astype(int).to_numpy()
+    values = pd.DataFrame(np.asarray(spot.layers[Key.PREDICTED], dtype=np.float64),
+                          columns=[str(g) for g in spot.var_names]).reindex(columns=genes)
+    out = {}
+    for section in sections:
+        rows = samples == section
+        held = set(folds[rows].tolist())
+        if not rows.any() or len(held) != 1 or NOT_HELD_OUT in held:
+            raise InputError(path, f"section {section} is not held out by exactly one fold of "
+                             f"the spot run (folds {sorted(held)})",
+                             "train the ceiling run with train.folds: loo and group_by: "
+                             "sample_id on the same sections")
+        fold = held.pop()
+        others = sorted(set(samples[folds == fold]) - {section})
+        if others:
+            raise InputError(path, f"fold {fold} of the spot run holds out {section} and "
+                             f"{', '.join(others)}, but the bulk run holds out one section a "
+                             "fold", "train the ceiling run with train.folds: loo and "
+                             "group_by: sample_id")
+        part = values[rows]
+        part.index = obs[Key.SPOT_ID].astype(str).to_numpy()[rows]
+        out[section] = part
+    return out
 
 
 def score_maps(adata: Any, model_dir: str | Path | None, *, top_n: int = 50,
                n_boot: int = 1000, seed: int = 0, alphas: tuple[float, ...] = RIDGE_ALPHAS,
-               heads: dict[int, Any] | None = None) -> tuple[pd.DataFrame, dict[str, Any]]:
+               heads: dict[int, Any] | None = None, ceiling: str | Path | None = None
+               ) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Map-versus-spots scores of a bulk run (see the module docstring).
 
     Parameters
@@ -92,11 +205,15 @@ def score_maps(adata: Any, model_dir: str | Path | None, *, top_n: int = 50,
     seed
         Seeds the bootstrap.
     alphas
-        Ridge penalties the ridge map and the ceiling choose from (inner CV grouped by
+        Ridge penalties the ridge map and the spot ridge choose from (inner CV grouped by
         section, as the train stage's ridge baseline).
     heads
         ``{fold: model}`` with ``genes`` and ``predict_tiles`` instead of loading the fold
         models from ``model_dir``.
+    ceiling
+        A spot run's predictions (``results/predictions/{head}.h5ad`` of the same sections,
+        one section a fold): scored as ``ceiling``, on the spots it predicted
+        (:func:`read_ceiling`). None: no ``ceiling`` row.
 
     Returns
     -------
@@ -109,38 +226,31 @@ def score_maps(adata: Any, model_dir: str | Path | None, *, top_n: int = 50,
     from slide2expr.predict import load_trained_head
 
     obs = adata.obs
-    genes = [str(g) for g in adata.var_names]
-    measured = np.asarray(adata.X, dtype=np.float64)
     folds = obs[Key.FOLD].astype(int).to_numpy()
-    sections = (obs["section"] if "section" in obs else obs["counts"]).astype(str).to_numpy()
+    measured = np.asarray(adata.X, dtype=np.float64)
     if heads is None:
         heads = {int(f): load_trained_head(model_dir, fold=int(f)) for f in np.unique(folds)
                  if f != NOT_HELD_OUT}
-    ids = obs[Key.SAMPLE_ID].astype(str).to_numpy()
-    predicted = np.asarray(adata.layers[Key.PREDICTED], dtype=np.float64)
-    regions = {sid: _read_region(obs.iloc[i], measured[i], int(folds[i]), predicted[i])
-               for i, sid in enumerate(ids)}
-    section_of = dict(zip(ids, sections, strict=True))
-    by_section, spot_rows = {}, []
-    for section in dict.fromkeys(sections):
-        members = np.flatnonzero(sections == section)
-        regs = [regions[ids[i]] for i in members]
-        spots = _section_spots(obs.iloc[members[0]], regs, genes)
-        by_section[section] = (members, regs, spots)
-        for k, region in enumerate(regs):
-            take = spots.region == k
-            spot_rows.append((region.fold, section, region.features[spots.tile[take]],
-                              spots.truth[take]))
+    truth = read_spot_truth(adata, predicted=np.asarray(adata.layers[Key.PREDICTED],
+                                                        dtype=np.float64))
+    genes = truth.genes
+    section_of = dict(zip(obs[Key.SAMPLE_ID].astype(str), _sections(obs), strict=True))
+    spot_run = (read_ceiling(ceiling, genes, list(truth.by_section)) if ceiling is not None
+                else None)
     rng = np.random.default_rng(seed)
     rows, boot_means = [], {}
-    for section, (members, regs, spots) in by_section.items():
+    for section, (members, regs, spots) in truth.by_section.items():
         held = folds[members] != NOT_HELD_OUT
+        if spot_run is not None:
+            spots = spots.subset(np.isin(spots.spot_id, spot_run[section].index))
         if not held.all() or len(spots.region) < 3:
             log.warning("map vs spots: section %s skipped (%d spots on tiles, %d regions never "
                         "held out)", section, len(spots.region), int((~held).sum()))
             continue
-        maps = _section_maps(regs, spots, regions, heads, genes, spot_rows, alphas=alphas,
-                             sections=section_of, seed=seed)
+        maps = _section_maps(regs, spots, truth.regions, heads, genes, truth.spot_rows,
+                             alphas=alphas, sections=section_of, seed=seed)
+        if spot_run is not None:
+            maps[CEILING] = spot_run[section].loc[spots.spot_id].to_numpy()
         train_mask = ~np.isin(folds, list(set(folds[members]))) & (folds != NOT_HELD_OUT)
         top = np.argsort(-measured[train_mask].mean(axis=0))[:top_n]
         resamples = _resamples(len(spots.region), n_boot, rng)
@@ -192,7 +302,8 @@ def _section_spots(row: pd.Series, regions: list[_Region], genes: list[str]) -> 
     dense[:, present] = np.asarray(matrix[:, cols[present]].todense()
                                    if hasattr(matrix, "todense") else matrix[:, cols[present]])
     truth = np.log1p(dense / np.maximum(totals, 1)[:, None] * 1e4)
-    return _SectionSpots(region=region_of[keep], tile=tile_of[keep], truth=truth)
+    return _SectionSpots(region=region_of[keep], tile=tile_of[keep], truth=truth,
+                         spot_id=positions["spot_id"].astype(str).to_numpy()[keep])
 
 
 def _tile_of(xy: np.ndarray, coords: np.ndarray, size0: float) -> np.ndarray:
@@ -211,7 +322,7 @@ def _tile_of(xy: np.ndarray, coords: np.ndarray, size0: float) -> np.ndarray:
 
 def _section_maps(section_regions: list[_Region], spots: _SectionSpots,
                   regions: dict[str, _Region], heads: dict[int, Any], genes: list[str],
-                  spot_rows: list[tuple[int, str, np.ndarray, np.ndarray]], *,
+                  spot_rows: SpotRows, *,
                   alphas: tuple[float, ...], sections: dict[str, str], seed: int
                   ) -> dict[str, np.ndarray]:
     """Each method's map read at the section's spots: ``{method: (n_spots, G)}``."""
@@ -237,8 +348,8 @@ def _section_maps(section_regions: list[_Region], spots: _SectionSpots,
                                         for i in order])
         out["region_truth"][order] = np.stack([section_regions[spots.region[i]].bulk
                                                for i in order])
-        x_tr, y_tr, g_tr = _training_spots(spot_rows, fold)
-        out["ceiling"][order], _ = ridge_baseline(x_tr, y_tr, x_spots, g_tr, alphas=alphas,
+        x_tr, y_tr, g_tr = training_spots(spot_rows, fold)
+        out["spot_ridge"][order], _ = ridge_baseline(x_tr, y_tr, x_spots, g_tr, alphas=alphas,
                                                   seed=seed)
     return out
 
@@ -254,8 +365,8 @@ def _head_columns(head: Any, x: np.ndarray, genes: list[str]) -> np.ndarray:
     return out
 
 
-def _training_spots(spot_rows: list[tuple[int, str, np.ndarray, np.ndarray]], fold: int
-                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def training_spots(spot_rows: SpotRows, fold: int
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Tile embeddings, measured expression and section of every spot on a region that the
     fold trained on."""
     chosen = [(s, x, y) for f, s, x, y in spot_rows if f not in (fold, NOT_HELD_OUT) and len(x)]
@@ -307,7 +418,7 @@ def _row(section: str, method: str, n_spots: int, n_regions: int, r_all: np.ndar
 def _pooled(table: pd.DataFrame, boots: dict[tuple[str, str], np.ndarray]) -> pd.DataFrame:
     """Mean over sections per method; CIs from resampling every section at once."""
     rows = []
-    for method in METHODS:
+    for method in dict.fromkeys(table["method"]):
         part = table[table["method"] == method]
         stacked = np.stack([boots[(s, method)] for s in part["section"]])  # (S, B, 2)
         pooled = np.nanmean(stacked, axis=0) if stacked.shape[1] else np.zeros((0, 2))
@@ -333,7 +444,7 @@ def _summary(table: pd.DataFrame, boots: dict[tuple[str, str], np.ndarray], *, t
                         "mean_r_all": _round(pooled.loc[m, "mean_r_all"]),
                         "ci_all": [_round(pooled.loc[m, "ci_all_low"]),
                                    _round(pooled.loc[m, "ci_all_high"])]}
-                    for m in METHODS},
+                    for m in pooled.index},
     }
     for other in ("floor", "ridge"):
         diff = np.nanmean(np.stack([boots[(s, "head")] - boots[(s, other)] for s in sections]),
@@ -342,7 +453,10 @@ def _summary(table: pd.DataFrame, boots: dict[tuple[str, str], np.ndarray], *, t
         low, high = _ci(diff[:, 0]) if len(diff) else (np.nan, np.nan)
         out[f"head_minus_{other}_top"] = {"value": _round(point), "ci": [_round(low),
                                                                          _round(high)]}
-    ceiling = pooled.loc["ceiling", "mean_r_top"]
+    # the spot-trained default model where given, else the spot ridge on the grid tiles
+    reference = CEILING if CEILING in pooled.index else "spot_ridge"
+    ceiling = pooled.loc[reference, "mean_r_top"]
+    out["ceiling_method"] = reference
     out["head_share_of_ceiling_top"] = _round(pooled.loc["head", "mean_r_top"] / ceiling
                                               if ceiling > 0 else float("nan"))
     return out

@@ -121,7 +121,8 @@ def build_compare(runs: list[RunSummary], *, benchmarks: str | Path | None = Non
         maps = (s.get("map_vs_spots") or {}).get("methods") or {}
         if maps and len(blocks) > 1:  # the floor and ceiling once, beside the baselines
             blocks += [(f"map_{name}", {}, None) for name in ("floor", "region_truth",
-                                                               "ceiling")]
+                                                               "spot_ridge", "ceiling")
+                       if name in maps]
         for model, block, sig in blocks:
             rows.append({
                 "encoder": run.encoder, "head": run.head, "model": model,

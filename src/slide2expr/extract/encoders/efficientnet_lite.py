@@ -1,0 +1,151 @@
+"""EfficientNet-Lite0 in plain torch: timm's ``tf_efficientnet_lite0``, without importing timm.
+
+The layers, their order, their parameter names and TensorFlow's 'same' padding are those of
+timm's model, so its state dicts load here unchanged and the outputs are the same: stride-1
+convolutions pad ``k // 2`` on every side, stride-2 ones pad the input first, asymmetrically
+(``(total // 2, total - total // 2)``), as timm's ``Conv2dSame`` does; batch norms have
+``eps=1e-3``; the activation is ReLU6; no squeeze-excitation. Building it costs no timm
+import (about 1-2 s of CPU at every extract job's start; docs/benchmarks.md).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+#: ``(block type, repeats, kernel, stride, expansion, out channels)`` of the seven stages.
+LITE0_STAGES: tuple[tuple[str, int, int, int, int, int], ...] = (
+    ("ds", 1, 3, 1, 1, 16),
+    ("ir", 2, 3, 2, 6, 24),
+    ("ir", 2, 5, 2, 6, 40),
+    ("ir", 3, 3, 2, 6, 80),
+    ("ir", 3, 5, 1, 6, 112),
+    ("ir", 4, 5, 2, 6, 192),
+    ("ir", 1, 3, 1, 6, 320),
+)
+STEM_CHANNELS = 32
+NUM_FEATURES = 1280
+BN_EPS = 1e-3
+
+
+class SameConv2d(nn.Conv2d):
+    """A convolution with TensorFlow's 'same' padding (timm's ``create_conv2d(padding='same')``).
+
+    Stride 1: symmetric padding ``k // 2``. Larger strides: the input is padded at run time by
+    ``max((ceil(n / s) - 1) * s + k - n, 0)`` pixels, the smaller half first.
+    """
+
+    def __init__(self, in_ch: int, out_ch: int, kernel: int, stride: int = 1,
+                 groups: int = 1) -> None:
+        static = stride == 1
+        super().__init__(in_ch, out_ch, kernel, stride=stride,
+                         padding=kernel // 2 if static else 0, groups=groups, bias=False)
+        self.dynamic = not static
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Pad (stride > 1) and convolve."""
+        if self.dynamic:
+            k, s = self.kernel_size[0], self.stride[0]
+            pad_h = _same_pad(x.shape[-2], k, s)
+            pad_w = _same_pad(x.shape[-1], k, s)
+            x = F.pad(x, (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2))
+        return super().forward(x)
+
+
+def _same_pad(size: int, kernel: int, stride: int) -> int:
+    return max((math.ceil(size / stride) - 1) * stride + kernel - size, 0)
+
+
+class BatchNormAct(nn.BatchNorm2d):
+    """Batch norm then (optionally) ReLU6, as timm's ``BatchNormAct2d`` (same state names)."""
+
+    def __init__(self, channels: int, act: bool = True) -> None:
+        super().__init__(channels, eps=BN_EPS)
+        self.act = nn.ReLU6(inplace=True) if act else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalise, then activate."""
+        return self.act(super().forward(x))
+
+
+class DepthwiseSeparable(nn.Module):
+    """Depthwise conv, BN+ReLU6, pointwise conv, BN (timm's ``DepthwiseSeparableConv``)."""
+
+    def __init__(self, in_ch: int, out_ch: int, kernel: int, stride: int) -> None:
+        super().__init__()
+        self.conv_dw = SameConv2d(in_ch, in_ch, kernel, stride, groups=in_ch)
+        self.bn1 = BatchNormAct(in_ch)
+        self.conv_pw = SameConv2d(in_ch, out_ch, 1)
+        self.bn2 = BatchNormAct(out_ch, act=False)
+        self.skip = stride == 1 and in_ch == out_ch
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The block, with the identity added where shapes allow."""
+        out = self.bn2(self.conv_pw(self.bn1(self.conv_dw(x))))
+        return out + x if self.skip else out
+
+
+class InvertedResidual(nn.Module):
+    """Expand (1x1), depthwise, project (1x1), BN after each (timm's ``InvertedResidual``)."""
+
+    def __init__(self, in_ch: int, out_ch: int, kernel: int, stride: int,
+                 expansion: int) -> None:
+        super().__init__()
+        mid = in_ch * expansion
+        self.conv_pw = SameConv2d(in_ch, mid, 1)
+        self.bn1 = BatchNormAct(mid)
+        self.conv_dw = SameConv2d(mid, mid, kernel, stride, groups=mid)
+        self.bn2 = BatchNormAct(mid)
+        self.conv_pwl = SameConv2d(mid, out_ch, 1)
+        self.bn3 = BatchNormAct(out_ch, act=False)
+        self.skip = stride == 1 and in_ch == out_ch
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The block, with the identity added where shapes allow."""
+        out = self.bn1(self.conv_pw(x))
+        out = self.bn3(self.conv_pwl(self.bn2(self.conv_dw(out))))
+        return out + x if self.skip else out
+
+
+class EfficientNetLite(nn.Module):
+    """EfficientNet-Lite0, globally average-pooled: ``(B, 3, H, W)`` -> ``(B, 1280)``.
+
+    Parameters
+    ----------
+    num_classes
+        Rows of a linear ``classifier`` after the pooling (to load a checkpoint that has
+        one); 0: none, the pooled features are the output.
+    """
+
+    def __init__(self, num_classes: int = 0) -> None:
+        super().__init__()
+        self.conv_stem = SameConv2d(3, STEM_CHANNELS, 3, 2)
+        self.bn1 = BatchNormAct(STEM_CHANNELS)
+        stages, in_ch = [], STEM_CHANNELS
+        for kind, repeats, kernel, stride, expansion, out_ch in LITE0_STAGES:
+            blocks = []
+            for i in range(repeats):
+                s = stride if i == 0 else 1
+                blocks.append(DepthwiseSeparable(in_ch, out_ch, kernel, s) if kind == "ds"
+                              else InvertedResidual(in_ch, out_ch, kernel, s, expansion))
+                in_ch = out_ch
+            stages.append(nn.Sequential(*blocks))
+        self.blocks = nn.Sequential(*stages)
+        self.conv_head = SameConv2d(in_ch, NUM_FEATURES, 1)
+        self.bn2 = BatchNormAct(NUM_FEATURES)
+        self.num_features = NUM_FEATURES
+        self.classifier: nn.Module = (nn.Linear(NUM_FEATURES, num_classes) if num_classes
+                                      else nn.Identity())
+
+    def reset_classifier(self, num_classes: int = 0) -> None:
+        """Drop the classifier (0) or replace it by a new one of ``num_classes`` rows."""
+        self.classifier = (nn.Linear(NUM_FEATURES, num_classes) if num_classes
+                           else nn.Identity())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Stem, blocks, head, global average pool, classifier."""
+        x = self.bn2(self.conv_head(self.blocks(self.bn1(self.conv_stem(x)))))
+        return self.classifier(F.adaptive_avg_pool2d(x, 1).flatten(1))
