@@ -205,3 +205,30 @@ def test_ceiling_whose_fold_holds_out_two_sections_is_refused(bulk_run, tmp_path
     line = error.value.one_line()
     assert "fold 0 of the spot run holds out S1 and S2" in line and str(path) in line
     assert "group_by: sample_id" in line and "\n" not in line
+
+
+def test_report_refuses_a_ceiling_with_the_wrong_folds_in_one_line(bulk_run, tmp_path):
+    """`slide2expr report --ceiling` with a spot run whose fold holds out two sections: exit
+    2, one line naming the file, and no report written (the ceiling is read before the maps)."""
+    import subprocess
+    import sys
+
+    from slide2expr.contracts.predictions import write_predictions
+
+    adata, truth = bulk_run
+    predictions = tmp_path / "predictions" / "he2rna.h5ad"
+    predictions.parent.mkdir()
+    written = adata.copy()
+    written.layers["baseline_ridge"] = written.layers["predicted"]  # as train writes it
+    write_predictions(written, predictions)
+    bad = tmp_path / "spot_predictions.h5ad"
+    _spot_run(adata, truth, bad, folds={"S1": 0, "S2": 0, "S3": 1}, noise=0.2,
+              rng=np.random.default_rng(3))
+    out = tmp_path / "report" / "he2rna"
+    proc = subprocess.run([sys.executable, "-m", "slide2expr", "-q", "report", str(predictions),
+                           "-o", str(out), "--bootstrap", "0", "--ceiling", str(bad)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and str(bad) in lines[0] and "holds out S1 and S2" in lines[0]
+    assert not out.exists() or not any(out.iterdir())

@@ -62,8 +62,8 @@ def test_early_stopping_keeps_the_first_best_epoch_and_stops_after_patience():
     y = x[:, :2] + 0.3 * torch.as_tensor(rng.normal(size=(120, 2)), dtype=torch.float32)
     torch.manual_seed(0)
     head = build_head("mlp", in_dim=6, n_genes=2, hidden=8, lr=0.05)
-    history = train_epochs(head, x[:90], y[:90], batch_size=16, max_epochs=40, seed=0,
-                           x_val=x[90:], y_val=y[90:], min_epochs=3, patience=2)
+    history = train_epochs(head, x, y, torch.arange(90), batch_size=16, max_epochs=40,
+                           seed=0, val_rows=torch.arange(90, 120), min_epochs=3, patience=2)
     scores = [row["val_pearson"] for row in history.rows]
     assert history.best_epoch == int(np.argmax(scores))  # argmax: the first of equal maxima
     assert history.best_score == max(scores)
@@ -136,3 +136,21 @@ def test_ridge_path_equals_the_closed_form_in_the_dual_and_primal_forms(shape):
         got = net.unstandardise(net.tile_outputs(torch.as_tensor(x_new, dtype=torch.float32)))
     xs, xs_new = standardise(x, x_new)
     np.testing.assert_allclose(got.numpy(), ridge_path(xs, y, xs_new, [30.0])[0], atol=1e-4)
+
+
+def test_the_bases_of_a_large_fold_come_from_evenly_spaced_rows(monkeypatch):
+    from slide2expr.predict.nets import context
+
+    monkeypatch.setattr(context, "BASIS_ROWS", 50)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(400, 12)).astype(np.float32)
+    y = rng.normal(size=(400, 5)).astype(np.float32)
+    net = context.ContextNet(in_dim=12, n_genes=5, blocks=[6, 6], hidden=8, heads=2,
+                             input_pca=3, output_rank=2)
+    net.fit_bases(x, y)
+    rows = np.round(np.linspace(0, 399, 50)).astype(int)
+    expected = context.principal_axes(torch.as_tensor(x[rows, :6]), 3)
+    torch.testing.assert_close(net.pca_0.T, expected)
+    _, _, vt = np.linalg.svd(x[rows, :6] - x[rows, :6].mean(0))
+    cos = np.abs((net.pca_0.T.numpy() * vt[:3]).sum(axis=1))
+    np.testing.assert_allclose(cos, 1.0, atol=1e-5)  # the SVD's axes, up to sign

@@ -228,15 +228,16 @@ def score_maps(adata: Any, model_dir: str | Path | None, *, top_n: int = 50,
     obs = adata.obs
     folds = obs[Key.FOLD].astype(int).to_numpy()
     measured = np.asarray(adata.X, dtype=np.float64)
+    genes = [str(g) for g in adata.var_names]
+    # the ceiling first: a spot run with the wrong folds is refused before any slow work
+    spot_run = (read_ceiling(ceiling, genes, list(dict.fromkeys(_sections(obs))))
+                if ceiling is not None else None)
     if heads is None:
         heads = {int(f): load_trained_head(model_dir, fold=int(f)) for f in np.unique(folds)
                  if f != NOT_HELD_OUT}
     truth = read_spot_truth(adata, predicted=np.asarray(adata.layers[Key.PREDICTED],
                                                         dtype=np.float64))
-    genes = truth.genes
     section_of = dict(zip(obs[Key.SAMPLE_ID].astype(str), _sections(obs), strict=True))
-    spot_run = (read_ceiling(ceiling, genes, list(truth.by_section)) if ceiling is not None
-                else None)
     rng = np.random.default_rng(seed)
     rows, boot_means = [], {}
     for section, (members, regs, spots) in truth.by_section.items():

@@ -12,8 +12,9 @@ spots"), the Lightning path spent its time in:
   ``bernoulli_`` draws are 3x slower than comparing ``torch.rand`` to ``p``);
 - the context head's auxiliary losses, which ran the block projections a second time.
 
-Here the fold's rows are tensors in memory, a batch is one index into them, validation is
-one forward pass over the inner validation units, the best epoch's weights are kept in
+Here the feature matrix is one tensor shared with the source (no copy of the fold's rows,
+which at 100x the her2st spots are 1.9 GB), a batch is gathered by one index into it,
+validation is a forward pass over the inner validation units (in chunks), the best epoch's weights are kept in
 memory and written once, dropout draws its mask with ``torch.rand``
 (:class:`MaskDropout`), and the context head computes its fused and auxiliary outputs from
 one set of block tokens (:meth:`~slide2expr.train.heads.base.RegressionHead.training_loss`).
@@ -138,11 +139,12 @@ def batches(n: int, batch_size: int, generator: torch.Generator,
     return [order[b * batch_size:(b + 1) * batch_size] for b in range(n_batches)]
 
 
-def train_epochs(module: Any, x: torch.Tensor, y: torch.Tensor, *, batch_size: int,
-                 max_epochs: int, seed: int, x_val: torch.Tensor | None = None,
-                 y_val: torch.Tensor | None = None, min_epochs: int = 0,
+def train_epochs(module: Any, x: torch.Tensor, y: torch.Tensor, train_rows: torch.Tensor, *,
+                 batch_size: int, max_epochs: int, seed: int,
+                 val_rows: torch.Tensor | None = None, min_epochs: int = 0,
                  patience: int | None = None) -> History:
-    """Train ``module`` on rows ``x``/``y``; with validation rows, keep the best epoch by
+    """Train ``module`` on the rows ``train_rows`` of ``x``/``y`` (each batch gathered from
+    them: the fold's rows are never copied); with ``val_rows``, keep the best epoch by
     validation r and stop early (Lightning's ``EarlyStopping``/``ModelCheckpoint`` rules).
 
     Returns
@@ -155,12 +157,13 @@ def train_epochs(module: Any, x: torch.Tensor, y: torch.Tensor, *, batch_size: i
     opt = optimiser(module)
     history = History()
     wait = 0
-    validate = x_val is not None and len(x_val) > 0
+    validate = val_rows is not None and len(val_rows) > 0
     for epoch in range(max_epochs):
         module.train()
         total, seen = 0.0, 0
-        for idx in batches(len(x), batch_size, generator, x.device):
-            loss = module.training_loss({"x": x[idx], "y": y[idx]})
+        for idx in batches(len(train_rows), batch_size, generator, train_rows.device):
+            rows = train_rows[idx]
+            loss = module.training_loss({"x": x[rows], "y": y[rows]})
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -168,7 +171,7 @@ def train_epochs(module: Any, x: torch.Tensor, y: torch.Tensor, *, batch_size: i
             seen += len(idx)
         row = {"epoch": epoch, "train_loss": total / max(seen, 1)}
         if validate:
-            row.update(evaluate(module, x_val, y_val))
+            row.update(evaluate(module, x, y, val_rows))
         history.rows.append(row)
         if not validate:
             continue
@@ -187,48 +190,73 @@ def train_epochs(module: Any, x: torch.Tensor, y: torch.Tensor, *, batch_size: i
 
 
 @torch.no_grad()
-def evaluate(module: Any, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
-    """Validation loss (MSE on standardised targets) and mean per-gene r, in eval mode."""
+def evaluate(module: Any, x: torch.Tensor, y: torch.Tensor,
+             rows: torch.Tensor) -> dict[str, float]:
+    """Validation loss (MSE on standardised targets) and mean per-gene r of the rows
+    ``rows``, in eval mode."""
     module.eval()
-    pred = module({"x": x})
-    target = module.network.standardise_targets(y)
+    pred = standardised_outputs(module.network, x, rows)
+    target = module.network.standardise_targets(y[rows])
     out = {"val_loss": float(nn.functional.mse_loss(pred, target)),
            "val_pearson": pearson_mean(pred, target)}
     module.train()
     return out
 
 
-@torch.no_grad()
-def predict_rows(network: nn.Module, x: torch.Tensor, chunk: int = 4096) -> np.ndarray:
-    """Predictions in expression units of raw feature rows, in eval mode."""
-    network.eval()
-    parts = [network.unstandardise(network({"x": x[i:i + chunk]}))
-             for i in range(0, len(x), chunk)]
+def standardised_outputs(network: nn.Module, x: torch.Tensor, rows: torch.Tensor,
+                         chunk: int = 4096) -> torch.Tensor:
+    """The network's standardised outputs for the rows ``rows`` of ``x``, in chunks."""
+    parts = [network({"x": x[rows[i:i + chunk]]}) for i in range(0, len(rows), chunk)]
     if not parts:
-        return np.zeros((0, network.n_genes), dtype=np.float32)
-    return torch.cat(parts).float().cpu().numpy()
+        return torch.zeros((0, network.n_genes), device=x.device)
+    return torch.cat(parts)
+
+
+@torch.no_grad()
+def predict_rows(network: nn.Module, x: torch.Tensor, rows: torch.Tensor) -> np.ndarray:
+    """Predictions in expression units of the rows ``rows`` of ``x``, in eval mode."""
+    network.eval()
+    out = network.unstandardise(standardised_outputs(network, x, rows))
+    return out.float().cpu().numpy()
+
+
+def basis_rows(train_idx: np.ndarray) -> np.ndarray:
+    """The training rows the context net's bases are fitted on: all, or
+    :data:`~slide2expr.predict.nets.context.BASIS_ROWS` evenly spaced ones (the rows
+    ``fit_bases`` itself would keep), so no more than those are copied."""
+    from slide2expr.predict.nets.context import BASIS_ROWS
+
+    if len(train_idx) <= BASIS_ROWS:
+        return train_idx
+    return train_idx[np.round(np.linspace(0, len(train_idx) - 1, BASIS_ROWS)).astype(int)]
 
 
 def build_member(head: str, hparams: dict, data: Any, *, pearson_weight: float,
-                 train_idx: np.ndarray, x: torch.Tensor, y: torch.Tensor) -> Any:
-    """A fresh head with the standardisation (and fixed bases) of ``train_idx``, whose
-    rows are ``x``/``y``."""
+                 train_idx: np.ndarray) -> Any:
+    """A fresh head with the standardisation (and fixed bases) of ``train_idx``."""
     from slide2expr.train.heads import build_head
 
     module = build_head(head, **hparams)
     module.pearson_weight = pearson_weight
     module.set_standardisation(**data.refit_on(train_idx).standardisation())
     if hasattr(module, "fit_bases"):
-        module.fit_bases(x.cpu(), y.cpu())
+        rows = basis_rows(np.asarray(train_idx))
+        module.fit_bases(data.source.matrix[rows], data.targets[rows])
     use_mask_dropout(module.network)
     return module
 
 
-def rows(data: Any, idx: np.ndarray, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Feature and target rows ``idx`` of a fold's data as float32 tensors on ``device``."""
-    x = torch.from_numpy(np.ascontiguousarray(data.source.matrix[idx], dtype=np.float32))
-    y = torch.from_numpy(np.ascontiguousarray(data.targets[idx], dtype=np.float32))
+def fold_tensors(data: Any, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every row of the fold's features and targets as float32 tensors on ``device`` (on
+    the CPU the feature matrix is shared with the source, not copied)."""
+    x = torch.from_numpy(np.ascontiguousarray(data.source.matrix, dtype=np.float32))
+    y = torch.from_numpy(np.ascontiguousarray(data.targets, dtype=np.float32))
     return x.to(device), y.to(device)
+
+
+def index(idx: np.ndarray, device: torch.device) -> torch.Tensor:
+    """Row indices as a tensor on ``device``."""
+    return torch.as_tensor(np.asarray(idx, dtype=np.int64), device=device)
 
 
 def device_for(accelerator: str) -> torch.device:
@@ -249,37 +277,34 @@ def save_checkpoint(module: Any, path: Path, *, epoch: int) -> None:
 def fit_member_plain(head: str, hparams: dict, data: Any, *, config: Any, seed: int,
                      out_dir: Path, refit_idx: np.ndarray | None = None) -> dict[str, Any]:
     """Train one spot-mode member with the plain loop; the same contract as
-    :func:`slide2expr.train.run.fit_member` (its returned dict, ``best.ckpt`` and
+    :func:`slide2expr.train.members.fit_member` (its returned dict, ``best.ckpt`` and
     ``metrics.csv`` in ``out_dir``)."""
     seed_everything(seed)
     out_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     device = device_for(config.accelerator)
-    x, y = rows(data, data.train_idx, device)
-    x_val, y_val = rows(data, data.val_idx, device)
+    x, y = fold_tensors(data, device)
     module = build_member(head, hparams, data, pearson_weight=config.pearson_weight,
-                          train_idx=data.train_idx, x=x, y=y).to(device)
-    batch_size = data.batch_size
-    history = train_epochs(module, x, y, batch_size=batch_size, max_epochs=config.max_epochs,
-                           seed=seed, x_val=x_val, y_val=y_val,
+                          train_idx=data.train_idx).to(device)
+    val_rows = index(data.val_idx, device)
+    history = train_epochs(module, x, y, index(data.train_idx, device),
+                           batch_size=data.batch_size, max_epochs=config.max_epochs,
+                           seed=seed, val_rows=val_rows,
                            min_epochs=min(config.min_epochs, config.max_epochs),
                            patience=config.patience)
     history.write_csv(out_dir / "metrics.csv")
     module.load_state_dict(history.best_state)
-    val_predicted = predict_rows(module.network, x_val) if len(x_val) else None
+    val_predicted = predict_rows(module.network, x, val_rows) if len(val_rows) else None
     best_epoch, epochs, best = history.best_epoch, history.epochs, history.best_score
     if refit_idx is not None:
         # Same settings, all training-fold units, as many epochs as the best inner model.
         seed_everything(seed)
-        del x, y
-        x_all, y_all = rows(data, refit_idx, device)
         module = build_member(head, hparams, data, pearson_weight=config.pearson_weight,
-                              train_idx=refit_idx, x=x_all, y=y_all).to(device)
-        refit = train_epochs(module, x_all, y_all, batch_size=batch_size,
-                             max_epochs=best_epoch + 1, seed=seed)
+                              train_idx=refit_idx).to(device)
+        refit = train_epochs(module, x, y, index(refit_idx, device),
+                             batch_size=data.batch_size, max_epochs=best_epoch + 1, seed=seed)
         refit.write_csv(out_dir / "refit" / "metrics.csv")
-    x_test, _ = rows(data, data.test_idx, device)
-    predicted = predict_rows(module.network, x_test)
+    predicted = predict_rows(module.network, x, index(data.test_idx, device))
     module = module.cpu().eval()
     save_checkpoint(module, out_dir / "best.ckpt", epoch=best_epoch)
     return {"module": module, "predicted": predicted, "val_predicted": val_predicted,

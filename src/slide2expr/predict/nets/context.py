@@ -21,6 +21,11 @@ from torch import nn
 
 from slide2expr.predict.nets.base import HeadNet
 
+#: :meth:`ContextNet.fit_bases` fits the axes on at most this many training rows (evenly
+#: spaced): its cost, ``rows x 1280^2`` a block, was the largest part of a member's training
+#: at 10x the her2st spots (docs/benchmarks.md, "Training cost at 10x and 100x the spots").
+BASIS_ROWS = 8192
+
 
 class ContextNet(HeadNet):
     """Per-block projections, spot-query attention fusion, and a linear read-out.
@@ -82,8 +87,13 @@ class ContextNet(HeadNet):
 
     def fit_bases(self, x_train: np.ndarray, y_train: np.ndarray) -> None:
         """Fit the fixed input PCA (per block) and output basis on the training fold's raw
-        features and targets, after :meth:`set_standardisation`."""
+        features and targets, after :meth:`set_standardisation` (on :data:`BASIS_ROWS`
+        evenly spaced rows of a larger fold)."""
         x = torch.as_tensor(x_train, dtype=torch.float32)
+        y = torch.as_tensor(y_train, dtype=torch.float32)
+        if len(x) > BASIS_ROWS:  # evenly spaced rows: the axes of a large fold at a fixed cost
+            rows = torch.linspace(0, len(x) - 1, BASIS_ROWS).round().long()
+            x, y = x[rows], y[rows]
         start = 0
         for i, (r, b) in enumerate(zip(self.reduced, self.blocks, strict=True)):
             if r < b:  # one block standardised at a time: no copy of the whole matrix
@@ -92,7 +102,7 @@ class ContextNet(HeadNet):
                 getattr(self, f"pca_{i}").copy_(principal_axes(part, r).T)
             start += b
         if self.rank:
-            y = (torch.as_tensor(y_train, dtype=torch.float32) - self.target_mean) / self.target_std
+            y = (y - self.target_mean) / self.target_std
             self.target_basis.copy_(principal_axes(y, self.rank))
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
