@@ -154,12 +154,16 @@ def table(args: argparse.Namespace) -> None:
                        pred.obs.groupby("sample_id", observed=True)["fold"].first().items()}
             groups = ([list(fold_of)] if scenario == "loso_C" else
                       [[s for s, f in fold_of.items() if f == k] for k in sorted(set(fold_of.values()))])
+            add_head_or_ridge(pred)
             tables = {layer: section_table(pred, layer) for layer in
-                      ("predicted", "predicted_head", "baseline_ridge") if layer in pred.layers}
+                      ("predicted", HEAD_OR_RIDGE, "predicted_head", "baseline_ridge")
+                      if layer in pred.layers}
             for sections in groups:
                 label = ("C LOSO" if scenario == "loso_C" else split_label(pred, sections))
                 shipped = ", ".join(f"{s}: {winners.get(fold_of[s], '?')}" for s in sections)
-                for layer, name in (("predicted", f"shipped ({head} + select)"),
+                for layer, name in (("predicted", f"shipped ({head} + select, as run)"),
+                                    (HEAD_OR_RIDGE, f"{head} or ridge by inner score "
+                                     "(select_blend: patients here)"),
                                     ("predicted_head", f"{head} head"),
                                     ("baseline_ridge", f"ridge ({head}'s inputs)")):
                     if layer not in tables:
@@ -193,12 +197,83 @@ def table(args: argparse.Namespace) -> None:
         print(f"- {note}")
 
 
+HEAD_OR_RIDGE = "head_or_ridge"
+
+
+def add_head_or_ridge(pred: Any) -> None:
+    """``layers[HEAD_OR_RIDGE]``: per fold the head's predictions or ridge's, whichever
+    scored higher on the run's inner validation (a tie keeps the head): what
+    ``train.select: auto`` ships when the blend is not compared (``select_blend: patients``
+    with section-grouped inner validation, as in every split here). Exact for a run that
+    compared the blend too: the head's training and ridge's fit do not depend on it, and a
+    fold that ships ridge ships the ridge baseline's model (same alpha, same units)."""
+    if "predicted_head" not in pred.layers or "baseline_ridge" not in pred.layers:
+        return
+    out = np.array(pred.layers["predicted_head"], dtype=np.float32, copy=True)
+    folds = pred.obs["fold"].to_numpy()
+    for name, info in pred.uns["slide2expr"]["train"]["folds"].items():
+        scores = info["selection"]["inner_scores"]
+        head = pred.uns["slide2expr"]["train"]["head"]
+        ridge, mine = scores.get("ridge"), scores.get(head)
+        if ridge is not None and (mine is None or ridge > mine):
+            rows = folds == int(str(name).removeprefix("fold"))
+            out[rows] = pred.layers["baseline_ridge"][rows]
+    pred.layers[HEAD_OR_RIDGE] = out
+
+
 def _plain(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _plain(v) for k, v in value.items()}
     if isinstance(value, np.generic):
         return value.item()
     return value
+
+
+def neighbour_mean(values: np.ndarray, xy: np.ndarray, sections: np.ndarray,
+                   reach: float = 1.5) -> np.ndarray:
+    """Each spot's mean over its section's neighbours within ``reach`` x the section's median
+    nearest-neighbour distance (itself excluded; itself when it has none)."""
+    from scipy.spatial import cKDTree
+
+    out = np.array(values, dtype=np.float64, copy=True)
+    for s in np.unique(sections):
+        idx = np.flatnonzero(sections == s)
+        tree = cKDTree(xy[idx])
+        radius = np.median(tree.query(xy[idx], k=2)[0][:, 1]) * reach
+        for i, near in enumerate(tree.query_ball_point(xy[idx], radius)):
+            others = [idx[j] for j in near if j != i]
+            if others:
+                out[idx[i]] = values[others].mean(axis=0)
+    return out
+
+
+def smoothing(args: argparse.Namespace) -> None:
+    """Test-time spatial smoothing, measured only: ``(1 - a) * prediction + a * the mean of
+    the spot's neighbours' predictions`` (image side only), top-50 mean r per split."""
+    import anndata as ad
+
+    print("| run | layer | a | " + " | ".join(args.splits) + " |")
+    print("| --- | --- | --- | " + " | ".join("---" for _ in args.splits) + " |")
+    for path in args.predictions:
+        pred = ad.read_h5ad(path)
+        add_head_or_ridge(pred)
+        xy = np.asarray(pred.obsm["spatial"], dtype=np.float64)
+        sections = pred.obs["sample_id"].astype(str).to_numpy()
+        for layer in args.layers:
+            if layer not in pred.layers:
+                continue
+            values = np.asarray(pred.layers[layer], dtype=np.float64)
+            near = neighbour_mean(values, xy, sections)
+            for a in args.weights:
+                pred.layers["_smoothed"] = ((1 - a) * values + a * near).astype(np.float32)
+                t = section_table(pred, "_smoothed")["top50"]
+                patient = pred.obs.groupby("sample_id", observed=True)["patient"].first()
+                cells = []
+                for split in args.splits:  # "C" (every C section) or "A"
+                    keep = [s for s in t.index if str(patient[s]) == split]
+                    cells.append(f"{t.loc[keep].mean():.3f}" if keep else "")
+                print(f"| {Path(path).parent.name}/{Path(path).stem} | {layer} | {a} | "
+                      + " | ".join(cells) + " |", flush=True)
 
 
 BLOCK_SETS = (("spot",), ("ctx1000",), ("ctx1000", "slide"), ("ctx300", "ctx1000"),
@@ -268,8 +343,16 @@ def main() -> None:
     r.add_argument("dataset")
     r.add_argument("--data-root", default=str(REPO.parent / "shared" / "data"))
     r.add_argument("--sets", default="", help="block sets, e.g. spot,ctx1000+slide")
+    m = sub.add_parser("smoothing")
+    m.add_argument("predictions", nargs="+")
+    m.add_argument("--layers", nargs="+", default=[HEAD_OR_RIDGE, "predicted_head",
+                                                  "baseline_ridge"])
+    m.add_argument("--weights", nargs="+", type=float, default=[0.0, 0.25, 0.5, 0.75])
+    m.add_argument("--splits", nargs="+", default=["C", "A"],
+                   help="held-out patients, one column each")
     args = parser.parse_args()
-    {"train": train, "table": table, "ridge-blocks": ridge_blocks}[args.command](args)
+    {"train": train, "table": table, "ridge-blocks": ridge_blocks,
+     "smoothing": smoothing}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -42,7 +42,7 @@ def _is_text(node: ast.expr) -> bool:
 
 def string_key_reads(path: Path) -> list[int]:
     """Lines of ``path`` that index, ``get``, ``pop`` or ``setdefault`` an attrs object
-    with a string key."""
+    with a string key, or ``getattr`` one with a string."""
     lines = []
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.Subscript) and _holds_attrs(node.value) and _is_text(node.slice):
@@ -50,6 +50,10 @@ def string_key_reads(path: Path) -> list[int]:
         elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
               and node.func.attr in ("get", "pop", "setdefault")
               and _holds_attrs(node.func.value) and node.args and _is_text(node.args[0])):
+            lines.append(node.lineno)
+        elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+              and node.func.id in ("getattr", "setattr") and len(node.args) >= 2
+              and _holds_attrs(node.args[0]) and _is_text(node.args[1])):
             lines.append(node.lineno)
     return sorted(set(lines))
 
@@ -71,8 +75,8 @@ def test_the_scan_finds_string_key_reads(tmp_path):
     probe = tmp_path / "probe.py"
     probe.write_text("a = fs.attrs['slide_mpp']\nb = attrs.get('x', 0)\n"
                      "c = t.attrs.extra['spaceranger_image']\nd = fs.attrs.slide_mpp\n"
-                     "e = feature_attrs[sid]\n")
-    assert string_key_reads(probe) == [1, 2, 3]
+                     "e = feature_attrs[sid]\nf = getattr(tmap.attrs, 'head')\n")
+    assert string_key_reads(probe) == [1, 2, 3, 6]
 
 
 def test_every_allowed_module_still_needs_it():

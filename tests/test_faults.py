@@ -730,8 +730,8 @@ def test_train_never_empties_a_models_dir_it_did_not_make(spot_dataset, tmp_path
     shutil.copy(spot_dataset, mine / "dataset.h5ad")  # even the input dataset
     (mine / "notes.txt").write_text("three weeks of notes\n")
     before = snapshot(tmp_path)
-    proc = cli("train", mine / "dataset.h5ad", "--models-dir", mine, "--predictions",
-               tmp_path / "pred.h5ad", "--config-json", TINY_TRAIN)
+    proc = cli("train", mine / "dataset.h5ad", "--head", "mlp", "--models-dir", mine,
+               "--predictions", tmp_path / "pred.h5ad", "--config-json", TINY_TRAIN)
     line = one_clean_error(proc)
     assert proc.returncode == 2, proc.stderr
     assert str(mine) in line and "did not write" in line and "dataset.h5ad" in line
@@ -879,8 +879,8 @@ def test_train_stops_at_a_full_disk(full, spot_dataset, small_disk):
     small, roomy = small_disk(16), small_disk(4096)
     models = (small if full == "models" else roomy) / "models"
     predictions = (small if full == "predictions" else roomy) / "pred.h5ad"
-    proc = cli("train", spot_dataset, "--models-dir", models, "--predictions", predictions,
-               "--config-json", TINY_TRAIN)
+    proc = cli("train", spot_dataset, "--head", "mlp", "--models-dir", models,
+               "--predictions", predictions, "--config-json", TINY_TRAIN)
     line = one_clean_error(proc)
     assert proc.returncode == 1, proc.stderr
     named = models if full == "models" else predictions
@@ -1026,3 +1026,21 @@ def test_faults_hidden_in_h5py_messages_are_recognised():
     assert environment_fault(OSError(errno.ENOENT, "missing")) is None
     fault = environment_fault(PermissionError(errno.EACCES, "denied", "/x/y"))
     assert fault is not None and fault.path == "/x/y" and json.dumps(fault.one_line())
+
+
+def test_train_without_head_trains_the_first_of_train_heads(spot_dataset, tmp_path):
+    """``slide2expr train`` without ``--head`` trains the schema's default head (context),
+    so a dataset without its context windows is refused in one line naming the missing
+    block; ``train.heads: [mlp]`` in the config makes it train mlp."""
+    models, predictions = tmp_path / "models", tmp_path / "pred.h5ad"
+    proc = cli("train", spot_dataset, "--models-dir", models, "--predictions", predictions,
+               "--config-json", TINY_TRAIN)
+    line = one_clean_error(proc)
+    assert proc.returncode == 2, proc.stderr
+    assert "train input 'ctx300'" in line and "train.inputs" in line
+    assert not models.exists() and not predictions.exists()
+    mlp = json.dumps({"train": {**json.loads(TINY_TRAIN)["train"], "heads": ["mlp"]}})
+    proc = cli("train", spot_dataset, "--models-dir", models, "--predictions", predictions,
+               "--config-json", mlp)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((models / "fold0" / "head.json").read_text())["head"] == "mlp"

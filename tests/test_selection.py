@@ -12,6 +12,7 @@ from test_train import planted_dataset
 
 import slide2expr.train.folds as train_folds
 import slide2expr.train.run as train_run
+from slide2expr.errors import InputError
 from slide2expr.predict import load_trained_head
 from slide2expr.train.baselines import (
     pearson_columns,
@@ -21,7 +22,7 @@ from slide2expr.train.baselines import (
 )
 from slide2expr.train.config import TrainConfig
 from slide2expr.train.scaling import standardise
-from slide2expr.train.selection import Selection, inner_score
+from slide2expr.train.selection import BLEND_WEIGHTS, Selection, blend_scores, inner_score
 
 QUICK = {"folds": 4, "max_epochs": 3, "min_epochs": 1, "hidden": 16, "patience": 3,
          "batch_size": 32, "baselines": ["ridge", "mean"]}
@@ -63,10 +64,11 @@ def _selection_of_fold(adata, tmp_path, name, patient="p0", **settings) -> dict:
     return json.loads((models / _fold_of(out, patient) / "head.json").read_text())["selection"]
 
 
-def _leaky_select_model(head, config, members, source, y_fit, y, *, splits, inner_all, rows):
+def _leaky_select_model(head, config, members, source, y_fit, y, *, splits, inner_all, rows,
+                        **kwargs):
     """A deliberately wrong selection that scores the head on the held-out units too."""
     selection = _honest_select_model(head, config, members, source, y_fit, y, splits=splits,
-                                     inner_all=inner_all, rows=rows)
+                                     inner_all=inner_all, rows=rows, **kwargs)
     test = np.setdiff1d(np.arange(len(y)), np.union1d(*splits[0]))  # the held-out units
     for mem in members:
         selection.head_scores.append(inner_score(mem["predicted"], y[test],
@@ -95,26 +97,108 @@ def test_selection_never_reads_the_held_out_units(tmp_path, monkeypatch):
     assert leaky_shifted["inner_scores"] != leaky_clean["inner_scores"]
 
 
-def test_ridge_ships_when_it_wins_inner_validation(tmp_path):
-    """A head that cannot learn (lr 1e-7) loses to ridge on linear signal: every fold ships
-    ridge, predictions equal the ridge baseline's, the saved model reproduces them, and the
-    head's own predictions stay in layers['predicted_head']."""
+def test_each_fold_ships_the_winner_of_its_inner_validation(tmp_path):
+    """A head that cannot learn (lr 1e-7) loses to ridge on linear signal: no fold ships the
+    head; each fold ships the candidate with the highest recorded inner score (ridge, or the
+    blend with ridge's weight in head.json); the predictions are that candidate's (ridge's
+    equal the ridge baseline, the blend's the weighted mean of the head's and ridge's), the
+    saved model reproduces them, and the head's own stay in layers['predicted_head']."""
     adata = planted_dataset(n_patients=4, per_patient=25, n_signal=3, n_noise=1)
     out, models = _train(adata, tmp_path, "weak", lr=1e-7)
     summary = out.uns["slide2expr"]["train"]["selection"]
-    assert summary["shipped"] == "ridge" and len(summary["ridge_folds"]) == 4
-    np.testing.assert_allclose(out.layers["predicted"], out.layers["baseline_ridge"],
-                               rtol=1e-4, atol=1e-4)
+    assert summary["shipped"] in ("ridge", "blend", "mixed")
+    assert sorted([*summary["ridge_folds"], *summary["blend_folds"]]) == [
+        f"fold{k}" for k in range(4)]
     assert not np.allclose(out.layers["predicted_head"], out.layers["predicted"], atol=1e-3)
     for k in range(4):
-        meta = json.loads((models / f"fold{k}" / "head.json").read_text())
-        sel = meta["selection"]
-        assert sel["winner"] == "ridge" and sel["compared"] == ["mlp", "ridge"]
-        assert sel["inner_scores"]["ridge"] > sel["inner_scores"]["mlp"]
+        sel = json.loads((models / f"fold{k}" / "head.json").read_text())["selection"]
+        scores = sel["inner_scores"]
+        assert sel["compared"] == ["mlp", "blend", "ridge"]
+        assert sel["winner"] == max(sel["compared"], key=lambda c: scores[c])
+        assert scores[sel["winner"]] > scores["mlp"]
         rows = (out.obs["fold"] == k).to_numpy()
+        ridge, head = out.layers["baseline_ridge"][rows], out.layers["predicted_head"][rows]
+        if sel["winner"] == "ridge":
+            want = ridge
+        else:
+            w = sel["blend_weight"]
+            assert w in BLEND_WEIGHTS
+            assert json.loads((models / f"fold{k}" / "ridge" / "head.json").read_text()
+                              )["blend_weight"] == w
+            want = (1 - w) * head + w * ridge
+        np.testing.assert_allclose(out.layers["predicted"][rows], want, rtol=1e-4, atol=1e-4)
         shipped = load_trained_head(models, fold=k)
-        np.testing.assert_allclose(shipped.predict_tiles(adata.obsm["X_toy"][rows]),
-                                   out.layers["predicted"][rows], rtol=1e-4, atol=1e-4)
+        mean, spread = shipped.predict_tiles_spread(adata.obsm["X_toy"][rows])
+        np.testing.assert_allclose(mean, out.layers["predicted"][rows], rtol=1e-4, atol=1e-4)
+        if sel["winner"] == "blend":
+            np.testing.assert_allclose(spread, out.layers["predicted_sd"][rows], rtol=1e-3,
+                                       atol=1e-4)
+
+
+def _noisy_copies(noise_head: float, noise_ridge: float, n: int = 3000, genes: int = 4):
+    rng = np.random.default_rng(0)
+    truth = rng.normal(size=(n, genes))
+    return (truth, truth + noise_head * rng.normal(size=truth.shape),
+            truth + noise_ridge * rng.normal(size=truth.shape), np.repeat(["a", "b"], n // 2))
+
+
+def test_blend_wins_when_head_and_ridge_err_independently():
+    """Head and ridge with independent errors of the same size: their mean has half the
+    error variance, so the blend at weight 0.5 beats both (r 0.82 vs 0.71 for noise SD 1)."""
+    truth, head, ridge, groups = _noisy_copies(1.0, 1.0)
+    sel = Selection(head="context", mode="auto", head_scores=[inner_score(head, truth, groups)],
+                    ridge_scores=[inner_score(ridge, truth, groups)],
+                    blend_member_scores=[blend_scores(head, ridge, truth, groups)])
+    assert sel.winner == "blend" and sel.blend_weight == 0.5
+    assert sel.blend_score == pytest.approx(np.sqrt(1 / 1.5), abs=0.02)
+    assert sel.blend_score > max(sel.head_score, sel.ridge_score) + 0.08
+    record = sel.record()
+    assert record["compared"] == ["context", "blend", "ridge"] and record["winner"] == "blend"
+
+
+def test_head_wins_when_ridge_only_adds_error():
+    """A head ten times more accurate than ridge: every blend weight (>= 0.25) mixes in more
+    error than it removes, so the head ships."""
+    truth, head, ridge, groups = _noisy_copies(0.1, 1.0)
+    sel = Selection(head="context", mode="auto", head_scores=[inner_score(head, truth, groups)],
+                    ridge_scores=[inner_score(ridge, truth, groups)],
+                    blend_member_scores=[blend_scores(head, ridge, truth, groups)])
+    assert sel.winner == "context" and sel.blend_weight == 0.25
+    assert sel.head_score > sel.blend_score > sel.ridge_score
+
+
+def _linear_net(rng, x, genes, scale):
+    return ridge_network(x, x[:, :genes] * scale + rng.normal(size=(len(x), genes)), alpha=1.0)
+
+
+def test_a_blend_fold_predicts_the_weighted_mean_of_its_members_and_ridge(tmp_path):
+    """Two head members and a ridge model saved as a blend fold (weight 0.25): prediction
+    is 0.375 * m0 + 0.375 * m1 + 0.25 * ridge, the spread the weighted SD around it (what
+    training computes), and a new slide averaged over two folds weighs each fold 1/2."""
+    from slide2expr.train.folds import blended
+    from slide2expr.train.save import save_head
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(60, 5)).astype(np.float32)
+    nets = [_linear_net(rng, x, 3, s) for s in (1.0, -2.0, 4.0)]
+    meta = {"head": "mlp", "genes": ["g0", "g1", "g2"], "inputs": ["spot"], "mode": "spot"}
+    fold = tmp_path / "models" / "fold0"
+    save_head(nets[0], fold, meta={**meta, "hparams": nets[0].hparams})
+    save_head(nets[1], fold / "member1", meta={**meta, "hparams": nets[1].hparams})
+    save_head(nets[2], fold / "ridge", meta={**meta, "hparams": nets[2].hparams,
+                                            "model": "blend", "blend_weight": 0.25})
+    single = [ridge_predict(net, x) for net in nets]
+    want, want_sd = blended(np.stack(single[:2]), single[2], 0.25)
+    np.testing.assert_allclose(want, 0.375 * single[0] + 0.375 * single[1] + 0.25 * single[2],
+                               rtol=1e-5, atol=1e-5)
+    mean, spread = load_trained_head(tmp_path / "models", fold=0).predict_tiles_spread(x)
+    np.testing.assert_allclose(mean, want, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(spread, want_sd, rtol=1e-4, atol=1e-4)
+    # a second fold that ships ridge alone: the average over folds weighs each fold 1/2
+    save_head(nets[2], tmp_path / "models" / "fold1" / "ridge",
+              meta={**meta, "hparams": nets[2].hparams, "model": "ridge"})
+    both = load_trained_head(tmp_path / "models").predict_tiles(x)
+    np.testing.assert_allclose(both, 0.5 * want + 0.5 * single[2], rtol=1e-4, atol=1e-4)
 
 
 def test_select_off_always_ships_the_head(tmp_path):
@@ -156,6 +240,9 @@ def test_inner_score_is_the_mean_of_per_group_gene_r():
 def test_ties_and_missing_ridge_keep_the_head():
     sel = Selection(head="context", mode="auto", head_scores=[0.3], ridge_scores=[0.3])
     assert sel.winner == "context"
+    sel = Selection(head="context", mode="auto", head_scores=[0.3], ridge_scores=[0.32],
+                    blend_member_scores=[[0.31, 0.32, 0.32]])
+    assert sel.winner == "blend" and sel.blend_weight == 0.5  # a tie goes to the blend
     assert Selection(head="context", mode="auto", head_scores=[0.3]).winner == "context"
     sel = Selection(head="context", mode="auto", head_scores=[0.3], ridge_scores=[0.31])
     assert sel.winner == "ridge"
@@ -228,3 +315,43 @@ def test_a_users_config_gets_the_context_model_and_every_block_it_reads():
     config = TrainConfig.from_dict(train)
     assert config.for_head("context").ensemble == 4  # the spread layer is on by default
     assert config.for_head("mlp").ensemble == 1 and config.inputs_for("mlp") == ["spot"]
+
+
+def test_the_blend_is_compared_only_where_inner_validation_sees_a_new_patient():
+    """``select_blend: patients`` (default): a fold whose inner validation is grouped by
+    section (one training patient, or sample-grouped folds) compares head and ridge only."""
+    from slide2expr.train.selection import blend_compared
+
+    assert blend_compared("patients", "patient", "patient")
+    assert not blend_compared("patients", "sample_id", "patient")  # one training patient
+    assert not blend_compared("patients", "sample_id", "sample_id")  # folds by section
+    assert not blend_compared("patients", "units", "patient")
+    assert blend_compared("always", "sample_id", "patient")
+    assert not blend_compared("never", "patient", "patient")
+    with pytest.raises(InputError, match="select_blend"):
+        TrainConfig.from_dict({"select_blend": "sometimes"})
+
+
+def test_select_blend_never_compares_head_and_ridge_only(tmp_path):
+    adata = planted_dataset(n_patients=4, per_patient=25, n_signal=3, n_noise=1)
+    out, models = _train(adata, tmp_path, "never", lr=1e-7, folds=2, select_blend="never")
+    for k in range(2):
+        sel = json.loads((models / f"fold{k}" / "head.json").read_text())["selection"]
+        assert sel["compared"] == ["mlp", "ridge"] and sel["winner"] == "ridge"
+        assert "blend" not in sel["inner_scores"]
+    np.testing.assert_allclose(out.layers["predicted"], out.layers["baseline_ridge"],
+                               rtol=1e-4, atol=1e-4)
+
+
+def test_members_that_share_a_validation_split_are_scored_as_their_average(tmp_path):
+    """Four members on a training fold of two patients validate on one patient each, two
+    members per patient: the selection scores two splits, each the average of its two
+    members (what the fold ships), not four single members."""
+    from slide2expr.train.selection import shared_splits
+
+    a, b = np.arange(5), np.arange(5, 9)
+    assert shared_splits([a, b, a[::-1], b]) == [[0, 2], [1, 3]]
+    adata = planted_dataset(n_patients=3, per_patient=20, n_signal=2, n_noise=1)
+    _, models = _train(adata, tmp_path, "shared", folds=3, ensemble=4, max_epochs=2)
+    sel = json.loads((models / "fold0" / "head.json").read_text())["selection"]
+    assert len(sel["member_scores"]["mlp"]) == 2 and len(sel["member_scores"]["ridge"]) == 2

@@ -61,7 +61,9 @@ def _refuse_linked_models_dir(models_dir: Path) -> None:
 
 def train(
     dataset: Path = typer.Argument(..., help="dataset.h5ad written by the join stage."),
-    head: str = typer.Option("mlp", "--head", help="Head: mlp (spot), he2rna or abmil (bulk)."),
+    head: str | None = typer.Option(
+        None, "--head", help="Head: context or mlp (spot), he2rna or abmil (bulk); default: "
+        "the first of train.heads (the schema's default: context)."),
     models_dir: Path = typer.Option(..., "--models-dir", help="Output: results/models/{head}."),
     predictions: Path = typer.Option(..., "--predictions",
                                      help="Output: results/predictions/{head}.h5ad."),
@@ -88,7 +90,7 @@ def train(
                                                     "accelerator": accelerator})
     _refuse_linked_models_dir(models_dir)
     adata = read_dataset(dataset)
-    run_training(adata, head=head, config=settings, models_dir=models_dir,
+    run_training(adata, head=head or settings.heads[0], config=settings, models_dir=models_dir,
                  predictions_path=predictions, dataset_path=dataset)
     typer.echo(f"wrote {predictions} and {models_dir}")
 

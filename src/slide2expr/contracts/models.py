@@ -40,7 +40,7 @@ WEIGHTS = "head.safetensors"
 META = "head.json"
 SPLITS = "splits.tsv"
 #: The folder of a fold's ridge model, shipped instead of the head when ridge won the fold's
-#: inner selection (``train.select``).
+#: inner selection (``train.select``), or beside the head's members when their blend won.
 RIDGE_DIR = "ridge"
 CONTRACT = "model"
 VERSION = "1"
@@ -126,18 +126,47 @@ def fold_dirs(model_dir: str | Path, fold: int | None = None) -> list[Path]:
 
 
 def shipped_dirs(fold_dir: Path) -> list[Path]:
-    """The model directories a fold ships: ``ridge/`` (:data:`RIDGE_DIR`) when ridge won the
-    fold's inner selection (``train.select``), else the head's members (``fold_dir`` and
-    ``member*/``, ``train.ensemble > 1``)."""
+    """The model directories a fold ships (:func:`shipped_models`, without the weights)."""
+    return [path for path, _ in shipped_models(fold_dir)]
+
+
+def shipped_models(fold_dir: Path) -> list[tuple[Path, float]]:
+    """The model directories a fold ships and each one's weight in the fold's prediction
+    (the weights sum to 1).
+
+    ``ridge/`` (:data:`RIDGE_DIR`) alone when ridge won the fold's inner selection
+    (``train.select``); the head's members (``fold_dir`` and ``member*/``,
+    ``train.ensemble > 1``) equally weighted when the head won; both when the blend won
+    (``ridge/head.json`` says ``model: blend``): ridge weighs ``blend_weight``, each member
+    ``(1 - blend_weight) / M``.
+    """
     fold_dir = Path(fold_dir)
-    if (fold_dir / RIDGE_DIR / META).is_file():
-        return [fold_dir / RIDGE_DIR]
-    return [fold_dir, *sorted(fold_dir.glob("member*"))]
+    members = [fold_dir, *sorted(fold_dir.glob("member*"))]
+    ridge_meta = fold_dir / RIDGE_DIR / META
+    if not ridge_meta.is_file():
+        return [(m, 1.0 / len(members)) for m in members]
+    meta = read_head_meta(ridge_meta)
+    if meta.get("model") != "blend":
+        return [(fold_dir / RIDGE_DIR, 1.0)]
+    weight = meta.get("blend_weight")
+    if not isinstance(weight, (int, float)) or not 0.0 <= float(weight) <= 1.0:
+        raise InputError(ridge_meta, f"gives blend_weight {weight!r}, not a number in [0, 1]",
+                         RETRAIN)
+    share = (1.0 - float(weight)) / len(members)
+    return [*((m, share) for m in members), (fold_dir / RIDGE_DIR, float(weight))]
 
 
 def member_dirs(folds: Sequence[Path]) -> list[Path]:
     """Every model ``folds`` ship (:func:`shipped_dirs`) that holds a ``head.json``."""
-    members = [m for p in folds for m in shipped_dirs(p) if (m / META).is_file()]
+    return [path for path, _ in weighted_members(folds)]
+
+
+def weighted_members(folds: Sequence[Path]) -> list[tuple[Path, float]]:
+    """Every model ``folds`` ship that holds a ``head.json``, with its weight in the
+    prediction averaged over ``folds``: each fold weighs ``1 / len(folds)``, shared among
+    its models as :func:`shipped_models` says."""
+    members = [(m, w / len(folds)) for p in folds for m, w in shipped_models(p)
+               if (m / META).is_file()]
     if not members:
         raise InputError(folds[0], f"has no {META}", RETRAIN)
     return members

@@ -21,8 +21,8 @@ from slide2expr.contracts.models import (
     WEIGHTS,
     fold_dirs,
     held_out_fold,
-    member_dirs,
     read_head_meta,
+    weighted_members,
 )
 from slide2expr.errors import InputError
 from slide2expr.predict.bags import make_supertiles
@@ -153,6 +153,8 @@ class TrainedHead:
     meta: dict
     members: list[HeadNet] = field(repr=False, default_factory=list)
     member_columns: list[np.ndarray] = field(repr=False, default_factory=list)
+    #: Each member's weight in the prediction (summing to 1); None: equal weights.
+    member_weights: list[float] | None = field(repr=False, default=None)
     #: Per-gene ``(low, high)`` plausible range (:mod:`slide2expr.predict.plausible`): the
     #: union over the averaged models; None for a model trained before it was recorded.
     plausible: Bounds | None = field(repr=False, default=None)
@@ -193,19 +195,25 @@ class TrainedHead:
         x = self._check(features)
         total = np.zeros((x.shape[0], len(self.genes)), dtype=np.float64)
         squares = np.zeros_like(total) if len(self.members) > 1 else None
-        for module, cols in zip(self.members, self.member_columns, strict=True):
+        for module, cols, weight in zip(self.members, self.member_columns, self.weights(),
+                                        strict=True):
             for start in range(0, x.shape[0], batch_size):
                 chunk = torch.from_numpy(x[start:start + batch_size])
                 pred = module.unstandardise(module.tile_outputs(chunk)).numpy()[:, cols]
-                total[start:start + batch_size] += pred
+                total[start:start + batch_size] += weight * pred
                 if squares is not None:
-                    squares[start:start + batch_size] += pred.astype(np.float64) ** 2
-        n = len(self.members)
-        mean = total / n
+                    squares[start:start + batch_size] += weight * pred.astype(np.float64) ** 2
+        mean = total
         if squares is None:
             return mean.astype(np.float32), None
-        spread = np.sqrt(np.maximum(squares / n - mean ** 2, 0.0))
+        spread = np.sqrt(np.maximum(squares - mean ** 2, 0.0))
         return mean.astype(np.float32), spread.astype(np.float32)
+
+    def weights(self) -> list[float]:
+        """Each member's weight in the prediction (equal unless :attr:`member_weights`)."""
+        if self.member_weights is None:
+            return [1.0 / len(self.members)] * len(self.members)
+        return list(self.member_weights)
 
     @torch.no_grad()
     def predict_bag(self, features: np.ndarray, coords: np.ndarray | None = None) -> np.ndarray:
@@ -216,7 +224,8 @@ class TrainedHead:
 
         x = self._check(features)
         out = np.zeros(len(self.genes), dtype=np.float64)
-        for module, cols in zip(self.members, self.member_columns, strict=True):
+        for module, cols, weight in zip(self.members, self.member_columns, self.weights(),
+                                        strict=True):
             if module.kind == "spot":
                 pred = module.unstandardise(module.tile_outputs(torch.from_numpy(x))).mean(0)
             else:
@@ -226,8 +235,8 @@ class TrainedHead:
                     bag = make_supertiles(x, np.asarray(coords), n_super, seed=0)
                 batch = {"x": torch.from_numpy(bag)[None]}
                 pred = module.unstandardise(module(batch))[0]
-            out += pred.numpy()[cols]
-        return (out / len(self.members)).astype(np.float32)
+            out += weight * pred.numpy()[cols]
+        return out.astype(np.float32)
 
     def _check(self, features: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(np.asarray(features, dtype=np.float32))
@@ -259,12 +268,14 @@ def load_trained_head(model_dir: str | Path, *, fold: int | None = None,
     TrainedHead
         With several folds and neither ``fold`` nor ``sample_id``, the average of all fold
         models over the genes every fold predicts. Ensemble members of a fold
-        (``fold{k}/member{m}/``, ``train.ensemble > 1``) are averaged too.
+        (``fold{k}/member{m}/``, ``train.ensemble > 1``) are averaged too, each fold
+        weighing the same; a fold whose blend won ``train.select`` weighs its ridge model
+        and its members as :func:`slide2expr.contracts.models.shipped_models` says.
     """
     if sample_id is not None and fold is None and not (Path(model_dir) / META).is_file():
         fold, _ = held_out_fold(model_dir, sample_id)
-    members = member_dirs(fold_dirs(model_dir, fold))
-    loaded = [load_fold_head(p) for p in members]
+    weighted = weighted_members(fold_dirs(model_dir, fold))
+    loaded = [load_fold_head(p) for p, _ in weighted]
     genes = list(loaded[0][1]["genes"])
     for _, meta in loaded[1:]:
         keep = set(meta["genes"])
@@ -277,6 +288,7 @@ def load_trained_head(model_dir: str | Path, *, fold: int | None = None,
     first = loaded[0][1]
     return TrainedHead(genes=genes, head=first["head"], kind=loaded[0][0].kind, meta=first,
                        members=members, member_columns=columns,
+                       member_weights=[w for _, w in weighted],
                        plausible=bounds_from_metas([meta for _, meta in loaded], genes))
 
 

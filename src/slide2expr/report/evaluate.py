@@ -366,24 +366,41 @@ def selection_summary(provenance: dict[str, Any]) -> dict[str, Any] | None:
              for name, info in (train.get("folds") or {}).items()
              if isinstance(info, dict) and info.get("selection")}
     ridge_folds = [str(f) for f in overall.get("ridge_folds", [])]
+    blend_folds = [str(f) for f in overall.get("blend_folds", [])]
     shipped = str(overall.get("shipped"))
     if overall.get("mode") == "off":
         sentence = (f"train.select is off: every fold ships the {head} head, whatever inner "
                     "validation says.")
-    elif shipped == "ridge":
-        sentence = (f"Ridge regression on the same inputs beat the {head} head on inner "
-                    f"validation in every fold ({len(folds)}): the shipped model and these "
-                    f"predictions are ridge's, not the {head} head's.")
-    elif ridge_folds:
-        sentence = (f"Ridge regression on the same inputs beat the {head} head on inner "
-                    f"validation in {len(ridge_folds)} of {len(folds)} folds "
-                    f"({', '.join(ridge_folds)}): those folds ship ridge's model and "
-                    f"predictions, the others the {head} head's.")
     else:
-        sentence = (f"The {head} head beat ridge regression on the same inputs on inner "
-                    f"validation in every fold ({len(folds)}): it is the shipped model.")
+        sentence = _selection_sentence(head, {f: v["winner"] for f, v in folds.items()})
     return {"mode": overall.get("mode"), "head": head, "shipped": shipped,
-            "ridge_folds": ridge_folds, "folds": folds, "sentence": sentence}
+            "ridge_folds": ridge_folds, "blend_folds": blend_folds, "folds": folds,
+            "sentence": sentence}
+
+
+def _selection_sentence(head: str, winners: dict[str, str]) -> str:
+    """One plain sentence: which model (head, ridge, blend) each fold ships and why."""
+    n = len(winners)
+    by = {w: [f for f, v in winners.items() if v == w] for w in ("ridge", "blend")}
+    ridge, blend = by["ridge"], by["blend"]
+    names = {"ridge": "ridge regression on the same inputs",
+             "blend": f"the blend of the {head} head and ridge on the same inputs"}
+    if n and len(ridge) == n:
+        return (f"Ridge regression on the same inputs beat the {head} head and their blend on "
+                f"inner validation in every fold ({n}): the shipped model and these "
+                f"predictions are ridge's, not the {head} head's.")
+    if n and len(blend) == n:
+        return (f"The blend of the {head} head and ridge on the same inputs beat both on "
+                f"inner validation in every fold ({n}): the shipped model and these "
+                "predictions are the blend's (weights in head.json).")
+    parts = [f"{names[w]} won inner validation in {len(folds)} of {n} folds "
+             f"({', '.join(folds)})" for w, folds in by.items() if folds]
+    if parts:
+        text = "; ".join(parts)
+        return (f"{text[0].upper()}{text[1:]}: those folds ship that model's predictions, "
+                f"the others the {head} head's.")
+    return (f"The {head} head beat ridge regression on the same inputs (and their blend) on "
+            f"inner validation in every fold ({n}): it is the shipped model.")
 
 
 def mean_spread(adata) -> float | None:

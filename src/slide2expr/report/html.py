@@ -215,16 +215,21 @@ def selection_section(summary: dict[str, Any]) -> str:
     if not sel or not sel["folds"]:
         return ""
     rows = []
+    blend = any("blend" in (info.get("inner_scores") or {}) for info in sel["folds"].values())
     for fold, info in sel["folds"].items():
         scores = info.get("inner_scores") or {}
         rows.append([esc(fold), fmt(scores.get(sel["head"]), "r") or "n/a",
+                     *([fmt(scores.get("blend"), "r") or "n/a"] if blend else []),
                      fmt(scores.get("ridge"), "r") or "n/a", esc(info.get("winner"))])
     head = esc(sel["head"])
+    also = (", and their blend (a weighted mean of the two predictions, weight chosen on the "
+            "same units)" if blend else "")
     return ("<h2>Model selection (inner validation)</h2><p class='sub'>Inside each fold the "
-            f"{head} head and ridge on the same inputs were scored on the training fold's "
-            "inner validation units only (mean per-gene r within each validation group); the "
-            "higher one ships.</p>"
-            + _table(["fold", f"{head} inner r", "ridge inner r", "shipped"], rows))
+            f"{head} head and ridge on the same inputs{also} were scored on the training "
+            "fold's inner validation units only (mean per-gene r within each validation "
+            "group); the highest one ships.</p>"
+            + _table(["fold", f"{head} inner r", *(["blend inner r"] if blend else []),
+                      "ridge inner r", "shipped"], rows))
 
 
 def uncertainty_section(summary: dict[str, Any]) -> str:

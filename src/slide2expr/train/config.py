@@ -12,6 +12,9 @@ from typing import Any
 
 from slide2expr.errors import InputError
 
+#: ``train.select_blend`` values (:mod:`slide2expr.train.selection`).
+BLEND_MODES = ("patients", "always", "never")
+
 
 @dataclass
 class GeneSelection:
@@ -100,6 +103,7 @@ class TrainConfig:
     augment_views: list[str] = field(default_factory=list)
     tta: bool = False
     select: str = "auto"
+    select_blend: str = "patients"
     loop: str = "plain"
 
     @classmethod
@@ -184,6 +188,9 @@ class TrainConfig:
         if self.select not in ("auto", "off"):
             fail(f"train.select is {self.select!r}", "use auto (ship the head or its ridge, "
                  "whichever wins inner validation) or off (always the head)")
+        if self.select_blend not in BLEND_MODES:
+            fail(f"train.select_blend is {self.select_blend!r}", "use patients (compare the "
+                 "blend only when inner validation is grouped by patient), always or never")
         if self.loop not in ("plain", "lightning"):
             fail(f"train.loop is {self.loop!r}", "use plain (the fast spot-mode loop) or "
                  "lightning (the Lightning Trainer)")

@@ -25,10 +25,14 @@ from slide2expr.train.plausible import plausible_bounds
 from slide2expr.train.save import save_head
 from slide2expr.train.scaling import block_widths, near_constant
 from slide2expr.train.selection import (
+    BLEND,
     RIDGE,
     Selection,
+    blend_compared,
+    blend_scores,
     inner_score,
-    ridge_on_split,
+    ridge_candidate,
+    shared_splits,
 )
 from slide2expr.train.views import ViewRows
 
@@ -128,7 +132,9 @@ def train_fold(*, head: str, config: TrainConfig, source: SpotFeatures | BagFeat
     inner_all[train_idx] = inner
     selection = select_model(head, config, members, fit_source, y_fit, y,
                              splits=[(train_idx[~v], train_idx[v]) for v in val_masks],
-                             inner_all=inner_all, rows=rows)
+                             inner_all=inner_all, rows=rows,
+                             blend=blend_compared(config.select_blend, grouping,
+                                                  config.group_by))
     for mem in members:
         save_head(mem["module"], mem["dir"], meta={**mem["meta"],
                                                    "selection": selection.record()})
@@ -161,16 +167,19 @@ def train_fold(*, head: str, config: TrainConfig, source: SpotFeatures | BagFeat
         out_baselines = {n: views.average(p, len(test_idx)).astype(np.float32)
                          for n, p in out_baselines.items()}
     head_predicted = predicted
-    if selection.winner == RIDGE:
+    if selection.winner in (RIDGE, BLEND):
         ridge_pred, ridge_fit = ship_ridge(config, fit_source, y_fit, train_idx=rows(train_idx),
                                            test_idx=test_rows, alpha=info.get("ridge_alpha"),
                                            groups=inner_all if views is None
                                            else views.tile(inner_all),
                                            fold_dir=fold_dir, meta=members[0]["meta"],
                                            selection=selection)
-        predicted = ridge_pred if views is None else views.average(ridge_pred, len(test_idx))
+        ridge_pred = ridge_pred if views is None else views.average(ridge_pred, len(test_idx))
+        if selection.winner == RIDGE:
+            predicted, predicted_sd = ridge_pred, None  # one model: no members' spread
+        else:
+            predicted, predicted_sd = blended(stacked, ridge_pred, selection.blend_weight)
         predicted = predicted.astype(np.float32)
-        predicted_sd = None  # ridge is one model: no members' spread to ship
         info["ridge_model"] = ridge_fit
     return FoldResult(fold=k, genes=genes, test_idx=test_idx, predicted=predicted,
                       baselines=out_baselines, info=info,
@@ -182,41 +191,62 @@ def train_fold(*, head: str, config: TrainConfig, source: SpotFeatures | BagFeat
 def select_model(head: str, config: TrainConfig, members: list[dict[str, Any]],
                  source: SpotFeatures | BagFeatures, y_fit: np.ndarray, y: np.ndarray, *,
                  splits: list[tuple[np.ndarray, np.ndarray]], inner_all: np.ndarray,
-                 rows: Any) -> Selection:
-    """Score the head (each member's best inner checkpoint) and ridge on the same inputs on
-    every member's inner validation units (:mod:`slide2expr.train.selection`).
+                 rows: Any, blend: bool = True) -> Selection:
+    """Score the head (the best inner checkpoints of the members that share a validation
+    split, averaged) and ridge on the same inputs on every distinct inner validation split
+    (:mod:`slide2expr.train.selection`).
 
     Only training-fold units are read: ``splits`` are the members' (inner training,
-    inner validation) unit indices, all inside the fold's training units.
+    inner validation) unit indices, all inside the fold's training units. With ``blend``
+    the blend of the two is scored too (:func:`~slide2expr.train.selection.blend_compared`).
     """
     selection = Selection(head=head, mode=config.select)
     if config.select == "off":
         return selection
-    for mem, (inner_train, inner_val) in zip(members, splits, strict=True):
-        if mem.get("val_predicted") is None or len(inner_val) == 0:
-            continue
+    usable = [m for m, mem in enumerate(members)
+              if mem.get("val_predicted") is not None and len(splits[m][1])]
+    for group in shared_splits([splits[m][1] for m in usable]):
+        inner_train, inner_val = splits[usable[group[0]]]
+        head_val = np.mean([members[usable[i]]["val_predicted"] for i in group], axis=0)
         groups_val = inner_all[inner_val]
-        selection.head_scores.append(inner_score(mem["val_predicted"], y[inner_val],
-                                                 groups_val))
+        selection.head_scores.append(inner_score(head_val, y[inner_val], groups_val))
         tr = rows(inner_train)
-        score, alpha = ridge_on_split(source.pooled(tr), y_fit[tr], source.pooled(inner_val),
-                                      y[inner_val], groups_val, alphas=config.ridge_alphas,
-                                      blocks=block_widths(source))
+        score, alpha, ridge_val = ridge_candidate(
+            source.pooled(tr), y_fit[tr], source.pooled(inner_val), y[inner_val], groups_val,
+            alphas=config.ridge_alphas, blocks=block_widths(source))
         selection.ridge_scores.append(score)
         selection.ridge_alphas.append(alpha)
-    log.info("selection (%s): inner score %s %.4f, ridge %.4f -> %s", config.select, head,
-             selection.head_score, selection.ridge_score, selection.winner)
+        if blend:
+            selection.blend_member_scores.append(
+                blend_scores(head_val, ridge_val, y[inner_val], groups_val))
+    log.info("selection (%s): inner score %s %.4f, blend %.4f (ridge weight %s), ridge %.4f "
+             "-> %s", config.select, head, selection.head_score, selection.blend_score,
+             selection.blend_weight, selection.ridge_score, selection.winner)
     return selection
+
+
+def blended(stacked: np.ndarray, ridge: np.ndarray, weight: float
+            ) -> tuple[np.ndarray, np.ndarray]:
+    """The blend's prediction and spread from the head members' predictions ``stacked``
+    ``(M, n, G)`` and ridge's ``(n, G)``: each member weighs ``(1 - weight) / M``, ridge
+    ``weight``; the spread is the weighted SD of the models around that mean (what
+    :meth:`slide2expr.predict.TrainedHead.predict_tiles_spread` computes for a blend fold)."""
+    models = np.concatenate([stacked, ridge[None]]).astype(np.float64)
+    weights = np.append(np.full(len(stacked), (1.0 - weight) / len(stacked)), weight)
+    mean = np.tensordot(weights, models, axes=1)
+    spread = np.sqrt(np.maximum(np.tensordot(weights, models ** 2, axes=1) - mean ** 2, 0.0))
+    return mean.astype(np.float32), spread.astype(np.float32)
 
 
 def ship_ridge(config: TrainConfig, source: SpotFeatures | BagFeatures, y: np.ndarray, *,
                train_idx: np.ndarray, test_idx: np.ndarray, alpha: float | None,
                groups: np.ndarray, fold_dir: Path, meta: dict[str, Any], selection: Selection
                ) -> tuple[np.ndarray, dict[str, Any]]:
-    """Ridge won the fold's selection: fit it on the whole training fold (the ridge
-    baseline's alpha), save it as a linear network in ``fold_dir/ridge/`` (what
-    :func:`~slide2expr.predict.load_trained_head` loads for this fold), and return its
-    held-out predictions and a record of it."""
+    """Ridge or the blend won the fold's selection: fit ridge on the whole training fold
+    (the ridge baseline's alpha), save it as a linear network in ``fold_dir/ridge/`` (what
+    :func:`~slide2expr.predict.load_trained_head` loads for this fold: alone, or with the
+    head's members when its ``head.json`` says ``model: blend`` and gives ``blend_weight``),
+    and return its held-out predictions and a record of it."""
     x_train = source.pooled(train_idx)
     if alpha is None:  # ridge not among the baselines: choose alpha as the baseline would
         alpha, _ = baselines.choose_alpha(x_train, y[train_idx], groups[train_idx],
@@ -225,7 +255,9 @@ def ship_ridge(config: TrainConfig, source: SpotFeatures | BagFeatures, y: np.nd
     net = baselines.ridge_network(x_train, y[train_idx], alpha=float(alpha),
                                   blocks=block_widths(source))
     ridge_meta = {**meta, "head": "mlp", "hparams": net.hparams, "member": 0,
-                  "selection": selection.record(), "model": RIDGE, "ridge_alpha": float(alpha),
+                  "selection": selection.record(), "model": selection.winner,
+                  "blend_weight": selection.blend_weight if selection.winner == BLEND else None,
+                  "ridge_alpha": float(alpha),
                   "epochs": 0, "best_epoch": 0, "best_val_pearson": None}
     save_head(net, fold_dir / RIDGE_DIR, meta=ridge_meta)
     predicted = baselines.ridge_predict(net, source.pooled(test_idx))

@@ -1,16 +1,20 @@
-"""Model selection inside a training fold: the head or its ridge baseline (``train.select``).
+"""Model selection inside a training fold: the head, its ridge baseline, or their blend
+(``train.select``).
 
-Within each outer fold the head and ridge regression on the same input matrix are scored on
-the same inner validation units (the ensemble members' validation groups: patients, or
+Within each outer fold the head, ridge regression on the same input matrix, and the blend
+``(1 - w) * head + w * ridge`` (``w`` in :data:`BLEND_WEIGHTS`) are scored on the same inner
+validation units (the ensemble members' validation groups: patients, or
 sections when the fold holds one patient), and the better one is shipped as the fold's model.
 The outer fold's held-out units are never read: the head's score comes from its best inner
 checkpoint's predictions on its validation units, ridge's from a fit on the same member's
-inner training units. Each side tunes one setting on those validation units (the head its
-epoch by early stopping, ridge its alpha from ``train.ridge_alphas``), so neither score is
-more optimistic than the other by construction.
+inner training units, the blend's from those two members' predictions. Each side tunes one
+setting on those validation units (the head its epoch by early stopping, ridge its alpha
+from ``train.ridge_alphas``, the blend its weight from :data:`BLEND_WEIGHTS`), so no score
+is much more optimistic than another by construction.
 
 The score is the mean per-gene Pearson r within each validation group (every gene the fold
-models), averaged over the groups of every member's validation split: the report's headline
+models), averaged over the groups of every distinct validation split (members that share a
+split are averaged first, :func:`shared_splits`): the report's headline
 metric (per held-out unit) on inner data. Groups of fewer than :data:`MIN_GROUP_UNITS` units
 (bulk mode: one slide a patient) are pooled per member instead.
 """
@@ -30,11 +34,16 @@ from slide2expr.train.scaling import standardise
 SELECT_MODES = ("auto", "off")
 #: Name of the ridge candidate in the selection's records.
 RIDGE = "ridge"
+#: Name of the blend candidate: ``(1 - w) * head + w * ridge``.
+BLEND = "blend"
+#: The ridge weights ``w`` a blend may take (chosen on inner validation, one per fold).
+BLEND_WEIGHTS = (0.25, 0.5, 0.75)
 #: A validation group needs this many units for its own Pearson r; smaller ones are pooled.
 MIN_GROUP_UNITS = 3
 #: What the recorded score means (provenance, head.json, report).
 METRIC = ("mean per-gene Pearson r within each inner validation group, averaged over the "
-          "groups of every ensemble member's validation split")
+          "groups of every distinct validation split of the ensemble members (members sharing "
+          "a split averaged first)")
 
 
 def inner_score(predicted: np.ndarray, observed: np.ndarray, groups: np.ndarray) -> float:
@@ -81,14 +90,66 @@ def ridge_on_split(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray,
     tuple of (float, float)
         The best score over ``alphas`` (:func:`inner_score`) and its alpha.
     """
+    score, alpha, _ = ridge_candidate(x_train, y_train, x_val, y_val, groups_val,
+                                      alphas=alphas, blocks=blocks)
+    return score, alpha
+
+
+def ridge_candidate(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray,
+                    y_val: np.ndarray, groups_val: np.ndarray, *, alphas: Sequence[float],
+                    blocks: Sequence[int] | None = None) -> tuple[float, float, np.ndarray]:
+    """:func:`ridge_on_split` and the validation predictions at the chosen alpha."""
     xs_tr, xs_val = standardise(np.asarray(x_train, dtype=np.float64),
                                 np.asarray(x_val, dtype=np.float64), blocks=blocks)
     path = ridge_path(xs_tr, y_train, xs_val, alphas)
     scores = np.array([inner_score(p, y_val, groups_val) for p in path])
-    if not np.isfinite(scores).any():
-        return float("nan"), float(alphas[len(alphas) // 2])
-    best = int(np.nanargmax(scores))
-    return float(scores[best]), float(alphas[best])
+    best = (int(np.nanargmax(scores)) if np.isfinite(scores).any() else len(alphas) // 2)
+    score = float(scores[best]) if np.isfinite(scores).any() else float("nan")
+    return score, float(alphas[best]), np.asarray(path[best])
+
+
+def shared_splits(validation: Sequence[np.ndarray]) -> list[list[int]]:
+    """Group the ensemble members by their inner validation units: members with the same
+    units (e.g. two of four members on a two-section patient) are averaged before scoring,
+    as the fold averages them when it ships the head; a single member's score would
+    understate the ensemble against ridge (one deterministic model).
+
+    Returns
+    -------
+    list of list of int
+        Member positions per distinct validation split, in order of first appearance.
+    """
+    groups: dict[bytes, list[int]] = {}
+    for i, units in enumerate(validation):
+        groups.setdefault(np.sort(np.asarray(units)).tobytes(), []).append(i)
+    return list(groups.values())
+
+
+def blend_compared(mode: str, grouping: str, group_by: str) -> bool:
+    """Whether the fold's selection compares the blend (``train.select_blend``).
+
+    ``patients`` compares it only when the inner validation groups are the run's own
+    groups (``grouping == group_by``) and those are not sections: ridge on the same inputs
+    can extrapolate on a new patient (its per-gene spread 4-15x the context head's across
+    her2st's patients) where validation on another section of the same patient cannot see
+    it, and a blend then follows ridge.
+    """
+    if mode == "always":
+        return True
+    if mode == "never":
+        return False
+    return grouping == group_by and group_by != "sample_id"
+
+
+def blend(head: np.ndarray, ridge: np.ndarray, weight: float) -> np.ndarray:
+    """The blend's prediction: ``(1 - weight) * head + weight * ridge``."""
+    return (1.0 - weight) * np.asarray(head) + weight * np.asarray(ridge)
+
+
+def blend_scores(head: np.ndarray, ridge: np.ndarray, y_val: np.ndarray,
+                 groups_val: np.ndarray) -> list[float]:
+    """:func:`inner_score` of the blend at each weight of :data:`BLEND_WEIGHTS`."""
+    return [inner_score(blend(head, ridge, w), y_val, groups_val) for w in BLEND_WEIGHTS]
 
 
 @dataclass
@@ -100,6 +161,8 @@ class Selection:
     head_scores: list[float] = field(default_factory=list)
     ridge_scores: list[float] = field(default_factory=list)
     ridge_alphas: list[float] = field(default_factory=list)
+    #: Per member, the blend's score at each weight of :data:`BLEND_WEIGHTS`.
+    blend_member_scores: list[list[float]] = field(default_factory=list)
 
     @property
     def head_score(self) -> float:
@@ -112,25 +175,64 @@ class Selection:
         return _mean(self.ridge_scores)
 
     @property
+    def blend_weight(self) -> float | None:
+        """The ridge weight whose blend scored best (mean over members); None without blend
+        scores."""
+        means = self._blend_means()
+        if not means or not np.isfinite(means).any():
+            return None
+        return float(BLEND_WEIGHTS[int(np.nanargmax(means))])
+
+    @property
+    def blend_score(self) -> float:
+        """The best blend's score (mean over members), NaN without blend scores."""
+        means = self._blend_means()
+        return float(np.nanmax(means)) if means and np.isfinite(means).any() else float("nan")
+
+    def _blend_means(self) -> list[float]:
+        if not self.blend_member_scores:
+            return []
+        return [_mean([m[i] for m in self.blend_member_scores]) for i in
+                range(len(BLEND_WEIGHTS))]
+
+    def scores(self) -> dict[str, float]:
+        """Each compared candidate's inner score, in order of preference on a tie."""
+        out = {self.head: self.head_score}
+        if self.blend_member_scores:
+            out[BLEND] = self.blend_score
+        if self.ridge_scores:
+            out[RIDGE] = self.ridge_score
+        return out
+
+    @property
     def winner(self) -> str:
-        """``ridge`` when selection is on and ridge scored strictly higher; else the head."""
-        if self.mode != "auto" or not self.ridge_scores:
+        """The candidate with the highest inner score when selection is on (a tie goes to
+        the head, then the blend); else the head. A NaN score never wins."""
+        if self.mode != "auto":
             return self.head
-        head, ridge = self.head_score, self.ridge_score
-        if np.isnan(ridge):
+        finite = {k: v for k, v in self.scores().items() if np.isfinite(v)}
+        if not finite:
             return self.head
-        return RIDGE if np.isnan(head) or ridge > head else self.head
+        best = max(finite.values())
+        return next(k for k, v in finite.items() if v == best)
 
     def record(self) -> dict[str, Any]:
         """A JSON-ready summary: what was compared, the inner scores, what won."""
+        scores = self.scores()
         return {
-            "mode": self.mode, "compared": [self.head, RIDGE] if self.ridge_scores else
-            [self.head], "metric": METRIC,
-            "inner_scores": {self.head: _round(self.head_score),
+            "mode": self.mode, "compared": list(scores) if self.ridge_scores else [self.head],
+            "metric": METRIC,
+            "inner_scores": {**{k: _round(v) for k, v in scores.items()},
                              RIDGE: _round(self.ridge_score) if self.ridge_scores else None},
             "member_scores": {self.head: [_round(s) for s in self.head_scores],
-                              RIDGE: [_round(s) for s in self.ridge_scores]},
-            "ridge_alphas": self.ridge_alphas, "winner": self.winner,
+                              RIDGE: [_round(s) for s in self.ridge_scores],
+                              **({BLEND: [[_round(s) for s in m]
+                                          for m in self.blend_member_scores]}
+                                 if self.blend_member_scores else {})},
+            "ridge_alphas": self.ridge_alphas,
+            **({"blend_weights": list(BLEND_WEIGHTS), "blend_weight": self.blend_weight}
+               if self.blend_member_scores else {}),
+            "winner": self.winner,
         }
 
 
@@ -149,12 +251,13 @@ def shipped_summary(records: dict[str, dict[str, Any]], head: str) -> dict[str, 
     Returns
     -------
     dict
-        ``shipped`` (``head``, ``ridge`` or ``mixed``), ``winners`` per fold, and
-        ``ridge_folds`` (the folds where ridge won).
+        ``shipped`` (``head``, ``ridge``, ``blend`` or ``mixed``), ``winners`` per fold,
+        ``ridge_folds`` and ``blend_folds`` (the folds where ridge or the blend won).
     """
     winners = {fold: rec["winner"] for fold, rec in records.items()}
     distinct = sorted(set(winners.values()))
     shipped = distinct[0] if len(distinct) == 1 else "mixed"
     return {"shipped": shipped if winners else head, "winners": winners,
             "ridge_folds": sorted(f for f, w in winners.items() if w == RIDGE),
+            "blend_folds": sorted(f for f, w in winners.items() if w == BLEND),
             "mode": next(iter(records.values()))["mode"] if records else "off"}
