@@ -109,10 +109,6 @@ def assert_version_refusal(exc: InputError, path: Path, module: ModuleType, vers
     assert "re-run `slide2expr " in line and f"{module.CONTRACT}/{module.VERSION}" in line
 
 
-def attr(attrs: Any, key: str) -> Any:
-    """An attribute of a reader's record (a mapping or a typed record)."""
-    return attrs[key] if isinstance(attrs, dict) else getattr(attrs, key)
-
 
 def test_the_archive_is_small_and_documented():
     files = [p for p in ARCHIVE.rglob("*") if p.is_file()]
@@ -186,14 +182,14 @@ def test_archived_files_agree_with_each_other():
     run = _read_all()
     grid_tiles, spot_tiles = run["tiles grid"], run["tiles spots"]
     grid, spots = run["features grid"], run["features spots"]
-    assert attr(grid_tiles.attrs, "mode") == "grid" and grid_tiles.spot_ids is None
+    assert grid_tiles.attrs.mode == "grid" and grid_tiles.spot_ids is None
     np.testing.assert_array_equal(grid.coords, grid_tiles.coords)
     np.testing.assert_array_equal(spots.coords, spot_tiles.coords)
     np.testing.assert_array_equal(spots.spot_ids, spot_tiles.spot_ids)
     assert spots.features.shape == (len(spot_tiles), 1280) and spots.features.dtype == np.float16
     assert np.isfinite(spots.features).all() and np.isfinite(grid.features).all()
-    assert attr(spots.attrs, "encoder") == ENCODER == attr(grid.attrs, "encoder")
-    assert attr(spots.attrs, "tile_px_level0") > 0 and attr(grid.attrs, "sample_id") == "demo1"
+    assert spots.attrs.encoder == ENCODER == grid.attrs.encoder
+    assert spots.attrs.tile_px_level0 > 0 and grid.attrs.sample_id == "demo1"
 
     data = run["dataset"]
     demo1 = data[data.obs["sample_id"] == "demo1"]
@@ -223,4 +219,4 @@ def test_an_archived_model_paints_its_archived_tile_map_again():
     new = predict_slide_map(GRID_FEATURES, MODELS)
     assert new.genes == old.genes
     np.testing.assert_allclose(new.values, old.values, rtol=1e-5, atol=1e-6)
-    assert "held demo1 out" in str(attr(new.attrs, "model_use"))
+    assert "held demo1 out" in str(new.attrs.model_use)

@@ -126,6 +126,7 @@ def test_verify_names_perturbed_outputs(two_runs, tmp_path: Path) -> None:
     gene = table.loc[10, "gene"]
     table.loc[10, "pearson_r"] = "0.123456"
     table.to_csv(genes, sep="\t", index=False)
+    # raw h5py: one value of a finished file changed, as no writer of the package would
     with h5py.File(copy / "results" / "predictions" / "mlp.h5ad", "a") as f:
         f["layers/predicted"][0, 0] += 1.0
     result = verify(a, copy)

@@ -41,8 +41,9 @@ from slide2expr.atomic import (
     temporary_sibling,
 )
 from slide2expr.contracts.features import FeatureWriter, partial_path, read_features
-from slide2expr.contracts.tiles import TileSet
+from slide2expr.contracts.tiles import TileSet, read_tiles
 from slide2expr.errors import EnvironmentFault
+from slide2expr.testing import make_dataset, make_features, make_linear_model
 
 TILE_PX = 96  # grid tiles of 96 px at 0.5 um/px: about 20 on the toy slide
 N_GENES = 5
@@ -162,21 +163,6 @@ def tissue_png(path: Path, *, width: int = 640, height: int = 480) -> Path:
     return path
 
 
-def write_toy_features(path: Path, sample: str, *, n: int = 6, dim: int = 8, seed: int = 0,
-                       spot_ids: list[str] | None = None) -> np.ndarray:
-    """A complete features file of encoder ``toy`` (no encoder needed)."""
-    rng = np.random.default_rng(seed)
-    coords = np.stack([np.arange(n) * 64, np.zeros(n)], axis=1).astype(np.int64)
-    tiles = TileSet(coords=coords, spot_ids=None if spot_ids is None else np.array(spot_ids),
-                    attrs={"sample_id": sample, "tile_px_level0": 64.0, "slide_mpp": 0.5})
-    feats = rng.normal(size=(n, dim)).astype(np.float32)
-    with FeatureWriter(path, tiles, embed_dim=dim, attrs={"encoder": "toy",
-                                                          "weights": "random-init"}) as w:
-        w.write(0, feats)
-        w.finish()
-    return feats
-
-
 @pytest.fixture(scope="module")
 def toy(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A PNG slide and its grid tiles file (tiled once, through the tile stage)."""
@@ -196,7 +182,7 @@ def bulk(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("bulk")
     feats = root / "features"
     for i, sid in enumerate(("A", "B", "C")):
-        write_toy_features(feats / f"{sid}.h5", sid, seed=i)
+        make_features(feats / f"{sid}.h5", sample_id=sid, seed=i)
     sheet = pd.DataFrame({"sample_id": ["A", "B", "C"], "slide": ["a.png", "b.png", "c.png"],
                           "patient": ["P1", "P2", "P3"]})
     sheet.to_csv(root / "samples.tsv", sep="\t", index=False)
@@ -216,18 +202,9 @@ def join_args(bulk: dict[str, Path], out: Path, *, samples: Path | None = None,
 
 
 def toy_model(folder: Path, genes: list[str], *, in_dim: int = 8) -> Path:
-    """A saved one-fold MLP head predicting ``genes`` from ``in_dim`` features."""
-    import torch
-
-    from slide2expr.train.heads import MLPHead
-    from slide2expr.train.save import save_head
-
-    torch.manual_seed(0)
-    module = MLPHead(in_dim=in_dim, n_genes=len(genes), hidden=0)
-    save_head(module, folder / "fold0",
-              meta={"head": "mlp", "hparams": {"in_dim": in_dim, "n_genes": len(genes),
-                                               "hidden": 0},
-                    "genes": genes, "fold": 0, "encoder": "toy"})
+    """A saved one-fold linear MLP head predicting ``genes`` from ``in_dim`` features."""
+    weight = np.random.default_rng(0).normal(scale=0.3, size=(len(genes), in_dim))
+    make_linear_model(folder / "fold0", weight, genes=genes)
     return folder
 
 
@@ -299,8 +276,7 @@ def test_any_atomic_output_into_a_read_only_folder(read_only_dir):
 # -- row: disk fills during extract / join --------------------------------------------------
 
 def test_extract_onto_a_disk_too_small_fails_before_any_work(toy, small_disk, capsys):
-    with h5py.File(toy["tiles"], "r") as f:
-        need = f["coords"].shape[0] * 1280 * 4
+    need = len(read_tiles(toy["tiles"])) * 1280 * 4
     disk = small_disk(need // 2048)  # half of what the features need
     out = disk / "features" / "toy.h5"
     code, err = run_cli(capsys, "extract", toy["tiles"], "-o", out, "--device", "cpu",
@@ -367,6 +343,7 @@ def test_extract_stops_at_the_first_failed_write_and_resumes(toy, lite0, tmp_pat
     assert "\n" not in message and "disk is full" in message
     assert "free space and rerun; it resumes after tile 8" in message
     assert not out.exists()
+    # raw h5py: the partial file is incomplete on purpose, and read_features refuses those
     with h5py.File(partial_path(out), "r") as f:  # valid, and says what is done
         assert int(f.attrs["n_done"]) == 8
         np.testing.assert_array_equal(f["features"][:8], read_features(reference).features[:8])
@@ -426,7 +403,7 @@ def _truncate_meta(model: Path) -> None:
 ])
 def test_tampered_model_is_refused(tamper, culprit, problem, tmp_path, capsys):
     features = tmp_path / "toy.h5"
-    write_toy_features(features, "toy")
+    make_features(features, sample_id="toy")
     model = toy_model(tmp_path / "models" / "mlp", [f"G{j}" for j in range(N_GENES)])
     out = tmp_path / "predicted.h5ad"
     assert run_cli(capsys, "predict", features, "--model", model, "-o", out)[0] == 0
@@ -561,10 +538,8 @@ def test_colliding_gene_file_names_are_made_unique(tmp_path, capsys, caplog):
 
     slide = tissue_png(tmp_path / "toy.png")
     features = tmp_path / "toy.h5"
-    write_toy_features(features, "toy", n=6)
-    with h5py.File(features, "r+") as f:
-        f.attrs.update({"slide": str(slide), "level0_width": 640, "level0_height": 480,
-                        "mode": "grid"})
+    make_features(features, sample_id="toy", n=6, slide=str(slide), level0_width=640,
+                  level0_height=480)
     model = toy_model(tmp_path / "models" / "mlp", genes)
     out = tmp_path / "heatmaps"
     with caplog.at_level(logging.INFO):
@@ -581,7 +556,7 @@ def test_colliding_gene_file_names_are_made_unique(tmp_path, capsys, caplog):
 
 def _many_tiles(toy: dict[str, Path], folder: Path, times: int) -> Path:
     """The toy's tiles ``times`` over: as much work as needed to act in the middle of it."""
-    from slide2expr.contracts.tiles import read_tiles, write_tiles
+    from slide2expr.contracts.tiles import write_tiles
 
     tiles = read_tiles(toy["tiles"])
     many = folder / "tiles" / "toy.h5"
@@ -599,7 +574,10 @@ def _extract(tiles: Path, out: Path, *, batch_size: int = 1) -> subprocess.Popen
 
 
 def _rows_done(partial: Path) -> int:
-    """``n_done`` of a partial features file (0 while it is absent or being created)."""
+    """``n_done`` of a partial features file (0 while it is absent or being created).
+
+    Raw h5py: the file is incomplete (read_features refuses it) and another process writes
+    it (no HDF5 file locking)."""
     try:
         with h5py.File(partial, "r", locking=False) as f:
             return int(f.attrs.get("n_done", 0))
@@ -635,6 +613,7 @@ def test_ctrl_c_says_interrupted_and_keeps_the_partial_file(toy, tmp_path):
     assert "Traceback" not in err
     assert err.strip().splitlines()[-1] == "interrupted; rerun to resume"
     assert not out.exists()
+    # raw h5py: a partial file is incomplete on purpose, and read_features refuses those
     with h5py.File(partial_path(out), "r") as f:  # rows were written: the partial file is valid
         kept = int(f.attrs["n_done"])
         assert 2 <= kept < n == f["features"].shape[0]
@@ -644,9 +623,9 @@ def test_ctrl_c_says_interrupted_and_keeps_the_partial_file(toy, tmp_path):
     _, err = rerun.communicate(timeout=300)
     assert rerun.returncode == 0, err
     assert f"resuming after {kept} of {n} tiles" in err
-    with h5py.File(out, "r") as f:
-        assert f.attrs["complete"] and int(f.attrs["n_done"]) == n == f["features"].shape[0]
-        np.testing.assert_array_equal(f["features"][:kept], rows_before)
+    done = read_features(out)  # the reader refuses a file with fewer rows done than it holds
+    assert len(done) == n
+    np.testing.assert_array_equal(done.features[:kept], rows_before)
     assert leftovers(out.parent) == []
 
 
@@ -680,22 +659,10 @@ def one_clean_error(proc: subprocess.CompletedProcess) -> str:
 
 @pytest.fixture(scope="module")
 def spot_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A spot-mode dataset for train: 3 patients x 20 spots, 8 features, 4 genes."""
-    import anndata as ad
-
-    rng = np.random.default_rng(0)
-    n = 60
-    feats = rng.normal(size=(n, 8)).astype(np.float32)
-    x = np.clip(2 + feats[:, :4] + 0.3 * rng.normal(size=(n, 4)), 0, None).astype(np.float32)
-    obs = pd.DataFrame({"sample_id": [f"s{i // 20}" for i in range(n)],
-                        "patient": [f"p{i // 20}" for i in range(n)]},
-                       index=[f"u{i}" for i in range(n)])
-    adata = ad.AnnData(X=x, obs=obs, var=pd.DataFrame(index=[f"G{j}" for j in range(4)]))
-    adata.obsm["X_toy"] = feats
-    adata.obsm["spatial"] = rng.uniform(0, 1000, size=(n, 2))
-    adata.uns["slide2expr"] = {"mode": "spot", "encoder": "toy"}
+    """A spot-mode dataset for train: 3 patients x 20 spots, 8 features, 4 genes (gene j is
+    feature j plus noise)."""
     path = tmp_path_factory.mktemp("spot_dataset") / "dataset.h5ad"
-    adata.write_h5ad(path)
+    make_dataset(path, n_patients=3, per_patient=20, dim=8, n_genes=4, noise_sd=0.3)
     return path
 
 
@@ -715,7 +682,7 @@ def spot_join(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
                       "pixel_y": 100 + 200.0 * ys}).to_csv(spots, sep="\t", index=False)
         pd.DataFrame(rng.integers(0, 30, size=(len(ids), 30)), index=ids,
                      columns=[f"G{j}" for j in range(30)]).to_csv(counts, sep="\t")
-        write_toy_features(root / "features" / f"{sid}.h5", sid, n=len(ids), spot_ids=ids, seed=k)
+        make_features(root / "features" / f"{sid}.h5", sample_id=sid, spot_ids=ids, seed=k)
         rows.append({"sample_id": sid, "slide": f"{sid}.png", "patient": f"P{k}",
                      "counts": counts, "spots": spots})
     pd.DataFrame(rows).to_csv(root / "samples.tsv", sep="\t", index=False)
@@ -825,14 +792,12 @@ def test_a_second_extract_of_the_same_output_is_refused(toy, tmp_path):
             first.kill()
     assert first.returncode == 0, err
     n = len(np.tile(toy_coords(toy), (4, 1)))
-    with h5py.File(out, "r") as f:  # the first run's file, whole
-        assert f.attrs["complete"] and int(f.attrs["n_done"]) == n == f["features"].shape[0]
+    assert len(read_features(out)) == n  # the first run's file, whole (all rows done)
     assert leftovers(out.parent) == []
 
 
 def toy_coords(toy: dict[str, Path]) -> np.ndarray:
-    with h5py.File(toy["tiles"], "r") as f:
-        return f["coords"][()]
+    return read_tiles(toy["tiles"]).coords
 
 
 # case 3: extract with a slide that is not the tiles' slide

@@ -35,6 +35,7 @@ from slide2expr.heatmap import (
     write_tile_map,
 )
 from slide2expr.inputs.slides import Slide
+from slide2expr.testing import make_features
 
 REPO = Path(__file__).resolve().parents[1]
 QUPATH_OBJECT_TYPES = {"annotation", "detection", "tile", "cell", "tma_core", "root"}
@@ -565,7 +566,6 @@ def test_training_slides_get_the_fold_that_held_them_out(tmp_path):
 @pytest.fixture()
 def toy_run(tmp_path):
     """A PNG 'slide', a grid features file and a saved one-fold MLP head."""
-    import h5py
     import torch
 
     from slide2expr.train.heads import MLPHead
@@ -579,12 +579,8 @@ def toy_run(tmp_path):
     coords = grid_coords(224, 224, 5, 3, 224.0)
     feats = rng.normal(size=(len(coords), 8)).astype(np.float32)
     features = tmp_path / "toy.h5"
-    with h5py.File(features, "w") as f:
-        f["features"] = feats
-        f["coords"] = coords
-        f.attrs.update({"sample_id": "toy", "slide": str(slide), "slide_mpp": 0.5,
-                        "tile_px_level0": 224.0, "level0_width": 1600, "level0_height": 1200,
-                        "encoder": "toy", "mode": "grid"})
+    make_features(features, features=feats, coords=coords, sample_id="toy", slide=str(slide),
+                  slide_mpp=0.5, tile_px_level0=224.0, level0_width=1600, level0_height=1200)
     torch.manual_seed(0)
     module = MLPHead(in_dim=8, n_genes=3, hidden=0)
     save_head(module, tmp_path / "models" / "mlp" / "fold0",

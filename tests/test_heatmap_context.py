@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 
 import anndata as ad
-import h5py
 import numpy as np
 import pandas as pd
 import pytest
@@ -17,9 +16,8 @@ from slide2expr.contracts.tiles import TileSet
 from slide2expr.errors import InputError
 from slide2expr.heatmap import load_or_predict, read_tile_map, write_tile_map
 from slide2expr.keys import Key
+from slide2expr.testing import make_features, make_linear_model
 from slide2expr.tile.context import context_windows, grid_context_windows
-from slide2expr.train.heads import MLPHead
-from slide2expr.train.save import save_head
 
 MPP = 0.5
 TILE0 = 224.0           # level-0 px: 112 um tiles
@@ -41,30 +39,8 @@ def _grid_tiles(nx: int = NX, ny: int = NY, *, x0: int = 224, y0: int = 224) -> 
 
 
 def _write_features(path: Path, tiles: TileSet, feats: np.ndarray, **extra) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with h5py.File(path, "w") as f:
-        f["features"] = feats.astype(np.float32)
-        f["coords"] = tiles.coords
-        f.attrs.update({k: v for k, v in tiles.attrs.items() if v is not None})
-        f.attrs.update({"encoder": "toy", "embed_dim": feats.shape[1], **extra})
+    make_features(path, features=feats.astype(np.float32), tiles=tiles, encoder_attrs=extra)
     return path
-
-
-def _linear_head(path: Path, weight: np.ndarray, bias: np.ndarray, *, genes: list[str],
-                 inputs: list[str] | None, blocks: list[int] | None = None, fold: int = 0,
-                 member: int = 0) -> None:
-    """A saved ``mlp`` head (hidden 0: linear, no standardisation) computing
-    ``weight @ x + bias``: a head whose answer is known."""
-    n_genes, in_dim = weight.shape
-    module = MLPHead(in_dim=in_dim, n_genes=n_genes, hidden=0)
-    (linear,) = [m for m in module.modules() if isinstance(m, torch.nn.Linear)]
-    with torch.no_grad():
-        linear.weight.copy_(torch.as_tensor(weight, dtype=torch.float32))
-        linear.bias.copy_(torch.as_tensor(bias, dtype=torch.float32))
-    hparams = {"in_dim": in_dim, "n_genes": n_genes, "hidden": 0}
-    save_head(module, path, meta={"head": "mlp", "hparams": {**hparams, **(
-        {"blocks": blocks} if blocks else {})}, "genes": genes, "fold": fold,
-        "member": member, "encoder": "toy", "inputs": inputs})
 
 
 def _neighbour_mean_brute(centres_um: np.ndarray, values: np.ndarray, r: float) -> np.ndarray:
@@ -143,11 +119,11 @@ def context_run(tmp_path):
     weight = np.zeros((4, 8))
     for g in range(4):
         weight[g, 2 * g] = 1.0                        # feature 0 of block g
-    _linear_head(tmp_path / "models" / "context" / "fold0", weight, np.zeros(4), genes=genes,
+    make_linear_model(tmp_path / "models" / "context" / "fold0", weight, np.zeros(4), genes=genes,
                  inputs=["spot", "ctx300", "nbr300", "slide"], blocks=[2, 2, 2, 2])
     spot_weight = np.zeros((4, 2))
     spot_weight[:, 0] = 1.0
-    _linear_head(tmp_path / "models" / "mlp" / "fold0", spot_weight, np.zeros(4), genes=genes,
+    make_linear_model(tmp_path / "models" / "mlp" / "fold0", spot_weight, np.zeros(4), genes=genes,
                  inputs=["spot"])
     centres_um = (grid.coords + TILE0 / 2) * MPP
     return {"features": features, "dataset": dataset, "models": tmp_path / "models",
@@ -237,8 +213,8 @@ def test_tile_map_spread_equals_the_members_disagreement(context_run, tmp_path):
     weight = np.zeros((2, 2))
     weight[:, 0] = 1.0
     d = np.array([0.25, 1.5])
-    _linear_head(models / "fold0", weight, -d, genes=["A", "B"], inputs=["spot"])
-    _linear_head(models / "fold0" / "member1", weight, d, genes=["A", "B"], inputs=["spot"],
+    make_linear_model(models / "fold0", weight, -d, genes=["A", "B"], inputs=["spot"])
+    make_linear_model(models / "fold0" / "member1", weight, d, genes=["A", "B"], inputs=["spot"],
                  member=1)
     tmap, _ = load_or_predict(run["features"], model_dir=models)
     step = run["feats"][:, :1]
@@ -264,7 +240,7 @@ def test_fold_models_spread_on_a_new_slide(context_run, tmp_path):
     run = context_run
     weight = np.array([[1.0, 0.0]])
     for k, b in enumerate((-1.0, 0.0, 1.0)):
-        _linear_head(tmp_path / "folds" / f"fold{k}", weight, np.array([b]), genes=["A"],
+        make_linear_model(tmp_path / "folds" / f"fold{k}", weight, np.array([b]), genes=["A"],
                      inputs=["spot"], fold=k)
     tmap, _ = load_or_predict(run["features"], model_dir=tmp_path / "folds")
     np.testing.assert_allclose(tmap.spread, np.sqrt(2 / 3), atol=1e-5)

@@ -19,7 +19,8 @@ from slide2expr.inputs.spots import read_scalefactors, read_spot_positions
 def write_trident(path: Path, *, n: int = 30, dim: int = 16, seed: int = 0,
                   leading_axis: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """A features file as TRIDENT's ``extract_patch_features`` saves it (20x patches of 256 px
-    from a 40x slide: 512 level-0 px)."""
+    from a 40x slide: 512 level-0 px). Raw h5py: another tool's layout, which no writer of
+    the package makes."""
     rng = np.random.default_rng(seed)
     feats = rng.normal(size=(n, dim)).astype(np.float32)
     coords = (rng.integers(0, 40, size=(n, 2)) * 512).astype(np.int64)
@@ -37,7 +38,8 @@ def write_trident(path: Path, *, n: int = 30, dim: int = 16, seed: int = 0,
 
 def write_clam(path: Path, *, level: int, downsample: tuple[float, float] | None,
                n: int = 12, dim: int = 8) -> np.ndarray:
-    """A CLAM-layout file: patch attrs on coords (patch_level, downsample, level_dim)."""
+    """A CLAM-layout file: patch attrs on coords (patch_level, downsample, level_dim); raw
+    h5py, as for TRIDENT's."""
     rng = np.random.default_rng(1)
     with h5py.File(path, "w") as f:
         f["features"] = rng.normal(size=(n, dim)).astype(np.float32)
@@ -92,6 +94,7 @@ def test_clam_layout_patch_size_from_level_downsample(tmp_path):
 
 
 def test_own_files_are_not_remapped(tmp_path):
+    # raw h5py: one of ours with a stray foreign attr on coords, which no writer of ours makes
     with h5py.File(tmp_path / "ours.h5", "w") as f:
         f["features"] = np.zeros((2, 3), np.float32)
         f["coords"] = np.zeros((2, 2), np.int64)

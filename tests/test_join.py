@@ -17,8 +17,10 @@ import pytest
 from PIL import Image
 from scipy import sparse
 
+from slide2expr.contracts.features import read_features
 from slide2expr.errors import InputError
 from slide2expr.inputs.spots import read_spot_positions
+from slide2expr.testing import make_features
 
 HER2ST_SECTIONS = ("C2", "C3", "C4", "C5", "C6")
 ENCODER = "toy"
@@ -30,24 +32,29 @@ def write_spot_features(path: Path, sample_id: str, spot_ids, *, width: int, hei
                         dim: int = 8, seed: int = 0, encoder: str = ENCODER,
                         coords: np.ndarray | None = None) -> np.ndarray:
     """A spot-mode features file as the extract stage writes it; returns the features."""
-    rng = np.random.default_rng(seed)
-    feats = rng.normal(size=(len(spot_ids), dim)).astype(np.float32)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with h5py.File(path, "w") as f:
-        f["features"] = feats
-        f["coords"] = np.zeros((len(spot_ids), 2), np.int64) if coords is None else coords
-        f.create_dataset("spot_ids", data=np.asarray(list(spot_ids), dtype=object),
-                         dtype=h5py.string_dtype("utf-8"))
-        f.attrs.update({"encoder": encoder, "embed_dim": dim, "weights": "random-init",
-                        "slide_mpp": 0.5, "target_mpp": 0.5, "tile_px": 224,
-                        "tile_px_level0": 224, "level0_width": width, "level0_height": height,
-                        "sample_id": sample_id, "mode": "spots", "spot_diameter_um": 112.0})
-    return feats
+    ids = [str(s) for s in spot_ids]
+    return make_features(
+        path, n=len(ids), dim=dim, seed=seed, encoder=encoder, sample_id=sample_id,
+        spot_ids=ids, coords=np.zeros((len(ids), 2)) if coords is None else coords,
+        slide_mpp=0.5, target_mpp=0.5, tile_px=224, tile_px_level0=224.0,
+        level0_width=width, level0_height=height, spot_diameter_um=112.0).features
 
 
 def write_bulk_features(path: Path, *, n_tiles: int = 50, dim: int = 8,
                         encoder: str = ENCODER) -> None:
-    """A grid features file; the rows are declared (chunked) but never written."""
+    """A grid features file as the extract stage writes it."""
+    make_features(path, n=n_tiles, dim=dim, encoder=encoder, sample_id=path.stem,
+                  slide_mpp=0.5, target_mpp=0.5, tile_px=224, tile_px_level0=224.0,
+                  level0_width=4096, level0_height=4096)
+
+
+def declare_huge_features(path: Path, *, n_tiles: int, dim: int,
+                          encoder: str = ENCODER) -> None:
+    """A grid features file whose rows are declared (chunked) but never written: gigabytes
+    to a reader that loads them, a few kB on disk.
+
+    Raw h5py on purpose: the contract's writer allocates every row before writing one.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     with h5py.File(path, "w") as f:
         f.create_dataset("features", shape=(n_tiles, dim), dtype="float32",
@@ -507,7 +514,7 @@ def test_bulk_does_not_load_features(tmp_path, demo_dir):
     sheet.to_csv(tmp_path / "samples.tsv", sep="\t", index=False)
     n_tiles, dim = 1_000_000, 256  # 1 GB of float32 per slide, 4 GB in all; a few kB on disk
     for sid in sheet["sample_id"]:
-        write_bulk_features(tmp_path / "grid" / f"{sid}.h5", n_tiles=n_tiles, dim=dim)
+        declare_huge_features(tmp_path / "grid" / f"{sid}.h5", n_tiles=n_tiles, dim=dim)
     matrix = read_tsv(demo_dir / "bulk_counts.tsv").head(4)
     matrix.to_csv(tmp_path / "bulk.tsv", sep="\t")
     out = tmp_path / "d.h5ad"
@@ -588,12 +595,12 @@ def _edit_spots(root: Path, edit) -> Path:
 
 def _drop_feature_rows(root: Path, n: int) -> None:
     path = root / "features" / "demo1.h5"
-    with h5py.File(path, "r") as f:
-        ids = f["spot_ids"].asstr()[:]
+    ids = read_features(path).spot_ids
     write_spot_features(path, "demo1", ids[n:], width=4096, height=4096)
 
 
 def _truncate_spot_ids(root: Path) -> None:
+    """One spot ID fewer than feature rows: a malformed file, so raw h5py."""
     path = root / "features" / "demo1.h5"
     with h5py.File(path, "r+") as f:
         ids = f["spot_ids"].asstr()[:]
@@ -603,6 +610,7 @@ def _truncate_spot_ids(root: Path) -> None:
 
 
 def _set_attr(root: Path, key: str, value) -> None:
+    """An attribute changed behind the writer's back (a bad value on purpose): raw h5py."""
     with h5py.File(root / "features" / "demo1.h5", "r+") as f:
         f.attrs[key] = value
 

@@ -22,26 +22,20 @@ from slide2expr.inputs.samples import read_sample_sheet
 from slide2expr.inputs.spots import read_spot_positions
 from slide2expr.join.run import JoinParams, build_dataset
 from slide2expr.keys import Key
+from slide2expr.testing import make_features
 
 ENCODER = "toy"
 
 
 def write_spot_features(path: Path, sample_id: str, spot_ids, *, width: int, height: int,
                         spot_px: float, mpp: float | None) -> None:
-    """A spot-mode features file as the extract stage writes it (random features)."""
-    rng = np.random.default_rng(0)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with h5py.File(path, "w") as f:
-        f["features"] = rng.normal(size=(len(spot_ids), 4)).astype(np.float32)
-        f["coords"] = np.zeros((len(spot_ids), 2), np.int64)
-        f.create_dataset("spot_ids", data=np.asarray(list(spot_ids), dtype=object),
-                         dtype=h5py.string_dtype("utf-8"))
-        attrs = {"encoder": ENCODER, "embed_dim": 4, "weights": "random-init",
-                 "tile_px": 224, "tile_px_level0": spot_px, "level0_width": width,
-                 "level0_height": height, "sample_id": sample_id, "mode": "spots"}
-        if mpp:
-            attrs |= {"slide_mpp": mpp, "spot_diameter_um": spot_px * mpp}
-        f.attrs.update(attrs)
+    """A spot-mode features file as the extract stage writes it (random features); without
+    ``mpp`` the file records no slide resolution."""
+    ids = [str(s) for s in spot_ids]
+    make_features(path, dim=4, seed=0, encoder=ENCODER, sample_id=sample_id, spot_ids=ids,
+                  coords=np.zeros((len(ids), 2)), tile_px=224, tile_px_level0=spot_px,
+                  level0_width=width, level0_height=height, slide_mpp=mpp or None,
+                  spot_diameter_um=spot_px * mpp if mpp else None)
 
 
 def join_sections(rows: list[dict], root: Path, *, spot_px: float, mpp: float | None):
@@ -169,6 +163,7 @@ def test_her2st_uns_spatial_log1p_and_library_key(her2st_dataset, her2st):
     check_spatial_entry(adata, "C2", width=width, height=height)
     assert adata.uns["spatial"]["C2"]["scalefactors"]["spot_diameter_fullres"] == 145.0
     assert adata.uns["log1p"] == {"base": None}
+    # raw h5py: how the bytes are stored, which no reader shows
     with h5py.File(her2st_dataset) as f:  # the images, most of the bytes, are compressed
         assert f["uns/spatial/C2/images/hires"].compression == "gzip"
         assert f["X"].compression is None  # the rest as anndata writes it

@@ -21,6 +21,7 @@ from slide2expr.inputs.expression import read_spot_counts
 from slide2expr.inputs.slides import SpaceRangerImageSlide, open_slide
 from slide2expr.inputs.spaceranger import fullres_mpp, read_scalefactors_file
 from slide2expr.inputs.spots import read_spot_positions
+from slide2expr.testing import make_features
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -123,7 +124,7 @@ def make_visium_hd(outs: Path) -> Path:
     counted = np.flatnonzero(in_tissue)
     dense = np.stack([np.ones(len(counted)), rows[counted]], axis=1).astype(np.int32)
     csc = sparse.csc_matrix(dense.T)
-    with h5py.File(square / "filtered_feature_bc_matrix.h5", "w") as f:
+    with h5py.File(square / "filtered_feature_bc_matrix.h5", "w") as f:  # Space Ranger's file
         g = f.create_group("matrix")
         g["barcodes"] = np.array([barcodes[i] for i in counted], dtype="S")
         g["data"], g["indices"], g["indptr"] = csc.data, csc.indices, csc.indptr
@@ -198,15 +199,7 @@ def test_tile_and_join_from_hd_bins(tmp_path: Path) -> None:
     # the join, on features as the extract stage writes them for these spots
     import anndata as ad
 
-    (tmp_path / "features").mkdir()
-    with h5py.File(tmp_path / "features" / "hd.h5", "w") as f:
-        f["features"] = np.random.default_rng(0).normal(size=(9, 8)).astype(np.float32)
-        f["coords"] = tiles.coords
-        f.create_dataset("spot_ids", data=np.asarray(list(tiles.spot_ids), dtype=object),
-                         dtype=h5py.string_dtype("utf-8"))
-        f.attrs.update({k: v for k, v in tiles.attrs.items()
-                        if v is not None and k != "slide2expr_format"})
-        f.attrs.update({"encoder": "toy", "embed_dim": 8, "weights": "random-init"})
+    make_features(tmp_path / "features" / "hd.h5", tiles=tiles, dim=8, seed=0)
     pd.DataFrame([{"sample_id": "hd", "slide": str(tmp_path / "outs"), "counts": str(square),
                    "spots": str(square)}]).to_csv(tmp_path / "s.tsv", sep="\t", index=False)
     proc = cli("join", tmp_path / "s.tsv", "-f", tmp_path / "features", "-o",

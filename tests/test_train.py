@@ -6,15 +6,16 @@ import json
 from pathlib import Path
 
 import anndata as ad
-import h5py
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 import yaml
 
+from slide2expr.contracts.features import read_feature_meta, read_features
 from slide2expr.errors import InputError
 from slide2expr.predict import load_trained_head
+from slide2expr.testing import make_features
 from slide2expr.train.baselines import choose_alpha, pearson_columns
 from slide2expr.train.config import GeneSelection, TrainConfig
 from slide2expr.train.cv import assign_folds
@@ -80,11 +81,8 @@ def write_bulk_dataset(root: Path, *, n_slides: int = 60, dim: int = 8, seed: in
         feats[rng.permutation(n_tiles)[:8], 0] += 4.0 * level
         coords = rng.integers(0, 5000, size=(n_tiles, 2)).astype(np.int64)
         path = root / f"slide{i}.h5"
-        with h5py.File(path, "w") as f:
-            f["features"] = feats
-            f["coords"] = coords
-            f.attrs["sample_id"] = f"slide{i}"
-            f.attrs["tile_px_level0"] = 448.0
+        make_features(path, features=feats, coords=coords, sample_id=f"slide{i}",
+                      tile_px_level0=448.0)
         paths.append(str(path))
         rows.append([2 + 2 * level + 0.1 * rng.normal(), *list(2 + rng.normal(size=n_genes - 1))])
     x = np.asarray(rows, dtype=np.float32)
@@ -375,8 +373,8 @@ def test_bulk_heads_train_on_streamed_bags(tmp_path, head):
     trained = load_trained_head(models, fold=0)
     held = np.flatnonzero(out.obs["fold"].to_numpy() == 0)
     for i in held[:2]:
-        with h5py.File(adata.obs["features_path"].iloc[i]) as f:
-            feats, coords = f["features"][:], f["coords"][:]
+        bag = read_features(adata.obs["features_path"].iloc[i])
+        feats, coords = bag.features, bag.coords
         np.testing.assert_allclose(trained.predict_bag(feats, coords), out.layers["predicted"][i],
                                    rtol=1e-4, atol=1e-4)
         assert trained.predict_tiles(feats).shape == (len(feats), adata.n_vars)
@@ -412,7 +410,7 @@ def test_patient_units_of_several_slides(tmp_path):
     bags = feature_source(adata, config=TrainConfig.from_dict({"supertiles": 3}),
                           dataset_path=None)
     assert isinstance(bags, BagFeatures) and all(len(unit) == 2 for unit in bags.paths)
-    sizes = [sum(h5py.File(p)["features"].shape[0] for p in unit) for unit in bags.paths]
+    sizes = [sum(read_feature_meta(p).shape[0] for p in unit) for unit in bags.paths]
     assert list(bags.n_tiles) == sizes
     assert all(len(np.unique(labels)) == 6 for labels in bags.labels)  # 3 per slide
 
@@ -444,12 +442,9 @@ def test_cli_train_and_predict(tmp_path):
     assert (tmp_path / "pred.h5ad").is_file()
 
     feats = tmp_path / "new.h5"
-    with h5py.File(feats, "w") as f:
-        f["features"] = adata.obsm["X_toy"][:7]
-        f["coords"] = np.zeros((7, 2), dtype=np.int64)
-        f["spot_ids"] = np.array([f"sp{i}" for i in range(7)], dtype=object)
-        f.attrs["sample_id"] = "newslide"
-        f.attrs["tile_px_level0"] = 100.0
+    make_features(feats, features=adata.obsm["X_toy"][:7], coords=np.zeros((7, 2)),
+                  spot_ids=[f"sp{i}" for i in range(7)], sample_id="newslide",
+                  tile_px_level0=100.0)
     result = runner.invoke(app, ["predict", str(feats), "--model", str(tmp_path / "models" / "mlp"),
                                  "-o", str(tmp_path / "new.h5ad")])
     assert result.exit_code == 0, result.output

@@ -15,6 +15,7 @@ from PIL import Image
 from safetensors.numpy import save_file
 
 from slide2expr.repro.verify import is_volatile, verify_runs
+from slide2expr.testing import make_features
 
 
 def _write_run(root: Path, *, workdir: str, seconds: float, log_text: str) -> Path:
@@ -44,12 +45,10 @@ def _write_run(root: Path, *, workdir: str, seconds: float, log_text: str) -> Pa
     adata.write_h5ad(res / "predictions" / "mlp.h5ad")
 
     (res / "features" / "enc" / "spots").mkdir(parents=True)
-    with h5py.File(res / "features" / "enc" / "spots" / "S1.h5", "w") as f:
-        f["features"] = rng.normal(size=(20, 8)).astype(np.float32)
-        f["coords"] = np.arange(40, dtype=np.int64).reshape(20, 2)
-        f.attrs["encoder"] = "enc"
-        f.attrs["slide"] = f"{workdir}/data/S1.tiff"
-        f.attrs["tiles_per_s"] = 1000.0 / seconds
+    make_features(res / "features" / "enc" / "spots" / "S1.h5",
+                  features=rng.normal(size=(20, 8)).astype(np.float32),
+                  coords=np.arange(40).reshape(20, 2), sample_id="S1", encoder="enc",
+                  slide=f"{workdir}/data/S1.tiff", encoder_attrs={"tiles_per_s": 1000.0 / seconds})
 
     (res / "models" / "mlp" / "fold0").mkdir(parents=True)
     save_file({"w": rng.normal(size=(4, 3)).astype(np.float32)},
@@ -128,6 +127,7 @@ def test_json_h5_attrs_tensors_pixels_and_missing_files(two_runs) -> None:
     summary = json.loads((res / "report" / "mlp" / "summary.json").read_text())
     summary["model"]["all"]["mean_r"] = 0.26
     (res / "report" / "mlp" / "summary.json").write_text(json.dumps(summary))
+    # raw h5py: tampering with a finished file, as no writer of the package would
     with h5py.File(res / "features" / "enc" / "spots" / "S1.h5", "a") as f:
         f.attrs["encoder"] = "other"
         f["coords"][0, 0] = 99
@@ -197,7 +197,7 @@ def test_empty_datasets_compare_as_equal(tmp_path) -> None:
     for run in ("a", "b"):
         res = tmp_path / run / "results"
         res.mkdir(parents=True)
-        with h5py.File(res / "x.h5", "w") as f:
+        with h5py.File(res / "x.h5", "w") as f:  # any HDF5 file (no contract): raw h5py
             f.create_dataset("base", data=h5py.Empty("f"))
             f.create_dataset("n", data=np.arange(3) + (run == "b"))
     result = verify_runs(tmp_path / "a", tmp_path / "b")

@@ -13,6 +13,7 @@ from slide2expr.contracts.tiles import TileSet, write_tiles
 from slide2expr.errors import InputError
 from slide2expr.join.views import read_section_views, stack_views
 from slide2expr.keys import Key
+from slide2expr.testing import spot_dataset
 from slide2expr.train.config import TrainConfig
 from slide2expr.train.run import run_training
 from slide2expr.train.views import ViewRows
@@ -25,22 +26,9 @@ FAST = {"folds": 3, "max_epochs": 8, "min_epochs": 5, "hidden": 32, "patience": 
 def planted_dataset(*, n_patients: int = 6, per_patient: int = 50, dim: int = 12,
                     seed: int = 0):
     """Spot-mode AnnData whose 4 genes are a nonlinear function of 12 toy features."""
-    import anndata as ad
-    import pandas as pd
-
-    rng = np.random.default_rng(seed)
-    n = n_patients * per_patient
-    feats = rng.normal(size=(n, dim)).astype(np.float32)
-    signal = np.tanh(feats[:, :3]) @ rng.normal(size=(3, 4))
-    x = np.clip(2.0 + signal + 0.5 * rng.normal(size=(n, 4)), 0, None).astype(np.float32)
-    obs = pd.DataFrame({"sample_id": [f"s{i // per_patient}" for i in range(n)],
-                        "patient": [f"p{i // per_patient}" for i in range(n)]},
-                       index=[f"u{i}" for i in range(n)])
-    adata = ad.AnnData(X=x, obs=obs, var=pd.DataFrame(index=[f"G{i}" for i in range(4)]))
-    adata.obsm["X_toy"] = feats
-    adata.obsm["spatial"] = rng.uniform(0, 1000, size=(n, 2))
-    adata.uns["slide2expr"] = {"mode": "spot", "encoder": "toy"}
-    return adata
+    return spot_dataset(n_patients=n_patients, per_patient=per_patient, dim=dim, n_genes=4,
+                        signal=lambda f, rng: np.tanh(f[:, :3]) @ rng.normal(size=(3, 4)),
+                        noise_sd=0.5, seed=seed)
 
 
 @pytest.fixture(autouse=True)

@@ -29,8 +29,8 @@ from typing import Any
 
 import numpy as np
 
-from slide2expr.contracts.features import FeatureSet, FeatureWriter, read_features
-from slide2expr.contracts.tiles import TileSet, write_tiles
+from slide2expr.contracts.features import FeatureAttrs, FeatureSet, FeatureWriter, read_features
+from slide2expr.contracts.tiles import TileAttrs, TileSet, write_tiles
 
 #: The encoder name of factory-made features (no such encoder exists: nothing embeds).
 TOY_ENCODER = "toy"
@@ -75,7 +75,9 @@ def tile_set(*, n: int = 6, sample_id: str = "toy", coords: np.ndarray | None = 
     mode
         Attr ``mode``; default ``"spots"`` with spot IDs, else ``"grid"``.
     **attrs
-        More tiling attributes (``slide``, ``level0_width``, ...), written as given.
+        More tiling attributes (``slide``, ``level0_width``, ...): the fields of
+        :class:`~slide2expr.contracts.tiles.TileAttrs`, any other name into its ``extra``;
+        None is no attribute.
     """
     coords = row_coords(n, step=tile_px_level0) if coords is None else np.asarray(coords)
     coords = coords.astype(np.int64).reshape(-1, 2)
@@ -85,8 +87,8 @@ def tile_set(*, n: int = 6, sample_id: str = "toy", coords: np.ndarray | None = 
     mode = mode or ("grid" if ids is None else "spots")
     record = {"sample_id": sample_id, "tile_px_level0": float(tile_px_level0),
               "slide_mpp": slide_mpp, "mode": mode, **attrs}
-    return TileSet(coords=coords, attrs={k: v for k, v in record.items() if v is not None},
-                   spot_ids=ids)
+    return TileSet(coords=coords, spot_ids=ids, attrs=TileAttrs.from_attrs(
+        {k: v for k, v in record.items() if v is not None}))
 
 
 def make_tiles(path: str | Path, **kwargs: Any) -> TileSet:
@@ -100,7 +102,7 @@ def make_tiles(path: str | Path, **kwargs: Any) -> TileSet:
     return tiles
 
 
-def make_features(path: str | Path, *, features: np.ndarray | None = None, n: int = 6,
+def make_features(path: str | Path, *, features: np.ndarray | None = None, n: int | None = None,
                   dim: int = 8, seed: int = 0, tiles: TileSet | None = None,
                   encoder: str | None = TOY_ENCODER, weights: str = "random-init",
                   dtype: str = "float32", views: Mapping[str, np.ndarray] | None = None,
@@ -115,7 +117,8 @@ def make_features(path: str | Path, *, features: np.ndarray | None = None, n: in
     features
         ``(N, D)`` embeddings; default standard normal ``(n, dim)`` from ``seed``.
     n, dim, seed
-        Size and seed of the default embeddings.
+        Size and seed of the default embeddings; ``n`` defaults to the tiles given (``tiles``,
+        ``coords`` or ``spot_ids``), else 6.
     tiles
         The tiles embedded; default :func:`tile_set` of ``tile_kwargs`` with one tile a row
         of ``features``.
@@ -126,7 +129,9 @@ def make_features(path: str | Path, *, features: np.ndarray | None = None, n: in
     views
         Augmentation view name -> ``(N, D)`` embeddings, written as ``views/{name}``.
     encoder_attrs
-        More attributes of the encoder (``input_px``, ``stain_normalize``, ...).
+        More attributes of the encoder (``input_px``, ``stain_normalize``, ...): fields of
+        :class:`~slide2expr.contracts.features.FeatureAttrs`, any other name into its
+        ``extra``.
     **tile_kwargs
         :func:`tile_set` arguments (``sample_id``, ``coords``, ``spot_ids``, ``slide``, ...)
         when ``tiles`` is not given.
@@ -136,28 +141,38 @@ def make_features(path: str | Path, *, features: np.ndarray | None = None, n: in
     FeatureSet
         The file read back with :func:`slide2expr.contracts.features.read_features`.
     """
+    if tiles is not None and tile_kwargs:
+        raise TypeError(f"tile arguments {sorted(tile_kwargs)} given with tiles")
+    n_tiles = _n_tiles(tiles, tile_kwargs)
     if features is None:
-        features = np.random.default_rng(seed).normal(size=(n, dim)).astype(np.float32)
+        rows = n or n_tiles or 6
+        features = np.random.default_rng(seed).normal(size=(rows, dim)).astype(np.float32)
     features = np.asarray(features)
     if tiles is None:
-        if "coords" not in tile_kwargs and "spot_ids" in tile_kwargs \
-                and tile_kwargs["spot_ids"] is not None:
-            tile_kwargs.setdefault("n", len(tile_kwargs["spot_ids"]))
-        tile_kwargs.setdefault("n", len(features))
-        tiles = tile_set(**tile_kwargs)
-    elif tile_kwargs:
-        raise TypeError(f"tile arguments {sorted(tile_kwargs)} given with tiles")
+        tiles = tile_set(n=n_tiles or len(features), **tile_kwargs)
     if len(tiles) != len(features):
         raise ValueError(f"{len(features)} feature rows for {len(tiles)} tiles")
-    attrs = {"encoder": encoder, "weights": weights, **(encoder_attrs or {})}
+    attrs = FeatureAttrs.from_attrs({k: v for k, v in {
+        "encoder": encoder, "weights": weights, **(encoder_attrs or {})}.items() if v is not None})
     views = dict(views or {})
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     with FeatureWriter(path, tiles, embed_dim=features.shape[1] if features.ndim == 2 else 0,
-                       attrs={k: v for k, v in attrs.items() if v is not None}, dtype=dtype,
+                       attrs=attrs, dtype=dtype,
                        resume=False, views=tuple(views)) as writer:
         writer.write(0, features, views or None)
         writer.finish()
     return read_features(path)
+
+
+def _n_tiles(tiles: TileSet | None, tile_kwargs: Mapping[str, Any]) -> int | None:
+    """How many tiles ``tiles`` or the :func:`tile_set` arguments describe (None: they do not
+    say)."""
+    if tiles is not None:
+        return len(tiles)
+    for key in ("coords", "spot_ids"):
+        if tile_kwargs.get(key) is not None:
+            return len(tile_kwargs[key])
+    return None
 
 
 def make_tile_map(path: str | Path, *, values: np.ndarray | None = None,
@@ -181,9 +196,11 @@ def make_tile_map(path: str | Path, *, values: np.ndarray | None = None,
     tile_size0, sample_id, spread, spot_ids
         As :class:`~slide2expr.contracts.tilemaps.TileMap`.
     **attrs
-        Tiling and provenance attributes (``slide``, ``slide_mpp``, ``level0_width``, ...).
+        Tiling and provenance attributes (``slide``, ``slide_mpp``, ``level0_width``, ...):
+        fields of :class:`~slide2expr.contracts.tilemaps.TileMapAttrs`, any other name into
+        its ``extra``.
     """
-    from slide2expr.contracts.tilemaps import UNITS, TileMap, write_tile_map
+    from slide2expr.contracts.tilemaps import UNITS, TileMap, TileMapAttrs, write_tile_map
 
     genes = [str(g) for g in genes]
     if values is None:
@@ -192,8 +209,9 @@ def make_tile_map(path: str | Path, *, values: np.ndarray | None = None,
     coords = row_coords(len(values), step=tile_size0) if coords is None else coords
     tmap = TileMap(values=values, genes=genes, coords=np.asarray(coords, dtype=np.int64),
                    tile_size0=float(tile_size0),
-                   attrs={"sample_id": sample_id, "tile_px_level0": float(tile_size0),
-                          "units": UNITS, **attrs},
+                   attrs=TileMapAttrs.from_attrs({"sample_id": sample_id,
+                                                  "tile_px_level0": float(tile_size0),
+                                                  "units": UNITS, **attrs}),
                    spot_ids=None if spot_ids is None else np.asarray(spot_ids, dtype=str),
                    spread=None if spread is None else np.asarray(spread, dtype=np.float32))
     Path(path).parent.mkdir(parents=True, exist_ok=True)

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from slide2expr.commands._config import config_json_option, section
+
+if TYPE_CHECKING:
+    from slide2expr.extract.options import ExtractOptions
 
 #: Flag -> key of the ``extract`` section.
 EXTRACT_FLAGS = {"batch_size": "batch_size", "num_workers": "num_workers", "device": "device",
@@ -53,31 +57,33 @@ def extract(
 ) -> None:
     """Embed every tile of one slide with a pretrained encoder: all its tilings in one pass
     (one slide read, one stain fit, one encoder start), one features file per tiling."""
-    import contextlib
-
-    from slide2expr.atomic import output_lock
     from slide2expr.console import progress_wanted
     from slide2expr.errors import InputError
+    from slide2expr.extract.options import ExtractOptions
 
     cfg = section(ctx, "extract", config_json, EXTRACT_FLAGS)
     if len(tiles) != len(out):
         raise InputError(tiles[0], f"{len(tiles)} tiles files but {len(out)} --out files",
                          "give one --out per tiles file, in the same order")
-    # One run per output, taken before the slow set-up (torch, the encoder): a second run
-    # of the same output stops at once, naming the first one's process.
+    _extract_locked(list(zip(tiles, out, strict=True)), ExtractOptions(
+        encoder=encoder, weights=weights, slide=slide, threads=threads, resume=resume,
+        progress=progress_wanted(progress), **{key: cfg[key] for key in EXTRACT_FLAGS.values()}))
+
+
+def _extract_locked(jobs: list[tuple[Path, Path]], options: ExtractOptions) -> None:
+    """Extract ``jobs`` (tiles, out) holding every output's lock, taken before the slow
+    set-up (torch, the encoder): a second run of the same output stops at once, naming the
+    first one's process."""
+    import contextlib
+
+    from slide2expr.atomic import output_lock
+
     with contextlib.ExitStack() as locks:
-        for path in out:
+        for _, path in jobs:
             locks.enter_context(output_lock(path))
         from slide2expr.extract.run import extract_tilings
 
-        results = extract_tilings(
-            list(zip(tiles, out, strict=True)), encoder=encoder, weights=weights, slide=slide,
-            batch_size=cfg["batch_size"],
-            num_workers=cfg["num_workers"], threads=threads, device=cfg["device"],
-            dtype=cfg["dtype"], stain_normalize=cfg["stain_normalize"],
-            stain_reference=cfg["stain_reference"], views=cfg["views"],
-            resume=resume, progress=progress_wanted(progress),
-        )
+        results = extract_tilings(jobs, options)
     for result in results:
         typer.echo(f"{result.path}: {result.n_tiles} tiles ({result.n_computed} computed), "
                    f"{result.tiles_per_s:.1f} tiles/s on {result.device}", err=True)

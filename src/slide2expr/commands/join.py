@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from slide2expr.commands._config import CONFIG_JSON_HELP, section
 from slide2expr.errors import InputError
+
+if TYPE_CHECKING:
+    from slide2expr.join.run import JoinParams
 
 log = logging.getLogger(__name__)
 
@@ -61,34 +65,50 @@ def join(
         help=CONFIG_JSON_HELP + " What is given is recorded in the dataset as provenance."),
 ) -> None:
     """Join expression with features into one AnnData (spot or bulk mode)."""
-    from slide2expr.contracts.dataset import write_dataset
-    from slide2expr.inputs.samples import read_sample_sheet
-    from slide2expr.join.run import JoinParams, build_dataset
     from slide2expr.settings import parse_config_json
 
     run_config = parse_config_json(config_json)
     cfg = section(ctx, "join", config_json, JOIN_FLAGS)
     mode = mode or run_config.get("mode") or "spot"
-    root = data_root or run_config.get("data_root")
-    enc = cfg.get("encoder") or _first_encoder(run_config)
-    if not enc:
-        raise InputError(None, "no encoder given", "pass --encoder (the features' encoder)")
-    params = JoinParams(mode=mode, encoder=enc, values=cfg["values"],
-                        orientation=cfg["orientation"], gene_map=cfg.get("gene_map") or None,
-                        on_missing=cfg["on_missing"], patient_slides=cfg["patient_slides"],
-                        match_on=cfg["match_on"], target_sum=cfg["target_sum"],
-                        sparse=cfg["sparse"], neighbour_um=tuple(cfg["neighbour_um"]),
-                        slide_mean=cfg["slide_mean"],
-                        context_um=tuple(context_um or (run_config.get("tiling") or {})
-                                         .get("context_um") or ()) if mode == "spot" else ())
-    sheet = read_sample_sheet(samples, mode=mode, check_files=False, root=root)
-    expr = cfg.get("expression")
+    params = _join_params(cfg, mode=mode, context_um=context_um, run_config=run_config)
+    _write_dataset(samples, features_dir, out, params, expression=cfg.get("expression"),
+                   root=data_root or run_config.get("data_root"), run_config=run_config)
+
+
+def _write_dataset(samples: Path, features_dir: Path, out: Path, params: JoinParams, *,
+                   expression: str | None, root: str | Path | None, run_config: dict) -> None:
+    """Read the sheet, build the dataset and write it to ``out``."""
+    from slide2expr.contracts.dataset import write_dataset
+    from slide2expr.inputs.samples import read_sample_sheet
+    from slide2expr.join.run import build_dataset
+
+    sheet = read_sample_sheet(samples, mode=params.mode, check_files=False, root=root)
     adata = build_dataset(sheet, features_dir, params,
-                          expression=Path(expr) if expr else None,
+                          expression=Path(expression) if expression else None,
                           run_config=run_config or None, sheet_path=samples)
     write_dataset(adata, out)
-    typer.echo(f"{out}: {adata.n_obs} {'spots' if mode == 'spot' else 'units'} x "
+    typer.echo(f"{out}: {adata.n_obs} {'spots' if params.mode == 'spot' else 'units'} x "
                f"{adata.n_vars} genes")
+
+
+def _join_params(cfg: dict, *, mode: str, context_um: list[int] | None,
+                 run_config: dict) -> JoinParams:
+    """The join's settings from the ``join`` section; the encoder given, else the config's
+    first; context windows (spot mode only) from ``--context-um``, else
+    ``tiling.context_um``."""
+    from slide2expr.join.run import JoinParams
+
+    encoder = cfg.get("encoder") or _first_encoder(run_config)
+    if not encoder:
+        raise InputError(None, "no encoder given", "pass --encoder (the features' encoder)")
+    context = (tuple(context_um or (run_config.get("tiling") or {}).get("context_um") or ())
+               if mode == "spot" else ())
+    return JoinParams(mode=mode, encoder=encoder, values=cfg["values"],
+                      orientation=cfg["orientation"], gene_map=cfg.get("gene_map") or None,
+                      on_missing=cfg["on_missing"], patient_slides=cfg["patient_slides"],
+                      match_on=cfg["match_on"], target_sum=cfg["target_sum"],
+                      sparse=cfg["sparse"], neighbour_um=tuple(cfg["neighbour_um"]),
+                      slide_mean=cfg["slide_mean"], context_um=context)
 
 
 def _first_encoder(run_config: dict) -> str | None:

@@ -5,10 +5,14 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import typer
 
 from slide2expr.commands._config import config_json_option, section
+
+if TYPE_CHECKING:
+    from slide2expr.viewer import ViewerOptions
 
 log = logging.getLogger(__name__)
 
@@ -65,10 +69,8 @@ def view(
     config_json: str | None = config_json_option(),
 ) -> None:
     """Zoomable slide viewer (OpenSeadragon): H&E pyramid + predicted-expression layers."""
-    from slide2expr.draw import check_percentiles, split_gene_args
+    from slide2expr.draw import split_gene_args
     from slide2expr.errors import InputError
-    from slide2expr.tile.tissue import TissueParams
-    from slide2expr.viewer import ViewerOptions, build_viewer
 
     out = out_dir or results / "viewer"
     if no_build:
@@ -77,43 +79,64 @@ def view(
         if not (out / "index.html").is_file():
             raise InputError(out, "holds no built viewer (index.html)", "drop --no-build")
     else:
-        from slide2expr.settings import parse_config_json
-
-        cfg = section(ctx, "heatmap", config_json, VIEW_FLAGS)
-        # the outline's tissue settings: tiling.tissue of --config-json (as the heatmaps')
-        tissue = section(ctx, "tiling", config_json, {})["tissue"]
-        clip_percentiles = tuple(cfg["clip_percentiles"])
-        if default_mpp is None:
-            default_mpp = parse_config_json(config_json).get("default_slide_mpp")
-        check_percentiles(clip_percentiles)
-        options = ViewerOptions(
-            head=head, genes=split_gene_args(genes), samples=split_gene_args(samples),
-            slides=_slide_overrides(slide), predictions=predictions, report=report, scale=scale,
-            pyramid_backend=pyramid_backend, clip_percentiles=clip_percentiles,
-            tissue=TissueParams(**tissue),
-            default_mpp=default_mpp)
-        try:
-            result = build_viewer(results, out, options=options)
-        except OSError as exc:  # disk full, I/O error: the machine, not the input
-            typer.echo(f"error: {out}: {exc.strerror or exc} while writing the viewer; nothing "
-                       f"was left in {out}. Fix: free space or pass --out-dir elsewhere", err=True)
-            sys.exit(1)
-        total = sum(s.bytes for s in result.slides)
-        typer.echo(f"viewer of {len(result.slides)} slide(s) x {len(result.genes)} genes "
-                   f"({result.head}): {result.index} ({total / 1e6:.1f} MB, "
-                   f"{result.seconds:.1f} s)", err=True)
+        _build(results, out, _options(
+            ctx, config_json, default_mpp=default_mpp, head=head,
+            genes=split_gene_args(genes), samples=split_gene_args(samples),
+            slides=_slide_overrides(slide), predictions=predictions, report=report,
+            scale=scale, pyramid_backend=pyramid_backend))
     if serve:
-        from slide2expr.viewer import make_server, viewer_url
+        _serve(out, port)
 
-        server = make_server(out, port)
-        typer.echo(f"serving {out} at {viewer_url(server)} (Ctrl-C stops)")
-        sys.stdout.flush()
-        try:
-            server.serve_forever()
-        except KeyboardInterrupt:
-            pass
-        finally:
-            server.server_close()
+
+def _options(ctx: typer.Context, config_json: str | None, *, default_mpp: float | None,
+             **given: Any) -> ViewerOptions:
+    """The viewer's options: ``given`` (from flags), colour limits from the ``heatmap``
+    section, the outline's tissue settings from ``tiling.tissue`` (as the heatmaps'), and
+    ``default_slide_mpp`` unless ``--default-mpp`` is given; bad percentiles refused."""
+    from slide2expr.draw import check_percentiles
+    from slide2expr.settings import parse_config_json
+    from slide2expr.tile.tissue import TissueParams
+    from slide2expr.viewer import ViewerOptions
+
+    cfg = section(ctx, "heatmap", config_json, VIEW_FLAGS)
+    tissue = section(ctx, "tiling", config_json, {})["tissue"]
+    clip_percentiles = tuple(cfg["clip_percentiles"])
+    if default_mpp is None:
+        default_mpp = parse_config_json(config_json).get("default_slide_mpp")
+    check_percentiles(clip_percentiles)
+    return ViewerOptions(**given, clip_percentiles=clip_percentiles,
+                         tissue=TissueParams(**tissue), default_mpp=default_mpp)
+
+
+def _build(results: Path, out: Path, options: ViewerOptions) -> None:
+    """Build the viewer into ``out``; a full disk or I/O error is one line and status 1."""
+    from slide2expr.viewer import build_viewer
+
+    try:
+        result = build_viewer(results, out, options=options)
+    except OSError as exc:  # disk full, I/O error: the machine, not the input
+        typer.echo(f"error: {out}: {exc.strerror or exc} while writing the viewer; nothing "
+                   f"was left in {out}. Fix: free space or pass --out-dir elsewhere", err=True)
+        sys.exit(1)
+    total = sum(s.bytes for s in result.slides)
+    typer.echo(f"viewer of {len(result.slides)} slide(s) x {len(result.genes)} genes "
+               f"({result.head}): {result.index} ({total / 1e6:.1f} MB, "
+               f"{result.seconds:.1f} s)", err=True)
+
+
+def _serve(out: Path, port: int) -> None:
+    """Serve the viewer in ``out`` on ``port`` until Ctrl-C."""
+    from slide2expr.viewer import make_server, viewer_url
+
+    server = make_server(out, port)
+    typer.echo(f"serving {out} at {viewer_url(server)} (Ctrl-C stops)")
+    sys.stdout.flush()
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
 
 
 def register(app: typer.Typer) -> None:

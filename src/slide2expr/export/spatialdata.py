@@ -171,8 +171,6 @@ def build_spatialdata(predictions: Any, *, tile_maps: Sequence[Any] = ()) -> Any
         Not spot-mode predictions, or no ``uns['spatial']`` (a dataset joined before it was
         written: re-run join and train).
     """
-    import scipy.sparse as sp
-
     sd = _require()
     for what, ok in (("obsm['spatial']", Key.SPATIAL in predictions.obsm),
                      ("layers['predicted']", Key.PREDICTED in predictions.layers),
@@ -180,25 +178,43 @@ def build_spatialdata(predictions: Any, *, tile_maps: Sequence[Any] = ()) -> Any
         if not ok:
             raise InputError(None, f"the predictions have no {what}",
                              "export spot-mode predictions of a run joined by this version")
-    obs_all = predictions.obs
-    samples = list(dict.fromkeys(obs_all[Key.SAMPLE_ID].astype(str)))
+    samples = list(dict.fromkeys(predictions.obs[Key.SAMPLE_ID].astype(str)))
     images, shapes, rows = {}, {}, []
     for sid in samples:
-        lib = predictions.uns[Key.SPATIAL_UNS].get(sid, {})
-        sf = dict(lib.get("scalefactors", {}))
-        hires = dict(lib.get("images", {})).get("hires")
-        source = dict(lib.get("metadata", {})).get("source_image_path")
-        image = _slide_image(str(source), sid) if source else None
+        image, spots, idx = _section(predictions, sid)
         if image is not None:
             images[f"{sid}_he"] = image
-        elif hires is not None and sf.get("tissue_hires_scalef"):
-            images[f"{sid}_he"] = _image(hires, float(sf["tissue_hires_scalef"]), sid)
-        idx = np.flatnonzero(obs_all[Key.SAMPLE_ID].astype(str).to_numpy() == sid)
-        xy = np.asarray(predictions.obsm[Key.SPATIAL], dtype=np.float64)[idx]
-        ids = (obs_all[Key.SPOT_ID] if Key.SPOT_ID in obs_all else obs_all.index)
-        diameter = float(sf.get("spot_diameter_fullres") or 1.0)
-        shapes[f"{sid}_spots"] = _spots(xy, diameter, np.asarray(ids)[idx], sid)
+        shapes[f"{sid}_spots"] = spots
         rows.append((sid, idx))
+    tables = _spot_tables(predictions, rows)
+    if tile_maps:
+        tables["predicted_tiles"] = _tile_table(tile_maps, shapes)
+    return sd.SpatialData(images=images, shapes=shapes, tables=tables)
+
+
+def _section(predictions: Any, sid: str) -> tuple[Any, Any, np.ndarray]:
+    """One section's H&E image (the slide, else the hires image; None without either), its
+    spots as circles, and its rows in the predictions."""
+    obs_all = predictions.obs
+    lib = predictions.uns[Key.SPATIAL_UNS].get(sid, {})
+    sf = dict(lib.get("scalefactors", {}))
+    hires = dict(lib.get("images", {})).get("hires")
+    source = dict(lib.get("metadata", {})).get("source_image_path")
+    image = _slide_image(str(source), sid) if source else None
+    if image is None and hires is not None and sf.get("tissue_hires_scalef"):
+        image = _image(hires, float(sf["tissue_hires_scalef"]), sid)
+    idx = np.flatnonzero(obs_all[Key.SAMPLE_ID].astype(str).to_numpy() == sid)
+    xy = np.asarray(predictions.obsm[Key.SPATIAL], dtype=np.float64)[idx]
+    ids = (obs_all[Key.SPOT_ID] if Key.SPOT_ID in obs_all else obs_all.index)
+    diameter = float(sf.get("spot_diameter_fullres") or 1.0)
+    return image, _spots(xy, diameter, np.asarray(ids)[idx], sid), idx
+
+
+def _spot_tables(predictions: Any, rows: list[tuple[str, np.ndarray]]) -> dict[str, Any]:
+    """The measured and predicted tables of the spots, section by section."""
+    import scipy.sparse as sp
+
+    obs_all = predictions.obs
     order = np.concatenate([idx for _, idx in rows])
     obs = pd.DataFrame({
         "region": np.concatenate([[f"{sid}_spots"] * len(idx) for sid, idx in rows]),
@@ -208,29 +224,31 @@ def build_spatialdata(predictions: Any, *, tile_maps: Sequence[Any] = ()) -> Any
     var = pd.DataFrame(index=predictions.var_names.astype(str))
     x = predictions.X[order]
     x = x.toarray() if sp.issparse(x) else x
-    regions = [f"{sid}_spots" for sid in samples]
-    tables = {
+    regions = [f"{sid}_spots" for sid, _ in rows]
+    return {
         "measured": _table(x, obs, var, regions),
         "predicted": _table(np.asarray(predictions.layers[Key.PREDICTED])[order], obs, var,
                             regions),
     }
-    if tile_maps:
-        tile_rows, values, tile_regions = [], [], []
-        genes = list(tile_maps[0].genes)
-        for tmap in tile_maps:
-            sid = tmap.sample_id
-            shapes[f"{sid}_tiles"] = _tiles(tmap.coords, tmap.tile_size0, sid)
-            tile_regions.append(f"{sid}_tiles")
-            col = [tmap.genes.index(g) for g in genes]
-            values.append(np.asarray(tmap.values)[:, col])
-            tile_rows.append(pd.DataFrame({"region": f"{sid}_tiles",
-                                           "instance_id": np.arange(len(tmap.coords)),
-                                           Key.SAMPLE_ID: sid}))
-        tobs = pd.concat(tile_rows, ignore_index=True)
-        tobs.index = tobs.index.astype(str)
-        tables["predicted_tiles"] = _table(np.vstack(values), tobs, pd.DataFrame(index=genes),
-                                           tile_regions)
-    return sd.SpatialData(images=images, shapes=shapes, tables=tables)
+
+
+def _tile_table(tile_maps: Sequence[Any], shapes: dict[str, Any]) -> Any:
+    """The predicted table of every tile map's tiles (the first map's genes), their squares
+    added to ``shapes``."""
+    tile_rows, values, tile_regions = [], [], []
+    genes = list(tile_maps[0].genes)
+    for tmap in tile_maps:
+        sid = tmap.sample_id
+        shapes[f"{sid}_tiles"] = _tiles(tmap.coords, tmap.tile_size0, sid)
+        tile_regions.append(f"{sid}_tiles")
+        col = [tmap.genes.index(g) for g in genes]
+        values.append(np.asarray(tmap.values)[:, col])
+        tile_rows.append(pd.DataFrame({"region": f"{sid}_tiles",
+                                       "instance_id": np.arange(len(tmap.coords)),
+                                       Key.SAMPLE_ID: sid}))
+    tobs = pd.concat(tile_rows, ignore_index=True)
+    tobs.index = tobs.index.astype(str)
+    return _table(np.vstack(values), tobs, pd.DataFrame(index=genes), tile_regions)
 
 
 def write_spatialdata(predictions_path: str | Path, out: str | Path, *,

@@ -36,6 +36,7 @@ from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -46,6 +47,7 @@ from slide2expr.contracts.features import FeatureAttrs, FeatureWriter
 from slide2expr.contracts.tiles import TileSet, read_tiles
 from slide2expr.errors import InputError
 from slide2expr.extract.encoders import Encoder, get_encoder, get_spec
+from slide2expr.extract.options import ExtractOptions
 from slide2expr.extract.stain import StainNormalizer, apply_view, build_normalizer, check_views
 from slide2expr.hashing import file_fingerprint
 from slide2expr.inputs.slides import Slide, open_slide
@@ -329,24 +331,8 @@ def _embed(module: torch.nn.Module, images: torch.Tensor, encoder: Encoder,
     return out.float()
 
 
-def extract_features(
-    tiles: str | Path | TileSet,
-    out_path: str | Path,
-    *,
-    encoder: str | Encoder = "efficientnet_lite0",
-    weights: str | Path | None = None,
-    slide: str | Path | None = None,
-    batch_size: int = 64,
-    num_workers: int | None = None,
-    threads: int | None = None,
-    device: str = "auto",
-    dtype: str = "float32",
-    stain_normalize: str = "none",
-    stain_reference: str | Path | None = None,
-    views: list[str] | tuple[str, ...] = (),
-    resume: bool = True,
-    progress: bool = True,
-) -> ExtractResult:
+def extract_features(tiles: str | Path | TileSet, out_path: str | Path,
+                     options: ExtractOptions | None = None, **fields: Any) -> ExtractResult:
     """Embed every tile of one slide and write ``out_path``.
 
     Parameters
@@ -355,71 +341,20 @@ def extract_features(
         A tiles file (``tiles/{tiling}/{sample}.h5``) or a :class:`TileSet`.
     out_path
         The features file to write (see :mod:`slide2expr.contracts.features`).
-    encoder
-        A registry name or a built :class:`~slide2expr.extract.encoders.Encoder`.
-    weights
-        Local weights file for ``encoder`` (when it is a name).
-    slide
-        The slide file; default: the tiles' ``slide`` attr.
-    batch_size
-        Tiles per forward pass.
-    num_workers
-        Reader processes (0: read in the main process); default
-        :func:`default_num_workers` for the device and ``threads``.
-    threads
-        CPU cores the job may use; sets torch's intra-op threads. Default: all available
-        (:func:`available_cores`) and torch's own thread setting.
-    device
-        ``auto``, ``cpu`` or ``cuda``.
-    dtype
-        Storage type of the features: ``float32`` or ``float16``.
-    stain_normalize
-        ``none``, ``macenko`` or ``reinhard``: every tile is normalised to the reference
-        before embedding, with the slide's own stain statistics fitted once on its
-        low-resolution read (:func:`slide2expr.extract.stain.build_normalizer`). A slide with
-        too little tissue is embedded unnormalised, with a warning and ``stain_status``
-        recorded. The method, reference and fits are recorded in the file's attrs.
-    stain_reference
-        An H&E image to fit the reference on; None: the fixed reference.
-    views
-        Augmentation views (:data:`slide2expr.extract.stain.VIEWS`) embedded beside each tile
-        into ``views/{name}`` of the features file; none for a ``grid`` or ``grid_ctx{um}``
-        tiling (heatmaps use no views). Each view costs one more forward pass per tile.
-    resume
-        Continue a partial file left by an interrupted run with the same inputs.
-    progress
-        Show a progress bar (tiles/s).
+    options, **fields
+        How to embed (:class:`~slide2expr.extract.options.ExtractOptions`): the record, its
+        fields as keywords (``encoder=..., batch_size=...``), or both (the keywords win).
 
     Returns
     -------
     ExtractResult
         Counts and throughput.
     """
-    return extract_tilings(
-        [(tiles, out_path)], encoder=encoder, weights=weights, slide=slide,
-        batch_size=batch_size, num_workers=num_workers, threads=threads, device=device,
-        dtype=dtype, stain_normalize=stain_normalize, stain_reference=stain_reference,
-        views=views, resume=resume, progress=progress,
-    )[0]
+    return extract_tilings([(tiles, out_path)], options, **fields)[0]
 
 
-def extract_tilings(
-    jobs: Sequence[tuple[str | Path | TileSet, str | Path]],
-    *,
-    encoder: str | Encoder = "efficientnet_lite0",
-    weights: str | Path | None = None,
-    slide: str | Path | None = None,
-    batch_size: int = 64,
-    num_workers: int | None = None,
-    threads: int | None = None,
-    device: str = "auto",
-    dtype: str = "float32",
-    stain_normalize: str = "none",
-    stain_reference: str | Path | None = None,
-    views: list[str] | tuple[str, ...] = (),
-    resume: bool = True,
-    progress: bool = True,
-) -> list[ExtractResult]:
+def extract_tilings(jobs: Sequence[tuple[str | Path | TileSet, str | Path]],
+                    options: ExtractOptions | None = None, **fields: Any) -> list[ExtractResult]:
     """Embed several tilings of one slide in one pass and write one features file each.
 
     The slide is opened once per process, its stains fitted once and the encoder built once;
@@ -433,9 +368,7 @@ def extract_tilings(
     jobs
         ``(tiles, out_path)`` per tiling: a tiles file (or :class:`TileSet`) and the features
         file to write. Every tiles file must name the same slide (attr ``slide``) and mpp.
-    encoder, weights, slide, batch_size, num_workers, threads, device, dtype
-        As in :func:`extract_features`.
-    stain_normalize, stain_reference, views, resume, progress
+    options, **fields
         As in :func:`extract_features`; views are embedded for every tiling but grid ones.
 
     Returns
@@ -443,74 +376,132 @@ def extract_tilings(
     list of ExtractResult
         One per tiling, in the order of ``jobs``.
     """
+    opts = ExtractOptions.of(options, **fields)
     if not jobs:
         raise InputError(None, "no tiles file to extract", "pass at least one tiles file")
-    if not isinstance(encoder, Encoder):
-        get_spec(encoder)  # an unknown name fails before any file is read
-    tilesets = [t if isinstance(t, TileSet) else read_tiles(t) for t, _ in jobs]
-    sources = [t for t, _ in jobs]
-    outs = [Path(o) for _, o in jobs]
-    if len(set(outs)) != len(outs):
-        raise InputError(outs[0].parent, "two tilings would write the same features file",
-                         "give each tiles file its own output")
-    slide_path = Path(slide) if slide is not None else _common_slide(tilesets, sources)
-    slide_mpp = _common_mpp(tilesets, sources)
-    for tileset, source in zip(tilesets, sources, strict=True):
-        check_same_slide(slide_path, tileset, source=source)
-    if batch_size < 1:
-        raise InputError(None, f"batch size {batch_size} is not positive", "use e.g. 64")
-    dev = resolve_device(device)
-    if threads is not None:
-        if threads < 1:
-            raise InputError(None, f"threads {threads} is not positive", "use e.g. 4")
-        torch.set_num_threads(int(threads))
-    checked_views = check_views(tuple(views))
-    enc = encoder if isinstance(encoder, Encoder) else get_encoder(encoder, weights=weights)
-    out_px = enc.preprocessing.input_px
-    stain, stain_attrs = build_normalizer(stain_normalize, slide_path,  # type: ignore[arg-type]
-                                          slide_mpp=slide_mpp, reference=stain_reference)
-    handle = SlideHandle(slide_path, slide_mpp)
-    workers = (default_num_workers(dev, threads) if num_workers is None else int(num_workers))
-
+    if not isinstance(opts.encoder, Encoder):
+        get_spec(opts.encoder)  # an unknown name fails before any file is read
+    tilings = _SlideTilings.read(jobs, opts.slide)
+    dev = _torch_device(opts)
+    checked_views = check_views(opts.views)
+    enc = (opts.encoder if isinstance(opts.encoder, Encoder)
+           else get_encoder(opts.encoder, weights=opts.weights))
+    stain, stain_attrs = build_normalizer(opts.stain_normalize,  # type: ignore[arg-type]
+                                          tilings.slide_path, slide_mpp=tilings.slide_mpp,
+                                          reference=opts.stain_reference)
+    handle = SlideHandle(tilings.slide_path, tilings.slide_mpp)
+    workers = (default_num_workers(dev, opts.threads) if opts.num_workers is None
+               else int(opts.num_workers))
     with contextlib.ExitStack() as stack:
-        writers, parts = [], []
-        for tileset, out in zip(tilesets, outs, strict=True):
-            tile_px0 = tileset.tile_px_level0
-            attrs = FeatureAttrs(
-                encoder=enc.name, weights=enc.weights, weights_source=enc.weights_source,
-                input_px=out_px, device=str(dev),
-                input_mpp=slide_mpp * tile_px0 / out_px if slide_mpp is not None else None)
-            attrs.update(stain_attrs.to_attrs())
-            tiling_views = () if _is_grid(tileset) else checked_views
-            if checked_views and not tiling_views:
-                log.info("%s: grid tiling: no augmentation views (they are for training units)",
-                         out)
-            writers.append(stack.enter_context(FeatureWriter(
-                out, tileset, embed_dim=enc.embed_dim, attrs=attrs, dtype=dtype,
-                resume=resume, views=tiling_views)))
-            parts.append(TileRegionDataset(slide_path, tileset.coords, tile_px_level0=tile_px0,
-                                           out_px=out_px, slide_mpp=slide_mpp, stain=stain,
-                                           views=tiling_views, handle=handle))
+        writers, parts = _open_tilings(stack, tilings, enc, dev, opts=opts, stain=stain,
+                                       stain_attrs=stain_attrs, views=checked_views,
+                                       handle=handle)
         firsts = [w.n_done for w in writers]
         seconds = [0.0] * len(writers)
-        dataset = TilingsDataset(parts)
-        if any(w.n_done < len(t) for w, t in zip(writers, tilesets, strict=True)):
-            slide_now = handle.get()  # an unreadable slide fails before any reader starts
-            if workers:
-                slide_now.preload()  # a plain image is decoded once, here, not per reader
-            try:
-                _run(dataset, writers, enc, dev, firsts=firsts, seconds=seconds,
-                     batch_size=batch_size, workers=workers, progress=progress,
-                     label=str(tilesets[0].attrs.sample_id or slide_path.stem))
-            finally:
-                dataset.close()
+        _embed_remaining(TilingsDataset(parts), writers, tilings, enc, dev, handle=handle,
+                         firsts=firsts, seconds=seconds, opts=opts, workers=workers)
         paths = [w.finish() for w in writers]
     results = [ExtractResult(Path(path), len(t), len(t) - first, sec, str(dev))
-               for path, t, first, sec in zip(paths, tilesets, firsts, seconds, strict=True)]
+               for path, t, first, sec in zip(paths, tilings.tilesets, firsts, seconds,
+                                              strict=True)]
     for r in results:
         log.info("%s: %d tiles (%d computed) in %.1f s, %.1f tiles/s on %s", r.path, r.n_tiles,
                  r.n_computed, r.seconds, r.tiles_per_s, dev)
     return results
+
+
+@dataclass
+class _SlideTilings:
+    """The tilings of one extraction run: their tiles, outputs, and the one slide they share."""
+
+    tilesets: list[TileSet]
+    outs: list[Path]
+    slide_path: Path
+    slide_mpp: float | None
+
+    @classmethod
+    def read(cls, jobs: Sequence[tuple[str | Path | TileSet, str | Path]],
+             slide: str | Path | None) -> _SlideTilings:
+        """Read every tiles file; refuse two equal outputs, tilings of different slides or
+        mpp, or a slide that is not the one the tiles were cut from."""
+        tilesets = [t if isinstance(t, TileSet) else read_tiles(t) for t, _ in jobs]
+        sources = [t for t, _ in jobs]
+        outs = [Path(o) for _, o in jobs]
+        if len(set(outs)) != len(outs):
+            raise InputError(outs[0].parent, "two tilings would write the same features file",
+                             "give each tiles file its own output")
+        slide_path = Path(slide) if slide is not None else _common_slide(tilesets, sources)
+        slide_mpp = _common_mpp(tilesets, sources)
+        for tileset, source in zip(tilesets, sources, strict=True):
+            check_same_slide(slide_path, tileset, source=source)
+        return cls(tilesets, outs, slide_path, slide_mpp)
+
+
+def _open_tilings(stack: contextlib.ExitStack, tilings: _SlideTilings, enc: Encoder,
+                  dev: torch.device, *, opts: ExtractOptions, stain: StainNormalizer | None,
+                  stain_attrs: FeatureAttrs, views: tuple[str, ...],
+                  handle: SlideHandle) -> tuple[list[FeatureWriter], list[TileRegionDataset]]:
+    """Per tiling, its features writer (opened on ``stack``: resumed or allocated) and the
+    dataset reading its tiles from the slide."""
+    writers, parts = [], []
+    for tileset, out in zip(tilings.tilesets, tilings.outs, strict=True):
+        tiling_views = () if _is_grid(tileset) else views
+        if views and not tiling_views:
+            log.info("%s: grid tiling: no augmentation views (they are for training units)",
+                     out)
+        attrs = _encoder_attrs(enc, dev, tileset, tilings.slide_mpp)
+        attrs.update(stain_attrs.to_attrs())
+        writers.append(stack.enter_context(FeatureWriter(
+            out, tileset, embed_dim=enc.embed_dim, attrs=attrs, dtype=opts.dtype,
+            resume=opts.resume, views=tiling_views)))
+        parts.append(TileRegionDataset(
+            tilings.slide_path, tileset.coords,
+            tile_px_level0=tileset.tile_px_level0,
+            out_px=enc.preprocessing.input_px, slide_mpp=tilings.slide_mpp, stain=stain,
+            views=tiling_views, handle=handle))
+    return writers, parts
+
+
+def _torch_device(opts: ExtractOptions) -> torch.device:
+    """The device, with torch's threads set to ``opts.threads``; a batch size or thread count
+    below 1 refused."""
+    if opts.batch_size < 1:
+        raise InputError(None, f"batch size {opts.batch_size} is not positive", "use e.g. 64")
+    dev = resolve_device(opts.device)
+    if opts.threads is not None:
+        if opts.threads < 1:
+            raise InputError(None, f"threads {opts.threads} is not positive", "use e.g. 4")
+        torch.set_num_threads(int(opts.threads))
+    return dev
+
+
+def _encoder_attrs(enc: Encoder, dev: torch.device, tileset: TileSet,
+                   slide_mpp: float | None) -> FeatureAttrs:
+    """What a features file records about its encoder and input resolution."""
+    out_px = enc.preprocessing.input_px
+    tile_px0 = tileset.tile_px_level0
+    return FeatureAttrs(
+        encoder=enc.name, weights=enc.weights, weights_source=enc.weights_source,
+        input_px=out_px, device=str(dev),
+        input_mpp=slide_mpp * tile_px0 / out_px if slide_mpp is not None else None)
+
+
+def _embed_remaining(dataset: TilingsDataset, writers: list[FeatureWriter],
+                     tilings: _SlideTilings, enc: Encoder, dev: torch.device, *,
+                     handle: SlideHandle, firsts: list[int], seconds: list[float],
+                     opts: ExtractOptions, workers: int) -> None:
+    """Embed the rows not yet written (none when every tiling is complete)."""
+    if all(w.n_done >= len(t) for w, t in zip(writers, tilings.tilesets, strict=True)):
+        return
+    slide_now = handle.get()  # an unreadable slide fails before any reader starts
+    if workers:
+        slide_now.preload()  # a plain image is decoded once, here, not per reader
+    try:
+        _run(dataset, writers, enc, dev, firsts=firsts, seconds=seconds,
+             batch_size=opts.batch_size, workers=workers, progress=opts.progress,
+             label=str(tilings.tilesets[0].attrs.sample_id or tilings.slide_path.stem))
+    finally:
+        dataset.close()
 
 
 def _is_grid(tileset: TileSet) -> bool:

@@ -10,6 +10,7 @@ coordinates exactly.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -62,14 +63,36 @@ def save_overlay_png(path: str | Path, image: np.ndarray, *, downsample: float, 
         Where ``image`` starts in the whole-slide thumbnail (x, y px) when it is a crop, so
         level-0 coordinates map to it as ``x0 / downsample - origin`` (stored in the PNG).
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.colorbar import ColorbarBase
-    from matplotlib.colors import Normalize
-    from matplotlib.figure import Figure
     from PIL import Image
-    from PIL.PngImagePlugin import PngInfo
 
-    style = style or OverlayStyle()
+    h, w = image.shape[:2]
+    frame, (left, top) = _framed(image, title=title, subtitle=subtitle,
+                                 style=style or OverlayStyle(), vmin=vmin, vmax=vmax,
+                                 clipped=clipped, colorbar_label=colorbar_label,
+                                 um_per_px=mpp * downsample if mpp else None)
+    info = _png_info({
+        "slide2expr:image_box": f"{left},{top},{w},{h}",
+        "slide2expr:downsample": repr(float(downsample)),
+        "slide2expr:origin": f"{int(origin[0])},{int(origin[1])}",
+        "slide2expr:vmin": repr(float(vmin)),
+        "slide2expr:vmax": repr(float(vmax)),
+        "Title": title,
+        "Software": "slide2expr",
+    })
+    with atomic_output(path) as tmp:
+        Image.fromarray(frame).save(tmp, format="PNG", pnginfo=info,
+                                   compress_level=PNG_COMPRESS_LEVEL)
+
+
+def _framed(image: np.ndarray, *, title: str, subtitle: str, style: OverlayStyle,
+            vmin: float, vmax: float, clipped: tuple[bool, bool], colorbar_label: str,
+            um_per_px: float | None) -> tuple[np.ndarray, tuple[int, int]]:
+    """``image`` pasted unscaled into the frame matplotlib draws around it (title, colour
+    bar, scale bar when ``um_per_px`` is given); returns the RGB frame and where the image
+    starts in it (left, top)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     h, w = image.shape[:2]
     k = max(1.0, max(h, w) / 1000)  # text and margins grow with large thumbnails
     margin, title_px, bottom_px, bar_px = (round(v * k) for v in (MARGIN, TITLE_PX, BOTTOM_PX,
@@ -88,30 +111,37 @@ def save_overlay_png(path: str | Path, image: np.ndarray, *, downsample: float, 
         (margin + w + 14 * k) / width, (bottom_px + (h - bar_h) / 2) / height,
         16 * k / width, bar_h / height,
     ))
-    extend = {(True, True): "both", (True, False): "min", (False, True): "max"}.get(clipped, "neither")
-    bar = ColorbarBase(cax, cmap=colormap(style.cmap), norm=Normalize(vmin, vmax), extend=extend)
-    bar.set_label(colorbar_label, fontsize=9 * k)
-    bar.ax.tick_params(labelsize=8 * k)
-    if mpp:
-        _scale_bar(fig, w=w, width=width, height=height, um_per_px=mpp * downsample,
+    _colour_bar(cax, style=style, vmin=vmin, vmax=vmax, clipped=clipped, label=colorbar_label,
+                k=k)
+    if um_per_px:
+        _scale_bar(fig, w=w, width=width, height=height, um_per_px=um_per_px,
                    x0=margin, y0=bottom_px - 10 * k, k=k)
     canvas.draw()
     frame = np.array(canvas.buffer_rgba())[..., :3]
     frame[title_px:title_px + h, margin:margin + w] = image
+    return frame, (margin, title_px)
+
+
+def _colour_bar(cax: Any, *, style: OverlayStyle, vmin: float, vmax: float,
+                clipped: tuple[bool, bool], label: str, k: float) -> None:
+    """The colour bar in ``cax``, with arrow ends where values were clipped."""
+    from matplotlib.colorbar import ColorbarBase
+    from matplotlib.colors import Normalize
+
+    extend = {(True, True): "both", (True, False): "min", (False, True): "max"}.get(clipped, "neither")
+    bar = ColorbarBase(cax, cmap=colormap(style.cmap), norm=Normalize(vmin, vmax), extend=extend)
+    bar.set_label(label, fontsize=9 * k)
+    bar.ax.tick_params(labelsize=8 * k)
+
+
+def _png_info(texts: dict[str, str]) -> Any:
+    """PNG text chunks (a ``PngInfo``) holding ``texts`` in order."""
+    from PIL.PngImagePlugin import PngInfo
+
     info = PngInfo()
-    for key, value in {
-        "slide2expr:image_box": f"{margin},{title_px},{w},{h}",
-        "slide2expr:downsample": repr(float(downsample)),
-        "slide2expr:origin": f"{int(origin[0])},{int(origin[1])}",
-        "slide2expr:vmin": repr(float(vmin)),
-        "slide2expr:vmax": repr(float(vmax)),
-        "Title": title,
-        "Software": "slide2expr",
-    }.items():
+    for key, value in texts.items():
         info.add_text(key, value)
-    with atomic_output(path) as tmp:
-        Image.fromarray(frame).save(tmp, format="PNG", pnginfo=info,
-                                   compress_level=PNG_COMPRESS_LEVEL)
+    return info
 
 
 def _scale_bar(fig, *, w: int, width: int, height: int, um_per_px: float, x0: float,

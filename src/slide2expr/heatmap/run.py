@@ -20,6 +20,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -200,7 +201,48 @@ def make_heatmaps(tmap: TileMap, slide: Slide, out_dir: str | Path, *,
                          values=tmap.values, source=source)
     out_dir = Path(out_dir)
     sample_dir = out_dir / sample
+    canvas = _canvas(tmap, slide, options)
+    log.info("%s: drawing %d genes on a %d x %d thumbnail (downsample %.1f)", sample,
+             len(genes), canvas.thumb.shape[1], canvas.thumb.shape[0], canvas.downsample)
 
+    tile_map = out_dir / f"{sample}.h5ad" if write_map else None
+    files = [out_dir / f"{sample}.geojson", sample_dir] + ([tile_map] if tile_map else [])
+    with atomic_outputs(*files) as tmps:
+        tmps[1].mkdir(parents=True)
+        pngs, limits = _draw_genes(tmap, genes, canvas, folder=tmps[1], sample_dir=sample_dir,
+                                   scale=scale, percentiles=percentiles, style=options.style)
+        comparison, comparison_r = _spots_and_geojson(
+            tmap, genes, canvas, geojson=tmps[0], folder=tmps[1], sample_dir=sample_dir,
+            predictions=predictions, options=options, percentiles=percentiles)
+        if write_map:
+            write_tile_map(tmps[2], tmap)
+    seconds = time.perf_counter() - start
+    log.info("%s: heatmaps of %s written to %s in %.1f s", sample, ", ".join(genes), out_dir,
+             seconds)
+    return HeatmapResult(sample_id=sample, genes=genes, tile_map=tile_map,
+                         geojson=out_dir / f"{sample}.geojson", pngs=pngs, limits=limits,
+                         comparison=comparison, comparison_r=comparison_r, seconds=seconds)
+
+
+@dataclass
+class _Canvas:
+    """What a slide's heatmaps are drawn on: its thumbnail, the tissue on it, the crop."""
+
+    thumb: np.ndarray
+    #: Level-0 px per thumbnail px.
+    downsample: float
+    mpp: float | None
+    #: The tissue mask at its own (coarse) resolution and its downsample; None without mpp.
+    coarse: np.ndarray | None
+    coarse_ds: float
+    #: The tissue mask at thumbnail size.
+    tissue: np.ndarray | None
+    crop: Any
+
+
+def _canvas(tmap: TileMap, slide: Slide, options: HeatmapOptions) -> _Canvas:
+    """The thumbnail, the tissue mask (when the mpp is known) and the crop: the tissue's
+    box, or a region sample's box."""
     thumb, downsample = slide.thumbnail(options.thumbnail_px)
     mpp = slide.mpp or (float(tmap.attrs.slide_mpp) if tmap.attrs.slide_mpp else None)
     shape = thumb.shape[:2]
@@ -210,50 +252,51 @@ def make_heatmaps(tmap: TileMap, slide: Slide, out_dir: str | Path, *,
     crop = tissue_box(tissue) if options.crop_to_tissue and tissue is not None else None
     if options.crop_to_tissue and tmap.attrs.roi_bounds is not None:
         crop = region_box(tmap.attrs.roi_bounds, downsample, shape)  # a region sample
-    log.info("%s: drawing %d genes on a %d x %d thumbnail (downsample %.1f)", sample,
-             len(genes), shape[1], shape[0], downsample)
+    return _Canvas(thumb, downsample, mpp, coarse, coarse_ds, tissue, crop)
 
-    files = [out_dir / f"{sample}.geojson", sample_dir]
-    if write_map:
-        files.append(out_dir / f"{sample}.h5ad")
+
+def _draw_genes(tmap: TileMap, genes: list[str], canvas: _Canvas, *, folder: Path,
+                sample_dir: Path, scale: dict[str, tuple[float, float]] | None,
+                percentiles: tuple[float, float],
+                style: OverlayStyle) -> tuple[dict[str, Path], pd.DataFrame]:
+    """One overlay PNG a gene into ``folder`` and the colour limits table; returns each
+    PNG's final path (under ``sample_dir``) and the limits."""
     rows, pngs = [], {}
-    comparison, comparison_r = None, {}
-    with atomic_outputs(*files) as tmps:
-        geojson_tmp, dir_tmp = tmps[0], tmps[1]
-        dir_tmp.mkdir(parents=True)
-        file_names = gene_filenames(genes)
-        for gene in genes:
-            png, row = _draw_gene(tmap, gene, sample=sample, folder=dir_tmp,
-                                  file_name=f"{file_names[gene]}.png", thumb=thumb,
-                                  downsample=downsample, tissue=tissue, mpp=mpp, scale=scale,
-                                  percentiles=percentiles, style=options.style, crop=crop)
-            pngs[gene] = sample_dir / png
-            rows.append(row)
-        limits = pd.DataFrame(rows)
-        limits.to_csv(dir_tmp / LIMITS_TSV, sep="\t", index=False, float_format="%.6g")
+    file_names = gene_filenames(genes)
+    for gene in genes:
+        png, row = _draw_gene(tmap, gene, sample=tmap.sample_id, folder=folder,
+                              file_name=f"{file_names[gene]}.png", thumb=canvas.thumb,
+                              downsample=canvas.downsample, tissue=canvas.tissue,
+                              mpp=canvas.mpp, scale=scale, percentiles=percentiles,
+                              style=style, crop=canvas.crop)
+        pngs[gene] = sample_dir / png
+        rows.append(row)
+    limits = pd.DataFrame(rows)
+    limits.to_csv(folder / LIMITS_TSV, sep="\t", index=False, float_format="%.6g")
+    return pngs, limits
 
-        geo_genes = list(tmap.genes) if options.geojson_all_genes else genes
-        spot_values = None
-        if predictions is not None:
-            spot_values = read_spot_values(predictions, sample, geo_genes)
-            comparison_r = _draw_comparison(spot_values, predictions, sample, genes,
-                                            folder=dir_tmp, thumb=thumb, downsample=downsample,
-                                            percentiles=percentiles, style=options.style,
-                                            model=str(tmap.attrs.head or ""))
-            comparison = sample_dir / COMPARISON_PNG if comparison_r is not None else None
-            comparison_r = comparison_r or {}
 
-        _write_geojson(geojson_tmp, tmap, genes=geo_genes, coarse=coarse, coarse_ds=coarse_ds,
-                       spots=spot_values)
-        if write_map:
-            write_tile_map(tmps[2], tmap)
-    seconds = time.perf_counter() - start
-    log.info("%s: heatmaps of %s written to %s in %.1f s", sample, ", ".join(genes), out_dir,
-             seconds)
-    return HeatmapResult(sample_id=sample, genes=genes,
-                         tile_map=out_dir / f"{sample}.h5ad" if write_map else None,
-                         geojson=out_dir / f"{sample}.geojson", pngs=pngs, limits=limits,
-                         comparison=comparison, comparison_r=comparison_r, seconds=seconds)
+def _spots_and_geojson(tmap: TileMap, genes: list[str], canvas: _Canvas, *, geojson: Path,
+                       folder: Path, sample_dir: Path, predictions: str | Path | None,
+                       options: HeatmapOptions, percentiles: tuple[float, float]
+                       ) -> tuple[Path | None, dict[str, float]]:
+    """The QuPath GeoJSON (with a training slide's spots when ``predictions`` are given) and
+    the spots' measured-vs-predicted picture: its final path (None without spots) and r per
+    gene."""
+    geo_genes = list(tmap.genes) if options.geojson_all_genes else genes
+    spot_values, comparison, comparison_r = None, None, {}
+    if predictions is not None:
+        spot_values = read_spot_values(predictions, tmap.sample_id, geo_genes)
+        comparison_r = _draw_comparison(spot_values, predictions, tmap.sample_id, genes,
+                                        folder=folder, thumb=canvas.thumb,
+                                        downsample=canvas.downsample,
+                                        percentiles=percentiles, style=options.style,
+                                        model=str(tmap.attrs.head or ""))
+        comparison = sample_dir / COMPARISON_PNG if comparison_r is not None else None
+        comparison_r = comparison_r or {}
+    _write_geojson(geojson, tmap, genes=geo_genes, coarse=canvas.coarse,
+                   coarse_ds=canvas.coarse_ds, spots=spot_values)
+    return comparison, comparison_r
 
 
 def _draw_gene(tmap: TileMap, gene: str, *, sample: str, folder: Path, file_name: str,

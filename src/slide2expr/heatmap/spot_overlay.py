@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -57,6 +58,7 @@ def draw_spot_comparison(path: str | Path, spots: SpotValues, *, thumbnail: np.n
     cmap = colormap(style.cmap)
     rs: dict[str, float] = {}
     points_per_px = 72.0 / fig.dpi * (panel_in * fig.dpi / view_w)
+    view = (x_lo, x_hi, y_lo, y_hi)
     for row, gene in enumerate(spots.genes):
         meas, pred = spots.measured[:, row], spots.predicted[:, row]
         vmin, vmax = robust_limits(np.concatenate([meas, pred]), percentiles)
@@ -65,20 +67,11 @@ def draw_spot_comparison(path: str | Path, spots: SpotValues, *, thumbnail: np.n
              if ok.sum() > 2 and meas[ok].std() > 0 and pred[ok].std() > 0 else float("nan"))
         rs[gene] = r
         for col, (label, vals) in enumerate((("measured", meas), ("predicted", pred))):
-            ax = axes[row, col]
-            ax.imshow(faded, extent=(0, w, h, 0), interpolation="bilinear")
-            good = np.isfinite(vals)
-            sc = ax.scatter(xy[good, 0], xy[good, 1], c=vals[good], cmap=cmap, vmin=vmin,
-                            vmax=vmax, s=(marker_px * points_per_px) ** 2, linewidths=0,
-                            marker="o")
-            ax.set_xlim(x_lo, x_hi)
-            ax.set_ylim(y_hi, y_lo)
-            ax.set_xticks([])
-            ax.set_yticks([])
             title = f"{gene}: {label}"
             if col == 1:
                 title += f" (out-of-fold, r = {r:.2f})" if np.isfinite(r) else " (out-of-fold)"
-            ax.set_title(title, fontsize=9)
+            sc = _spot_panel(axes[row, col], faded, xy, vals, cmap=cmap, limits=(vmin, vmax),
+                             size=(marker_px * points_per_px) ** 2, view=view, title=title)
         bar = fig.colorbar(sc, ax=axes[row, :].tolist(), fraction=0.04, pad=0.02)
         bar.set_label("log1p CP10k", fontsize=8)
         bar.ax.tick_params(labelsize=7)
@@ -87,6 +80,25 @@ def draw_spot_comparison(path: str | Path, spots: SpotValues, *, thumbnail: np.n
     with atomic_output(path) as tmp:
         fig.savefig(tmp, format="png", pil_kwargs={"compress_level": PNG_COMPRESS_LEVEL})
     return rs
+
+
+def _spot_panel(ax: Any, faded: np.ndarray, xy: np.ndarray, vals: np.ndarray, *, cmap: Any,
+                limits: tuple[float, float], size: float,
+                view: tuple[float, float, float, float], title: str) -> Any:
+    """One panel: the faded thumbnail, a disc per spot with a finite value, zoomed on
+    ``view`` (x_lo, x_hi, y_lo, y_hi); returns the scatter (for the colour bar)."""
+    h, w = faded.shape[:2]
+    ax.imshow(faded, extent=(0, w, h, 0), interpolation="bilinear")
+    good = np.isfinite(vals)
+    sc = ax.scatter(xy[good, 0], xy[good, 1], c=vals[good], cmap=cmap, vmin=limits[0],
+                    vmax=limits[1], s=size, linewidths=0, marker="o")
+    x_lo, x_hi, y_lo, y_hi = view
+    ax.set_xlim(x_lo, x_hi)
+    ax.set_ylim(y_hi, y_lo)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_title(title, fontsize=9)
+    return sc
 
 
 def _marker_diameter(xy: np.ndarray) -> float:

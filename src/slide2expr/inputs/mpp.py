@@ -136,21 +136,21 @@ def resolve_mpp(
         log.warning("%s: no mpp in the slide or the sample sheet; using default_slide_mpp=%g",
                     path, default_mpp)
         return MppChoice(default_mpp, "config_default")
+    raise _no_mpp(path, implausible_metadata_mpp)
+
+
+def _no_mpp(path: Path, implausible_metadata_mpp: float | None) -> InputError:
+    """The error when no source gives a plausible mpp (naming a metadata value set aside)."""
+    fix = ("add an 'mpp' column to the sample sheet for this slide (e.g. 0.5 for 20x, 0.25 "
+           "for 40x) or set default_slide_mpp in the config")
     if implausible_metadata_mpp is not None:
-        raise InputError(
+        return InputError(
             path,
             f"the slide's metadata gives mpp {implausible_metadata_mpp:.4g}, outside the "
             f"plausible range {PLAUSIBLE_MPP[0]:g}-{PLAUSIBLE_MPP[1]:g} um/px (a placeholder "
-            "resolution tag, not the scan's), and no other mpp was given",
-            "add an 'mpp' column to the sample sheet for this slide (e.g. 0.5 for 20x, 0.25 "
-            "for 40x) or set default_slide_mpp in the config",
-        )
-    raise InputError(
-        path,
-        "the slide has no resolution (mpp) in its metadata and none was given",
-        "add an 'mpp' column to the sample sheet for this slide (e.g. 0.5 for 20x, 0.25 for "
-        "40x) or set default_slide_mpp in the config",
-    )
+            "resolution tag, not the scan's), and no other mpp was given", fix)
+    return InputError(path, "the slide has no resolution (mpp) in its metadata and none was "
+                      "given", fix)
 
 
 def split_metadata_mpp(*candidates: float | None) -> tuple[float | None, float | None]:

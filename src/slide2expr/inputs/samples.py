@@ -115,19 +115,46 @@ def read_sample_sheet(path: str | Path, *, mode: str = "spot", check_files: bool
         Naming the sheet, the rows at fault and the fix.
     """
     path = Path(path)
+    sheet = _read_table(path)
+    check_columns([str(c) for c in sheet.columns], source=path)
+    _check_cells(sheet, path)
+    _check_rows(sheet, path, mode)
+    if "patient" not in sheet.columns:
+        sheet["patient"] = sheet["sample_id"]
+    sheet["patient"] = sheet["patient"].where(sheet["patient"] != "", sheet["sample_id"])
+    if "mpp" in sheet.columns:
+        sheet["mpp"] = _mpp_column(sheet, path)
+    if "split" in sheet.columns:
+        bad = ~sheet["split"].isin(SPLITS | {""})
+        if bad.any():
+            raise InputError(path, f"split must be 'train' or 'test', not "
+                             f"{sorted(set(sheet['split'][bad]))}", "fix the split column")
+    if root is not None:
+        _under_root(sheet, root)
+    if check_files:
+        _check_files(sheet, path)
+    check_sheet_regions(sheet, source=path)
+    return sheet.set_index("sample_id", drop=False)
+
+
+def _read_table(path: Path) -> pd.DataFrame:
+    """The sheet as strings (empty cells ``""``); a missing, empty or headerless file
+    refused."""
     if not path.is_file():
         raise InputError(path, "the sample sheet does not exist",
                          "create it or set 'samples' in the config to its path")
     try:
-        sheet = pd.read_csv(path, sep="\t", dtype=str, comment="#", keep_default_na=False)
+        return pd.read_csv(path, sep="\t", dtype=str, comment="#", keep_default_na=False)
     except pd.errors.EmptyDataError:
         size = path.stat().st_size
         raise InputError(path, "is empty (0 bytes)" if size == 0 else
                          "has no header line (only comments or blank lines)",
                          "write a tab-separated header (sample_id, slide, ...) and one row per "
                          "slide (config/README.md)") from None
-    check_columns([str(c) for c in sheet.columns], source=path)
-    _check_cells(sheet, path)
+
+
+def _check_rows(sheet: pd.DataFrame, path: Path, mode: str) -> None:
+    """The mode's required columns, at least one row, and unique, safe sample ids."""
     required = ["sample_id", "slide"] + (["counts", "spots"] if mode == "spot" else [])
     missing = [c for c in required if c not in sheet.columns]
     if missing:
@@ -142,42 +169,42 @@ def read_sample_sheet(path: str | Path, *, mode: str = "spot", check_files: bool
     if len(dup):
         raise InputError(path, f"duplicate sample_id(s): {', '.join(dup)}",
                          "give every slide its own sample_id (use 'patient' to group slides)")
-    if "patient" not in sheet.columns:
-        sheet["patient"] = sheet["sample_id"]
-    sheet["patient"] = sheet["patient"].where(sheet["patient"] != "", sheet["sample_id"])
-    if "mpp" in sheet.columns:
-        mpp = pd.to_numeric(sheet["mpp"].replace("", None), errors="coerce")
-        bad = sheet["mpp"].ne("") & (mpp.isna() | (mpp <= 0))
-        if bad.any():
-            raise InputError(path, f"mpp is not a positive number for {', '.join(sheet['sample_id'][bad])}",
-                             "give micrometres per pixel (e.g. 0.5) or leave the cell empty")
-        implausible = mpp.notna() & ~mpp.map(lambda v: pd.isna(v) or is_plausible(float(v)))
-        if implausible.any():
-            named = ", ".join(f"{sid} ({v:g})" for sid, v in
-                              zip(sheet["sample_id"][implausible], mpp[implausible], strict=True))
-            raise InputError(path, f"mpp outside the plausible range {PLAUSIBLE_MPP[0]:g}-"
-                             f"{PLAUSIBLE_MPP[1]:g} um/px for {named}",
-                             f"{MPP_FIX}, or leave the cell empty")
-        sheet["mpp"] = mpp
-    if "split" in sheet.columns:
-        bad = ~sheet["split"].isin(SPLITS | {""})
-        if bad.any():
-            raise InputError(path, f"split must be 'train' or 'test', not "
-                             f"{sorted(set(sheet['split'][bad]))}", "fix the split column")
-    if root is not None:
-        for col in [c for c in FILE_COLUMNS if c in sheet.columns]:
-            sheet[col] = [str(Path(root) / p) if p and not Path(p).is_absolute() else p
-                          for p in sheet[col]]
-        if "roi" in sheet.columns:
-            sheet["roi"] = [with_root(spec, root) for spec in sheet["roi"]]
-    if check_files:
-        file_cols = [c for c in FILE_COLUMNS if c in sheet.columns]
-        absent = [f"{row.sample_id}: {getattr(row, c)}" for row in sheet.itertuples()
-                  for c in file_cols if getattr(row, c) and not Path(getattr(row, c)).exists()]
-        if absent:
-            shown = "; ".join(absent[:5]) + (f" (and {len(absent) - 5} more)" if len(absent) > 5 else "")
-            raise InputError(path, f"{len(absent)} file(s) not found: {shown}",
-                             "fix the paths (relative paths are relative to the config's "
-                             "data_root, else to the directory snakemake runs in)")
-    check_sheet_regions(sheet, source=path)
-    return sheet.set_index("sample_id", drop=False)
+
+
+def _mpp_column(sheet: pd.DataFrame, path: Path) -> pd.Series:
+    """The ``mpp`` column as numbers (NaN where empty); a value that is not a positive
+    number, or not a plausible mpp, refused."""
+    mpp = pd.to_numeric(sheet["mpp"].replace("", None), errors="coerce")
+    bad = sheet["mpp"].ne("") & (mpp.isna() | (mpp <= 0))
+    if bad.any():
+        raise InputError(path, f"mpp is not a positive number for {', '.join(sheet['sample_id'][bad])}",
+                         "give micrometres per pixel (e.g. 0.5) or leave the cell empty")
+    implausible = mpp.notna() & ~mpp.map(lambda v: pd.isna(v) or is_plausible(float(v)))
+    if implausible.any():
+        named = ", ".join(f"{sid} ({v:g})" for sid, v in
+                          zip(sheet["sample_id"][implausible], mpp[implausible], strict=True))
+        raise InputError(path, f"mpp outside the plausible range {PLAUSIBLE_MPP[0]:g}-"
+                         f"{PLAUSIBLE_MPP[1]:g} um/px for {named}",
+                         f"{MPP_FIX}, or leave the cell empty")
+    return mpp
+
+
+def _under_root(sheet: pd.DataFrame, root: str | Path) -> None:
+    """Relative file paths (and a ``roi`` file) taken relative to ``root``, in place."""
+    for col in [c for c in FILE_COLUMNS if c in sheet.columns]:
+        sheet[col] = [str(Path(root) / p) if p and not Path(p).is_absolute() else p
+                      for p in sheet[col]]
+    if "roi" in sheet.columns:
+        sheet["roi"] = [with_root(spec, root) for spec in sheet["roi"]]
+
+
+def _check_files(sheet: pd.DataFrame, path: Path) -> None:
+    """Every file the sheet names exists (the first five missing named)."""
+    file_cols = [c for c in FILE_COLUMNS if c in sheet.columns]
+    absent = [f"{row.sample_id}: {getattr(row, c)}" for row in sheet.itertuples()
+              for c in file_cols if getattr(row, c) and not Path(getattr(row, c)).exists()]
+    if absent:
+        shown = "; ".join(absent[:5]) + (f" (and {len(absent) - 5} more)" if len(absent) > 5 else "")
+        raise InputError(path, f"{len(absent)} file(s) not found: {shown}",
+                         "fix the paths (relative paths are relative to the config's "
+                         "data_root, else to the directory snakemake runs in)")

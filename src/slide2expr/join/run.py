@@ -221,86 +221,132 @@ def _spot_parts(sheet, features_dir, params, report, sheet_path):
         if column not in sheet.columns:
             raise InputError(sheet_path, f"spot mode needs a {column!r} column in the sample sheet",
                              "add the counts and spots files of every sample")
-    obs_frames, tables, spatial, embeddings, feature_attrs = [], [], [], [], {}
-    windows: dict[str, list[np.ndarray]] = {}
-    spatial_um, window_record = [], {}
-    views: dict[str, dict[str, np.ndarray]] = {}
-    dropped_no_features: dict[str, int] = {}
+    sections: dict[str, _SpotSection] = {}
     for sample_id, row in tqdm(sheet.iterrows(), total=len(sheet), desc="join spots",
                                unit="section", disable=None):
-        fpath = features_dir / f"{sample_id}.h5"
-        feats, fspots, attrs = _read_spot_features(fpath, params)
-        patch_um = attrs.spot_diameter_um  # Visium HD bins are grouped to the patches
-        counts = read_spot_counts(row["counts"], values=params.values, gene_map=params.gene_map,
-                                  patch_um=patch_um)
-        positions = read_spot_positions(row["spots"], patch_um=patch_um)
-        positions = match_spots_to_counts(positions, counts.ids, spots_source=row["spots"],
-                                          counts_source=row["counts"])
-        scalefactors = hd_scalefactors(read_scalefactors(row["spots"]), row["spots"], patch_um)
-        if scalefactors:
-            attrs = with_scalefactors(attrs, scalefactors)
-        feature_attrs[sample_id] = attrs
-        _check_inside(positions, attrs, spots_path=row["spots"], features_path=fpath)
-
-        have = positions["spot_id"].isin(set(fspots))
-        if not have.all():
-            n = int((~have).sum())
-            example = ", ".join(positions.loc[~have, "spot_id"].head(3))
-            if params.on_missing == "error":
-                raise InputError(fpath, f"{n} of {len(positions)} spot(s) with counts have no "
-                                 f"features (e.g. {example})",
-                                 "re-run tile and extract for this sample, or set "
-                                 "join.on_missing: drop")
-            log.warning("%s: %d spot(s) with counts have no features; dropped (e.g. %s)",
-                        fpath, n, example)
-            dropped_no_features[sample_id] = n
-            positions = positions[have]
-        extra = len(set(fspots) - set(positions["spot_id"]))
-        if extra:
-            log.info("%s: %d feature row(s) belong to spots without counts; ignored", fpath, extra)
-        order = pd.Index(fspots).get_indexer(positions["spot_id"])
-        embeddings.append(np.asarray(feats[order], dtype=np.float32))
-        ctx, window_record[sample_id] = read_context_windows(
-            features_dir, sample_id, positions["spot_id"].to_list(), params.context_um,
-            encoder=params.encoder, embed_dim=embeddings[-1].shape[1])
-        for name, block in ctx.items():
-            windows.setdefault(name, []).append(block)
-        views[sample_id] = read_section_views(features_dir, sample_id,
-                                              positions["spot_id"].to_list(), params.context_um,
-                                              encoder=params.encoder)
-        # micrometres for the neighbour radii; NaN when the features record no slide mpp
-        mpp = float(attrs.slide_mpp) if attrs.slide_mpp else float("nan")
-        spatial_um.append(positions[["x", "y"]].to_numpy(np.float64) * mpp)
-        tables.append(counts.select(positions["spot_id"].to_list()))
-        spatial.append(positions[["x", "y"]].to_numpy(np.float64))
-        obs_frames.append(pd.DataFrame({
-            "sample_id": sample_id,
-            "patient": row["patient"],
-            "spot_id": positions["spot_id"].to_numpy(),
-            **({"split": row["split"]} if "split" in sheet.columns else {}),
-        }))
+        sections[sample_id] = _spot_section(sample_id, row, features_dir, params,
+                                            with_split="split" in sheet.columns)
+    dropped_no_features = {sid: sec.dropped for sid, sec in sections.items() if sec.dropped}
     if dropped_no_features:
         report.dropped["spots_without_features"] = dropped_no_features
-    _check_embed_dims(feature_attrs, embeddings, sheet.index)
-    obs = pd.concat(obs_frames, ignore_index=True)
+    feature_attrs = {sid: sec.attrs for sid, sec in sections.items()}
+    _check_embed_dims(feature_attrs, [sec.embedding for sec in sections.values()], sheet.index)
+    obs = pd.concat([sec.obs for sec in sections.values()], ignore_index=True)
     obs.index = pd.Index(obs[Key.SAMPLE_ID] + "_" + obs[Key.SPOT_ID], name="unit")
     dup = obs.index[obs.index.duplicated()].unique()
     if len(dup):
         raise InputError(sheet_path, f"{len(dup)} spot name(s) f'{{sample}}_{{spot}}' collide "
                          f"(e.g. {dup[0]})", "rename the samples so names stay unique")
-    matrix, genes, gene_ids = _union_genes(tables, list(sheet.index), report)
-    obsm = {"spatial": np.vstack(spatial), params.obsm_key: np.vstack(embeddings)}
+    matrix, genes, gene_ids = _union_genes([sec.table for sec in sections.values()],
+                                           list(sheet.index), report)
+    obsm = _spot_obsm(sections, obs, params, report)
+    return obs, matrix, genes, gene_ids, obsm, feature_attrs
+
+
+@dataclass
+class _SpotSection:
+    """One section's spots, joined: their obs rows, counts, positions and feature blocks."""
+
+    attrs: FeatureAttrs
+    obs: pd.DataFrame
+    table: Any
+    #: Spot centres, level-0 px and micrometres (NaN without a slide mpp).
+    spatial: np.ndarray
+    spatial_um: np.ndarray
+    embedding: np.ndarray
+    windows: dict[str, np.ndarray]
+    window_record: Any
+    views: dict[str, np.ndarray]
+    #: Spots with counts but no features, dropped (``join.on_missing: drop``).
+    dropped: int = 0
+
+
+def _spot_section(sample_id: str, row: pd.Series, features_dir: Path, params: JoinParams, *,
+                  with_split: bool) -> _SpotSection:
+    """Counts, positions and features of one section's spots, matched spot by spot."""
+    fpath = features_dir / f"{sample_id}.h5"
+    feats, fspots, attrs = _read_spot_features(fpath, params)
+    patch_um = attrs.spot_diameter_um  # Visium HD bins are grouped to the patches
+    counts = read_spot_counts(row["counts"], values=params.values, gene_map=params.gene_map,
+                              patch_um=patch_um)
+    positions = read_spot_positions(row["spots"], patch_um=patch_um)
+    positions = match_spots_to_counts(positions, counts.ids, spots_source=row["spots"],
+                                      counts_source=row["counts"])
+    scalefactors = hd_scalefactors(read_scalefactors(row["spots"]), row["spots"], patch_um)
+    if scalefactors:
+        attrs = with_scalefactors(attrs, scalefactors)
+    _check_inside(positions, attrs, spots_path=row["spots"], features_path=fpath)
+    positions, dropped = _spots_with_features(positions, fspots, fpath, params)
+    order = pd.Index(fspots).get_indexer(positions["spot_id"])
+    embedding = np.asarray(feats[order], dtype=np.float32)
+    spot_ids = positions["spot_id"].to_list()
+    ctx, window_record = read_context_windows(
+        features_dir, sample_id, spot_ids, params.context_um,
+        encoder=params.encoder, embed_dim=embedding.shape[1])
+    views = read_section_views(features_dir, sample_id, spot_ids, params.context_um,
+                               encoder=params.encoder)
+    # micrometres for the neighbour radii; NaN when the features record no slide mpp
+    mpp = float(attrs.slide_mpp) if attrs.slide_mpp else float("nan")
+    obs = pd.DataFrame({
+        "sample_id": sample_id,
+        "patient": row["patient"],
+        "spot_id": positions["spot_id"].to_numpy(),
+        **({"split": row["split"]} if with_split else {}),
+    })
+    return _SpotSection(attrs=attrs, obs=obs, table=counts.select(spot_ids),
+                        spatial=positions[["x", "y"]].to_numpy(np.float64),
+                        spatial_um=positions[["x", "y"]].to_numpy(np.float64) * mpp,
+                        embedding=embedding, windows=ctx, window_record=window_record,
+                        views=views, dropped=dropped)
+
+
+def _spots_with_features(positions: pd.DataFrame, fspots: Any, fpath: Path,
+                         params: JoinParams) -> tuple[pd.DataFrame, int]:
+    """The spots with counts that have features; those without are an error, or dropped
+    with a warning under ``join.on_missing: drop`` (returns how many)."""
+    have = positions["spot_id"].isin(set(fspots))
+    dropped = 0
+    if not have.all():
+        n = int((~have).sum())
+        example = ", ".join(positions.loc[~have, "spot_id"].head(3))
+        if params.on_missing == "error":
+            raise InputError(fpath, f"{n} of {len(positions)} spot(s) with counts have no "
+                             f"features (e.g. {example})",
+                             "re-run tile and extract for this sample, or set "
+                             "join.on_missing: drop")
+        log.warning("%s: %d spot(s) with counts have no features; dropped (e.g. %s)",
+                    fpath, n, example)
+        dropped = n
+        positions = positions[have]
+    extra = len(set(fspots) - set(positions["spot_id"]))
+    if extra:
+        log.info("%s: %d feature row(s) belong to spots without counts; ignored", fpath, extra)
+    return positions, dropped
+
+
+def _spot_obsm(by_sample: dict[str, _SpotSection], obs: pd.DataFrame, params: JoinParams,
+               report: Any) -> dict[str, np.ndarray]:
+    """``obsm``: positions, embeddings, context windows, augmentation views and the derived
+    blocks (neighbour means, slide mean); what was joined is recorded in ``report``."""
+    sections = list(by_sample.values())
+    windows: dict[str, list[np.ndarray]] = {}
+    for sec in sections:
+        for name, block in sec.windows.items():
+            windows.setdefault(name, []).append(block)
+    obsm = {"spatial": np.vstack([sec.spatial for sec in sections]),
+            params.obsm_key: np.vstack([sec.embedding for sec in sections])}
     for name, blocks in windows.items():
         obsm[Key.context(params.encoder, name)] = np.vstack(blocks)
-    obsm.update(stack_views(views))
+    obsm.update(stack_views({sid: sec.views for sid, sec in by_sample.items()}))
     derived = add_context(obsm, encoder=params.encoder, sections=obs[Key.SAMPLE_ID].to_numpy(),
-                          xy_um=np.vstack(spatial_um), neighbour_um=params.neighbour_um,
-                          slide_mean=params.slide_mean)
-    report.context = {"blocks": [*windows, *derived], "windows": window_record,
+                          xy_um=np.vstack([sec.spatial_um for sec in sections]),
+                          neighbour_um=params.neighbour_um, slide_mean=params.slide_mean)
+    report.context = {"blocks": [*windows, *derived],
+                      "windows": {sid: sec.window_record for sid, sec in by_sample.items()},
                       "neighbour_um": list(params.neighbour_um), "slide_mean": params.slide_mean,
                       "neighbours": "same section only; a spot with none in reach gets its own "
                                     "embedding"}
-    return obs, matrix, genes, gene_ids, obsm, feature_attrs
+    return obsm
 
 
 def _read_spot_features(path: Path, params: JoinParams):
@@ -348,29 +394,8 @@ def _bulk_parts(sheet, features_dir, params, report, expression: Path, sheet_pat
     keys = sheet[key_col].astype(str)
     table = read_bulk_matrix(expression, values=params.values, orientation=params.orientation,
                              gene_map=params.gene_map, sample_ids=list(dict.fromkeys(keys)))
-    present = keys.isin(set(table.ids))
-    unused = table.ids[~table.ids.isin(set(keys))]
-    if (~present).any() or len(unused):
-        missing = sorted(keys[~present].unique())
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} {key_col}(s) of the sample sheet have no expression "
-                         f"({', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''})")
-        if len(unused):
-            parts.append(f"{len(unused)} expression sample(s) are not in the sample sheet "
-                         f"({', '.join(unused[:5])}{' ...' if len(unused) > 5 else ''})")
-        if params.on_missing == "error":
-            raise InputError(expression, "; ".join(parts),
-                             f"make the matrix IDs match the sheet's {key_col} column, or set "
-                             "join.on_missing: drop")
-        log.warning("%s: %s; dropped", expression, "; ".join(parts))
-        report.dropped["sheet_without_expression"] = len(missing)
-        report.dropped["expression_not_in_sheet"] = len(unused)
-        sheet = sheet[present.to_numpy()]
-        if sheet.empty:
-            raise InputError(expression, "no sample of the sheet has expression",
-                             f"make the matrix IDs match the sheet's {key_col} column")
-
+    sheet = _sheet_with_expression(sheet, keys, table, expression=expression, params=params,
+                                   report=report)
     meta = {sid: _bulk_feature_meta(features_dir / f"{sid}.h5", params) for sid in sheet.index}
     _check_embed_dims(meta, None, sheet.index)
     feature_attrs = meta
@@ -383,31 +408,72 @@ def _bulk_parts(sheet, features_dir, params, report, expression: Path, sheet_pat
     for name, members in groups:
         values = table.select(list(members[key_col].astype(str))).dense().mean(axis=0)
         profiles.append(values)
-        sids = list(members.index)
-        row = {
-            "sample_id": join_unit(sids),
-            "patient": str(members["patient"].iloc[0]),
-            "features_path": join_unit(features_dir / f"{s}.h5" for s in sids),
-            "n_tiles": int(sum(meta[s].n_tiles for s in sids)),  # type: ignore[misc]
-            "n_slides": len(sids),
-            "slide": join_unit(members.loc[s, "slide"] for s in sids),
-        }
-        # region samples: folds may group by section; a section's spot truth (counts,
-        # spots) lets the report score tile maps against the spots (report.map_vs_spots)
-        for column in ("section", "roi", "counts", "spots"):
-            if column in members.columns:
-                row[column] = join_unit(dict.fromkeys(str(v) for v in members[column]))
-        if "split" in members.columns:
-            splits = set(members["split"])
-            if len(splits) > 1:
-                raise InputError(sheet_path, f"patient {name!r} has slides in different splits "
-                                 f"({', '.join(sorted(splits))})", "give all slides of a patient one split")
-            row["split"] = splits.pop()
-        rows.append((str(name), row))
+        rows.append((str(name), _bulk_unit(name, members, features_dir, meta,
+                                           sheet_path=sheet_path)))
     obs = pd.DataFrame([r for _, r in rows], index=pd.Index([n for n, _ in rows], name="unit"))
     matrix = np.vstack(profiles)
     gene_ids = None if table.gene_ids is None else pd.Series(table.gene_ids, index=table.genes)
     return obs, matrix, table.genes, gene_ids, {}, feature_attrs
+
+
+def _sheet_with_expression(sheet: pd.DataFrame, keys: pd.Series, table: Any, *,
+                           expression: Path, params: JoinParams,
+                           report: Any) -> pd.DataFrame:
+    """The sheet's rows whose key has expression; a sheet row without expression, or an
+    expression sample not in the sheet, is an error, or dropped under ``join.on_missing:
+    drop`` (counted in ``report``)."""
+    key_col = params.match_on
+    present = keys.isin(set(table.ids))
+    unused = table.ids[~table.ids.isin(set(keys))]
+    if not (~present).any() and not len(unused):
+        return sheet
+    missing = sorted(keys[~present].unique())
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} {key_col}(s) of the sample sheet have no expression "
+                     f"({', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''})")
+    if len(unused):
+        parts.append(f"{len(unused)} expression sample(s) are not in the sample sheet "
+                     f"({', '.join(unused[:5])}{' ...' if len(unused) > 5 else ''})")
+    if params.on_missing == "error":
+        raise InputError(expression, "; ".join(parts),
+                         f"make the matrix IDs match the sheet's {key_col} column, or set "
+                         "join.on_missing: drop")
+    log.warning("%s: %s; dropped", expression, "; ".join(parts))
+    report.dropped["sheet_without_expression"] = len(missing)
+    report.dropped["expression_not_in_sheet"] = len(unused)
+    sheet = sheet[present.to_numpy()]
+    if sheet.empty:
+        raise InputError(expression, "no sample of the sheet has expression",
+                         f"make the matrix IDs match the sheet's {key_col} column")
+    return sheet
+
+
+def _bulk_unit(name: Any, members: pd.DataFrame, features_dir: Path,
+               meta: dict[str, FeatureAttrs], *,
+               sheet_path: Path | None) -> dict[str, Any]:
+    """The obs row of one unit: a slide, or a patient's slides averaged."""
+    sids = list(members.index)
+    row = {
+        "sample_id": join_unit(sids),
+        "patient": str(members["patient"].iloc[0]),
+        "features_path": join_unit(features_dir / f"{s}.h5" for s in sids),
+        "n_tiles": int(sum(meta[s].n_tiles for s in sids)),  # type: ignore[misc]
+        "n_slides": len(sids),
+        "slide": join_unit(members.loc[s, "slide"] for s in sids),
+    }
+    # region samples: folds may group by section; a section's spot truth (counts,
+    # spots) lets the report score tile maps against the spots (report.map_vs_spots)
+    for column in ("section", "roi", "counts", "spots"):
+        if column in members.columns:
+            row[column] = join_unit(dict.fromkeys(str(v) for v in members[column]))
+    if "split" in members.columns:
+        splits = set(members["split"])
+        if len(splits) > 1:
+            raise InputError(sheet_path, f"patient {name!r} has slides in different splits "
+                             f"({', '.join(sorted(splits))})", "give all slides of a patient one split")
+        row["split"] = splits.pop()
+    return row
 
 
 def _bulk_feature_meta(path: Path, params: JoinParams) -> FeatureAttrs:

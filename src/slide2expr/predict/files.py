@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -75,12 +77,10 @@ def predict_files(features: list[Path], *, model_dir: Path, output: Path, level:
         A model trained on another encoder, a ``head.json`` whose genes do not match the
         network's outputs, NaN weights, NaN feature rows: nothing is written.
     """
-    import anndata as ad
-
     if level not in LEVELS:
         raise InputError(None, f"--level is {level!r}", "use auto, slide or tile")
     models = _Models(Path(model_dir), fold)
-    rows, spreads, obs, spatial = [], [], [], []
+    parts: list[_FileRows] = []
     head = None
     for path in features:
         fs = read_features(path)
@@ -89,33 +89,63 @@ def predict_files(features: list[Path], *, model_dir: Path, output: Path, level:
         check_encoder(head, fs.attrs.encoder, source=path)
         if level == "auto":
             level = "slide" if head.kind == "bulk" else "tile"
-        x = _checked_rows(fs, path)
-        if level == "slide":
-            rows.append(head.predict_bag(x, fs.coords)[None])
-            obs.append(pd.DataFrame({"sample_id": [sample], "n_tiles": [len(x)],
-                                     "model_use": [use]}))
-        else:
-            inputs, _ = model_inputs(head.meta, fs, features_path=path, model_source=model_dir)
-            values, spread = head.predict_tiles_spread(x if inputs is None else inputs)
-            rows.append(values)
-            spreads.append(spread)
-            obs.append(pd.DataFrame({"sample_id": sample, "spot_id": _spot_ids(fs),
-                                     "model_use": use}))
-            spatial.append(fs.coords.astype(np.float64)
-                           + float(fs.attrs.tile_px_level0 or 0.0) / 2.0)
+        parts.append(_predict_file(head, fs, Path(path), sample=sample, use=use, level=level,
+                                   model_dir=model_dir))
         log.info("predicted %s (%d tiles; %s)", sample, len(fs), use)
-    adata = ad.AnnData(X=np.concatenate(rows).astype(np.float32), obs=_obs(obs, level),
+    adata = _predictions_anndata(parts, head=head, level=level, model_dir=model_dir,
+                                 output=output)
+    write_predictions(adata, output)
+    return adata
+
+
+@dataclass
+class _FileRows:
+    """One features file's rows of the predictions."""
+
+    values: np.ndarray
+    obs: pd.DataFrame
+    #: The models' spread (tile level, several models averaged).
+    spread: np.ndarray | None = None
+    #: Tile centres, level-0 px (tile level).
+    centres: np.ndarray | None = None
+
+
+def _predict_file(head: TrainedHead, fs: FeatureSet, path: Path, *, sample: str, use: str,
+                  level: str, model_dir: Path) -> _FileRows:
+    """One file through ``head``: one row for its bag (``level="slide"``), else one a tile
+    (its input blocks built on the file's tiles when the head has context inputs)."""
+    x = _checked_rows(fs, path)
+    if level == "slide":
+        return _FileRows(head.predict_bag(x, fs.coords)[None],
+                         pd.DataFrame({"sample_id": [sample], "n_tiles": [len(x)],
+                                       "model_use": [use]}))
+    inputs, _ = model_inputs(head.meta, fs, features_path=path, model_source=model_dir)
+    values, spread = head.predict_tiles_spread(x if inputs is None else inputs)
+    return _FileRows(values, pd.DataFrame({"sample_id": sample, "spot_id": _spot_ids(fs),
+                                           "model_use": use}), spread=spread,
+                     centres=fs.coords.astype(np.float64)
+                     + float(fs.attrs.tile_px_level0 or 0.0) / 2.0)
+
+
+def _predictions_anndata(parts: list[_FileRows], *, head: TrainedHead, level: str,
+                         model_dir: Path, output: Path) -> Any:
+    """The predictions AnnData of every file (see :func:`predict_files`), range-checked."""
+    import anndata as ad
+
+    adata = ad.AnnData(X=np.concatenate([p.values for p in parts]).astype(np.float32),
+                       obs=_obs([p.obs for p in parts], level),
                        var=pd.DataFrame(index=pd.Index(head.genes)))
+    spatial = [p.centres for p in parts if p.centres is not None]
     if spatial:
         adata.obsm[Key.SPATIAL] = np.concatenate(spatial)
-    if spreads and all(sd is not None for sd in spreads):
+    spreads = [p.spread for p in parts]
+    if level != "slide" and spreads and all(sd is not None for sd in spreads):
         adata.layers[Key.PREDICTED_SD] = np.concatenate(spreads).astype(np.float32)
     adata.uns[Key.PROVENANCE] = {"model_dir": str(model_dir), "head": head.head,
                                  "level": level, "encoder": str(head.meta.get("encoder"))}
     range_check = check_range(adata.X, head.plausible, head.genes, what=str(output))
     if range_check is not None:
         adata.uns[Key.PROVENANCE]["range_check"] = _json_safe(range_check)
-    write_predictions(adata, output)
     return adata
 
 

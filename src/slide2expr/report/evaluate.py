@@ -254,6 +254,73 @@ def build_report(adata, *, top_n: int = 50, n_hvg: int = 50, n_boot: int = 1000,
              held.truth.shape[0], held.truth.shape[1], len(np.unique(held.folds)),
              held.baselines or "none")
     table, fold_r, base_r = _gene_table(held, alpha=alpha)
+    table, gene_sets, set_info = _gene_sets(adata, held, table, base_r, top_n=top_n,
+                                            n_hvg=n_hvg)
+    cis, boot = _bootstrap(held, gene_sets, n_boot=n_boot, seed=seed)
+    r_all = {"model": table["pearson_r"].to_numpy(), **base_r}
+    blocks = {name: {s: _set_summary(r_all[name], m, cis[name][s])
+                     for s, m in gene_sets.items()} for name in r_all}
+    provenance = jsonable(dict(adata.uns.get("slide2expr", {})))
+    summary: dict[str, Any] = {
+        **_run_facts(held, fold_r, provenance, source),
+        "settings": {"top_n": top_n, "n_hvg": n_hvg, "bootstrap": n_boot, "alpha": alpha,
+                     "seed": seed, "baseline": baseline},
+        "reference_baseline": held.ref,
+        "model": blocks["model"],
+        "baselines": {name: blocks[name] for name in held.baselines},
+        "counts": _counts(table, alpha=alpha, has_ref=held.ref is not None),
+        "gene_sets": set_info,
+        "per_fold": _per_fold(held, fold_r),
+        "bootstrap": boot,
+        "definitions": definitions(alpha=alpha, baseline=held.ref, bootstrap_unit=boot["unit"]),
+        "provenance": provenance,
+        "report_version": __version__,
+    }
+    _add_records(summary, adata, provenance)
+    return ReportData(genes=table, summary=summary, truth=held.truth, preds=held.preds,
+                      folds=held.folds, fold_r=fold_r)
+
+
+def _run_facts(held: _HeldOut, fold_r: pd.DataFrame, provenance: dict[str, Any],
+               source: str | Path | None) -> dict[str, Any]:
+    """The summary's first keys: the input, how many units, genes, patients, sections and
+    folds, and the encoder, head and mode of the run."""
+    return {
+        "input": str(source) if source is not None else None,
+        "n_units": int(held.truth.shape[0]),
+        "n_genes": len(held.names),
+        "n_patients": int(held.obs[Key.PATIENT].nunique()),
+        "n_samples": int(held.obs[Key.SAMPLE_ID].nunique()),
+        "n_folds": len(fold_r.columns),
+        "encoder": _prov(provenance, "encoder"),
+        "head": _prov(provenance, "head"),
+        "mode": _prov(provenance, "mode"),
+    }
+
+
+def _bootstrap(held: _HeldOut, gene_sets: dict[str, np.ndarray], *, n_boot: int,
+               seed: int) -> tuple[dict[str, dict[str, tuple[float, float]]], dict[str, Any]]:
+    """Bootstrap CIs of the mean r of every prediction and gene set, resampling patients
+    (else sections), and the summary's record of how."""
+    clusters, unit = _bootstrap_clusters(held.obs)
+    n_clusters = len(np.unique(clusters))
+    log.info("bootstrap: %d replicates resampling %d %ss", n_boot, n_clusters, unit)
+    cis = st.bootstrap_mean_r(held.truth, held.preds, clusters, gene_sets=gene_sets,
+                              n_boot=n_boot, seed=seed)
+    record: dict[str, Any] = {"unit": unit, "n_clusters": n_clusters, "n_boot": n_boot,
+                              "seed": seed, "level": 0.95, "method": "percentile"}
+    if unit != "patient":
+        record["note"] = (
+            f"fewer than {MIN_BOOTSTRAP_CLUSTERS} patients: the intervals resample {unit}s, "
+            "so they do not include patient-to-patient variation")
+    return cis, record
+
+
+def _gene_sets(adata: Any, held: _HeldOut, table: pd.DataFrame, base_r: dict[str, np.ndarray], *,
+               top_n: int, n_hvg: int
+               ) -> tuple[pd.DataFrame, dict[str, np.ndarray], dict[str, Any]]:
+    """The gene table with the training mean, the gene-set flags and the baselines' r (in
+    :data:`GENE_COLUMNS` order); the gene sets as masks; and their record for the summary."""
     if "train_mean" in adata.var:
         train_mean = np.asarray(adata.var["train_mean"], dtype=np.float64)
         mean_source = "var['train_mean']"
@@ -269,51 +336,22 @@ def build_report(adata, *, top_n: int = 50, n_hvg: int = 50, n_boot: int = 1000,
         table[f"baseline_{name}_r"] = base_r[name]
     table = table.reset_index()
     table = table[list(GENE_COLUMNS) + [f"baseline_{n}_r" for n in held.baselines]]
-
     gene_sets = {"all": np.ones(len(held.names), dtype=bool), "top_mean": top_mask,
                  "hvg": hvg_mask}
-    clusters, unit = _bootstrap_clusters(held.obs)
-    n_clusters = len(np.unique(clusters))
-    log.info("bootstrap: %d replicates resampling %d %ss", n_boot, n_clusters, unit)
-    cis = st.bootstrap_mean_r(held.truth, held.preds, clusters, gene_sets=gene_sets,
-                              n_boot=n_boot, seed=seed)
-    r_all = {"model": table["pearson_r"].to_numpy(), **base_r}
-
-    def block(name: str) -> dict[str, Any]:
-        return {s: _set_summary(r_all[name], m, cis[name][s]) for s, m in gene_sets.items()}
-
-    provenance = jsonable(dict(adata.uns.get("slide2expr", {})))
     labels = {k: v.format(top_n=top_n, n_hvg=n_hvg) for k, v in GENE_SET_LABELS.items()}
-    summary: dict[str, Any] = {
-        "input": str(source) if source is not None else None,
-        "n_units": int(held.truth.shape[0]),
-        "n_genes": len(held.names),
-        "n_patients": int(held.obs[Key.PATIENT].nunique()),
-        "n_samples": int(held.obs[Key.SAMPLE_ID].nunique()),
-        "n_folds": len(fold_r.columns),
-        "encoder": _prov(provenance, "encoder"),
-        "head": _prov(provenance, "head"),
-        "mode": _prov(provenance, "mode"),
-        "settings": {"top_n": top_n, "n_hvg": n_hvg, "bootstrap": n_boot, "alpha": alpha,
-                     "seed": seed, "baseline": baseline},
-        "reference_baseline": held.ref,
-        "model": block("model"),
-        "baselines": {name: block(name) for name in held.baselines},
-        "counts": _counts(table, alpha=alpha, has_ref=held.ref is not None),
-        "gene_sets": {
-            "all": {"label": labels["all"], "n_genes": len(held.names)},
-            "top_mean": {"label": labels["top_mean"], "source": mean_source,
-                         "genes": [n for n, m in zip(held.names, top_mask, strict=True) if m]},
-            "hvg": {"label": labels["hvg"], "method": hvg_method,
-                    "genes": [n for n, m in zip(held.names, hvg_mask, strict=True) if m]},
-        },
-        "per_fold": _per_fold(held, fold_r),
-        "bootstrap": {"unit": unit, "n_clusters": n_clusters, "n_boot": n_boot, "seed": seed,
-                      "level": 0.95, "method": "percentile"},
-        "definitions": definitions(alpha=alpha, baseline=held.ref, bootstrap_unit=unit),
-        "provenance": provenance,
-        "report_version": __version__,
+    info = {
+        "all": {"label": labels["all"], "n_genes": len(held.names)},
+        "top_mean": {"label": labels["top_mean"], "source": mean_source,
+                     "genes": [n for n, m in zip(held.names, top_mask, strict=True) if m]},
+        "hvg": {"label": labels["hvg"], "method": hvg_method,
+                "genes": [n for n, m in zip(held.names, hvg_mask, strict=True) if m]},
     }
+    return table, gene_sets, info
+
+
+def _add_records(summary: dict[str, Any], adata: Any, provenance: dict[str, Any]) -> None:
+    """The summary's optional records, where the predictions have them: implausible
+    predictions, the mean ensemble spread, its calibration, what ``train.select`` shipped."""
     implausible = implausible_record(provenance)
     if implausible:
         summary["implausible_predictions"] = implausible
@@ -327,12 +365,6 @@ def build_report(adata, *, top_n: int = 50, n_hvg: int = 50, n_boot: int = 1000,
     selection = selection_summary(provenance)
     if selection is not None:
         summary["selection"] = selection
-    if unit != "patient":
-        summary["bootstrap"]["note"] = (
-            f"fewer than {MIN_BOOTSTRAP_CLUSTERS} patients: the intervals resample {unit}s, "
-            "so they do not include patient-to-patient variation")
-    return ReportData(genes=table, summary=summary, truth=held.truth, preds=held.preds,
-                      folds=held.folds, fold_r=fold_r)
 
 
 def implausible_record(provenance: dict[str, Any]) -> dict[str, Any] | None:

@@ -423,6 +423,50 @@ def _maps_note(links: ReportLinks | None) -> str:
             "and the gene in the viewer.")
 
 
+def _facts(s: dict[str, Any]) -> list[str]:
+    """The page's subtitle: mode, encoder, counts of units, genes, patients, samples and
+    folds, and the mean ensemble spread when there is one."""
+    facts = [f"{s['n_units']} units", f"{s['n_genes']} genes", f"{s['n_patients']} patients",
+             f"{s['n_samples']} samples", f"{s['n_folds']} folds"]
+    if s.get("mean_predicted_sd") is not None:
+        facts.append(f"mean ensemble spread (SD) {s['mean_predicted_sd']:.3g} log1p CP10k")
+    if s.get("encoder"):
+        facts.insert(0, f"encoder {s['encoder']}")
+    if s.get("mode"):
+        facts.insert(0, f"{s['mode']} mode")
+    return facts
+
+
+def _scatter_figures(data: ReportData, *, n_scatter: int, seed: int) -> list[str]:
+    """Scatter plots of the best and of the worst predicted genes (HTML)."""
+    genes = data.genes
+    names = genes["gene"].astype(str).tolist()
+    r_model = genes["pearson_r"].to_numpy(dtype=np.float64)
+    top, bottom = _top_bottom(genes, n_scatter)
+    figs = []
+    for idx, label in ((top, "Best predicted genes"), (bottom, "Worst predicted genes")):
+        if idx:
+            png = plots.scatter_grid(data.truth, data.preds["model"], idx, names=names,
+                                     r=r_model, folds=data.folds, seed=seed)
+            figs.append(f"<h3>{esc(label)}</h3>" + _img(png, label))
+    if not figs:
+        figs.append("<p class='note'>No gene has a defined r: nothing to plot.</p>")
+    return figs
+
+
+def _notes(s: dict[str, Any]) -> str:
+    """Notes under the headline: the bootstrap's unit, implausible predictions, no
+    reference baseline."""
+    note = s["bootstrap"].get("note")
+    notes = f"<p class='note'>{esc(note)}</p>" if note else ""
+    if s.get("implausible_predictions"):
+        notes += f"<p class='note warning'>{esc(s['implausible_predictions']['note'])}</p>"
+    if not s.get("reference_baseline"):
+        notes += ("<p class='note'>No reference baseline in the predictions: genes are not "
+                  "tested against a baseline.</p>")
+    return notes
+
+
 def render_html(data: ReportData, *, title: str | None = None, n_scatter: int = 8,
                 seed: int = 0, links: ReportLinks | None = None,
                 map_scores: pd.DataFrame | None = None) -> str:
@@ -450,49 +494,28 @@ def render_html(data: ReportData, *, title: str | None = None, n_scatter: int = 
     The page, as a string.
     """
     s = data.summary
-    genes = data.genes
-    head, encoder, mode = s.get("head"), s.get("encoder"), s.get("mode")
+    head = s.get("head")
     title = title or "slide2expr report" + (f": {head}" if head else "")
-    facts = [f"{s['n_units']} units", f"{s['n_genes']} genes", f"{s['n_patients']} patients",
-             f"{s['n_samples']} samples", f"{s['n_folds']} folds"]
-    if s.get("mean_predicted_sd") is not None:
-        facts.append(f"mean ensemble spread (SD) {s['mean_predicted_sd']:.3g} log1p CP10k")
-    if encoder:
-        facts.insert(0, f"encoder {encoder}")
-    if mode:
-        facts.insert(0, f"{mode} mode")
-    names = genes["gene"].astype(str).tolist()
-    r_model = genes["pearson_r"].to_numpy(dtype=np.float64)
-    r_all = {"model": r_model}
+    return _document(title, _results_sections(data, title, n_scatter=n_scatter, seed=seed,
+                                              map_scores=map_scores)
+                     + _reference_sections(s, data.genes, links))
+
+
+def _results_sections(data: ReportData, title: str, *, n_scatter: int, seed: int,
+                      map_scores: pd.DataFrame | None) -> str:
+    """The page from its title to the map-versus-spots section: headline, counts, notes,
+    the r distribution, scatter plots, per fold, selection, uncertainty."""
+    s = data.summary
+    genes = data.genes
+    facts = _facts(s)
+    r_all = {"model": genes["pearson_r"].to_numpy(dtype=np.float64)}
     for b in s["baselines"]:
         r_all[b] = genes[f"baseline_{b}_r"].to_numpy(dtype=np.float64)
-    ref = s.get("reference_baseline")
-    dist = plots.r_distribution(r_all, reference=ref,
+    dist = plots.r_distribution(r_all, reference=s.get("reference_baseline"),
                                 significant=genes["significant"].to_numpy(dtype=bool))
-    top, bottom = _top_bottom(genes, n_scatter)
-    figs = []
-    for idx, label in ((top, "Best predicted genes"), (bottom, "Worst predicted genes")):
-        if idx:
-            png = plots.scatter_grid(data.truth, data.preds["model"], idx, names=names,
-                                     r=r_model, folds=data.folds, seed=seed)
-            figs.append(f"<h3>{esc(label)}</h3>" + _img(png, label))
-    if not figs:
-        figs.append("<p class='note'>No gene has a defined r: nothing to plot.</p>")
-    defs = "".join(f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in s["definitions"].items())
-    note = s["bootstrap"].get("note")
-    notes = f"<p class='note'>{esc(note)}</p>" if note else ""
-    if s.get("implausible_predictions"):
-        notes += f"<p class='note warning'>{esc(s['implausible_predictions']['note'])}</p>"
-    if not ref:
-        notes += ("<p class='note'>No reference baseline in the predictions: genes are not "
-                  "tested against a baseline.</p>")
-    prov = provenance_yaml(json.loads(json.dumps(s.get("provenance", {}), default=str)))
-    return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{esc(title)}</title><style>{CSS}</style></head>
-<body>
-<h1>{esc(title)}</h1>
+    figs = _scatter_figures(data, n_scatter=n_scatter, seed=seed)
+    notes = _notes(s)
+    return f"""<h1>{esc(title)}</h1>
 <p class="sub">{esc(' · '.join(facts))}</p>
 <h2>Headline</h2>
 {selection_line(s)}
@@ -508,7 +531,15 @@ def render_html(data: ReportData, *, title: str | None = None, n_scatter: int = 
 {selection_section(s)}
 {uncertainty_section(s)}
 {map_vs_spots_section(map_scores, s.get('map_vs_spots'))}
-<h2>Genes</h2>
+"""
+
+
+def _reference_sections(s: dict[str, Any], genes: pd.DataFrame,
+                        links: ReportLinks | None) -> str:
+    """The sortable gene table, the samples' links, the definitions and the provenance."""
+    defs = "".join(f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in s["definitions"].items())
+    prov = provenance_yaml(json.loads(json.dumps(s.get("provenance", {}), default=str)))
+    return f"""<h2>Genes</h2>
 <p class="sub">Click a column header to sort; type in the box to find genes; a gene's viewer
 link opens the slide viewer at that gene. Also in genes.tsv beside this page.{_maps_note(links)}</p>
 {gene_table(by_r(genes), links)}
@@ -517,6 +548,16 @@ link opens the slide viewer at that gene. Also in genes.tsv beside this page.{_m
 <dl class="defs">{defs}</dl>
 <h2>Provenance</h2>
 <pre>{esc(prov)}</pre>
-<script>{JS}</script>
+"""
+
+
+def _document(title: str, body: str) -> str:
+    """The HTML document around ``body``: head, style, script."""
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{esc(title)}</title><style>{CSS}</style></head>
+<body>
+{body}<script>{JS}</script>
 </body></html>
 """

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import io
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -133,22 +134,8 @@ def scatter_grid(truth: np.ndarray, pred: np.ndarray, idx: Sequence[int], *,
     fold_values = np.unique(folds)
     cmap = _fold_colours(len(fold_values))
     for ax, j in zip(axes, idx, strict=False):
-        t, p, f = truth[units, j], pred[units, j], folds[units]
-        ok = np.isfinite(t) & np.isfinite(p)
-        for c, k in zip(cmap, fold_values, strict=True):
-            m = ok & (f == k)
-            ax.scatter(t[m], p[m], s=6, alpha=0.6, color=c, linewidths=0,
-                       label=f"fold {k}")
-        if ok.any():
-            lo = float(min(t[ok].min(), p[ok].min()))
-            hi = float(max(t[ok].max(), p[ok].max()))
-            ax.plot([lo, hi], [lo, hi], color="black", linewidth=0.6)
-        rv = r[j]
-        rtext = f"r = {rv:.3f}" if np.isfinite(rv) else "r undefined"
-        ax.set_title(f"{_short(names[j])}  ({rtext})", fontsize=10, parse_math=False)
-        ax.set_xlabel("observed", fontsize=8)
-        ax.set_ylabel("predicted", fontsize=8)
-        ax.tick_params(labelsize=7)
+        _scatter_panel(ax, truth[units, j], pred[units, j], folds[units], fold_values, cmap,
+                       title=_short(names[j]), r=r[j])
     for ax in axes[len(idx):]:
         ax.set_visible(False)
     if idx and len(fold_values) <= 10:
@@ -157,6 +144,27 @@ def scatter_grid(truth: np.ndarray, pred: np.ndarray, idx: Sequence[int], *,
         fig.suptitle(title, parse_math=False)
     fig.tight_layout()
     return to_base64_png(fig)
+
+
+def _scatter_panel(ax: Any, t: np.ndarray, p: np.ndarray, f: np.ndarray,
+                   fold_values: np.ndarray, colours: Sequence[Any], *, title: str,
+                   r: float) -> None:
+    """One gene's panel: observed ``t`` vs predicted ``p``, a colour a fold ``f``, the
+    diagonal, and the gene's r in the title."""
+    ok = np.isfinite(t) & np.isfinite(p)
+    for c, k in zip(colours, fold_values, strict=True):
+        m = ok & (f == k)
+        ax.scatter(t[m], p[m], s=6, alpha=0.6, color=c, linewidths=0,
+                   label=f"fold {k}")
+    if ok.any():
+        lo = float(min(t[ok].min(), p[ok].min()))
+        hi = float(max(t[ok].max(), p[ok].max()))
+        ax.plot([lo, hi], [lo, hi], color="black", linewidth=0.6)
+    rtext = f"r = {r:.3f}" if np.isfinite(r) else "r undefined"
+    ax.set_title(f"{title}  ({rtext})", fontsize=10, parse_math=False)
+    ax.set_xlabel("observed", fontsize=8)
+    ax.set_ylabel("predicted", fontsize=8)
+    ax.tick_params(labelsize=7)
 
 
 def _short(name: str, limit: int = 28) -> str:

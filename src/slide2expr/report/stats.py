@@ -416,31 +416,44 @@ def bootstrap_mean_r(truth: np.ndarray, preds: Mapping[str, np.ndarray],
         return {name: dict.fromkeys(gene_sets, nan_ci) for name in preds}
     rng = np.random.default_rng(seed)
     weights = rng.multinomial(k, np.full(k, 1.0 / k), size=n_boot).astype(np.float64)
-    alpha = (1.0 - level) / 2.0
     tol_t = (CONSTANT_RTOL * _column_absmax(t)) ** 2
     result: dict[str, dict[str, tuple[float, float]]] = {}
-    chunk = max(1, int(2e7 // max(1, 6 * g)))
     for name, pred in preds.items():
         p = _as_2d(pred)
-        sums = _cluster_sums(t, p, codes, k).reshape(k, 6 * g)
-        tol_p = (CONSTANT_RTOL * _column_absmax(p)) ** 2
-        means = {s: np.empty(n_boot) for s in gene_sets}
-        for start in range(0, n_boot, chunk):
-            wb = weights[start:start + chunk]
-            r = _r_from_sums((wb @ sums).reshape(-1, 6, g), tol_t, tol_p)
-            for s, mask in gene_sets.items():
-                sub = r[:, np.asarray(mask, dtype=bool)]
-                with np.errstate(invalid="ignore"):
-                    cnt = np.isfinite(sub).sum(axis=1)
-                    tot = np.nansum(sub, axis=1)
-                    means[s][start:start + chunk] = np.where(cnt > 0, tot / np.maximum(cnt, 1),
-                                                             np.nan)
-        result[name] = {}
-        for s, m in means.items():
-            m = m[np.isfinite(m)]
-            if m.size == 0:
-                result[name][s] = nan_ci
-            else:
-                lo, hi = np.quantile(m, [alpha, 1.0 - alpha])
-                result[name][s] = (float(lo), float(hi))
+        means = _replicate_means(t, p, codes, k, weights, gene_sets, tol_t)
+        result[name] = {s: _percentile_ci(m, level) for s, m in means.items()}
     return result
+
+
+def _replicate_means(t: np.ndarray, p: np.ndarray, codes: np.ndarray, k: int,
+                     weights: np.ndarray, gene_sets: Mapping[str, np.ndarray],
+                     tol_t: np.ndarray) -> dict[str, np.ndarray]:
+    """Per gene set, the mean r over its genes in each bootstrap replicate (rows of
+    ``weights``: how often each cluster is drawn), in chunks of replicates."""
+    g = t.shape[1]
+    n_boot = len(weights)
+    sums = _cluster_sums(t, p, codes, k).reshape(k, 6 * g)
+    tol_p = (CONSTANT_RTOL * _column_absmax(p)) ** 2
+    means = {s: np.empty(n_boot) for s in gene_sets}
+    chunk = max(1, int(2e7 // max(1, 6 * g)))
+    for start in range(0, n_boot, chunk):
+        wb = weights[start:start + chunk]
+        r = _r_from_sums((wb @ sums).reshape(-1, 6, g), tol_t, tol_p)
+        for s, mask in gene_sets.items():
+            sub = r[:, np.asarray(mask, dtype=bool)]
+            with np.errstate(invalid="ignore"):
+                cnt = np.isfinite(sub).sum(axis=1)
+                tot = np.nansum(sub, axis=1)
+                means[s][start:start + chunk] = np.where(cnt > 0, tot / np.maximum(cnt, 1),
+                                                         np.nan)
+    return means
+
+
+def _percentile_ci(means: np.ndarray, level: float) -> tuple[float, float]:
+    """The percentile interval of the finite replicate means; ``(nan, nan)`` if none."""
+    finite = means[np.isfinite(means)]
+    if finite.size == 0:
+        return (float("nan"), float("nan"))
+    alpha = (1.0 - level) / 2.0
+    lo, hi = np.quantile(finite, [alpha, 1.0 - alpha])
+    return (float(lo), float(hi))

@@ -402,18 +402,7 @@ def build_manifest(config: dict[str, Any], *, results: str | Path = "results",
     starts = [dt.datetime.fromisoformat(r["start"]) for r in records]
     start = min(starts) if starts else end
     extract = feature_compute(results)
-    gpu_used = any(d.startswith("cuda") for info in extract.values() for d in info["devices"])
-    train = config.get("train") or {}
-    compute = {
-        "torch": torch_info(),
-        "extract": extract,
-        "train": {"accelerator": train.get("accelerator", "auto"), "precision": "32-true"},
-        "gpu_used": gpu_used,
-        "determinism": DETERMINISM,
-        "environment": {k: os.environ.get(k) for k in
-                        ("CUBLAS_WORKSPACE_CONFIG", "OMP_NUM_THREADS", "PYTHONHASHSEED",
-                         "CUDA_VISIBLE_DEVICES") if os.environ.get(k) is not None},
-    }
+    compute = _compute(config, extract)
     return {
         "manifest_version": 1,
         "slide2expr": {"version": __version__, "git": git_info(),
@@ -436,6 +425,23 @@ def build_manifest(config: dict[str, Any], *, results: str | Path = "results",
                 "note": "start = the earliest job start in results/benchmarks/ (file time minus "
                         "the job's wall time); end = when the manifest was written"},
         "timings": {"stages": stage_timings(records), "jobs": records},
+    }
+
+
+def _compute(config: dict[str, Any], extract: dict[str, Any]) -> dict[str, Any]:
+    """The manifest's ``compute``: torch, the extraction's devices and dtypes, training's
+    accelerator, whether a GPU was used, the determinism settings and their environment."""
+    gpu_used = any(d.startswith("cuda") for info in extract.values() for d in info["devices"])
+    train = config.get("train") or {}
+    return {
+        "torch": torch_info(),
+        "extract": extract,
+        "train": {"accelerator": train.get("accelerator", "auto"), "precision": "32-true"},
+        "gpu_used": gpu_used,
+        "determinism": DETERMINISM,
+        "environment": {k: os.environ.get(k) for k in
+                        ("CUBLAS_WORKSPACE_CONFIG", "OMP_NUM_THREADS", "PYTHONHASHSEED",
+                         "CUDA_VISIBLE_DEVICES") if os.environ.get(k) is not None},
     }
 
 

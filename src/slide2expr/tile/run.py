@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from slide2expr.atomic import atomic_outputs
-from slide2expr.contracts.tiles import TileAttrs, write_tiles
+from slide2expr.contracts.tiles import TileAttrs, TileSet, write_tiles
 from slide2expr.errors import InputError
 from slide2expr.inputs.regions import check_region_inside, parse_region
 from slide2expr.inputs.samples import check_sample_id
@@ -19,6 +20,7 @@ from slide2expr.inputs.spaceranger import image_limits
 from slide2expr.inputs.spots import read_spot_positions
 from slide2expr.tile.grid import (
     TilingParams,
+    TissueMap,
     compute_tissue,
     grid_tiles,
     spot_tiles,
@@ -112,31 +114,57 @@ def tile_slide(
         raise InputError(None, "--spots and --spots-out go together",
                          "give both (spot mode) or neither (grid only)")
     with open_slide(slide, sheet_mpp=sheet_mpp, default_mpp=default_mpp) as s:
-        log.info("opened %s", json.dumps(s.describe()))
-        if isinstance(s, SpaceRangerImageSlide):
-            log.warning("%s: no full-resolution image; %s", sample_id,
-                        image_limits(s.spaceranger, patch_um=params.spot_diameter_um,
-                                     tile_px=params.tile_px))
-        region = None if not roi else region_level0(s, roi, roi_units, sample_id=sample_id)
-        tissue = compute_tissue(s, params.tissue)
-        grid = grid_tiles(s, tissue, sample_id, params, region=region)
-        spot_set = None
-        if spots is not None:
-            table = read_spot_positions(spots, counts_path=counts,
-                                        patch_um=params.spot_diameter_um)
-            if region is not None:
-                table = spots_in_region(table, region, sample_id=sample_id, source=spots)
-            spot_set = spot_tiles(s, table, sample_id, params, source=str(spots))
-        if region is not None:
-            for tileset in (grid, spot_set):
-                if tileset is not None:
-                    set_region_attrs(tileset.attrs, region, roi, roi_units)
-        grid.attrs.mask_downsample = float(tissue.downsample)
+        tiled = _tile_open_slide(s, sample_id=sample_id, params=params, spots=spots,
+                                 counts=counts, roi=roi, roi_units=roi_units)
         outputs = [out] + ([spots_out] if spots_out is not None else [])
-        with atomic_outputs(*outputs) as tmps:
-            write_tiles(tmps[0], grid)
-            if spot_set is not None:
-                write_tiles(tmps[1], spot_set)
-            if qc is not None:
-                draw_qc(tissue.image, tissue.downsample, tissue.mask, qc, grid=grid,
-                        spots=spot_set, max_px=qc_max_px, region=region)
+        _write_tilings(outputs, tiled, qc=qc, qc_max_px=qc_max_px)
+
+
+@dataclass
+class _Tiled:
+    """One slide's tissue, its grid tiles, its spot patches (spot mode) and its region."""
+
+    tissue: TissueMap
+    grid: TileSet
+    spot_set: TileSet | None
+    region: Any
+
+
+def _tile_open_slide(s: Slide, *, sample_id: str, params: TilingParams, spots: Path | None,
+                     counts: Path | None, roi: str | None, roi_units: str) -> _Tiled:
+    """Tissue, grid tiles and (with ``spots``) spot patches of the open slide ``s``, kept
+    to the region ``roi`` when one is given."""
+    log.info("opened %s", json.dumps(s.describe()))
+    if isinstance(s, SpaceRangerImageSlide):
+        log.warning("%s: no full-resolution image; %s", sample_id,
+                    image_limits(s.spaceranger, patch_um=params.spot_diameter_um,
+                                 tile_px=params.tile_px))
+    region = None if not roi else region_level0(s, roi, roi_units, sample_id=sample_id)
+    tissue = compute_tissue(s, params.tissue)
+    grid = grid_tiles(s, tissue, sample_id, params, region=region)
+    spot_set = None
+    if spots is not None:
+        table = read_spot_positions(spots, counts_path=counts,
+                                    patch_um=params.spot_diameter_um)
+        if region is not None:
+            table = spots_in_region(table, region, sample_id=sample_id, source=spots)
+        spot_set = spot_tiles(s, table, sample_id, params, source=str(spots))
+    if region is not None:
+        for tileset in (grid, spot_set):
+            if tileset is not None:
+                set_region_attrs(tileset.attrs, region, roi, roi_units)
+    grid.attrs.mask_downsample = float(tissue.downsample)
+    return _Tiled(tissue, grid, spot_set, region)
+
+
+def _write_tilings(outputs: list[Path], tiled: _Tiled, *, qc: Path | None,
+                   qc_max_px: int) -> None:
+    """The grid (and spot) tiles files, together or not at all, and the QC image."""
+    tissue, grid, spot_set = tiled.tissue, tiled.grid, tiled.spot_set
+    with atomic_outputs(*outputs) as tmps:
+        write_tiles(tmps[0], grid)
+        if spot_set is not None:
+            write_tiles(tmps[1], spot_set)
+        if qc is not None:
+            draw_qc(tissue.image, tissue.downsample, tissue.mask, qc, grid=grid,
+                    spots=spot_set, max_px=qc_max_px, region=tiled.region)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +62,200 @@ class FoldResult:
     winner: str = ""
 
 
+@dataclass
+class FoldUnits:
+    """The units of fold ``k``, its genes and targets, and the rows heads and baselines fit on.
+
+    With augmentation views (:mod:`slide2expr.train.views`) the fitted matrix holds a unit's
+    view rows beside its own: :meth:`rows` maps training units to their rows,
+    :attr:`test_rows` the held-out units to theirs, :meth:`held_out` averages predictions of
+    those rows back to one per held-out unit.
+    """
+
+    k: int
+    source: SpotFeatures | BagFeatures
+    train_idx: np.ndarray
+    test_idx: np.ndarray
+    genes: np.ndarray
+    gene_names: list[str]
+    #: Targets of every unit, the fold's genes only (float32).
+    y: np.ndarray
+    #: The inner group (patient or section) of each training unit; None elsewhere.
+    inner_all: np.ndarray
+    inner_grouping: str
+    #: One inner-validation mask over the training units per ensemble member.
+    val_masks: list[np.ndarray]
+    views: ViewRows | None = None
+
+    @cached_property
+    def fit_source(self) -> SpotFeatures | BagFeatures:
+        return self.source if self.views is None else self.views.source
+
+    @cached_property
+    def y_fit(self) -> np.ndarray:
+        return self.y if self.views is None else self.views.tile(self.y)
+
+    @cached_property
+    def fit_groups(self) -> np.ndarray:
+        return self.inner_all if self.views is None else self.views.tile(self.inner_all)
+
+    @cached_property
+    def test_rows(self) -> np.ndarray:
+        return self.test_idx if self.views is None else self.views.test_rows(self.test_idx)
+
+    def rows(self, idx: np.ndarray) -> np.ndarray:
+        """The fitted rows of the training units ``idx``."""
+        return idx if self.views is None else self.views.train_rows(idx)
+
+    def held_out(self, predicted: np.ndarray) -> np.ndarray:
+        """Predictions of :attr:`test_rows` as one row per held-out unit."""
+        return predicted if self.views is None else self.views.average(predicted,
+                                                                        len(self.test_idx))
+
+    def inner_split(self, member: int) -> tuple[np.ndarray, np.ndarray]:
+        """Member ``member``'s (inner training, inner validation) units."""
+        mask = self.val_masks[member]
+        return self.train_idx[~mask], self.train_idx[mask]
+
+
+def fold_units(*, config: TrainConfig, source: SpotFeatures | BagFeatures, x: Any, counts: Any,
+               var_names: np.ndarray, groups: np.ndarray, sections: np.ndarray,
+               fold: np.ndarray, k: int, source_path: str | None,
+               views: ViewRows | None) -> FoldUnits:
+    """Fold ``k``'s units, genes chosen on its training units, and its inner splits."""
+    test_mask = fold == k
+    check_training_units(~test_mask, k, source=source_path)
+    train_idx, test_idx = np.flatnonzero(~test_mask), np.flatnonzero(test_mask)
+    genes = select_training_genes(x[train_idx], var_names, settings=config.genes,
+                                  counts_train=None if counts is None else counts[train_idx],
+                                  source=source_path)
+    y = x[:, genes]
+    y = np.asarray(y.toarray() if sp.issparse(y) else y, dtype=np.float32)
+    inner, grouping = inner_groups(groups[train_idx], sections[train_idx],
+                                   group_by=config.group_by)
+    val_masks = [inner_split(inner, fraction=config.val_fraction, seed=config.seed + k, member=m)
+                 for m in range(config.ensemble)]
+    inner_all = np.empty(len(groups), dtype=object)
+    inner_all[train_idx] = inner
+    return FoldUnits(k=k, source=source, train_idx=train_idx, test_idx=test_idx, genes=genes,
+                     gene_names=[str(g) for g in var_names[genes]], y=y, inner_all=inner_all, inner_grouping=grouping, val_masks=val_masks,
+                     views=views)
+
+
+def input_names(source: SpotFeatures | BagFeatures) -> list[str] | None:
+    """The input blocks of a spot source, in order; None for bags."""
+    return [name for name, _ in getattr(source, "blocks", [])] or None
+
+
+def head_hparams(config: TrainConfig, source: SpotFeatures | BagFeatures,
+                 n_genes: int) -> dict[str, Any]:
+    """The hyperparameters every head is built with (each keeps those it takes)."""
+    return {"in_dim": source.dim, "n_genes": n_genes, "hidden": config.hidden,
+            "dropout": config.dropout, "input_dropout": config.input_dropout, "lr": config.lr,
+            "weight_decay": config.weight_decay, "ks": list(config.he2rna_ks),
+            "attention_dim": config.attention_dim, "aux_weight": config.aux_weight,
+            "input_pca": config.input_pca, "output_rank": config.output_rank,
+            "blocks": [dim for _, dim in getattr(source, "blocks", [])] or None}
+
+
+def train_members(head: str, config: TrainConfig, units: FoldUnits, *, fold_dir: Path,
+                  provenance: dict, plausible: tuple[np.ndarray, np.ndarray]
+                  ) -> list[dict[str, Any]]:
+    """``config.ensemble`` heads of fold ``units.k``, one seed and inner split each (member 0
+    in ``fold_dir``, further members in ``member{m}/``), with the meta each will save."""
+    source = units.source
+    batch_size = config.batch_size if source.kind == "spot" else config.bag_batch_size
+    hparams = head_hparams(config, source, len(units.genes))
+    members = []
+    for m in range(config.ensemble):
+        seed = config.seed + units.k + 1000 * m
+        inner_train, inner_val = units.inner_split(m)
+        data = FoldDataModule(units.fit_source, units.y_fit, train_idx=units.rows(inner_train),
+                              val_idx=inner_val, test_idx=units.test_rows,
+                              batch_size=batch_size, max_tiles=config.max_tiles, seed=seed,
+                              num_workers=config.num_workers)
+        member_dir = fold_dir if m == 0 else fold_dir / f"member{m}"
+        member = fit_member(head, hparams, data, config=config, seed=seed, out_dir=member_dir,
+                            refit_idx=units.rows(units.train_idx) if config.refit else None)
+        member["dir"] = member_dir
+        member["meta"] = {
+            "head": head, "hparams": member["hparams"],
+            "genes": units.gene_names, "fold": units.k,
+            "member": m, "mode": source.kind, "encoder": provenance.get("encoder"),
+            "supertiles": config.supertiles, "seed": seed, "inputs": input_names(source),
+            "best_val_pearson": member["best_val_pearson"],
+            "epochs": member["epochs"], "best_epoch": member["best_epoch"],
+            "refit": config.refit,
+            "train_units": len(units.train_idx) if config.refit else len(inner_train),
+            "val_units": len(inner_val),
+            PLAUSIBLE_KEY: bounds_record(*plausible),
+        }
+        members.append(member)
+    return members
+
+
+def held_out_predictions(members: list[dict[str, Any]], units: FoldUnits) -> np.ndarray:
+    """The members' held-out predictions ``(M, n, G)``; with test-time views, each member's
+    mean over a unit's rows."""
+    stacked = np.stack([mem["predicted"] for mem in members])
+    if units.views is not None:
+        stacked = np.stack([units.held_out(p) for p in stacked])
+    return stacked
+
+
+def _ship_ridge_or_blend(config: TrainConfig, units: FoldUnits, stacked: np.ndarray, *,
+                         fold_dir: Path, alpha: float | None, meta: dict[str, Any],
+                         selection: Selection
+                         ) -> tuple[np.ndarray, np.ndarray | None, dict[str, Any]]:
+    """Ridge or the blend won the fold's selection: ridge fitted on the whole training fold
+    and saved (:func:`ship_ridge`); returns the shipped held-out predictions, their spread
+    (None for ridge alone: one model) and the record of ridge."""
+    ridge_pred, ridge_fit = ship_ridge(
+        config, units.fit_source, units.y_fit, train_idx=units.rows(units.train_idx),
+        test_idx=units.test_rows, alpha=alpha, groups=units.fit_groups, fold_dir=fold_dir,
+        meta=meta, selection=selection)
+    ridge_pred = units.held_out(ridge_pred)
+    if selection.winner == RIDGE:
+        predicted, predicted_sd = ridge_pred, None
+    else:
+        predicted, predicted_sd = blended(stacked, ridge_pred, selection.blend_weight)
+    return predicted.astype(np.float32), predicted_sd, ridge_fit
+
+
+def fold_info(units: FoldUnits, members: list[dict[str, Any]],
+              selection: Selection) -> dict[str, Any]:
+    """The fold's record in the predictions' provenance (``uns['slide2expr']['train']``)."""
+    views = units.views
+    inner_train, inner_val = units.inner_split(len(members) - 1)
+    return {
+        "fold": units.k, "n_train": len(inner_train), "n_val": len(inner_val),
+        "n_test": len(units.test_idx),
+        "genes": units.gene_names, "epochs": [mem["epochs"] for mem in members],
+        "best_epoch": [mem["best_epoch"] for mem in members],
+        "best_val_pearson": [mem["best_val_pearson"] for mem in members],
+        "seconds": round(sum(mem["seconds"] for mem in members), 2),
+        "inner_grouping": units.inner_grouping,
+        "inputs": input_names(units.source),
+        "augment_views": list(views.train_views) if views is not None else [],
+        "tta_views": list(views.tta_views) if views is not None else [],
+        "near_constant_features": int(near_constant(
+            units.fit_source.moments(units.rows(units.train_idx))[1],
+            block_widths(units.fit_source)).sum()),
+        "selection": selection.record(),
+    }
+
+
+def fold_baselines(config: TrainConfig, units: FoldUnits,
+                   info: dict[str, Any]) -> dict[str, np.ndarray]:
+    """:func:`fit_baselines` on the fold's fitted rows, one prediction per held-out unit;
+    ridge's alpha is chosen with the same inner grouping as early stopping."""
+    out = fit_baselines(config, units.fit_source, units.y_fit,
+                        train_idx=units.rows(units.train_idx), test_idx=units.test_rows,
+                        groups=units.fit_groups, k=units.k, info=info)
+    if units.views is None:
+        return out
+    return {n: units.held_out(p).astype(np.float32) for n, p in out.items()}
+
 
 def train_fold(*, head: str, config: TrainConfig, source: SpotFeatures | BagFeatures,
                x: Any, counts: Any, var_names: np.ndarray, groups: np.ndarray, fold: np.ndarray,
@@ -72,118 +267,33 @@ def train_fold(*, head: str, config: TrainConfig, source: SpotFeatures | BagFeat
     With ``views`` (:mod:`slide2expr.train.views`), the training units' view rows are extra
     training rows (never the held-out units'), and held-out predictions are averaged over
     the test-time views."""
-    test_mask = fold == k
-    train_mask = ~test_mask
-    check_training_units(train_mask, k, source=source_path)
-    train_idx = np.flatnonzero(train_mask)
-    test_idx = np.flatnonzero(test_mask)
-
-    genes = select_training_genes(x[train_idx], var_names, settings=config.genes,
-                                  counts_train=None if counts is None else counts[train_idx],
-                                  source=source_path)
-    y = x[:, genes]
-    y = np.asarray(y.toarray() if sp.issparse(y) else y, dtype=np.float32)
-    fit_source, y_fit = (source, y) if views is None else (views.source, views.tile(y))
-    rows = (lambda idx: idx) if views is None else views.train_rows
-    test_rows = test_idx if views is None else views.test_rows(test_idx)
-
-    sections = groups if sections is None else sections
-    inner, grouping = inner_groups(groups[train_idx], sections[train_idx],
-                                   group_by=config.group_by)
-    val_masks = [inner_split(inner, fraction=config.val_fraction, seed=config.seed + k, member=m)
-                 for m in range(config.ensemble)]
-    inner_train, inner_val = train_idx[~val_masks[0]], train_idx[val_masks[0]]
-
-    batch_size = config.batch_size if source.kind == "spot" else config.bag_batch_size
-    hparams = {"in_dim": source.dim, "n_genes": len(genes), "hidden": config.hidden,
-               "dropout": config.dropout, "input_dropout": config.input_dropout, "lr": config.lr,
-               "weight_decay": config.weight_decay, "ks": list(config.he2rna_ks),
-               "attention_dim": config.attention_dim, "aux_weight": config.aux_weight,
-               "input_pca": config.input_pca, "output_rank": config.output_rank,
-               "blocks": [dim for _, dim in getattr(source, "blocks", [])] or None}
-    gene_names = [str(g) for g in var_names[genes]]
-    plausible = plausible_bounds(y[train_idx])
-    input_names = [name for name, _ in getattr(source, "blocks", [])] or None
-    members = []
-    for m in range(config.ensemble):
-        seed = config.seed + k + 1000 * m
-        inner_train, inner_val = train_idx[~val_masks[m]], train_idx[val_masks[m]]
-        data = FoldDataModule(fit_source, y_fit, train_idx=rows(inner_train), val_idx=inner_val,
-                              test_idx=test_rows, batch_size=batch_size,
-                              max_tiles=config.max_tiles, seed=seed,
-                              num_workers=config.num_workers)
-        member_dir = fold_dir if m == 0 else fold_dir / f"member{m}"
-        members.append(fit_member(head, hparams, data, config=config, seed=seed,
-                                  out_dir=member_dir,
-                                  refit_idx=rows(train_idx) if config.refit else None))
-        members[-1]["dir"] = member_dir
-        members[-1]["meta"] = {
-            "head": head, "hparams": members[-1]["hparams"], "genes": gene_names, "fold": k,
-            "member": m, "mode": source.kind, "encoder": provenance.get("encoder"),
-            "supertiles": config.supertiles, "seed": seed, "inputs": input_names,
-            "best_val_pearson": members[-1]["best_val_pearson"],
-            "epochs": members[-1]["epochs"], "best_epoch": members[-1]["best_epoch"],
-            "refit": config.refit,
-            "train_units": len(train_idx) if config.refit else len(inner_train),
-            "val_units": len(inner_val),
-            PLAUSIBLE_KEY: bounds_record(*plausible),
-        }
-    inner_all = np.empty(len(groups), dtype=object)
-    inner_all[train_idx] = inner
-    selection = select_model(head, config, members, fit_source, y_fit, y,
-                             splits=[(train_idx[~v], train_idx[v]) for v in val_masks],
-                             inner_all=inner_all, rows=rows,
-                             blend=blend_compared(config.select_blend, grouping,
+    units = fold_units(config=config, source=source, x=x, counts=counts, var_names=var_names,
+                       groups=groups, sections=groups if sections is None else sections,
+                       fold=fold, k=k, source_path=source_path, views=views)
+    plausible = plausible_bounds(units.y[units.train_idx])
+    members = train_members(head, config, units, fold_dir=fold_dir, provenance=provenance,
+                            plausible=plausible)
+    selection = select_model(head, config, members, units.fit_source, units.y_fit, units.y,
+                             splits=[units.inner_split(m) for m in range(len(members))],
+                             inner_all=units.inner_all, rows=units.rows,
+                             blend=blend_compared(config.select_blend, units.inner_grouping,
                                                   config.group_by))
     for mem in members:
         save_head(mem["module"], mem["dir"], meta={**mem["meta"],
                                                    "selection": selection.record()})
-    stacked = np.stack([mem["predicted"] for mem in members])
-    if views is not None:  # each member's mean over the clean and TTA rows of a held-out unit
-        stacked = np.stack([views.average(p, len(test_idx)) for p in stacked])
+    stacked = held_out_predictions(members, units)
     predicted = stacked.mean(axis=0)
     predicted_sd = stacked.std(axis=0) if len(members) > 1 else None
-    info: dict[str, Any] = {
-        "fold": k, "n_train": len(inner_train), "n_val": len(inner_val), "n_test": len(test_idx),
-        "genes": gene_names, "epochs": [mem["epochs"] for mem in members],
-        "best_epoch": [mem["best_epoch"] for mem in members],
-        "best_val_pearson": [mem["best_val_pearson"] for mem in members],
-        "seconds": round(sum(mem["seconds"] for mem in members), 2),
-        "inner_grouping": grouping,
-        "inputs": input_names,
-        "augment_views": list(views.train_views) if views is not None else [],
-        "tta_views": list(views.tta_views) if views is not None else [],
-        "near_constant_features": int(near_constant(
-            fit_source.moments(rows(train_idx))[1], block_widths(fit_source)).sum()),
-        "selection": selection.record(),
-    }
-
-    # ridge's alpha is chosen with the same inner grouping as early stopping
-    out_baselines = fit_baselines(config, fit_source, y_fit, train_idx=rows(train_idx),
-                                  test_idx=test_rows,
-                                  groups=inner_all if views is None else views.tile(inner_all),
-                                  k=k, info=info)
-    if views is not None:
-        out_baselines = {n: views.average(p, len(test_idx)).astype(np.float32)
-                         for n, p in out_baselines.items()}
+    info = fold_info(units, members, selection)
+    out_baselines = fold_baselines(config, units, info)
     head_predicted = predicted
     if selection.winner in (RIDGE, BLEND):
-        ridge_pred, ridge_fit = ship_ridge(config, fit_source, y_fit, train_idx=rows(train_idx),
-                                           test_idx=test_rows, alpha=info.get("ridge_alpha"),
-                                           groups=inner_all if views is None
-                                           else views.tile(inner_all),
-                                           fold_dir=fold_dir, meta=members[0]["meta"],
-                                           selection=selection)
-        ridge_pred = ridge_pred if views is None else views.average(ridge_pred, len(test_idx))
-        if selection.winner == RIDGE:
-            predicted, predicted_sd = ridge_pred, None  # one model: no members' spread
-        else:
-            predicted, predicted_sd = blended(stacked, ridge_pred, selection.blend_weight)
-        predicted = predicted.astype(np.float32)
-        info["ridge_model"] = ridge_fit
-    return FoldResult(fold=k, genes=genes, test_idx=test_idx, predicted=predicted,
+        predicted, predicted_sd, info["ridge_model"] = _ship_ridge_or_blend(
+            config, units, stacked, fold_dir=fold_dir, alpha=info.get("ridge_alpha"),
+            meta=members[0]["meta"], selection=selection)
+    return FoldResult(fold=k, genes=units.genes, test_idx=units.test_idx, predicted=predicted,
                       baselines=out_baselines, info=info,
-                      train_mean=y[train_idx].astype(np.float64).mean(axis=0),
+                      train_mean=units.y[units.train_idx].astype(np.float64).mean(axis=0),
                       predicted_sd=predicted_sd, head_predicted=head_predicted,
                       winner=selection.winner, plausible=plausible)
 

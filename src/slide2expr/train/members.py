@@ -66,65 +66,85 @@ def fit_member(head: str, hparams: dict, data: Any, *, config: TrainConfig, seed
 
         return fit_member_plain(head, hparams, data, config=config, seed=seed,
                                 out_dir=out_dir, refit_idx=refit_idx)
+    with quiet_lightning():
+        start = time.perf_counter()
+        module, fit = _fit_early_stopped(head, hparams, data, config=config, seed=seed,
+                                         out_dir=out_dir)
+        if refit_idx is not None:
+            module, data = _refit(head, hparams, data, refit_idx, config=config, seed=seed,
+                                  out_dir=out_dir, epochs=fit["best_epoch"] + 1)
+        seconds = time.perf_counter() - start
+        # out-of-fold: the held-out units through the network, as prediction runs it
+        predicted = predict_batches(module.network, data.predict_dataloader())
+        module.eval()
+    return {"module": module.cpu(), "predicted": predicted, **fit,
+            "seconds": round(seconds, 2),
+            "hparams": {k: v for k, v in hparams.items() if k in module.hparams}}
+
+
+def _new_head(head: str, hparams: dict, data: Any, config: TrainConfig) -> Any:
+    """A freshly initialised head, standardised on ``data``'s training units."""
+    module = build_head(head, **hparams)
+    module.pearson_weight = config.pearson_weight
+    module.set_standardisation(**data.standardisation())
+    _fit_bases(module, data)
+    return module
+
+
+def _fit_early_stopped(head: str, hparams: dict, data: Any, *, config: TrainConfig, seed: int,
+                       out_dir: Path) -> tuple[Any, dict[str, Any]]:
+    """A head trained with early stopping on validation r, its best checkpoint loaded; and
+    its epochs, best epoch, best validation r and inner-validation predictions."""
     import pytorch_lightning as pl
     import torch
     from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
     from pytorch_lightning.loggers import CSVLogger
 
     configure_determinism(seed)
-    module = build_head(head, **hparams)
-    module.pearson_weight = config.pearson_weight
-    module.set_standardisation(**data.standardisation())
-    _fit_bases(module, data)
+    module = _new_head(head, hparams, data, config)
     out_dir.mkdir(parents=True, exist_ok=True)
     checkpoint = ModelCheckpoint(dirpath=out_dir, filename="best", monitor=MONITOR, mode="max",
                                  save_top_k=1, auto_insert_metric_name=False)
     stopper = EarlyStopping(monitor=MONITOR, mode="max", patience=config.patience)
-    with quiet_lightning():
-        trainer = pl.Trainer(
-            max_epochs=config.max_epochs, min_epochs=min(config.min_epochs, config.max_epochs),
-            accelerator=config.accelerator, devices=1, deterministic=True,
-            callbacks=[checkpoint, stopper], logger=CSVLogger(out_dir, name="", version=""),
-            enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-            log_every_n_steps=1,
-        )
-        start = time.perf_counter()
-        trainer.fit(module, datamodule=data)
-        seconds = time.perf_counter() - start
-        best_epoch = int(trainer.current_epoch)
-        if checkpoint.best_model_path:
-            ckpt = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=True)
-            module.load_state_dict(ckpt["state_dict"])
-            best_epoch = int(ckpt.get("epoch", best_epoch))
-        epochs = int(trainer.current_epoch)
-        val_predicted = _predict_validation(trainer, module, data)
-        if refit_idx is not None:
-            # Same settings, all training-fold units, as many epochs as the best inner model.
-            configure_determinism(seed)
-            data = data.refit_on(refit_idx)
-            module = build_head(head, **hparams)
-            module.pearson_weight = config.pearson_weight
-            module.set_standardisation(**data.standardisation())
-            _fit_bases(module, data)
-            trainer = pl.Trainer(
-                max_epochs=best_epoch + 1, min_epochs=best_epoch + 1,
-                accelerator=config.accelerator, devices=1, deterministic=True,
-                logger=CSVLogger(out_dir, name="", version="refit"), limit_val_batches=0,
-                enable_checkpointing=False, enable_progress_bar=False,
-                enable_model_summary=False, num_sanity_val_steps=0, log_every_n_steps=1,
-            )
-            trainer.fit(module, datamodule=data)
-            trainer.save_checkpoint(out_dir / "best.ckpt", weights_only=True)
-            seconds = time.perf_counter() - start
-        # out-of-fold: the held-out units through the network, as prediction runs it
-        predicted = predict_batches(module.network, data.predict_dataloader())
-        module.eval()
+    trainer = pl.Trainer(
+        max_epochs=config.max_epochs, min_epochs=min(config.min_epochs, config.max_epochs),
+        accelerator=config.accelerator, devices=1, deterministic=True,
+        callbacks=[checkpoint, stopper], logger=CSVLogger(out_dir, name="", version=""),
+        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+        log_every_n_steps=1,
+    )
+    trainer.fit(module, datamodule=data)
+    best_epoch = int(trainer.current_epoch)
+    if checkpoint.best_model_path:
+        ckpt = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=True)
+        module.load_state_dict(ckpt["state_dict"])
+        best_epoch = int(ckpt.get("epoch", best_epoch))
     best = checkpoint.best_model_score
-    return {"module": module.cpu(), "predicted": predicted, "val_predicted": val_predicted,
-            "epochs": epochs,
-            "best_epoch": best_epoch, "best_val_pearson": None if best is None else float(best),
-            "seconds": round(seconds, 2),
-            "hparams": {k: v for k, v in hparams.items() if k in module.hparams}}
+    return module, {"val_predicted": _predict_validation(trainer, module, data),
+                    "epochs": int(trainer.current_epoch), "best_epoch": best_epoch,
+                    "best_val_pearson": None if best is None else float(best)}
+
+
+def _refit(head: str, hparams: dict, data: Any, refit_idx: np.ndarray, *, config: TrainConfig,
+           seed: int, out_dir: Path, epochs: int) -> tuple[Any, Any]:
+    """A fresh head trained on all training-fold units ``refit_idx`` for ``epochs`` epochs
+    (the best inner model's), same settings, saved over ``best.ckpt``; and its data."""
+    import pytorch_lightning as pl
+    from pytorch_lightning.loggers import CSVLogger
+
+    configure_determinism(seed)
+    data = data.refit_on(refit_idx)
+    module = _new_head(head, hparams, data, config)
+    trainer = pl.Trainer(
+        max_epochs=epochs, min_epochs=epochs,
+        accelerator=config.accelerator, devices=1, deterministic=True,
+        logger=CSVLogger(out_dir, name="", version="refit"), limit_val_batches=0,
+        enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, num_sanity_val_steps=0, log_every_n_steps=1,
+    )
+    trainer.fit(module, datamodule=data)
+    trainer.save_checkpoint(out_dir / "best.ckpt", weights_only=True)
+    return module, data
 
 
 def _predict_validation(trainer: Any, module: Any, data: Any) -> np.ndarray | None:

@@ -32,27 +32,25 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from tqdm.auto import tqdm
 
 from slide2expr.atomic import atomic_outputs
 from slide2expr.contracts._anndata import write_h5ad
 from slide2expr.contracts.models import write_splits
-from slide2expr.keys import Key
 from slide2expr.train.assembly import BASELINE_LAYERS, assemble_predictions, warn_implausible
 from slide2expr.train.config import TrainConfig
-from slide2expr.train.cv import assign_folds, fold_ids, group_labels
+from slide2expr.train.cv import fold_ids
 from slide2expr.train.folds import FoldResult, fit_baselines, select_model, ship_ridge, train_fold
 from slide2expr.train.members import configure_determinism, fit_member, quiet_lightning
 from slide2expr.train.sources import (
+    TrainingInputs,
     check_dataset,
-    check_targets,
     dataset_mode,
     feature_source,
     spot_blocks,
     spot_key,
+    training_inputs,
 )
-from slide2expr.train.views import view_rows
 
 __all__ = [
     "BASELINE_LAYERS",
@@ -111,41 +109,32 @@ def run_training(adata: Any, *, head: str, config: TrainConfig, models_dir: str 
     dataset_path = None if dataset_path is None else Path(dataset_path)
     check_dataset(adata, head, src)
     config = config.for_head(head)
-    provenance = dict(adata.uns.get("slide2expr", {}))
-    groups = group_labels(adata.obs, config.group_by, source=src)
-    split = adata.obs[Key.SPLIT] if "split" in adata.obs else None
-    fold = assign_folds(groups, config.folds, seed=config.seed, split=split, source=src)
-    x = adata.X
-    counts = adata.layers[Key.COUNTS] if "counts" in adata.layers else None
-    var_names = np.asarray(adata.var_names.astype(str))
-    check_targets(x, src)
-    source = feature_source(adata, config=config, dataset_path=dataset_path,
-                            inputs=config.inputs_for(head))
-    views = None
-    if source.kind == "spot" and (config.augment_views or config.tta):
-        views = view_rows(adata, source, spot_key(adata, config=config, dataset_path=dataset_path),
-                          config.inputs_for(head), augment=config.augment_views, tta=config.tta,
-                          dataset_path=dataset_path)
-    sections = adata.obs[Key.SAMPLE_ID].astype(str).to_numpy()
-
-    results: list[FoldResult] = []
+    inputs = training_inputs(adata, head=head, config=config, dataset_path=dataset_path)
     # Both outputs appear together or not at all; the models folder replaces an earlier one
     # only if slide2expr made it (checked before training), and one run at a time writes them.
     with atomic_outputs(models_dir, predictions_path) as (tmp_dir, predictions_tmp):
-        for k in tqdm(fold_ids(fold), desc=f"training {head}", unit="fold", disable=None):
-            result = train_fold(head=head, config=config, source=source, x=x, counts=counts,
-                                var_names=var_names, groups=groups, fold=fold, k=k,
-                                fold_dir=tmp_dir / f"fold{k}", provenance=provenance,
-                                source_path=src, sections=sections, views=views)
-            results.append(result)
-            log.info("fold %d: %d genes, epochs %s, best val r %s, ridge alpha %s",
-                     k, len(result.genes), result.info["epochs"],
-                     result.info["best_val_pearson"], result.info.get("ridge_alpha"))
-        write_splits(tmp_dir, units=adata.obs_names.astype(str),
-                     sample_ids=adata.obs[Key.SAMPLE_ID].astype(str).to_numpy(),
-                     groups=groups, fold=fold)
-        predictions = assemble_predictions(adata, results, fold=fold, config=config,
-                                           head=head, provenance=provenance)
+        results = [_train_fold(inputs, k, head=head, config=config, models_dir=tmp_dir,
+                               source_path=src)
+                   for k in tqdm(fold_ids(inputs.fold), desc=f"training {head}", unit="fold",
+                                 disable=None)]
+        write_splits(tmp_dir, units=adata.obs_names.astype(str), sample_ids=inputs.sections,
+                     groups=inputs.groups, fold=inputs.fold)
+        predictions = assemble_predictions(adata, results, fold=inputs.fold, config=config,
+                                           head=head, provenance=inputs.provenance)
         warn_implausible(predictions, head)
         write_h5ad(predictions, predictions_tmp)  # uns['spatial'] images compressed
     return predictions
+
+
+def _train_fold(inputs: TrainingInputs, k: int, *, head: str, config: TrainConfig,
+                models_dir: Path, source_path: str | None) -> FoldResult:
+    """:func:`train_fold` of fold ``k`` into ``models_dir/fold{k}``, logged."""
+    result = train_fold(head=head, config=config, source=inputs.source, x=inputs.x,
+                        counts=inputs.counts, var_names=inputs.var_names, groups=inputs.groups,
+                        fold=inputs.fold, k=k, fold_dir=models_dir / f"fold{k}",
+                        provenance=inputs.provenance, source_path=source_path,
+                        sections=inputs.sections, views=inputs.views)
+    log.info("fold %d: %d genes, epochs %s, best val r %s, ridge alpha %s",
+             k, len(result.genes), result.info["epochs"],
+             result.info["best_val_pearson"], result.info.get("ridge_alpha"))
+    return result

@@ -4,6 +4,7 @@ the dataset can be trained on."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -12,9 +13,11 @@ import numpy as np
 from slide2expr.errors import InputError
 from slide2expr.keys import Key, split_unit
 from slide2expr.train.config import TrainConfig
+from slide2expr.train.cv import assign_folds, group_labels
 from slide2expr.train.features import BagFeatures, SpotFeatures
 from slide2expr.train.gene_selection import column_stats
 from slide2expr.train.heads import HEADS
+from slide2expr.train.views import ViewRows, view_rows
 
 
 def dataset_mode(adata: Any) -> str:
@@ -123,3 +126,45 @@ def check_targets(x: Any, src: str | None) -> None:
     if not (var > 0).any():
         raise InputError(src, "all target genes are constant across units",
                          "check the counts: a model cannot learn constant expression")
+
+
+@dataclass
+class TrainingInputs:
+    """What a training run reads from its dataset, checked."""
+
+    provenance: dict
+    #: Patient (or ``group_by``) label of each unit.
+    groups: np.ndarray
+    #: The fold that holds each unit out (``NOT_HELD_OUT`` for a ``split: train`` unit).
+    fold: np.ndarray
+    #: Targets (log1p CP10k) and raw counts (None without ``layers['counts']``).
+    x: Any
+    counts: Any
+    var_names: np.ndarray
+    source: SpotFeatures | BagFeatures
+    #: The section (``sample_id``) of each unit.
+    sections: np.ndarray
+    views: ViewRows | None = None
+
+
+def training_inputs(adata: Any, *, head: str, config: TrainConfig,
+                    dataset_path: Path | None) -> TrainingInputs:
+    """The folds, targets, feature blocks and augmentation views ``head`` trains on
+    (``config`` already resolved for the head: :meth:`TrainConfig.for_head`)."""
+    src = None if dataset_path is None else str(dataset_path)
+    groups = group_labels(adata.obs, config.group_by, source=src)
+    split = adata.obs[Key.SPLIT] if "split" in adata.obs else None
+    fold = assign_folds(groups, config.folds, seed=config.seed, split=split, source=src)
+    check_targets(adata.X, src)
+    source = feature_source(adata, config=config, dataset_path=dataset_path,
+                            inputs=config.inputs_for(head))
+    views = None
+    if source.kind == "spot" and (config.augment_views or config.tta):
+        views = view_rows(adata, source, spot_key(adata, config=config, dataset_path=dataset_path),
+                          config.inputs_for(head), augment=config.augment_views, tta=config.tta,
+                          dataset_path=dataset_path)
+    return TrainingInputs(
+        provenance=dict(adata.uns.get("slide2expr", {})), groups=groups, fold=fold, x=adata.X,
+        counts=adata.layers[Key.COUNTS] if "counts" in adata.layers else None,
+        var_names=np.asarray(adata.var_names.astype(str)), source=source,
+        sections=adata.obs[Key.SAMPLE_ID].astype(str).to_numpy(), views=views)

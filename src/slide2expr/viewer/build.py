@@ -163,37 +163,23 @@ def build_viewer(results: str | Path, out: str | Path | None = None, *,
     # the viewer shows every gene unless some are asked for
     genes = select_genes(first.genes, genes=options.genes,
                          source=maps[0]) if options.genes else list(first.genes)
-    report = _find(options.report, results / "report" / head / GENES_TSV)
-    r_by_gene = read_gene_r(report) if report else {}
-    predictions = spot_predictions(_find(options.predictions,
-                                         results / "predictions" / f"{head}.h5ad"),
-                                   explicit=options.predictions is not None)
+    r_by_gene, predictions = _report_and_predictions(results, head, options)
     cohort = cohort_limits(maps, genes, options)
     check_writable(out)
     page.openseadragon_dir()  # an installation fault stops the build before any work
-    stats: list[SlideStats] = []
-    entries: list[dict[str, Any]] = []
-    pyramids: dict[str, tuple[Any, str]] = {}
     with atomic_output(out) as tmp:
         tmp.mkdir(parents=True)
         page.copy_assets(tmp)
-        for path in maps:
-            tmap = first if path == maps[0] else read_tile_map(path)
-            entry, stat = build_slide(tmap, tmp / "slides", genes, options=options,
-                                      predictions=predictions,
-                                      explicit_predictions=options.predictions is not None,
-                                      source=path, pyramids=pyramids)
-            entries.append(entry)
-            stats.append(stat)
-        manifest = {
+        entries, stats = _build_slides(tmp / "slides", maps, first, genes, options=options,
+                                       predictions=predictions)
+        page.write_data(tmp, {
             "head": head, "units": UNITS, "results": str(results),
             "genes": gene_entries(genes, r_by_gene),
             "default_gene": genes[0] if options.genes else _best(genes, r_by_gene),
             "cohort_limits": {g: cohort[g] for g in genes},
             "clip_percentiles": list(options.clip_percentiles),
             "slides": entries,
-        }
-        page.write_data(tmp, manifest)
+        })
         seconds = time.perf_counter() - start
         (tmp / "build.json").write_text(json.dumps(
             {"seconds": round(seconds, 2), "head": head, "n_genes": len(genes),
@@ -201,6 +187,36 @@ def build_viewer(results: str | Path, out: str | Path | None = None, *,
     log.info("viewer of %d slides x %d genes written to %s in %.1f s", len(stats), len(genes),
              out, seconds)
     return ViewerResult(out=out, head=head, genes=genes, slides=stats, seconds=seconds)
+
+
+def _report_and_predictions(results: Path, head: str,
+                            options: ViewerOptions) -> tuple[dict[str, float], Any]:
+    """Each gene's r from the report's ``genes.tsv`` (none without a report) and the
+    spot-mode predictions measured at the spots (None without them)."""
+    report = _find(options.report, results / "report" / head / GENES_TSV)
+    r_by_gene = read_gene_r(report) if report else {}
+    predictions = spot_predictions(_find(options.predictions,
+                                         results / "predictions" / f"{head}.h5ad"),
+                                   explicit=options.predictions is not None)
+    return r_by_gene, predictions
+
+
+def _build_slides(out: Path, maps: list[Path], first: TileMap, genes: list[str], *,
+                  options: ViewerOptions, predictions: Any
+                  ) -> tuple[list[dict[str, Any]], list[SlideStats]]:
+    """Every slide's pyramid and layers under ``out`` (:func:`build_slide`): the page's
+    entries and the build figures, one a tile map (``first`` is ``maps[0]`` already read)."""
+    stats: list[SlideStats] = []
+    entries: list[dict[str, Any]] = []
+    pyramids: dict[str, tuple[Any, str]] = {}
+    for path in maps:
+        tmap = first if path == maps[0] else read_tile_map(path)
+        entry, stat = build_slide(tmap, out, genes, options=options, predictions=predictions,
+                                  explicit_predictions=options.predictions is not None,
+                                  source=path, pyramids=pyramids)
+        entries.append(entry)
+        stats.append(stat)
+    return entries, stats
 
 
 def find_tile_maps(results: Path, head: str | None,
@@ -345,27 +361,9 @@ def build_slide(tmap: TileMap, slides_dir: Path, genes: Sequence[str], *,
     grid = layers.tile_grid(tmap)
     spots = read_spots(predictions, sample, genes, explicit=explicit_predictions)
     spread = layers.tile_spread(tmap)
-    entries = gene_entries(genes, {})
-    sizes = []
-    for gene, entry in zip(genes, entries, strict=True):
-        col = tmap.genes.index(gene)
-        layer = layers.gene_layer(
-            tmap, gene, grid,
-            slide_limits=robust_limits(tmap.values[:, col], options.clip_percentiles),
-            spots=spots, spread=None if spread is None else spread[:, col])
-        path = folder / "genes" / f"{entry['file']}.js"
-        path.write_text(page.js_call("gene", sample, gene, layer), encoding="utf-8")
-        sizes.append(path.stat().st_size)
-    cells = layers.tile_cells(tmap, grid)
-    detail = {
-        "cells": layers.b64(cells.astype("<i4").tobytes()),
-        "tile_ids": [str(s) for s in tmap.spot_ids] if tmap.spot_ids is not None else None,
-        "outline": outline,
-        "spots": None if spots is None else {
-            "centres": np.round(spots.centres, 1).tolist(), "ids": spots.ids,
-            "diameter": round(spots.diameter, 1)},
-    }
-    (folder / "slide.js").write_text(page.js_call("slide", sample, detail), encoding="utf-8")
+    sizes = _write_gene_layers(tmap, folder, sample, genes, grid, spots=spots, spread=spread,
+                               options=options)
+    _write_slide_detail(tmap, folder, sample, grid, spots=spots, outline=outline)
     entry = {
         "id": sample, "width": pyr.width, "height": pyr.height,
         "mpp": mpp, "mpp_source": mpp_source,
@@ -387,6 +385,41 @@ def build_slide(tmap: TileMap, slides_dir: Path, genes: Sequence[str], *,
              sample, pyr.width, pyr.height, len(genes), stat.bytes / 1e6, stat.seconds,
              pyramid_seconds, pyr.backend)
     return entry, stat
+
+
+def _write_gene_layers(tmap: TileMap, folder: Path, sample: str, genes: Sequence[str],
+                       grid: layers.Grid, *, spots: layers.SpotTable | None,
+                       spread: np.ndarray | None,
+                       options: ViewerOptions) -> list[int]:
+    """One ``genes/{gene}.js`` layer a gene, coloured on the slide's own limits; returns
+    their sizes in bytes."""
+    sizes = []
+    for gene, entry in zip(genes, gene_entries(genes, {}), strict=True):
+        col = tmap.genes.index(gene)
+        layer = layers.gene_layer(
+            tmap, gene, grid,
+            slide_limits=robust_limits(tmap.values[:, col], options.clip_percentiles),
+            spots=spots, spread=None if spread is None else spread[:, col])
+        path = folder / "genes" / f"{entry['file']}.js"
+        path.write_text(page.js_call("gene", sample, gene, layer), encoding="utf-8")
+        sizes.append(path.stat().st_size)
+    return sizes
+
+
+def _write_slide_detail(tmap: TileMap, folder: Path, sample: str, grid: layers.Grid, *,
+                        spots: layers.SpotTable | None, outline: list) -> None:
+    """``slide.js``: the tiles' cells on the grid, their ids, the tissue outline, the
+    spots."""
+    cells = layers.tile_cells(tmap, grid)
+    detail = {
+        "cells": layers.b64(cells.astype("<i4").tobytes()),
+        "tile_ids": [str(s) for s in tmap.spot_ids] if tmap.spot_ids is not None else None,
+        "outline": outline,
+        "spots": None if spots is None else {
+            "centres": np.round(spots.centres, 1).tolist(), "ids": spots.ids,
+            "diameter": round(spots.diameter, 1)},
+    }
+    (folder / "slide.js").write_text(page.js_call("slide", sample, detail), encoding="utf-8")
 
 
 def slide_outline(slide_path: Path, tmap: TileMap,

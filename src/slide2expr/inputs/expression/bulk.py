@@ -82,18 +82,23 @@ def read_bulk_matrix(
         table, symbols = _read_text(path, orientation=orientation, map_col=map_col,
                                     sample_ids=sample_ids)
     check_values(table.matrix, source=path, values=values, ids=table.ids)
+    mapping = _gene_mapping(table, symbols, path=path, map_file=map_file, map_col=map_col)
+    table = rename_genes(table, mapping=mapping)
+    log.info("%s: %d samples x %d genes (%s)", path, *table.shape, values)
+    return table
+
+
+def _gene_mapping(table: ExpressionTable, symbols: pd.Series | None, *, path: Path,
+                  map_file: Path | None, map_col: str | None) -> pd.Series | None:
+    """The gene ID -> symbol mapping: the file's symbol column, a mapping file, or None."""
     if map_col is not None:
         if symbols is None:
             raise InputError(path, f"has no gene symbol column {map_col!r} (join.gene_map)",
                              "give the column that holds symbols, or a mapping file")
-        mapping = map_column(table.genes, symbols)
-    elif map_file is not None:
-        mapping = read_gene_map(map_file)
-    else:
-        mapping = None
-    table = rename_genes(table, mapping=mapping)
-    log.info("%s: %d samples x %d genes (%s)", path, *table.shape, values)
-    return table
+        return map_column(table.genes, symbols)
+    if map_file is not None:
+        return read_gene_map(map_file)
+    return None
 
 
 def _gene_map_kind(gene_map: str | Path | None) -> tuple[Path | None, str | None]:

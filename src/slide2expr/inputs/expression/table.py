@@ -140,7 +140,17 @@ def read_delimited(
     except (OSError, ValueError, pd.errors.ParserError, UnicodeDecodeError) as exc:
         raise InputError(path, f"cannot be read as a {'CSV' if sep == ',' else 'TSV'} table ({exc})",
                          "give a delimited text file with a header row") from exc
-    # the header names the ID column, or (R's write.table) only the data columns
+    _name_columns(frame, header, path)
+    _check_row_ids(frame, path, what)
+    text_cols = [c for c in frame.columns if c in keep_text_columns]
+    text = frame[text_cols].astype(str)
+    values = frame.drop(columns=text_cols)
+    return _numeric(values, path), text
+
+
+def _name_columns(frame: pd.DataFrame, header: list[str], path: Path) -> None:
+    """The header's column names exactly as written, in place; duplicates refused. The
+    header names the ID column, or (R's write.table) only the data columns."""
     names = header if frame.shape[1] == len(header) else header[1:]
     dup_cols = pd.Index(names)[pd.Index(names).duplicated()].unique()
     if len(dup_cols):
@@ -148,6 +158,10 @@ def read_delimited(
                          f"{', '.join(map(str, dup_cols[:3]))})", "make column names unique")
     if len(names) == frame.shape[1]:
         frame.columns = names  # undo pandas' renaming of duplicates
+
+
+def _check_row_ids(frame: pd.DataFrame, path: Path, what: str) -> None:
+    """Row IDs stripped, in place; empty or duplicate ones refused."""
     frame.index = frame.index.map(lambda v: "" if pd.isna(v) else str(v).strip())
     empty = int((frame.index == "").sum())
     if empty:
@@ -156,10 +170,6 @@ def read_delimited(
     if len(dup):
         raise InputError(path, f"{len(dup)} duplicate {what} ID(s) (e.g. {', '.join(dup[:3])})",
                          f"make {what} IDs unique")
-    text_cols = [c for c in frame.columns if c in keep_text_columns]
-    text = frame[text_cols].astype(str)
-    values = frame.drop(columns=text_cols)
-    return _numeric(values, path), text
 
 
 def check_values(

@@ -44,6 +44,19 @@ def open_slide(
         When the file is missing, is not a slide any backend can read, or has no mpp.
     """
     path = Path(path)
+    slide = _open_backend(path)
+    try:
+        slide.apply_mpp_policy(sheet_mpp=sheet_mpp, default_mpp=default_mpp)
+    except InputError:
+        if require_mpp or isinstance(slide, SpaceRangerImageSlide):
+            slide.close()
+            raise
+    return slide
+
+
+def _open_backend(path: Path) -> Slide:
+    """The first backend that reads ``path``: Space Ranger's image, a plain image by its
+    suffix, else OpenSlide, else tifffile for a TIFF."""
     if not path.exists():
         raise InputError(path, "the slide file does not exist",
                          "check the 'slide' column of the sample sheet (paths are relative to "
@@ -51,38 +64,18 @@ def open_slide(
     from slide2expr.inputs.spaceranger import is_spaceranger_image
 
     if is_spaceranger_image(path):
-        slide = SpaceRangerImageSlide(path)
-        slide.apply_mpp_policy(sheet_mpp=sheet_mpp, default_mpp=default_mpp)
-        return slide
+        return SpaceRangerImageSlide(path)
     if path.is_dir():
         raise InputError(path, "is a directory, not a slide file",
                          "point to one file of the slide (for DICOM, any .dcm of the series), "
                          "or to a Space Ranger outs/ folder")
-    suffix = "".join(path.suffixes[-2:]).lower() if path.name.lower().endswith(
-        (".ome.tif", ".ome.tiff")) else path.suffix.lower()
     errors: list[str] = []
-    slide: Slide | None = None
-    if suffix in PLAIN_IMAGE_SUFFIXES:
-        try:
-            slide = PlainImageSlide(path)
-        except Image.DecompressionBombError as exc:
-            raise too_large(path, exc) from None
-        except Exception as exc:  # PIL raises many types for broken files
-            errors.append(f"PIL: {exc}")
+    if _suffix(path) in PLAIN_IMAGE_SUFFIXES:
+        slide = _try_plain_image(path, errors)
     else:
-        try:
-            slide = OpenSlideSlide(path)
-        except Exception as exc:  # OpenSlideUnsupportedFormatError, OpenSlideError, OSError
-            errors.append(f"OpenSlide: {exc}")
-        if slide is None and suffix in TIFF_SUFFIXES:
-            try:
-                slide = TiffFileSlide(path)
-                slide._read_level(slide.level_count - 1, 0, 0, 1, 1)  # proves decodability
-            except InputError:
-                raise
-            except Exception as exc:
-                slide = None
-                errors.append(f"tifffile: {exc}")
+        slide = _try_openslide(path, errors)
+        if slide is None and _suffix(path) in TIFF_SUFFIXES:
+            slide = _try_tifffile(path, errors)
     if slide is None:
         detail = "; ".join(e.splitlines()[0] for e in errors) or "unknown format"
         raise InputError(
@@ -91,10 +84,45 @@ def open_slide(
             "check that the file is complete (re-copy it) and in a supported format: SVS, "
             "NDPI, MRXS, SCN, DICOM, tiled TIFF/OME-TIFF, JPEG or PNG",
         )
-    try:
-        slide.apply_mpp_policy(sheet_mpp=sheet_mpp, default_mpp=default_mpp)
-    except InputError:
-        if require_mpp:
-            slide.close()
-            raise
     return slide
+
+
+def _suffix(path: Path) -> str:
+    """The lower-case suffix, ``.ome.tif(f)`` as one."""
+    if path.name.lower().endswith((".ome.tif", ".ome.tiff")):
+        return "".join(path.suffixes[-2:]).lower()
+    return path.suffix.lower()
+
+
+def _try_plain_image(path: Path, errors: list[str]) -> Slide | None:
+    """A JPEG/PNG/BMP through PIL, or None (the reason appended to ``errors``)."""
+    try:
+        return PlainImageSlide(path)
+    except Image.DecompressionBombError as exc:
+        raise too_large(path, exc) from None
+    except Exception as exc:  # PIL raises many types for broken files
+        errors.append(f"PIL: {exc}")
+        return None
+
+
+def _try_openslide(path: Path, errors: list[str]) -> Slide | None:
+    """The slide through OpenSlide, or None (the reason appended to ``errors``)."""
+    try:
+        return OpenSlideSlide(path)
+    except Exception as exc:  # OpenSlideUnsupportedFormatError, OpenSlideError, OSError
+        errors.append(f"OpenSlide: {exc}")
+        return None
+
+
+def _try_tifffile(path: Path, errors: list[str]) -> Slide | None:
+    """A TIFF pyramid through tifffile, its smallest level decoded as proof, or None (the
+    reason appended to ``errors``)."""
+    try:
+        slide = TiffFileSlide(path)
+        slide._read_level(slide.level_count - 1, 0, 0, 1, 1)  # proves decodability
+        return slide
+    except InputError:
+        raise
+    except Exception as exc:
+        errors.append(f"tifffile: {exc}")
+        return None
