@@ -429,8 +429,8 @@ def _selection_sentence(head: str, winners: dict[str, str]) -> str:
              f"({', '.join(folds)})" for w, folds in by.items() if folds]
     if parts:
         text = "; ".join(parts)
-        return (f"{text[0].upper()}{text[1:]}: those folds ship that model's predictions, "
-                f"the others the {head} head's.")
+        others = (f", the others the {head} head's" if len(ridge) + len(blend) < n else "")
+        return f"{text[0].upper()}{text[1:]}: those folds ship that model's predictions{others}."
     return (f"The {head} head beat ridge regression on the same inputs (and their blend) on "
             f"inner validation in every fold ({n}): it is the shipped model.")
 
