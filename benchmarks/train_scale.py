@@ -257,8 +257,9 @@ def ratio(rows: list[dict[str, Any]], key: str, old: str = "lightning", **where:
 
 def paths(args: argparse.Namespace) -> list[tuple[str, Path | None]]:
     """The paths compared: ``before`` (with ``--before-src``), Lightning, plain."""
-    return ([(BEFORE, args.before_src)] if args.before_src else []) + \
+    every = ([(BEFORE, args.before_src)] if args.before_src else []) + \
         [(loop, None) for loop in PATHS]
+    return [(loop, src) for loop, src in every if not args.paths or loop in args.paths]
 
 
 def main_full(args: argparse.Namespace) -> None:
@@ -329,6 +330,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--ridge", action="store_true", help="Time ridge's selection fit too.")
     p.add_argument("--ridge-max-rows", type=int, default=20000)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--paths", nargs="+", choices=[*PATHS, BEFORE], default=None,
+                   help="Run only these paths (default: all).")
     p.add_argument("--loop", choices=[*PATHS, BEFORE], default="plain")
     p.add_argument("--before-src", type=Path, default=None,
                    help="A slide2expr source tree (its src/) run as a third path, 'before'.")

@@ -859,7 +859,8 @@ def test_ctrl_c_during_train_says_interrupted_and_leaves_nothing(spot_dataset, t
     slow = json.dumps({"train": {"folds": 2, "max_epochs": 1000, "min_epochs": 1000,
                                  "patience": 1000, "hidden": 8, "batch_size": 4}})
     models, predictions = tmp_path / "out" / "models", tmp_path / "out" / "pred.h5ad"
-    args = ["train", spot_dataset, "--models-dir", models, "--predictions", predictions]
+    args = ["train", spot_dataset, "--head", "mlp", "--models-dir", models, "--predictions",
+            predictions]
     proc = subprocess.Popen([sys.executable, "-m", "slide2expr.cli", *map(str, args),
                              "--config-json", slow], stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
@@ -881,7 +882,7 @@ def test_ctrl_c_during_train_says_interrupted_and_leaves_nothing(spot_dataset, t
 
 def test_read_only_output_names_the_users_output(spot_dataset, read_only_dir, tmp_path):
     models = read_only_dir / "models"
-    proc = cli("train", spot_dataset, "--models-dir", models, "--predictions",
+    proc = cli("train", spot_dataset, "--head", "mlp", "--models-dir", models, "--predictions",
                read_only_dir / "pred.h5ad", "--config-json", TINY_TRAIN)
     line = one_clean_error(proc)
     assert proc.returncode == 1, proc.stderr

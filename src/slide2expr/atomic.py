@@ -42,7 +42,7 @@ from collections.abc import Iterator
 from functools import lru_cache
 from pathlib import Path
 
-from slide2expr.errors import ForeignFolder, OutputBusy, environment_fault
+from slide2expr.errors import EnvironmentFault, ForeignFolder, OutputBusy, environment_fault
 
 log = logging.getLogger(__name__)
 
@@ -328,6 +328,8 @@ def _as_fault(exc: BaseException, finals: list[Path], tmps: list[Path]) -> BaseE
     if not isinstance(exc, Exception):
         return exc
     filenames = [getattr(exc, "filename2", None), getattr(exc, "filename", None)]
+    if isinstance(exc, EnvironmentFault):  # an inner output's fault: its path is the file
+        filenames.append(exc.path)
     named = [Path(f) for f in filenames if isinstance(f, (str, os.PathLike))]
     own = [p for p in (_named_output(n, finals, tmps) for n in named) if p is not None]
     path: Path | None

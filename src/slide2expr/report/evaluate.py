@@ -404,21 +404,25 @@ def selection_summary(provenance: dict[str, Any]) -> dict[str, Any] | None:
         sentence = (f"train.select is off: every fold ships the {head} head, whatever inner "
                     "validation says.")
     else:
-        sentence = _selection_sentence(head, {f: v["winner"] for f, v in folds.items()})
+        compared = any("blend" in (v.get("inner_scores") or {}) for v in folds.values())
+        sentence = _selection_sentence(head, {f: v["winner"] for f, v in folds.items()},
+                                       blend=compared)
     return {"mode": overall.get("mode"), "head": head, "shipped": shipped,
             "ridge_folds": ridge_folds, "blend_folds": blend_folds, "folds": folds,
             "sentence": sentence}
 
 
-def _selection_sentence(head: str, winners: dict[str, str]) -> str:
-    """One plain sentence: which model (head, ridge, blend) each fold ships and why."""
+def _selection_sentence(head: str, winners: dict[str, str], *, blend: bool = True) -> str:
+    """One plain sentence: which model (head, ridge, blend) each fold ships and why
+    (``blend``: whether the blend was among the candidates)."""
     n = len(winners)
     by = {w: [f for f, v in winners.items() if v == w] for w in ("ridge", "blend")}
     ridge, blend = by["ridge"], by["blend"]
     names = {"ridge": "ridge regression on the same inputs",
              "blend": f"the blend of the {head} head and ridge on the same inputs"}
     if n and len(ridge) == n:
-        return (f"Ridge regression on the same inputs beat the {head} head and their blend on "
+        also = " and their blend" if blend else ""
+        return (f"Ridge regression on the same inputs beat the {head} head{also} on "
                 f"inner validation in every fold ({n}): the shipped model and these "
                 f"predictions are ridge's, not the {head} head's.")
     if n and len(blend) == n:
@@ -429,9 +433,10 @@ def _selection_sentence(head: str, winners: dict[str, str]) -> str:
              f"({', '.join(folds)})" for w, folds in by.items() if folds]
     if parts:
         text = "; ".join(parts)
-        return (f"{text[0].upper()}{text[1:]}: those folds ship that model's predictions, "
-                f"the others the {head} head's.")
-    return (f"The {head} head beat ridge regression on the same inputs (and their blend) on "
+        others = (f", the others the {head} head's" if len(ridge) + len(blend) < n else "")
+        return f"{text[0].upper()}{text[1:]}: those folds ship that model's predictions{others}."
+    also = " (and their blend)" if blend else ""
+    return (f"The {head} head beat ridge regression on the same inputs{also} on "
             f"inner validation in every fold ({n}): it is the shipped model.")
 
 

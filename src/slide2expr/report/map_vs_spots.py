@@ -223,6 +223,43 @@ def score_maps(adata: Any, model_dir: str | Path | None, *, top_n: int = 50,
         (``section`` = ``"all"``), and the summary block (pooled values, paired differences of
         the head against floor and ridge, and the head as a share of the ceiling).
     """
+    run = _scoring(adata, model_dir, heads=heads, ceiling=ceiling, alphas=alphas, seed=seed,
+                   top_n=top_n, n_boot=n_boot)
+    rows, boot_means = [], {}
+    for section, (members, regs, spots) in run.truth.by_section.items():
+        _score_section(run, section, members, regs, spots, rows=rows, boot_means=boot_means)
+    if not rows:
+        raise InputError(None, "no held-out section has spots on its regions' tiles",
+                         "check the region sheet's counts and spots columns")
+    table = pd.DataFrame(rows)
+    table = pd.concat([table, _pooled(table, boot_means)], ignore_index=True)
+    return table, _summary(table, boot_means, top_n=top_n, n_boot=n_boot)
+
+
+@dataclass
+class _Scoring:
+    """What every section of a map-versus-spots run is scored with."""
+
+    folds: np.ndarray
+    measured: np.ndarray
+    genes: list[str]
+    truth: Any
+    heads: dict[int, Any]
+    spot_run: dict[str, pd.DataFrame] | None
+    alphas: tuple[float, ...]
+    seed: int
+    top_n: int
+    n_boot: int
+    section_of: dict[str, str]
+    rng: np.random.Generator
+
+
+def _scoring(adata: Any, model_dir: str | Path | None, *, heads: dict[int, Any] | None,
+             ceiling: str | Path | None, alphas: tuple[float, ...], seed: int, top_n: int,
+             n_boot: int) -> _Scoring:
+    """What the sections are scored with: folds, measured values, the fold models, the spot
+    truth and the ceiling's spot run (read first: a spot run with the wrong folds is refused
+    before any slow work)."""
     from slide2expr.predict import load_trained_head
 
     obs = adata.obs
@@ -237,35 +274,40 @@ def score_maps(adata: Any, model_dir: str | Path | None, *, top_n: int = 50,
                  if f != NOT_HELD_OUT}
     truth = read_spot_truth(adata, predicted=np.asarray(adata.layers[Key.PREDICTED],
                                                         dtype=np.float64))
-    section_of = dict(zip(obs[Key.SAMPLE_ID].astype(str), _sections(obs), strict=True))
-    rng = np.random.default_rng(seed)
-    rows, boot_means = [], {}
-    for section, (members, regs, spots) in truth.by_section.items():
-        held = folds[members] != NOT_HELD_OUT
-        if spot_run is not None:
-            spots = spots.subset(np.isin(spots.spot_id, spot_run[section].index))
-        if not held.all() or len(spots.region) < 3:
-            log.warning("map vs spots: section %s skipped (%d spots on tiles, %d regions never "
-                        "held out)", section, len(spots.region), int((~held).sum()))
-            continue
-        maps = _section_maps(regs, spots, truth.regions, heads, genes, truth.spot_rows,
-                             alphas=alphas, sections=section_of, seed=seed)
-        if spot_run is not None:
-            maps[CEILING] = spot_run[section].loc[spots.spot_id].to_numpy()
-        train_mask = ~np.isin(folds, list(set(folds[members]))) & (folds != NOT_HELD_OUT)
-        top = np.argsort(-measured[train_mask].mean(axis=0))[:top_n]
-        resamples = _resamples(len(spots.region), n_boot, rng)
-        for method, values in maps.items():
-            r_all = _gene_r(values, spots.truth)
-            boots = _boot_r(values, spots.truth, resamples, top)
-            boot_means[(section, method)] = boots
-            rows.append(_row(section, method, len(spots.region), len(members), r_all, top, boots))
-    if not rows:
-        raise InputError(None, "no held-out section has spots on its regions' tiles",
-                         "check the region sheet's counts and spots columns")
-    table = pd.DataFrame(rows)
-    table = pd.concat([table, _pooled(table, boot_means)], ignore_index=True)
-    return table, _summary(table, boot_means, top_n=top_n, n_boot=n_boot)
+    return _Scoring(folds=folds, measured=measured, genes=genes, truth=truth, heads=heads,
+                    spot_run=spot_run, alphas=alphas, seed=seed, top_n=top_n, n_boot=n_boot,
+                    section_of=dict(zip(obs[Key.SAMPLE_ID].astype(str), _sections(obs),
+                                        strict=True)),
+                    rng=np.random.default_rng(seed))
+
+
+def _score_section(run: _Scoring, section: str, members: np.ndarray, regs: Any, spots: Any, *,
+                   rows: list[dict[str, Any]],
+                   boot_means: dict[tuple[str, str], np.ndarray]) -> None:
+    """One held-out section's maps scored at its spots: a table row a method in ``rows``,
+    the bootstrap means in ``boot_means``; a section not held out, or with fewer than 3
+    spots on its regions' tiles, is skipped with a warning."""
+    held = run.folds[members] != NOT_HELD_OUT
+    if run.spot_run is not None:
+        spots = spots.subset(np.isin(spots.spot_id, run.spot_run[section].index))
+    if not held.all() or len(spots.region) < 3:
+        log.warning("map vs spots: section %s skipped (%d spots on tiles, %d regions never "
+                    "held out)", section, len(spots.region), int((~held).sum()))
+        return
+    maps = _section_maps(regs, spots, run.truth.regions, run.heads, run.genes,
+                         run.truth.spot_rows, alphas=run.alphas, sections=run.section_of,
+                         seed=run.seed)
+    if run.spot_run is not None:
+        maps[CEILING] = run.spot_run[section].loc[spots.spot_id].to_numpy()
+    folds = run.folds
+    train_mask = ~np.isin(folds, list(set(folds[members]))) & (folds != NOT_HELD_OUT)
+    top = np.argsort(-run.measured[train_mask].mean(axis=0))[:run.top_n]
+    resamples = _resamples(len(spots.region), run.n_boot, run.rng)
+    for method, values in maps.items():
+        r_all = _gene_r(values, spots.truth)
+        boots = _boot_r(values, spots.truth, resamples, top)
+        boot_means[(section, method)] = boots
+        rows.append(_row(section, method, len(spots.region), len(members), r_all, top, boots))
 
 
 def _read_region(row: pd.Series, bulk: np.ndarray, fold: int,
