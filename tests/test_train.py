@@ -298,8 +298,11 @@ def test_spot_training_recovers_signal_not_noise_and_writes_the_contract(tmp_pat
     adata = planted_dataset()
     out, models, preds = _train(adata, tmp_path)
     assert preds.is_file() and list(out.obs_names) == list(adata.obs_names)
+    # One member a fold: no spread, unless a fold ships the blend of the head and ridge
+    # (two models, so their weighted spread); the selection decides, as recorded.
+    blend_folds = out.uns["slide2expr"]["train"]["selection"]["blend_folds"]
     assert set(out.layers) == {"predicted", "predicted_head", "baseline_ridge", "baseline_hest",
-                               "baseline_mean"}
+                               "baseline_mean", *(["predicted_sd"] if blend_folds else [])}
     assert np.isfinite(out.layers["predicted"]).all()  # every unit exactly one OOF prediction
     splits = pd.read_csv(models / "splits.tsv", sep="\t")
     assert list(splits["unit"]) == list(adata.obs_names)
@@ -323,7 +326,9 @@ def test_spot_training_recovers_signal_not_noise_and_writes_the_contract(tmp_pat
     got = head.predict_tiles(adata.obsm["X_toy"][rows])
     np.testing.assert_allclose(got, out.layers["predicted"][rows], rtol=1e-4, atol=1e-4)
     ensemble = load_trained_head(models)
-    assert ensemble.genes == list(adata.var_names) and len(ensemble.members) == 3
+    # a fold that ships the blend contributes its head and its ridge
+    assert ensemble.genes == list(adata.var_names)
+    assert len(ensemble.members) == 3 + len(blend_folds)
 
 
 def test_two_cpu_runs_give_identical_predictions(tmp_path):
@@ -458,9 +463,26 @@ def test_cli_train_and_predict(tmp_path):
     assert len(folds) > 1
     each = np.stack([load_trained_head(f).predict_tiles(adata.obsm["X_toy"][:7])
                      for f in folds])
-    np.testing.assert_allclose(new.layers["predicted_sd"], each.std(axis=0), rtol=1e-4,
-                               atol=1e-5)
     np.testing.assert_allclose(new.X, each.mean(axis=0), rtol=1e-4, atol=1e-5)
+    # the spread is over every model averaged: each fold's head, and its ridge where the fold
+    # ships the blend, weighted as in the mean (1/n_folds a fold, split by the blend weight)
+    models = [(m, w) for f in folds
+              for m, w in zip(*_single_models(load_trained_head(f)), strict=True)]
+    preds = np.stack([m.predict_tiles(adata.obsm["X_toy"][:7]) for m, _ in models])
+    weights = np.array([w for _, w in models]) / len(folds)
+    mean = np.tensordot(weights, preds, axes=1)
+    spread = np.sqrt(np.maximum(np.tensordot(weights, preds ** 2, axes=1) - mean ** 2, 0))
+    np.testing.assert_allclose(new.X, mean, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(new.layers["predicted_sd"], spread, rtol=1e-4, atol=1e-4)
+
+
+def _single_models(head):
+    """The members of a loaded fold as one-member heads, with their weights in the fold."""
+    from dataclasses import replace
+
+    singles = [replace(head, members=[m], member_columns=[c], member_weights=None)
+               for m, c in zip(head.members, head.member_columns, strict=True)]
+    return singles, head.weights()
 
 
 def test_cli_bad_input_is_one_line_and_status_2(tmp_path, monkeypatch, capsys):
