@@ -739,7 +739,8 @@ def test_demo_tumour_gene_map_is_high_on_tumour_and_low_on_stroma(demo_dir, tmp_
                  predictions_path=predictions)
 
     tmap, _ = load_or_predict(feats / "grid" / f"{target}.h5", model_dir=models)
-    assert tmap.attrs.model_use == f"fold 0, which held {target} out"
+    # fold 0's model alone (its head, or its blend with ridge when the selection ships it)
+    assert tmap.attrs.model_use.startswith(f"fold 0, which held {target} out")
     out = tmp_path / "heatmaps" / "mlp"
     with open_matching_slide(sheet.loc[target, "slide"], tmap) as slide:
         result = make_heatmaps(tmap, slide, out, predictions=predictions,

@@ -751,6 +751,7 @@ def test_report_rule_and_snakemake_report(tmp_path: Path) -> None:
         f"validate(config['report'], {str(REPO / 'workflow/schemas/report.schema.yaml')!r})\n"
         # what workflow/rules/common.smk defines for a run with one encoder
         "RESULTS = 'results'\nSWEEP = False\nENC_RESULTS = RESULTS\nENC_TAG = ''\n"
+        "CEILING_PREDICTIONS = None\n"
         f"CONDA_ENV = {str(REPO / 'envs' / 'slide2expr.yaml')!r}\n"
         "def config_json(*keys):\n"
         "    return shlex.quote(json.dumps({k: config[k] for k in keys}))\n"

@@ -312,9 +312,10 @@ def choose_fold(model_dir: str | Path, sample_id: str, *,
 
 def describe_use(use: str, head: TrainedHead) -> str:
     """``use`` with how many models are averaged, when several."""
-    if len(head.members) > 1:
-        return f"{use}: average of {len(head.members)} models (folds, ensemble members)"
-    return use
+    if len(head.members) == 1:
+        return use
+    return (f"{use}: average of {len(head.members)} models (folds, ensemble members, and "
+            "ridge where a fold ships train.select's blend; weighted as shipped)")
 
 
 def load_model_for_sample(model_dir: str | Path, sample_id: str, *,
