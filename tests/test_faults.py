@@ -775,7 +775,7 @@ def test_folder_outputs_follow_one_rule(tmp_path):
 # case 2: one writer per output
 
 def test_a_second_extract_of_the_same_output_is_refused(toy, tmp_path):
-    many = _many_tiles(toy, tmp_path, 4)
+    many = _many_tiles(toy, tmp_path, 16)  # outlasts a second CLI start
     out = tmp_path / "features" / "toy.h5"
     first = _extract(many, out)
     try:
@@ -791,7 +791,7 @@ def test_a_second_extract_of_the_same_output_is_refused(toy, tmp_path):
         if first.poll() is None:
             first.kill()
     assert first.returncode == 0, err
-    n = len(np.tile(toy_coords(toy), (4, 1)))
+    n = len(np.tile(toy_coords(toy), (16, 1)))
     assert len(read_features(out)) == n  # the first run's file, whole (all rows done)
     assert leftovers(out.parent) == []
 

@@ -242,8 +242,8 @@ def _pseudo_cohort_model(work: Path) -> None:
     x = adata.obsm["spatial"][:, 0]
     adata.obs["patient"] = np.digitize(x, np.quantile(x, [1 / 3, 2 / 3])).astype(str)
     adata.write_h5ad(work / "cohort.h5ad")
-    proc = cli("-q", "train", work / "cohort.h5ad", "--models-dir", work / "results/models/mlp",
-               "--predictions", work / "results/predictions/mlp.h5ad", "--config-json",
+    proc = cli("-q", "train", work / "cohort.h5ad", "--head", "mlp", "--models-dir",
+               work / "results/models/mlp", "--predictions", work / "results/predictions/mlp.h5ad", "--config-json",
                json.dumps({"train": {"folds": 3, "max_epochs": 3, "min_epochs": 1}}), cwd=work)
     assert proc.returncode == 0, proc.stderr
     proc = cli("-q", "report", work / "results/predictions/mlp.h5ad", "-o",

@@ -442,9 +442,7 @@ def heatmap_draw_args(wildcards, input):
 
 def heatmap_scale_inputs(wildcards):
     ids = sample_ids()
-    maps = [
-        fill_wildcards(f"{ENC_RESULTS}/heatmaps/{{head}}/{s}.h5ad", wildcards) for s in ids
-    ]
+    maps = [fill_wildcards(f"{ENC_RESULTS}/heatmaps/{{head}}/{s}.h5ad", wildcards) for s in ids]
     return {"maps": maps, **heatmap_report_input(wildcards)}
 
 
@@ -454,9 +452,7 @@ def viewer_inputs(wildcards):
     ids = sample_ids()
     head = HEADS[0]
     inputs = {
-        "maps": [
-            fill_wildcards(f"{ENC_RESULTS}/heatmaps/{head}/{s}.h5ad", wildcards) for s in ids
-        ],
+        "maps": [fill_wildcards(f"{ENC_RESULTS}/heatmaps/{head}/{s}.h5ad", wildcards) for s in ids],
         "slides": [sample_value(s, "slide") for s in ids],
         "report": fill_wildcards(f"{ENC_RESULTS}/report/{head}/genes.tsv", wildcards),
     }

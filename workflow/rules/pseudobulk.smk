@@ -55,7 +55,9 @@ if CEILING_PREDICTIONS:
         params:
             snakefile=REPO / "Snakefile",
             workdir=CEILING_DIR,
-            root=lambda w: f"data_root={shlex.quote(os.path.abspath(DATA_ROOT))}" if DATA_ROOT else "",
+            root=lambda w: (
+                f"data_root={shlex.quote(os.path.abspath(DATA_ROOT))}" if DATA_ROOT else ""
+            ),
         shell:
             "snakemake -s {params.snakefile} -d {params.workdir} "
             "--configfile $(realpath {input.config}) --config {params.root} "

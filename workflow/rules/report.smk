@@ -1,13 +1,14 @@
 # Report stage: per-gene statistics, summary and a self-contained HTML page for each head's
 # out-of-fold predictions. `snakemake --report report.zip` bundles every head's index.html.
 # Config: the `report` section (workflow/schemas/report.schema.yaml, config/README.md).
+# Pseudo-bulk runs with pseudobulk.ceiling_config also read input.ceiling: the nested spot
+# run's predictions, scored as the ceiling of the map-versus-spots section.
 
 
 rule report:
     input:
-        predictions=f"{ENC_RESULTS}/predictions/{{head}}.h5ad",
-        # pseudo-bulk with pseudobulk.ceiling_config: the spot run scored as the ceiling
         **({"ceiling": CEILING_PREDICTIONS} if CEILING_PREDICTIONS else {}),
+        predictions=f"{ENC_RESULTS}/predictions/{{head}}.h5ad",
     output:
         genes=f"{ENC_RESULTS}/report/{{head}}/genes.tsv",
         summary=f"{ENC_RESULTS}/report/{{head}}/summary.json",
