@@ -4,7 +4,7 @@ Contract: each fold directory (and each ensemble member, ``fold{k}/member{m}/``)
 ``head.safetensors`` (the module's tensors only) and ``head.json`` (head name,
 hyperparameters, gene order, encoder, mode, fold, member, ``inputs``: the names of the input
 blocks in the order they were concatenated, e.g. ``["spot", "ctx300", "nbr300", "slide"]``,
-null in bulk mode; ``slide2expr_format`` = ``"model/1"``). Prediction rebuilds those blocks
+null in bulk mode; ``slide2expr_format`` = ``"model/1"``; ``spread``: :data:`SPREAD_KEY`). Prediction rebuilds those blocks
 (on grid tiles: :mod:`slide2expr.predict.inputs`); a head without ``inputs`` (written
 before they were recorded) is taken as ``["spot"]`` when it has one block. ``splits.tsv``
 beside the folds has one row per training unit: ``unit``, ``sample_id`` (a unit of several
@@ -42,6 +42,12 @@ SPLITS = "splits.tsv"
 #: The folder of a fold's ridge model, shipped instead of the head when ridge won the fold's
 #: inner selection (``train.select``), or beside the head's members when their blend won.
 RIDGE_DIR = "ridge"
+#: ``head.json`` key of the fold's calibrated spread (:mod:`slide2expr.train.spread`): what
+#: ``layers['predicted_sd']`` of the training predictions is (``method``, ``description``,
+#: ``terms``) and what was fitted on inner validation (per-gene ``coef`` over ``terms`` and
+#: ``scale``, in the order of ``genes``; ``inner_coverage``), absent with
+#: ``train.spread: members`` or one member.
+SPREAD_KEY = "spread"
 CONTRACT = "model"
 VERSION = "1"
 

@@ -163,6 +163,9 @@ class Selection:
     ridge_alphas: list[float] = field(default_factory=list)
     #: Per member, the blend's score at each weight of :data:`BLEND_WEIGHTS`.
     blend_member_scores: list[list[float]] = field(default_factory=list)
+    #: Per distinct inner split, the predictions the spread is calibrated on
+    #: (:class:`slide2expr.train.spread.InnerValidation`; not recorded).
+    validation: list[Any] = field(default_factory=list, repr=False)
 
     @property
     def head_score(self) -> float:
