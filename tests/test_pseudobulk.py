@@ -133,7 +133,11 @@ def test_one_run_writes_the_regions_and_runs_them(section, tmp_path):
     assert (predictions.obs["fold"].astype(int) >= 0).all()
     for sample in sheet.index:
         assert (tmp_path / "results" / "tiles" / "grid" / f"{sample}.h5").is_file()
-    assert "checkpoint pseudobulk" in proc.stderr and proc.stderr.count("rule tile:") == 4
+    # one tile job and one extract job for the section's four regions (one slide)
+    assert "checkpoint pseudobulk" in proc.stderr and proc.stderr.count("rule tile:") == 0
+    assert proc.stderr.count("rule tile_regions:") == 1
+    assert proc.stderr.count("rule extract_regions:") == 1
+    assert proc.stderr.count("rule region_features:") == 4
     assert (tmp_path / "results" / "manifest.json").is_file()
 
 
@@ -172,7 +176,10 @@ def test_bulk_benchmark_config_plans_regions_first_then_the_run(tmp_path, test_d
     (out_dir / "expression.tsv").write_text("sample_id\tERBB2\nC2_a\t5\nC2_b\t7\nA1_a\t3\n")
     counts, out = plan()
     assert "pseudobulk" not in counts
-    assert counts["tile"] == 3 and counts["extract"] == 3 and counts["train"] == 2
+    # one tile job and one extract job per slide (C2, A1) for the three regions
+    assert counts["tile_regions"] == 2 and counts["extract_regions"] == 2
+    assert counts["region_tiles"] == 3 and "tile" not in counts and "extract" not in counts
+    assert counts["train"] == 2
     assert "--roi 3000,3000,4000,4000 --roi-units px" in out
     assert counts["ceiling"] == 1
     assert "--ceiling results/ceiling/results/predictions/context.h5ad" in out

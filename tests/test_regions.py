@@ -205,3 +205,107 @@ def test_heatmap_overlays_of_a_region_crop_to_it():
     assert (cols.start, cols.stop) == (96, 204)  # x 100-200
     rows, cols = region_box([0, 0, 4000, 3000], downsample=10.0, shape=(300, 400))
     assert (rows.start, rows.stop, cols.start, cols.stop) == (0, 300, 0, 400)  # kept inside
+
+
+def test_one_call_tiles_several_regions_as_separate_calls_do(banded_slide, region_tiles,
+                                                             tmp_path):
+    """`slide2expr tile` with --sample-id/--roi/-o/--qc repeated (one slide open, one tissue
+    mask) writes for each region the same files as a call of its own."""
+    proc = run_cli("-q", "tile", banded_slide, "--mpp", MPP, "--min-tissue", 0.5,
+                   "--sample-id", "A", "--roi", ",".join(map(str, BOX_A)), "--roi-units", "px",
+                   "-o", tmp_path / "A.h5", "--qc", tmp_path / "A.png",
+                   "--sample-id", "B", "--roi", POLYGON_B_UM, "--roi-units", "um",
+                   "-o", tmp_path / "B.h5", "--qc", tmp_path / "B.png")
+    assert proc.returncode == 0, proc.stderr
+    for sample in ("A", "B"):
+        alone = region_tiles[sample]
+        assert (tmp_path / f"{sample}.h5").read_bytes() == alone.read_bytes()
+        assert (tmp_path / f"{sample}.png").read_bytes() == alone.with_suffix(".png").read_bytes()
+
+
+@pytest.mark.parametrize("case", ["bad_region", "counts"])
+def test_several_regions_with_one_bad_write_nothing(case, banded_slide, tmp_path):
+    """One bad region among several (or options that do not pair up) stops the call in one
+    line and no region's file is written."""
+    second = {"bad_region": ("--roi", "2500,100,3400,900"), "counts": ()}[case]
+    proc = run_cli("-q", "tile", banded_slide, "--mpp", MPP,
+                   "--sample-id", "A", "--roi", ",".join(map(str, BOX_A)),
+                   "-o", tmp_path / "A.h5", "--qc", tmp_path / "A.png",
+                   "--sample-id", "B", *second, "-o", tmp_path / "B.h5", "--qc", tmp_path / "B.png")
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Fix:" in lines[0], proc.stderr
+    expected = {"bad_region": "reaches past the slide", "counts": "2 --sample-id but 1 --roi"}
+    assert expected[case] in lines[0]
+    assert not list(tmp_path.iterdir())
+
+
+def _region_workflow(banded_slide: Path, workdir: Path) -> Path:
+    """A bulk config over regions A and B of the banded slide and region C of a second slide
+    (a link to the same image under another name)."""
+    other = workdir / "other.tif"
+    other.symlink_to(banded_slide)
+    box = ",".join(map(str, BOX_A))
+    (workdir / "samples.tsv").write_text(
+        "sample_id\tslide\tmpp\troi\troi_units\n"
+        f"A\t{banded_slide}\t{MPP}\t{box}\tpx\nB\t{banded_slide}\t{MPP}\t{POLYGON_B_UM}\tum\n"
+        f"C\t{other}\t{MPP}\t{box}\tpx\n")
+    (workdir / "expression.tsv").write_text("sample_id\tG1\nA\t1\nB\t2\nC\t3\n")
+    config = workdir / "config.yaml"
+    config.write_text("samples: samples.tsv\nmode: bulk\ndemo_data: false\n"
+                      "join: {expression: expression.tsv}\nheatmap: {enabled: false}\n"
+                      "train: {heads: [he2rna], baselines: [mean]}\n")
+    return config
+
+
+def _snakemake(workdir: Path, config: Path, *args: str) -> tuple[dict[str, int], str]:
+    repo = Path(__file__).resolve().parents[1]
+    proc = subprocess.run(["snakemake", "-s", str(repo / "Snakefile"), "-d", str(workdir),
+                           "--cores", "2", *args, "--configfile", str(config)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout + proc.stderr
+    counts = {line.split()[0]: int(line.split()[1]) for line in out.splitlines()
+              if len(line.split()) == 2 and line.split()[1].isdigit()}
+    return counts, out
+
+
+def test_workflow_plans_one_tile_and_one_extract_job_per_slide(banded_slide, tmp_path):
+    """Three regions on two slides: two tile jobs and two extract jobs (one per slide), no
+    job of the per-sample tile and extract rules; each region's files are linked into place
+    by a local job."""
+    config = _region_workflow(banded_slide, tmp_path)
+    counts, out = _snakemake(tmp_path, config, "-n", "-p")
+    assert counts["tile_regions"] == 2 and counts["extract_regions"] == 2, out[-2000:]
+    assert counts["region_tiles"] == 3 and counts["region_features"] == 3
+    assert "tile" not in counts and "extract" not in counts
+    assert out.count("slide2expr tile ") == 2 and out.count("slide2expr extract ") == 2
+    assert "--sample-id A --roi 200,200,1150,1150 --roi-units px" in out
+
+
+def test_workflow_regions_per_slide_match_regions_alone(banded_slide, region_tiles, tmp_path):
+    """Run to the features: each region's tiles and QC image are the bytes of its own tile
+    call, its features those of its tiles embedded alone; a second run has nothing to do."""
+    from slide2expr.contracts.features import read_features
+    from slide2expr.extract.run import extract_features
+
+    config = _region_workflow(banded_slide, tmp_path)
+    results = tmp_path / "results"
+    targets = [f"results/features/efficientnet_lite0/grid/{s}.h5" for s in "ABC"]
+    targets += [f"results/qc/{s}.png" for s in "ABC"]
+    _snakemake(tmp_path, config, *targets)
+    for sample in ("A", "B"):
+        tiles = results / "tiles" / "grid" / f"{sample}.h5"
+        assert tiles.read_bytes() == region_tiles[sample].read_bytes()
+        assert ((results / "qc" / f"{sample}.png").read_bytes()
+                == region_tiles[sample].with_suffix(".png").read_bytes())
+        alone = tmp_path / f"{sample}_alone.h5"
+        extract_features(region_tiles[sample], alone, encoder="efficientnet_lite0",
+                         batch_size=64, num_workers=0, device="cpu", threads=1, progress=False)
+        ours = read_features(results / "features" / "efficientnet_lite0" / "grid" / f"{sample}.h5")
+        assert ours.attrs.sample_id == sample
+        assert np.array_equal(ours.features, read_features(alone).features)
+    c_tiles = read_tiles(results / "tiles" / "grid" / "C.h5")
+    assert np.array_equal(c_tiles.coords, read_tiles(region_tiles["A"]).coords)
+    _, out = _snakemake(tmp_path, config, "-n", *targets)
+    assert "Nothing to be done" in out, out[-2000:]

@@ -1,5 +1,6 @@
 # Shared by every stage: config validation, the sample sheet, and the list of final targets.
 
+import hashlib
 import itertools
 import json
 import os
@@ -306,10 +307,15 @@ def get_final_output(manifest=True):
 
 
 def tile_inputs(wildcards):
-    inputs = {"slide": sample_value(wildcards.sample, "slide")}
+    return sample_tile_inputs(wildcards.sample)
+
+
+def sample_tile_inputs(sample):
+    """What a sample's tiling reads: its slide, and in spot mode its spots and counts."""
+    inputs = {"slide": sample_value(sample, "slide")}
     if MODE == "spot":
-        inputs["spots"] = sample_value(wildcards.sample, "spots")
-        inputs["counts"] = sample_value(wildcards.sample, "counts")
+        inputs["spots"] = sample_value(sample, "spots")
+        inputs["counts"] = sample_value(sample, "counts")
     return inputs
 
 
@@ -321,11 +327,164 @@ def tile_spot_args(wildcards, input, output):
 
 def tile_roi_args(wildcards):
     """``--roi ... --roi-units ...`` for a region sample (the sheet's roi), else nothing."""
-    roi = sample_value(wildcards.sample, "roi")
+    return sample_roi_args(wildcards.sample)
+
+
+def sample_roi_args(sample):
+    roi = sample_value(sample, "roi")
     if roi is None:
         return ""
-    units = sample_value(wildcards.sample, "roi_units", "px")
+    units = sample_value(sample, "roi_units", "px")
     return f"--roi {shlex.quote(str(roi))} --roi-units {units}"
+
+
+# -- regions of a slide (sheet `roi`): one tile job and one extract job per slide -------------
+# The region samples that share a slide (and, in spot mode, its spot table) are tiled by one
+# tile_regions job and embedded by one extract_regions job per encoder: one slide open, one
+# tissue mask, one stain fit and one interpreter and encoder start for all of them (rules in
+# tile.smk and extract.smk). They write into results/tiles/regions/{slide}/ and
+# results/features/{encoder}/regions/{slide}/; the region_tiles and region_features jobs
+# (local, no process of their own) link each region's files to the usual per-sample paths.
+_REGION_GROUPS = {"table": None, "groups": {}}
+
+
+def region_groups():
+    """``{slide: [region sample IDs]}`` in sheet order: the region rows grouped by what their
+    tile job reads (slide, mpp, spots and counts), each group named after its slide's file
+    (with a short hash of the group where two groups would share a name)."""
+    table = sample_table()
+    if _REGION_GROUPS["table"] is not table:
+        _REGION_GROUPS.update(table=table, groups=_group_regions(table))
+    return _REGION_GROUPS["groups"]
+
+
+def _group_regions(table):
+    keys = {}
+    for sample in table.index:
+        if sample_value(sample, "roi") is None:
+            continue
+        key = tuple(str(sample_value(sample, c, "")) for c in ("slide", "mpp", "spots", "counts"))
+        keys.setdefault(key, []).append(sample)
+    stems = [re.sub(r"[^A-Za-z0-9._-]", "_", Path(key[0]).stem).lstrip(".") for key in keys]
+    groups = {}
+    for key, stem in zip(keys, stems):
+        name = stem or "slide"
+        if stems.count(stem) > 1:
+            name += "-" + hashlib.sha1(repr(key).encode()).hexdigest()[:8]
+        groups[name] = keys[key]
+    return groups
+
+
+def region_slide(sample):
+    """The name of the group (slide) of a region sample."""
+    for slide, samples in region_groups().items():
+        if sample in samples:
+            return slide
+    raise WorkflowError(f"sample {sample} has no roi: it is tiled on its own (rule tile)")
+
+
+def _region_ids_at_parse_time():
+    """The region samples of a sheet of your own; with pseudo-bulk on every sample is a
+    region (known only after the checkpoint), without a roi column none is."""
+    if PSEUDOBULK_ON:
+        return None
+    if "roi" not in SAMPLES.columns:
+        return []
+    return [s for s in SAMPLES.index if sample_value(s, "roi") is not None]
+
+
+_REGION_IDS = _region_ids_at_parse_time()
+# Whether the run has region samples, and the {sample} wildcard they match (any name with
+# pseudo-bulk on: every sample of its sheet is a region).
+HAS_REGIONS = _REGION_IDS is None or bool(_REGION_IDS)
+REGION_SAMPLE_WILDCARD = (
+    r"[A-Za-z0-9_-][A-Za-z0-9._-]*"
+    if _REGION_IDS is None
+    else "|".join(re.escape(s) for s in _REGION_IDS)
+)
+SLIDE_GROUP_DIR = {
+    "tiles": f"{RESULTS}/tiles/regions/{{slide}}",
+    "features": f"{RESULTS}/features/{{encoder}}/regions/{{slide}}",
+}
+
+
+def tile_regions_inputs(wildcards):
+    """The slide (and spot table and counts) of a slide's regions."""
+    first = region_groups()[wildcards.slide][0]
+    return sample_tile_inputs(first)
+
+
+def tile_regions_args(wildcards, output):
+    """Per region: ``--sample-id``, ``--roi``, ``--roi-units``, ``--out``, ``--qc`` (and
+    ``--spots-out``), into the slide's folder (output)."""
+    args = []
+    for sample in region_groups()[wildcards.slide]:
+        args.append(f"--sample-id {sample}")
+        args.append(sample_roi_args(sample))
+        args.append(f"-o {output}/grid/{sample}.h5 --qc {output}/qc/{sample}.png")
+        if MODE == "spot":
+            args.append(f"--spots-out {output}/spots/{sample}.h5")
+    return " ".join(args)
+
+
+def tile_regions_spot_args(wildcards, input):
+    return f"--spots {input.spots} --counts {input.counts}" if MODE == "spot" else ""
+
+
+def tile_regions_mpp_arg(wildcards):
+    return cli_option("--mpp", sample_value(region_groups()[wildcards.slide][0], "mpp"))
+
+
+def region_tiles_input(wildcards):
+    return SLIDE_GROUP_DIR["tiles"].format(slide=region_slide(wildcards.sample))
+
+
+def region_tiles_sources(wildcards, input, output):
+    """The slide folder's files of one region, in the order of the job's outputs."""
+    names = {
+        "spots": f"spots/{wildcards.sample}.h5",
+        "grid": f"grid/{wildcards.sample}.h5",
+        "qc": f"qc/{wildcards.sample}.png",
+    }
+    return [f"{input}/{names[key]}" for key in output.keys()]
+
+
+def extract_regions_tiles(wildcards):
+    """The tiles of every planned tiling of every region of the slide (region-major)."""
+    samples = region_groups()[wildcards.slide]
+    return [f"{RESULTS}/tiles/{t}/{s}.h5" for s in samples for t in EXTRACT_TILINGS]
+
+
+def extract_regions_inputs(wildcards):
+    """The regions' tiles, the encoder's weights and the stain reference (extract_inputs)."""
+    return {"tiles": extract_regions_tiles(wildcards), **encoder_inputs(wildcards.encoder)}
+
+
+def extract_regions_outs(wildcards):
+    """``-o FILE`` per tiles file: the slide folder's features, in the order of the tiles."""
+    folder = SLIDE_GROUP_DIR["features"].format(**dict(wildcards.items()))
+    samples = region_groups()[wildcards.slide]
+    return " ".join(f"-o {folder}/{t}/{s}.h5" for s in samples for t in EXTRACT_TILINGS)
+
+
+def region_features_input(wildcards):
+    slide = region_slide(wildcards.sample)
+    return SLIDE_GROUP_DIR["features"].format(encoder=wildcards.encoder, slide=slide) + ".done"
+
+
+def region_features_sources(wildcards, input, output):
+    folder = str(input)[: -len(".done")]
+    return [f"{folder}/{t}/{wildcards.sample}.h5" for t in output.keys()]
+
+
+def link_files(sources, targets):
+    """Shell: hard-link (else copy) each source to its target, then touch the target so that it
+    is newer than the job's input (the slide folder's flag or timestamp)."""
+    return " && ".join(
+        f"{{ ln -f {shlex.quote(str(a))} {shlex.quote(str(b))} 2>/dev/null || "
+        f"cp -f {shlex.quote(str(a))} {shlex.quote(str(b))}; }} && touch {shlex.quote(str(b))}"
+        for a, b in zip(sources, targets, strict=True)
+    )
 
 
 def extract_inputs(wildcards):
@@ -333,7 +492,13 @@ def extract_inputs(wildcards):
     one tiling of an extract_tiling job; the encoder's weights; the stain reference."""
     tilings = [wildcards.tiling] if "tiling" in wildcards.keys() else EXTRACT_TILINGS
     inputs = {"tiles": [f"{RESULTS}/tiles/{t}/{wildcards.sample}.h5" for t in tilings]}
-    weights = (EXTRACT.get("weights") or {}).get(wildcards.encoder)
+    return {**inputs, **encoder_inputs(wildcards.encoder)}
+
+
+def encoder_inputs(encoder):
+    """The encoder's weights and the stain reference, where the config names them."""
+    inputs = {}
+    weights = (EXTRACT.get("weights") or {}).get(encoder)
     if weights:
         inputs["weights"] = weights
     if EXTRACT.get("stain_normalize", "none") != "none" and EXTRACT.get("stain_reference"):

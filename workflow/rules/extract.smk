@@ -76,3 +76,51 @@ rule extract_tiling:
         cfg=EXTRACT_PARAMS,
     shell:
         EXTRACT_SHELL
+
+
+# Regions of a slide: one job per slide and encoder embeds every planned tiling of all its
+# regions in one pass (one slide read, one stain fit, one encoder start) into
+# results/features/{encoder}/regions/{slide}/ (resumed from its partial files like any
+# extraction; the .done flag marks it complete); region_features links each region's files
+# to the usual paths (features/{encoder}/{tiling}/{sample}.h5).
+if HAS_REGIONS:
+
+    ruleorder: region_features > extract > extract_tiling
+
+    rule extract_regions:
+        input:
+            unpack(extract_regions_inputs),
+        output:
+            touch(SLIDE_GROUP_DIR["features"] + ".done"),
+        log:
+            f"{RESULTS}/logs/extract/{{encoder}}/regions/{{slide}}.log",
+        benchmark:
+            f"{RESULTS}/benchmarks/extract/{{encoder}}/regions/{{slide}}.tsv"
+        wildcard_constraints:
+            slide=r"[A-Za-z0-9_-][A-Za-z0-9._-]*",
+        conda:
+            CONDA_ENV
+        threads: EXTRACT_THREADS
+        resources:
+            **EXTRACT_RESOURCES,
+        params:
+            weights=extract_weights_arg,
+            outs=extract_regions_outs,
+            cfg=EXTRACT_PARAMS,
+        shell:
+            EXTRACT_SHELL
+
+    rule region_features:
+        input:
+            region_features_input,
+        output:
+            **{t: f"{RESULTS}/features/{{encoder}}/{t}/{{sample}}.h5" for t in EXTRACT_TILINGS},
+        wildcard_constraints:
+            sample=REGION_SAMPLE_WILDCARD,
+        localrule: True
+        params:
+            link=lambda w, input, output: link_files(
+                region_features_sources(w, input, output), list(output)
+            ),
+        shell:
+            "{params.link}"

@@ -84,3 +84,63 @@ rule grid_context_tiles:
         runtime=5,
     shell:
         "slide2expr context-tiles {input} --um {wildcards.um} -o {output} > {log} 2>&1"
+
+
+# Regions of a slide (sheet `roi`, or the pseudobulk checkpoint's windows): one job tiles all
+# the regions of a slide (one slide open, one tissue mask, one interpreter start) into
+# results/tiles/regions/{slide}/; region_tiles links each region's files to the usual paths
+# (tiles/grid/{sample}.h5, qc/{sample}.png), so every later stage reads them as before.
+if HAS_REGIONS:
+
+    ruleorder: region_tiles > tile
+
+    rule tile_regions:
+        input:
+            unpack(tile_regions_inputs),
+        output:
+            directory(SLIDE_GROUP_DIR["tiles"]),
+        log:
+            f"{RESULTS}/logs/tile/regions/{{slide}}.log",
+        benchmark:
+            f"{RESULTS}/benchmarks/tile/regions/{{slide}}.tsv"
+        wildcard_constraints:
+            slide=r"[A-Za-z0-9_-][A-Za-z0-9._-]*",
+        group:
+            "tile"
+        conda:
+            CONDA_ENV
+        threads: 1
+        resources:
+            mem_mb=4000,
+            runtime=30,
+        params:
+            regions=tile_regions_args,
+            spot_args=tile_regions_spot_args,
+            mpp=tile_regions_mpp_arg,
+            default_mpp=default_mpp_option(),
+            cfg=config_json(*(f"tiling.{k}" for k in config["tiling"] if k != "context_um")),
+        shell:
+            "slide2expr tile {input.slide} {params.regions} {params.spot_args} {params.mpp} "
+            "{params.default_mpp} --config-json {params.cfg} > {log} 2>&1"
+
+    rule region_tiles:
+        input:
+            region_tiles_input,
+        output:
+            **({"spots": f"{RESULTS}/tiles/spots/{{sample}}.h5"} if MODE == "spot" else {}),
+            grid=f"{RESULTS}/tiles/grid/{{sample}}.h5",
+            qc=report(
+                f"{RESULTS}/qc/{{sample}}.png",
+                caption="../report/qc.rst",
+                category="QC",
+                labels={"sample": "{sample}"},
+            ),
+        wildcard_constraints:
+            sample=REGION_SAMPLE_WILDCARD,
+        localrule: True
+        params:
+            link=lambda w, input, output: link_files(
+                region_tiles_sources(w, input, output), list(output)
+            ),
+        shell:
+            "{params.link}"

@@ -394,6 +394,7 @@ def selection_summary(provenance: dict[str, Any]) -> dict[str, Any] | None:
         return None
     head = str(train.get("head", "head"))
     folds = {name: {"inner_scores": info["selection"].get("inner_scores"),
+                    "blend_margin": info["selection"].get("blend_margin"),
                     "winner": info["selection"].get("winner")}
              for name, info in (train.get("folds") or {}).items()
              if isinstance(info, dict) and info.get("selection")}
@@ -435,9 +436,10 @@ def _selection_sentence(head: str, winners: dict[str, str], *, blend: bool = Tru
         text = "; ".join(parts)
         others = (f", the others the {head} head's" if len(ridge) + len(blend) < n else "")
         return f"{text[0].upper()}{text[1:]}: those folds ship that model's predictions{others}."
-    also = " (and their blend)" if blend else ""
-    return (f"The {head} head beat ridge regression on the same inputs{also} on "
-            f"inner validation in every fold ({n}): it is the shipped model.")
+    also = (", and no blend of the two beat it by more than the inner noise (95% interval "
+            "over genes)") if blend else ""
+    return (f"The {head} head beat ridge regression on the same inputs on "
+            f"inner validation in every fold ({n}){also}: it is the shipped model.")
 
 
 def mean_spread(adata) -> float | None:

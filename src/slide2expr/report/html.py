@@ -219,7 +219,8 @@ def selection_section(summary: dict[str, Any]) -> str:
     for fold, info in sel["folds"].items():
         scores = info.get("inner_scores") or {}
         rows.append([esc(fold), fmt(scores.get(sel["head"]), "r") or "n/a",
-                     *([fmt(scores.get("blend"), "r") or "n/a"] if blend else []),
+                     *([fmt(scores.get("blend"), "r") or "n/a",
+                        _margin_cell(info.get("blend_margin"))] if blend else []),
                      fmt(scores.get("ridge"), "r") or "n/a", esc(info.get("winner"))])
     head = esc(sel["head"])
     also = (", and their blend (a weighted mean of the two predictions, weight chosen on the "
@@ -227,9 +228,20 @@ def selection_section(summary: dict[str, Any]) -> str:
     return ("<h2>Model selection (inner validation)</h2><p class='sub'>Inside each fold the "
             f"{head} head and ridge on the same inputs{also} were scored on the training "
             "fold's inner validation units only (mean per-gene r within each validation "
-            "group); the highest one ships.</p>"
-            + _table(["fold", f"{head} inner r", *(["blend inner r"] if blend else []),
+            "group, every modelled gene); the highest one ships"
+            + ("; the blend only when its gain over the better of the two has a 95% "
+               "bootstrap interval over genes above 0" if blend else "") + ".</p>"
+            + _table(["fold", f"{head} inner r",
+                      *(["blend inner r", "blend gain (95% CI)"] if blend else []),
                       "ridge inner r", "shipped"], rows))
+
+
+def _margin_cell(margin: dict[str, Any] | None) -> str:
+    """The blend's gain over the better of head and ridge and its interval, or n/a."""
+    if not margin or margin.get("gain") is None:
+        return "n/a"
+    low, high = margin["ci95"]
+    return esc(f"{margin['gain']:+.4f} ({low:+.4f} to {high:+.4f})")
 
 
 def uncertainty_section(summary: dict[str, Any]) -> str:

@@ -30,8 +30,6 @@ from slide2expr.train.selection import (
     RIDGE,
     Selection,
     blend_compared,
-    blend_scores,
-    inner_score,
     ridge_candidate,
     shared_splits,
 )
@@ -253,13 +251,13 @@ def fold_info(units: FoldUnits, members: list[dict[str, Any]],
     }
 
 
-def fold_baselines(config: TrainConfig, units: FoldUnits,
-                   info: dict[str, Any]) -> dict[str, np.ndarray]:
+def fold_baselines(config: TrainConfig, units: FoldUnits, info: dict[str, Any], *,
+                   alpha: float | None = None) -> dict[str, np.ndarray]:
     """:func:`fit_baselines` on the fold's fitted rows, one prediction per held-out unit;
-    ridge's alpha is chosen with the same inner grouping as early stopping."""
+    ridge at the fold's ``alpha`` (:func:`fold_ridge_alpha`)."""
     out = fit_baselines(config, units.fit_source, units.y_fit,
                         train_idx=units.rows(units.train_idx), test_idx=units.test_rows,
-                        groups=units.fit_groups, k=units.k, info=info)
+                        groups=units.fit_groups, k=units.k, info=info, alpha=alpha)
     if units.views is None:
         return out
     return {n: units.held_out(p).astype(np.float32) for n, p in out.items()}
@@ -282,11 +280,12 @@ def train_fold(*, head: str, config: TrainConfig, source: SpotFeatures | BagFeat
     members = train_members(head, config, units, fold_dir=fold_dir, provenance=provenance,
                             plausible=plausible)
     splits = [units.inner_split(m) for m in range(len(members))]
+    alpha = fold_ridge_alpha(config, units)
     selection = select_model(head, config, members, units.fit_source, units.y_fit, units.y,
                              splits=splits, inner_all=units.inner_all, rows=units.rows,
                              blend=blend_compared(config.select_blend, units.inner_grouping,
-                                                  config.group_by))
-    spread_model = fold_spread_model(config, members, units, selection, splits)
+                                                  config.group_by), alpha=alpha)
+    spread_model = fold_spread_model(config, members, units, selection, splits, alpha=alpha)
     for mem in members:
         if spread_model is not None:
             mem["meta"][SPREAD_KEY] = spread_model.record()
@@ -296,12 +295,12 @@ def train_fold(*, head: str, config: TrainConfig, source: SpotFeatures | BagFeat
     predicted = stacked.mean(axis=0)
     predicted_sd = stacked.std(axis=0) if len(members) > 1 else None
     info = fold_info(units, members, selection)
-    out_baselines = fold_baselines(config, units, info)
+    out_baselines = fold_baselines(config, units, info, alpha=alpha)
     head_predicted = predicted
     ridge_test = out_baselines.get("ridge")
     if selection.winner in (RIDGE, BLEND):
         predicted, predicted_sd, info["ridge_model"], ridge_test = _ship_ridge_or_blend(
-            config, units, stacked, fold_dir=fold_dir, alpha=info.get("ridge_alpha"),
+            config, units, stacked, fold_dir=fold_dir, alpha=alpha,
             meta=members[0]["meta"], selection=selection)
     if spread_model is not None and predicted_sd is not None:
         ridge_term = ridge_test if spread_uses_ridge(config, selection) else None
@@ -318,40 +317,58 @@ def train_fold(*, head: str, config: TrainConfig, source: SpotFeatures | BagFeat
 def select_model(head: str, config: TrainConfig, members: list[dict[str, Any]],
                  source: SpotFeatures | BagFeatures, y_fit: np.ndarray, y: np.ndarray, *,
                  splits: list[tuple[np.ndarray, np.ndarray]], inner_all: np.ndarray,
-                 rows: Any, blend: bool = True) -> Selection:
+                 rows: Any, blend: bool = True, alpha: float | None = None) -> Selection:
     """Score the head (the best inner checkpoints of the members that share a validation
     split, averaged) and ridge on the same inputs on every distinct inner validation split
     (:mod:`slide2expr.train.selection`).
 
     Only training-fold units are read: ``splits`` are the members' (inner training,
-    inner validation) unit indices, all inside the fold's training units. With ``blend``
-    the blend of the two is scored too (:func:`~slide2expr.train.selection.blend_compared`).
+    inner validation) unit indices, all inside the fold's training units. Ridge is scored
+    at ``alpha``, the one the fold ships (:func:`fold_ridge_alpha`; None: the best of
+    ``train.ridge_alphas`` on each split). With ``blend`` the blend of the two is scored too
+    (:func:`~slide2expr.train.selection.blend_compared`).
     """
     selection = Selection(head=head, mode=config.select)
     if config.select == "off":
         return selection
+    alphas = config.ridge_alphas if alpha is None else [alpha]
     usable = [m for m, mem in enumerate(members)
               if mem.get("val_predicted") is not None and len(splits[m][1])]
     for group in shared_splits([splits[m][1] for m in usable]):
         inner_train, inner_val = splits[usable[group[0]]]
         head_val = np.mean([members[usable[i]]["val_predicted"] for i in group], axis=0)
-        groups_val = inner_all[inner_val]
-        selection.head_scores.append(inner_score(head_val, y[inner_val], groups_val))
         tr = rows(inner_train)
-        score, alpha, ridge_val = ridge_candidate(
-            source.pooled(tr), y_fit[tr], source.pooled(inner_val), y[inner_val], groups_val,
-            alphas=config.ridge_alphas, blocks=block_widths(source))
-        selection.ridge_scores.append(score)
-        selection.ridge_alphas.append(alpha)
+        _, split_alpha, ridge_val = ridge_candidate(
+            source.pooled(tr), y_fit[tr], source.pooled(inner_val), y[inner_val],
+            inner_all[inner_val], alphas=alphas, blocks=block_widths(source))
+        selection.add_split(head_val, ridge_val, y[inner_val], inner_all[inner_val],
+                            alpha=split_alpha, with_blend=blend)
         selection.validation.append(inner_validation(members, [usable[i] for i in group],
                                                      inner_val, head_val, ridge_val))
-        if blend:
-            selection.blend_member_scores.append(
-                blend_scores(head_val, ridge_val, y[inner_val], groups_val))
-    log.info("selection (%s): inner score %s %.4f, blend %.4f (ridge weight %s), ridge %.4f "
-             "-> %s", config.select, head, selection.head_score, selection.blend_score,
-             selection.blend_weight, selection.ridge_score, selection.winner)
+    margin = selection.blend_margin()
+    log.info("selection (%s): inner score %s %.4f, blend %.4f (ridge weight %s, gain over "
+             "the better one %s), ridge %.4f (alpha %s) -> %s", config.select, head,
+             selection.head_score, selection.blend_score, selection.blend_weight,
+             None if margin is None else tuple(round(v, 4) for v in margin),
+             selection.ridge_score, alpha, selection.winner)
     return selection
+
+
+def fold_ridge_alpha(config: TrainConfig, units: FoldUnits) -> float | None:
+    """The alpha of the fold's ridge: chosen by grouped inner CV on the fold's training units
+    (:func:`~slide2expr.train.baselines.choose_alpha`), used by the ridge baseline, by the
+    selection's ridge and blend candidates and by the ridge that ships, so what is scored is
+    what ships. None when neither selection nor the ridge baseline needs one."""
+    if config.select == "off" and "ridge" not in config.baselines:
+        return None
+    train_rows = units.rows(units.train_idx)
+    alpha, mean_r = baselines.choose_alpha(
+        units.fit_source.pooled(train_rows), units.y_fit[train_rows],
+        units.fit_groups[train_rows], config.ridge_alphas, seed=config.seed + units.k,
+        blocks=block_widths(units.fit_source))
+    log.info("ridge: inner-CV mean r by alpha %s -> alpha %g",
+             dict(zip(config.ridge_alphas, np.round(mean_r, 3), strict=True)), alpha)
+    return alpha
 
 
 def inner_validation(members: list[dict[str, Any]], group: list[int], inner_val: np.ndarray,
@@ -364,14 +381,15 @@ def inner_validation(members: list[dict[str, Any]], group: list[int], inner_val:
 
 
 def fold_spread_model(config: TrainConfig, members: list[dict[str, Any]], units: FoldUnits,
-                      selection: Selection, splits: list[tuple[np.ndarray, np.ndarray]]
-                      ) -> SpreadModel | None:
+                      selection: Selection, splits: list[tuple[np.ndarray, np.ndarray]], *,
+                      alpha: float | None = None) -> SpreadModel | None:
     """The fold's calibrated spread (:mod:`slide2expr.train.spread`), fitted on its inner
     validation units only; None with ``train.spread: members``, one member, or no inner
     validation predictions, or where ridge alone ships (one model, no spread)."""
     if config.spread == "members" or len(members) < 2 or selection.winner == RIDGE:
         return None
-    inner = selection.validation or unselected_validation(config, members, units, splits)
+    inner = selection.validation or unselected_validation(config, members, units, splits,
+                                                          alpha=alpha)
     return calibrate(inner, units.y, selection.winner, blend_weight=selection.blend_weight,
                      use_ridge=spread_uses_ridge(config, selection))
 
@@ -384,10 +402,11 @@ def spread_uses_ridge(config: TrainConfig, selection: Selection) -> bool:
 
 
 def unselected_validation(config: TrainConfig, members: list[dict[str, Any]], units: FoldUnits,
-                          splits: list[tuple[np.ndarray, np.ndarray]]
-                          ) -> list[InnerValidation]:
+                          splits: list[tuple[np.ndarray, np.ndarray]], *,
+                          alpha: float | None = None) -> list[InnerValidation]:
     """The inner splits' predictions when ``train.select`` is off (no selection computed
-    them): ridge fitted on each split's inner training units as the selection would."""
+    them): ridge fitted on each split's inner training units as the selection would (at the
+    fold's ``alpha``; None: the best of ``train.ridge_alphas`` on each split)."""
     usable = [m for m, mem in enumerate(members)
               if mem.get("val_predicted") is not None and len(splits[m][1])]
     source, out = units.fit_source, []
@@ -397,7 +416,8 @@ def unselected_validation(config: TrainConfig, members: list[dict[str, Any]], un
         tr = units.rows(inner_train)
         _, _, ridge_val = ridge_candidate(
             source.pooled(tr), units.y_fit[tr], source.pooled(inner_val), units.y[inner_val],
-            units.inner_all[inner_val], alphas=config.ridge_alphas, blocks=block_widths(source))
+            units.inner_all[inner_val], alphas=config.ridge_alphas if alpha is None else [alpha],
+            blocks=block_widths(source))
         out.append(inner_validation(members, [usable[i] for i in group], inner_val, head_val,
                                     ridge_val))
     return out
@@ -444,9 +464,9 @@ def ship_ridge(config: TrainConfig, source: SpotFeatures | BagFeatures, y: np.nd
 
 def fit_baselines(config: TrainConfig, source: SpotFeatures | BagFeatures, y: np.ndarray, *,
                   train_idx: np.ndarray, test_idx: np.ndarray, groups: np.ndarray, k: int,
-                  info: dict[str, Any]) -> dict[str, np.ndarray]:
+                  info: dict[str, Any], alpha: float | None = None) -> dict[str, np.ndarray]:
     """The configured baselines (ridge, HEST, mean) of fold ``k`` on pooled features; the
-    ridge alpha chosen by grouped inner CV is recorded in ``info``."""
+    ridge alpha (``alpha``, else chosen by grouped inner CV) is recorded in ``info``."""
 
     pooled_train = source.pooled(train_idx)
     pooled_test = source.pooled(test_idx)
@@ -458,7 +478,7 @@ def fit_baselines(config: TrainConfig, source: SpotFeatures | BagFeatures, y: np
         if name == "ridge":
             pred, alpha = baselines.ridge_baseline(
                 pooled_train, y[train_idx], pooled_test, groups[train_idx],
-                alphas=config.ridge_alphas, seed=config.seed + k, blocks=blocks)
+                alphas=config.ridge_alphas, seed=config.seed + k, blocks=blocks, alpha=alpha)
             info["ridge_alpha"] = alpha
         elif name == "hest":
             pred = baselines.hest_baseline(pooled_train, y[train_idx], pooled_test,
