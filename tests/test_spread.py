@@ -12,6 +12,7 @@ from test_selection import _fold_of, _garble_patient
 
 import slide2expr.train.run as train_run
 from slide2expr.errors import InputError
+from slide2expr.predict import load_trained_head
 from slide2expr.report.html import uncertainty_section
 from slide2expr.report.uncertainty import spread_calibration
 from slide2expr.testing import spot_dataset
@@ -100,6 +101,35 @@ def test_calibrated_spread_ranks_the_loud_units_and_covers_their_errors(tmp_path
     page, raw_page = (uncertainty_section({"uncertainty": c}) for c in (check, raw_check))
     assert "calibrated on each fold's inner validation" in page and "0.950" in page
     assert "ensemble members." in raw_page and "calibrated on" not in raw_page
+
+
+def test_prediction_applies_the_folds_calibrated_spread(tmp_path):
+    """``predict``/heatmaps (:class:`~slide2expr.predict.TrainedHead`) give a held-out slide
+    the same calibrated spread as the training predictions, and a new slide (every fold
+    averaged) the folds' calibrated spreads averaged; models without a spread record
+    (``train.spread: members``) keep the members' SD."""
+    adata = _dataset()
+    out, models = _train(adata, tmp_path, "calibrated", max_epochs=6)
+    x = np.asarray(adata.obsm["X_toy"])
+    per_fold = []
+    for k in range(4):
+        rows = (out.obs["fold"] == k).to_numpy()
+        head = load_trained_head(models, fold=k)
+        assert head.fold_spreads is not None
+        cols = [list(out.var_names).index(g) for g in head.genes]
+        mean, sd = head.predict_tiles_spread(x[rows])
+        np.testing.assert_allclose(mean, out.layers["predicted"][rows][:, cols], atol=1e-4)
+        np.testing.assert_allclose(sd, out.layers["predicted_sd"][rows][:, cols], rtol=1e-4,
+                                   atol=1e-5)
+        per_fold.append(head.predict_tiles_spread(x[:10])[1])
+    _, new_slide = load_trained_head(models).predict_tiles_spread(x[:10])
+    np.testing.assert_allclose(new_slide, np.mean(per_fold, axis=0), rtol=1e-4, atol=1e-5)
+    raw, raw_models = _train(adata, tmp_path, "members", max_epochs=6, spread="members")
+    head = load_trained_head(raw_models, fold=0)
+    assert head.fold_spreads is None
+    rows = (raw.obs["fold"] == 0).to_numpy()
+    np.testing.assert_allclose(head.predict_tiles_spread(x[rows])[1],
+                               raw.layers["predicted_sd"][rows], rtol=1e-4, atol=1e-5)
 
 
 def loud_mask(adata, out) -> np.ndarray:

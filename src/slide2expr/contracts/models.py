@@ -55,6 +55,39 @@ VERSION = "1"
 RETRAIN = "retrain the head (`slide2expr train`, or delete results/models and rerun the workflow)"
 
 
+#: The spread terms prediction can apply (every term of ``calibrated``; not the head-ridge
+#: disagreement of ``calibrated_ridge``: a fold keeps no ridge unless ridge or the blend ships).
+APPLIED_SPREAD_TERMS = ("constant", "level", "member_sd")
+
+
+def read_spread(meta: dict, genes: Sequence[str]) -> tuple[np.ndarray, np.ndarray] | None:
+    """A fold's calibrated spread (:data:`SPREAD_KEY` of its ``head.json``) in the column
+    order ``genes``: coefficients ``(len(genes), 3)`` over :data:`APPLIED_SPREAD_TERMS` and
+    scales ``(len(genes),)``; None when the fold has none, uses a term outside
+    :data:`APPLIED_SPREAD_TERMS` or the record is incomplete (then the members' SD is shown).
+    """
+    record = meta.get(SPREAD_KEY)
+    if not isinstance(record, dict) or record.get("method") != "calibrated":
+        return None
+    terms, coef = record.get("terms") or [], record.get("coef") or {}
+    if not set(terms) <= set(APPLIED_SPREAD_TERMS) or set(coef) != set(terms):
+        return None
+    fold_genes = list(meta.get("genes") or [])
+    scale = record.get("scale")
+    if not isinstance(scale, list) or len(scale) != len(fold_genes) or any(
+            len(values) != len(fold_genes) for values in coef.values()):
+        return None
+    index = {g: i for i, g in enumerate(fold_genes)}
+    if not all(g in index for g in genes):
+        return None
+    cols = np.array([index[g] for g in genes], dtype=np.int64)
+    table = np.zeros((len(genes), len(APPLIED_SPREAD_TERMS)))
+    for j, term in enumerate(APPLIED_SPREAD_TERMS):
+        if term in coef:
+            table[:, j] = np.asarray(coef[term], dtype=np.float64)[cols]
+    return table, np.asarray(scale, dtype=np.float64)[cols]
+
+
 def write_head_meta(fold_dir: str | Path, meta: dict) -> Path:
     """Write ``head.json`` into ``fold_dir`` atomically, stamped ``model/1``.
 
