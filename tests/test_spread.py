@@ -101,6 +101,8 @@ def test_calibrated_spread_ranks_the_loud_units_and_covers_their_errors(tmp_path
     page, raw_page = (uncertainty_section({"uncertainty": c}) for c in (check, raw_check))
     assert "calibrated on each fold's inner validation" in page and "0.950" in page
     assert "ensemble members." in raw_page and "calibrated on" not in raw_page
+    assert ("counting the genes whose spread is constant" in page) == (
+        check["share_genes_ranked"] < 1.0)
 
 
 def test_prediction_applies_the_folds_calibrated_spread(tmp_path):

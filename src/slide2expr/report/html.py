@@ -256,10 +256,22 @@ def uncertainty_section(summary: dict[str, Any]) -> str:
             "section and gene, Spearman rho between the spread (predicted_sd) and "
             "the absolute error, averaged over genes: "
             f"<b>{fmt(u['spearman_mean'], 'r') or 'n/a'}</b> over sections "
-            f"({fmt(u['share_genes_positive'], 'r') or 'n/a'} of genes positive). Share of "
+            f"({fmt(u['share_genes_positive'], 'r') or 'n/a'} of genes positive)"
+            + constant_spread_clause(u) + ". Share of "
             f"observed values within predicted +-2 SD: <b>{fmt(u['coverage_2sd'], 'r')}</b> "
             "(about 0.95 if the spread were a calibrated Gaussian error).</p>"
             + _table(["section", "rho(spread, |error|)", "coverage +-2 SD"], rows))
+
+
+def constant_spread_clause(u: dict[str, Any]) -> str:
+    """Where some genes' spread is constant within a section (no rho): how many vary, and the
+    mean rho counting the constant ones as 0."""
+    ranked = u.get("share_genes_ranked")
+    if ranked is None or ranked >= 1.0:
+        return ""
+    return (f"; the spread varies within a section for {fmt(ranked, 'r')} of the genes, and "
+            "counting the genes whose spread is constant as 0 the mean rho is "
+            f"{fmt(u.get('spearman_mean_all_genes'), 'r') or 'n/a'}")
 
 
 def spread_sentence(spread: dict[str, Any]) -> str:
