@@ -17,7 +17,15 @@ from slide2expr.report.html import uncertainty_section
 from slide2expr.report.uncertainty import spread_calibration
 from slide2expr.testing import spot_dataset
 from slide2expr.train.config import TrainConfig
-from slide2expr.train.spread import COVERAGE, TERMS, Z, fit_spread
+from slide2expr.train.spread import (
+    COVERAGE,
+    MIN_UNITS,
+    TERMS,
+    InnerValidation,
+    Z,
+    calibrate,
+    fit_spread,
+)
 
 SETTINGS = {"folds": 4, "max_epochs": 30, "min_epochs": 5, "hidden": 32, "patience": 5,
             "batch_size": 32, "baselines": ["ridge", "mean"], "ensemble": 2, "lr": 0.01}
@@ -70,6 +78,22 @@ def test_fit_spread_puts_the_spread_on_the_term_that_drives_the_error():
     assert abs(inside.mean() - COVERAGE) < 0.02
     assert model.scale[1] == 0.0 and np.all(sd[:, 1] == 0.0)
     assert abs(model.inner_coverage - (COVERAGE + 1.0) / 2) < 0.02  # gene 1 covered fully
+
+
+def test_too_few_inner_units_calibrate_nothing():
+    """Below MIN_UNITS inner validation units (bulk mode's few slides) no spread model is
+    fitted (the fold keeps the members' SD); at MIN_UNITS one is."""
+    rng = np.random.default_rng(0)
+
+    def split(n):
+        shape = (n, 3)
+        return InnerValidation(units=np.arange(n), head=rng.normal(size=shape),
+                               member_sd=rng.uniform(size=shape), ridge=rng.normal(size=shape))
+
+    y = rng.normal(size=(MIN_UNITS, 3))
+    assert calibrate([split(MIN_UNITS - 1)], y, "mlp", blend_weight=None, use_ridge=False) is None
+    model = calibrate([split(MIN_UNITS)], y, "mlp", blend_weight=None, use_ridge=False)
+    assert model is not None and model.n_units == MIN_UNITS
 
 
 def test_calibrated_spread_ranks_the_loud_units_and_covers_their_errors(tmp_path):

@@ -384,8 +384,8 @@ def fold_spread_model(config: TrainConfig, members: list[dict[str, Any]], units:
                       selection: Selection, splits: list[tuple[np.ndarray, np.ndarray]], *,
                       alpha: float | None = None) -> SpreadModel | None:
     """The fold's calibrated spread (:mod:`slide2expr.train.spread`), fitted on its inner
-    validation units only; None with ``train.spread: members``, one member, or no inner
-    validation predictions, or where ridge alone ships (one model, no spread)."""
+    validation units only; None with ``train.spread: members``, one member, fewer than
+    :data:`~slide2expr.train.spread.MIN_UNITS` inner validation units, or where ridge alone ships (one model, no spread)."""
     if config.spread == "members" or len(members) < 2 or selection.winner == RIDGE:
         return None
     inner = selection.validation or unselected_validation(config, members, units, splits,

@@ -33,6 +33,9 @@ TERMS = ("constant", "level", "head_ridge_disagreement", "member_sd")
 #: validation residuals.
 Z = 2.0
 COVERAGE = 0.95
+#: Fewer inner validation units than this (e.g. bulk mode's few slides) calibrate nothing:
+#: the fold keeps the members' SD.
+MIN_UNITS = 20
 #: How each term reads in the record's description.
 TERM_WORDS = {"constant": "c0", "level": "c1 * prediction",
               "head_ridge_disagreement": "c2 * |head - ridge|", "member_sd": "c3 * members' SD"}
@@ -169,11 +172,12 @@ def shipped_validation(inner: InnerValidation, winner: str, *, blend_weight: flo
 
 def calibrate(inner: list[InnerValidation], y: np.ndarray, winner: str, *,
               blend_weight: float | None, use_ridge: bool) -> SpreadModel | None:
-    """:func:`fit_spread` on every inner split's units pooled; None without any.
+    """:func:`fit_spread` on every inner split's units pooled; None with fewer than
+    :data:`MIN_UNITS` of them.
 
     ``use_ridge``: whether the spread uses the head-ridge disagreement (``calibrated_ridge``
     with ridge's held-out predictions at hand); else that term is zero here and at test."""
-    if not inner:
+    if sum(len(split.units) for split in inner) < MIN_UNITS:
         return None
     terms, residual = [], []
     for split in inner:
