@@ -110,12 +110,18 @@ def test_each_fold_ships_the_winner_of_its_inner_validation(tmp_path):
     assert sorted([*summary["ridge_folds"], *summary["blend_folds"]]) == [
         f"fold{k}" for k in range(4)]
     assert not np.allclose(out.layers["predicted_head"], out.layers["predicted"], atol=1e-3)
+    folds = out.uns["slide2expr"]["train"]["folds"]
     for k in range(4):
         sel = json.loads((models / f"fold{k}" / "head.json").read_text())["selection"]
         scores = sel["inner_scores"]
         assert sel["compared"] == ["mlp", "blend", "ridge"]
-        assert sel["winner"] == max(sel["compared"], key=lambda c: scores[c])
+        assert sel["winner"] == _expected_winner(sel)
         assert scores[sel["winner"]] > scores["mlp"]
+        # ridge was scored at the alpha that ships (and that the ridge baseline used)
+        ridge_alpha = json.loads((models / f"fold{k}" / "ridge" / "head.json").read_text()
+                                 )["ridge_alpha"]
+        assert sel["ridge_alphas"] == [ridge_alpha] * len(sel["ridge_alphas"])
+        assert _fold_info(folds, k)["ridge_alpha"] == ridge_alpha
         rows = (out.obs["fold"] == k).to_numpy()
         ridge, head = out.layers["baseline_ridge"][rows], out.layers["predicted_head"][rows]
         if sel["winner"] == "ridge":
@@ -135,6 +141,19 @@ def test_each_fold_ships_the_winner_of_its_inner_validation(tmp_path):
                                        atol=1e-4)
 
 
+def _expected_winner(sel: dict) -> str:
+    """The highest inner score in order of preference on a tie; the blend only where its
+    gain's interval over genes is above 0."""
+    margin = sel.get("blend_margin")
+    eligible = [c for c in sel["compared"]
+                if c != "blend" or (margin is not None and margin["ci95"][0] > 0)]
+    return max(eligible, key=lambda c: sel["inner_scores"][c])
+
+
+def _fold_info(folds, k: int) -> dict:
+    return folds[k] if isinstance(folds, list) else folds[f"fold{k}"]
+
+
 def _noisy_copies(noise_head: float, noise_ridge: float, n: int = 3000, genes: int = 4):
     rng = np.random.default_rng(0)
     truth = rng.normal(size=(n, genes))
@@ -146,23 +165,49 @@ def test_blend_wins_when_head_and_ridge_err_independently():
     """Head and ridge with independent errors of the same size: their mean has half the
     error variance, so the blend at weight 0.5 beats both (r 0.82 vs 0.71 for noise SD 1)."""
     truth, head, ridge, groups = _noisy_copies(1.0, 1.0)
-    sel = Selection(head="context", mode="auto", head_scores=[inner_score(head, truth, groups)],
-                    ridge_scores=[inner_score(ridge, truth, groups)],
-                    blend_member_scores=[blend_scores(head, ridge, truth, groups)])
+    sel = Selection(head="context", mode="auto")
+    sel.add_split(head, ridge, truth, groups, alpha=1.0, with_blend=True)
+    assert sel.head_score == pytest.approx(inner_score(head, truth, groups))
+    assert sel.blend_member_scores == [blend_scores(head, ridge, truth, groups)]
     assert sel.winner == "blend" and sel.blend_weight == 0.5
     assert sel.blend_score == pytest.approx(np.sqrt(1 / 1.5), abs=0.02)
     assert sel.blend_score > max(sel.head_score, sel.ridge_score) + 0.08
+    gain, low, _ = sel.blend_margin()
+    assert gain == pytest.approx(sel.blend_score - max(sel.head_score, sel.ridge_score),
+                                 abs=0.01) and low > 0.05
     record = sel.record()
     assert record["compared"] == ["context", "blend", "ridge"] and record["winner"] == "blend"
+    assert record["blend_margin"]["ci95"][0] > 0
+
+
+def test_a_blend_whose_gain_is_inner_noise_does_not_ship():
+    """Ridge = the head plus independent noise (no information the head lacks), so any
+    blend is worse than the head in expectation; on this draw (60 units, 40 genes) the
+    blend at 0.25 still scores highest (+0.0007), which the highest-score rule would ship.
+    Its gain's 95% interval over genes contains 0, so the head ships."""
+    rng = np.random.default_rng(12)
+    truth = rng.normal(size=(60, 40))
+    head = truth + 1.5 * rng.normal(size=truth.shape)
+    ridge = head + 0.3 * rng.normal(size=truth.shape)
+    sel = Selection(head="context", mode="auto")
+    sel.add_split(head, ridge, truth, np.repeat(["a", "b"], 30), alpha=1.0, with_blend=True)
+    assert sel.blend_score > sel.head_score > sel.ridge_score
+    gain, low, high = sel.blend_margin()
+    assert 0 < gain < 0.005 and low < 0 < high
+    assert sel.winner == "context"
+    assert sel.record()["winner"] == "context"
+    # the same scores without the per-gene evidence: the highest score (the blend) ships
+    assert Selection(head="context", mode="auto", head_scores=sel.head_scores,
+                     ridge_scores=sel.ridge_scores,
+                     blend_member_scores=sel.blend_member_scores).winner == "blend"
 
 
 def test_head_wins_when_ridge_only_adds_error():
     """A head ten times more accurate than ridge: every blend weight (>= 0.25) mixes in more
     error than it removes, so the head ships."""
     truth, head, ridge, groups = _noisy_copies(0.1, 1.0)
-    sel = Selection(head="context", mode="auto", head_scores=[inner_score(head, truth, groups)],
-                    ridge_scores=[inner_score(ridge, truth, groups)],
-                    blend_member_scores=[blend_scores(head, ridge, truth, groups)])
+    sel = Selection(head="context", mode="auto")
+    sel.add_split(head, ridge, truth, groups, alpha=1.0, with_blend=True)
     assert sel.winner == "context" and sel.blend_weight == 0.25
     assert sel.head_score > sel.blend_score > sel.ridge_score
 
@@ -263,10 +308,32 @@ def test_report_says_plainly_when_ridge_won_and_the_manifest_records_it(tmp_path
     assert set(sel["folds"]) == {"fold0", "fold1"}
     page = render_html(report)
     assert "Shipped model." in page and "Model selection (inner validation)" in page
+    # the blend was compared (patient-grouped inner validation): its margin is reported
+    margins = [f["blend_margin"] for f in sel["folds"].values()]
+    assert all(m is not None and len(m["ci95"]) == 2 for m in margins)
+    assert "blend gain (95% CI)" in page and f"{margins[0]['gain']:+.4f}" in page
     # the manifest reads the same records from the model folders
     recorded = model_selection(tmp_path / "weak")
     assert {f: v["winner"] for f, v in recorded["mlp"].items()} == {"fold0": "ridge",
                                                                      "fold1": "ridge"}
+
+
+def test_the_report_sentence_says_when_the_blend_was_compared_and_not_shipped():
+    """A run whose folds compared the blend and shipped the head says so; a run that never
+    compared it does not mention a blend."""
+    from slide2expr.report.evaluate import selection_summary
+
+    def provenance(scores: dict) -> dict:
+        folds = {f"fold{k}": {"selection": {"inner_scores": scores, "winner": "context"}}
+                 for k in range(2)}
+        return {"train": {"head": "context", "folds": folds,
+                          "selection": {"shipped": "context", "mode": "auto"}}}
+
+    compared = selection_summary(provenance({"context": 0.2, "blend": 0.21, "ridge": 0.1}))
+    assert "it is the shipped model" in compared["sentence"]
+    assert "no blend of the two beat it by more than the inner noise" in compared["sentence"]
+    plain = selection_summary(provenance({"context": 0.2, "ridge": 0.1}))
+    assert "blend" not in plain["sentence"] and "it is the shipped model" in plain["sentence"]
 
 
 def _spread_adata(sd_of_error):

@@ -302,7 +302,7 @@ def test_spot_training_recovers_signal_not_noise_and_writes_the_contract(tmp_pat
     # (two models, so their weighted spread); the selection decides, as recorded.
     blend_folds = out.uns["slide2expr"]["train"]["selection"]["blend_folds"]
     assert set(out.layers) == {"predicted", "predicted_head", "baseline_ridge", "baseline_hest",
-                               "baseline_mean", *(["predicted_sd"] if blend_folds else [])}
+                               "baseline_mean", *(["predicted_sd"] if len(blend_folds) else [])}
     assert np.isfinite(out.layers["predicted"]).all()  # every unit exactly one OOF prediction
     splits = pd.read_csv(models / "splits.tsv", sep="\t")
     assert list(splits["unit"]) == list(adata.obs_names)

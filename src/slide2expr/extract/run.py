@@ -495,7 +495,7 @@ def _embed_remaining(dataset: TilingsDataset, writers: list[FeatureWriter],
         return
     slide_now = handle.get()  # an unreadable slide fails before any reader starts
     if workers:
-        slide_now.preload()  # a plain image is decoded once, here, not per reader
+        slide_now.preload()  # a plain image decoded whole is decoded once, not per reader
     try:
         _run(dataset, writers, enc, dev, firsts=firsts, seconds=seconds,
              batch_size=opts.batch_size, workers=workers, progress=opts.progress,

@@ -114,14 +114,16 @@ def choose_alpha(x: np.ndarray, y: np.ndarray, groups: np.ndarray, alphas: Seque
 
 def ridge_baseline(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray,
                    groups_train: np.ndarray, *, alphas: Sequence[float], seed: int,
-                   blocks: Sequence[int] | None = None) -> tuple[np.ndarray, float]:
+                   blocks: Sequence[int] | None = None,
+                   alpha: float | None = None) -> tuple[np.ndarray, float]:
     """Tuned ridge: predictions for ``x_test`` and the alpha chosen on the training fold
     (``blocks``: widths of the input blocks, for the SD floor of
-    :mod:`slide2expr.train.scaling`)."""
-    alpha, mean_r = choose_alpha(x_train, y_train, groups_train, alphas, seed=seed,
-                                 blocks=blocks)
-    log.info("ridge: inner-CV mean r by alpha %s -> alpha %g",
-             dict(zip(alphas, np.round(mean_r, 3), strict=True)), alpha)
+    :mod:`slide2expr.train.scaling`; ``alpha``: already chosen, skip the choice)."""
+    if alpha is None:
+        alpha, mean_r = choose_alpha(x_train, y_train, groups_train, alphas, seed=seed,
+                                     blocks=blocks)
+        log.info("ridge: inner-CV mean r by alpha %s -> alpha %g",
+                 dict(zip(alphas, np.round(mean_r, 3), strict=True)), alpha)
     xs_tr, xs_te = standardise(x_train, x_test, blocks=blocks)
     return ridge_path(xs_tr, y_train, xs_te, [alpha])[0], alpha
 

@@ -13,7 +13,7 @@ import numpy as np
 import scipy.sparse as sp
 
 import slide2expr.train.baselines as baselines
-from slide2expr.contracts.models import RIDGE_DIR
+from slide2expr.contracts.models import RIDGE_DIR, SPREAD_KEY
 from slide2expr.predict.plausible import META_KEY as PLAUSIBLE_KEY
 from slide2expr.predict.plausible import bounds_record
 from slide2expr.train.config import TrainConfig
@@ -30,10 +30,15 @@ from slide2expr.train.selection import (
     RIDGE,
     Selection,
     blend_compared,
-    blend_scores,
-    inner_score,
     ridge_candidate,
     shared_splits,
+)
+from slide2expr.train.spread import (
+    InnerValidation,
+    SpreadModel,
+    calibrate,
+    member_sd,
+    spread_terms,
 )
 from slide2expr.train.views import ViewRows
 
@@ -206,10 +211,11 @@ def held_out_predictions(members: list[dict[str, Any]], units: FoldUnits) -> np.
 def _ship_ridge_or_blend(config: TrainConfig, units: FoldUnits, stacked: np.ndarray, *,
                          fold_dir: Path, alpha: float | None, meta: dict[str, Any],
                          selection: Selection
-                         ) -> tuple[np.ndarray, np.ndarray | None, dict[str, Any]]:
+                         ) -> tuple[np.ndarray, np.ndarray | None, dict[str, Any], np.ndarray]:
     """Ridge or the blend won the fold's selection: ridge fitted on the whole training fold
     and saved (:func:`ship_ridge`); returns the shipped held-out predictions, their spread
-    (None for ridge alone: one model) and the record of ridge."""
+    (None for ridge alone: one model), the record of ridge and ridge's held-out
+    predictions."""
     ridge_pred, ridge_fit = ship_ridge(
         config, units.fit_source, units.y_fit, train_idx=units.rows(units.train_idx),
         test_idx=units.test_rows, alpha=alpha, groups=units.fit_groups, fold_dir=fold_dir,
@@ -219,7 +225,7 @@ def _ship_ridge_or_blend(config: TrainConfig, units: FoldUnits, stacked: np.ndar
         predicted, predicted_sd = ridge_pred, None
     else:
         predicted, predicted_sd = blended(stacked, ridge_pred, selection.blend_weight)
-    return predicted.astype(np.float32), predicted_sd, ridge_fit
+    return predicted.astype(np.float32), predicted_sd, ridge_fit, ridge_pred
 
 
 def fold_info(units: FoldUnits, members: list[dict[str, Any]],
@@ -245,13 +251,13 @@ def fold_info(units: FoldUnits, members: list[dict[str, Any]],
     }
 
 
-def fold_baselines(config: TrainConfig, units: FoldUnits,
-                   info: dict[str, Any]) -> dict[str, np.ndarray]:
+def fold_baselines(config: TrainConfig, units: FoldUnits, info: dict[str, Any], *,
+                   alpha: float | None = None) -> dict[str, np.ndarray]:
     """:func:`fit_baselines` on the fold's fitted rows, one prediction per held-out unit;
-    ridge's alpha is chosen with the same inner grouping as early stopping."""
+    ridge at the fold's ``alpha`` (:func:`fold_ridge_alpha`)."""
     out = fit_baselines(config, units.fit_source, units.y_fit,
                         train_idx=units.rows(units.train_idx), test_idx=units.test_rows,
-                        groups=units.fit_groups, k=units.k, info=info)
+                        groups=units.fit_groups, k=units.k, info=info, alpha=alpha)
     if units.views is None:
         return out
     return {n: units.held_out(p).astype(np.float32) for n, p in out.items()}
@@ -273,24 +279,34 @@ def train_fold(*, head: str, config: TrainConfig, source: SpotFeatures | BagFeat
     plausible = plausible_bounds(units.y[units.train_idx])
     members = train_members(head, config, units, fold_dir=fold_dir, provenance=provenance,
                             plausible=plausible)
+    splits = [units.inner_split(m) for m in range(len(members))]
+    alpha = fold_ridge_alpha(config, units)
     selection = select_model(head, config, members, units.fit_source, units.y_fit, units.y,
-                             splits=[units.inner_split(m) for m in range(len(members))],
-                             inner_all=units.inner_all, rows=units.rows,
+                             splits=splits, inner_all=units.inner_all, rows=units.rows,
                              blend=blend_compared(config.select_blend, units.inner_grouping,
-                                                  config.group_by))
+                                                  config.group_by), alpha=alpha)
+    spread_model = fold_spread_model(config, members, units, selection, splits, alpha=alpha)
     for mem in members:
+        if spread_model is not None:
+            mem["meta"][SPREAD_KEY] = spread_model.record()
         save_head(mem["module"], mem["dir"], meta={**mem["meta"],
                                                    "selection": selection.record()})
     stacked = held_out_predictions(members, units)
     predicted = stacked.mean(axis=0)
     predicted_sd = stacked.std(axis=0) if len(members) > 1 else None
     info = fold_info(units, members, selection)
-    out_baselines = fold_baselines(config, units, info)
+    out_baselines = fold_baselines(config, units, info, alpha=alpha)
     head_predicted = predicted
+    ridge_test = out_baselines.get("ridge")
     if selection.winner in (RIDGE, BLEND):
-        predicted, predicted_sd, info["ridge_model"] = _ship_ridge_or_blend(
-            config, units, stacked, fold_dir=fold_dir, alpha=info.get("ridge_alpha"),
+        predicted, predicted_sd, info["ridge_model"], ridge_test = _ship_ridge_or_blend(
+            config, units, stacked, fold_dir=fold_dir, alpha=alpha,
             meta=members[0]["meta"], selection=selection)
+    if spread_model is not None and predicted_sd is not None:
+        ridge_term = ridge_test if spread_uses_ridge(config, selection) else None
+        predicted_sd = spread_model.apply(spread_terms(predicted, head_predicted, ridge_term,
+                                                       member_sd(stacked)))
+        info[SPREAD_KEY] = spread_model.record()
     return FoldResult(fold=k, genes=units.genes, test_idx=units.test_idx, predicted=predicted,
                       baselines=out_baselines, info=info,
                       train_mean=units.y[units.train_idx].astype(np.float64).mean(axis=0),
@@ -301,38 +317,110 @@ def train_fold(*, head: str, config: TrainConfig, source: SpotFeatures | BagFeat
 def select_model(head: str, config: TrainConfig, members: list[dict[str, Any]],
                  source: SpotFeatures | BagFeatures, y_fit: np.ndarray, y: np.ndarray, *,
                  splits: list[tuple[np.ndarray, np.ndarray]], inner_all: np.ndarray,
-                 rows: Any, blend: bool = True) -> Selection:
+                 rows: Any, blend: bool = True, alpha: float | None = None) -> Selection:
     """Score the head (the best inner checkpoints of the members that share a validation
     split, averaged) and ridge on the same inputs on every distinct inner validation split
     (:mod:`slide2expr.train.selection`).
 
     Only training-fold units are read: ``splits`` are the members' (inner training,
-    inner validation) unit indices, all inside the fold's training units. With ``blend``
-    the blend of the two is scored too (:func:`~slide2expr.train.selection.blend_compared`).
+    inner validation) unit indices, all inside the fold's training units. Ridge is scored
+    at ``alpha``, the one the fold ships (:func:`fold_ridge_alpha`; None: the best of
+    ``train.ridge_alphas`` on each split). With ``blend`` the blend of the two is scored too
+    (:func:`~slide2expr.train.selection.blend_compared`).
     """
     selection = Selection(head=head, mode=config.select)
     if config.select == "off":
         return selection
+    alphas = config.ridge_alphas if alpha is None else [alpha]
     usable = [m for m, mem in enumerate(members)
               if mem.get("val_predicted") is not None and len(splits[m][1])]
     for group in shared_splits([splits[m][1] for m in usable]):
         inner_train, inner_val = splits[usable[group[0]]]
         head_val = np.mean([members[usable[i]]["val_predicted"] for i in group], axis=0)
-        groups_val = inner_all[inner_val]
-        selection.head_scores.append(inner_score(head_val, y[inner_val], groups_val))
         tr = rows(inner_train)
-        score, alpha, ridge_val = ridge_candidate(
-            source.pooled(tr), y_fit[tr], source.pooled(inner_val), y[inner_val], groups_val,
-            alphas=config.ridge_alphas, blocks=block_widths(source))
-        selection.ridge_scores.append(score)
-        selection.ridge_alphas.append(alpha)
-        if blend:
-            selection.blend_member_scores.append(
-                blend_scores(head_val, ridge_val, y[inner_val], groups_val))
-    log.info("selection (%s): inner score %s %.4f, blend %.4f (ridge weight %s), ridge %.4f "
-             "-> %s", config.select, head, selection.head_score, selection.blend_score,
-             selection.blend_weight, selection.ridge_score, selection.winner)
+        _, split_alpha, ridge_val = ridge_candidate(
+            source.pooled(tr), y_fit[tr], source.pooled(inner_val), y[inner_val],
+            inner_all[inner_val], alphas=alphas, blocks=block_widths(source))
+        selection.add_split(head_val, ridge_val, y[inner_val], inner_all[inner_val],
+                            alpha=split_alpha, with_blend=blend)
+        selection.validation.append(inner_validation(members, [usable[i] for i in group],
+                                                     inner_val, head_val, ridge_val))
+    margin = selection.blend_margin()
+    log.info("selection (%s): inner score %s %.4f, blend %.4f (ridge weight %s, gain over "
+             "the better one %s), ridge %.4f (alpha %s) -> %s", config.select, head,
+             selection.head_score, selection.blend_score, selection.blend_weight,
+             None if margin is None else tuple(round(v, 4) for v in margin),
+             selection.ridge_score, alpha, selection.winner)
     return selection
+
+
+def fold_ridge_alpha(config: TrainConfig, units: FoldUnits) -> float | None:
+    """The alpha of the fold's ridge: chosen by grouped inner CV on the fold's training units
+    (:func:`~slide2expr.train.baselines.choose_alpha`), used by the ridge baseline, by the
+    selection's ridge and blend candidates and by the ridge that ships, so what is scored is
+    what ships. None when neither selection nor the ridge baseline needs one."""
+    if config.select == "off" and "ridge" not in config.baselines:
+        return None
+    train_rows = units.rows(units.train_idx)
+    alpha, mean_r = baselines.choose_alpha(
+        units.fit_source.pooled(train_rows), units.y_fit[train_rows],
+        units.fit_groups[train_rows], config.ridge_alphas, seed=config.seed + units.k,
+        blocks=block_widths(units.fit_source))
+    log.info("ridge: inner-CV mean r by alpha %s -> alpha %g",
+             dict(zip(config.ridge_alphas, np.round(mean_r, 3), strict=True)), alpha)
+    return alpha
+
+
+def inner_validation(members: list[dict[str, Any]], group: list[int], inner_val: np.ndarray,
+                     head_val: np.ndarray, ridge_val: np.ndarray) -> InnerValidation:
+    """One inner split's head mean, members' SD and ridge, for the spread's calibration."""
+    return InnerValidation(
+        units=np.asarray(inner_val), head=np.asarray(head_val, dtype=np.float64),
+        member_sd=member_sd(np.stack([members[m]["val_predicted"] for m in group])),
+        ridge=np.asarray(ridge_val, dtype=np.float64))
+
+
+def fold_spread_model(config: TrainConfig, members: list[dict[str, Any]], units: FoldUnits,
+                      selection: Selection, splits: list[tuple[np.ndarray, np.ndarray]], *,
+                      alpha: float | None = None) -> SpreadModel | None:
+    """The fold's calibrated spread (:mod:`slide2expr.train.spread`), fitted on its inner
+    validation units only; None with ``train.spread: members``, one member, fewer than
+    :data:`~slide2expr.train.spread.MIN_UNITS` inner validation units, or where ridge alone ships (one model, no spread)."""
+    if config.spread == "members" or len(members) < 2 or selection.winner == RIDGE:
+        return None
+    inner = selection.validation or unselected_validation(config, members, units, splits,
+                                                          alpha=alpha)
+    return calibrate(inner, units.y, selection.winner, blend_weight=selection.blend_weight,
+                     use_ridge=spread_uses_ridge(config, selection))
+
+
+def spread_uses_ridge(config: TrainConfig, selection: Selection) -> bool:
+    """Whether the fold's spread has the head-ridge disagreement term: ``calibrated_ridge``
+    and ridge's held-out predictions at hand (it ships, or is a baseline)."""
+    return config.spread == "calibrated_ridge" and (
+        selection.winner in (RIDGE, BLEND) or "ridge" in config.baselines)
+
+
+def unselected_validation(config: TrainConfig, members: list[dict[str, Any]], units: FoldUnits,
+                          splits: list[tuple[np.ndarray, np.ndarray]], *,
+                          alpha: float | None = None) -> list[InnerValidation]:
+    """The inner splits' predictions when ``train.select`` is off (no selection computed
+    them): ridge fitted on each split's inner training units as the selection would (at the
+    fold's ``alpha``; None: the best of ``train.ridge_alphas`` on each split)."""
+    usable = [m for m, mem in enumerate(members)
+              if mem.get("val_predicted") is not None and len(splits[m][1])]
+    source, out = units.fit_source, []
+    for group in shared_splits([splits[m][1] for m in usable]):
+        inner_train, inner_val = splits[usable[group[0]]]
+        head_val = np.mean([members[usable[i]]["val_predicted"] for i in group], axis=0)
+        tr = units.rows(inner_train)
+        _, _, ridge_val = ridge_candidate(
+            source.pooled(tr), units.y_fit[tr], source.pooled(inner_val), units.y[inner_val],
+            units.inner_all[inner_val], alphas=config.ridge_alphas if alpha is None else [alpha],
+            blocks=block_widths(source))
+        out.append(inner_validation(members, [usable[i] for i in group], inner_val, head_val,
+                                    ridge_val))
+    return out
 
 
 def blended(stacked: np.ndarray, ridge: np.ndarray, weight: float
@@ -376,9 +464,9 @@ def ship_ridge(config: TrainConfig, source: SpotFeatures | BagFeatures, y: np.nd
 
 def fit_baselines(config: TrainConfig, source: SpotFeatures | BagFeatures, y: np.ndarray, *,
                   train_idx: np.ndarray, test_idx: np.ndarray, groups: np.ndarray, k: int,
-                  info: dict[str, Any]) -> dict[str, np.ndarray]:
+                  info: dict[str, Any], alpha: float | None = None) -> dict[str, np.ndarray]:
     """The configured baselines (ridge, HEST, mean) of fold ``k`` on pooled features; the
-    ridge alpha chosen by grouped inner CV is recorded in ``info``."""
+    ridge alpha (``alpha``, else chosen by grouped inner CV) is recorded in ``info``."""
 
     pooled_train = source.pooled(train_idx)
     pooled_test = source.pooled(test_idx)
@@ -390,7 +478,7 @@ def fit_baselines(config: TrainConfig, source: SpotFeatures | BagFeatures, y: np
         if name == "ridge":
             pred, alpha = baselines.ridge_baseline(
                 pooled_train, y[train_idx], pooled_test, groups[train_idx],
-                alphas=config.ridge_alphas, seed=config.seed + k, blocks=blocks)
+                alphas=config.ridge_alphas, seed=config.seed + k, blocks=blocks, alpha=alpha)
             info["ridge_alpha"] = alpha
         elif name == "hest":
             pred = baselines.hest_baseline(pooled_train, y[train_idx], pooled_test,

@@ -7,7 +7,8 @@ backend that reads a file:
   low-resolution image for tissue detection) and :class:`MaskImage`;
 - :mod:`.openslide_slide`: SVS, NDPI, MRXS, SCN, generic tiled TIFF and DICOM (OpenSlide);
 - :mod:`.tifffile_slide`: TIFF / OME-TIFF pyramids that OpenSlide refuses (tifffile);
-- :mod:`.plain_image`: JPEG, PNG and BMP read whole (PIL, imagecodecs);
+- :mod:`.plain_image`: JPEG, PNG and BMP (PIL, imagecodecs): a JPEG with a restart marker
+  per row of MCUs by bands of rows as regions are read (:mod:`.jpeg_bands`), others whole;
 - :mod:`.spaceranger_image`: Space Ranger's tissue PNG in full-resolution coordinates;
 - :mod:`.factory`: :func:`open_slide`.
 

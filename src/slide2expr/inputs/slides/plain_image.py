@@ -1,4 +1,9 @@
-"""Plain images (JPEG, PNG, BMP), read whole: one level, no mpp metadata."""
+"""Plain images (JPEG, PNG, BMP): one level, no mpp metadata.
+
+A JPEG with a restart marker at every row of MCUs (the her2st H&E images) is decoded a band
+of rows at a time, as regions are read (:mod:`.jpeg_bands`): memory is a bounded cache of
+bands, whatever the image's size. Any other plain image is decoded whole, once.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +16,7 @@ from PIL import Image
 
 from slide2expr.errors import InputError
 from slide2expr.inputs.slides.base import MASK_COARSER_OK, MaskImage, Slide
+from slide2expr.inputs.slides.jpeg_bands import JpegBands
 
 #: Pixels a plain image (JPEG, PNG) may have before PIL warns that it could be a
 #: decompression bomb; PIL refuses twice this. PIL's default (89 Mpx) is below a legitimate
@@ -26,8 +32,10 @@ PLAIN_IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp"}
 class PlainImageSlide(Slide):
     """A large JPEG/PNG (e.g. the her2st H&E images): one level, no mpp metadata.
 
-    Thumbnails use JPEG DCT scaling (``Image.draft``) so they never decode the full image;
-    region reads decode it once and keep it.
+    Thumbnails use JPEG DCT scaling (``Image.draft``) so they never decode the full image.
+    Region reads of a JPEG with a restart marker per row of MCUs decode the bands of rows
+    they need (:class:`~slide2expr.inputs.slides.jpeg_bands.JpegBands`, a bounded cache);
+    other images are decoded whole on the first region read and kept.
     """
 
     backend = "pil"
@@ -39,6 +47,8 @@ class PlainImageSlide(Slide):
             self._size = im.size
         super().__init__(path, None)  # JFIF density is almost always a 72-dpi placeholder
         self._full: np.ndarray | None = None
+        self._bands: JpegBands | None = None
+        self._bands_checked = False
 
     @property
     def level_dimensions(self) -> list[tuple[int, int]]:
@@ -66,20 +76,33 @@ class PlainImageSlide(Slide):
                     self._full = full
         return self._full
 
+    def banded(self) -> JpegBands | None:
+        """The image's row bands when it is a JPEG that can be decoded by rows, else None."""
+        if not self._bands_checked:
+            self._bands_checked = True
+            with Image.open(self.path) as im:
+                if im.format == "JPEG" and im.mode == "RGB":
+                    self._bands = JpegBands.open(self.path)
+        return self._bands
+
     def preload(self) -> None:
-        self._decoded()
+        if self.banded() is None:
+            self._decoded()
 
     def adopt(self, other: Slide) -> None:
         if isinstance(other, PlainImageSlide) and other.path == self.path:
             self._full = other._full
+            self._bands, self._bands_checked = other._bands, other._bands_checked
 
     def _read_level(self, level: int, x: int, y: int, width: int, height: int) -> np.ndarray:
-        full = self._decoded()
-        h0, w0 = full.shape[:2]
+        w0, h0 = self._size
         out = np.full((height, width, 3), 255, dtype=np.uint8)
         x_lo, y_lo, x_hi, y_hi = max(x, 0), max(y, 0), min(x + width, w0), min(y + height, h0)
         if x_hi > x_lo and y_hi > y_lo:
-            out[y_lo - y:y_hi - y, x_lo - x:x_hi - x] = full[y_lo:y_hi, x_lo:x_hi]
+            bands = self.banded() if self._full is None else None
+            out[y_lo - y:y_hi - y, x_lo - x:x_hi - x] = (
+                bands.rows(y_lo, y_hi, x_lo, x_hi) if bands is not None
+                else self._decoded()[y_lo:y_hi, x_lo:x_hi])
         return out
 
     def read_for_mask(self, mpp: float) -> MaskImage:
