@@ -351,7 +351,7 @@ def _gene_sets(adata: Any, held: _HeldOut, table: pd.DataFrame, base_r: dict[str
 
 def _add_records(summary: dict[str, Any], adata: Any, provenance: dict[str, Any]) -> None:
     """The summary's optional records, where the predictions have them: implausible
-    predictions, the mean ensemble spread, its calibration, what ``train.select`` shipped."""
+    predictions, the mean spread, how it ranks and covers the errors, what ``train.select`` shipped."""
     implausible = implausible_record(provenance)
     if implausible:
         summary["implausible_predictions"] = implausible
@@ -442,7 +442,7 @@ def _selection_sentence(head: str, winners: dict[str, str], *, blend: bool = Tru
 
 
 def mean_spread(adata) -> float | None:
-    """Mean of ``layers['predicted_sd']`` (the ensemble members' spread, log1p CP10k) over
+    """Mean of ``layers['predicted_sd']`` (the shipped spread, log1p CP10k) over
     the held-out units and modelled genes, or None when the predictions have no spread
     (a single model per fold)."""
     if Key.PREDICTED_SD not in adata.layers:
