@@ -67,8 +67,26 @@ class BatchNormAct(nn.BatchNorm2d):
         self.act = nn.ReLU6(inplace=True) if act else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Normalise, then activate."""
-        return self.act(super().forward(x))
+        """Normalise, then activate.
+
+        Inference on the CPU normalises in place (the input is always the fresh output of the
+        convolution before it): the same kernel and the same bits as the out-of-place call,
+        without a second tensor of the layer's size (the 112 px layers of a 16-image chunk
+        are 77 MB each), which lowers an extract job's peak memory.
+        """
+        if self.training or torch.is_grad_enabled() or not _in_place_ok(x):
+            return self.act(super().forward(x))
+        torch.ops.aten.native_batch_norm.out(
+            x, self.weight, self.bias, self.running_mean, self.running_var, False, 0.0,
+            self.eps, out=x, save_mean=x.new_empty(0), save_invstd=x.new_empty(0))
+        return self.act(x)
+
+
+def _in_place_ok(x: torch.Tensor) -> bool:
+    """A dense float32 CPU tensor (contiguous or channels-last) that no other tensor views."""
+    return (x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 4
+            and x._base is None
+            and (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)))
 
 
 class DepthwiseSeparable(nn.Module):
