@@ -281,10 +281,11 @@ def test_encoders_command_lists_names_dims_and_availability():
     assert lines["h_optimus_0"][1] == "1536"
 
 
-def test_lite0_batch_norms_normalise_in_place_on_cpu_inference_with_the_same_bits(lite0):
+def test_lite0_cpu_inference_saves_memory_with_the_same_bits(lite0):
     """In inference on the CPU a batch norm writes into its input (no second activation of
     the layer's size: the extract job's peak memory) and gives the out-of-place bits; with
-    gradients on it leaves its input alone."""
+    gradients on it leaves its input alone. The whole model (batch norms in place, strided
+    blocks padding their input before the expansion) gives the bits of its plain forward."""
     from slide2expr.extract.encoders.efficientnet_lite import BatchNormAct
 
     bn = lite0.module.bn1.eval()
