@@ -66,6 +66,7 @@ def _pss_kb(pid: int) -> int:
 
 def measure(cmd: list[str], env: dict[str, str], log: Path) -> dict[str, float]:
     """Run ``cmd``; its peak sampled PSS (tree), exact peak RSS, CPU and wall seconds."""
+    log.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     with open(log, "w") as out:
         proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
