@@ -6,6 +6,7 @@ of patient C and A1, A2 of patient A), so every row reads the same features:
     python benchmarks/two_patients.py train results/dataset.h5ad OUT loso_C context mlp
     python benchmarks/two_patients.py train results/dataset.h5ad OUT cross context mlp
     python benchmarks/two_patients.py table OUT
+    python benchmarks/two_patients.py uncertainty OUT_BEFORE OUT   # the spread, ranked
 
 ``loso_C``: patient C's five sections, one fold per section (inner validation grouped by
 section). ``cross``: one fold per patient: trained on C, tested on A1 and A2 (C -> A), and
@@ -327,6 +328,41 @@ def ridge_blocks(args: argparse.Namespace) -> None:
             flush=True)
 
 
+def uncertainty(args: argparse.Namespace) -> None:
+    """Per split and run: how the spread ranks the held-out errors (Spearman of
+    ``predicted_sd`` vs |error| per gene, mean over genes, per held-out section, and the mean
+    over sections), the share of genes with a positive rho, and +-2 SD coverage."""
+    import anndata as ad
+
+    print("| split | run | Spearman(spread, abs error), mean over sections | per held-out "
+          "section | the same, constant-spread genes as 0 | genes with a defined rho | "
+          "of those, rho > 0 | coverage +-2 SD | per held-out section (%) |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for scenario in SCENARIOS:
+        for run in args.runs:
+            path = Path(run) / scenario / f"{args.head}.h5ad"
+            if not path.is_file():
+                continue
+            pred = ad.read_h5ad(path)
+            patient = pred.obs["patient"].astype(str)
+            splits = ({"C LOSO": np.ones(pred.n_obs, dtype=bool)} if scenario == "loso_C" else
+                      {split_label(pred, sorted(set(pred.obs["sample_id"][patient == p]))):
+                       (patient == p).to_numpy() for p in sorted(set(patient))})
+            for label, rows in splits.items():
+                cal = spread_calibration(pred[rows].copy())
+                if cal is None:
+                    continue
+                print(f"| {label} | {Path(run).name} ({cal['spread']['method']}) | "
+                      f"{cal['spearman_mean']:+.3f} | "
+                      f"{' / '.join(f'{v:+.3f}' for v in cal['spearman_sections'].values())} | "
+                      f"{cal['spearman_mean_all_genes']:+.3f} | "
+                      f"{100 * cal['share_genes_ranked']:.0f}% | "
+                      f"{100 * cal['share_genes_positive']:.0f}% | "
+                      f"{100 * cal['coverage_2sd']:.1f}% | "
+                      f"{' / '.join(f'{100 * v:.0f}' for v in cal['coverage_sections'].values())}"
+                      " |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -350,9 +386,12 @@ def main() -> None:
     m.add_argument("--weights", nargs="+", type=float, default=[0.0, 0.25, 0.5, 0.75])
     m.add_argument("--splits", nargs="+", default=["C", "A"],
                    help="held-out patients, one column each")
+    u = sub.add_parser("uncertainty")
+    u.add_argument("runs", nargs="+", help="OUT folders of `train` runs")
+    u.add_argument("--head", default="context")
     args = parser.parse_args()
     {"train": train, "table": table, "ridge-blocks": ridge_blocks,
-     "smoothing": smoothing}[args.command](args)
+     "smoothing": smoothing, "uncertainty": uncertainty}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -276,7 +276,8 @@ def test_ensemble_spread_is_written_per_unit_and_reported(tmp_path):
     adata = _two_patient_dataset()
     settings = {"folds": 2, "max_epochs": 3, "min_epochs": 1, "hidden": 8, "batch_size": 32,
                 "baselines": ["ridge"], "genes": {"min_fraction": 0.0},
-                "inputs": ["spot", "slide"], "select": "off"}  # the head's members ship
+                "inputs": ["spot", "slide"], "select": "off",  # the head's members ship
+                "spread": "members"}  # their SD as it is (train.spread; calibrated: test_spread)
     pred = run_training(adata, head="context", config=TrainConfig.from_dict(
         {**settings, "ensemble": 2}), models_dir=tmp_path / "m", predictions_path=tmp_path / "p.h5ad")
     sd = pred.layers[Key.PREDICTED_SD]

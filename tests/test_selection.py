@@ -318,6 +318,24 @@ def test_report_says_plainly_when_ridge_won_and_the_manifest_records_it(tmp_path
                                                                      "fold1": "ridge"}
 
 
+def test_the_report_sentence_says_when_the_blend_was_compared_and_not_shipped():
+    """A run whose folds compared the blend and shipped the head says so; a run that never
+    compared it does not mention a blend."""
+    from slide2expr.report.evaluate import selection_summary
+
+    def provenance(scores: dict) -> dict:
+        folds = {f"fold{k}": {"selection": {"inner_scores": scores, "winner": "context"}}
+                 for k in range(2)}
+        return {"train": {"head": "context", "folds": folds,
+                          "selection": {"shipped": "context", "mode": "auto"}}}
+
+    compared = selection_summary(provenance({"context": 0.2, "blend": 0.21, "ridge": 0.1}))
+    assert "it is the shipped model" in compared["sentence"]
+    assert "no blend of the two beat it by more than the inner noise" in compared["sentence"]
+    plain = selection_summary(provenance({"context": 0.2, "ridge": 0.1}))
+    assert "blend" not in plain["sentence"] and "it is the shipped model" in plain["sentence"]
+
+
 def _spread_adata(sd_of_error):
     import anndata as ad
     import pandas as pd

@@ -4,7 +4,7 @@ Contract: each fold directory (and each ensemble member, ``fold{k}/member{m}/``)
 ``head.safetensors`` (the module's tensors only) and ``head.json`` (head name,
 hyperparameters, gene order, encoder, mode, fold, member, ``inputs``: the names of the input
 blocks in the order they were concatenated, e.g. ``["spot", "ctx300", "nbr300", "slide"]``,
-null in bulk mode; ``slide2expr_format`` = ``"model/1"``). Prediction rebuilds those blocks
+null in bulk mode; ``slide2expr_format`` = ``"model/1"``; ``spread``: :data:`SPREAD_KEY`). Prediction rebuilds those blocks
 (on grid tiles: :mod:`slide2expr.predict.inputs`); a head without ``inputs`` (written
 before they were recorded) is taken as ``["spot"]`` when it has one block. ``splits.tsv``
 beside the folds has one row per training unit: ``unit``, ``sample_id`` (a unit of several
@@ -42,11 +42,50 @@ SPLITS = "splits.tsv"
 #: The folder of a fold's ridge model, shipped instead of the head when ridge won the fold's
 #: inner selection (``train.select``), or beside the head's members when their blend won.
 RIDGE_DIR = "ridge"
+#: ``head.json`` key of the fold's calibrated spread (:mod:`slide2expr.train.spread`): what
+#: ``layers['predicted_sd']`` of the training predictions is (``method``, ``description``,
+#: ``terms``) and what was fitted on inner validation (per-gene ``coef`` over ``terms`` and
+#: ``scale``, in the order of ``genes``; ``inner_coverage``), absent with
+#: ``train.spread: members`` or one member.
+SPREAD_KEY = "spread"
 CONTRACT = "model"
 VERSION = "1"
 
 #: What to do about a damaged model folder.
 RETRAIN = "retrain the head (`slide2expr train`, or delete results/models and rerun the workflow)"
+
+
+#: The spread terms prediction can apply (every term of ``calibrated``; not the head-ridge
+#: disagreement of ``calibrated_ridge``: a fold keeps no ridge unless ridge or the blend ships).
+APPLIED_SPREAD_TERMS = ("constant", "level", "member_sd")
+
+
+def read_spread(meta: dict, genes: Sequence[str]) -> tuple[np.ndarray, np.ndarray] | None:
+    """A fold's calibrated spread (:data:`SPREAD_KEY` of its ``head.json``) in the column
+    order ``genes``: coefficients ``(len(genes), 3)`` over :data:`APPLIED_SPREAD_TERMS` and
+    scales ``(len(genes),)``; None when the fold has none, uses a term outside
+    :data:`APPLIED_SPREAD_TERMS` or the record is incomplete (then the members' SD is shown).
+    """
+    record = meta.get(SPREAD_KEY)
+    if not isinstance(record, dict) or record.get("method") != "calibrated":
+        return None
+    terms, coef = record.get("terms") or [], record.get("coef") or {}
+    if not set(terms) <= set(APPLIED_SPREAD_TERMS) or set(coef) != set(terms):
+        return None
+    fold_genes = list(meta.get("genes") or [])
+    scale = record.get("scale")
+    if not isinstance(scale, list) or len(scale) != len(fold_genes) or any(
+            len(values) != len(fold_genes) for values in coef.values()):
+        return None
+    index = {g: i for i, g in enumerate(fold_genes)}
+    if not all(g in index for g in genes):
+        return None
+    cols = np.array([index[g] for g in genes], dtype=np.int64)
+    table = np.zeros((len(genes), len(APPLIED_SPREAD_TERMS)))
+    for j, term in enumerate(APPLIED_SPREAD_TERMS):
+        if term in coef:
+            table[:, j] = np.asarray(coef[term], dtype=np.float64)[cols]
+    return table, np.asarray(scale, dtype=np.float64)[cols]
 
 
 def write_head_meta(fold_dir: str | Path, meta: dict) -> Path:

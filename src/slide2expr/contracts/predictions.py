@@ -4,10 +4,14 @@ Contract: the dataset's ``obs`` (units) and ``var`` (the union of the genes the 
 predicted, with ``n_folds_modelled`` and ``train_mean``); ``X`` = the measured values (the
 dataset's X), ``layers['predicted']`` (the head's out-of-fold predictions, NaN where no fold
 predicted a gene), ``layers['predicted_sd']`` (:attr:`~slide2expr.keys.Key.PREDICTED_SD`;
-only with ``train.ensemble > 1``: the standard deviation, ``ddof=0``, of the fold's ensemble
+only with ``train.ensemble > 1``, NaN in folds that shipped ridge alone: with
+``train.spread: calibrated``, the default, the fold's spread model of
+:mod:`slide2expr.train.spread`, calibrated on its inner validation units so that
+``predicted +- 2 SD`` covers 95% of them, recorded in
+``uns['slide2expr']['train']['folds'][...]['spread']`` and ``head.json``; with
+``train.spread: members`` the standard deviation, ``ddof=0``, of the fold's ensemble
 members' predictions around ``predicted``, so two members at ``m - d`` and ``m + d`` give
-``d``; absent with one member per fold, as each unit is predicted by the one fold that held
-it out), ``layers['baseline_{name}']`` (ridge, hest, mean), ``obs['fold']`` (the fold
+``d``; absent with one member per fold), ``layers['baseline_{name}']`` (ridge, hest, mean), ``obs['fold']`` (the fold
 that held the unit out, :data:`~slide2expr.keys.NOT_HELD_OUT` for training-only units),
 ``obsm['spatial']`` in spot mode, and ``uns['slide2expr']`` provenance (head, config, folds).
 ``slide2expr predict`` writes the same layout for new slides (``X`` = predictions).

@@ -6,9 +6,10 @@ per gene the model predicts; ``obsm['spatial']`` float64 tile centres in level-0
 ``obsm['coords']`` int64 top-left corners (as in the tiles file); ``obs`` ``x``, ``y``
 (centres) and ``spot_id`` when the features carry spot IDs; ``layers['predicted_sd']``
 float32 ``(N, G)`` (:attr:`slide2expr.keys.Key.PREDICTED_SD`), when the map averages several
-models: the standard deviation (``ddof=0``) of their predictions at each tile, i.e. of the
-ensemble members of the fold that held the slide out, or of every fold model (and member)
-on a new slide; absent when one model painted the map (``TileMap.spread`` is None; the
+models: their spread at each tile (:meth:`slide2expr.predict.TrainedHead.predict_tiles_spread`:
+each fold's calibrated SD of ``train.spread: calibrated``, averaged over the folds on a new
+slide; else the standard deviation, ``ddof=0``, of the ensemble members of the fold that
+held the slide out, or of every fold model and member on a new slide); absent when one model painted the map (``TileMap.spread`` is None; the
 viewer's uncertainty layer is then unavailable). ``uns['slide2expr']['heatmap']``: sample,
 model directory, head, kind, folds used, ``n_models`` averaged, encoder, units, tiling attrs,
 and for a context head its ``inputs`` and ``slide_block`` (:mod:`slide2expr.predict.inputs`),

@@ -62,7 +62,9 @@ def predict_files(features: list[Path], *, model_dir: Path, output: Path, level:
         ``level="slide"`` one row per file (obs ``sample_id``); with ``"tile"`` one row per
         tile/spot (obs ``sample_id``, ``spot_id`` when present, obsm ``spatial`` = tile centre
         in level-0 px). Tile level with several models averaged (fold models, ensemble
-        members) adds ``layers['predicted_sd']``, their standard deviation (``ddof=0``).
+        members) adds ``layers['predicted_sd']``, their spread
+        (:meth:`~slide2expr.predict.TrainedHead.predict_tiles_spread`: the folds' calibrated
+        SD of ``train.spread: calibrated``, else the models' SD, ``ddof=0``).
         A head with context inputs gets its blocks built on the file's tiles as the heatmap
         builds them (:func:`slide2expr.predict.inputs.model_inputs`; the slide block is the
         tiles' mean).

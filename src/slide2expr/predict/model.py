@@ -18,10 +18,12 @@ import torch
 from slide2expr.contracts.models import (
     META,
     RETRAIN,
+    RIDGE_DIR,
     WEIGHTS,
     fold_dirs,
     held_out_fold,
     read_head_meta,
+    read_spread,
     weighted_members,
 )
 from slide2expr.errors import InputError
@@ -158,6 +160,13 @@ class TrainedHead:
     #: Per-gene ``(low, high)`` plausible range (:mod:`slide2expr.predict.plausible`): the
     #: union over the averaged models; None for a model trained before it was recorded.
     plausible: Bounds | None = field(repr=False, default=None)
+    #: Per member, the position of its fold in :attr:`fold_spreads`.
+    fold_of: list[int] | None = field(repr=False, default=None)
+    #: Per member, whether it is one of the head's ensemble members (not a fold's ridge).
+    head_member: list[bool] | None = field(repr=False, default=None)
+    #: Per fold, its calibrated spread (:func:`slide2expr.contracts.models.read_spread`:
+    #: coefficients and scales in :attr:`genes` order); None: the spread is the members' SD.
+    fold_spreads: list[tuple[np.ndarray, np.ndarray]] | None = field(repr=False, default=None)
 
     def predict_tiles(self, features: np.ndarray, *, batch_size: int = 8192) -> np.ndarray:
         """Per-tile (or per-spot) predicted expression.
@@ -183,31 +192,67 @@ class TrainedHead:
     @torch.no_grad()
     def predict_tiles_spread(self, features: np.ndarray, *, batch_size: int = 8192
                              ) -> tuple[np.ndarray, np.ndarray | None]:
-        """:meth:`predict_tiles` and the spread of the members around it.
+        """:meth:`predict_tiles` and its spread.
 
         Returns
         -------
         tuple of (numpy.ndarray, numpy.ndarray or None)
-            The mean over the members ``(N, G)`` float32, and their standard deviation
-            (population, ``ddof=0``: two members at ``m - d`` and ``m + d`` give ``d``),
-            ``(N, G)`` float32; None with a single member (no spread to measure).
+            The weighted mean over the models ``(N, G)`` float32, and its spread ``(N, G)``
+            float32; None with a single model. With :attr:`fold_spreads` (every fold trained
+            with ``train.spread: calibrated``) the spread is each fold's calibrated SD
+            (:mod:`slide2expr.train.spread`: ``scale * (c0 + c1 * prediction + c3 *
+            members' SD)``, the fold's prediction and its head members' SD with ``ddof=1``),
+            averaged over the folds with their weights; else the models' weighted standard
+            deviation (population: two members at ``m - d`` and ``m + d`` give ``d``).
         """
         x = self._check(features)
+        if len(self.members) > 1 and self.fold_spreads is not None:
+            return self._calibrated(x, batch_size)
         total = np.zeros((x.shape[0], len(self.genes)), dtype=np.float64)
         squares = np.zeros_like(total) if len(self.members) > 1 else None
-        for module, cols, weight in zip(self.members, self.member_columns, self.weights(),
-                                        strict=True):
-            for start in range(0, x.shape[0], batch_size):
-                chunk = torch.from_numpy(x[start:start + batch_size])
-                pred = module.unstandardise(module.tile_outputs(chunk)).numpy()[:, cols]
-                total[start:start + batch_size] += weight * pred
-                if squares is not None:
-                    squares[start:start + batch_size] += weight * pred.astype(np.float64) ** 2
+        for i, weight in enumerate(self.weights()):
+            pred = self._member_predict(i, x, batch_size)
+            total += weight * pred
+            if squares is not None:
+                squares += weight * pred ** 2
         mean = total
         if squares is None:
             return mean.astype(np.float32), None
         spread = np.sqrt(np.maximum(squares - mean ** 2, 0.0))
         return mean.astype(np.float32), spread.astype(np.float32)
+
+    def _member_predict(self, i: int, x: np.ndarray, batch_size: int) -> np.ndarray:
+        """Member ``i``'s predictions of ``x`` ``(N, G)`` float64, columns :attr:`genes`."""
+        module, cols = self.members[i], self.member_columns[i]
+        out = np.empty((x.shape[0], len(self.genes)), dtype=np.float64)
+        for start in range(0, x.shape[0], batch_size):
+            chunk = torch.from_numpy(x[start:start + batch_size])
+            out[start:start + batch_size] = module.unstandardise(
+                module.tile_outputs(chunk)).numpy()[:, cols]
+        return out
+
+    def _calibrated(self, x: np.ndarray, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+        """The weighted mean and the folds' calibrated spread (:meth:`predict_tiles_spread`)."""
+        weights = self.weights()
+        total = np.zeros((x.shape[0], len(self.genes)), dtype=np.float64)
+        spread = np.zeros_like(total)
+        for f, (coef, scale) in enumerate(self.fold_spreads):
+            models = [i for i, fold in enumerate(self.fold_of) if fold == f]
+            fold_weight = sum(weights[i] for i in models)
+            fold_mean = np.zeros_like(total)
+            heads = []
+            for i in models:
+                pred = self._member_predict(i, x, batch_size)
+                fold_mean += weights[i] / fold_weight * pred
+                if self.head_member[i]:
+                    heads.append(pred)
+            member_sd = (np.std(heads, axis=0, ddof=1) if len(heads) > 1
+                         else np.zeros_like(total))
+            terms = (coef[:, 0] + coef[:, 1] * np.maximum(fold_mean, 0.0)
+                     + coef[:, 2] * member_sd)
+            total += fold_weight * fold_mean
+            spread += fold_weight * scale * terms
+        return total.astype(np.float32), spread.astype(np.float32)
 
     def weights(self) -> list[float]:
         """Each member's weight in the prediction (equal unless :attr:`member_weights`)."""
@@ -274,7 +319,8 @@ def load_trained_head(model_dir: str | Path, *, fold: int | None = None,
     """
     if sample_id is not None and fold is None and not (Path(model_dir) / META).is_file():
         fold, _ = held_out_fold(model_dir, sample_id)
-    weighted = weighted_members(fold_dirs(model_dir, fold))
+    folds = fold_dirs(model_dir, fold)
+    weighted = weighted_members(folds)
     loaded = [load_fold_head(p) for p, _ in weighted]
     genes = list(loaded[0][1]["genes"])
     for _, meta in loaded[1:]:
@@ -286,10 +332,31 @@ def load_trained_head(model_dir: str | Path, *, fold: int | None = None,
         members.append(module)
         columns.append(np.array([index[g] for g in genes], dtype=np.int64))
     first = loaded[0][1]
+    fold_of = [folds.index(p if p in folds else p.parent) for p, _ in weighted]
+    head_member = [p.name != RIDGE_DIR for p, _ in weighted]
     return TrainedHead(genes=genes, head=first["head"], kind=loaded[0][0].kind, meta=first,
                        members=members, member_columns=columns,
                        member_weights=[w for _, w in weighted],
-                       plausible=bounds_from_metas([meta for _, meta in loaded], genes))
+                       plausible=bounds_from_metas([meta for _, meta in loaded], genes),
+                       fold_of=fold_of, head_member=head_member,
+                       fold_spreads=fold_spreads(loaded, fold_of, head_member, genes))
+
+
+def fold_spreads(loaded: list[tuple[HeadNet, dict]], fold_of: list[int],
+                 head_member: list[bool], genes: list[str]
+                 ) -> list[tuple[np.ndarray, np.ndarray]] | None:
+    """Each fold's calibrated spread from its first head member's ``head.json``
+    (:func:`~slide2expr.contracts.models.read_spread`), in fold order; None unless every fold
+    has one (then the spread shown is the models' SD)."""
+    out = []
+    for f in range(max(fold_of) + 1):
+        metas = [meta for (_, meta), fold, head in zip(loaded, fold_of, head_member, strict=True)
+                 if fold == f and head]
+        spread = read_spread(metas[0], genes) if metas else None
+        if spread is None:
+            return None
+        out.append(spread)
+    return out
 
 
 def choose_fold(model_dir: str | Path, sample_id: str, *,

@@ -351,7 +351,7 @@ def _gene_sets(adata: Any, held: _HeldOut, table: pd.DataFrame, base_r: dict[str
 
 def _add_records(summary: dict[str, Any], adata: Any, provenance: dict[str, Any]) -> None:
     """The summary's optional records, where the predictions have them: implausible
-    predictions, the mean ensemble spread, its calibration, what ``train.select`` shipped."""
+    predictions, the mean spread, how it ranks and covers the errors, what ``train.select`` shipped."""
     implausible = implausible_record(provenance)
     if implausible:
         summary["implausible_predictions"] = implausible
@@ -418,15 +418,16 @@ def _selection_sentence(head: str, winners: dict[str, str], *, blend: bool = Tru
     (``blend``: whether the blend was among the candidates)."""
     n = len(winners)
     by = {w: [f for f, v in winners.items() if v == w] for w in ("ridge", "blend")}
-    ridge, blend = by["ridge"], by["blend"]
+    ridge, blend_won = by["ridge"], by["blend"]
     names = {"ridge": "ridge regression on the same inputs",
              "blend": f"the blend of the {head} head and ridge on the same inputs"}
+    noise = (", and no blend of the two beat it by more than the inner noise (95% interval "
+             "over genes)") if blend else ""
     if n and len(ridge) == n:
-        also = " and their blend" if blend else ""
-        return (f"Ridge regression on the same inputs beat the {head} head{also} on "
-                f"inner validation in every fold ({n}): the shipped model and these "
+        return (f"Ridge regression on the same inputs beat the {head} head on "
+                f"inner validation in every fold ({n}){noise}: the shipped model and these "
                 f"predictions are ridge's, not the {head} head's.")
-    if n and len(blend) == n:
+    if n and len(blend_won) == n:
         return (f"The blend of the {head} head and ridge on the same inputs beat both on "
                 f"inner validation in every fold ({n}): the shipped model and these "
                 "predictions are the blend's (weights in head.json).")
@@ -434,16 +435,14 @@ def _selection_sentence(head: str, winners: dict[str, str], *, blend: bool = Tru
              f"({', '.join(folds)})" for w, folds in by.items() if folds]
     if parts:
         text = "; ".join(parts)
-        others = (f", the others the {head} head's" if len(ridge) + len(blend) < n else "")
+        others = (f", the others the {head} head's" if len(ridge) + len(blend_won) < n else "")
         return f"{text[0].upper()}{text[1:]}: those folds ship that model's predictions{others}."
-    also = (", and no blend of the two beat it by more than the inner noise (95% interval "
-            "over genes)") if blend else ""
     return (f"The {head} head beat ridge regression on the same inputs on "
-            f"inner validation in every fold ({n}){also}: it is the shipped model.")
+            f"inner validation in every fold ({n}){noise}: it is the shipped model.")
 
 
 def mean_spread(adata) -> float | None:
-    """Mean of ``layers['predicted_sd']`` (the ensemble members' spread, log1p CP10k) over
+    """Mean of ``layers['predicted_sd']`` (the shipped spread, log1p CP10k) over
     the held-out units and modelled genes, or None when the predictions have no spread
     (a single model per fold)."""
     if Key.PREDICTED_SD not in adata.layers:

@@ -245,20 +245,44 @@ def _margin_cell(margin: dict[str, Any] | None) -> str:
 
 
 def uncertainty_section(summary: dict[str, Any]) -> str:
-    """How well the ensemble spread ranks the held-out errors and how much +-2 SD covers."""
+    """What the spread is, how well it ranks the held-out errors and how much +-2 SD covers."""
     u = summary.get("uncertainty")
     if not u:
         return ""
     rows = [[esc(section), fmt(u["spearman_sections"].get(section), "r") or "n/a",
              fmt(cover, "r") or "n/a"] for section, cover in u["coverage_sections"].items()]
-    return ("<h2>Uncertainty: the ensemble spread vs the error</h2><p class='sub'>Per held-out "
-            "section and gene, Spearman rho between the members' spread (predicted_sd) and "
+    return ("<h2>Uncertainty: the spread vs the error</h2><p class='sub'>"
+            + spread_sentence(u.get("spread") or {}) + " Per held-out "
+            "section and gene, Spearman rho between the spread (predicted_sd) and "
             "the absolute error, averaged over genes: "
             f"<b>{fmt(u['spearman_mean'], 'r') or 'n/a'}</b> over sections "
-            f"({fmt(u['share_genes_positive'], 'r') or 'n/a'} of genes positive). Share of "
+            f"({fmt(u['share_genes_positive'], 'r') or 'n/a'} of genes positive)"
+            + constant_spread_clause(u) + ". Share of "
             f"observed values within predicted +-2 SD: <b>{fmt(u['coverage_2sd'], 'r')}</b> "
             "(about 0.95 if the spread were a calibrated Gaussian error).</p>"
             + _table(["section", "rho(spread, |error|)", "coverage +-2 SD"], rows))
+
+
+def constant_spread_clause(u: dict[str, Any]) -> str:
+    """Where some genes' spread is constant within a section (no rho): how many vary, and the
+    mean rho counting the constant ones as 0."""
+    ranked = u.get("share_genes_ranked")
+    if ranked is None or ranked >= 1.0:
+        return ""
+    return (f"; the spread varies within a section for {fmt(ranked, 'r')} of the genes, and "
+            "counting the genes whose spread is constant as 0 the mean rho is "
+            f"{fmt(u.get('spearman_mean_all_genes'), 'r') or 'n/a'}")
+
+
+def spread_sentence(spread: dict[str, Any]) -> str:
+    """What ``predicted_sd`` is, in one or two sentences (the report's uncertainty section)."""
+    if spread.get("method") != "calibrated":
+        return "The spread is the standard deviation of each fold's ensemble members."
+    cover = spread.get("inner_coverage") or {}
+    low, high = (min(cover.values()), max(cover.values())) if cover else (None, None)
+    inner = (f" (inner coverage {fmt(low, 'r')}-{fmt(high, 'r')})" if cover else "")
+    return ("The spread is calibrated on each fold's inner validation units (never its "
+            "held-out units): " + esc(spread.get("description", "")) + inner + ".")
 
 
 def counts_table(summary: dict[str, Any]) -> str:
@@ -437,11 +461,11 @@ def _maps_note(links: ReportLinks | None) -> str:
 
 def _facts(s: dict[str, Any]) -> list[str]:
     """The page's subtitle: mode, encoder, counts of units, genes, patients, samples and
-    folds, and the mean ensemble spread when there is one."""
+    folds, and the mean spread when there is one."""
     facts = [f"{s['n_units']} units", f"{s['n_genes']} genes", f"{s['n_patients']} patients",
              f"{s['n_samples']} samples", f"{s['n_folds']} folds"]
     if s.get("mean_predicted_sd") is not None:
-        facts.append(f"mean ensemble spread (SD) {s['mean_predicted_sd']:.3g} log1p CP10k")
+        facts.append(f"mean spread (SD) {s['mean_predicted_sd']:.3g} log1p CP10k")
     if s.get("encoder"):
         facts.insert(0, f"encoder {s['encoder']}")
     if s.get("mode"):

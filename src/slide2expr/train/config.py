@@ -14,6 +14,8 @@ from slide2expr.errors import InputError
 
 #: ``train.select_blend`` values (:mod:`slide2expr.train.selection`).
 BLEND_MODES = ("patients", "always", "never")
+#: ``train.spread`` values (:mod:`slide2expr.train.spread`).
+SPREAD_MODES = ("calibrated", "calibrated_ridge", "members")
 
 
 @dataclass
@@ -104,6 +106,7 @@ class TrainConfig:
     tta: bool = False
     select: str = "auto"
     select_blend: str = "patients"
+    spread: str = "calibrated"
     loop: str = "plain"
 
     @classmethod
@@ -191,6 +194,10 @@ class TrainConfig:
         if self.select_blend not in BLEND_MODES:
             fail(f"train.select_blend is {self.select_blend!r}", "use patients (compare the "
                  "blend only when inner validation is grouped by patient), always or never")
+        if self.spread not in SPREAD_MODES:
+            fail(f"train.spread is {self.spread!r}", "use calibrated (the prediction and the "
+                 "members' SD, calibrated on inner validation), calibrated_ridge (also the "
+                 "head-ridge disagreement) or members (the members' SD as it is)")
         if self.loop not in ("plain", "lightning"):
             fail(f"train.loop is {self.loop!r}", "use plain (the fast spot-mode loop) or "
                  "lightning (the Lightning Trainer)")

@@ -13,7 +13,7 @@ import numpy as np
 import scipy.sparse as sp
 
 import slide2expr.train.baselines as baselines
-from slide2expr.contracts.models import RIDGE_DIR
+from slide2expr.contracts.models import RIDGE_DIR, SPREAD_KEY
 from slide2expr.predict.plausible import META_KEY as PLAUSIBLE_KEY
 from slide2expr.predict.plausible import bounds_record
 from slide2expr.train.config import TrainConfig
@@ -32,6 +32,13 @@ from slide2expr.train.selection import (
     blend_compared,
     ridge_candidate,
     shared_splits,
+)
+from slide2expr.train.spread import (
+    InnerValidation,
+    SpreadModel,
+    calibrate,
+    member_sd,
+    spread_terms,
 )
 from slide2expr.train.views import ViewRows
 
@@ -204,10 +211,11 @@ def held_out_predictions(members: list[dict[str, Any]], units: FoldUnits) -> np.
 def _ship_ridge_or_blend(config: TrainConfig, units: FoldUnits, stacked: np.ndarray, *,
                          fold_dir: Path, alpha: float | None, meta: dict[str, Any],
                          selection: Selection
-                         ) -> tuple[np.ndarray, np.ndarray | None, dict[str, Any]]:
+                         ) -> tuple[np.ndarray, np.ndarray | None, dict[str, Any], np.ndarray]:
     """Ridge or the blend won the fold's selection: ridge fitted on the whole training fold
     and saved (:func:`ship_ridge`); returns the shipped held-out predictions, their spread
-    (None for ridge alone: one model) and the record of ridge."""
+    (None for ridge alone: one model), the record of ridge and ridge's held-out
+    predictions."""
     ridge_pred, ridge_fit = ship_ridge(
         config, units.fit_source, units.y_fit, train_idx=units.rows(units.train_idx),
         test_idx=units.test_rows, alpha=alpha, groups=units.fit_groups, fold_dir=fold_dir,
@@ -217,7 +225,7 @@ def _ship_ridge_or_blend(config: TrainConfig, units: FoldUnits, stacked: np.ndar
         predicted, predicted_sd = ridge_pred, None
     else:
         predicted, predicted_sd = blended(stacked, ridge_pred, selection.blend_weight)
-    return predicted.astype(np.float32), predicted_sd, ridge_fit
+    return predicted.astype(np.float32), predicted_sd, ridge_fit, ridge_pred
 
 
 def fold_info(units: FoldUnits, members: list[dict[str, Any]],
@@ -271,13 +279,16 @@ def train_fold(*, head: str, config: TrainConfig, source: SpotFeatures | BagFeat
     plausible = plausible_bounds(units.y[units.train_idx])
     members = train_members(head, config, units, fold_dir=fold_dir, provenance=provenance,
                             plausible=plausible)
+    splits = [units.inner_split(m) for m in range(len(members))]
     alpha = fold_ridge_alpha(config, units)
     selection = select_model(head, config, members, units.fit_source, units.y_fit, units.y,
-                             splits=[units.inner_split(m) for m in range(len(members))],
-                             inner_all=units.inner_all, rows=units.rows,
+                             splits=splits, inner_all=units.inner_all, rows=units.rows,
                              blend=blend_compared(config.select_blend, units.inner_grouping,
                                                   config.group_by), alpha=alpha)
+    spread_model = fold_spread_model(config, members, units, selection, splits, alpha=alpha)
     for mem in members:
+        if spread_model is not None:
+            mem["meta"][SPREAD_KEY] = spread_model.record()
         save_head(mem["module"], mem["dir"], meta={**mem["meta"],
                                                    "selection": selection.record()})
     stacked = held_out_predictions(members, units)
@@ -286,10 +297,16 @@ def train_fold(*, head: str, config: TrainConfig, source: SpotFeatures | BagFeat
     info = fold_info(units, members, selection)
     out_baselines = fold_baselines(config, units, info, alpha=alpha)
     head_predicted = predicted
+    ridge_test = out_baselines.get("ridge")
     if selection.winner in (RIDGE, BLEND):
-        predicted, predicted_sd, info["ridge_model"] = _ship_ridge_or_blend(
+        predicted, predicted_sd, info["ridge_model"], ridge_test = _ship_ridge_or_blend(
             config, units, stacked, fold_dir=fold_dir, alpha=alpha,
             meta=members[0]["meta"], selection=selection)
+    if spread_model is not None and predicted_sd is not None:
+        ridge_term = ridge_test if spread_uses_ridge(config, selection) else None
+        predicted_sd = spread_model.apply(spread_terms(predicted, head_predicted, ridge_term,
+                                                       member_sd(stacked)))
+        info[SPREAD_KEY] = spread_model.record()
     return FoldResult(fold=k, genes=units.genes, test_idx=units.test_idx, predicted=predicted,
                       baselines=out_baselines, info=info,
                       train_mean=units.y[units.train_idx].astype(np.float64).mean(axis=0),
@@ -326,6 +343,8 @@ def select_model(head: str, config: TrainConfig, members: list[dict[str, Any]],
             inner_all[inner_val], alphas=alphas, blocks=block_widths(source))
         selection.add_split(head_val, ridge_val, y[inner_val], inner_all[inner_val],
                             alpha=split_alpha, with_blend=blend)
+        selection.validation.append(inner_validation(members, [usable[i] for i in group],
+                                                     inner_val, head_val, ridge_val))
     margin = selection.blend_margin()
     log.info("selection (%s): inner score %s %.4f, blend %.4f (ridge weight %s, gain over "
              "the better one %s), ridge %.4f (alpha %s) -> %s", config.select, head,
@@ -350,6 +369,58 @@ def fold_ridge_alpha(config: TrainConfig, units: FoldUnits) -> float | None:
     log.info("ridge: inner-CV mean r by alpha %s -> alpha %g",
              dict(zip(config.ridge_alphas, np.round(mean_r, 3), strict=True)), alpha)
     return alpha
+
+
+def inner_validation(members: list[dict[str, Any]], group: list[int], inner_val: np.ndarray,
+                     head_val: np.ndarray, ridge_val: np.ndarray) -> InnerValidation:
+    """One inner split's head mean, members' SD and ridge, for the spread's calibration."""
+    return InnerValidation(
+        units=np.asarray(inner_val), head=np.asarray(head_val, dtype=np.float64),
+        member_sd=member_sd(np.stack([members[m]["val_predicted"] for m in group])),
+        ridge=np.asarray(ridge_val, dtype=np.float64))
+
+
+def fold_spread_model(config: TrainConfig, members: list[dict[str, Any]], units: FoldUnits,
+                      selection: Selection, splits: list[tuple[np.ndarray, np.ndarray]], *,
+                      alpha: float | None = None) -> SpreadModel | None:
+    """The fold's calibrated spread (:mod:`slide2expr.train.spread`), fitted on its inner
+    validation units only; None with ``train.spread: members``, one member, fewer than
+    :data:`~slide2expr.train.spread.MIN_UNITS` inner validation units, or where ridge alone ships (one model, no spread)."""
+    if config.spread == "members" or len(members) < 2 or selection.winner == RIDGE:
+        return None
+    inner = selection.validation or unselected_validation(config, members, units, splits,
+                                                          alpha=alpha)
+    return calibrate(inner, units.y, selection.winner, blend_weight=selection.blend_weight,
+                     use_ridge=spread_uses_ridge(config, selection))
+
+
+def spread_uses_ridge(config: TrainConfig, selection: Selection) -> bool:
+    """Whether the fold's spread has the head-ridge disagreement term: ``calibrated_ridge``
+    and ridge's held-out predictions at hand (it ships, or is a baseline)."""
+    return config.spread == "calibrated_ridge" and (
+        selection.winner in (RIDGE, BLEND) or "ridge" in config.baselines)
+
+
+def unselected_validation(config: TrainConfig, members: list[dict[str, Any]], units: FoldUnits,
+                          splits: list[tuple[np.ndarray, np.ndarray]], *,
+                          alpha: float | None = None) -> list[InnerValidation]:
+    """The inner splits' predictions when ``train.select`` is off (no selection computed
+    them): ridge fitted on each split's inner training units as the selection would (at the
+    fold's ``alpha``; None: the best of ``train.ridge_alphas`` on each split)."""
+    usable = [m for m, mem in enumerate(members)
+              if mem.get("val_predicted") is not None and len(splits[m][1])]
+    source, out = units.fit_source, []
+    for group in shared_splits([splits[m][1] for m in usable]):
+        inner_train, inner_val = splits[usable[group[0]]]
+        head_val = np.mean([members[usable[i]]["val_predicted"] for i in group], axis=0)
+        tr = units.rows(inner_train)
+        _, _, ridge_val = ridge_candidate(
+            source.pooled(tr), units.y_fit[tr], source.pooled(inner_val), units.y[inner_val],
+            units.inner_all[inner_val], alphas=config.ridge_alphas if alpha is None else [alpha],
+            blocks=block_widths(source))
+        out.append(inner_validation(members, [usable[i] for i in group], inner_val, head_val,
+                                    ridge_val))
+    return out
 
 
 def blended(stacked: np.ndarray, ridge: np.ndarray, weight: float

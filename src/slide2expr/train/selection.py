@@ -249,6 +249,9 @@ class Selection:
         if margin is None:
             return not self.gene_scores
         return margin[1] > 0
+    #: Per distinct inner split, the predictions the spread is calibrated on
+    #: (:class:`slide2expr.train.spread.InnerValidation`; not recorded).
+    validation: list[Any] = field(default_factory=list, repr=False)
 
     @property
     def head_score(self) -> float:

@@ -3,7 +3,7 @@
 ``build_viewer`` writes ``results/viewer/``: one OpenSeadragon page for the cohort, a Deep
 Zoom pyramid of every slide at full resolution, and per slide one layer per predicted gene
 (the measured expression at the spots and the spread of the averaged models, ensemble
-members or folds, when the tile map has one). The folder works from ``file://`` and over
+members or folds, calibrated on inner validation by default, when the tile map has one). The folder works from ``file://`` and over
 ``slide2expr view --serve``.
 
 >>> from slide2expr.viewer import build_viewer, ViewerOptions

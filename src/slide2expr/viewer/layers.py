@@ -10,8 +10,8 @@ transparent and lets OpenSeadragon stretch it over the slide in level-0 coordina
 Each layer travels inside a JavaScript file (``S2E.gene(...)`` with the PNG as base64), because
 a page opened from ``file://`` can load scripts but cannot read the pixels of image files.
 The same file carries the measured values at the spots (spot mode) and, when the tile map
-has one (``TileMap.spread``, ``layers['predicted_sd']``), the spread of the averaged models:
-ensemble members or fold models (uncertainty).
+has one (``TileMap.spread``, ``layers['predicted_sd']``), the spread of the averaged models
+(uncertainty; calibrated on inner validation by default, ``train.spread``).
 """
 
 from __future__ import annotations
@@ -152,8 +152,9 @@ def _pearson(a: np.ndarray, b: np.ndarray) -> float | None:
 def tile_spread(tmap: TileMap) -> np.ndarray | None:
     """The uncertainty layer: ``(N, G)`` spread of the averaged models, when the map has one.
 
-    ``slide2expr heatmap`` writes the standard deviation of the ensemble members' (or, on a
-    new slide, every fold model's) predictions as ``layers['predicted_sd']``, read back as
+    ``slide2expr heatmap`` writes the spread of the ensemble members' (or, on a new slide,
+    every fold model's) predictions (:meth:`slide2expr.predict.TrainedHead.predict_tiles_spread`)
+    as ``layers['predicted_sd']``, read back as
     ``TileMap.spread`` (:mod:`slide2expr.contracts.tilemaps`). A map painted by one model has
     none: this is None and the page says the layer is not available.
     """

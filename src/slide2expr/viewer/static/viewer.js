@@ -146,7 +146,7 @@ var S2E = (function () {
     withGene(slide.id, gene, function (layer) {
       if (slide !== st.slide || gene !== st.gene) return;
       var src = currentSource(layer), lim = limits(layer);
-      var what = control('map') === 'uncertainty' ? 'spread (SD) of the ensemble members or fold models' : 'predicted ' + gene;
+      var what = control('map') === 'uncertainty' ? 'uncertainty: SD of the averaged models, calibrated on inner validation by default (train.spread)' : 'predicted ' + gene;
       var how = control('map') === 'uncertainty' ? 'layer range' :
         (control('scale') === 'cohort' ? 'cohort-wide scale' : 'per-slide scale, ' + st.data.clip_percentiles.join('\u2013') + 'th percentiles');
       $('legend').hidden = !src;
