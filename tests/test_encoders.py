@@ -279,3 +279,33 @@ def test_encoders_command_lists_names_dims_and_availability():
     assert lines["efficientnet_lite0"][1:4] == ["1280", "224", "yes"]
     assert lines["resnet50_trunc"][1] == "1024"
     assert lines["h_optimus_0"][1] == "1536"
+
+
+def test_lite0_cpu_inference_saves_memory_with_the_same_bits(lite0):
+    """In inference on the CPU a batch norm writes into its input (no second activation of
+    the layer's size: the extract job's peak memory) and gives the out-of-place bits; with
+    gradients on it leaves its input alone. The whole model (batch norms in place, strided
+    blocks padding their input before the expansion) gives the bits of its plain forward."""
+    from slide2expr.extract.encoders.efficientnet_lite import BatchNormAct
+
+    bn = lite0.module.bn1.eval()
+    x = torch.randn(2, 32, 9, 7, generator=torch.Generator().manual_seed(1))
+    x = x.contiguous(memory_format=torch.channels_last)
+    grad_in = x.clone()
+    expected = bn(grad_in).detach()  # gradients on: out of place
+    assert not torch.equal(grad_in, expected)
+    with torch.inference_mode():
+        y = x.clone()
+        out = bn(y)
+        assert out is y
+        assert torch.equal(out, expected)
+        view = x.clone()[:, :, 1:]  # a view of another tensor: out of place
+        assert bn(view) is not view
+    assert isinstance(bn, BatchNormAct)
+    whole = torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    module = lite0.module.eval()
+    with torch.no_grad():
+        reference = module(whole)  # grad mode off, not inference: in place as well
+    with torch.enable_grad():
+        out_of_place = module(whole).detach()
+    assert torch.equal(reference, out_of_place)
