@@ -95,3 +95,28 @@ def test_a_truncated_restart_marked_jpeg_is_not_cut_by_rows(tmp_path: Path) -> N
     assert restart_layout(data) is not None
     assert restart_layout(data[:len(data) // 2] + b"\xff\xd9") is None
     assert JpegBands.open(path) is not None
+
+
+def test_a_batch_of_tiles_in_random_order_decodes_each_band_once(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The extract reader reads a batch top to bottom (spots come in barcode order): each
+    band is decoded at most once for the batch even with a one-band cache, and every row of
+    the batch holds its own tile."""
+    from slide2expr.extract.run import SlideHandle, TileRegionDataset
+
+    path = _save(tmp_path, "rst.jpg", restart_marker_rows=1)
+    monkeypatch.setattr("slide2expr.inputs.slides.jpeg_bands.BAND_ROWS", 64)
+    rng = np.random.default_rng(3)
+    coords = np.stack([rng.integers(0, 480, 40), rng.integers(0, 650, 40)], axis=1)
+    handle = SlideHandle(path, 0.5)
+    dataset = TileRegionDataset(path, coords, tile_px_level0=40, out_px=40, slide_mpp=0.5,
+                                handle=handle)
+    bands = handle.get().banded()
+    assert bands is not None
+    bands.cache_bytes = 2 * 64 * 530 * 3  # two bands: a 40 px tile spans at most two
+    start, batch = dataset[0, 40]
+    n_bands = -(-700 // 64)
+    assert start == 0 and bands.decoded <= n_bands
+    expected = _pil_pixels(path)
+    for row, (x, y) in enumerate(coords):
+        np.testing.assert_array_equal(batch[row].numpy(), expected[y:y + 40, x:x + 40])

@@ -202,3 +202,24 @@ def test_empty_datasets_compare_as_equal(tmp_path) -> None:
             f.create_dataset("n", data=np.arange(3) + (run == "b"))
     result = verify_runs(tmp_path / "a", tmp_path / "b")
     assert [(d.path, d.where) for d in result.differences] == [("x.h5", "n")]
+
+
+def test_logs_and_benchmarks_of_a_nested_run_are_per_run_records(two_runs) -> None:
+    """A nested run's logs/ and benchmarks/ (the bulk benchmark's ceiling/) are skipped like
+    the top level's, even when only one run has them; its results still count."""
+    a, b = two_runs
+    for run in (a, b):
+        nested = run / "results" / "ceiling" / "results"
+        (nested / "report").mkdir(parents=True)
+        (nested / "report" / "genes.tsv").write_text("gene\tr\nG\t0.5\n")
+    (a / "results" / "ceiling" / "results" / "logs").mkdir()
+    (a / "results" / "ceiling" / "results" / "logs" / "tile.log").write_text("only in a\n")
+    (a / "results" / "ceiling" / "results" / "benchmarks").mkdir()
+    (a / "results" / "ceiling" / "results" / "benchmarks" / "tile.tsv").write_text("s\n1\n")
+    result = verify_runs(a, b)
+    assert result.identical, [str(d) for d in result.differences]
+    assert "ceiling/results/report/genes.tsv" in result.compared
+    assert "ceiling/results/logs/" in result.skipped
+    assert "ceiling/results/benchmarks/" in result.skipped
+    (b / "results" / "ceiling" / "results" / "report" / "genes.tsv").write_text("gene\tr\nG\t0.6\n")
+    assert not verify_runs(a, b).identical

@@ -223,6 +223,14 @@ class TileRegionDataset(Dataset):
         tile = self.slide().read_region_mpp(float(x), float(y), s, s, (self.out_px, self.out_px))
         return tile if self.stain is None else self.stain(tile)
 
+    def row_order(self, start: int, stop: int) -> list[int]:
+        """Rows ``[start, stop)`` in the order they are read: top to bottom, then left to
+        right. A plain JPEG read by bands of rows (:mod:`~slide2expr.inputs.slides.jpeg_bands`)
+        then decodes each band at most once a batch, whatever the tiles' order (spots in
+        barcode order); the batch's rows stay where they belong."""
+        rows = np.arange(start, stop)
+        return rows[np.lexsort((self.coords[rows, 0], self.coords[rows, 1]))].tolist()
+
     def __getitem__(self, rows: tuple[int, int]) -> tuple[int, torch.Tensor | InputError]:
         """The batch of rows ``[start, stop)``, or the :class:`InputError` that reading hit.
 
@@ -236,7 +244,8 @@ class TileRegionDataset(Dataset):
         batch = np.empty((stop - start, 1 + len(self.views), self.out_px, self.out_px, 3),
                          dtype=np.uint8)
         try:
-            for j, i in enumerate(range(start, stop)):
+            for i in self.row_order(start, stop):
+                j = i - start
                 batch[j, 0] = self.read(i)
                 for v, view in enumerate(self.views, start=1):
                     batch[j, v] = apply_view(batch[j, 0], view, i)

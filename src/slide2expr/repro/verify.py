@@ -146,6 +146,23 @@ def resolve_results_dir(path: str | Path) -> Path:
     return path
 
 
+def _per_run_record(parts: list[str]) -> bool:
+    """Whether a file lies in a ``logs/`` or ``benchmarks/`` folder at any depth (a nested
+    run's, e.g. the bulk benchmark's ``ceiling/``, included)."""
+    return any(part in SKIPPED_DIRS for part in parts[:-1])
+
+
+def _skipped_record_dirs(root: Path) -> set[str]:
+    """The ``logs/`` and ``benchmarks/`` folders under ``root``, relative, at any depth."""
+    found = set()
+    for name in SKIPPED_DIRS:
+        for folder in root.rglob(name):
+            parts = folder.relative_to(root).parts
+            if folder.is_dir() and not any(part in SKIPPED_DIRS for part in parts[:-1]):
+                found.add("/".join(parts))
+    return found
+
+
 def _files(root: Path) -> dict[str, Path]:
     out = {}
     for p in sorted(root.rglob("*")):
@@ -153,7 +170,7 @@ def _files(root: Path) -> dict[str, Path]:
             continue
         rel = p.relative_to(root).as_posix()
         parts = rel.split("/")
-        if parts[0] in SKIPPED_DIRS or any(part.startswith(".") for part in parts):
+        if _per_run_record(parts) or any(part.startswith(".") for part in parts):
             continue
         out[rel] = p
     return out
@@ -199,9 +216,8 @@ def verify_runs(run_a: str | Path, run_b: str | Path, *, rtol: float = 0.0, atol
             result.skipped[rel] = how.removeprefix("skipped: ")
         else:
             result.compared[rel] = how
-    for rel in SKIPPED_DIRS:
-        if (a_root / rel).is_dir() or (b_root / rel).is_dir():
-            result.skipped[f"{rel}/"] = "per-run records (logs, wall times)"
+    for rel in sorted(_skipped_record_dirs(a_root) | _skipped_record_dirs(b_root)):
+        result.skipped[f"{rel}/"] = "per-run records (logs, wall times)"
     log.info("%d files compared, %d skipped, %d differences", len(result.compared),
              len(result.skipped), len(result.differences))
     return result
