@@ -184,7 +184,8 @@ def test_a_blend_whose_gain_is_inner_noise_does_not_ship():
     """Ridge = the head plus independent noise (no information the head lacks), so any
     blend is worse than the head in expectation; on this draw (60 units, 40 genes) the
     blend at 0.25 still scores highest (+0.0007), which the highest-score rule would ship.
-    Its gain's 95% interval over genes contains 0, so the head ships."""
+    Its gain's 95% interval over genes contains 0, so it does not ship; nor does the head,
+    whose gain over ridge is inside the noise too: ridge, the simplest, ships."""
     rng = np.random.default_rng(12)
     truth = rng.normal(size=(60, 40))
     head = truth + 1.5 * rng.normal(size=truth.shape)
@@ -194,12 +195,35 @@ def test_a_blend_whose_gain_is_inner_noise_does_not_ship():
     assert sel.blend_score > sel.head_score > sel.ridge_score
     gain, low, high = sel.blend_margin()
     assert 0 < gain < 0.005 and low < 0 < high
-    assert sel.winner == "context"
-    assert sel.record()["winner"] == "context"
+    assert sel.head_margin()[1] < 0
+    assert sel.winner == "ridge"
+    assert sel.record()["winner"] == "ridge"
     # the same scores without the per-gene evidence: the highest score (the blend) ships
     assert Selection(head="context", mode="auto", head_scores=sel.head_scores,
                      ridge_scores=sel.ridge_scores,
                      blend_member_scores=sel.blend_member_scores).winner == "blend"
+
+
+def test_a_head_whose_gain_over_ridge_is_inner_noise_ships_ridge():
+    """The head = ridge plus independent noise of a tenth of ridge's error: no information
+    ridge lacks, so its inner score can only exceed ridge's by chance. On this draw (60 units,
+    40 genes) the head scores higher; its gain's 95% interval over genes contains 0, so ridge
+    (the simpler model) ships. A head with half ridge's error clears the margin."""
+    rng = np.random.default_rng(3)
+    truth = rng.normal(size=(60, 40))
+    groups = np.repeat(["a", "b"], 30)
+    ridge = truth + 1.5 * rng.normal(size=truth.shape)
+    head = ridge + 0.15 * rng.normal(size=truth.shape)
+    sel = Selection(head="context", mode="auto")
+    sel.add_split(head, ridge, truth, groups, alpha=1.0)
+    gain, low, high = sel.head_margin()
+    assert low < 0 < high and abs(gain) < 0.01
+    assert sel.winner == "ridge" and sel.record()["winner"] == "ridge"
+    assert sel.record()["head_margin"]["ci95"][0] < 0
+    better = Selection(head="context", mode="auto")
+    better.add_split(truth + 0.75 * rng.normal(size=truth.shape), ridge, truth, groups,
+                     alpha=1.0)
+    assert better.head_margin()[1] > 0 and better.winner == "context"
 
 
 def test_head_wins_when_ridge_only_adds_error():
@@ -282,12 +306,17 @@ def test_inner_score_is_the_mean_of_per_group_gene_r():
     assert inner_score(pred, obs, groups) == pytest.approx(want)
 
 
-def test_ties_and_missing_ridge_keep_the_head():
+def test_ties_go_to_the_simpler_model_and_missing_ridge_keeps_the_head():
     sel = Selection(head="context", mode="auto", head_scores=[0.3], ridge_scores=[0.3])
+    assert sel.winner == "ridge"
+    sel = Selection(head="context", mode="auto", head_scores=[0.31], ridge_scores=[0.3])
     assert sel.winner == "context"
     sel = Selection(head="context", mode="auto", head_scores=[0.3], ridge_scores=[0.32],
                     blend_member_scores=[[0.31, 0.32, 0.32]])
-    assert sel.winner == "blend" and sel.blend_weight == 0.5  # a tie goes to the blend
+    assert sel.winner == "ridge" and sel.blend_weight == 0.5  # a tie goes to ridge
+    sel = Selection(head="context", mode="auto", head_scores=[0.3], ridge_scores=[0.32],
+                    blend_member_scores=[[0.31, 0.33, 0.32]])
+    assert sel.winner == "blend"
     assert Selection(head="context", mode="auto", head_scores=[0.3]).winner == "context"
     sel = Selection(head="context", mode="auto", head_scores=[0.3], ridge_scores=[0.31])
     assert sel.winner == "ridge"

@@ -345,13 +345,17 @@ def select_model(head: str, config: TrainConfig, members: list[dict[str, Any]],
                             alpha=split_alpha, with_blend=blend)
         selection.validation.append(inner_validation(members, [usable[i] for i in group],
                                                      inner_val, head_val, ridge_val))
-    margin = selection.blend_margin()
-    log.info("selection (%s): inner score %s %.4f, blend %.4f (ridge weight %s, gain over "
-             "the better one %s), ridge %.4f (alpha %s) -> %s", config.select, head,
-             selection.head_score, selection.blend_score, selection.blend_weight,
-             None if margin is None else tuple(round(v, 4) for v in margin),
+    margin, head_margin = selection.blend_margin(), selection.head_margin()
+    log.info("selection (%s): inner score %s %.4f (gain over ridge %s), blend %.4f (ridge "
+             "weight %s, gain over the better one %s), ridge %.4f (alpha %s) -> %s",
+             config.select, head, selection.head_score, _rounded(head_margin),
+             selection.blend_score, selection.blend_weight, _rounded(margin),
              selection.ridge_score, alpha, selection.winner)
     return selection
+
+
+def _rounded(margin: tuple[float, float, float] | None) -> tuple[float, ...] | None:
+    return None if margin is None else tuple(round(v, 4) for v in margin)
 
 
 def fold_ridge_alpha(config: TrainConfig, units: FoldUnits) -> float | None:
