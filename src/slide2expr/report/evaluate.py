@@ -424,21 +424,23 @@ def _selection_sentence(head: str, winners: dict[str, str], *, blend: bool = Tru
     noise = (", and no blend of the two beat it by more than the inner noise (95% interval "
              "over genes)") if blend else ""
     if n and len(ridge) == n:
-        return (f"Ridge regression on the same inputs beat the {head} head on "
-                f"inner validation in every fold ({n}){noise}: the shipped model and these "
-                f"predictions are ridge's, not the {head} head's.")
+        return (f"The {head} head did not beat ridge regression on the same inputs on inner "
+                "validation by more than the inner noise (95% interval over genes of its "
+                f"gain) in any fold ({n}){noise}: the shipped model and these predictions "
+                f"are ridge's, not the {head} head's.")
     if n and len(blend_won) == n:
         return (f"The blend of the {head} head and ridge on the same inputs beat both on "
                 f"inner validation in every fold ({n}): the shipped model and these "
                 "predictions are the blend's (weights in head.json).")
-    parts = [f"{names[w]} won inner validation in {len(folds)} of {n} folds "
+    parts = [f"{names[w]} was chosen on inner validation in {len(folds)} of {n} folds "
              f"({', '.join(folds)})" for w, folds in by.items() if folds]
     if parts:
         text = "; ".join(parts)
         others = (f", the others the {head} head's" if len(ridge) + len(blend_won) < n else "")
         return f"{text[0].upper()}{text[1:]}: those folds ship that model's predictions{others}."
-    return (f"The {head} head beat ridge regression on the same inputs on "
-            f"inner validation in every fold ({n}){noise}: it is the shipped model.")
+    return (f"The {head} head beat ridge regression on the same inputs on inner validation "
+            f"by more than the inner noise in every fold ({n}){noise}: it is the shipped "
+            "model.")
 
 
 def mean_spread(adata) -> float | None:
