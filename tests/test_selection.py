@@ -11,9 +11,9 @@ import torch
 from test_train import planted_dataset
 
 import slide2expr.train.folds as train_folds
-import slide2expr.train.run as train_run
 from slide2expr.errors import InputError
 from slide2expr.predict import load_trained_head
+from slide2expr.testing import train_quick
 from slide2expr.train.baselines import (
     pearson_columns,
     ridge_network,
@@ -34,11 +34,7 @@ def _one_thread():
 
 
 def _train(adata, tmp_path: Path, name: str, **settings):
-    config = TrainConfig.from_dict({**QUICK, **settings})
-    models = tmp_path / name / "models" / "mlp"
-    out = train_run.run_training(adata, head="mlp", config=config, models_dir=models,
-                                 predictions_path=tmp_path / name / "mlp.h5ad")
-    return out, models
+    return train_quick(adata, tmp_path, name, {**QUICK, **settings})
 
 
 def _garble_patient(adata, patient: str, seed: int = 1):

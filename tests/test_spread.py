@@ -10,12 +10,11 @@ import pytest
 import torch
 from test_selection import _fold_of, _garble_patient
 
-import slide2expr.train.run as train_run
 from slide2expr.errors import InputError
 from slide2expr.predict import load_trained_head
 from slide2expr.report.html import uncertainty_section
 from slide2expr.report.uncertainty import spread_calibration
-from slide2expr.testing import spot_dataset
+from slide2expr.testing import spot_dataset, train_quick
 from slide2expr.train.config import TrainConfig
 from slide2expr.train.spread import (
     COVERAGE,
@@ -46,11 +45,7 @@ def loud_where_high(features: np.ndarray, rng: np.random.Generator) -> np.ndarra
 
 
 def _train(adata, tmp_path: Path, name: str, **settings):
-    config = TrainConfig.from_dict({**SETTINGS, **settings})
-    models = tmp_path / name / "models" / "mlp"
-    out = train_run.run_training(adata, head="mlp", config=config, models_dir=models,
-                                 predictions_path=tmp_path / name / "mlp.h5ad")
-    return out, models
+    return train_quick(adata, tmp_path, name, {**SETTINGS, **settings})
 
 
 def _dataset():

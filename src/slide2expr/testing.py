@@ -325,3 +325,24 @@ def make_linear_model(fold_dir: str | Path, weight: np.ndarray, bias: np.ndarray
                                    "fold": fold, "member": member, "encoder": encoder,
                                    "inputs": None if inputs is None else list(inputs), **meta})
     return Path(fold_dir)
+
+
+def train_quick(adata: Any, root: str | Path, name: str, settings: Mapping[str, Any], *,
+                head: str = "mlp") -> tuple[Any, Path]:
+    """Train ``head`` on ``adata`` with ``settings`` (a ``train`` config section) into
+    ``root/name/`` (``models/{head}/``, ``{head}.h5ad``): the in-process training run the
+    selection and spread tests compare.
+
+    Returns
+    -------
+    tuple
+        What :func:`slide2expr.train.run.run_training` returns, and the models folder.
+    """
+    from slide2expr.train import run as train_run
+    from slide2expr.train.config import TrainConfig
+
+    config = TrainConfig.from_dict(dict(settings))
+    models = Path(root) / name / "models" / head
+    out = train_run.run_training(adata, head=head, config=config, models_dir=models,
+                                 predictions_path=Path(root) / name / f"{head}.h5ad")
+    return out, models
