@@ -369,8 +369,11 @@ def test_ridge_alpha_is_tuned_on_the_training_fold():
 @pytest.mark.parametrize("head", ["he2rna", "abmil"])
 def test_bulk_heads_train_on_streamed_bags(tmp_path, head):
     adata = write_bulk_dataset(tmp_path)
+    # select off: this is the bulk head's own test (with select auto a fold whose head beats
+    # ridge by less than the inner noise ships ridge, e.g. he2rna's fold 0 here)
     out, models, _ = _train(adata, tmp_path, head=head, folds=3, max_epochs=30, hidden=16,
-                            lr=3e-3, bag_batch_size=4, supertiles=0, baselines=["ridge", "mean"])
+                            lr=3e-3, bag_batch_size=4, supertiles=0, baselines=["ridge", "mean"],
+                            select="off")
     assert np.isfinite(out.layers["predicted"]).all()
     assert "baseline_hest" not in out.layers
     r = pearson_columns(out.layers["predicted"], out.X)

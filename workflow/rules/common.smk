@@ -370,7 +370,7 @@ def _group_regions(table):
     for key, stem in zip(keys, stems):
         name = stem or "slide"
         if stems.count(stem) > 1:
-            name += "-" + hashlib.sha1(repr(key).encode()).hexdigest()[:8]
+            name = f"{name}-{hashlib.sha1(repr(key).encode()).hexdigest()[:8]}"
         groups[name] = keys[key]
     return groups
 
@@ -469,7 +469,8 @@ def extract_regions_outs(wildcards):
 
 def region_features_input(wildcards):
     slide = region_slide(wildcards.sample)
-    return SLIDE_GROUP_DIR["features"].format(encoder=wildcards.encoder, slide=slide) + ".done"
+    folder = SLIDE_GROUP_DIR["features"].format(encoder=wildcards.encoder, slide=slide)
+    return f"{folder}.done"
 
 
 def region_features_sources(wildcards, input, output):

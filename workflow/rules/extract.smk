@@ -91,7 +91,7 @@ if HAS_REGIONS:
         input:
             unpack(extract_regions_inputs),
         output:
-            touch(SLIDE_GROUP_DIR["features"] + ".done"),
+            touch(f"{SLIDE_GROUP_DIR['features']}.done"),
         log:
             f"{RESULTS}/logs/extract/{{encoder}}/regions/{{slide}}.log",
         benchmark:

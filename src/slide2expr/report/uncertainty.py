@@ -64,6 +64,19 @@ def spread_method(adata: Any) -> dict[str, Any]:
             "inner_coverage": {f: float(r["inner_coverage"]) for f, r in records.items()}}
 
 
+def _held_out_with_spread(adata: Any, sd: np.ndarray) -> np.ndarray:
+    """Units held out by a fold (not trained on) that have a spread."""
+    held = np.isfinite(sd).any(axis=1)
+    if Key.FOLD in adata.obs:
+        held &= adata.obs[Key.FOLD].to_numpy() != NOT_HELD_OUT
+    return held
+
+
+def _rounded_mean(by_section: dict[str, float]) -> float | None:
+    """The mean over sections, to 4 decimals; None without a section."""
+    return round(float(np.mean(list(by_section.values()))), 4) if by_section else None
+
+
 def spread_calibration(adata: Any) -> dict[str, Any] | None:
     """How well ``layers['predicted_sd']`` ranks and covers the held-out errors.
 
@@ -84,9 +97,7 @@ def spread_calibration(adata: Any) -> dict[str, Any] | None:
     sd = _dense(adata.layers[Key.PREDICTED_SD])
     pred = _dense(adata.layers[Key.PREDICTED])
     truth = _dense(adata.X)
-    held = np.isfinite(sd).any(axis=1)
-    if Key.FOLD in adata.obs:
-        held &= adata.obs[Key.FOLD].to_numpy() != NOT_HELD_OUT
+    held = _held_out_with_spread(adata, sd)
     if not held.any():
         return None
     sections = adata.obs[Key.SAMPLE_ID].astype(str).to_numpy()
@@ -115,11 +126,9 @@ def spread_calibration(adata: Any) -> dict[str, Any] | None:
             positive += int((finite > 0).sum())
             defined += finite.size
     return {
-        "spearman_mean": (round(float(np.mean(list(rho_by_section.values()))), 4)
-                          if rho_by_section else None),
+        "spearman_mean": _rounded_mean(rho_by_section),
         "spearman_sections": rho_by_section,
-        "spearman_mean_all_genes": (round(float(np.mean(list(rho_all_by_section.values()))), 4)
-                                    if rho_all_by_section else None),
+        "spearman_mean_all_genes": _rounded_mean(rho_all_by_section),
         "share_genes_ranked": round(defined / ranked, 4) if ranked else None,
         "share_genes_positive": round(positive / defined, 4) if defined else None,
         "coverage_2sd": round(inside / total, 4) if total else None,
