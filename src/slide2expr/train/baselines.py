@@ -112,6 +112,15 @@ def choose_alpha(x: np.ndarray, y: np.ndarray, groups: np.ndarray, alphas: Seque
     return float(alphas[best]), mean_r
 
 
+def tuned_alpha(x: np.ndarray, y: np.ndarray, groups: np.ndarray, alphas: Sequence[float], *,
+                seed: int, blocks: Sequence[int] | None = None) -> float:
+    """:func:`choose_alpha`'s alpha, its inner-CV scores logged."""
+    alpha, mean_r = choose_alpha(x, y, groups, alphas, seed=seed, blocks=blocks)
+    log.info("ridge: inner-CV mean r by alpha %s -> alpha %g",
+             dict(zip(alphas, np.round(mean_r, 3), strict=True)), alpha)
+    return alpha
+
+
 def ridge_baseline(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray,
                    groups_train: np.ndarray, *, alphas: Sequence[float], seed: int,
                    blocks: Sequence[int] | None = None,
@@ -120,10 +129,7 @@ def ridge_baseline(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray,
     (``blocks``: widths of the input blocks, for the SD floor of
     :mod:`slide2expr.train.scaling`; ``alpha``: already chosen, skip the choice)."""
     if alpha is None:
-        alpha, mean_r = choose_alpha(x_train, y_train, groups_train, alphas, seed=seed,
-                                     blocks=blocks)
-        log.info("ridge: inner-CV mean r by alpha %s -> alpha %g",
-                 dict(zip(alphas, np.round(mean_r, 3), strict=True)), alpha)
+        alpha = tuned_alpha(x_train, y_train, groups_train, alphas, seed=seed, blocks=blocks)
     xs_tr, xs_te = standardise(x_train, x_test, blocks=blocks)
     return ridge_path(xs_tr, y_train, xs_te, [alpha])[0], alpha
 

@@ -4,6 +4,7 @@ members, the inner selection between the head and ridge, and the baselines."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -208,18 +209,17 @@ def held_out_predictions(members: list[dict[str, Any]], units: FoldUnits) -> np.
     return stacked
 
 
-def _ship_ridge_or_blend(config: TrainConfig, units: FoldUnits, stacked: np.ndarray, *,
-                         fold_dir: Path, alpha: float | None, meta: dict[str, Any],
-                         selection: Selection
+def _ship_ridge_or_blend(units: FoldUnits, stacked: np.ndarray, *, fold_dir: Path,
+                         alpha: float, meta: dict[str, Any], selection: Selection
                          ) -> tuple[np.ndarray, np.ndarray | None, dict[str, Any], np.ndarray]:
     """Ridge or the blend won the fold's selection: ridge fitted on the whole training fold
     and saved (:func:`ship_ridge`); returns the shipped held-out predictions, their spread
     (None for ridge alone: one model), the record of ridge and ridge's held-out
     predictions."""
     ridge_pred, ridge_fit = ship_ridge(
-        config, units.fit_source, units.y_fit, train_idx=units.rows(units.train_idx),
-        test_idx=units.test_rows, alpha=alpha, groups=units.fit_groups, fold_dir=fold_dir,
-        meta=meta, selection=selection)
+        units.fit_source, units.y_fit, train_idx=units.rows(units.train_idx),
+        test_idx=units.test_rows, alpha=alpha, fold_dir=fold_dir, meta=meta,
+        selection=selection)
     ridge_pred = units.held_out(ridge_pred)
     if selection.winner == RIDGE:
         predicted, predicted_sd = ridge_pred, None
@@ -300,7 +300,7 @@ def train_fold(*, head: str, config: TrainConfig, source: SpotFeatures | BagFeat
     ridge_test = out_baselines.get("ridge")
     if selection.winner in (RIDGE, BLEND):
         predicted, predicted_sd, info["ridge_model"], ridge_test = _ship_ridge_or_blend(
-            config, units, stacked, fold_dir=fold_dir, alpha=alpha,
+            units, stacked, fold_dir=fold_dir, alpha=alpha,
             meta=members[0]["meta"], selection=selection)
     if spread_model is not None and predicted_sd is not None:
         ridge_term = ridge_test if spread_uses_ridge(config, selection) else None
@@ -332,19 +332,12 @@ def select_model(head: str, config: TrainConfig, members: list[dict[str, Any]],
     if config.select == "off":
         return selection
     alphas = config.ridge_alphas if alpha is None else [alpha]
-    usable = [m for m, mem in enumerate(members)
-              if mem.get("val_predicted") is not None and len(splits[m][1])]
-    for group in shared_splits([splits[m][1] for m in usable]):
-        inner_train, inner_val = splits[usable[group[0]]]
-        head_val = np.mean([members[usable[i]]["val_predicted"] for i in group], axis=0)
-        tr = rows(inner_train)
-        _, split_alpha, ridge_val = ridge_candidate(
-            source.pooled(tr), y_fit[tr], source.pooled(inner_val), y[inner_val],
-            inner_all[inner_val], alphas=alphas, blocks=block_widths(source))
-        selection.add_split(head_val, ridge_val, y[inner_val], inner_all[inner_val],
+    for inner, split_alpha in inner_split_predictions(members, splits, source, y_fit, y,
+                                                      inner_all=inner_all, rows=rows,
+                                                      alphas=alphas):
+        selection.add_split(inner.head, inner.ridge, y[inner.units], inner_all[inner.units],
                             alpha=split_alpha, with_blend=blend)
-        selection.validation.append(inner_validation(members, [usable[i] for i in group],
-                                                     inner_val, head_val, ridge_val))
+        selection.validation.append(inner)
     margin, head_margin = selection.blend_margin(), selection.head_margin()
     log.info("selection (%s): inner score %s %.4f (gain over ridge %s), blend %.4f (ridge "
              "weight %s, gain over the better one %s), ridge %.4f (alpha %s) -> %s",
@@ -366,22 +359,34 @@ def fold_ridge_alpha(config: TrainConfig, units: FoldUnits) -> float | None:
     if config.select == "off" and "ridge" not in config.baselines:
         return None
     train_rows = units.rows(units.train_idx)
-    alpha, mean_r = baselines.choose_alpha(
+    return baselines.tuned_alpha(
         units.fit_source.pooled(train_rows), units.y_fit[train_rows],
         units.fit_groups[train_rows], config.ridge_alphas, seed=config.seed + units.k,
         blocks=block_widths(units.fit_source))
-    log.info("ridge: inner-CV mean r by alpha %s -> alpha %g",
-             dict(zip(config.ridge_alphas, np.round(mean_r, 3), strict=True)), alpha)
-    return alpha
 
 
-def inner_validation(members: list[dict[str, Any]], group: list[int], inner_val: np.ndarray,
-                     head_val: np.ndarray, ridge_val: np.ndarray) -> InnerValidation:
-    """One inner split's head mean, members' SD and ridge, for the spread's calibration."""
-    return InnerValidation(
-        units=np.asarray(inner_val), head=np.asarray(head_val, dtype=np.float64),
-        member_sd=member_sd(np.stack([members[m]["val_predicted"] for m in group])),
-        ridge=np.asarray(ridge_val, dtype=np.float64))
+def inner_split_predictions(members: list[dict[str, Any]],
+                            splits: list[tuple[np.ndarray, np.ndarray]],
+                            source: SpotFeatures | BagFeatures, y_fit: np.ndarray, y: np.ndarray,
+                            *, inner_all: np.ndarray, rows: Any, alphas: list[float]
+                            ) -> Iterator[tuple[InnerValidation, float]]:
+    """Per distinct inner validation split (members sharing one averaged,
+    :func:`~slide2expr.train.selection.shared_splits`): the head's mean, the members' SD and
+    ridge fitted on the split's inner training units (the best of ``alphas``), and that alpha.
+    Only training-fold units are read."""
+    usable = [m for m, mem in enumerate(members)
+              if mem.get("val_predicted") is not None and len(splits[m][1])]
+    for group in shared_splits([splits[m][1] for m in usable]):
+        inner_train, inner_val = splits[usable[group[0]]]
+        validating = np.stack([members[usable[i]]["val_predicted"] for i in group])
+        tr = rows(inner_train)
+        _, split_alpha, ridge_val = ridge_candidate(
+            source.pooled(tr), y_fit[tr], source.pooled(inner_val), y[inner_val],
+            inner_all[inner_val], alphas=alphas, blocks=block_widths(source))
+        yield InnerValidation(
+            units=np.asarray(inner_val), head=validating.mean(axis=0).astype(np.float64),
+            member_sd=member_sd(validating),
+            ridge=np.asarray(ridge_val, dtype=np.float64)), split_alpha
 
 
 def fold_spread_model(config: TrainConfig, members: list[dict[str, Any]], units: FoldUnits,
@@ -411,20 +416,10 @@ def unselected_validation(config: TrainConfig, members: list[dict[str, Any]], un
     """The inner splits' predictions when ``train.select`` is off (no selection computed
     them): ridge fitted on each split's inner training units as the selection would (at the
     fold's ``alpha``; None: the best of ``train.ridge_alphas`` on each split)."""
-    usable = [m for m, mem in enumerate(members)
-              if mem.get("val_predicted") is not None and len(splits[m][1])]
-    source, out = units.fit_source, []
-    for group in shared_splits([splits[m][1] for m in usable]):
-        inner_train, inner_val = splits[usable[group[0]]]
-        head_val = np.mean([members[usable[i]]["val_predicted"] for i in group], axis=0)
-        tr = units.rows(inner_train)
-        _, _, ridge_val = ridge_candidate(
-            source.pooled(tr), units.y_fit[tr], source.pooled(inner_val), units.y[inner_val],
-            units.inner_all[inner_val], alphas=config.ridge_alphas if alpha is None else [alpha],
-            blocks=block_widths(source))
-        out.append(inner_validation(members, [usable[i] for i in group], inner_val, head_val,
-                                    ridge_val))
-    return out
+    alphas = config.ridge_alphas if alpha is None else [alpha]
+    return [inner for inner, _ in inner_split_predictions(
+        members, splits, units.fit_source, units.y_fit, units.y, inner_all=units.inner_all,
+        rows=units.rows, alphas=alphas)]
 
 
 def blended(stacked: np.ndarray, ridge: np.ndarray, weight: float
@@ -440,20 +435,15 @@ def blended(stacked: np.ndarray, ridge: np.ndarray, weight: float
     return mean.astype(np.float32), spread.astype(np.float32)
 
 
-def ship_ridge(config: TrainConfig, source: SpotFeatures | BagFeatures, y: np.ndarray, *,
-               train_idx: np.ndarray, test_idx: np.ndarray, alpha: float | None,
-               groups: np.ndarray, fold_dir: Path, meta: dict[str, Any], selection: Selection
-               ) -> tuple[np.ndarray, dict[str, Any]]:
+def ship_ridge(source: SpotFeatures | BagFeatures, y: np.ndarray, *, train_idx: np.ndarray,
+               test_idx: np.ndarray, alpha: float, fold_dir: Path, meta: dict[str, Any],
+               selection: Selection) -> tuple[np.ndarray, dict[str, Any]]:
     """Ridge or the blend won the fold's selection: fit ridge on the whole training fold
-    (the ridge baseline's alpha), save it as a linear network in ``fold_dir/ridge/`` (what
+    (at the fold's alpha, :func:`fold_ridge_alpha`: what the selection scored), save it as a linear network in ``fold_dir/ridge/`` (what
     :func:`~slide2expr.predict.load_trained_head` loads for this fold: alone, or with the
     head's members when its ``head.json`` says ``model: blend`` and gives ``blend_weight``),
     and return its held-out predictions and a record of it."""
     x_train = source.pooled(train_idx)
-    if alpha is None:  # ridge not among the baselines: choose alpha as the baseline would
-        alpha, _ = baselines.choose_alpha(x_train, y[train_idx], groups[train_idx],
-                                          config.ridge_alphas, seed=config.seed,
-                                          blocks=block_widths(source))
     net = baselines.ridge_network(x_train, y[train_idx], alpha=float(alpha),
                                   blocks=block_widths(source))
     ridge_meta = {**meta, "head": "mlp", "hparams": net.hparams, "member": 0,
