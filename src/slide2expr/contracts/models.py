@@ -55,6 +55,9 @@ VERSION = "1"
 RETRAIN = "retrain the head (`slide2expr train`, or delete results/models and rerun the workflow)"
 
 
+#: The terms a calibrated spread may use, in the order of its coefficients
+#: (:mod:`slide2expr.predict.spread`).
+SPREAD_TERMS = ("constant", "level", "head_ridge_disagreement", "member_sd")
 #: The spread terms prediction can apply (every term of ``calibrated``; not the head-ridge
 #: disagreement of ``calibrated_ridge``: a fold keeps no ridge unless ridge or the blend ships).
 APPLIED_SPREAD_TERMS = ("constant", "level", "member_sd")
@@ -62,8 +65,8 @@ APPLIED_SPREAD_TERMS = ("constant", "level", "member_sd")
 
 def read_spread(meta: dict, genes: Sequence[str]) -> tuple[np.ndarray, np.ndarray] | None:
     """A fold's calibrated spread (:data:`SPREAD_KEY` of its ``head.json``) in the column
-    order ``genes``: coefficients ``(len(genes), 3)`` over :data:`APPLIED_SPREAD_TERMS` and
-    scales ``(len(genes),)``; None when the fold has none, uses a term outside
+    order ``genes``: coefficients ``(len(genes), 4)`` over :data:`SPREAD_TERMS` (zero for a
+    term the fold does not use) and scales ``(len(genes),)``; None when the fold has none, uses a term outside
     :data:`APPLIED_SPREAD_TERMS` or the record is incomplete (then the members' SD is shown).
     """
     record = meta.get(SPREAD_KEY)
@@ -81,8 +84,8 @@ def read_spread(meta: dict, genes: Sequence[str]) -> tuple[np.ndarray, np.ndarra
     if not all(g in index for g in genes):
         return None
     cols = np.array([index[g] for g in genes], dtype=np.int64)
-    table = np.zeros((len(genes), len(APPLIED_SPREAD_TERMS)))
-    for j, term in enumerate(APPLIED_SPREAD_TERMS):
+    table = np.zeros((len(genes), len(SPREAD_TERMS)))
+    for j, term in enumerate(SPREAD_TERMS):
         if term in coef:
             table[:, j] = np.asarray(coef[term], dtype=np.float64)[cols]
     return table, np.asarray(scale, dtype=np.float64)[cols]

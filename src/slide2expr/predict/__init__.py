@@ -6,8 +6,9 @@ Modules: :mod:`.nets` (each head's plain PyTorch network: what ``head.safetensor
 gets; the checks that a model and features belong together), :mod:`.bags` (a slide's tiles
 as a bag, HE2RNA supertiles), :mod:`.inputs` (a head's input blocks on a slide's tiles:
 spot, context windows, neighbour means, slide vector), :mod:`.apply` (the forward pass over
-batches, training's out-of-fold predictions included), :mod:`.tiles` (one slide's tile map)
-and :mod:`.files` (``slide2expr predict``).
+batches, training's out-of-fold predictions included), :mod:`.spread` (the calibrated
+spread's formula, which training fits), :mod:`.tiles` (one slide's tile map) and
+:mod:`.files` (``slide2expr predict``).
 
 Training (:mod:`slide2expr.train`) writes the models and calls :func:`predict_batches`;
 heatmaps and ``slide2expr predict`` call the rest. This package imports torch, never

@@ -30,6 +30,7 @@ from slide2expr.errors import InputError
 from slide2expr.predict.bags import make_supertiles
 from slide2expr.predict.nets import HeadNet, build_net
 from slide2expr.predict.plausible import Bounds, bounds_from_metas
+from slide2expr.predict.spread import apply_spread, member_sd, spread_terms
 
 
 def load_fold_head(fold_dir: str | Path) -> tuple[HeadNet, dict]:
@@ -246,12 +247,9 @@ class TrainedHead:
                 fold_mean += weights[i] / fold_weight * pred
                 if self.head_member[i]:
                     heads.append(pred)
-            member_sd = (np.std(heads, axis=0, ddof=1) if len(heads) > 1
-                         else np.zeros_like(total))
-            terms = (coef[:, 0] + coef[:, 1] * np.maximum(fold_mean, 0.0)
-                     + coef[:, 2] * member_sd)
+            terms = spread_terms(fold_mean, fold_mean, None, member_sd(np.stack(heads)))
             total += fold_weight * fold_mean
-            spread += fold_weight * scale * terms
+            spread += fold_weight * apply_spread(coef, scale, terms)
         return total.astype(np.float32), spread.astype(np.float32)
 
     def weights(self) -> list[float]:

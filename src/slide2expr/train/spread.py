@@ -27,8 +27,11 @@ from typing import Any
 import numpy as np
 from scipy.optimize import nnls
 
+from slide2expr.contracts.models import SPREAD_TERMS
+from slide2expr.predict.spread import apply_spread, member_sd, spread_terms
+
 #: The terms of the spread model, in the order of its coefficients.
-TERMS = ("constant", "level", "head_ridge_disagreement", "member_sd")
+TERMS = SPREAD_TERMS
 #: The band ``prediction +- Z * sd`` is calibrated to cover :data:`COVERAGE` of the inner
 #: validation residuals.
 Z = 2.0
@@ -70,24 +73,6 @@ class InnerValidation:
     ridge: np.ndarray
 
 
-def member_sd(predictions: np.ndarray) -> np.ndarray:
-    """Members' standard deviation (``ddof=1``) over axis 0; zeros with one member."""
-    predictions = np.asarray(predictions, dtype=np.float64)
-    if len(predictions) < 2:
-        return np.zeros(predictions.shape[1:])
-    return predictions.std(axis=0, ddof=1)
-
-
-def spread_terms(level: np.ndarray, head: np.ndarray, ridge: np.ndarray | None,
-                 sd: np.ndarray) -> np.ndarray:
-    """The ``(n, G, 4)`` terms of :data:`TERMS` (no ridge: a zero disagreement term)."""
-    level = np.asarray(level, dtype=np.float64)
-    disagreement = (np.zeros_like(level) if ridge is None
-                    else np.abs(np.asarray(head, dtype=np.float64) - ridge))
-    return np.stack([np.ones_like(level), np.maximum(level, 0.0), disagreement,
-                     np.asarray(sd, dtype=np.float64)], axis=-1)
-
-
 @dataclass
 class SpreadModel:
     """Per-gene coefficients ``(G, 4)`` over :data:`TERMS` and scales ``(G,)``; recorded as
@@ -103,8 +88,7 @@ class SpreadModel:
 
     def apply(self, terms: np.ndarray) -> np.ndarray:
         """The calibrated SD ``(n, G)`` float32 of :func:`spread_terms` ``terms``."""
-        base = np.einsum("ngt,gt->ng", terms, self.coef)
-        return (self.scale * base).astype(np.float32)
+        return apply_spread(self.coef, self.scale, terms).astype(np.float32)
 
     def record(self, genes: list[str] | None = None) -> dict[str, Any]:
         """A JSON-ready record: what the spread is, the fitted coefficients and scales."""
@@ -189,3 +173,19 @@ def calibrate(inner: list[InnerValidation], y: np.ndarray, winner: str, *,
     if not use_ridge:
         model.terms = tuple(t for t in TERMS if t != "head_ridge_disagreement")
     return model
+
+
+__all__ = [
+    "COVERAGE",
+    "MIN_UNITS",
+    "TERMS",
+    "InnerValidation",
+    "SpreadModel",
+    "Z",
+    "calibrate",
+    "describe",
+    "fit_spread",
+    "member_sd",
+    "shipped_validation",
+    "spread_terms",
+]
