@@ -5,7 +5,7 @@ ctx1000 tilings, Macenko, one thread, the her2st_2patients config's extract sett
 encoder and round, alternating the encoders' order between rounds so a change in the
 machine's load falls on all of them, and prints each encoder's CPU seconds (user + system of
 the job and its readers), wall seconds and peak RSS, with the CPU time relative to the first
-encoder's:
+encoder's; then the forward alone (64 random images at each encoder's input size, one thread):
 
     python benchmarks/encoder_cost.py RESULTS OUT --sections C3 A1 \\
         --encoders efficientnet_lite0 efficientnet_lite1 efficientnet_lite2 --rounds 2
@@ -56,6 +56,29 @@ def extract_once(results: Path, out: Path, section: str, encoder: str) -> dict[s
     return {"cpu_s": cpu, "wall_s": wall, "max_rss_mb": usage.ru_maxrss / 1024}
 
 
+def forward_cpu_s(encoders: list[str], rounds: int, n: int = 64) -> dict[str, float]:
+    """CPU seconds of the encoders' forward alone on ``n`` random images at each one's input
+    size, one thread, batch ``n``: median over ``rounds`` alternating rounds."""
+    import torch
+
+    from slide2expr.extract.encoders import get_encoder
+
+    torch.set_num_threads(1)
+    built = {e: get_encoder(e) for e in encoders}
+    times: dict[str, list[float]] = {e: [] for e in encoders}
+    for r in range(rounds):
+        for name in encoders if r % 2 == 0 else encoders[::-1]:
+            enc = built[name]
+            px = enc.preprocessing.input_px
+            x = torch.randn(n, 3, px, px, generator=torch.Generator().manual_seed(0))
+            with torch.inference_mode():
+                enc.module(x[:2])  # warm-up
+                start = time.process_time()
+                enc.module(x)
+                times[name].append(time.process_time() - start)
+    return {e: float(np.median(t)) for e, t in times.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("results", type=Path)
@@ -89,6 +112,10 @@ def main() -> None:
         each = " / ".join(f"{t['cpu_s']:.1f}" for t in totals)
         print(f"| {encoder} | {cpu:.1f} ({each}) | {cpu / first:.2f}x | {wall:.1f} | "
               f"{rss:.0f} |")
+    forward = forward_cpu_s(args.encoders, max(3, args.rounds))
+    print(f"\nforward alone, 64 images, 1 thread (CPU s, median of {max(3, args.rounds)}): "
+          + ", ".join(f"{e} {t:.2f} ({t / forward[args.encoders[0]]:.2f}x)"
+                      for e, t in forward.items()))
 
 
 if __name__ == "__main__":
