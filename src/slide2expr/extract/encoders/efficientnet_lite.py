@@ -252,3 +252,59 @@ class EfficientNetLite(nn.Module):
         """Stem, blocks, head, global average pool, classifier."""
         x = self.bn2(self.conv_head(self.blocks(self.bn1(self.conv_stem(x)))))
         return self.classifier(F.adaptive_avg_pool2d(x, 1).flatten(1))
+
+
+#: Output channels of each stage (``LITE0_STAGES``' last column), by stage index.
+STAGE_CHANNELS: tuple[int, ...] = tuple(stage[-1] for stage in LITE0_STAGES)
+
+
+class EfficientNetLiteLayers(EfficientNetLite):
+    """EfficientNet-Lite0 with globally pooled intermediate stages before the 1280-d head.
+
+    The output concatenates, in this order: the spatial mean of each tapped stage's output
+    (the last block of the stage), then (``std``) their spatial standard deviations, then
+    (``head``) :class:`EfficientNetLite`'s output. The stem, blocks and head are the parent's
+    modules and run the same operations on the same inputs, so the last 1280 columns are the
+    plain encoder's features bit for bit (tests/test_encoders.py); without the head, the
+    stages after the last tap and the head are not run.
+
+    Parameters
+    ----------
+    taps
+        Indices into :data:`LITE0_STAGES` (0-6) whose outputs are pooled, ascending.
+    std
+        Also pool each tapped stage's per-channel spatial standard deviation.
+    head
+        End with the 1280-d pooled head (``efficientnet_lite0``'s features).
+    """
+
+    def __init__(self, taps: tuple[int, ...], std: bool = False, head: bool = True,
+                 num_classes: int = 0) -> None:
+        super().__init__(num_classes=num_classes)
+        if list(taps) != sorted(set(taps)) or not all(0 <= t < len(LITE0_STAGES) for t in taps):
+            raise ValueError(f"taps {taps} are not ascending stage indices 0-6")
+        self.taps = tuple(int(t) for t in taps)
+        self.std = bool(std)
+        self.head = bool(head)
+        if not (self.taps or self.head):
+            raise ValueError("taps () without the head: no features")
+        tapped = sum(STAGE_CHANNELS[t] for t in self.taps)
+        self.num_features = tapped * (2 if self.std else 1) + (NUM_FEATURES if self.head else 0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Stem, the stages (pooling the tapped ones), head, global average pool."""
+        x = self.bn1(self.conv_stem(x))
+        means: list[torch.Tensor] = []
+        sds: list[torch.Tensor] = []
+        last = len(self.blocks) - 1 if self.head else self.taps[-1]
+        for index, stage in enumerate(self.blocks[:last + 1]):
+            x = stage(x)
+            if index in self.taps:
+                means.append(x.mean(dim=(2, 3)))
+                if self.std:
+                    sds.append(x.std(dim=(2, 3)))
+        if not self.head:
+            return torch.cat([*means, *sds], dim=1)
+        x = self.bn2(self.conv_head(x))
+        head = self.classifier(F.adaptive_avg_pool2d(x, 1).flatten(1))
+        return torch.cat([*means, *sds, head], dim=1)
