@@ -293,7 +293,7 @@ def ridge_blocks(args: argparse.Namespace) -> None:
 
     from slide2expr.train.baselines import ridge_baseline
     from slide2expr.train.config import TrainConfig
-    from slide2expr.train.gene_selection import select_genes
+    from slide2expr.train.gene_selection import select_training_genes
     from slide2expr.train.sources import spot_key
 
     adata = ad.read_h5ad(args.dataset)
@@ -320,7 +320,7 @@ def ridge_blocks(args: argparse.Namespace) -> None:
         scores: dict[str, list[float]] = {}
         for label, (train_mask, test_mask) in splits:
             tr, te = np.flatnonzero(train_mask), np.flatnonzero(test_mask)
-            genes = select_genes(x_all[tr], var_names, settings=config.genes)
+            genes = select_training_genes(x_all[tr], var_names, settings=config.genes)
             y = x_all[:, genes]
             pred, _ = ridge_baseline(feats[tr], y[tr], feats[te], sections[tr],
                                      alphas=config.ridge_alphas, seed=0)
