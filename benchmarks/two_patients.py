@@ -339,7 +339,10 @@ def combine(args: argparse.Namespace) -> None:
     beside them as blocks ``{prefix}spot``, ``{prefix}ctx300``... (obsm
     ``X_{first encoder}_{prefix}{block}``), so a head reads both encoders' blocks as separate
     tokens, e.g. ``--set 'head_inputs={context: [spot, ..., l2spot, l2ctx300, ...]}'``.
-    The two datasets must hold the same spots in the same order (one workflow's tiles)."""
+    The two datasets must hold the same spots in the same order (one workflow's tiles).
+    ``--key`` picks the first dataset's spot key (e.g. a variant block set written beside the
+    encoder's); the output then keeps only that key's blocks, and training needs
+    ``--set features_key=KEY``."""
     import anndata as ad
 
     from slide2expr.train.config import TrainConfig
@@ -350,7 +353,11 @@ def combine(args: argparse.Namespace) -> None:
     if not first.obs_names.equals(second.obs_names) or not np.array_equal(
             np.asarray(first.X), np.asarray(second.X)):
         raise SystemExit(f"{args.first} and {args.second} differ in spots or counts")
-    key1 = spot_key(first, config=config, dataset_path=Path(args.first))
+    key1 = args.key or spot_key(first, config=config, dataset_path=Path(args.first))
+    if args.key:
+        for key in list(first.obsm):
+            if key != "spatial" and key != key1 and not key.startswith(f"{key1}_"):
+                del first.obsm[key]
     key2 = spot_key(second, config=config, dataset_path=Path(args.second))
     added = []
     for key in list(second.obsm):
@@ -427,6 +434,8 @@ def main() -> None:
     c.add_argument("second")
     c.add_argument("out")
     c.add_argument("--prefix", default="l2")
+    c.add_argument("--key", default=None, help="the first dataset's spot key (default: its "
+                   "encoder's X_{encoder})")
     c.add_argument("--data-root", default=str(REPO.parent / "shared" / "data"))
     u = sub.add_parser("uncertainty")
     u.add_argument("runs", nargs="+", help="OUT folders of `train` runs")
