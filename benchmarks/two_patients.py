@@ -8,6 +8,11 @@ of patient C and A1, A2 of patient A), so every row reads the same features:
     python benchmarks/two_patients.py table OUT
     python benchmarks/two_patients.py uncertainty OUT_BEFORE OUT   # the spread, ranked
     python benchmarks/two_patients.py view-mean results/dataset.h5ad MEAN.h5ad  # 8-view mean
+    python benchmarks/two_patients.py combine LITE0.h5ad LITE2.h5ad BOTH.h5ad  # two encoders
+
+The dataset's spot features are ``obsm['X_{encoder}']`` of whichever encoder its join used
+(``efficientnet_lite0``, ``_lite1``, ``_lite2``...); ``combine`` puts a second encoder's
+blocks beside the first's under other block names.
 
 ``loso_C``: patient C's five sections, one fold per section (inner validation grouped by
 section). ``cross``: one fold per patient: trained on C, tested on A1 and A2 (C -> A), and
@@ -289,12 +294,13 @@ def ridge_blocks(args: argparse.Namespace) -> None:
 
     from slide2expr.train.baselines import ridge_baseline
     from slide2expr.train.config import TrainConfig
-    from slide2expr.train.gene_selection import select_genes
+    from slide2expr.train.gene_selection import select_training_genes
+    from slide2expr.train.sources import spot_key
 
     adata = ad.read_h5ad(args.dataset)
     settings = train_settings(args.data_root, [])
     config = TrainConfig.from_dict(settings)
-    key = "X_efficientnet_lite0"
+    key = spot_key(adata, config=config, dataset_path=Path(args.dataset))  # X_{encoder}
     wanted = ([tuple(b.split("+")) for b in args.sets.split(",")] if args.sets else BLOCK_SETS)
     sets = [b for b in wanted if all(
         (key if n == "spot" else f"{key}_{n}") in adata.obsm for n in b)]
@@ -315,7 +321,7 @@ def ridge_blocks(args: argparse.Namespace) -> None:
         scores: dict[str, list[float]] = {}
         for label, (train_mask, test_mask) in splits:
             tr, te = np.flatnonzero(train_mask), np.flatnonzero(test_mask)
-            genes = select_genes(x_all[tr], var_names, settings=config.genes)
+            genes = select_training_genes(x_all[tr], var_names, settings=config.genes)
             y = x_all[:, genes]
             pred, _ = ridge_baseline(feats[tr], y[tr], feats[te], sections[tr],
                                      alphas=config.ridge_alphas, seed=0)
@@ -327,6 +333,43 @@ def ridge_blocks(args: argparse.Namespace) -> None:
         print(f"| {' + '.join(blocks)} | " + " | ".join(
             f"{np.mean(scores[k]):.3f}" for k in ("C LOSO", "A -> C", "C -> A")) + " |",
             flush=True)
+
+
+def combine(args: argparse.Namespace) -> None:
+    """One dataset with the blocks of two encoders: ``first``'s as they are, ``second``'s
+    beside them as blocks ``{prefix}spot``, ``{prefix}ctx300``... (obsm
+    ``X_{first encoder}_{prefix}{block}``), so a head reads both encoders' blocks as separate
+    tokens, e.g. ``--set 'head_inputs={context: [spot, ..., l2spot, l2ctx300, ...]}'``.
+    The two datasets must hold the same spots in the same order (one workflow's tiles).
+    ``--key`` picks the first dataset's spot key (e.g. a variant block set written beside the
+    encoder's); the output then keeps only that key's blocks, and training needs
+    ``--set features_key=KEY``."""
+    import anndata as ad
+
+    from slide2expr.train.config import TrainConfig
+    from slide2expr.train.sources import spot_key
+
+    config = TrainConfig.from_dict(train_settings(args.data_root, []))
+    first, second = ad.read_h5ad(args.first), ad.read_h5ad(args.second)
+    if not first.obs_names.equals(second.obs_names) or not np.array_equal(
+            np.asarray(first.X), np.asarray(second.X)):
+        raise SystemExit(f"{args.first} and {args.second} differ in spots or counts")
+    key1 = args.key or spot_key(first, config=config, dataset_path=Path(args.first))
+    if args.key:
+        for key in list(first.obsm):
+            if key != "spatial" and key != key1 and not key.startswith(f"{key1}_"):
+                del first.obsm[key]
+    key2 = spot_key(second, config=config, dataset_path=Path(args.second))
+    added = []
+    for key in list(second.obsm):
+        if key == key2 or key.startswith(f"{key2}_"):
+            block = "spot" if key == key2 else key.removeprefix(f"{key2}_")
+            first.obsm[f"{key1}_{args.prefix}{block}"] = second.obsm[key]
+            added.append(f"{args.prefix}{block}")
+    first.uns["slide2expr"]["combined_with"] = {"dataset": str(args.second), "obsm": key2,
+                                                "blocks": added}
+    first.write_h5ad(args.out)
+    print(f"{args.out}: {key1} blocks plus {key2}'s as {', '.join(added)}")
 
 
 def uncertainty(args: argparse.Namespace) -> None:
@@ -431,11 +474,19 @@ def main() -> None:
     v = sub.add_parser("view-mean", help="the dataset with each tile's 8-view mean embedding")
     v.add_argument("dataset")
     v.add_argument("out")
+    c = sub.add_parser("combine")
+    c.add_argument("first")
+    c.add_argument("second")
+    c.add_argument("out")
+    c.add_argument("--prefix", default="l2")
+    c.add_argument("--key", default=None, help="the first dataset's spot key (default: its "
+                   "encoder's X_{encoder})")
+    c.add_argument("--data-root", default=str(REPO.parent / "shared" / "data"))
     u = sub.add_parser("uncertainty")
     u.add_argument("runs", nargs="+", help="OUT folders of `train` runs")
     u.add_argument("--head", default="context")
     args = parser.parse_args()
-    {"train": train, "table": table, "ridge-blocks": ridge_blocks,
+    {"train": train, "table": table, "ridge-blocks": ridge_blocks, "combine": combine,
      "smoothing": smoothing, "uncertainty": uncertainty, "view-mean": view_mean,
      }[args.command](args)
 

@@ -118,6 +118,7 @@ def main() -> None:
 
     from slide2expr.train.config import TrainConfig
     from slide2expr.train.run import run_training
+    from slide2expr.train.sources import spot_key
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("dataset")
@@ -134,8 +135,8 @@ def main() -> None:
     data, folds = two_patients.scenario_data(ad.read_h5ad(args.dataset), args.scenario)
     config = TrainConfig.from_dict({**two_patients.train_settings(args.data_root, args.set),
                                     **folds})
-    if args.centre_blocks:
-        centre_blocks(data, "X_efficientnet_lite0")
+    if args.centre_blocks:  # the dataset's own spot key: X_efficientnet_lite0, _lite2...
+        centre_blocks(data, spot_key(data, config=config, dataset_path=Path(args.dataset)))
     if args.smooth_targets is not None:
         patch_smoothing(args.smooth_targets, np.asarray(data.obsm["spatial"], dtype=float),
                         data.obs["sample_id"].astype(str).to_numpy())

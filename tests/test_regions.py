@@ -258,12 +258,13 @@ def _region_workflow(banded_slide: Path, workdir: Path) -> Path:
     return config
 
 
-def _snakemake(workdir: Path, config: Path, *args: str) -> tuple[dict[str, int], str]:
+def _snakemake(workdir: Path, config: Path, *args: str,
+               succeed: bool = True) -> tuple[dict[str, int], str]:
     repo = Path(__file__).resolve().parents[1]
     proc = subprocess.run(["snakemake", "-s", str(repo / "Snakefile"), "-d", str(workdir),
                            "--cores", "2", *args, "--configfile", str(config)],
                           capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (proc.returncode == 0) is succeed, proc.stderr[-3000:]
     out = proc.stdout + proc.stderr
     counts = {line.split()[0]: int(line.split()[1]) for line in out.splitlines()
               if len(line.split()) == 2 and line.split()[1].isdigit()}
@@ -309,3 +310,21 @@ def test_workflow_regions_per_slide_match_regions_alone(banded_slide, region_til
     assert np.array_equal(c_tiles.coords, read_tiles(region_tiles["A"]).coords)
     _, out = _snakemake(tmp_path, config, "-n", *targets)
     assert "Nothing to be done" in out, out[-2000:]
+    _staged_file_missing_is_one_line(tmp_path, config, results, targets)
+
+
+def _staged_file_missing_is_one_line(workdir: Path, config: Path, results: Path,
+                                     targets: list[str]) -> None:
+    """Someone deleted a region's staged features and its link but kept the slide's flag: the
+    link job stops with one line naming the missing file and the flag to delete; the other
+    regions' files stay."""
+    encoder_dir = results / "features" / "efficientnet_lite0"
+    (staged,) = (encoder_dir / "regions").glob("*/grid/A.h5")
+    staged.unlink()
+    (encoder_dir / "grid" / "A.h5").unlink()
+    _, out = _snakemake(workdir, config, *targets, succeed=False)
+    lines = [line for line in out.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1, out[-2000:]
+    assert str(staged.relative_to(workdir)) in lines[0], lines[0]
+    assert ".done" in lines[0] and "fix: delete" in lines[0]
+    assert (encoder_dir / "grid" / "B.h5").exists() and (encoder_dir / "grid" / "C.h5").exists()

@@ -464,7 +464,9 @@ def extract_regions_outs(wildcards):
     """``-o FILE`` per tiles file: the slide folder's features, in the order of the tiles."""
     folder = SLIDE_GROUP_DIR["features"].format(**dict(wildcards.items()))
     samples = region_groups()[wildcards.slide]
-    return " ".join(f"-o {folder}/{t}/{s}.h5" for s in samples for t in EXTRACT_TILINGS)
+    return " ".join(
+        f"-o {shlex.quote(f'{folder}/{t}/{s}.h5')}" for s in samples for t in EXTRACT_TILINGS
+    )
 
 
 def region_features_input(wildcards):
@@ -478,13 +480,29 @@ def region_features_sources(wildcards, input, output):
     return [f"{folder}/{t}/{wildcards.sample}.h5" for t in output.keys()]
 
 
-def link_files(sources, targets):
+def link_files(sources, targets, made_by):
     """Shell: hard-link (else copy) each source to its target, then touch the target so that it
-    is newer than the job's input (the slide folder's flag or timestamp)."""
-    return " && ".join(
+    is newer than the job's input (the slide folder's flag or timestamp). A source that is
+    missing (someone deleted the slide folder's files but kept ``made_by``) stops the job with
+    one line naming the file and the fix, before anything is linked."""
+    missing = " && ".join(
+        f"{{ [ -e {shlex.quote(str(a))} ] || {{ echo {shlex.quote(missing_source_line(a, made_by))}"
+        " >&2; exit 1; }; }"
+        for a in sources
+    )
+    links = " && ".join(
         f"{{ ln -f {shlex.quote(str(a))} {shlex.quote(str(b))} 2>/dev/null || "
         f"cp -f {shlex.quote(str(a))} {shlex.quote(str(b))}; }} && touch {shlex.quote(str(b))}"
         for a, b in zip(sources, targets, strict=True)
+    )
+    return f"{missing} && {links}"
+
+
+def missing_source_line(source, made_by):
+    return (
+        f"error: {source}: the slide's region file is missing although {made_by} marks the "
+        f"slide's regions as made; fix: delete {made_by} and rerun, so the slide's regions are "
+        "made again"
     )
 
 

@@ -120,7 +120,7 @@ if HAS_REGIONS:
         localrule: True
         params:
             link=lambda w, input, output: link_files(
-                region_features_sources(w, input, output), list(output)
+                region_features_sources(w, input, output), list(output), str(input)
             ),
         shell:
             "{params.link}"

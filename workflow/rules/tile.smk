@@ -140,7 +140,7 @@ if HAS_REGIONS:
         localrule: True
         params:
             link=lambda w, input, output: link_files(
-                region_tiles_sources(w, input, output), list(output)
+                region_tiles_sources(w, input, output), list(output), str(input)
             ),
         shell:
             "{params.link}"

@@ -5,7 +5,10 @@ Contract (docs/architecture.md): dataset ``features`` ``(N, D)`` float32 or floa
 ``(N,)`` in spot mode; attrs ``encoder``, ``weights`` (sha256 of the weights file, or
 ``"random-init"``), ``weights_source``, ``embed_dim``, ``input_px`` and ``input_mpp`` (the
 pixels the encoder saw), and every attr of the tiles file; read and written as a
-:class:`FeatureAttrs` record (a field each; others kept in ``extra``).
+:class:`FeatureAttrs` record (a field each; others kept in ``extra``). An encoder whose
+embedding concatenates several layers' pooled outputs (``efficientnet_lite0_layers``) adds
+``feature_layout``: JSON ``[[part, width], ...]``, the column ranges in order (absent: one
+part); an addition older readers ignore.
 
 Stain normalisation (:mod:`slide2expr.extract.stain`) is recorded in attrs (:data:`STAIN_ATTRS`,
 read back with :func:`stain_record`): ``stain_normalize`` (``none``, ``macenko`` or
@@ -127,6 +130,7 @@ class FeatureAttrs(TileAttrs):
     input_px: int | None = None
     device: str | None = None
     input_mpp: float | None = None
+    feature_layout: str | None = None
     stain_normalize: str | None = None
     stain_reference: str | None = None
     stain_reference_sha256: str | None = None

@@ -26,6 +26,7 @@ each where it stopped.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import queue
@@ -492,7 +493,8 @@ def _encoder_attrs(enc: Encoder, dev: torch.device, tileset: TileSet,
     return FeatureAttrs(
         encoder=enc.name, weights=enc.weights, weights_source=enc.weights_source,
         input_px=out_px, device=str(dev),
-        input_mpp=slide_mpp * tile_px0 / out_px if slide_mpp is not None else None)
+        input_mpp=slide_mpp * tile_px0 / out_px if slide_mpp is not None else None,
+        feature_layout=json.dumps([list(part) for part in enc.layout]) if enc.layout else None)
 
 
 def _embed_remaining(dataset: TilingsDataset, writers: list[FeatureWriter],

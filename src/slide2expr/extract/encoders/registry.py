@@ -122,7 +122,8 @@ def get_encoder(
     log.info("encoder %s: %d-d, weights %s (%s)", name, spec.embed_dim, source,
              weights_id[:12])
     return Encoder(name=name, module=module, preprocessing=spec.preprocessing,
-                   embed_dim=spec.embed_dim, weights=weights_id, weights_source=source)
+                   embed_dim=spec.embed_dim, weights=weights_id, weights_source=source,
+                   layout=spec.layout)
 
 
 def list_encoders(*, local_weights: dict[str, str] | None = None) -> list[EncoderInfo]:

@@ -64,6 +64,9 @@ class Encoder:
         sha256 of the weights file, or ``"random-init"``.
     weights_source
         Where the weights came from (a path or a hub id), for provenance.
+    layout
+        ``(part, width)`` of each consecutive column range of the embedding when it
+        concatenates several layers' features (:data:`EncoderSpec.layout`); empty: one part.
     """
 
     name: str
@@ -72,6 +75,7 @@ class Encoder:
     embed_dim: int
     weights: str
     weights_source: str
+    layout: tuple[tuple[str, int], ...] = ()
 
 
 #: ``build(state)`` returns the architecture, filled with ``state`` when it is not None.
@@ -82,7 +86,12 @@ Locator = Callable[[bool], Path | None]
 
 @dataclass(frozen=True)
 class EncoderSpec:
-    """A registry entry."""
+    """A registry entry.
+
+    ``layout`` names the column ranges of an embedding that concatenates several layers'
+    pooled outputs (``(part, width)``, widths summing to ``embed_dim``); the extract stage
+    records it in the features file (attr ``feature_layout``). Empty for one output.
+    """
 
     name: str
     embed_dim: int
@@ -91,6 +100,7 @@ class EncoderSpec:
     locate_weights: Locator
     weights_name: str
     description: str
+    layout: tuple[tuple[str, int], ...] = ()
 
 
 @dataclass(frozen=True)
