@@ -8,6 +8,7 @@ of patient C and A1, A2 of patient A), so every row reads the same features:
     python benchmarks/two_patients.py table OUT
     python benchmarks/two_patients.py uncertainty OUT_BEFORE OUT   # the spread, ranked
     python benchmarks/two_patients.py view-mean results/dataset.h5ad MEAN.h5ad  # 8-view mean
+    python benchmarks/two_patients.py paired OUT_BASE OUT ...   # a run's head minus the base's
     python benchmarks/two_patients.py combine LITE0.h5ad LITE2.h5ad BOTH.h5ad  # two encoders
 
 The dataset's spot features are ``obsm['X_{encoder}']`` of whichever encoder its join used
@@ -407,6 +408,27 @@ def uncertainty(args: argparse.Namespace) -> None:
                       " |")
 
 
+def paired(args: argparse.Namespace) -> None:
+    """Each run's head minus the base run's, top 50, per split: the mean over sections with a
+    95% bootstrap over the top-50 genes (sections fixed; both runs train on the same units, so
+    their top-50 genes are the same)."""
+    import anndata as ad
+
+    splits = {"loso_C": {"C LOSO": "C"}, "cross": {"A -> C": "C", "C -> A": "A"}}
+    for scenario, labels in splits.items():
+        base = ad.read_h5ad(Path(args.base) / scenario / f"{args.head}.h5ad")
+        before = section_table(base, "predicted_head").attrs["top_r"]
+        patient = base.obs.groupby("sample_id", observed=True)["patient"].first().astype(str)
+        for run in args.runs:
+            pred = ad.read_h5ad(Path(run) / scenario / f"{args.head}.h5ad")
+            after = section_table(pred, "predicted_head").attrs["top_r"]
+            for label, held in labels.items():
+                sections = [s for s in after if patient[s] == held]
+                d, lo, hi = gene_bootstrap_difference({s: after[s] for s in sections},
+                                                      {s: before[s] for s in sections})
+                print(f"{Path(run).name} {label}: {d:+.3f} ({lo:+.3f} to {hi:+.3f})")
+
+
 def view_mean(args: argparse.Namespace) -> None:
     """A dataset whose spot and context-window embeddings are each tile's mean over its 8
     dihedral views (the clean row and the 7 rotation/flip views the join carried), its
@@ -471,6 +493,10 @@ def main() -> None:
     m.add_argument("--weights", nargs="+", type=float, default=[0.0, 0.25, 0.5, 0.75])
     m.add_argument("--splits", nargs="+", default=["C", "A"],
                    help="held-out patients, one column each")
+    p = sub.add_parser("paired", help="runs' head minus a base run's, top 50 per split")
+    p.add_argument("base")
+    p.add_argument("runs", nargs="+")
+    p.add_argument("--head", default="context")
     v = sub.add_parser("view-mean", help="the dataset with each tile's 8-view mean embedding")
     v.add_argument("dataset")
     v.add_argument("out")
@@ -488,6 +514,7 @@ def main() -> None:
     args = parser.parse_args()
     {"train": train, "table": table, "ridge-blocks": ridge_blocks, "combine": combine,
      "smoothing": smoothing, "uncertainty": uncertainty, "view-mean": view_mean,
+     "paired": paired,
      }[args.command](args)
 
 
