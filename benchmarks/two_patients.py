@@ -420,7 +420,11 @@ def paired(args: argparse.Namespace) -> None:
         before = section_table(base, "predicted_head").attrs["top_r"]
         patient = base.obs.groupby("sample_id", observed=True)["patient"].first().astype(str)
         for run in args.runs:
-            pred = ad.read_h5ad(Path(run) / scenario / f"{args.head}.h5ad")
+            path = Path(run) / scenario / f"{args.head}.h5ad"
+            if not path.is_file():
+                print(f"{Path(run).name} {scenario}: not run ({path} missing)")
+                continue
+            pred = ad.read_h5ad(path)
             after = section_table(pred, "predicted_head").attrs["top_r"]
             for label, held in labels.items():
                 sections = [s for s in after if patient[s] == held]
