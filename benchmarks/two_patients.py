@@ -7,6 +7,8 @@ of patient C and A1, A2 of patient A), so every row reads the same features:
     python benchmarks/two_patients.py train results/dataset.h5ad OUT cross context mlp
     python benchmarks/two_patients.py table OUT
     python benchmarks/two_patients.py uncertainty OUT_BEFORE OUT   # the spread, ranked
+    python benchmarks/two_patients.py view-mean results/dataset.h5ad MEAN.h5ad  # 8-view mean
+    python benchmarks/two_patients.py paired OUT_BASE OUT ...   # a run's head minus the base's
     python benchmarks/two_patients.py combine LITE0.h5ad LITE2.h5ad BOTH.h5ad  # two encoders
 
 The dataset's spot features are ``obsm['X_{encoder}']`` of whichever encoder its join used
@@ -406,6 +408,72 @@ def uncertainty(args: argparse.Namespace) -> None:
                       " |")
 
 
+def paired(args: argparse.Namespace) -> None:
+    """Each run's head minus the base run's, top 50, per split: the mean over sections with a
+    95% bootstrap over the top-50 genes (sections fixed; both runs train on the same units, so
+    their top-50 genes are the same)."""
+    import anndata as ad
+
+    splits = {"loso_C": {"C LOSO": "C"}, "cross": {"A -> C": "C", "C -> A": "A"}}
+    for scenario, labels in splits.items():
+        base = ad.read_h5ad(Path(args.base) / scenario / f"{args.head}.h5ad")
+        before = section_table(base, "predicted_head").attrs["top_r"]
+        patient = base.obs.groupby("sample_id", observed=True)["patient"].first().astype(str)
+        for run in args.runs:
+            path = Path(run) / scenario / f"{args.head}.h5ad"
+            if not path.is_file():
+                print(f"{Path(run).name} {scenario}: not run ({path} missing)")
+                continue
+            pred = ad.read_h5ad(path)
+            after = section_table(pred, "predicted_head").attrs["top_r"]
+            for label, held in labels.items():
+                sections = [s for s in after if patient[s] == held]
+                d, lo, hi = gene_bootstrap_difference({s: after[s] for s in sections},
+                                                      {s: before[s] for s in sections})
+                print(f"{Path(run).name} {label}: {d:+.3f} ({lo:+.3f} to {hi:+.3f})")
+
+
+def view_mean(args: argparse.Namespace) -> None:
+    """A dataset whose spot and context-window embeddings are each tile's mean over its 8
+    dihedral views (the clean row and the 7 rotation/flip views the join carried), its
+    neighbour and section means recomputed from the averaged spot embedding with the join's
+    own functions; the view blocks are dropped. Checks first that those functions reproduce
+    the dataset's own derived blocks from its clean embedding."""
+    import anndata as ad
+
+    from slide2expr.join.context import neighbour_block, neighbour_mean, section_mean
+    from slide2expr.keys import SLIDE_BLOCK, Key
+    from slide2expr.tile.context import context_tiling
+    from slide2expr.train.views import DIHEDRAL
+
+    adata = ad.read_h5ad(args.dataset)
+    uns = adata.uns["slide2expr"]
+    encoder, radii = str(uns["encoder"]), list(uns["context"]["neighbour_um"])
+    sections = adata.obs["sample_id"].astype(str).to_numpy()
+    mpp = np.array([float(uns["samples"][s]["slide_mpp"]) for s in sections])
+    xy_um = np.asarray(adata.obsm["spatial"], float) * mpp[:, None]
+
+    def derived(spot: np.ndarray) -> dict[str, np.ndarray]:
+        out = {Key.context(encoder, neighbour_block(r)):
+               neighbour_mean(xy_um, spot, sections, radius_um=r) for r in radii}
+        if uns["context"]["slide_mean"]:
+            out[Key.context(encoder, SLIDE_BLOCK)] = section_mean(spot, sections)
+        return out
+
+    for key, block in derived(adata.obsm[Key.embedding(encoder)]).items():
+        assert np.allclose(block, adata.obsm[key], atol=1e-6), f"{key} not reproduced"
+    windows = [Key.context(encoder, context_tiling(um)) for um in uns["params"]["context_um"]]
+    for key in [Key.embedding(encoder), *windows]:
+        views = [np.asarray(adata.obsm[Key.view(key, v)], np.float64) for v in DIHEDRAL]
+        adata.obsm[key] = np.mean([np.asarray(adata.obsm[key], np.float64), *views],
+                                  axis=0).astype(np.float32)
+    adata.obsm.update(derived(adata.obsm[Key.embedding(encoder)]))
+    for key in [k for k in adata.obsm if "__" in k]:
+        del adata.obsm[key]
+    adata.write_h5ad(args.out)
+    print(f"{args.out}: {sorted(adata.obsm)}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -429,6 +497,13 @@ def main() -> None:
     m.add_argument("--weights", nargs="+", type=float, default=[0.0, 0.25, 0.5, 0.75])
     m.add_argument("--splits", nargs="+", default=["C", "A"],
                    help="held-out patients, one column each")
+    p = sub.add_parser("paired", help="runs' head minus a base run's, top 50 per split")
+    p.add_argument("base")
+    p.add_argument("runs", nargs="+")
+    p.add_argument("--head", default="context")
+    v = sub.add_parser("view-mean", help="the dataset with each tile's 8-view mean embedding")
+    v.add_argument("dataset")
+    v.add_argument("out")
     c = sub.add_parser("combine")
     c.add_argument("first")
     c.add_argument("second")
@@ -442,7 +517,9 @@ def main() -> None:
     u.add_argument("--head", default="context")
     args = parser.parse_args()
     {"train": train, "table": table, "ridge-blocks": ridge_blocks, "combine": combine,
-     "smoothing": smoothing, "uncertainty": uncertainty}[args.command](args)
+     "smoothing": smoothing, "uncertainty": uncertainty, "view-mean": view_mean,
+     "paired": paired,
+     }[args.command](args)
 
 
 if __name__ == "__main__":
