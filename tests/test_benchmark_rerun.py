@@ -18,6 +18,8 @@ import pandas as pd
 import pytest
 import yaml
 
+from slide2expr.keys import DEFAULT_ENCODER
+
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
@@ -94,7 +96,7 @@ def test_manifest_records_the_run(two_runs, her2st: Path) -> None:
     assert manifest["seeds"]["train.seed"] == 0
     for stage in ("tile", "extract", "join", "train", "report", "compare"):
         assert manifest["timings"]["stages"][stage]["wall_s"] > 0, stage
-    assert manifest["compute"]["extract"]["efficientnet_lite0"]["devices"] == ["cpu"]
+    assert manifest["compute"]["extract"][DEFAULT_ENCODER]["devices"] == ["cpu"]
 
 
 def test_compare_table(two_runs) -> None:
@@ -103,7 +105,7 @@ def test_compare_table(two_runs) -> None:
     # each head with the baselines on its own inputs: the context head's ridge sees the context
     assert list(table["model"]) == ["mlp", "ridge", "mean", "context", "ridge", "mean"]
     assert list(table["head"]) == ["mlp"] * 3 + ["context"] * 3
-    assert (table["encoder"] == "efficientnet_lite0").all()
+    assert (table["encoder"] == DEFAULT_ENCODER).all()
     assert table.loc[0, "mean_r_all"] == pytest.approx(
         json.loads((a / "results" / "report" / "mlp" / "summary.json").read_text())
         ["model"]["all"]["mean_r"], abs=1e-6)

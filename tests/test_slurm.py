@@ -27,6 +27,8 @@ import pandas as pd
 import pytest
 import yaml
 
+from slide2expr.keys import DEFAULT_ENCODER
+
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / ".ci" / "slurm-local.sh"
 SLURM_PROFILE = REPO / "profiles" / "slurm" / "config.yaml"
@@ -428,7 +430,7 @@ def test_corrupt_slide_fails_its_job_and_keeps_the_other_slides(
     sheet_path = workdir / "config" / "samples_with_broken.tsv"
     pd.concat([sheet, bad]).to_csv(sheet_path, sep="\t", index=False)
     # One good slide's features are gone too: that job runs in the same SLURM run.
-    rerun = f"results/features/efficientnet_lite0/spots/{good[0]}.h5"
+    rerun = f"results/features/{DEFAULT_ENCODER}/spots/{good[0]}.h5"
     (workdir / rerun).unlink()
     kept_patterns = ("results/tiles/*/*.h5", "results/qc/*.png",
                      "results/features/*/*/*.h5")

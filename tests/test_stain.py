@@ -25,6 +25,7 @@ from slide2expr.extract.stain import (
     published_macenko_reference,
     reference_fit,
 )
+from slide2expr.keys import DEFAULT_ENCODER
 
 HER2ST_MPP = 0.69
 
@@ -207,8 +208,8 @@ def test_extract_cli_records_the_stain_normalisation(her2st, tmp_path):
     write_tiles(tiles_path, TileSet(coords=spots.coords[keep], attrs=spots.attrs.to_attrs(),
                                     spot_ids=spots.spot_ids[keep]))
     results = tmp_path / "results"
-    raw = results / "features" / "efficientnet_lite0" / "spots" / "C2.h5"
-    norm = results / "features" / "efficientnet_lite0" / "spots" / "C3.h5"
+    raw = results / "features" / DEFAULT_ENCODER / "spots" / "C2.h5"
+    norm = results / "features" / DEFAULT_ENCODER / "spots" / "C3.h5"
     assert run_cli("extract", tiles_path, "-o", raw, "--threads", 1, "--no-progress").returncode == 0
     done = run_cli("extract", tiles_path, "-o", norm, "--threads", 1, "--no-progress",
                    "--config-json", json.dumps({"extract": {"stain_normalize": "macenko"}}))
@@ -222,7 +223,7 @@ def test_extract_cli_records_the_stain_normalisation(her2st, tmp_path):
     assert np.isfinite(b.features).all() and not np.allclose(a.features, b.features)
     assert stain_record(a.attrs)["stain_normalize"] == "none"
     assert len(read_tiles(tiles_path)) == 8
-    manifest = feature_compute(results)["efficientnet_lite0"]["stain"]
+    manifest = feature_compute(results)[DEFAULT_ENCODER]["stain"]
     assert manifest["method"] == ["macenko", "none"]
     assert manifest["slides"]["spots/C3"]["fit"] == fit
     # a reference that is not tissue: one line naming the file, status 2, no output

@@ -154,3 +154,25 @@ def test_the_bases_of_a_large_fold_come_from_evenly_spaced_rows(monkeypatch):
     _, _, vt = np.linalg.svd(x[rows, :6] - x[rows, :6].mean(0))
     cos = np.abs((net.pca_0.T.numpy() * vt[:3]).sum(axis=1))
     np.testing.assert_allclose(cos, 1.0, atol=1e-5)  # the SVD's axes, up to sign
+
+
+def test_the_plain_loop_steps_on_one_thread_and_gives_the_job_its_threads_back(tmp_path,
+                                                                              monkeypatch):
+    """A spot head's steps are too small for a second thread, which on a busy node waits at a
+    barrier every step (docs/benchmarks.md, "Training threads"): the members train on one
+    thread whatever the job was given, and the job's count is back for what follows."""
+    import slide2expr.train.loop as loop
+
+    seen: list[int] = []
+    real = loop.train_epochs
+
+    def recording(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "train_epochs", recording)
+    torch.set_num_threads(2)
+    adata = context_dataset(n_patients=3, per_patient=20)
+    _train(adata, tmp_path, select="off", **context_settings(max_epochs=2, ensemble=2))
+    assert seen and set(seen) == {1}, seen
+    assert torch.get_num_threads() == 2

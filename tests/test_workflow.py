@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 from slide2expr.contracts.tiles import read_tiles
+from slide2expr.keys import DEFAULT_ENCODER
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -55,7 +56,7 @@ def test_one_extract_job_per_slide_and_a_job_for_an_unplanned_tiling(tmp_path: P
                for line in jobs)
     off = tmp_path / "off.yaml"
     off.write_text("heatmap:\n  enabled: false\n")
-    target = "results/features/efficientnet_lite0/grid/demo1.h5"
+    target = f"results/features/{DEFAULT_ENCODER}/grid/demo1.h5"
     result = snakemake(tmp_path, "-n", "-p", "--configfile", "config/config.yaml", str(off),
                        "--", target)
     assert result.returncode == 0, result.stderr
@@ -187,7 +188,7 @@ def test_her2st_with_heatmaps_plans_grid_context_for_the_context_head(tmp_path: 
     one_pass = [line for line in out.splitlines() if "slide2expr extract " in line]
     assert len(one_pass) == n and all(line.count(" -o ") == 6 for line in one_pass)
     for um in (300, 1000):
-        assert f"results/features/efficientnet_lite0/grid_ctx{um}/C2.h5" in out
+        assert f"results/features/{DEFAULT_ENCODER}/grid_ctx{um}/C2.h5" in out
     context_jobs = [line for line in out.splitlines()
                     if "slide2expr heatmap " in line and "models/context" in line]
     mlp_jobs = [line for line in out.splitlines()

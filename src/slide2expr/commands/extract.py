@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import typer
 
 from slide2expr.commands._config import config_json_option, section
+from slide2expr.keys import DEFAULT_ENCODER
 
 if TYPE_CHECKING:
     from slide2expr.extract.options import ExtractOptions
@@ -26,7 +27,7 @@ def extract(
     out: list[Path] = typer.Option(
         ..., "--out", "-o",
         help="Features file to write (.h5), once per tiles file, in the same order."),
-    encoder: str = typer.Option("efficientnet_lite0", "--encoder", "-e",
+    encoder: str = typer.Option(DEFAULT_ENCODER, "--encoder", "-e",
                                 help="Encoder name (see `slide2expr encoders`)."),
     weights: Path | None = typer.Option(
         None, "--weights", help="Local weights (.safetensors, or a tensors-only .pt/.pth/.bin)."),

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from slide2expr.keys import DEFAULT_ENCODER
+
 if TYPE_CHECKING:
     from slide2expr.extract.encoders import Encoder
 
@@ -59,7 +61,7 @@ class ExtractOptions:
         Show a progress bar (tiles/s).
     """
 
-    encoder: str | Encoder = "efficientnet_lite0"
+    encoder: str | Encoder = DEFAULT_ENCODER
     weights: str | Path | None = None
     slide: str | Path | None = None
     batch_size: int = 64

@@ -63,7 +63,7 @@ from slide2expr.inputs.spots import match_spots_to_counts, read_scalefactors, re
 from slide2expr.join.context import add_context, read_context_windows
 from slide2expr.join.scverse import add_log1p, add_spatial_metadata
 from slide2expr.join.views import read_section_views, stack_views
-from slide2expr.keys import Key, join_unit
+from slide2expr.keys import DEFAULT_ENCODER, Key, join_unit
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +113,7 @@ class JoinParams:
     """
 
     mode: str = "spot"
-    encoder: str = "efficientnet_lite0"
+    encoder: str = DEFAULT_ENCODER
     values: str = "counts"
     orientation: str = "auto"
     gene_map: str | None = None

@@ -34,6 +34,8 @@ import csv
 import math
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -274,11 +276,40 @@ def save_checkpoint(module: Any, path: Path, *, epoch: int) -> None:
                 "hyper_parameters": dict(module.hparams)}, path)
 
 
+@contextmanager
+def one_cpu_thread(device: torch.device) -> Iterator[None]:
+    """Run torch on one intra-op thread on the CPU, restoring the count afterwards.
+
+    A spot head's step is a few small matrix products (a batch of 64 through layers of
+    tens to hundreds of units): a second thread cannot speed it up, and when the node has
+    other runnable processes every step waits at a thread barrier for a time slice. Measured
+    on the 2-core VM with one other busy process: 740-812 steps/s on one thread, 9-14 on
+    two (docs/benchmarks.md, "Training threads"). The job's other threads still serve
+    ridge, PCA and scoring (NumPy's BLAS)."""
+    if device.type != "cpu":
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def fit_member_plain(head: str, hparams: dict, data: Any, *, config: Any, seed: int,
                      out_dir: Path, refit_idx: np.ndarray | None = None) -> dict[str, Any]:
-    """Train one spot-mode member with the plain loop; the same contract as
+    """Train one spot-mode member with the plain loop on one CPU thread
+    (:func:`one_cpu_thread`); the same contract as
     :func:`slide2expr.train.members.fit_member` (its returned dict, ``best.ckpt`` and
     ``metrics.csv`` in ``out_dir``)."""
+    with one_cpu_thread(device_for(config.accelerator)):
+        return _fit_member_plain(head, hparams, data, config=config, seed=seed,
+                                 out_dir=out_dir, refit_idx=refit_idx)
+
+
+def _fit_member_plain(head: str, hparams: dict, data: Any, *, config: Any, seed: int,
+                      out_dir: Path, refit_idx: np.ndarray | None) -> dict[str, Any]:
     seed_everything(seed)
     out_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()

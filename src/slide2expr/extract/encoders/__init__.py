@@ -22,8 +22,10 @@ from slide2expr.extract.encoders.specs import (
 )
 from slide2expr.extract.encoders.weights import load_into, load_state_dict_file
 from slide2expr.hashing import sha256_file
+from slide2expr.keys import DEFAULT_ENCODER
 
 __all__ = [
+    "DEFAULT_ENCODER",
     "RANDOM_INIT",
     "Encoder",
     "EncoderInfo",
