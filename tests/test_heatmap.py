@@ -730,7 +730,8 @@ def test_demo_tumour_gene_map_is_high_on_tumour_and_low_on_stroma(demo_dir, tmp_
             extract_features(tmp_path / "tiles" / tiling / f"{sample}.h5",
                              feats / tiling / f"{sample}.h5", encoder="efficientnet_lite0",
                              batch_size=32, num_workers=0, device="cpu", progress=False)
-    adata = build_dataset(sheet, feats / "spots", JoinParams(mode="spot"))
+    adata = build_dataset(sheet, feats / "spots",
+                          JoinParams(mode="spot", encoder="efficientnet_lite0"))
     config = TrainConfig.from_dict({"max_epochs": 40, "min_epochs": 10, "hidden": 64,
                                     "patience": 10, "batch_size": 32})
     models = tmp_path / "models" / "mlp"

@@ -405,7 +405,7 @@ def test_a_users_config_gets_the_context_model_and_every_block_it_reads():
     assert needed <= made, needed - made
     assert {"ctx300", "ctx1000", "nbr300", "slide"} <= needed
     config = TrainConfig.from_dict(train)
-    assert config.for_head("context").ensemble == 4  # the spread layer is on by default
+    assert config.for_head("context").ensemble == 8  # the spread layer is on by default
     assert config.for_head("mlp").ensemble == 1 and config.inputs_for("mlp") == ["spot"]
 
 

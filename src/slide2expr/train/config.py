@@ -57,7 +57,7 @@ CONTEXT_INPUTS = ("spot", "ctx300", "ctx1000", "nbr300", "slide")
 #: The default context head's settings: narrow tokens, each block reduced to 64 PCs, 32 PCA
 #: output axes, input dropout, and 4 members cross-fitted over the inner validation groups.
 CONTEXT_SETTINGS = {"hidden": 64, "input_dropout": 0.5, "input_pca": 64, "output_rank": 32,
-                    "lr": 0.002, "patience": 6, "max_epochs": 60, "ensemble": 4}
+                    "lr": 0.002, "patience": 6, "max_epochs": 60, "ensemble": 8}
 
 
 @dataclass

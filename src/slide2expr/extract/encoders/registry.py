@@ -97,26 +97,8 @@ def get_encoder(
         obtained.
     """
     spec = get_spec(name)
-    state: dict[str, torch.Tensor] | None = None
-    if weights is not None:
-        path = Path(weights).expanduser()
-        state = load_state_dict_file(path)
-        weights_id, source = sha256_file(path), str(path)
-    elif pretrained:
-        path = spec.locate_weights(download)
-        if path is None:
-            raise InputError(
-                None,
-                f"the published weights of encoder {name!r} ({spec.weights_name}) are not "
-                "available on this machine",
-                "run once where the download works (gated Hugging Face models need access and "
-                "`huggingface-cli login`), or pass a local file with --weights / the config's "
-                "extract.weights",
-            )
-        state = load_state_dict_file(path)
-        weights_id, source = sha256_file(path), spec.weights_name
-    else:
-        weights_id, source = RANDOM_INIT, RANDOM_INIT
+    state, weights_id, source = resolve_weights(spec, name, weights=weights,
+                                                pretrained=pretrained, download=download)
     module = spec.build(state)
     module.eval().requires_grad_(False)
     log.info("encoder %s: %d-d, weights %s (%s)", name, spec.embed_dim, source,
@@ -124,6 +106,30 @@ def get_encoder(
     return Encoder(name=name, module=module, preprocessing=spec.preprocessing,
                    embed_dim=spec.embed_dim, weights=weights_id, weights_source=source,
                    layout=spec.layout)
+
+
+def resolve_weights(spec: EncoderSpec, name: str, *, weights: str | Path | None,
+                    pretrained: bool, download: bool,
+                    ) -> tuple[dict[str, torch.Tensor] | None, str, str]:
+    """The state dict to load into ``name``, its id (sha256 or ``random-init``) and source:
+    a local file, else the published weights (an :class:`InputError` when they cannot be
+    had), else none."""
+    if weights is not None:
+        path = Path(weights).expanduser()
+        return load_state_dict_file(path), sha256_file(path), str(path)
+    if not pretrained:
+        return None, RANDOM_INIT, RANDOM_INIT
+    path = spec.locate_weights(download)
+    if path is None:
+        raise InputError(
+            None,
+            f"the published weights of encoder {name!r} ({spec.weights_name}) are not "
+            "available on this machine",
+            "run once where the download works (gated Hugging Face models need access and "
+            "`huggingface-cli login`), or pass a local file with --weights / the config's "
+            "extract.weights",
+        )
+    return load_state_dict_file(path), sha256_file(path), spec.weights_name
 
 
 def list_encoders(*, local_weights: dict[str, str] | None = None) -> list[EncoderInfo]:
