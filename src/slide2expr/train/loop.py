@@ -303,17 +303,18 @@ def fit_member_plain(head: str, hparams: dict, data: Any, *, config: Any, seed: 
     (:func:`one_cpu_thread`); the same contract as
     :func:`slide2expr.train.members.fit_member` (its returned dict, ``best.ckpt`` and
     ``metrics.csv`` in ``out_dir``)."""
-    with one_cpu_thread(device_for(config.accelerator)):
+    device = device_for(config.accelerator)
+    with one_cpu_thread(device):
         return _fit_member_plain(head, hparams, data, config=config, seed=seed,
-                                 out_dir=out_dir, refit_idx=refit_idx)
+                                 out_dir=out_dir, refit_idx=refit_idx, device=device)
 
 
 def _fit_member_plain(head: str, hparams: dict, data: Any, *, config: Any, seed: int,
-                      out_dir: Path, refit_idx: np.ndarray | None) -> dict[str, Any]:
+                      out_dir: Path, refit_idx: np.ndarray | None,
+                      device: torch.device) -> dict[str, Any]:
     seed_everything(seed)
     out_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    device = device_for(config.accelerator)
     x, y = fold_tensors(data, device)
     module = build_member(head, hparams, data, pearson_weight=config.pearson_weight,
                           train_idx=data.train_idx).to(device)
